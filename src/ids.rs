@@ -1,0 +1,56 @@
+//! Identifier newtypes.
+//!
+//! Tenants, integrations and entity types are all strings in the outside
+//! world; wrapping each in its own type means a tenant id can never be handed
+//! to a function that wanted an integration id. The wrappers are transparent
+//! in serde so definitions and JSON payloads keep their plain-string form.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as the string stored and shown to users.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// One customer. Every row of state carries it; nothing crosses tenants.
+    TenantId
+);
+string_id!(
+    /// One sync definition between a source and a target system.
+    IntegrationId
+);
+string_id!(
+    /// A common-data-model entity type: `account`, `order_line`, ...
+    EntityType
+);

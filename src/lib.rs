@@ -1,0 +1,13 @@
+//! syncd: a durable, bidirectional data-sync engine.
+//!
+//! The pure core ([`plan`], [`mapping`], [`conflict`], [`workflow`],
+//! [`record`]) decides; the layers around it (store, runs, connectors, CLI)
+//! perform I/O and persist what the core decided. See `ARCHITECTURE.md`.
+
+pub mod cli;
+pub mod conflict;
+pub mod ids;
+pub mod mapping;
+pub mod plan;
+pub mod record;
+pub mod workflow;

@@ -1,0 +1,536 @@
+//! Integration definitions (`workflows/*.toml`) and dependency-graph files.
+//!
+//! A definition is parsed in two passes: serde reads the TOML into plain
+//! structs (syntax errors stop there), then [`Workflow::parse`] checks every
+//! rule and collects *all* the errors it finds, each naming the file, the
+//! entity and the field, so `syncd check` can show them in one go.
+//! [`Workflow::check_references`] then holds the reference fields against the
+//! dependency graph the integration will be planned with.
+//!
+//! Pure: text in, definitions or errors out. Reading files is the caller's job.
+
+use crate::conflict::{FieldRule, MergeRules, Strategy};
+use crate::ids::{EntityType, IntegrationId, TenantId};
+use crate::plan::DependencyGraph;
+use crate::record::Direction;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+/// One thing wrong with a definition, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionError {
+    pub file: String,
+    pub entity: Option<String>,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.file)?;
+        if let Some(entity) = &self.entity {
+            write!(f, " entity `{entity}`")?;
+        }
+        if let Some(field) = &self.field {
+            let sep = if self.entity.is_some() { "," } else { "" };
+            write!(f, "{sep} field `{field}`")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Every error found in one definition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionErrors(pub Vec<DefinitionError>);
+
+impl fmt::Display for DefinitionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The connector that reaches a system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectorKind {
+    /// Tables of a PostgreSQL or SQLite database.
+    Sql,
+    /// A REST API speaking JSON.
+    Http,
+}
+
+/// One of the two systems an integration connects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemDef {
+    pub name: String,
+    pub connector: ConnectorKind,
+    /// Where the system is (a database URL, an API base URL).
+    pub url: Option<String>,
+}
+
+/// How one CDM field is called in each system, and what it references.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldMap {
+    pub cdm: String,
+    pub source: String,
+    pub target: String,
+    /// The entity type whose id this field holds.
+    pub references: Option<EntityType>,
+}
+
+/// One entity type the integration syncs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityDef {
+    pub name: EntityType,
+    pub source_table: String,
+    pub target_table: String,
+    pub fields: Vec<FieldMap>,
+    pub strategy: Option<Strategy>,
+    pub merge: MergeRules,
+}
+
+/// A tenant that runs the integration, with its overrides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantDef {
+    pub strategy: Option<Strategy>,
+    pub strategies: BTreeMap<EntityType, Strategy>,
+    pub schedule: Option<CronSchedule>,
+}
+
+/// A validated cron expression and the text it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronSchedule {
+    pub expression: String,
+    pub schedule: cron::Schedule,
+}
+
+impl CronSchedule {
+    /// Parses a cron expression: five fields (minute precision) or the
+    /// `cron` crate's six or seven (with seconds, and years).
+    pub fn parse(expression: &str) -> Result<CronSchedule, String> {
+        let fields = expression.split_whitespace().count();
+        let full = if fields == 5 {
+            format!("0 {expression}")
+        } else {
+            expression.to_owned()
+        };
+        cron::Schedule::from_str(&full)
+            .map(|schedule| CronSchedule {
+                expression: expression.to_owned(),
+                schedule,
+            })
+            .map_err(|e| format!("bad cron expression `{expression}`: {e}"))
+    }
+}
+
+/// A validated integration definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workflow {
+    /// The file it came from, for messages.
+    pub file: String,
+    pub name: IntegrationId,
+    pub partner: Option<String>,
+    pub direction: Direction,
+    pub schedule: Option<CronSchedule>,
+    pub strategy: Option<Strategy>,
+    pub source: SystemDef,
+    pub target: SystemDef,
+    /// In the order the file lists them.
+    pub entities: Vec<EntityDef>,
+    pub tenants: BTreeMap<TenantId, TenantDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: String,
+    partner: Option<String>,
+    #[serde(default)]
+    direction: Option<String>,
+    schedule: Option<String>,
+    strategy: Option<String>,
+    source: String,
+    target: String,
+    #[serde(default)]
+    systems: BTreeMap<String, RawSystem>,
+    #[serde(default)]
+    entities: Vec<RawEntity>,
+    #[serde(default)]
+    tenants: BTreeMap<String, RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSystem {
+    connector: String,
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntity {
+    name: String,
+    table: Option<String>,
+    source_table: Option<String>,
+    target_table: Option<String>,
+    strategy: Option<String>,
+    #[serde(default)]
+    fields: BTreeMap<String, RawField>,
+    #[serde(default)]
+    merge: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawField {
+    Same(String),
+    Mapped(RawFieldMap),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFieldMap {
+    source: Option<String>,
+    target: Option<String>,
+    references: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    strategy: Option<String>,
+    #[serde(default)]
+    strategies: BTreeMap<String, String>,
+    schedule: Option<String>,
+}
+
+/// Collects errors for one file.
+struct Errors<'a> {
+    file: &'a str,
+    list: Vec<DefinitionError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, entity: Option<&str>, field: Option<&str>, reason: impl Into<String>) {
+        self.list.push(DefinitionError {
+            file: self.file.to_owned(),
+            entity: entity.map(str::to_owned),
+            field: field.map(str::to_owned),
+            reason: reason.into(),
+        });
+    }
+
+    /// Parses `value` with `parse`, recording the error instead of failing.
+    fn parse<T>(
+        &mut self,
+        entity: Option<&str>,
+        field: &str,
+        value: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match parse(value?) {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                self.push(entity, Some(field), reason);
+                None
+            }
+        }
+    }
+}
+
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    match s {
+        "one_way" => Ok(Direction::OneWay),
+        "bidirectional" => Ok(Direction::Bidirectional),
+        _ => Err(format!(
+            "unknown direction `{s}` (expected one_way or bidirectional)"
+        )),
+    }
+}
+
+fn parse_connector(s: &str) -> Result<ConnectorKind, String> {
+    match s {
+        "sql" => Ok(ConnectorKind::Sql),
+        "http" => Ok(ConnectorKind::Http),
+        _ => Err(format!("unknown connector `{s}` (expected sql or http)")),
+    }
+}
+
+fn toml_error(file: &str, e: toml::de::Error) -> DefinitionErrors {
+    DefinitionErrors(vec![DefinitionError {
+        file: file.to_owned(),
+        entity: None,
+        field: None,
+        reason: e.to_string().trim_end().replace('\n', "\n  "),
+    }])
+}
+
+impl Workflow {
+    /// Parses and validates the definition in `text`; `file` names it in
+    /// errors. Returns every error found, not only the first.
+    pub fn parse(file: &str, text: &str) -> Result<Workflow, DefinitionErrors> {
+        let raw: RawWorkflow = toml::from_str(text).map_err(|e| toml_error(file, e))?;
+        let mut errors = Errors {
+            file,
+            list: Vec::new(),
+        };
+
+        if raw.name.trim().is_empty() {
+            errors.push(None, Some("name"), "the integration needs a name");
+        }
+        let direction = errors
+            .parse(None, "direction", raw.direction.as_deref(), parse_direction)
+            .unwrap_or_default();
+        let schedule = errors.parse(None, "schedule", raw.schedule.as_deref(), CronSchedule::parse);
+        let strategy = errors.parse(None, "strategy", raw.strategy.as_deref(), Strategy::from_str);
+
+        let mut system = |role: &str, name: &str| -> Option<SystemDef> {
+            let Some(def) = raw.systems.get(name) else {
+                let declared: Vec<&str> = raw.systems.keys().map(String::as_str).collect();
+                errors.push(
+                    None,
+                    Some(role),
+                    format!(
+                        "unknown system `{name}` (declared under [systems]: {})",
+                        if declared.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            declared.join(", ")
+                        }
+                    ),
+                );
+                return None;
+            };
+            let connector = errors.parse(
+                None,
+                &format!("systems.{name}.connector"),
+                Some(&def.connector),
+                parse_connector,
+            )?;
+            Some(SystemDef {
+                name: name.to_owned(),
+                connector,
+                url: def.url.clone(),
+            })
+        };
+        let source = system("source", &raw.source);
+        let target = system("target", &raw.target);
+
+        let declared: BTreeSet<&str> = raw.entities.iter().map(|e| e.name.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        let mut entities = Vec::new();
+        for e in &raw.entities {
+            let name = e.name.as_str();
+            let at = Some(name);
+            if !seen.insert(name) {
+                errors.push(at, None, "entity type is defined twice");
+                continue;
+            }
+            if name.trim().is_empty() {
+                errors.push(None, Some("entities.name"), "an entity needs a name");
+                continue;
+            }
+            let has_table = e.table.is_some() || e.source_table.is_some() || e.target_table.is_some();
+            if !has_table && e.fields.is_empty() {
+                errors.push(
+                    at,
+                    None,
+                    "entity has neither a table nor a field map (give `table`, `source_table`/`target_table` or [entities.fields])",
+                );
+            }
+            let strategy = errors.parse(at, "strategy", e.strategy.as_deref(), Strategy::from_str);
+            let mut fields = Vec::new();
+            for (cdm, raw_field) in &e.fields {
+                let (source, target, references) = match raw_field {
+                    RawField::Same(native) => (native.clone(), native.clone(), None),
+                    RawField::Mapped(m) => (
+                        m.source.clone().unwrap_or_else(|| cdm.clone()),
+                        m.target.clone().unwrap_or_else(|| cdm.clone()),
+                        m.references.clone(),
+                    ),
+                };
+                if let Some(r) = &references {
+                    if !declared.contains(r.as_str()) {
+                        errors.push(
+                            at,
+                            Some(cdm),
+                            format!("references unknown entity type `{r}` (not defined in this integration)"),
+                        );
+                    }
+                }
+                fields.push(FieldMap {
+                    cdm: cdm.clone(),
+                    source,
+                    target,
+                    references: references.map(EntityType::from),
+                });
+            }
+            let mut merge = MergeRules::new();
+            for (field, rule) in &e.merge {
+                if let Some(rule) =
+                    errors.parse(at, &format!("merge.{field}"), Some(rule), FieldRule::from_str)
+                {
+                    merge.insert(field.clone(), rule);
+                }
+            }
+            let table = e.table.clone().unwrap_or_else(|| name.to_owned());
+            entities.push(EntityDef {
+                name: name.into(),
+                source_table: e.source_table.clone().unwrap_or_else(|| table.clone()),
+                target_table: e.target_table.clone().unwrap_or(table),
+                fields,
+                strategy,
+                merge,
+            });
+        }
+
+        let mut tenants = BTreeMap::new();
+        for (tenant, t) in &raw.tenants {
+            let field = |f: &str| format!("tenants.{tenant}.{f}");
+            let strategy = errors.parse(
+                None,
+                &field("strategy"),
+                t.strategy.as_deref(),
+                Strategy::from_str,
+            );
+            let schedule = errors.parse(
+                None,
+                &field("schedule"),
+                t.schedule.as_deref(),
+                CronSchedule::parse,
+            );
+            let mut strategies = BTreeMap::new();
+            for (entity, s) in &t.strategies {
+                if !declared.contains(entity.as_str()) {
+                    errors.push(
+                        Some(entity),
+                        Some(&field("strategies")),
+                        format!("tenant `{tenant}` overrides the strategy of an entity type this integration does not sync"),
+                    );
+                }
+                if let Some(s) = errors.parse(Some(entity), &field("strategies"), Some(s), Strategy::from_str)
+                {
+                    strategies.insert(EntityType::from(entity.as_str()), s);
+                }
+            }
+            tenants.insert(
+                TenantId::from(tenant.as_str()),
+                TenantDef {
+                    strategy,
+                    strategies,
+                    schedule,
+                },
+            );
+        }
+
+        match (source, target) {
+            (Some(source), Some(target)) if errors.list.is_empty() => Ok(Workflow {
+                file: file.to_owned(),
+                name: raw.name.into(),
+                partner: raw.partner,
+                direction,
+                schedule,
+                strategy,
+                source,
+                target,
+                entities,
+                tenants,
+            }),
+            _ => Err(DefinitionErrors(errors.list)),
+        }
+    }
+
+    /// The definition of `entity`, if this integration syncs it.
+    pub fn entity(&self, entity: &str) -> Option<&EntityDef> {
+        self.entities.iter().find(|e| e.name.as_str() == entity)
+    }
+
+    /// The strategy for `entity` when syncing for `tenant`: the tenant's
+    /// override for the entity, then the tenant's own default, then the
+    /// entity's setting, then the integration default, then the engine's.
+    pub fn strategy_for(&self, tenant: &TenantId, entity: &str) -> Strategy {
+        let t = self.tenants.get(tenant);
+        t.and_then(|t| t.strategies.get(&EntityType::from(entity)).copied())
+            .or_else(|| t.and_then(|t| t.strategy))
+            .or_else(|| self.entity(entity).and_then(|e| e.strategy))
+            .or(self.strategy)
+            .unwrap_or(Strategy::ENGINE_DEFAULT)
+    }
+
+    /// The graph this integration plans with: `graph` restricted to the
+    /// integration's entity types. Every reference field must have its edge
+    /// in `graph`; each one that does not is an error.
+    pub fn graph_within(&self, graph: &DependencyGraph) -> Result<DependencyGraph, DefinitionErrors> {
+        let mut errors = Errors {
+            file: &self.file,
+            list: Vec::new(),
+        };
+        for entity in &self.entities {
+            for field in &entity.fields {
+                let Some(target) = &field.references else {
+                    continue;
+                };
+                if !graph.depends_on(entity.name.as_str(), target.as_str()) {
+                    errors.push(
+                        Some(entity.name.as_str()),
+                        Some(&field.cdm),
+                        format!(
+                            "references `{target}` but the dependency graph has no edge {} -> {target}",
+                            entity.name
+                        ),
+                    );
+                }
+            }
+        }
+        if !errors.list.is_empty() {
+            return Err(DefinitionErrors(errors.list));
+        }
+        let keep: BTreeSet<&str> = self.entities.iter().map(|e| e.name.as_str()).collect();
+        Ok(graph.restricted_to(&keep))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGraph {
+    extends: Option<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    entities: BTreeMap<String, Vec<String>>,
+}
+
+/// Parses a dependency-graph file: an `[entities]` table mapping each type
+/// to the types it depends on. A partner's file may start from the built-in
+/// graph with `extends = "default"`, drop types with `remove = [...]`, and
+/// replace the dependencies of the types it lists.
+pub fn parse_graph(file: &str, text: &str) -> Result<DependencyGraph, DefinitionErrors> {
+    let raw: RawGraph = toml::from_str(text).map_err(|e| toml_error(file, e))?;
+    let mut graph = match raw.extends.as_deref() {
+        None | Some("none") => DependencyGraph::default(),
+        Some("default") => DependencyGraph::builtin_default(),
+        Some(other) => {
+            return Err(DefinitionErrors(vec![DefinitionError {
+                file: file.to_owned(),
+                entity: None,
+                field: Some("extends".into()),
+                reason: format!("unknown base graph `{other}` (expected default or none)"),
+            }]));
+        }
+    };
+    for entity in &raw.remove {
+        graph.remove_entity(entity);
+    }
+    for (entity, deps) in &raw.entities {
+        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+        graph.set_dependencies(entity, &deps);
+    }
+    Ok(graph)
+}
