@@ -23,7 +23,7 @@
 //!
 //! Everything here is pure: records in, decisions out.
 
-use crate::ids::{EntityType, IntegrationId, TenantId};
+use crate::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use crate::record::{Direction, Fields, Record, Side};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -446,12 +446,7 @@ pub struct ConflictRecord {
 }
 
 /// Where a conflict was found: the scope every conflict record carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConflictScope {
-    pub tenant_id: TenantId,
-    pub integration_id: IntegrationId,
-    pub entity_type: EntityType,
-}
+pub type ConflictScope = EntityScope;
 
 impl ConflictRecord {
     /// The record of `resolution`, or `None` when nothing conflicted.

@@ -54,3 +54,27 @@ string_id!(
     /// A common-data-model entity type: `account`, `order_line`, ...
     EntityType
 );
+
+/// The scope of one entity type's state: mappings, conflicts and steps are
+/// always read and written within one tenant, integration and entity type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EntityScope {
+    pub tenant_id: TenantId,
+    pub integration_id: IntegrationId,
+    pub entity_type: EntityType,
+}
+
+impl EntityScope {
+    /// The scope of `entity_type` in `integration_id` for `tenant_id`.
+    pub fn new(
+        tenant_id: impl Into<TenantId>,
+        integration_id: impl Into<IntegrationId>,
+        entity_type: impl Into<EntityType>,
+    ) -> EntityScope {
+        EntityScope {
+            tenant_id: tenant_id.into(),
+            integration_id: integration_id.into(),
+            entity_type: entity_type.into(),
+        }
+    }
+}

@@ -1,13 +1,17 @@
 //! syncd: a durable, bidirectional data-sync engine.
 //!
 //! The pure core ([`plan`], [`mapping`], [`conflict`], [`workflow`],
-//! [`record`]) decides; the layers around it (store, runs, connectors, CLI)
-//! perform I/O and persist what the core decided. See `ARCHITECTURE.md`.
+//! [`record`]) decides; the layers around it ([`store`], [`cache`], [`run`],
+//! the CLI) perform I/O and persist what the core decided. See
+//! `ARCHITECTURE.md`.
 
+pub mod cache;
 pub mod cli;
 pub mod conflict;
 pub mod ids;
 pub mod mapping;
 pub mod plan;
 pub mod record;
+pub mod run;
+pub mod store;
 pub mod workflow;

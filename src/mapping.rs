@@ -8,12 +8,13 @@
 //! conditional update on the old status), so a transition the core refuses
 //! can never reach the database.
 
-use crate::ids::{EntityType, IntegrationId, TenantId};
+use crate::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use crate::record::Fields;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use uuid::Uuid;
 
 /// Where a mapping is in its lifecycle.
 ///
@@ -107,6 +108,7 @@ pub struct TransitionError {
 /// bidirectional sync a record born in the target has no source id yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IdMapping {
+    pub id: Uuid,
     pub tenant_id: TenantId,
     pub integration_id: IntegrationId,
     pub entity_type: EntityType,
@@ -124,6 +126,9 @@ pub struct IdMapping {
     pub created_at: DateTime<Utc>,
     /// When the link was last written or verified.
     pub updated_at: DateTime<Utc>,
+    /// Bumped by the store on every write (0 before the first); lets the
+    /// cache refuse an entry older than the one it holds.
+    pub version: u64,
 }
 
 /// What a sync step wants to do to a mapping. Each change implies a target
@@ -158,22 +163,30 @@ impl MappingChange {
 }
 
 impl IdMapping {
+    /// The tenant, integration and entity type this mapping belongs to.
+    pub fn scope(&self) -> EntityScope {
+        EntityScope {
+            tenant_id: self.tenant_id.clone(),
+            integration_id: self.integration_id.clone(),
+            entity_type: self.entity_type.clone(),
+        }
+    }
+
     /// A new mapping reserved before its first write: the only way a mapping
     /// comes into existence is as `pending`.
-    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
-        tenant_id: TenantId,
-        integration_id: IntegrationId,
-        entity_type: EntityType,
+        id: Uuid,
+        scope: EntityScope,
         source_id: Option<String>,
         target_id: Option<String>,
         idempotency_key: String,
         now: DateTime<Utc>,
     ) -> IdMapping {
         IdMapping {
-            tenant_id,
-            integration_id,
-            entity_type,
+            id,
+            tenant_id: scope.tenant_id,
+            integration_id: scope.integration_id,
+            entity_type: scope.entity_type,
             source_id,
             target_id,
             status: MappingStatus::Pending,
@@ -183,6 +196,7 @@ impl IdMapping {
             attempts: 1,
             created_at: now,
             updated_at: now,
+            version: 0,
         }
     }
 
@@ -263,9 +277,8 @@ mod tests {
 
     fn pending() -> IdMapping {
         IdMapping::reserve(
-            "t1".into(),
-            "crm-to-erp".into(),
-            "account".into(),
+            Uuid::nil(),
+            EntityScope::new("t1", "crm-to-erp", "account"),
             Some("a-1".into()),
             None,
             "key-1".into(),

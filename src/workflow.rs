@@ -356,14 +356,14 @@ impl Workflow {
                         m.references.clone(),
                     ),
                 };
-                if let Some(r) = &references {
-                    if !declared.contains(r.as_str()) {
-                        errors.push(
-                            at,
-                            Some(cdm),
-                            format!("references unknown entity type `{r}` (not defined in this integration)"),
-                        );
-                    }
+                if let Some(r) = &references
+                    && !declared.contains(r.as_str())
+                {
+                    errors.push(
+                        at,
+                        Some(cdm),
+                        format!("references unknown entity type `{r}` (not defined in this integration)"),
+                    );
                 }
                 fields.push(FieldMap {
                     cdm: cdm.clone(),

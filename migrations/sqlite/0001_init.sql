@@ -1,0 +1,109 @@
+-- syncd schema, SQLite (the embedded default). Every table carries tenant_id and every index
+-- that serves a lookup starts with it.
+
+CREATE TABLE id_mappings (
+    id              TEXT PRIMARY KEY,
+    tenant_id       text        NOT NULL,
+    integration_id  text        NOT NULL,
+    entity_type     text        NOT NULL,
+    source_id       text,
+    target_id       text,
+    status          text        NOT NULL CHECK (status IN ('pending', 'mapped', 'failed', 'stale')),
+    base            text,
+    idempotency_key text,
+    last_error      text,
+    attempts        integer     NOT NULL DEFAULT 0,
+    -- bumped on every write; the cache keeps only the newest version
+    version         integer     NOT NULL DEFAULT 1,
+    created_at      text NOT NULL,
+    updated_at      text NOT NULL,
+    CHECK (source_id IS NOT NULL OR target_id IS NOT NULL)
+);
+CREATE UNIQUE INDEX id_mappings_by_source ON id_mappings (tenant_id, integration_id, entity_type, source_id);
+CREATE UNIQUE INDEX id_mappings_by_target ON id_mappings (tenant_id, integration_id, entity_type, target_id);
+CREATE INDEX id_mappings_by_status ON id_mappings (tenant_id, integration_id, status, entity_type);
+
+CREATE TABLE runs (
+    id              TEXT PRIMARY KEY,
+    tenant_id       text        NOT NULL,
+    integration_id  text        NOT NULL,
+    state           text        NOT NULL CHECK (state IN ('planned', 'running', 'suspended', 'succeeded', 'failed', 'cancelled')),
+    plan            text       NOT NULL,
+    trigger         text        NOT NULL DEFAULT 'manual',
+    error           text,
+    created_at      text NOT NULL,
+    updated_at      text NOT NULL,
+    finished_at     text
+);
+-- at most one active run per (tenant, integration)
+CREATE UNIQUE INDEX runs_one_active ON runs (tenant_id, integration_id)
+    WHERE state IN ('planned', 'running', 'suspended');
+CREATE INDEX runs_by_state ON runs (tenant_id, state, created_at);
+
+CREATE TABLE steps (
+    run_id          text        NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    tenant_id       text        NOT NULL,
+    stage           integer     NOT NULL,
+    entity_type     text        NOT NULL,
+    direction       text        NOT NULL CHECK (direction IN ('forward', 'backward')),
+    state           text        NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    cursor          text,
+    counters        text       NOT NULL DEFAULT '{}',
+    error           text,
+    updated_at      text NOT NULL,
+    PRIMARY KEY (run_id, entity_type, direction)
+);
+CREATE INDEX steps_by_tenant ON steps (tenant_id, run_id);
+
+CREATE TABLE conflicts (
+    id                 TEXT PRIMARY KEY,
+    tenant_id          text        NOT NULL,
+    integration_id     text        NOT NULL,
+    entity_type        text        NOT NULL,
+    run_id             text,
+    source_id          text        NOT NULL,
+    target_id          text        NOT NULL,
+    source_record      text       NOT NULL,
+    target_record      text       NOT NULL,
+    base               text,
+    conflicting_fields text       NOT NULL,
+    strategy_applied   text        NOT NULL,
+    resolution         text,
+    status             text        NOT NULL CHECK (status IN ('pending', 'resolved')),
+    resolved_by        text,
+    created_at         text NOT NULL,
+    resolved_at        text
+);
+CREATE INDEX conflicts_by_status ON conflicts (tenant_id, status, entity_type, created_at);
+-- a record has at most one open conflict
+CREATE UNIQUE INDEX conflicts_open_per_record ON conflicts (tenant_id, integration_id, entity_type, source_id)
+    WHERE status = 'pending';
+
+-- A run is executed by the worker holding its lease; an expired lease may be
+-- taken over.
+CREATE TABLE run_leases (
+    run_id          TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    tenant_id       text        NOT NULL,
+    worker_id       text        NOT NULL,
+    expires_at      text NOT NULL,
+    heartbeat_at    text NOT NULL
+);
+CREATE INDEX run_leases_by_tenant ON run_leases (tenant_id, expires_at);
+
+CREATE TABLE schedules (
+    tenant_id       text        NOT NULL,
+    integration_id  text        NOT NULL,
+    cron            text        NOT NULL,
+    next_fire_at    text NOT NULL,
+    PRIMARY KEY (tenant_id, integration_id)
+);
+
+-- One row per fired tick: the primary key stops two schedulers from starting
+-- the same tick twice.
+CREATE TABLE schedule_fires (
+    tenant_id       text        NOT NULL,
+    integration_id  text        NOT NULL,
+    fire_at         text NOT NULL,
+    run_id          text,
+    PRIMARY KEY (tenant_id, integration_id, fire_at)
+);

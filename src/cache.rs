@@ -1,0 +1,387 @@
+//! Read-through cache of ID mappings: Redis when configured, else an
+//! in-process map.
+//!
+//! The cache is never the source of truth. The store writes the database
+//! first and only then updates the cache, and every entry carries the
+//! mapping's version: an entry is replaced only by a newer one, so a slow
+//! read-through fill can never put back a status older than the last
+//! committed transition.
+//!
+//! Redis may go away at any time. Every Redis error turns into "not cached":
+//! the caller falls back to the database and the sync carries on. The first
+//! error of an outage is logged once, each fallback is counted, and keys whose
+//! update was lost during the outage are deleted before the cache is trusted
+//! again.
+
+use crate::ids::EntityScope;
+use crate::mapping::IdMapping;
+use crate::record::Side;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long an entry lives unless replaced.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Keys whose lost updates we remember through an outage; past this many,
+/// the whole cache is bypassed until the entries have expired.
+const MAX_LOST_UPDATES: usize = 10_000;
+
+/// The in-process cache clears itself past this many entries.
+const MAX_LOCAL_ENTRIES: usize = 200_000;
+
+/// Set `KEYS[1]` to `ARGV[2]` (which starts with `<version>|`) unless it
+/// already holds a newer version.
+const SET_IF_NEWER: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^(%d+)|'))
+  if v and v > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Counters an operator can scrape.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Lookups answered by the database because Redis failed.
+    pub fallbacks: AtomicU64,
+}
+
+/// A point-in-time copy of [`CacheStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub fallbacks: u64,
+}
+
+/// The mapping cache the store reads through.
+pub struct MappingCache {
+    backend: Backend,
+    prefix: String,
+    ttl: Duration,
+    stats: CacheStats,
+}
+
+enum Backend {
+    Disabled,
+    Local(Mutex<HashMap<String, (Instant, IdMapping)>>),
+    Redis(RedisCache),
+}
+
+struct RedisCache {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    last_connect_attempt: Mutex<Option<Instant>>,
+    in_outage: AtomicBool,
+    /// Keys whose post-commit update failed; deleted before the next read.
+    lost: Mutex<HashSet<String>>,
+    /// Set when `lost` overflowed: bypass Redis until entries have expired.
+    bypass_until: Mutex<Option<Instant>>,
+}
+
+/// Escapes the separator so that tenant `a:b` and tenant `a` with
+/// integration `b` never share a key.
+fn escape(part: &str) -> String {
+    part.replace('%', "%25").replace(':', "%3A")
+}
+
+impl MappingCache {
+    /// No caching: every lookup goes to the database.
+    pub fn disabled() -> MappingCache {
+        MappingCache::with(Backend::Disabled, "syncd")
+    }
+
+    /// An in-process cache: the embedded default.
+    pub fn local() -> MappingCache {
+        MappingCache::with(Backend::Local(Mutex::new(HashMap::new())), "syncd")
+    }
+
+    /// A Redis cache at `url`, its keys under `prefix`. Connects lazily, so a
+    /// Redis that is down at start is an outage, not a failure.
+    pub fn redis(url: &str, prefix: &str) -> Result<MappingCache, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        Ok(MappingCache::with(
+            Backend::Redis(RedisCache {
+                client,
+                conn: tokio::sync::Mutex::new(None),
+                last_connect_attempt: Mutex::new(None),
+                in_outage: AtomicBool::new(false),
+                lost: Mutex::new(HashSet::new()),
+                bypass_until: Mutex::new(None),
+            }),
+            prefix,
+        ))
+    }
+
+    fn with(backend: Backend, prefix: &str) -> MappingCache {
+        MappingCache {
+            backend,
+            prefix: prefix.to_owned(),
+            ttl: DEFAULT_TTL,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Sets how long entries live.
+    pub fn with_ttl(mut self, ttl: Duration) -> MappingCache {
+        self.ttl = ttl;
+        self
+    }
+
+    /// True unless this cache is [`MappingCache::disabled`].
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.backend, Backend::Disabled)
+    }
+
+    /// The key of the mapping of `id` on `side` within `scope`.
+    pub fn key(&self, scope: &EntityScope, side: Side, id: &str) -> String {
+        format!(
+            "{}:map:{}:{}:{}:{}:{}",
+            self.prefix,
+            escape(scope.tenant_id.as_str()),
+            escape(scope.integration_id.as_str()),
+            escape(scope.entity_type.as_str()),
+            if side == Side::Source { "s" } else { "t" },
+            escape(id)
+        )
+    }
+
+    /// Every key `mapping` is cached under: one per known id.
+    pub fn keys_of(&self, mapping: &IdMapping) -> Vec<String> {
+        let scope = mapping.scope();
+        let mut keys = Vec::with_capacity(2);
+        if let Some(id) = &mapping.source_id {
+            keys.push(self.key(&scope, Side::Source, id));
+        }
+        if let Some(id) = &mapping.target_id {
+            keys.push(self.key(&scope, Side::Target, id));
+        }
+        keys
+    }
+
+    /// Counters so far.
+    pub fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            misses: self.stats.misses.load(Ordering::Relaxed),
+            fallbacks: self.stats.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Looks up `keys` in one round trip. Returns `None` when the cache
+    /// cannot answer (disabled, or Redis failing): read them all from the
+    /// database.
+    pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<IdMapping>>> {
+        let found = match &self.backend {
+            Backend::Disabled => return None,
+            Backend::Local(map) => {
+                let now = Instant::now();
+                let map = map.lock().expect("cache lock");
+                keys.iter()
+                    .map(|k| map.get(k).filter(|(exp, _)| *exp > now).map(|(_, m)| m.clone()))
+                    .collect::<Vec<_>>()
+            }
+            Backend::Redis(redis) => match redis.get_many(keys).await {
+                Ok(found) => {
+                    self.recovered(redis);
+                    found
+                }
+                Err(e) => {
+                    self.outage(redis, &e);
+                    self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        let hits = found.iter().filter(|m| m.is_some()).count() as u64;
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
+        self.stats
+            .misses
+            .fetch_add(keys.len() as u64 - hits, Ordering::Relaxed);
+        Some(found)
+    }
+
+    /// Stores each mapping under each of its keys, unless a newer version is
+    /// already there. Pipelined: one round trip.
+    pub async fn put_many(&self, mappings: &[IdMapping]) {
+        let entries: Vec<(String, &IdMapping)> = mappings
+            .iter()
+            .flat_map(|m| self.keys_of(m).into_iter().map(move |k| (k, m)))
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        match &self.backend {
+            Backend::Disabled => {}
+            Backend::Local(map) => {
+                let mut map = map.lock().expect("cache lock");
+                if map.len() + entries.len() > MAX_LOCAL_ENTRIES {
+                    map.clear();
+                }
+                let expires = Instant::now() + self.ttl;
+                for (key, mapping) in entries {
+                    let newer = map
+                        .get(&key)
+                        .is_some_and(|(_, cur)| cur.version > mapping.version);
+                    if !newer {
+                        map.insert(key, (expires, mapping.clone()));
+                    }
+                }
+            }
+            Backend::Redis(redis) => {
+                if let Err(e) = redis.put_many(&entries, self.ttl).await {
+                    self.outage(redis, &e);
+                    redis.remember_lost(entries.into_iter().map(|(k, _)| k), self.ttl);
+                }
+            }
+        }
+    }
+
+    /// Removes `keys` (ids a mapping no longer has).
+    pub async fn delete_many(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        match &self.backend {
+            Backend::Disabled => {}
+            Backend::Local(map) => {
+                let mut map = map.lock().expect("cache lock");
+                for key in keys {
+                    map.remove(key);
+                }
+            }
+            Backend::Redis(redis) => {
+                if let Err(e) = redis.delete(keys).await {
+                    self.outage(redis, &e);
+                    redis.remember_lost(keys.iter().cloned(), self.ttl);
+                }
+            }
+        }
+    }
+
+    fn outage(&self, redis: &RedisCache, error: &redis::RedisError) {
+        redis.disconnect();
+        if !redis.in_outage.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "redis mapping cache unavailable; reading mappings from the database");
+        }
+    }
+
+    fn recovered(&self, redis: &RedisCache) {
+        if redis.in_outage.swap(false, Ordering::Relaxed) {
+            tracing::info!("redis mapping cache is back");
+        }
+    }
+}
+
+impl RedisCache {
+    /// Forgets the connection after an error, so that the next calls wait
+    /// for a reconnect attempt (at most one a second) instead of each
+    /// retrying on its own and stalling the sync.
+    fn disconnect(&self) {
+        if let Ok(mut conn) = self.conn.try_lock() {
+            *conn = None;
+        }
+    }
+
+    /// A connection, reconnecting at most once a second while Redis is down.
+    async fn connection(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            return Ok(c.clone());
+        }
+        {
+            let mut last = self.last_connect_attempt.lock().expect("cache lock");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "redis unreachable; next reconnect attempt within a second",
+                )));
+            }
+            *last = Some(Instant::now());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(Duration::from_millis(1000))
+            .set_number_of_retries(0);
+        let manager = redis::aio::ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *conn = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// Deletes the keys whose updates were lost, before anything is read.
+    async fn repair(&self, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+        if self
+            .bypass_until
+            .lock()
+            .expect("cache lock")
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "redis cache bypassed until entries from before the outage expire",
+            )));
+        }
+        let lost: Vec<String> = self.lost.lock().expect("cache lock").iter().cloned().collect();
+        if !lost.is_empty() {
+            redis::cmd("DEL").arg(&lost).query_async::<()>(conn).await?;
+            let mut set = self.lost.lock().expect("cache lock");
+            for key in &lost {
+                set.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_lost(&self, keys: impl Iterator<Item = String>, ttl: Duration) {
+        let mut lost = self.lost.lock().expect("cache lock");
+        lost.extend(keys);
+        if lost.len() > MAX_LOST_UPDATES {
+            lost.clear();
+            *self.bypass_until.lock().expect("cache lock") = Some(Instant::now() + ttl);
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<IdMapping>>> {
+        let mut conn = self.connection().await?;
+        self.repair(&mut conn).await?;
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(values
+            .into_iter()
+            .map(|v| {
+                let (_, json) = v?.split_once('|').map(|(a, b)| (a.to_owned(), b.to_owned()))?;
+                // An entry we cannot read is a miss, not an error.
+                serde_json::from_str(&json).ok()
+            })
+            .collect())
+    }
+
+    async fn put_many(&self, entries: &[(String, &IdMapping)], ttl: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.connection().await?;
+        self.repair(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for (key, mapping) in entries {
+            let json = serde_json::to_string(mapping).expect("mappings serialize");
+            pipe.cmd("EVAL")
+                .arg(SET_IF_NEWER)
+                .arg(1)
+                .arg(key)
+                .arg(mapping.version)
+                .arg(format!("{}|{json}", mapping.version))
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> redis::RedisResult<()> {
+        let mut conn = self.connection().await?;
+        self.repair(&mut conn).await?;
+        redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await
+    }
+}

@@ -1,0 +1,197 @@
+//! Redis going away under a running store: lookups fall back to the
+//! database, stay correct, and the cache is trusted again once it is back.
+
+mod support;
+
+use chrono::Utc;
+use std::sync::Arc;
+use support::{PgSchema, RedisPrefix};
+use syncd::cache::MappingCache;
+use syncd::ids::EntityScope;
+use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
+use syncd::record::{Fields, Side};
+use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+/// A TCP proxy to Redis that can be stopped (closing every connection, like
+/// a Redis that went down) and started again on the same port.
+struct Proxy {
+    port: u16,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let upstream = support::redis_url()
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Proxy { port, tasks }
+    }
+
+    /// Stops listening and drops every proxied connection.
+    async fn stop(mut self) -> u16 {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.port
+    }
+}
+
+fn scope() -> EntityScope {
+    EntityScope::new("tenant-a", "crm-to-erp", "account")
+}
+
+async fn reserve(store: &Store, id: &str) -> IdMapping {
+    let m = IdMapping::reserve(
+        Uuid::new_v4(),
+        scope(),
+        Some(id.into()),
+        None,
+        format!("k-{id}"),
+        Utc::now(),
+    );
+    store
+        .commit_page(PageCommit {
+            mappings: vec![MappingWrite::Insert(m)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+async fn transition(store: &Store, current: &IdMapping, change: MappingChange) -> IdMapping {
+    store
+        .commit_page(PageCommit {
+            mappings: vec![MappingWrite::Transition {
+                current: current.clone(),
+                change,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+async fn status(store: &Store, id: &str) -> MappingStatus {
+    store
+        .lookup(&scope(), Side::Source, &[id.to_owned()])
+        .await
+        .unwrap()[id]
+        .status
+}
+
+#[tokio::test]
+async fn redis_stopped_mid_run_falls_back_and_recovers() {
+    let Some(redis) = RedisPrefix::create().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let proxy = Proxy::start(0).await;
+    let cache = MappingCache::redis(&format!("redis://127.0.0.1:{}", proxy.port), &redis.prefix).unwrap();
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), cache, DEFAULT_MAX_SNAPSHOT_BYTES)
+            .await
+            .unwrap(),
+    );
+
+    let m = reserve(&store, "a-1").await;
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Pending);
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Pending);
+    let before = store.cache().counts();
+    assert!(before.hits >= 1, "warm cache answers: {before:?}");
+    assert_eq!(before.fallbacks, 0);
+
+    // Redis goes away; a transition commits to the database regardless.
+    let port = proxy.stop().await;
+    let m = transition(
+        &store,
+        &m,
+        MappingChange::Confirm {
+            source_id: "a-1".into(),
+            target_id: "T-1".into(),
+            base: Fields::new(),
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            status(&store, "a-1").await,
+            MappingStatus::Mapped,
+            "answered by the database"
+        );
+    }
+    assert!(store.cache().counts().fallbacks >= 3);
+
+    // Redis is back: the entry it still holds (pending) is older than the
+    // database and must not be served.
+    let proxy = Proxy::start(port).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // reconnect back-off
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Mapped);
+    let hits = store.cache().counts().hits;
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Mapped);
+    assert!(
+        store.cache().counts().hits > hits,
+        "served from Redis again once it is back"
+    );
+    transition(
+        &store,
+        &m,
+        MappingChange::MarkStale {
+            reason: "gone".into(),
+        },
+    )
+    .await;
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Stale);
+
+    proxy.stop().await;
+    pg.drop().await;
+    redis.drop().await;
+}
+
+#[tokio::test]
+async fn redis_on_a_closed_port_from_the_start() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    // Bind and drop a listener to find a port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = MappingCache::redis(&format!("redis://127.0.0.1:{port}"), "syncd-closed").unwrap();
+    let store = Store::postgres(pg.pool.clone(), cache, DEFAULT_MAX_SNAPSHOT_BYTES)
+        .await
+        .unwrap();
+    let m = reserve(&store, "a-1").await;
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Pending);
+    transition(&store, &m, MappingChange::Fail { error: "422".into() }).await;
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Failed);
+    let counts = store.cache().counts();
+    assert!(counts.fallbacks >= 2 && counts.hits == 0, "{counts:?}");
+    pg.drop().await;
+}

@@ -1,0 +1,680 @@
+//! One set of store tests, run against SQLite and PostgreSQL, each with no
+//! cache, the in-process cache and Redis.
+
+mod support;
+
+use chrono::Utc;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use support::{PgSchema, RedisPrefix, TempDir};
+use syncd::cache::MappingCache;
+use syncd::conflict::{ConflictRecord, ConflictStatus, Strategy};
+use syncd::ids::{EntityScope, TenantId};
+use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
+use syncd::record::{Fields, Record, Side};
+use syncd::run::{StepCheckpoint, StepCounters, StepDirection, StepState};
+use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store, StoreConfig, StoreError};
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    None,
+    Local,
+    Redis,
+}
+
+/// What a test needs to clean up after itself.
+struct Services {
+    pg: Option<PgSchema>,
+    redis: Option<RedisPrefix>,
+    _dir: TempDir,
+}
+
+async fn open(db: Db, cache: Cache, max_snapshot_bytes: usize) -> Option<(Store, Services)> {
+    let dir = TempDir::new("store");
+    let redis = match cache {
+        Cache::Redis => Some(RedisPrefix::create().await?),
+        _ => None,
+    };
+    let cache = match (cache, &redis) {
+        (Cache::None, _) => MappingCache::disabled(),
+        (Cache::Local, _) => MappingCache::local(),
+        (Cache::Redis, Some(r)) => MappingCache::redis(&support::redis_url(), &r.prefix).unwrap(),
+        (Cache::Redis, None) => unreachable!(),
+    };
+    let (store, pg) = match db {
+        Db::Sqlite => {
+            let config = StoreConfig {
+                database_url: dir.sqlite_url("state.db"),
+                max_snapshot_bytes,
+            };
+            (Store::connect(&config, cache).await.expect("open sqlite"), None)
+        }
+        Db::Postgres => {
+            let schema = PgSchema::create().await?;
+            let store = Store::postgres(schema.pool.clone(), cache, max_snapshot_bytes)
+                .await
+                .expect("open postgres");
+            (store, Some(schema))
+        }
+    };
+    Some((store, Services { pg, redis, _dir: dir }))
+}
+
+/// Runs `test` against a fresh store and cleans up, also when it panics.
+async fn run<F, Fut>(db: Db, cache: Cache, test: F)
+where
+    F: FnOnce(Arc<Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some((store, services)) = open(db, cache, DEFAULT_MAX_SNAPSHOT_BYTES).await else {
+        return;
+    };
+    let result = tokio::spawn(test(Arc::new(store))).await;
+    if let Some(pg) = services.pg {
+        pg.drop().await;
+    }
+    if let Some(r) = services.redis {
+        r.drop().await;
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// Generates one test per backend and cache for each conformance case.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite_no_cache() { run(Db::Sqlite, Cache::None, super::$case).await }
+            #[tokio::test]
+            async fn sqlite_local_cache() { run(Db::Sqlite, Cache::Local, super::$case).await }
+            #[tokio::test]
+            async fn sqlite_redis() { run(Db::Sqlite, Cache::Redis, super::$case).await }
+            #[tokio::test]
+            async fn postgres_no_cache() { run(Db::Postgres, Cache::None, super::$case).await }
+            #[tokio::test]
+            async fn postgres_local_cache() { run(Db::Postgres, Cache::Local, super::$case).await }
+            #[tokio::test]
+            async fn postgres_redis() { run(Db::Postgres, Cache::Redis, super::$case).await }
+        }
+    )*};
+}
+
+conformance!(
+    batch_insert_and_lookup_both_ways,
+    racing_transitions_have_one_winner,
+    refused_transition_leaves_page_unwritten,
+    lost_race_mid_page_rolls_back_the_page,
+    cache_follows_every_committed_transition,
+    awkward_names_round_trip,
+    five_megabyte_snapshot_round_trips,
+    conflicts_are_stored_per_tenant,
+);
+
+fn scope(entity: &str) -> EntityScope {
+    EntityScope::new("tenant-a", "crm-to-erp", entity)
+}
+
+fn pending(scope: &EntityScope, source_id: &str) -> IdMapping {
+    IdMapping::reserve(
+        Uuid::new_v4(),
+        scope.clone(),
+        Some(source_id.into()),
+        None,
+        format!("key-{source_id}"),
+        Utc::now(),
+    )
+}
+
+fn fields(v: serde_json::Value) -> Fields {
+    v.as_object().expect("object").clone()
+}
+
+fn confirm(current: &IdMapping, target_id: &str, base: Fields) -> MappingWrite {
+    MappingWrite::Transition {
+        current: current.clone(),
+        change: MappingChange::Confirm {
+            source_id: current.source_id.clone().unwrap(),
+            target_id: target_id.into(),
+            base,
+        },
+    }
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn insert(store: &Store, mappings: Vec<IdMapping>) -> Vec<IdMapping> {
+    store
+        .commit_page(PageCommit {
+            mappings: mappings.into_iter().map(MappingWrite::Insert).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("insert mappings")
+}
+
+async fn status_of(store: &Store, scope: &EntityScope, source_id: &str) -> Option<MappingStatus> {
+    store
+        .lookup(scope, Side::Source, &ids(&[source_id]))
+        .await
+        .unwrap()
+        .get(source_id)
+        .map(|m| m.status)
+}
+
+fn checkpoint(run_id: Uuid, cursor: serde_json::Value, read: u64) -> StepCheckpoint {
+    StepCheckpoint {
+        run_id,
+        tenant_id: "tenant-a".into(),
+        stage: 1,
+        entity_type: "account".into(),
+        direction: StepDirection::Forward,
+        state: StepState::Running,
+        cursor: Some(cursor),
+        counters: StepCounters {
+            read,
+            ..Default::default()
+        },
+        error: None,
+    }
+}
+
+async fn new_run(store: &Store) -> Uuid {
+    let id = Uuid::new_v4();
+    store
+        .insert_run(
+            id,
+            (&"tenant-a".into(), &"crm-to-erp".into()),
+            &json!({"stages": []}),
+        )
+        .await
+        .unwrap();
+    id
+}
+
+async fn batch_insert_and_lookup_both_ways(store: Arc<Store>) {
+    let s = scope("account");
+    let stored = insert(&store, (0..50).map(|i| pending(&s, &format!("a-{i}"))).collect()).await;
+    assert!(
+        stored
+            .iter()
+            .all(|m| m.status == MappingStatus::Pending && m.version == 1)
+    );
+
+    let page: Vec<MappingWrite> = stored
+        .iter()
+        .take(10)
+        .map(|m| {
+            confirm(
+                m,
+                &format!("T-{}", m.source_id.as_ref().unwrap()),
+                fields(json!({"n": 1})),
+            )
+        })
+        .collect();
+    store
+        .commit_page(PageCommit {
+            mappings: page,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let wanted = ids(&["a-0", "a-9", "a-10", "a-49", "nobody"]);
+    let by_source = store.lookup(&s, Side::Source, &wanted).await.unwrap();
+    assert_eq!(by_source.len(), 4, "unknown ids are absent");
+    assert_eq!(by_source["a-0"].status, MappingStatus::Mapped);
+    assert_eq!(by_source["a-0"].target_id.as_deref(), Some("T-a-0"));
+    assert_eq!(by_source["a-0"].base, Some(fields(json!({"n": 1}))));
+    assert_eq!(by_source["a-10"].status, MappingStatus::Pending);
+    assert_eq!(by_source["a-49"].idempotency_key.as_deref(), Some("key-a-49"));
+
+    let by_target = store
+        .lookup(&s, Side::Target, &ids(&["T-a-9", "T-a-10"]))
+        .await
+        .unwrap();
+    assert_eq!(by_target.len(), 1);
+    assert_eq!(by_target["T-a-9"].source_id.as_deref(), Some("a-9"));
+
+    // Another tenant, integration or entity type sees none of it.
+    for other in [
+        EntityScope::new("tenant-b", "crm-to-erp", "account"),
+        EntityScope::new("tenant-a", "other", "account"),
+        scope("contact"),
+    ] {
+        assert!(
+            store
+                .lookup(&other, Side::Source, &wanted)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    // The same source id cannot be mapped twice.
+    let err = store
+        .commit_page(PageCommit {
+            mappings: vec![MappingWrite::Insert(pending(&s, "a-3"))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
+}
+
+async fn racing_transitions_have_one_winner(store: Arc<Store>) {
+    let s = scope("account");
+    for round in 0..5 {
+        let id = format!("race-{round}");
+        let read = insert(&store, vec![pending(&s, &id)]).await.remove(0);
+        let target_id = format!("T-{round}");
+        let to_mapped = confirm(&read, &target_id, Fields::new());
+        let to_failed = MappingWrite::Transition {
+            current: read.clone(),
+            change: MappingChange::Fail {
+                error: "target said no".into(),
+            },
+        };
+        let (a, b) = tokio::join!(
+            {
+                let store = store.clone();
+                async move {
+                    store
+                        .commit_page(PageCommit {
+                            mappings: vec![to_mapped],
+                            ..Default::default()
+                        })
+                        .await
+                }
+            },
+            {
+                let store = store.clone();
+                async move {
+                    store
+                        .commit_page(PageCommit {
+                            mappings: vec![to_failed],
+                            ..Default::default()
+                        })
+                        .await
+                }
+            }
+        );
+        let (winner, loser) = match (&a, &b) {
+            (Ok(_), Err(e)) => (MappingStatus::Mapped, e),
+            (Err(e), Ok(_)) => (MappingStatus::Failed, e),
+            _ => panic!("exactly one must win: {a:?} / {b:?}"),
+        };
+        let msg = loser.to_string();
+        let expected = match winner {
+            MappingStatus::Mapped => "mapping transition mapped -> failed is not allowed",
+            _ => "mapping transition failed -> mapped is not allowed",
+        };
+        assert!(msg.contains(expected) && msg.contains(&id), "{msg}");
+        let now = store
+            .lookup(&s, Side::Source, &ids(&[&id]))
+            .await
+            .unwrap()
+            .remove(&id)
+            .unwrap();
+        assert_eq!(now.status, winner);
+        assert_eq!(now.version, 2);
+        match winner {
+            MappingStatus::Mapped => assert_eq!(now.target_id, Some(target_id)),
+            _ => assert_eq!(now.last_error.as_deref(), Some("target said no")),
+        }
+    }
+}
+
+async fn refused_transition_leaves_page_unwritten(store: Arc<Store>) {
+    let s = scope("account");
+    let run_id = new_run(&store).await;
+    let read = insert(
+        &store,
+        vec![pending(&s, "a-1"), pending(&s, "a-2"), pending(&s, "a-3")],
+    )
+    .await;
+    store
+        .commit_page(PageCommit {
+            mappings: vec![confirm(&read[2], "T-3", Fields::new())],
+            checkpoint: Some(checkpoint(run_id, json!({"after": "a-0"}), 1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mapped3 = store
+        .lookup(&s, Side::Source, &ids(&["a-3"]))
+        .await
+        .unwrap()
+        .remove("a-3")
+        .unwrap();
+
+    // a-1 and a-2 may move on, but mapped -> pending is not a transition.
+    let err = store
+        .commit_page(PageCommit {
+            mappings: vec![
+                confirm(&read[0], "T-1", Fields::new()),
+                MappingWrite::Transition {
+                    current: read[1].clone(),
+                    change: MappingChange::Fail { error: "x".into() },
+                },
+                MappingWrite::Transition {
+                    current: mapped3.clone(),
+                    change: MappingChange::Reserve {
+                        idempotency_key: "again".into(),
+                    },
+                },
+            ],
+            conflicts: vec![],
+            checkpoint: Some(checkpoint(run_id, json!({"after": "a-3"}), 4)),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("mapping transition mapped -> pending is not allowed"),
+        "{err}"
+    );
+    assert_eq!(status_of(&store, &s, "a-1").await, Some(MappingStatus::Pending));
+    assert_eq!(status_of(&store, &s, "a-2").await, Some(MappingStatus::Pending));
+    assert_eq!(status_of(&store, &s, "a-3").await, Some(MappingStatus::Mapped));
+    let cp = store
+        .load_checkpoint(run_id, "account", StepDirection::Forward)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.cursor, Some(json!({"after": "a-0"})));
+    assert_eq!(cp.counters.read, 1);
+}
+
+async fn lost_race_mid_page_rolls_back_the_page(store: Arc<Store>) {
+    let s = scope("account");
+    let run_id = new_run(&store).await;
+    let read = insert(&store, vec![pending(&s, "b-1"), pending(&s, "b-2")]).await;
+    // Someone else moves b-2 on after we read it.
+    store
+        .commit_page(PageCommit {
+            mappings: vec![confirm(&read[1], "T-2", Fields::new())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let conflict = sample_conflict("tenant-a", "b-1");
+    let conflict_id = conflict.id;
+    // Our page: b-1 first (fine on its own), then b-2 from a stale read.
+    let err = store
+        .commit_page(PageCommit {
+            mappings: vec![
+                confirm(&read[0], "T-1", Fields::new()),
+                MappingWrite::Transition {
+                    current: read[1].clone(),
+                    change: MappingChange::Fail { error: "late".into() },
+                },
+            ],
+            conflicts: vec![conflict],
+            checkpoint: Some(checkpoint(run_id, json!({"after": "b-2"}), 2)),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("mapped -> failed is not allowed"),
+        "{err}"
+    );
+    assert_eq!(status_of(&store, &s, "b-1").await, Some(MappingStatus::Pending));
+    assert_eq!(status_of(&store, &s, "b-2").await, Some(MappingStatus::Mapped));
+    assert_eq!(
+        store
+            .load_checkpoint(run_id, "account", StepDirection::Forward)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        store
+            .load_conflicts(&"tenant-a".into(), &[conflict_id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn cache_follows_every_committed_transition(store: Arc<Store>) {
+    let s = scope("contact");
+    let mut current = insert(&store, vec![pending(&s, "c-1")]).await.remove(0);
+    // Lookups racing with the writes must never see a status older than the
+    // last commit that finished before the lookup started.
+    let reader = {
+        let store = store.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                store.lookup(&s, Side::Source, &ids(&["c-1"])).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let cycle = [
+        MappingChange::Confirm {
+            source_id: "c-1".into(),
+            target_id: "T-1".into(),
+            base: Fields::new(),
+        },
+        MappingChange::MarkStale {
+            reason: "gone".into(),
+        },
+        MappingChange::Reserve {
+            idempotency_key: "k2".into(),
+        },
+        MappingChange::Fail { error: "no".into() },
+        MappingChange::Reserve {
+            idempotency_key: "k3".into(),
+        },
+    ];
+    for change in cycle.iter().cycle().take(20) {
+        let expected = change.target_status();
+        current = store
+            .commit_page(PageCommit {
+                mappings: vec![MappingWrite::Transition {
+                    current: current.clone(),
+                    change: change.clone(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .remove(0);
+        let seen = store
+            .lookup(&s, Side::Source, &ids(&["c-1"]))
+            .await
+            .unwrap()
+            .remove("c-1")
+            .unwrap();
+        assert_eq!((seen.status, seen.version), (expected, current.version));
+        if expected == MappingStatus::Mapped {
+            let by_target = store.lookup(&s, Side::Target, &ids(&["T-1"])).await.unwrap();
+            assert_eq!(by_target["T-1"].version, current.version);
+        }
+    }
+    reader.await.unwrap();
+    if store.cache().is_enabled() {
+        assert!(store.cache().counts().hits > 0, "the cache answered some lookups");
+    }
+}
+
+async fn awkward_names_round_trip(store: Arc<Store>) {
+    let names = [
+        "it's \"quoted\"",
+        "100% * all",
+        "line\nbreak",
+        "naïve 東京 🚀",
+        "a:b",
+        "semi;colon -- DROP TABLE id_mappings",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let s = EntityScope::new(*name, *name, *name);
+        let source_id = format!("{name}/{i}");
+        let stored = insert(&store, vec![pending(&s, &source_id)]).await.remove(0);
+        store
+            .commit_page(PageCommit {
+                mappings: vec![confirm(&stored, name, fields(json!({ *name: *name })))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let found = store
+            .lookup(&s, Side::Source, &[source_id.clone()])
+            .await
+            .unwrap();
+        let m = &found[&source_id];
+        assert_eq!(m.tenant_id.as_str(), *name);
+        assert_eq!(m.integration_id.as_str(), *name);
+        assert_eq!(m.entity_type.as_str(), *name);
+        assert_eq!(m.target_id.as_deref(), Some(*name));
+        assert_eq!(m.base, Some(fields(json!({ *name: *name }))));
+    }
+    // `a` + `b:c` must not meet `a:b` + `c` in the cache or the database.
+    let left = EntityScope::new("a", "b:c", "x");
+    let right = EntityScope::new("a:b", "c", "x");
+    insert(&store, vec![pending(&left, "same")]).await;
+    assert!(
+        store
+            .lookup(&right, Side::Source, &ids(&["same"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .lookup(&left, Side::Source, &ids(&["same"]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn five_megabyte_snapshot_round_trips(store: Arc<Store>) {
+    let s = scope("product");
+    let big = "x".repeat(5 * 1024 * 1024);
+    let base = fields(json!({ "description": big, "sku": "P-1" }));
+    let stored = insert(&store, vec![pending(&s, "p-1")]).await.remove(0);
+    store
+        .commit_page(PageCommit {
+            mappings: vec![confirm(&stored, "T-p-1", base.clone())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let loaded = store
+        .lookup(&s, Side::Source, &ids(&["p-1"]))
+        .await
+        .unwrap()
+        .remove("p-1")
+        .unwrap();
+    assert_eq!(loaded.base, Some(base));
+}
+
+fn sample_conflict(tenant: &str, source_id: &str) -> ConflictRecord {
+    ConflictRecord {
+        id: Uuid::new_v4(),
+        tenant_id: tenant.into(),
+        integration_id: "crm-to-erp".into(),
+        entity_type: "account".into(),
+        source_record: Record {
+            id: source_id.into(),
+            fields: fields(json!({"name": "Acme Corp"})),
+            modified_at: Utc::now(),
+        },
+        target_record: Record {
+            id: format!("T-{source_id}"),
+            fields: fields(json!({"name": "ACME"})),
+            modified_at: Utc::now(),
+        },
+        base: Some(fields(json!({"name": "Acme"}))),
+        conflicting_fields: vec!["name".into()],
+        strategy_applied: Strategy::Manual,
+        resolution: None,
+        status: ConflictStatus::Pending,
+        resolved_by: None,
+        created_at: Utc::now(),
+        resolved_at: None,
+    }
+}
+
+async fn conflicts_are_stored_per_tenant(store: Arc<Store>) {
+    let mine = sample_conflict("tenant-a", "a-1");
+    let theirs = sample_conflict("tenant-b", "a-1");
+    store
+        .commit_page(PageCommit {
+            conflicts: vec![mine.clone(), theirs.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let tenant_a: TenantId = "tenant-a".into();
+    let loaded = store
+        .load_conflicts(&tenant_a, &[mine.id, theirs.id])
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 1, "tenant-b's conflict is invisible to tenant-a");
+    let got = &loaded[0];
+    assert_eq!(got.id, mine.id);
+    assert_eq!(got.source_record.fields, mine.source_record.fields);
+    assert_eq!(got.target_record.id, mine.target_record.id);
+    assert_eq!(got.base, mine.base);
+    assert_eq!(got.conflicting_fields, mine.conflicting_fields);
+    assert_eq!(
+        (got.status, got.strategy_applied),
+        (ConflictStatus::Pending, Strategy::Manual)
+    );
+}
+
+#[tokio::test]
+async fn snapshot_over_the_limit_is_refused_on_both_backends() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        let Some((store, services)) = open(db, Cache::None, 1024 * 1024).await else {
+            continue;
+        };
+        let s = scope("product");
+        let stored = insert(&store, vec![pending(&s, "p-big")]).await.remove(0);
+        let err = store
+            .commit_page(PageCommit {
+                mappings: vec![confirm(
+                    &stored,
+                    "T",
+                    fields(json!({ "blob": "y".repeat(2 * 1024 * 1024) })),
+                )],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, StoreError::TooLarge { limit: 1048576, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("base snapshot of product `p-big`") && msg.contains("over the limit"),
+            "{msg}"
+        );
+        assert_eq!(
+            status_of(&store, &s, "p-big").await,
+            Some(MappingStatus::Pending),
+            "{db:?}"
+        );
+        if let Some(pg) = services.pg {
+            pg.drop().await;
+        }
+    }
+}

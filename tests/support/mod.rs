@@ -1,0 +1,146 @@
+//! Real services for tests: a fresh PostgreSQL schema, a Redis key prefix,
+//! or a SQLite file per test, removed again when the test ends.
+//!
+//! URLs come from `SYNCD_TEST_POSTGRES_URL` and `SYNCD_TEST_REDIS_URL`, with
+//! loopback defaults. When a server is missing the test is skipped with a
+//! note, except under `CI=true`, where it fails.
+#![allow(dead_code)]
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use std::path::PathBuf;
+use std::str::FromStr;
+use uuid::Uuid;
+
+pub fn postgres_url() -> String {
+    std::env::var("SYNCD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("SYNCD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Called when a server is unreachable: fails under CI, else says why the
+/// test does nothing and returns `None`.
+pub fn missing<T>(what: &str, error: impl std::fmt::Display) -> Option<T> {
+    if in_ci() {
+        panic!("{what} is required under CI=true but unreachable: {error}");
+    }
+    eprintln!("skipping: {what} unreachable: {error}");
+    None
+}
+
+/// A PostgreSQL schema of its own; `pool` has it as search path.
+pub struct PgSchema {
+    pub name: String,
+    pub pool: PgPool,
+    /// A URL that selects the schema too, for code that connects itself.
+    pub url: String,
+    admin: PgPool,
+}
+
+impl PgSchema {
+    pub async fn create() -> Option<PgSchema> {
+        let admin = match PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&postgres_url())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return missing("PostgreSQL", e),
+        };
+        let name = format!("syncd_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        let options = PgConnectOptions::from_str(&postgres_url())
+            .expect("postgres url")
+            .options([("search_path", name.as_str())]);
+        let url = options.to_url_lossy().to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        Some(PgSchema {
+            name,
+            pool,
+            url,
+            admin,
+        })
+    }
+
+    pub async fn drop(self) {
+        self.pool.close().await;
+        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.name))
+            .execute(&self.admin)
+            .await
+            .expect("drop schema");
+    }
+}
+
+/// A Redis key prefix of its own.
+pub struct RedisPrefix {
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    pub async fn create() -> Option<RedisPrefix> {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let ping = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        match ping.await {
+            Ok(_) => Some(RedisPrefix {
+                prefix: format!("syncd-test-{}", Uuid::new_v4().simple()),
+            }),
+            Err(e) => missing("Redis", e),
+        }
+    }
+
+    /// Deletes every key under the prefix (a uuid, so no glob characters).
+    pub async fn drop(self) {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut c = client.get_multiplexed_async_connection().await.expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut c)
+            .await
+            .expect("keys");
+        if !keys.is_empty() {
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(&mut c)
+                .await
+                .expect("del");
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("syncd-{label}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn sqlite_url(&self, name: &str) -> String {
+        format!("sqlite://{}", self.0.join(name).display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
