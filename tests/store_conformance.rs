@@ -533,7 +533,7 @@ async fn awkward_names_round_trip(store: Arc<Store>) {
             .await
             .unwrap();
         let found = store
-            .lookup(&s, Side::Source, &[source_id.clone()])
+            .lookup(&s, Side::Source, std::slice::from_ref(&source_id))
             .await
             .unwrap();
         let m = &found[&source_id];
