@@ -417,6 +417,20 @@ impl ConflictStatus {
     }
 }
 
+impl FromStr for ConflictStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(ConflictStatus::Pending),
+            "resolved" => Ok(ConflictStatus::Resolved),
+            _ => Err(format!(
+                "unknown conflict status `{s}` (expected pending or resolved)"
+            )),
+        }
+    }
+}
+
 /// Who settles automatic conflicts, in `resolved_by`.
 pub const SYSTEM: &str = "system";
 
@@ -429,6 +443,8 @@ pub struct ConflictRecord {
     pub tenant_id: TenantId,
     pub integration_id: IntegrationId,
     pub entity_type: EntityType,
+    /// The run that found it, if a run did.
+    pub run_id: Option<Uuid>,
     pub source_record: Record,
     pub target_record: Record,
     /// The base the conflict was detected against, kept so that a later
@@ -474,6 +490,7 @@ impl ConflictRecord {
             tenant_id: scope.tenant_id,
             integration_id: scope.integration_id,
             entity_type: scope.entity_type,
+            run_id: None,
             source_record: source.clone(),
             target_record: target.clone(),
             base: base.cloned(),

@@ -114,3 +114,202 @@ pub struct StepCheckpoint {
     pub counters: StepCounters,
     pub error: Option<String>,
 }
+
+/// Where a run is in its lifecycle.
+///
+/// `planned → running → (suspended ⇄ running) → succeeded | failed |
+/// cancelled`. A run that is planned, running or suspended is *active*: at
+/// most one per tenant and integration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Planned,
+    Running,
+    Suspended,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// What happens to a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEvent {
+    /// A worker claimed it and starts (or continues) executing.
+    Start,
+    /// Every step is done and manual conflicts are pending.
+    Suspend,
+    /// Every step is done and nothing is pending.
+    Succeed,
+    /// A step failed in a way a retry of the page cannot fix.
+    Fail,
+    /// An operator cancelled it.
+    Cancel,
+    /// The last pending conflict was resolved (or an operator resumed).
+    Resume,
+}
+
+/// A run event that does not apply in the run's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {state} run cannot {event:?}")]
+pub struct RunTransitionError {
+    pub state: RunState,
+    pub event: RunEvent,
+}
+
+impl RunState {
+    /// Every state.
+    pub const ALL: [RunState; 6] = [
+        RunState::Planned,
+        RunState::Running,
+        RunState::Suspended,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Cancelled,
+    ];
+
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Planned => "planned",
+            RunState::Running => "running",
+            RunState::Suspended => "suspended",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Planned, running or suspended.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunState::Planned | RunState::Running | RunState::Suspended)
+    }
+
+    /// Decides the state after `event`. `Start` on a running run is allowed:
+    /// that is a worker taking over a run whose previous worker died.
+    pub fn on(self, event: RunEvent) -> Result<RunState, RunTransitionError> {
+        use RunEvent::*;
+        use RunState::*;
+        match (self, event) {
+            (Planned | Running, Start) => Ok(Running),
+            (Suspended, Resume) => Ok(Running),
+            (Running, Suspend) => Ok(Suspended),
+            (Running, Succeed) => Ok(Succeeded),
+            (Running, Fail) => Ok(Failed),
+            (Planned | Running | Suspended, Cancel) => Ok(Cancelled),
+            (state, event) => Err(RunTransitionError { state, event }),
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown run state `{s}`"))
+    }
+}
+
+/// One step of a run's plan: an entity type in one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub stage: u32,
+    pub entity_type: EntityType,
+    pub direction: StepDirection,
+}
+
+/// The steps of `plan` in execution order: stage by stage, alphabetical
+/// inside a stage, forward before backward for each entity type.
+pub fn steps_of(plan: &crate::plan::Plan, bidirectional: bool) -> Vec<PlannedStep> {
+    let mut steps = Vec::new();
+    for stage in &plan.stages {
+        for entity in &stage.entity_types {
+            let directions: &[StepDirection] = if bidirectional {
+                &[StepDirection::Forward, StepDirection::Backward]
+            } else {
+                &[StepDirection::Forward]
+            };
+            for &direction in directions {
+                steps.push(PlannedStep {
+                    stage: stage.number as u32,
+                    entity_type: entity.as_str().into(),
+                    direction,
+                });
+            }
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RunEvent::*;
+    use RunState::*;
+
+    #[test]
+    fn every_state_and_event() {
+        let events = [Start, Suspend, Succeed, Fail, Cancel, Resume];
+        let mut table = String::new();
+        for state in RunState::ALL {
+            for event in events {
+                let to = match state.on(event) {
+                    Ok(to) => to.to_string(),
+                    Err(e) => {
+                        assert_eq!(e, RunTransitionError { state, event });
+                        "-".into()
+                    }
+                };
+                table.push_str(&format!("{state} {event:?} {to}\n"));
+            }
+        }
+        assert_eq!(table.lines().count(), 36);
+        let allowed: Vec<&str> = table.lines().filter(|l| !l.ends_with(" -")).collect();
+        assert_eq!(
+            allowed,
+            [
+                "planned Start running",
+                "planned Cancel cancelled",
+                "running Start running",
+                "running Suspend suspended",
+                "running Succeed succeeded",
+                "running Fail failed",
+                "running Cancel cancelled",
+                "suspended Cancel cancelled",
+                "suspended Resume running",
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_run_forward_then_backward_per_entity() {
+        let plan =
+            crate::plan::DependencyGraph::from_dependencies([("b", vec![]), ("a", vec![]), ("c", vec!["a"])])
+                .stages()
+                .unwrap();
+        let steps: Vec<String> = steps_of(&plan, true)
+            .iter()
+            .map(|s| format!("{}:{}:{}", s.stage, s.entity_type, s.direction.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "1:a:forward",
+                "1:a:backward",
+                "1:b:forward",
+                "1:b:backward",
+                "2:c:forward",
+                "2:c:backward"
+            ]
+        );
+        assert_eq!(steps_of(&plan, false).len(), 3);
+    }
+}

@@ -13,8 +13,10 @@ use syncd::conflict::{ConflictRecord, ConflictStatus, Strategy};
 use syncd::ids::{EntityScope, TenantId};
 use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd::record::{Fields, Record, Side};
-use syncd::run::{StepCheckpoint, StepCounters, StepDirection, StepState};
-use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store, StoreConfig, StoreError};
+use syncd::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
+use syncd::store::{
+    DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, RunRow, Store, StoreConfig, StoreError,
+};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug)]
@@ -192,16 +194,20 @@ fn checkpoint(run_id: Uuid, cursor: serde_json::Value, read: u64) -> StepCheckpo
 }
 
 async fn new_run(store: &Store) -> Uuid {
-    let id = Uuid::new_v4();
-    store
-        .insert_run(
-            id,
-            (&"tenant-a".into(), &"crm-to-erp".into()),
-            &json!({"stages": []}),
-        )
-        .await
-        .unwrap();
-    id
+    let run = RunRow {
+        id: Uuid::new_v4(),
+        tenant_id: "tenant-a".into(),
+        integration_id: format!("integration-{}", Uuid::new_v4()).into(),
+        state: RunState::Planned,
+        plan: json!({"stages": []}),
+        trigger: "manual".into(),
+        error: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        finished_at: None,
+    };
+    store.create_run(&run, &[]).await.unwrap();
+    run.id
 }
 
 async fn batch_insert_and_lookup_both_ways(store: Arc<Store>) {
@@ -376,8 +382,8 @@ async fn refused_transition_leaves_page_unwritten(store: Arc<Store>) {
                     },
                 },
             ],
-            conflicts: vec![],
             checkpoint: Some(checkpoint(run_id, json!({"after": "a-3"}), 4)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -424,6 +430,7 @@ async fn lost_race_mid_page_rolls_back_the_page(store: Arc<Store>) {
             ],
             conflicts: vec![conflict],
             checkpoint: Some(checkpoint(run_id, json!({"after": "b-2"}), 2)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -591,6 +598,7 @@ fn sample_conflict(tenant: &str, source_id: &str) -> ConflictRecord {
         tenant_id: tenant.into(),
         integration_id: "crm-to-erp".into(),
         entity_type: "account".into(),
+        run_id: None,
         source_record: Record {
             id: source_id.into(),
             fields: fields(json!({"name": "Acme Corp"})),

@@ -78,6 +78,9 @@ CREATE INDEX conflicts_by_status ON conflicts (tenant_id, status, entity_type, c
 -- a record has at most one open conflict
 CREATE UNIQUE INDEX conflicts_open_per_record ON conflicts (tenant_id, integration_id, entity_type, source_id)
     WHERE status = 'pending';
+CREATE INDEX conflicts_open_by_target ON conflicts (tenant_id, integration_id, entity_type, target_id)
+    WHERE status = 'pending';
+CREATE INDEX conflicts_by_run ON conflicts (tenant_id, run_id, status);
 
 -- A run is executed by the worker holding its lease; an expired lease may be
 -- taken over.
@@ -106,4 +109,16 @@ CREATE TABLE schedule_fires (
     fire_at         timestamptz NOT NULL,
     run_id          uuid,
     PRIMARY KEY (tenant_id, integration_id, fire_at)
+);
+
+-- Where each entity type's change scan of each system stopped: the next
+-- run reads changes after this point.
+CREATE TABLE sync_cursors (
+    tenant_id       text        NOT NULL,
+    integration_id  text        NOT NULL,
+    entity_type     text        NOT NULL,
+    side            text        NOT NULL CHECK (side IN ('source', 'target')),
+    cursor          jsonb       NOT NULL,
+    updated_at      timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, integration_id, entity_type, side)
 );

@@ -14,13 +14,15 @@ mod postgres;
 mod sqlite;
 
 use crate::cache::MappingCache;
-use crate::conflict::ConflictRecord;
-use crate::ids::EntityScope;
+use crate::conflict::{ConflictRecord, ConflictStatus};
+use crate::ids::{EntityScope, IntegrationId, TenantId};
 use crate::mapping::{IdMapping, MappingChange, MappingStatus, TransitionError};
 use crate::record::Side;
 use crate::run::StepCheckpoint;
+use crate::run::{PlannedStep, RunEvent, RunState, RunTransitionError, StepDirection};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use uuid::Uuid;
 
 pub use postgres::PgStore;
@@ -62,7 +64,7 @@ pub enum StoreError {
     /// A source or target id that already has a mapping in its scope.
     #[error("a mapping with the same source or target id already exists in this scope ({detail})")]
     Duplicate { detail: String },
-    #[error("new {entity_type} mapping `{record}` must start as pending, not {status}")]
+    #[error("new {entity_type} mapping `{record}` must start as pending (or failed), not {status}")]
     NotPending {
         entity_type: String,
         record: String,
@@ -78,6 +80,24 @@ pub enum StoreError {
     },
     #[error("corrupt {table} row: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    #[error("tenant `{tenant}` already has an active run {run_id} of integration `{integration}`")]
+    ActiveRun {
+        tenant: String,
+        integration: String,
+        run_id: Uuid,
+    },
+    #[error("run {run_id}: {source}")]
+    RunTransition {
+        run_id: Uuid,
+        #[source]
+        source: RunTransitionError,
+    },
+    #[error("run {run_id} changed state concurrently (it is no longer {expected})")]
+    RunChanged { run_id: Uuid, expected: RunState },
+    #[error("run {run_id}: this worker ({worker_id}) no longer holds its lease; another worker took it over")]
+    LeaseLost { run_id: Uuid, worker_id: String },
+    #[error("conflict {id} is not pending (already resolved, or not this tenant's)")]
+    ConflictNotPending { id: Uuid },
 }
 
 /// How to reach the store.
@@ -130,6 +150,62 @@ pub struct PageCommit {
     pub mappings: Vec<MappingWrite>,
     pub conflicts: Vec<ConflictRecord>,
     pub checkpoint: Option<StepCheckpoint>,
+    /// Where the next run's change scan starts.
+    pub sync_cursor: Option<SyncCursor>,
+    /// When set, the page commits only while this lease is held: a worker
+    /// that lost its lease cannot write over the one that took the run over.
+    pub lease: Option<Lease>,
+}
+
+/// The change-scan position of one entity type in one system.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncCursor {
+    pub scope: EntityScope,
+    pub side: Side,
+    pub cursor: serde_json::Value,
+}
+
+/// A worker's claim on a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: Uuid,
+    pub worker_id: String,
+}
+
+/// A run as stored.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub tenant_id: TenantId,
+    pub integration_id: IntegrationId,
+    pub state: RunState,
+    /// The plan and steps the run executes (JSON of the run module's plan).
+    pub plan: serde_json::Value,
+    /// `manual`, `schedule` or `resume`: what started it.
+    pub trigger: String,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Filters for listing runs.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub tenant: Option<TenantId>,
+    pub integration: Option<IntegrationId>,
+    pub state: Option<RunState>,
+    pub limit: u32,
+}
+
+/// Filters for listing conflicts.
+#[derive(Clone, Debug, Default)]
+pub struct ConflictFilter {
+    pub tenant: Option<TenantId>,
+    pub status: Option<ConflictStatus>,
+    pub entity_type: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub limit: u32,
 }
 
 /// A mapping write after the core has decided it.
@@ -137,6 +213,16 @@ pub(crate) struct Decided {
     pub(crate) next: IdMapping,
     /// `None` for inserts; the version read for transitions.
     pub(crate) read_version: Option<u64>,
+}
+
+/// Calls the same method on whichever backend the store has.
+macro_rules! on_backend {
+    ($store:expr, $b:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Postgres($b) => $call,
+            Backend::Sqlite($b) => $call,
+        }
+    };
 }
 
 pub(crate) enum Backend {
@@ -190,10 +276,7 @@ impl Store {
 
     /// Applies pending migrations; safe to repeat.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Postgres(pg) => pg.migrate().await,
-            Backend::Sqlite(lite) => lite.migrate().await,
-        }
+        on_backend!(self, b => b.migrate().await)
     }
 
     /// The mapping cache, for its counters.
@@ -238,10 +321,7 @@ impl Store {
         if missing.is_empty() {
             return Ok(found);
         }
-        let loaded = match &self.backend {
-            Backend::Postgres(pg) => pg.fetch_mappings(scope, side, &missing).await?,
-            Backend::Sqlite(lite) => lite.fetch_mappings(scope, side, &missing).await?,
-        };
+        let loaded = on_backend!(self, b => b.fetch_mappings(scope, side, &missing).await?);
         if self.cache.is_enabled() {
             self.cache.put_many(&loaded).await;
         }
@@ -281,7 +361,9 @@ impl Store {
             .map(|w| {
                 let decided = match w {
                     MappingWrite::Insert(mut m) => {
-                        if m.status != MappingStatus::Pending {
+                        // A mapping is born pending; one whose first attempt
+                        // failed in the same page is inserted as failed.
+                        if !matches!(m.status, MappingStatus::Pending | MappingStatus::Failed) {
                             return Err(StoreError::NotPending {
                                 entity_type: m.entity_type.to_string(),
                                 record: record_name(&m),
@@ -328,9 +410,9 @@ impl Store {
     /// Commits one page: mapping writes, conflict records and the step
     /// checkpoint in one transaction, then updates the cache. Returns the
     /// mappings as stored. On any error nothing of the page is written.
-    pub async fn commit_page(&self, page: PageCommit) -> Result<Vec<IdMapping>, StoreError> {
+    pub async fn commit_page(&self, mut page: PageCommit) -> Result<Vec<IdMapping>, StoreError> {
         let now = Utc::now();
-        let decided = self.decide(page.mappings, now)?;
+        let decided = self.decide(std::mem::take(&mut page.mappings), now)?;
         for c in &page.conflicts {
             self.check_size(
                 || {
@@ -351,16 +433,7 @@ impl Store {
                 &c.target_record,
             )?;
         }
-        match &self.backend {
-            Backend::Postgres(pg) => {
-                pg.commit_page(&decided, &page.conflicts, page.checkpoint.as_ref(), now)
-                    .await?
-            }
-            Backend::Sqlite(lite) => {
-                lite.commit_page(&decided, &page.conflicts, page.checkpoint.as_ref(), now)
-                    .await?
-            }
-        }
+        on_backend!(self, b => b.commit_page(&decided, &page, now).await?);
         if self.cache.is_enabled() {
             let stored: Vec<IdMapping> = decided.iter().map(|d| d.next.clone()).collect();
             self.cache.put_many(&stored).await;
@@ -373,12 +446,13 @@ impl Store {
         &self,
         run_id: Uuid,
         entity_type: &str,
-        direction: crate::run::StepDirection,
+        direction: StepDirection,
     ) -> Result<Option<StepCheckpoint>, StoreError> {
-        match &self.backend {
-            Backend::Postgres(pg) => pg.load_checkpoint(run_id, entity_type, direction).await,
-            Backend::Sqlite(lite) => lite.load_checkpoint(run_id, entity_type, direction).await,
-        }
+        Ok(self
+            .load_steps(run_id)
+            .await?
+            .into_iter()
+            .find(|s| s.entity_type.as_str() == entity_type && s.direction == direction))
     }
 
     /// Conflict records of `tenant` by id; other tenants' ids are absent.
@@ -387,24 +461,202 @@ impl Store {
         tenant: &crate::ids::TenantId,
         ids: &[Uuid],
     ) -> Result<Vec<ConflictRecord>, StoreError> {
-        match &self.backend {
-            Backend::Postgres(pg) => pg.load_conflicts(tenant, ids).await,
-            Backend::Sqlite(lite) => lite.load_conflicts(tenant, ids).await,
+        on_backend!(self, b => b.load_conflicts(Some(tenant), ids).await)
+    }
+
+    /// Every step checkpoint of a run, in plan order.
+    pub async fn load_steps(&self, run_id: Uuid) -> Result<Vec<StepCheckpoint>, StoreError> {
+        on_backend!(self, b => b.load_steps(run_id).await)
+    }
+
+    /// Inserts a `planned` run and its steps (as `pending`). Refused with
+    /// [`StoreError::ActiveRun`] when the tenant already has an active run of
+    /// the integration.
+    pub async fn create_run(&self, run: &RunRow, steps: &[PlannedStep]) -> Result<(), StoreError> {
+        match on_backend!(self, b => b.create_run(run, steps).await) {
+            Err(StoreError::Database(sqlx::Error::Database(db))) if db.is_unique_violation() => {
+                let active = self.active_run(&run.tenant_id, &run.integration_id).await?;
+                Err(StoreError::ActiveRun {
+                    tenant: run.tenant_id.to_string(),
+                    integration: run.integration_id.to_string(),
+                    run_id: active.map(|r| r.id).unwrap_or_default(),
+                })
+            }
+            other => other,
         }
     }
 
-    /// Inserts a `planned` run row; the run module owns its lifecycle.
-    pub async fn insert_run(
+    /// The planned, running or suspended run of `integration` for `tenant`.
+    pub async fn active_run(
         &self,
-        id: Uuid,
-        scope: (&crate::ids::TenantId, &crate::ids::IntegrationId),
-        plan: &serde_json::Value,
-    ) -> Result<(), StoreError> {
+        tenant: &TenantId,
+        integration: &IntegrationId,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let filter = RunFilter {
+            tenant: Some(tenant.clone()),
+            integration: Some(integration.clone()),
+            limit: 10,
+            ..Default::default()
+        };
+        Ok(self
+            .list_runs(&filter)
+            .await?
+            .into_iter()
+            .find(|r| r.state.is_active()))
+    }
+
+    /// One run; `tenant` restricts the lookup to that tenant's runs.
+    pub async fn load_run(&self, tenant: Option<&TenantId>, id: Uuid) -> Result<Option<RunRow>, StoreError> {
+        on_backend!(self, b => b.load_run(tenant, id).await)
+    }
+
+    /// Runs matching `filter`, newest first.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
+        on_backend!(self, b => b.list_runs(filter).await)
+    }
+
+    /// Moves `run` (as read) by `event`: the core decides, the update is
+    /// conditional on the state that was read.
+    pub async fn transition_run(
+        &self,
+        run: &RunRow,
+        event: RunEvent,
+        error: Option<&str>,
+    ) -> Result<RunRow, StoreError> {
+        let to = run.state.on(event).map_err(|source| StoreError::RunTransition {
+            run_id: run.id,
+            source,
+        })?;
         let now = Utc::now();
-        match &self.backend {
-            Backend::Postgres(pg) => pg.insert_run(id, scope, plan, now).await,
-            Backend::Sqlite(lite) => lite.insert_run(id, scope, plan, now).await,
+        let finished = (!to.is_active()).then_some(now);
+        let moved = on_backend!(self, b => b.set_run_state(run, to, error, now, finished).await?);
+        if !moved {
+            return Err(StoreError::RunChanged {
+                run_id: run.id,
+                expected: run.state,
+            });
         }
+        Ok(RunRow {
+            state: to,
+            error: error.map(str::to_owned).or_else(|| run.error.clone()),
+            updated_at: now,
+            finished_at: finished,
+            ..run.clone()
+        })
+    }
+
+    /// Claims `run` for `worker_id` for `ttl`, unless another worker holds
+    /// an unexpired lease. Returns whether the lease is now ours.
+    pub async fn claim_lease(
+        &self,
+        run: &RunRow,
+        worker_id: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        on_backend!(self, b => b.claim_lease(run, worker_id, now, expires).await)
+    }
+
+    /// Extends a held lease; `false` means it was lost.
+    pub async fn heartbeat(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+        on_backend!(self, b => b.heartbeat(lease, now, expires).await)
+    }
+
+    /// Gives a lease up, so another worker may continue at once.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        on_backend!(self, b => b.release_lease(lease).await)
+    }
+
+    /// The worker holding an unexpired lease on `run_id`, and until when.
+    pub async fn lease_holder(&self, run_id: Uuid) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        let now = Utc::now();
+        on_backend!(self, b => b.lease_holder(run_id, now).await)
+    }
+
+    /// Where the change scan of `scope` on `side` stopped last time.
+    pub async fn load_sync_cursor(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        on_backend!(self, b => b.load_sync_cursor(scope, side).await)
+    }
+
+    /// Which of `ids` (ids on `side`) have a pending conflict.
+    pub async fn open_conflicts(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        on_backend!(self, b => b.open_conflicts(scope, side, ids).await)
+    }
+
+    /// Conflicts matching `filter`, oldest first.
+    pub async fn list_conflicts(&self, filter: &ConflictFilter) -> Result<Vec<ConflictRecord>, StoreError> {
+        on_backend!(self, b => b.list_conflicts(filter).await)
+    }
+
+    /// One conflict; `tenant` restricts the lookup to that tenant's.
+    pub async fn load_conflict(
+        &self,
+        tenant: Option<&TenantId>,
+        id: Uuid,
+    ) -> Result<Option<ConflictRecord>, StoreError> {
+        Ok(on_backend!(self, b => b.load_conflicts(tenant, &[id]).await?).pop())
+    }
+
+    /// Records a reviewer's resolution of a pending conflict.
+    pub async fn resolve_conflict(
+        &self,
+        conflict: &ConflictRecord,
+        resolution: &crate::record::Fields,
+        resolved_by: &str,
+    ) -> Result<ConflictRecord, StoreError> {
+        let now = Utc::now();
+        if !on_backend!(self, b => b.resolve_conflict(conflict, resolution, resolved_by, now).await?) {
+            return Err(StoreError::ConflictNotPending { id: conflict.id });
+        }
+        Ok(ConflictRecord {
+            resolution: Some(resolution.clone()),
+            status: ConflictStatus::Resolved,
+            resolved_by: Some(resolved_by.to_owned()),
+            resolved_at: Some(now),
+            ..conflict.clone()
+        })
+    }
+
+    /// Pending or failed mappings of `scope` after `after` (by id), for the
+    /// retry pass at the start of a step.
+    pub async fn unsettled_mappings(
+        &self,
+        scope: &EntityScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        on_backend!(self, b => b.unsettled_mappings(scope, after, limit).await)
+    }
+
+    /// Mappings of `scope` with `status`, for operators.
+    pub async fn mappings_with_status(
+        &self,
+        scope: &EntityScope,
+        status: MappingStatus,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        on_backend!(self, b => b.mappings_with_status(scope, status, limit).await)
+    }
+
+    /// Counts mappings of `tenant` and `integration` by entity type and status.
+    pub async fn mapping_counts(
+        &self,
+        tenant: &TenantId,
+        integration: &IntegrationId,
+    ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
+        on_backend!(self, b => b.mapping_counts(tenant, integration).await)
     }
 }
 

@@ -3,15 +3,18 @@
 //! statements inside one transaction cost no round trips; batch reads still
 //! go in one query through `json_each`.
 
-use super::{Decided, StoreError, duplicate_or, lost_race};
+use super::{
+    ConflictFilter, Decided, Lease, PageCommit, RunFilter, RunRow, StoreError, duplicate_or, lost_race,
+};
 use crate::conflict::{ConflictRecord, ConflictStatus};
 use crate::ids::{EntityScope, IntegrationId, TenantId};
 use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
-use crate::run::{StepCheckpoint, StepDirection};
+use crate::run::{PlannedStep, RunState, StepCheckpoint};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, types::Json};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -108,8 +111,7 @@ impl SqliteStore {
     pub(super) async fn commit_page(
         &self,
         decided: &[Decided],
-        conflicts: &[ConflictRecord],
-        checkpoint: Option<&StepCheckpoint>,
+        page: &PageCommit,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE takes the write lock up front, so two writers
@@ -117,6 +119,24 @@ impl SqliteStore {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
+            if let Some(lease) = &page.lease {
+                // Fencing: the write lock is ours, so the lease cannot move
+                // until we commit.
+                let held: Option<String> = sqlx::query_scalar(
+                    "SELECT run_id FROM run_leases WHERE run_id = ?1 AND worker_id = ?2 AND expires_at > ?3",
+                )
+                .bind(lease.run_id.to_string())
+                .bind(&lease.worker_id)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if held.is_none() {
+                    return Err(StoreError::LeaseLost {
+                        run_id: lease.run_id,
+                        worker_id: lease.worker_id.clone(),
+                    });
+                }
+            }
             for d in decided {
                 let m = &d.next;
                 match d.read_version {
@@ -179,12 +199,12 @@ impl SqliteStore {
                     }
                 }
             }
-            for c in conflicts {
+            for c in &page.conflicts {
                 sqlx::query(
                     "INSERT INTO conflicts (id, tenant_id, integration_id, entity_type, source_id, target_id, \
                          source_record, target_record, base, conflicting_fields, strategy_applied, resolution, \
-                         status, resolved_by, created_at, resolved_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                         status, resolved_by, created_at, resolved_at, run_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )
                 .bind(c.id.to_string())
                 .bind(c.tenant_id.as_str())
@@ -202,10 +222,27 @@ impl SqliteStore {
                 .bind(c.resolved_by.as_deref())
                 .bind(c.created_at)
                 .bind(c.resolved_at)
+                .bind(c.run_id.map(|r| r.to_string()))
                 .execute(&mut *conn)
                 .await?;
             }
-            if let Some(cp) = checkpoint {
+            if let Some(c) = &page.sync_cursor {
+                sqlx::query(
+                    "INSERT INTO sync_cursors (tenant_id, integration_id, entity_type, side, cursor, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (tenant_id, integration_id, entity_type, side) \
+                     DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                )
+                .bind(c.scope.tenant_id.as_str())
+                .bind(c.scope.integration_id.as_str())
+                .bind(c.scope.entity_type.as_str())
+                .bind(c.side.as_str())
+                .bind(Json(&c.cursor))
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            if let Some(cp) = &page.checkpoint {
                 sqlx::query(
                     "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, cursor, \
                          counters, error, updated_at) \
@@ -242,105 +279,401 @@ impl SqliteStore {
         }
     }
 
-    pub(super) async fn load_checkpoint(
-        &self,
-        run_id: Uuid,
-        entity_type: &str,
-        direction: StepDirection,
-    ) -> Result<Option<StepCheckpoint>, StoreError> {
-        let row = sqlx::query(
+    pub(super) async fn load_steps(&self, run_id: Uuid) -> Result<Vec<StepCheckpoint>, StoreError> {
+        let rows = sqlx::query(
             "SELECT run_id, tenant_id, stage, entity_type, direction, state, cursor, counters, error \
-             FROM steps WHERE run_id = ?1 AND entity_type = ?2 AND direction = ?3",
+             FROM steps WHERE run_id = ?1 ORDER BY stage, entity_type, direction DESC",
         )
         .bind(run_id.to_string())
-        .bind(entity_type)
-        .bind(direction.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(StepCheckpoint {
-            run_id: uuid_of(&row, "run_id", "steps")?,
-            tenant_id: TenantId(row.try_get("tenant_id")?),
-            stage: row.try_get::<i64, _>("stage")? as u32,
-            entity_type: row.try_get::<String, _>("entity_type")?.into(),
-            direction: row
-                .try_get::<String, _>("direction")?
-                .parse()
-                .map_err(|e| corrupt("steps", e))?,
-            state: row
-                .try_get::<String, _>("state")?
-                .parse()
-                .map_err(|e| corrupt("steps", e))?,
-            cursor: row
-                .try_get::<Option<Json<serde_json::Value>>, _>("cursor")?
-                .map(|c| c.0),
-            counters: row.try_get::<Json<_>, _>("counters")?.0,
-            error: row.try_get("error")?,
-        }))
-    }
-
-    pub(super) async fn load_conflicts(
-        &self,
-        tenant: &TenantId,
-        ids: &[Uuid],
-    ) -> Result<Vec<ConflictRecord>, StoreError> {
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let rows = sqlx::query(
-            "SELECT id, tenant_id, integration_id, entity_type, source_record, target_record, base, \
-                 conflicting_fields, strategy_applied, resolution, status, resolved_by, created_at, resolved_at \
-             FROM conflicts WHERE tenant_id = ?1 AND id IN (SELECT value FROM json_each(?2)) \
-             ORDER BY created_at, id",
-        )
-        .bind(tenant.as_str())
-        .bind(Json(&ids))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
-                let status: String = row.try_get("status")?;
-                let strategy: String = row.try_get("strategy_applied")?;
-                Ok(ConflictRecord {
-                    id: uuid_of(row, "id", "conflicts")?,
+                Ok(StepCheckpoint {
+                    run_id: uuid_of(row, "run_id", "steps")?,
                     tenant_id: TenantId(row.try_get("tenant_id")?),
-                    integration_id: IntegrationId(row.try_get("integration_id")?),
+                    stage: row.try_get::<i64, _>("stage")? as u32,
                     entity_type: row.try_get::<String, _>("entity_type")?.into(),
-                    source_record: row.try_get::<Json<Record>, _>("source_record")?.0,
-                    target_record: row.try_get::<Json<Record>, _>("target_record")?.0,
-                    base: row.try_get::<Option<Json<Fields>>, _>("base")?.map(|b| b.0),
-                    conflicting_fields: row.try_get::<Json<Vec<String>>, _>("conflicting_fields")?.0,
-                    strategy_applied: strategy.parse().map_err(|e: String| corrupt("conflicts", e))?,
-                    resolution: row.try_get::<Option<Json<Fields>>, _>("resolution")?.map(|r| r.0),
-                    status: match status.as_str() {
-                        "pending" => ConflictStatus::Pending,
-                        "resolved" => ConflictStatus::Resolved,
-                        other => return Err(corrupt("conflicts", format!("unknown status `{other}`"))),
-                    },
-                    resolved_by: row.try_get("resolved_by")?,
-                    created_at: row.try_get("created_at")?,
-                    resolved_at: row.try_get("resolved_at")?,
+                    direction: row
+                        .try_get::<String, _>("direction")?
+                        .parse()
+                        .map_err(|e| corrupt("steps", e))?,
+                    state: row
+                        .try_get::<String, _>("state")?
+                        .parse()
+                        .map_err(|e| corrupt("steps", e))?,
+                    cursor: row
+                        .try_get::<Option<Json<serde_json::Value>>, _>("cursor")?
+                        .map(|c| c.0),
+                    counters: row.try_get::<Json<_>, _>("counters")?.0,
+                    error: row.try_get("error")?,
                 })
             })
             .collect()
     }
 
-    pub(super) async fn insert_run(
+    pub(super) async fn load_conflicts(
         &self,
-        id: Uuid,
-        (tenant, integration): (&TenantId, &IntegrationId),
-        plan: &serde_json::Value,
+        tenant: Option<&TenantId>,
+        ids: &[Uuid],
+    ) -> Result<Vec<ConflictRecord>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts \
+             WHERE (?1 IS NULL OR tenant_id = ?1) AND id IN (SELECT value FROM json_each(?2)) \
+             ORDER BY created_at, id"
+        ))
+        .bind(tenant.map(TenantId::as_str))
+        .bind(Json(&ids))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    pub(super) async fn list_conflicts(&self, f: &ConflictFilter) -> Result<Vec<ConflictRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts \
+             WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR status = ?2) \
+               AND (?3 IS NULL OR entity_type = ?3) AND (?4 IS NULL OR run_id = ?4) \
+             ORDER BY created_at, id LIMIT ?5"
+        ))
+        .bind(f.tenant.as_ref().map(TenantId::as_str))
+        .bind(f.status.map(ConflictStatus::as_str))
+        .bind(f.entity_type.as_deref())
+        .bind(f.run_id.map(|r| r.to_string()))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    pub(super) async fn resolve_conflict(
+        &self,
+        c: &ConflictRecord,
+        resolution: &Fields,
+        by: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO runs (id, tenant_id, integration_id, state, plan, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, 'planned', ?4, ?5, ?5)",
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE conflicts SET status = 'resolved', resolution = ?1, resolved_by = ?2, resolved_at = ?3 \
+             WHERE id = ?4 AND tenant_id = ?5 AND status = 'pending'",
         )
+        .bind(Json(resolution))
+        .bind(by)
+        .bind(now)
+        .bind(c.id.to_string())
+        .bind(c.tenant_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn open_conflicts(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let sql = match side {
+            Side::Source => {
+                "SELECT source_id FROM conflicts WHERE tenant_id = ?1 AND integration_id = ?2 \
+                 AND entity_type = ?3 AND status = 'pending' AND source_id IN (SELECT value FROM json_each(?4))"
+            }
+            Side::Target => {
+                "SELECT target_id FROM conflicts WHERE tenant_id = ?1 AND integration_id = ?2 \
+                 AND entity_type = ?3 AND status = 'pending' AND target_id IN (SELECT value FROM json_each(?4))"
+            }
+        };
+        let found: Vec<String> = sqlx::query_scalar(sql)
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .bind(Json(ids))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+
+    pub(super) async fn create_run(&self, run: &RunRow, steps: &[PlannedStep]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, tenant_id, integration_id, state, plan, trigger, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        )
+        .bind(run.id.to_string())
+        .bind(run.tenant_id.as_str())
+        .bind(run.integration_id.as_str())
+        .bind(run.state.as_str())
+        .bind(Json(&run.plan))
+        .bind(&run.trigger)
+        .bind(run.created_at)
+        .execute(&mut *tx)
+        .await?;
+        for step in steps {
+            sqlx::query(
+                "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+            )
+            .bind(run.id.to_string())
+            .bind(run.tenant_id.as_str())
+            .bind(step.stage as i64)
+            .bind(step.entity_type.as_str())
+            .bind(step.direction.as_str())
+            .bind(run.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn load_run(
+        &self,
+        tenant: Option<&TenantId>,
+        id: Uuid,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)"
+        ))
         .bind(id.to_string())
-        .bind(tenant.as_str())
-        .bind(integration.as_str())
-        .bind(Json(plan))
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    pub(super) async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR integration_id = ?2) \
+               AND (?3 IS NULL OR state = ?3) \
+             ORDER BY created_at DESC, id LIMIT ?4"
+        ))
+        .bind(f.tenant.as_ref().map(TenantId::as_str))
+        .bind(f.integration.as_ref().map(IntegrationId::as_str))
+        .bind(f.state.map(RunState::as_str))
+        .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub(super) async fn set_run_state(
+        &self,
+        run: &RunRow,
+        to: RunState,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+        finished: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE runs SET state = ?1, error = COALESCE(?2, error), updated_at = ?3, finished_at = ?4 \
+             WHERE id = ?5 AND tenant_id = ?6 AND state = ?7",
+        )
+        .bind(to.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(finished)
+        .bind(run.id.to_string())
+        .bind(run.tenant_id.as_str())
+        .bind(run.state.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn claim_lease(
+        &self,
+        run: &RunRow,
+        worker: &str,
+        now: DateTime<Utc>,
+        expires: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO run_leases (run_id, tenant_id, worker_id, expires_at, heartbeat_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (run_id) DO UPDATE SET worker_id = excluded.worker_id, \
+                 expires_at = excluded.expires_at, heartbeat_at = excluded.heartbeat_at \
+             WHERE run_leases.expires_at <= ?5 OR run_leases.worker_id = excluded.worker_id",
+        )
+        .bind(run.id.to_string())
+        .bind(run.tenant_id.as_str())
+        .bind(worker)
+        .bind(expires)
         .bind(now)
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn heartbeat(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        expires: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE run_leases SET expires_at = ?1, heartbeat_at = ?2 \
+             WHERE run_id = ?3 AND worker_id = ?4 AND expires_at > ?2",
+        )
+        .bind(expires)
+        .bind(now)
+        .bind(lease.run_id.to_string())
+        .bind(&lease.worker_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM run_leases WHERE run_id = ?1 AND worker_id = ?2")
+            .bind(lease.run_id.to_string())
+            .bind(&lease.worker_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
+
+    pub(super) async fn lease_holder(
+        &self,
+        run_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT worker_id, expires_at FROM run_leases WHERE run_id = ?1 AND expires_at > ?2",
+        )
+        .bind(run_id.to_string())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn load_sync_cursor(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let cursor: Option<Json<serde_json::Value>> = sqlx::query_scalar(
+            "SELECT cursor FROM sync_cursors \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND side = ?4",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .bind(side.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(cursor.map(|c| c.0))
+    }
+
+    pub(super) async fn unsettled_mappings(
+        &self,
+        scope: &EntityScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 \
+               AND status IN ('pending', 'failed') AND (?4 IS NULL OR id > ?4) \
+             ORDER BY id LIMIT ?5"
+        ))
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .bind(after.map(|a| a.to_string()))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping_from_row).collect()
+    }
+
+    pub(super) async fn mappings_with_status(
+        &self,
+        scope: &EntityScope,
+        status: MappingStatus,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND status = ?4 \
+             ORDER BY updated_at, id LIMIT ?5"
+        ))
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .bind(status.as_str())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping_from_row).collect()
+    }
+
+    pub(super) async fn mapping_counts(
+        &self,
+        tenant: &TenantId,
+        integration: &IntegrationId,
+    ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT entity_type, status, count(*) FROM id_mappings \
+             WHERE tenant_id = ?1 AND integration_id = ?2 GROUP BY entity_type, status ORDER BY 1, 2",
+        )
+        .bind(tenant.as_str())
+        .bind(integration.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(e, s, n)| Ok((e, s.parse().map_err(|e| corrupt("id_mappings", e))?, n as u64)))
+            .collect()
+    }
+}
+
+const CONFLICT_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, run_id, source_record, \
+     target_record, base, conflicting_fields, strategy_applied, resolution, status, resolved_by, created_at, \
+     resolved_at";
+
+fn conflict_from_row(row: &SqliteRow) -> Result<ConflictRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let strategy: String = row.try_get("strategy_applied")?;
+    let run_id: Option<String> = row.try_get("run_id")?;
+    Ok(ConflictRecord {
+        id: uuid_of(row, "id", "conflicts")?,
+        tenant_id: TenantId(row.try_get("tenant_id")?),
+        integration_id: IntegrationId(row.try_get("integration_id")?),
+        entity_type: row.try_get::<String, _>("entity_type")?.into(),
+        run_id: run_id
+            .map(|r| Uuid::parse_str(&r).map_err(|e| corrupt("conflicts", e)))
+            .transpose()?,
+        source_record: row.try_get::<Json<Record>, _>("source_record")?.0,
+        target_record: row.try_get::<Json<Record>, _>("target_record")?.0,
+        base: row.try_get::<Option<Json<Fields>>, _>("base")?.map(|b| b.0),
+        conflicting_fields: row.try_get::<Json<Vec<String>>, _>("conflicting_fields")?.0,
+        strategy_applied: strategy.parse().map_err(|e: String| corrupt("conflicts", e))?,
+        resolution: row.try_get::<Option<Json<Fields>>, _>("resolution")?.map(|r| r.0),
+        status: status.parse().map_err(|e: String| corrupt("conflicts", e))?,
+        resolved_by: row.try_get("resolved_by")?,
+        created_at: row.try_get("created_at")?,
+        resolved_at: row.try_get("resolved_at")?,
+    })
+}
+
+const RUN_COLUMNS: &str =
+    "id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, finished_at";
+
+fn run_from_row(row: &SqliteRow) -> Result<RunRow, StoreError> {
+    Ok(RunRow {
+        id: uuid_of(row, "id", "runs")?,
+        tenant_id: TenantId(row.try_get("tenant_id")?),
+        integration_id: IntegrationId(row.try_get("integration_id")?),
+        state: row
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|e: String| corrupt("runs", e))?,
+        plan: row.try_get::<Json<serde_json::Value>, _>("plan")?.0,
+        trigger: row.try_get("trigger")?,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
 }
