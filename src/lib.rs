@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod cli;
 pub mod conflict;
+pub mod connector;
 pub mod ids;
 pub mod mapping;
 pub mod plan;

@@ -94,6 +94,9 @@ pub struct EntityDef {
     pub fields: Vec<FieldMap>,
     pub strategy: Option<Strategy>,
     pub merge: MergeRules,
+    /// Column that stores the idempotency key of creates, for tables whose
+    /// integer ids are assigned by the database.
+    pub idempotency_column: Option<String>,
 }
 
 /// A tenant that runs the integration, with its overrides.
@@ -102,6 +105,10 @@ pub struct TenantDef {
     pub strategy: Option<Strategy>,
     pub strategies: BTreeMap<EntityType, Strategy>,
     pub schedule: Option<CronSchedule>,
+    /// This tenant's URL of each system, by system name.
+    pub urls: BTreeMap<String, String>,
+    /// Environment variables holding this tenant's URL of each system.
+    pub url_env: BTreeMap<String, String>,
 }
 
 /// A validated cron expression and the text it came from.
@@ -185,6 +192,7 @@ struct RawEntity {
     fields: BTreeMap<String, RawField>,
     #[serde(default)]
     merge: BTreeMap<String, String>,
+    idempotency_column: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +217,10 @@ struct RawTenant {
     #[serde(default)]
     strategies: BTreeMap<String, String>,
     schedule: Option<String>,
+    #[serde(default)]
+    urls: BTreeMap<String, String>,
+    #[serde(default)]
+    url_env: BTreeMap<String, String>,
 }
 
 /// Collects errors for one file.
@@ -388,6 +400,7 @@ impl Workflow {
                 fields,
                 strategy,
                 merge,
+                idempotency_column: e.idempotency_column.clone(),
             });
         }
 
@@ -420,12 +433,23 @@ impl Workflow {
                     strategies.insert(EntityType::from(entity.as_str()), s);
                 }
             }
+            for system in t.urls.keys().chain(t.url_env.keys()) {
+                if !raw.systems.contains_key(system) {
+                    errors.push(
+                        None,
+                        Some(&field("urls")),
+                        format!("unknown system `{system}` (not declared under [systems])"),
+                    );
+                }
+            }
             tenants.insert(
                 TenantId::from(tenant.as_str()),
                 TenantDef {
                     strategy,
                     strategies,
                     schedule,
+                    urls: t.urls.clone(),
+                    url_env: t.url_env.clone(),
                 },
             );
         }
@@ -445,6 +469,41 @@ impl Workflow {
             }),
             _ => Err(DefinitionErrors(errors.list)),
         }
+    }
+
+    /// Where `system` is for `tenant`: the tenant's own URL, else the one in
+    /// the environment variable the tenant names, else the system's URL.
+    /// `env` reads an environment variable (passed in to keep this pure).
+    pub fn system_url(
+        &self,
+        tenant: &TenantId,
+        system: &SystemDef,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, DefinitionError> {
+        let t = self.tenants.get(tenant);
+        let error = |reason: String| DefinitionError {
+            file: self.file.clone(),
+            entity: None,
+            field: Some(format!("systems.{}.url", system.name)),
+            reason,
+        };
+        if let Some(url) = t.and_then(|t| t.urls.get(&system.name)) {
+            return Ok(url.clone());
+        }
+        if let Some(var) = t.and_then(|t| t.url_env.get(&system.name)) {
+            return env(var).ok_or_else(|| {
+                error(format!(
+                    "tenant `{tenant}` reads the URL of `{}` from ${var}, which is not set",
+                    system.name
+                ))
+            });
+        }
+        system.url.clone().ok_or_else(|| {
+            error(format!(
+                "no URL for system `{}` (give [systems.{0}] url, or tenant `{tenant}`'s urls or url_env)",
+                system.name
+            ))
+        })
     }
 
     /// The definition of `entity`, if this integration syncs it.

@@ -72,7 +72,9 @@ CREATE TABLE conflicts (
     status             text        NOT NULL CHECK (status IN ('pending', 'resolved')),
     resolved_by        text,
     created_at         text NOT NULL,
-    resolved_at        text
+    resolved_at        text,
+    -- when a reviewer's resolution was written to both systems
+    applied_at         text
 );
 CREATE INDEX conflicts_by_status ON conflicts (tenant_id, status, entity_type, created_at);
 -- a record has at most one open conflict

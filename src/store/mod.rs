@@ -155,6 +155,8 @@ pub struct PageCommit {
     /// When set, the page commits only while this lease is held: a worker
     /// that lost its lease cannot write over the one that took the run over.
     pub lease: Option<Lease>,
+    /// Resolved conflicts whose resolution this page wrote to both systems.
+    pub applied_conflicts: Vec<Uuid>,
 }
 
 /// The change-scan position of one entity type in one system.
@@ -627,6 +629,12 @@ impl Store {
             resolved_at: Some(now),
             ..conflict.clone()
         })
+    }
+
+    /// Conflicts of `run_id` that a reviewer resolved and that are not yet
+    /// written to the systems.
+    pub async fn unapplied_resolutions(&self, run_id: Uuid) -> Result<Vec<ConflictRecord>, StoreError> {
+        on_backend!(self, b => b.unapplied_resolutions(run_id).await)
     }
 
     /// Pending or failed mappings of `scope` after `after` (by id), for the

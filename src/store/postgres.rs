@@ -205,6 +205,13 @@ impl PgStore {
         if !page.conflicts.is_empty() {
             insert_conflicts(&mut tx, &page.conflicts).await?;
         }
+        if !page.applied_conflicts.is_empty() {
+            sqlx::query("UPDATE conflicts SET applied_at = $1 WHERE id = ANY($2)")
+                .bind(now)
+                .bind(&page.applied_conflicts)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(c) = &page.sync_cursor {
             sqlx::query(
                 "INSERT INTO sync_cursors (tenant_id, integration_id, entity_type, side, cursor, updated_at) \
@@ -308,6 +315,20 @@ impl PgStore {
         .bind(f.entity_type.as_deref())
         .bind(f.run_id)
         .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    pub(super) async fn unapplied_resolutions(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<ConflictRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE run_id = $1 AND status = 'resolved' \
+               AND resolved_by <> 'system' AND applied_at IS NULL ORDER BY resolved_at, id"
+        ))
+        .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(conflict_from_row).collect()

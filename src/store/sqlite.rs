@@ -226,6 +226,13 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
             }
+            for id in &page.applied_conflicts {
+                sqlx::query("UPDATE conflicts SET applied_at = ?1 WHERE id = ?2")
+                    .bind(now)
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
             if let Some(c) = &page.sync_cursor {
                 sqlx::query(
                     "INSERT INTO sync_cursors (tenant_id, integration_id, entity_type, side, cursor, updated_at) \
@@ -342,6 +349,20 @@ impl SqliteStore {
         .bind(f.entity_type.as_deref())
         .bind(f.run_id.map(|r| r.to_string()))
         .bind(f.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    pub(super) async fn unapplied_resolutions(
+        &self,
+        run_id: Uuid,
+    ) -> Result<Vec<ConflictRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CONFLICT_COLUMNS} FROM conflicts WHERE run_id = ?1 AND status = 'resolved' \
+               AND resolved_by <> 'system' AND applied_at IS NULL ORDER BY resolved_at, id"
+        ))
+        .bind(run_id.to_string())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(conflict_from_row).collect()

@@ -98,6 +98,8 @@ pub struct StepCounters {
     pub conflicts: u64,
     pub parked: u64,
     pub skipped: u64,
+    /// Self-references written empty, to be patched once their target exists.
+    pub deferred: u64,
 }
 
 /// The durable progress of one step, written with each page.
@@ -313,3 +315,5 @@ mod tests {
         assert_eq!(steps_of(&plan, false).len(), 3);
     }
 }
+
+pub mod executor;

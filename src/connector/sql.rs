@@ -1,0 +1,591 @@
+//! The SQL table connector: PostgreSQL and SQLite tables as systems.
+//!
+//! Conventions, so that any existing table can be synced: a primary-key
+//! column `id` (text or integer), a modification-time column `updated_at`
+//! (RFC 3339 text or a timestamp type), and every other column a field.
+//! Changes are found by keyset on (`updated_at`, `id`), so rows sharing a
+//! timestamp are never skipped between pages.
+//!
+//! Table and column names come from the definition and cannot be bound as
+//! parameters; they are always quoted as identifiers. Every value is bound.
+
+use super::{BadRow, ChangePage, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding};
+use super::{format_time, id_text, normalize, parse_time};
+use crate::record::{Fields, Record};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, TypeInfo, ValueRef};
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The column every synced table keys on.
+pub const ID_COLUMN: &str = "id";
+/// The column every synced table records its modification time in.
+pub const UPDATED_AT_COLUMN: &str = "updated_at";
+
+/// A database whose tables are synced.
+#[derive(Clone)]
+pub enum SqlConnector {
+    Postgres { system: String, pool: PgPool },
+    Sqlite { system: String, pool: SqlitePool },
+}
+
+/// Quotes an identifier for SQL: `a"b` becomes `"a""b"`.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl SqlConnector {
+    /// Connects to the database of `system` at `url`.
+    pub async fn connect(system: &str, url: &str) -> Result<SqlConnector, ConnectorError> {
+        let err = |source| ConnectorError::Connect {
+            system: system.to_owned(),
+            url: url.to_owned(),
+            source,
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(err)?;
+            Ok(SqlConnector::Postgres {
+                system: system.to_owned(),
+                pool,
+            })
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(err)?
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .map_err(err)?;
+            Ok(SqlConnector::Sqlite {
+                system: system.to_owned(),
+                pool,
+            })
+        } else {
+            Err(ConnectorError::UnsupportedUrl {
+                system: system.to_owned(),
+                url: url.to_owned(),
+            })
+        }
+    }
+
+    /// The system's name in the definition.
+    pub fn system(&self) -> &str {
+        match self {
+            SqlConnector::Postgres { system, .. } | SqlConnector::Sqlite { system, .. } => system,
+        }
+    }
+
+    fn query_error(&self, table: &str) -> impl Fn(sqlx::Error) -> ConnectorError + '_ {
+        let table = table.to_owned();
+        move |source| ConnectorError::Query {
+            system: self.system().to_owned(),
+            table: table.clone(),
+            source,
+        }
+    }
+
+    /// The columns of `table` with their types, or `None` if it does not exist.
+    pub async fn columns(&self, table: &str) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
+        let rows: Vec<(String, String)> = match self {
+            SqlConnector::Postgres { pool, .. } => sqlx::query_as(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped",
+            )
+            .bind(table)
+            .fetch_all(pool)
+            .await
+            .map_err(self.query_error(table))?,
+            SqlConnector::Sqlite { pool, .. } => {
+                sqlx::query_as("SELECT name, upper(type) FROM pragma_table_info(?1)")
+                    .bind(table)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.query_error(table))?
+            }
+        };
+        Ok((!rows.is_empty()).then(|| rows.into_iter().collect()))
+    }
+
+    /// Resolves a table against its real columns. `fields` are the synced
+    /// (CDM name, column) pairs, already checked to exist on both sides.
+    pub fn binding(
+        &self,
+        entity: &str,
+        table: &str,
+        columns: BTreeMap<String, String>,
+        fields: Vec<FieldColumn>,
+        key_column: Option<String>,
+    ) -> Result<TableBinding, ConnectorError> {
+        let missing = |column: &str| ConnectorError::MissingColumn {
+            system: self.system().to_owned(),
+            table: table.to_owned(),
+            column: column.to_owned(),
+            entity: entity.to_owned(),
+            field: String::new(),
+        };
+        let id_type = columns.get(ID_COLUMN).ok_or_else(|| missing(ID_COLUMN))?;
+        columns
+            .get(UPDATED_AT_COLUMN)
+            .ok_or_else(|| missing(UPDATED_AT_COLUMN))?;
+        let id_kind = if id_type.contains("INT") || id_type.contains("int") || id_type == "serial" {
+            IdKind::Integer
+        } else {
+            IdKind::Text
+        };
+        if id_kind == IdKind::Integer {
+            match &key_column {
+                None => {
+                    return Err(ConnectorError::NoIdempotencyColumn {
+                        system: self.system().to_owned(),
+                        table: table.to_owned(),
+                        entity: entity.to_owned(),
+                    });
+                }
+                Some(k) if !columns.contains_key(k) => return Err(missing(k)),
+                Some(_) => {}
+            }
+        }
+        Ok(TableBinding {
+            system: self.system().to_owned(),
+            entity: entity.to_owned(),
+            table: table.to_owned(),
+            id_kind,
+            fields,
+            key_column: if id_kind == IdKind::Integer {
+                key_column
+            } else {
+                None
+            },
+            column_types: columns,
+        })
+    }
+
+    /// Reads up to `limit` rows changed after `after`, oldest first.
+    pub async fn read_changes(
+        &self,
+        b: &TableBinding,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        let t = ident(&b.table);
+        let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let rows = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let sql = match after {
+                    None => format!("SELECT to_jsonb(t) FROM {t} t ORDER BY t.{upd}, t.{id} LIMIT $1"),
+                    Some(_) => format!(
+                        "SELECT to_jsonb(t) FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})) \
+                         ORDER BY t.{upd}, t.{id} LIMIT $1",
+                        b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
+                    ),
+                };
+                let mut q = sqlx::query_scalar::<_, sqlx::types::Json<Fields>>(&sql).bind(limit as i64);
+                if let Some(c) = after {
+                    q = q.bind(text_of(&c.updated_at)).bind(text_of(&c.id));
+                }
+                let docs = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                docs.into_iter()
+                    .map(|d| Ok(d.0))
+                    .collect::<Vec<Result<Fields, BadRow>>>()
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let cols = self.sqlite_select_list(b);
+                let sql = match after {
+                    None => format!("SELECT {cols} FROM {t} ORDER BY {upd}, {id} LIMIT ?1"),
+                    Some(_) => format!(
+                        "SELECT {cols} FROM {t} WHERE ({upd}, {id}) > (?2, ?3) ORDER BY {upd}, {id} LIMIT ?1"
+                    ),
+                };
+                let mut q = sqlx::query(&sql).bind(limit as i64);
+                if let Some(c) = after {
+                    q = bind_sqlite(bind_sqlite(q, &c.updated_at), &c.id);
+                }
+                let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                rows.iter().map(|r| self.sqlite_row(b, r)).collect()
+            }
+        };
+        let mut page = ChangePage {
+            done: rows.len() < limit as usize,
+            ..Default::default()
+        };
+        for row in rows {
+            let doc = match row {
+                Ok(doc) => doc,
+                Err(bad) => {
+                    page.bad.push(bad);
+                    continue;
+                }
+            };
+            page.next = Some(Cursor {
+                updated_at: doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null),
+                id: doc.get(ID_COLUMN).cloned().unwrap_or(Value::Null),
+            });
+            match self.record_of(b, doc) {
+                Ok(r) => page.records.push(r),
+                Err(bad) => page.bad.push(bad),
+            }
+        }
+        Ok(page)
+    }
+
+    /// The records with `ids`; ids that do not exist are absent.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<Vec<Record>, ConnectorError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        let docs: Vec<Result<Fields, BadRow>> = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let sql = format!(
+                    "SELECT to_jsonb(t) FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[]))",
+                    b.column_types[ID_COLUMN]
+                );
+                let docs: Vec<sqlx::types::Json<Fields>> = sqlx::query_scalar(&sql)
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+                docs.into_iter().map(|d| Ok(d.0)).collect()
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let cols = self.sqlite_select_list(b);
+                let sql = format!("SELECT {cols} FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1))");
+                let rows = sqlx::query(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+                rows.iter().map(|r| self.sqlite_row(b, r)).collect()
+            }
+        };
+        Ok(docs
+            .into_iter()
+            .filter_map(|d| d.ok())
+            .filter_map(|d| self.record_of(b, d).ok())
+            .collect())
+    }
+
+    /// Ids of rows created earlier with each of `keys` (integer-id tables).
+    pub async fn find_by_keys(
+        &self,
+        b: &TableBinding,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, ConnectorError> {
+        let Some(key_col) = &b.key_column else {
+            return Ok(HashMap::new());
+        };
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (t, k, id) = (ident(&b.table), ident(key_col), ident(ID_COLUMN));
+        let rows: Vec<(String, String)> = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                sqlx::query_as(&format!(
+                    "SELECT {k}::text, {id}::text FROM {t} WHERE {k}::text = ANY($1)"
+                ))
+                .bind(keys)
+                .fetch_all(pool)
+                .await
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                sqlx::query_as(&format!(
+                    "SELECT CAST({k} AS TEXT), CAST({id} AS TEXT) FROM {t} \
+                     WHERE {k} IN (SELECT value FROM json_each(?1))"
+                ))
+                .bind(sqlx::types::Json(keys))
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .map_err(self.query_error(&b.table))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Creates `records` (upserting text ids, so a repeat is harmless) and
+    /// returns their ids in order.
+    pub async fn create(
+        &self,
+        b: &TableBinding,
+        records: &[NewRecord],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, ConnectorError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stamp = Value::String(format_time(now));
+        let rows: Vec<Fields> = records
+            .iter()
+            .map(|r| {
+                let mut row = self.native_fields(b, &r.fields);
+                row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
+                match (&r.id, &b.key_column) {
+                    (Some(id), _) if b.id_kind == IdKind::Text => {
+                        row.insert(ID_COLUMN.into(), Value::String(id.clone()));
+                    }
+                    _ => {}
+                }
+                if let Some(k) = &b.key_column {
+                    row.insert(k.clone(), Value::String(r.key.clone()));
+                }
+                row
+            })
+            .collect();
+        let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
+        let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        let on_conflict = match b.id_kind {
+            IdKind::Text => format!(
+                " ON CONFLICT ({id}) DO UPDATE SET {}",
+                columns
+                    .iter()
+                    .filter(|c| **c != ID_COLUMN)
+                    .map(|c| format!("{0} = excluded.{0}", ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            IdKind::Integer => String::new(),
+        };
+        match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let sql = format!(
+                    "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1){on_conflict} \
+                     RETURNING {id}::text"
+                );
+                let ids: Vec<String> = sqlx::query_scalar(&sql)
+                    .bind(sqlx::types::Json(&rows))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+                Ok(ids)
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let marks = (1..=columns.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO {t} ({list}) VALUES ({marks}){on_conflict} RETURNING CAST({id} AS TEXT)"
+                );
+                let mut tx = pool.begin().await.map_err(self.query_error(&b.table))?;
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let mut q = sqlx::query(&sql);
+                    for c in &columns {
+                        q = bind_sqlite(q, row.get(*c).unwrap_or(&Value::Null));
+                    }
+                    let created = q.fetch_one(&mut *tx).await.map_err(self.query_error(&b.table))?;
+                    ids.push(
+                        created
+                            .try_get::<String, _>(0)
+                            .map_err(self.query_error(&b.table))?,
+                    );
+                }
+                tx.commit().await.map_err(self.query_error(&b.table))?;
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Writes `fields` (every synced field) to each existing record.
+    pub async fn update(
+        &self,
+        b: &TableBinding,
+        records: &[(String, Fields)],
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let stamp = Value::String(format_time(now));
+        let rows: Vec<Fields> = records
+            .iter()
+            .map(|(id, fields)| {
+                let mut row = self.native_fields(b, fields);
+                row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
+                row.insert(ID_COLUMN.into(), self.native_id(b, id));
+                row
+            })
+            .collect();
+        let columns: Vec<&str> = rows[0]
+            .keys()
+            .map(String::as_str)
+            .filter(|c| *c != ID_COLUMN)
+            .collect();
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let set = columns
+                    .iter()
+                    .map(|c| format!("{0} = r.{0}", ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "UPDATE {t} AS t SET {set} FROM jsonb_populate_recordset(NULL::{t}, $1) AS r WHERE t.{id} = r.{id}"
+                );
+                sqlx::query(&sql)
+                    .bind(sqlx::types::Json(&rows))
+                    .execute(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let set = columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{} = ?{}", ident(c), i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("UPDATE {t} SET {set} WHERE {id} = ?1");
+                let mut tx = pool.begin().await.map_err(self.query_error(&b.table))?;
+                for row in &rows {
+                    let mut q = bind_sqlite(sqlx::query(&sql), &row[ID_COLUMN]);
+                    for c in &columns {
+                        q = bind_sqlite(q, row.get(*c).unwrap_or(&Value::Null));
+                    }
+                    q.execute(&mut *tx).await.map_err(self.query_error(&b.table))?;
+                }
+                tx.commit().await.map_err(self.query_error(&b.table))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// CDM fields to native columns.
+    fn native_fields(&self, b: &TableBinding, fields: &Fields) -> Fields {
+        b.fields
+            .iter()
+            .map(|f| {
+                (
+                    f.column.clone(),
+                    fields.get(&f.cdm).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect()
+    }
+
+    fn native_id(&self, b: &TableBinding, id: &str) -> Value {
+        match b.id_kind {
+            IdKind::Integer => id
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::String(id.into())),
+            IdKind::Text => Value::String(id.into()),
+        }
+    }
+
+    fn native_ids(&self, b: &TableBinding, ids: &[String]) -> Vec<Value> {
+        ids.iter().map(|id| self.native_id(b, id)).collect()
+    }
+
+    /// A row (all columns, native names) as a record.
+    fn record_of(&self, b: &TableBinding, mut doc: Fields) -> Result<Record, BadRow> {
+        let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+        let bad = |reason: String| BadRow {
+            id: id.clone(),
+            reason,
+        };
+        let updated = doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null);
+        let modified_at = parse_time(&updated).ok_or_else(|| {
+            bad(format!(
+                "system `{}`, table `{}`, row `{id}`: `{UPDATED_AT_COLUMN}` value {updated} is not a time",
+                b.system, b.table
+            ))
+        })?;
+        let mut fields = Fields::new();
+        for f in &b.fields {
+            fields.insert(
+                f.cdm.clone(),
+                normalize(doc.remove(&f.column).unwrap_or(Value::Null)),
+            );
+        }
+        Ok(Record {
+            id,
+            fields,
+            modified_at,
+        })
+    }
+
+    fn sqlite_select_list(&self, b: &TableBinding) -> String {
+        let mut cols = vec![ident(ID_COLUMN), ident(UPDATED_AT_COLUMN)];
+        cols.extend(b.fields.iter().map(|f| ident(&f.column)));
+        cols.join(", ")
+    }
+
+    /// Reads a SQLite row by the runtime type of each value; a BLOB cannot be
+    /// a JSON field value, so its row is bad.
+    fn sqlite_row(&self, b: &TableBinding, row: &SqliteRow) -> Result<Fields, BadRow> {
+        let mut names = vec![ID_COLUMN, UPDATED_AT_COLUMN];
+        names.extend(b.fields.iter().map(|f| f.column.as_str()));
+        let mut doc = Fields::new();
+        for (i, name) in names.iter().enumerate() {
+            let raw = row.try_get_raw(i).map_err(|e| BadRow {
+                id: String::new(),
+                reason: e.to_string(),
+            })?;
+            let value = if raw.is_null() {
+                Value::Null
+            } else {
+                match raw.type_info().name() {
+                    "INTEGER" => Value::from(row.try_get_unchecked::<i64, _>(i).unwrap_or_default()),
+                    "REAL" => {
+                        serde_json::Number::from_f64(row.try_get_unchecked::<f64, _>(i).unwrap_or_default())
+                            .map(Value::Number)
+                            .unwrap_or(Value::Null)
+                    }
+                    "TEXT" => Value::String(row.try_get_unchecked::<String, _>(i).unwrap_or_default()),
+                    other => {
+                        let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+                        return Err(BadRow {
+                            reason: format!(
+                                "system `{}`, table `{}`, row `{id}`: column `{name}` holds a {other} value, \
+                                 which is not JSON",
+                                b.system, b.table
+                            ),
+                            id,
+                        });
+                    }
+                }
+            };
+            doc.insert((*name).to_owned(), value);
+        }
+        Ok(doc)
+    }
+}
+
+/// A cursor value as text, for PostgreSQL's casts.
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds a JSON value as the SQLite value it stands for.
+fn bind_sqlite<'q>(q: SqliteQuery<'q>, v: &Value) -> SqliteQuery<'q> {
+    match v {
+        Value::Null => q.bind(None::<String>),
+        Value::Bool(b) => q.bind(*b as i64),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => q.bind(i),
+            None => q.bind(n.as_f64()),
+        },
+        Value::String(s) => q.bind(s.clone()),
+        other => q.bind(other.to_string()),
+    }
+}

@@ -1,0 +1,1226 @@
+//! The executor: performs a run's steps page by page, calling the core to
+//! decide and the store to persist.
+//!
+//! Per page: look up mappings and references in batches, read counterparts,
+//! let the conflict engine decide, reserve `pending` mappings (one
+//! transaction), write to the systems (creates are safe to repeat:
+//! deterministic ids or idempotency keys), then commit mapping transitions,
+//! conflict records, counters and cursors in one transaction. A worker can die
+//! anywhere in between; the next one re-reads the page from the last
+//! checkpoint and finds the pending mappings and the records it created.
+
+use crate::conflict::{self, ConflictRecord, ConflictScope, Outcome, ReviewDecision};
+use crate::connector::{
+    BadRow, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, SqlConnector, TableBinding,
+};
+use crate::ids::{EntityScope, TenantId};
+use crate::mapping::{IdMapping, MappingChange, MappingStatus};
+use crate::plan::{DependencyGraph, Plan, PlanError};
+use crate::record::{Direction, Fields, Record, Side};
+use crate::run::{PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
+use crate::store::{Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
+use crate::workflow::{DefinitionErrors, EntityDef, Workflow};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Namespace of the deterministic ids and idempotency keys of creates.
+const CREATE_NAMESPACE: Uuid = Uuid::from_u128(0x7b6f_59c1_2d1e_4a8e_9a3f_5e0c_8d21_b4a7);
+
+/// Why a run could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Definition(#[from] DefinitionErrors),
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Connector(#[from] ConnectorError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("run {run_id} is being executed by worker `{worker}` (lease until {until}); try again later")]
+    Busy {
+        run_id: Uuid,
+        worker: String,
+        until: chrono::DateTime<Utc>,
+    },
+    #[error("run {run_id} was cancelled")]
+    Cancelled { run_id: Uuid },
+}
+
+/// How a job runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub page_size: u32,
+    pub lease_ttl: Duration,
+    pub worker_id: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            page_size: 500,
+            lease_ttl: Duration::from_secs(30),
+            worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+        }
+    }
+}
+
+/// What the executor reports after each page.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    pub entity_type: String,
+    pub direction: StepDirection,
+    pub counters: StepCounters,
+}
+
+/// The tables of one entity type in both systems.
+struct EntityTables {
+    def: EntityDef,
+    source: TableBinding,
+    target: TableBinding,
+    /// (CDM field, referenced entity type) of synced reference fields.
+    references: Vec<(String, String)>,
+}
+
+/// One integration for one tenant, connected and resolved against the real
+/// tables, ready to run.
+pub struct Job {
+    store: Arc<Store>,
+    workflow: Workflow,
+    tenant: TenantId,
+    plan: Plan,
+    source: SqlConnector,
+    target: SqlConnector,
+    entities: BTreeMap<String, EntityTables>,
+    options: Options,
+}
+
+/// Where a step is, kept in its checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct StepProgress {
+    phase: Phase,
+    /// Retry pass: the last unsettled mapping handled.
+    retry_after: Option<Uuid>,
+    /// Change scan: where the scan started and where it is.
+    scan_start: Option<Cursor>,
+    scan: Option<Cursor>,
+    /// Patch pass over the scanned window, for deferred self-references.
+    patch: Option<Cursor>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    #[default]
+    Retry,
+    Scan,
+    Patch,
+    Done,
+}
+
+/// A step's fixed context.
+struct StepCtx<'a> {
+    run_id: Uuid,
+    step: &'a PlannedStep,
+    tables: &'a EntityTables,
+    scope: EntityScope,
+    /// The side the step reads changes from.
+    read: Side,
+    lease: Lease,
+}
+
+impl StepCtx<'_> {
+    fn write(&self) -> Side {
+        self.read.other()
+    }
+}
+
+fn side_of(direction: StepDirection) -> Side {
+    match direction {
+        StepDirection::Forward => Side::Source,
+        StepDirection::Backward => Side::Target,
+    }
+}
+
+/// Fields with their references rewritten to the other system's ids.
+struct Rewritten {
+    fields: Fields,
+    /// Self-references left empty until their target exists.
+    deferred: Vec<String>,
+    /// (field, reason) of references that could not be translated.
+    missing: Vec<(String, String)>,
+}
+
+/// A record to create in the write side of a step.
+struct Create {
+    record: Record,
+    /// Its fields with references in the write side's ids.
+    fields: Fields,
+    /// The base to record once created, in source ids.
+    base: Fields,
+    /// The existing pending or failed mapping, if any.
+    mapping: Option<IdMapping>,
+    key: String,
+}
+
+impl Job {
+    /// Connects both systems of `workflow` for `tenant`, checks every table
+    /// and column, and plans the run with `graph`.
+    pub async fn prepare(
+        store: Arc<Store>,
+        workflow: Workflow,
+        graph: &DependencyGraph,
+        tenant: TenantId,
+        options: Options,
+    ) -> Result<Job, RunError> {
+        let plan = workflow.graph_within(graph)?.stages()?;
+        let env = |var: &str| std::env::var(var).ok();
+        let url = |system| {
+            workflow
+                .system_url(&tenant, system, env)
+                .map_err(|e| RunError::Definition(DefinitionErrors(vec![e])))
+        };
+        let source = SqlConnector::connect(&workflow.source.name, &url(&workflow.source)?).await?;
+        let target = SqlConnector::connect(&workflow.target.name, &url(&workflow.target)?).await?;
+        let mut entities = BTreeMap::new();
+        for def in &workflow.entities {
+            let tables = bind_entity(def, &source, &target).await?;
+            entities.insert(def.name.to_string(), tables);
+        }
+        Ok(Job {
+            store,
+            workflow,
+            tenant,
+            plan,
+            source,
+            target,
+            entities,
+            options,
+        })
+    }
+
+    /// The plan the job runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The store the job records its state in.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn scope(&self, entity: &str) -> EntityScope {
+        EntityScope::new(self.tenant.clone(), self.workflow.name.clone(), entity)
+    }
+
+    fn connector(&self, side: Side) -> &SqlConnector {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+        }
+    }
+
+    fn binding<'a>(&self, tables: &'a EntityTables, side: Side) -> &'a TableBinding {
+        match side {
+            Side::Source => &tables.source,
+            Side::Target => &tables.target,
+        }
+    }
+
+    /// The active run of this tenant and integration, or a new one.
+    pub async fn start(&self, trigger: &str) -> Result<RunRow, RunError> {
+        if let Some(run) = self.store.active_run(&self.tenant, &self.workflow.name).await? {
+            return Ok(run);
+        }
+        let bidirectional = self.workflow.direction == Direction::Bidirectional;
+        let steps = crate::run::steps_of(&self.plan, bidirectional);
+        let now = Utc::now();
+        let run = RunRow {
+            id: Uuid::new_v4(),
+            tenant_id: self.tenant.clone(),
+            integration_id: self.workflow.name.clone(),
+            state: RunState::Planned,
+            plan: serde_json::json!({ "plan": self.plan, "steps": steps }),
+            trigger: trigger.to_owned(),
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        match self.store.create_run(&run, &steps).await {
+            Ok(()) => Ok(run),
+            // Another process created one first: continue that one.
+            Err(StoreError::ActiveRun { run_id, .. }) => Ok(self
+                .store
+                .load_run(Some(&self.tenant), run_id)
+                .await?
+                .ok_or(RunError::Cancelled { run_id })?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Executes `run` to its end or to suspension: claims its lease, runs
+    /// every step not yet done, applies reviewed resolutions, and moves the
+    /// run to `succeeded`, `suspended` or `failed`.
+    pub async fn execute(
+        &self,
+        run: RunRow,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<RunRow, RunError> {
+        let lease = Lease {
+            run_id: run.id,
+            worker_id: self.options.worker_id.clone(),
+        };
+        if !self
+            .store
+            .claim_lease(&run, &lease.worker_id, self.options.lease_ttl)
+            .await?
+        {
+            let (worker, until) = self.store.lease_holder(run.id).await?.unwrap_or_default();
+            return Err(RunError::Busy {
+                run_id: run.id,
+                worker,
+                until,
+            });
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let (store, lease, lost, ttl) = (
+                self.store.clone(),
+                lease.clone(),
+                lost.clone(),
+                self.options.lease_ttl,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if !matches!(store.heartbeat(&lease, ttl).await, Ok(true)) {
+                        lost.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            })
+        };
+        let result = self.execute_leased(run, &lease, progress).await;
+        heartbeat.abort();
+        let _ = self.store.release_lease(&lease).await;
+        result
+    }
+
+    async fn execute_leased(
+        &self,
+        run: RunRow,
+        lease: &Lease,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<RunRow, RunError> {
+        let mut run = match run.state {
+            RunState::Suspended => self.store.transition_run(&run, RunEvent::Resume, None).await?,
+            _ => run,
+        };
+        if run.state != RunState::Running {
+            run = self.store.transition_run(&run, RunEvent::Start, None).await?;
+        }
+        let span = tracing::info_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
+        let _enter = span.enter();
+        let result = self.execute_steps(&run, lease, progress).await;
+        match result {
+            Ok(()) => {
+                self.apply_resolutions(&run, lease).await?;
+                let pending = self
+                    .store
+                    .list_conflicts(&crate::store::ConflictFilter {
+                        tenant: Some(self.tenant.clone()),
+                        status: Some(conflict::ConflictStatus::Pending),
+                        run_id: Some(run.id),
+                        limit: 1,
+                        ..Default::default()
+                    })
+                    .await?;
+                let event = if pending.is_empty() {
+                    RunEvent::Succeed
+                } else {
+                    RunEvent::Suspend
+                };
+                Ok(self.store.transition_run(&run, event, None).await?)
+            }
+            Err(RunError::Cancelled { run_id }) => Err(RunError::Cancelled { run_id }),
+            Err(e @ RunError::Store(StoreError::LeaseLost { .. })) => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "run failed");
+                let current = self.store.load_run(None, run.id).await?.unwrap_or(run);
+                if current.state == RunState::Running {
+                    self.store
+                        .transition_run(&current, RunEvent::Fail, Some(&e.to_string()))
+                        .await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn execute_steps(
+        &self,
+        run: &RunRow,
+        lease: &Lease,
+        progress: &mut dyn FnMut(&Progress),
+    ) -> Result<(), RunError> {
+        let checkpoints = self.store.load_steps(run.id).await?;
+        let bidirectional = self.workflow.direction == Direction::Bidirectional;
+        let steps = crate::run::steps_of(&self.plan, bidirectional);
+        for (i, step) in steps.iter().enumerate() {
+            let checkpoint = checkpoints
+                .iter()
+                .find(|c| c.entity_type == step.entity_type && c.direction == step.direction);
+            if checkpoint.is_some_and(|c| c.state == StepState::Done) {
+                continue;
+            }
+            let tables = &self.entities[step.entity_type.as_str()];
+            let ctx = StepCtx {
+                run_id: run.id,
+                step,
+                tables,
+                scope: self.scope(step.entity_type.as_str()),
+                read: side_of(step.direction),
+                lease: lease.clone(),
+            };
+            let span =
+                tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
+            let _enter = span.enter();
+            self.execute_step(&ctx, checkpoint, &mut |counters| {
+                progress(&Progress {
+                    step: i + 1,
+                    steps: steps.len(),
+                    entity_type: step.entity_type.to_string(),
+                    direction: step.direction,
+                    counters: *counters,
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn check_not_cancelled(&self, run_id: Uuid) -> Result<(), RunError> {
+        match self.store.load_run(Some(&self.tenant), run_id).await? {
+            Some(r) if r.state == RunState::Cancelled => Err(RunError::Cancelled { run_id }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn execute_step(
+        &self,
+        ctx: &StepCtx<'_>,
+        checkpoint: Option<&StepCheckpoint>,
+        progress: &mut dyn FnMut(&StepCounters),
+    ) -> Result<(), RunError> {
+        let mut counters = checkpoint.map(|c| c.counters).unwrap_or_default();
+        let mut state: StepProgress = checkpoint
+            .and_then(|c| c.cursor.clone())
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        let read_binding = self.binding(ctx.tables, ctx.read);
+        let reader = self.connector(ctx.read);
+        let page_size = self.options.page_size;
+        loop {
+            self.check_not_cancelled(ctx.run_id).await?;
+            let mut sync_cursor = None;
+            let (records, bad) = match state.phase {
+                Phase::Retry => {
+                    let unsettled = self
+                        .store
+                        .unsettled_mappings(&ctx.scope, state.retry_after, page_size)
+                        .await?;
+                    state.retry_after = unsettled.last().map(|m| m.id);
+                    if unsettled.len() < page_size as usize {
+                        state.phase = Phase::Scan;
+                    }
+                    let prefix = key_prefix(ctx.step.direction);
+                    let ids: Vec<String> = unsettled
+                        .iter()
+                        .filter(|m| {
+                            m.idempotency_key
+                                .as_deref()
+                                .is_some_and(|k| k.starts_with(prefix))
+                        })
+                        .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
+                        .collect();
+                    (reader.read_by_ids(read_binding, &ids).await?, Vec::new())
+                }
+                Phase::Scan => {
+                    if state.scan.is_none() && state.scan_start.is_none() {
+                        let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
+                        state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
+                        state.scan_start = state.scan.clone();
+                    }
+                    let page = reader
+                        .read_changes(read_binding, state.scan.as_ref(), page_size)
+                        .await?;
+                    if let Some(next) = &page.next {
+                        state.scan = Some(next.clone());
+                        sync_cursor = Some(SyncCursor {
+                            scope: ctx.scope.clone(),
+                            side: ctx.read,
+                            cursor: serde_json::to_value(next).expect("cursors serialize"),
+                        });
+                    }
+                    if page.done {
+                        state.phase = if counters.deferred > 0 {
+                            Phase::Patch
+                        } else {
+                            Phase::Done
+                        };
+                    }
+                    (page.records, page.bad)
+                }
+                Phase::Patch => {
+                    let from = state.patch.clone().or_else(|| state.scan_start.clone());
+                    let page = reader
+                        .read_changes(read_binding, from.as_ref(), page_size)
+                        .await?;
+                    if page.next.is_some() {
+                        state.patch = page.next.clone();
+                    }
+                    if page.done {
+                        state.phase = Phase::Done;
+                    }
+                    (page.records, page.bad)
+                }
+                Phase::Done => break,
+            };
+            let mut commit = self.process_page(ctx, records, bad, &mut counters).await?;
+            commit.checkpoint = Some(StepCheckpoint {
+                run_id: ctx.run_id,
+                tenant_id: self.tenant.clone(),
+                stage: ctx.step.stage,
+                entity_type: ctx.step.entity_type.clone(),
+                direction: ctx.step.direction,
+                state: if state.phase == Phase::Done {
+                    StepState::Done
+                } else {
+                    StepState::Running
+                },
+                cursor: Some(serde_json::to_value(&state).expect("progress serializes")),
+                counters,
+                error: None,
+            });
+            commit.sync_cursor = sync_cursor;
+            commit.lease = Some(ctx.lease.clone());
+            self.store.commit_page(commit).await?;
+            progress(&counters);
+            if state.phase == Phase::Done {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids on `to` of the records of `entity` whose ids on `from` are
+    /// `ids`, for mapped records only; plus every mapping found, by id.
+    async fn translate(
+        &self,
+        entity: &str,
+        from: Side,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, IdMapping>, RunError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self.store.lookup(&self.scope(entity), from, &ids).await?)
+    }
+
+    /// Reference values of `records` by referenced entity.
+    fn reference_values(tables: &EntityTables, records: &[&Fields]) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (field, entity) in &tables.references {
+            let list = out.entry(entity.clone()).or_default();
+            for fields in records {
+                if let Some(id) = fields.get(field).and_then(crate::connector::id_text) {
+                    list.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    /// Translation tables for reference values of `records`, from `from`.
+    async fn reference_maps(
+        &self,
+        tables: &EntityTables,
+        from: Side,
+        records: &[&Fields],
+    ) -> Result<HashMap<String, HashMap<String, IdMapping>>, RunError> {
+        let mut maps = HashMap::new();
+        for (entity, ids) in Self::reference_values(tables, records) {
+            maps.insert(entity.clone(), self.translate(&entity, from, ids).await?);
+        }
+        Ok(maps)
+    }
+
+    /// Rewrites the reference fields of `fields` from ids on `from` to ids on
+    /// the other side. A self-reference whose target has no mapping yet is
+    /// left empty (deferred); any other untranslatable reference is left as
+    /// it was and reported as missing.
+    fn rewrite_references(
+        tables: &EntityTables,
+        maps: &HashMap<String, HashMap<String, IdMapping>>,
+        from: Side,
+        fields: &Fields,
+    ) -> Rewritten {
+        let mut out = Rewritten {
+            fields: fields.clone(),
+            deferred: Vec::new(),
+            missing: Vec::new(),
+        };
+        for (field, entity) in &tables.references {
+            let Some(value) = fields.get(field) else { continue };
+            let Some(id) = crate::connector::id_text(value) else {
+                continue;
+            };
+            let mapping = maps.get(entity).and_then(|m| m.get(&id));
+            let other = mapping
+                .filter(|m| m.status == MappingStatus::Mapped || m.status == MappingStatus::Stale)
+                .and_then(|m| id_on(m, from.other()));
+            match other {
+                Some(other) => {
+                    let translated = match value {
+                        Value::Number(_) => other
+                            .parse::<i64>()
+                            .map(Value::from)
+                            .unwrap_or(Value::String(other.into())),
+                        _ => Value::String(other.to_owned()),
+                    };
+                    out.fields.insert(field.clone(), translated);
+                }
+                None if entity == tables.def.name.as_str() && mapping.is_none() => {
+                    out.fields.insert(field.clone(), Value::Null);
+                    out.deferred.push(field.clone());
+                }
+                None => {
+                    let why = match mapping {
+                        None => "has not been synced".to_owned(),
+                        Some(m) => match &m.last_error {
+                            Some(e) => format!("is {} ({e})", m.status),
+                            None => format!("is {}", m.status),
+                        },
+                    };
+                    out.missing.push((
+                        field.clone(),
+                        format!("missing parent: {field} references {entity} `{id}`, which {why}"),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn create_key(&self, ctx: &StepCtx<'_>, read_id: &str) -> (String, Uuid) {
+        let name = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}",
+            self.workflow.name,
+            self.tenant,
+            ctx.step.entity_type,
+            ctx.step.direction.as_str()
+        );
+        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
+        (format!("{}{id}", key_prefix(ctx.step.direction)), id)
+    }
+
+    /// Processes one page of records read from `ctx.read`; performs the
+    /// writes and returns what the page's final transaction must commit.
+    async fn process_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        records: Vec<Record>,
+        bad: Vec<BadRow>,
+        counters: &mut StepCounters,
+    ) -> Result<PageCommit, RunError> {
+        let now = Utc::now();
+        let read = ctx.read;
+        let write = ctx.write();
+        let tables = ctx.tables;
+        counters.read += (records.len() + bad.len()) as u64;
+        let mut commit = PageCommit::default();
+        let mut reserve: Vec<MappingWrite> = Vec::new();
+
+        // Records with an open conflict wait for their reviewer.
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let open = self.store.open_conflicts(&ctx.scope, read, &ids).await?;
+        let records: Vec<Record> = records.into_iter().filter(|r| !open.contains(&r.id)).collect();
+        counters.skipped += open.len() as u64;
+
+        let mut all_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        all_ids.extend(bad.iter().map(|b| b.id.clone()));
+        let mut mappings = self.store.lookup(&ctx.scope, read, &all_ids).await?;
+
+        // Rows that cannot be read fail alone.
+        for b in bad {
+            counters.failed += 1;
+            tracing::warn!(id = %b.id, reason = %b.reason, "bad row");
+            match mappings.remove(&b.id) {
+                None if !b.id.is_empty() => {
+                    let mut m = self.new_mapping(ctx, &b.id, now);
+                    m.apply(MappingChange::Fail { error: b.reason }, now)
+                        .expect("pending -> failed");
+                    commit.mappings.push(MappingWrite::Insert(m));
+                }
+                Some(m) if m.status == MappingStatus::Pending => {
+                    commit.mappings.push(MappingWrite::Transition {
+                        current: m,
+                        change: MappingChange::Fail { error: b.reason },
+                    })
+                }
+                _ => {}
+            }
+        }
+
+        // Counterparts of mapped records, by their id on the write side.
+        let counterpart_ids: Vec<String> = records
+            .iter()
+            .filter_map(|r| mappings.get(&r.id))
+            .filter(|m| m.status == MappingStatus::Mapped)
+            .filter_map(|m| id_on(m, write).map(str::to_owned))
+            .collect();
+        let counterparts: HashMap<String, Record> = self
+            .connector(write)
+            .read_by_ids(self.binding(tables, write), &counterpart_ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+
+        // Translation tables: read-side references to the write side, and
+        // target records' references into source ids (the space records are
+        // compared and based in).
+        let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
+        let read_maps = self.reference_maps(tables, read, &read_fields).await?;
+        let target_records: Vec<&Fields> = match read {
+            Side::Source => counterparts.values().map(|r| &r.fields).collect(),
+            Side::Target => read_fields.clone(),
+        };
+        let target_maps = if read == Side::Target {
+            read_maps.clone()
+        } else {
+            self.reference_maps(tables, Side::Target, &target_records).await?
+        };
+        let source_space = |r: &Record| -> Record {
+            Record {
+                fields: Self::rewrite_references(tables, &target_maps, Side::Target, &r.fields).fields,
+                ..r.clone()
+            }
+        };
+
+        let strategy = self
+            .workflow
+            .strategy_for(&self.tenant, ctx.step.entity_type.as_str());
+        let direction = self.workflow.direction;
+        let mut actions = Vec::new();
+        let mut updates_source: Vec<(String, Fields)> = Vec::new();
+        // (target id, new fields in source ids, the target's current fields)
+        let mut updates_target: Vec<(String, Fields, Fields)> = Vec::new();
+        let mut confirms: Vec<MappingWrite> = Vec::new();
+        for record in records {
+            let mapping = mappings.remove(&record.id);
+            match mapping {
+                Some(m) if m.status == MappingStatus::Mapped => {
+                    let Some(other) = id_on(&m, write).and_then(|id| counterparts.get(id)) else {
+                        counters.failed += 1;
+                        confirms.push(MappingWrite::Transition {
+                            current: m,
+                            change: MappingChange::MarkStale {
+                                reason: format!("{} record is gone", write.as_str()),
+                            },
+                        });
+                        continue;
+                    };
+                    let (source, target) = match read {
+                        Side::Source => (record.clone(), source_space(other)),
+                        Side::Target => (other.clone(), source_space(&record)),
+                    };
+                    let resolution = conflict::resolve(
+                        m.base.as_ref(),
+                        &source,
+                        &target,
+                        direction,
+                        strategy,
+                        &tables.def.merge,
+                    );
+                    if let Some(mut c) = ConflictRecord::from_resolution(
+                        Uuid::new_v4(),
+                        ConflictScope::clone(&ctx.scope),
+                        m.base.as_ref(),
+                        &source,
+                        &target,
+                        &resolution,
+                        now,
+                    ) {
+                        c.run_id = Some(ctx.run_id);
+                        match c.status {
+                            conflict::ConflictStatus::Pending => counters.parked += 1,
+                            conflict::ConflictStatus::Resolved => counters.conflicts += 1,
+                        }
+                        commit.conflicts.push(c);
+                    }
+                    let Outcome::Write(writes) = resolution.outcome else {
+                        continue;
+                    };
+                    if writes.is_noop() && m.base.as_ref() == Some(&writes.base) {
+                        counters.unchanged += 1;
+                        continue;
+                    }
+                    if !writes.to_target.is_empty() {
+                        let mut fields = target.fields.clone();
+                        fields.extend(writes.to_target.clone());
+                        let current = match read {
+                            Side::Source => other.fields.clone(),
+                            Side::Target => record.fields.clone(),
+                        };
+                        updates_target.push((
+                            id_on(&m, Side::Target).unwrap_or_default().to_owned(),
+                            fields,
+                            current,
+                        ));
+                    }
+                    if !writes.to_source.is_empty() {
+                        let mut fields = source.fields.clone();
+                        fields.extend(writes.to_source.clone());
+                        updates_source.push((id_on(&m, Side::Source).unwrap_or_default().to_owned(), fields));
+                    }
+                    if writes.is_noop() {
+                        counters.unchanged += 1;
+                    } else {
+                        counters.updated += 1;
+                    }
+                    confirms.push(MappingWrite::Transition {
+                        change: MappingChange::Confirm {
+                            source_id: id_on(&m, Side::Source).unwrap_or_default().to_owned(),
+                            target_id: id_on(&m, Side::Target).unwrap_or_default().to_owned(),
+                            base: writes.base,
+                        },
+                        current: m,
+                    });
+                }
+                Some(m) if m.status == MappingStatus::Stale => counters.skipped += 1,
+                mapping => {
+                    // New, pending (a create that may have happened) or
+                    // failed (a retry): create in the write side.
+                    let Rewritten {
+                        fields,
+                        deferred,
+                        missing,
+                    } = Self::rewrite_references(tables, &read_maps, read, &record.fields);
+                    let (key, _) = self.create_key(ctx, &record.id);
+                    if let Some((_, reason)) = missing.into_iter().next() {
+                        counters.failed += 1;
+                        match mapping {
+                            None => {
+                                let mut m = self.new_mapping(ctx, &record.id, now);
+                                m.apply(MappingChange::Fail { error: reason }, now)
+                                    .expect("pending -> failed");
+                                commit.mappings.push(MappingWrite::Insert(m));
+                            }
+                            Some(m) if m.status == MappingStatus::Pending => {
+                                commit.mappings.push(MappingWrite::Transition {
+                                    current: m,
+                                    change: MappingChange::Fail { error: reason },
+                                })
+                            }
+                            Some(_) => {}
+                        }
+                        continue;
+                    }
+                    // The base is in source ids: the source record itself, or
+                    // what is written to the source.
+                    let mut base = match read {
+                        Side::Source => record.fields.clone(),
+                        Side::Target => fields.clone(),
+                    };
+                    for f in &deferred {
+                        base.insert(f.clone(), Value::Null);
+                    }
+                    if !deferred.is_empty() {
+                        counters.deferred += 1;
+                    }
+                    match &mapping {
+                        None => reserve.push(MappingWrite::Insert(IdMapping {
+                            idempotency_key: Some(key.clone()),
+                            ..self.new_mapping(ctx, &record.id, now)
+                        })),
+                        Some(m) if m.status == MappingStatus::Failed => {
+                            reserve.push(MappingWrite::Transition {
+                                current: m.clone(),
+                                change: MappingChange::Reserve {
+                                    idempotency_key: key.clone(),
+                                },
+                            })
+                        }
+                        _ => {}
+                    }
+                    actions.push(Create {
+                        record,
+                        fields,
+                        base,
+                        mapping,
+                        key,
+                    });
+                }
+            }
+        }
+
+        // Reserve pending mappings before writing anything.
+        let mut reserved: HashMap<String, IdMapping> = HashMap::new();
+        if !reserve.is_empty() {
+            let stored = self
+                .store
+                .commit_page(PageCommit {
+                    mappings: reserve,
+                    lease: Some(ctx.lease.clone()),
+                    ..Default::default()
+                })
+                .await?;
+            for m in stored {
+                if let Some(id) = id_on(&m, read) {
+                    reserved.insert(id.to_owned(), m);
+                }
+            }
+        }
+
+        // Creates: text ids are deterministic (a repeat upserts); integer-id
+        // tables are searched for the key of an earlier attempt first.
+        let write_binding = self.binding(tables, write);
+        let mut creates: Vec<(IdMapping, Record, Fields, NewRecord)> = Vec::new();
+        for action in actions {
+            let Create {
+                record,
+                fields,
+                base,
+                mapping,
+                key,
+            } = action;
+            let current = reserved
+                .remove(&record.id)
+                .or(mapping)
+                .expect("a create has a pending mapping");
+            let (_, uuid) = self.create_key(ctx, &record.id);
+            creates.push((
+                current,
+                record,
+                base,
+                NewRecord {
+                    id: (write_binding.id_kind == IdKind::Text).then(|| uuid.to_string()),
+                    key,
+                    fields,
+                },
+            ));
+        }
+        let existing = if write_binding.id_kind == IdKind::Integer {
+            let keys: Vec<String> = creates.iter().map(|(_, _, _, n)| n.key.clone()).collect();
+            self.connector(write).find_by_keys(write_binding, &keys).await?
+        } else {
+            HashMap::new()
+        };
+        let to_create: Vec<NewRecord> = creates
+            .iter()
+            .filter(|(_, _, _, n)| !existing.contains_key(&n.key))
+            .map(|(_, _, _, n)| n.clone())
+            .collect();
+        let created = self
+            .create_isolating(write, write_binding, &to_create, now)
+            .await?;
+        let mut created_ids: HashMap<String, Result<String, String>> =
+            existing.into_iter().map(|(k, v)| (k, Ok(v))).collect();
+        for (n, result) in to_create.iter().zip(created) {
+            created_ids.insert(n.key.clone(), result);
+        }
+        for (mapping, record, base, new) in creates {
+            let result = created_ids
+                .remove(&new.key)
+                .unwrap_or_else(|| Err(format!("{} returned no id for the create", write.as_str())));
+            match result {
+                Ok(new_id) => {
+                    counters.created += 1;
+                    let (source_id, target_id) = match read {
+                        Side::Source => (record.id.clone(), new_id),
+                        Side::Target => (new_id, record.id.clone()),
+                    };
+                    confirms.push(MappingWrite::Transition {
+                        current: mapping,
+                        change: MappingChange::Confirm {
+                            source_id,
+                            target_id,
+                            base,
+                        },
+                    });
+                }
+                Err(error) => {
+                    counters.failed += 1;
+                    confirms.push(MappingWrite::Transition {
+                        current: mapping,
+                        change: MappingChange::Fail { error },
+                    });
+                }
+            }
+        }
+
+        let target_updates = self.to_target_ids(tables, updates_target).await?;
+        self.target.update(&tables.target, &target_updates, now).await?;
+        self.source.update(&tables.source, &updates_source, now).await?;
+        commit.mappings.extend(confirms);
+        Ok(commit)
+    }
+
+    /// Creates `records`; when the batch fails, creates them one by one so
+    /// that a record the system refuses fails alone, with the system's reason.
+    async fn create_isolating(
+        &self,
+        side: Side,
+        binding: &TableBinding,
+        records: &[NewRecord],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Result<String, String>>, RunError> {
+        let connector = self.connector(side);
+        match connector.create(binding, records, now).await {
+            Ok(ids) => Ok(ids.into_iter().map(Ok).collect()),
+            Err(batch_error) if records.len() > 1 => {
+                tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
+                let mut out = Vec::with_capacity(records.len());
+                for r in records {
+                    out.push(
+                        connector
+                            .create(binding, std::slice::from_ref(r), now)
+                            .await
+                            .map(|mut ids| ids.remove(0))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                Ok(out)
+            }
+            Err(e) => Ok(vec![Err(e.to_string())]),
+        }
+    }
+
+    /// Rewrites updates bound for the target from source ids to target ids.
+    /// A reference that cannot be translated keeps the target's current value
+    /// rather than point nowhere.
+    async fn to_target_ids(
+        &self,
+        tables: &EntityTables,
+        updates: Vec<(String, Fields, Fields)>,
+    ) -> Result<Vec<(String, Fields)>, RunError> {
+        let fields: Vec<&Fields> = updates.iter().map(|(_, f, _)| f).collect();
+        let maps = self.reference_maps(tables, Side::Source, &fields).await?;
+        Ok(updates
+            .into_iter()
+            .map(|(id, fields, current)| {
+                let mut rewritten = Self::rewrite_references(tables, &maps, Side::Source, &fields);
+                for (field, reason) in rewritten.missing {
+                    tracing::warn!(target_id = %id, %reason, "reference kept as it is in the target");
+                    rewritten
+                        .fields
+                        .insert(field.clone(), current.get(&field).cloned().unwrap_or(Value::Null));
+                }
+                (id, rewritten.fields)
+            })
+            .collect())
+    }
+
+    fn new_mapping(&self, ctx: &StepCtx<'_>, read_id: &str, now: chrono::DateTime<Utc>) -> IdMapping {
+        let (key, _) = self.create_key(ctx, read_id);
+        let (source_id, target_id) = match ctx.read {
+            Side::Source => (Some(read_id.to_owned()), None),
+            Side::Target => (None, Some(read_id.to_owned())),
+        };
+        IdMapping::reserve(Uuid::new_v4(), ctx.scope.clone(), source_id, target_id, key, now)
+    }
+
+    /// Writes the resolutions reviewers gave to conflicts of `run` to both
+    /// systems, and records the new base.
+    async fn apply_resolutions(&self, run: &RunRow, lease: &Lease) -> Result<(), RunError> {
+        let resolved = self.store.unapplied_resolutions(run.id).await?;
+        for c in resolved {
+            let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
+                continue;
+            };
+            let scope = self.scope(c.entity_type.as_str());
+            let mapping = self
+                .store
+                .lookup(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
+                .await?
+                .remove(&c.source_record.id);
+            let mut commit = PageCommit {
+                applied_conflicts: vec![c.id],
+                lease: Some(lease.clone()),
+                ..Default::default()
+            };
+            if let Some(m) = mapping.filter(|m| m.status == MappingStatus::Mapped) {
+                let source = self
+                    .source
+                    .read_by_ids(&tables.source, std::slice::from_ref(&c.source_record.id))
+                    .await?;
+                let target = self
+                    .target
+                    .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
+                    .await?;
+                if let (Some(source), Some(target)) = (source.first(), target.first()) {
+                    let maps = self
+                        .reference_maps(tables, Side::Target, &[&target.fields])
+                        .await?;
+                    let target_in_source_space = Record {
+                        fields: Self::rewrite_references(tables, &maps, Side::Target, &target.fields).fields,
+                        ..target.clone()
+                    };
+                    let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
+                    let writes = conflict::apply_review(
+                        c.base.as_ref(),
+                        source,
+                        &target_in_source_space,
+                        self.workflow.direction,
+                        &decision,
+                    )
+                    .map_err(|e| {
+                        RunError::Store(StoreError::Corrupt {
+                            table: "conflicts",
+                            reason: format!("conflict {}: {e}", c.id),
+                        })
+                    })?;
+                    let now = Utc::now();
+                    if !writes.to_target.is_empty() {
+                        let mut fields = target_in_source_space.fields.clone();
+                        fields.extend(writes.to_target.clone());
+                        let updates = vec![(target.id.clone(), fields, target.fields.clone())];
+                        let updates = self.to_target_ids(tables, updates).await?;
+                        self.target.update(&tables.target, &updates, now).await?;
+                    }
+                    if !writes.to_source.is_empty() {
+                        let mut fields = source.fields.clone();
+                        fields.extend(writes.to_source.clone());
+                        self.source
+                            .update(&tables.source, &[(source.id.clone(), fields)], now)
+                            .await?;
+                    }
+                    commit.mappings.push(MappingWrite::Transition {
+                        change: MappingChange::Confirm {
+                            source_id: source.id.clone(),
+                            target_id: target.id.clone(),
+                            base: writes.base,
+                        },
+                        current: m,
+                    });
+                }
+            }
+            self.store.commit_page(commit).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Prefix of the idempotency keys of creates, by step direction.
+fn key_prefix(direction: StepDirection) -> &'static str {
+    match direction {
+        StepDirection::Forward => "fwd:",
+        StepDirection::Backward => "bwd:",
+    }
+}
+
+/// A mapping's id on `side`.
+fn id_on(m: &IdMapping, side: Side) -> Option<&str> {
+    match side {
+        Side::Source => m.source_id.as_deref(),
+        Side::Target => m.target_id.as_deref(),
+    }
+}
+
+/// Resolves the fields of an entity on both systems: the field map renames,
+/// every other column is a field of the same name, and only fields both
+/// systems have are synced.
+async fn bind_entity(
+    def: &EntityDef,
+    source: &SqlConnector,
+    target: &SqlConnector,
+) -> Result<EntityTables, RunError> {
+    let entity = def.name.as_str();
+    let mut sides = Vec::new();
+    for (connector, table, pick) in [
+        (source, &def.source_table, Side::Source),
+        (target, &def.target_table, Side::Target),
+    ] {
+        let columns = connector
+            .columns(table)
+            .await?
+            .ok_or_else(|| ConnectorError::MissingTable {
+                system: connector.system().to_owned(),
+                table: table.clone(),
+                entity: entity.to_owned(),
+            })?;
+        let mut cdm_to_column: BTreeMap<String, String> = BTreeMap::new();
+        for f in &def.fields {
+            let column = match pick {
+                Side::Source => &f.source,
+                Side::Target => &f.target,
+            };
+            if !columns.contains_key(column) {
+                return Err(ConnectorError::MissingColumn {
+                    system: connector.system().to_owned(),
+                    table: table.clone(),
+                    column: column.clone(),
+                    entity: entity.to_owned(),
+                    field: format!(", field `{}`", f.cdm),
+                }
+                .into());
+            }
+            cdm_to_column.insert(f.cdm.clone(), column.clone());
+        }
+        let used: HashSet<String> = cdm_to_column.values().cloned().collect();
+        let reserved = [
+            crate::connector::sql::ID_COLUMN,
+            crate::connector::sql::UPDATED_AT_COLUMN,
+            def.idempotency_column.as_deref().unwrap_or(""),
+        ];
+        for column in columns.keys() {
+            if !used.contains(column) && !reserved.contains(&column.as_str()) {
+                cdm_to_column
+                    .entry(column.clone())
+                    .or_insert_with(|| column.clone());
+            }
+        }
+        sides.push((connector, table, columns, cdm_to_column));
+    }
+    let shared: Vec<String> = sides[0]
+        .3
+        .keys()
+        .filter(|k| sides[1].3.contains_key(*k))
+        .cloned()
+        .collect();
+    let mut bindings = Vec::new();
+    for (connector, table, columns, map) in sides {
+        let fields = shared
+            .iter()
+            .map(|cdm| FieldColumn {
+                cdm: cdm.clone(),
+                column: map[cdm].clone(),
+            })
+            .collect();
+        bindings.push(connector.binding(entity, table, columns, fields, def.idempotency_column.clone())?);
+    }
+    let target = bindings.pop().expect("two sides");
+    let source = bindings.pop().expect("two sides");
+    let references = def
+        .fields
+        .iter()
+        .filter(|f| shared.contains(&f.cdm))
+        .filter_map(|f| f.references.as_ref().map(|r| (f.cdm.clone(), r.to_string())))
+        .collect();
+    Ok(EntityTables {
+        def: def.clone(),
+        source,
+        target,
+        references,
+    })
+}
