@@ -4,6 +4,7 @@
 //! means success, 1 means the input was refused (a cycle, an invalid
 //! definition), 2 means the command line itself was wrong.
 
+use crate::cmd;
 use crate::plan::DependencyGraph;
 use crate::workflow::{self, DefinitionErrors, Workflow};
 use clap::{Parser, Subcommand};
@@ -37,11 +38,179 @@ enum Command {
         /// A workflow definition (workflows/*.toml).
         workflow: PathBuf,
     },
+    /// Run a sync now, to its end or to suspension, and print a summary.
+    Run {
+        /// A workflow definition (workflows/*.toml).
+        workflow: PathBuf,
+        /// The tenant to sync for.
+        #[arg(long)]
+        tenant: String,
+        /// Records per page (each page is one checkpoint).
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+    },
+    /// Look at, resume and cancel runs.
+    Runs {
+        #[command(subcommand)]
+        verb: RunsVerb,
+    },
+    /// Review conflicts: list, show, resolve.
+    Conflicts {
+        #[command(subcommand)]
+        verb: ConflictsVerb,
+    },
+    /// Find where records went in the ID map.
+    Mappings {
+        #[command(subcommand)]
+        verb: MappingsVerb,
+    },
+    /// Build a CRM and an ERP as SQLite databases and sync them both ways.
+    Demo {
+        /// Where the demo databases go.
+        #[arg(long, default_value = "demo-data")]
+        dir: PathBuf,
+    },
+    /// Measure throughput and print figures (never run in timed tests).
+    Bench {
+        #[command(subcommand)]
+        what: BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsVerb {
+    /// Runs, newest first.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// planned, running, suspended, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One run with its steps.
+    Show {
+        run: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Apply reviewed resolutions and finish a suspended or interrupted run.
+    Resume {
+        run: String,
+        /// Where the run's workflow definition is.
+        #[arg(long, default_value = "workflows")]
+        workflows: PathBuf,
+    },
+    /// Cancel an active run.
+    Cancel {
+        run: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsVerb {
+    /// Conflicts, oldest first.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// pending, resolved or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One conflict: base, source and target side by side.
+    Show {
+        conflict: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Decide a conflict.
+    Resolve {
+        conflict: String,
+        /// Take every conflicting field from `source` or `target`.
+        #[arg(long, conflicts_with = "values")]
+        take: Option<String>,
+        /// A JSON object of field values.
+        #[arg(long)]
+        values: Option<String>,
+        /// The reviewer's user id.
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ScopeArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    integration: String,
+    #[arg(long)]
+    entity: String,
+}
+
+#[derive(Subcommand)]
+enum MappingsVerb {
+    /// The mapping of one record, by its source or target id.
+    Lookup {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long, conflicts_with = "target_id", required_unless_present = "target_id")]
+        source_id: Option<String>,
+        #[arg(long)]
+        target_id: Option<String>,
+    },
+    /// Mappings with a status (failed, stale, ...) and their reasons.
+    List {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        #[arg(long)]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Mapping lookups and transitions of the store, against the raw clients.
+    Store {
+        /// Mappings to create and look up, in batches of 1,000.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// PostgreSQL to use [default: SYNCD_DATABASE_URL when it is
+        /// PostgreSQL, else postgres://postgres@127.0.0.1:5432/test].
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Redis to use [default: SYNCD_REDIS_URL, else redis://127.0.0.1:6379].
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
+}
+
+impl From<ScopeArgs> for crate::ids::EntityScope {
+    fn from(a: ScopeArgs) -> Self {
+        crate::ids::EntityScope::new(a.tenant, a.integration, a.entity)
+    }
 }
 
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SYNCD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Plan {
             workflow: Some(path),
@@ -53,6 +222,61 @@ pub fn main() -> ExitCode {
         } => plan_graph(&path),
         Command::Plan { .. } => unreachable!("clap requires a workflow or --graph"),
         Command::Check { workflow } => check(&workflow),
+        Command::Run {
+            workflow,
+            tenant,
+            page_size,
+        } => cmd::run::run(&workflow, &tenant, page_size),
+        Command::Runs { verb } => match verb {
+            RunsVerb::List { tenant, state, limit } => cmd::runs::list(tenant, state, limit),
+            RunsVerb::Show { run, tenant } => cmd::runs::show(&run, tenant),
+            RunsVerb::Resume { run, workflows } => cmd::runs::resume(&run, &workflows),
+            RunsVerb::Cancel { run, tenant } => cmd::runs::cancel(&run, tenant),
+        },
+        Command::Conflicts { verb } => match verb {
+            ConflictsVerb::List {
+                tenant,
+                status,
+                entity,
+                limit,
+            } => cmd::conflicts::list(tenant, Some(status), entity, limit),
+            ConflictsVerb::Show { conflict, tenant } => cmd::conflicts::show(&conflict, tenant),
+            ConflictsVerb::Resolve {
+                conflict,
+                take,
+                values,
+                by,
+                tenant,
+            } => cmd::conflicts::resolve(&conflict, take.as_deref(), values.as_deref(), &by, tenant),
+        },
+        Command::Mappings { verb } => match verb {
+            MappingsVerb::Lookup {
+                scope,
+                source_id,
+                target_id,
+            } => {
+                let (side, id) = match (source_id, target_id) {
+                    (Some(id), _) => (crate::record::Side::Source, id),
+                    (None, Some(id)) => (crate::record::Side::Target, id),
+                    (None, None) => unreachable!("clap requires one id"),
+                };
+                cmd::mappings::lookup(scope.into(), side, &id)
+            }
+            MappingsVerb::List { scope, status, limit } => cmd::mappings::list(scope.into(), &status, limit),
+        },
+        Command::Demo { dir } => cmd::demo::demo(&dir),
+        Command::Bench {
+            what:
+                BenchTarget::Store {
+                    records,
+                    postgres_url,
+                    redis_url,
+                },
+        } => bench_store(crate::bench::StoreBench {
+            records,
+            postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
+            redis_url: crate::bench::StoreBench::redis_url(redis_url),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,7 +305,10 @@ fn print_plan(graph: &DependencyGraph) -> Result<(), String> {
 
 /// Loads a workflow and the graph it plans with (its partner's, or the
 /// built-in default), checked against each other.
-fn load(path: &Path, partner: Option<&str>) -> Result<(Workflow, DependencyGraph), DefinitionErrors> {
+pub(crate) fn load(
+    path: &Path,
+    partner: Option<&str>,
+) -> Result<(Workflow, DependencyGraph), DefinitionErrors> {
     let file = path.display().to_string();
     let one = |reason: String| {
         DefinitionErrors(vec![workflow::DefinitionError {
@@ -139,5 +366,28 @@ fn check(path: &Path) -> Result<(), String> {
         wf.entities.len(),
         wf.tenants.len()
     );
+    Ok(())
+}
+
+fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
+    if bench.records == 0 {
+        return Err("error: --records must be at least 1".into());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("error: cannot start the async runtime: {e}"))?;
+    println!(
+        "syncd bench store: {} records on {} cores",
+        bench.records,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let report = runtime
+        .block_on(crate::bench::store(&bench))
+        .map_err(|e| format!("error: {e}"))?;
+    println!("{report}");
+    if !report.all_met() {
+        println!("some figures are below their targets");
+    }
     Ok(())
 }

@@ -5,8 +5,10 @@
 //! the CLI) perform I/O and persist what the core decided. See
 //! `ARCHITECTURE.md`.
 
+pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod cmd;
 pub mod conflict;
 pub mod connector;
 pub mod ids;

@@ -89,6 +89,7 @@ impl fmt::Display for StepState {
 
 /// What a step has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StepCounters {
     pub read: u64,
     pub created: u64,
@@ -255,7 +256,6 @@ pub fn steps_of(plan: &crate::plan::Plan, bidirectional: bool) -> Vec<PlannedSte
 mod tests {
     use super::*;
     use RunEvent::*;
-    use RunState::*;
 
     #[test]
     fn every_state_and_event() {

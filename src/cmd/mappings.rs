@@ -1,0 +1,62 @@
+//! `syncd mappings lookup|list`: where a record went, and which links are
+//! failed or stale.
+
+use super::{CmdResult, open_store, runtime};
+use crate::ids::EntityScope;
+use crate::mapping::{IdMapping, MappingStatus};
+use crate::record::Side;
+
+fn print(mappings: &[IdMapping]) {
+    println!(
+        "{:<24} {:<38} {:<8} {:<8} last error",
+        "source id", "target id", "status", "attempts"
+    );
+    for m in mappings {
+        println!(
+            "{:<24} {:<38} {:<8} {:<8} {}",
+            m.source_id.as_deref().unwrap_or("-"),
+            m.target_id.as_deref().unwrap_or("-"),
+            m.status,
+            m.attempts,
+            m.last_error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// Prints the mapping of one record, found by its id on `side`.
+pub fn lookup(scope: EntityScope, side: Side, id: &str) -> CmdResult {
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let found = store
+            .lookup(&scope, side, &[id.to_owned()])
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        match found.get(id) {
+            Some(m) => {
+                print(std::slice::from_ref(m));
+                Ok(())
+            }
+            None => Err(format!(
+                "no mapping for {} id `{id}` of {} in integration `{}` for tenant `{}`",
+                side.as_str(),
+                scope.entity_type,
+                scope.integration_id,
+                scope.tenant_id
+            )),
+        }
+    })
+}
+
+/// Prints mappings with `status`, with their reasons.
+pub fn list(scope: EntityScope, status: &str, limit: u32) -> CmdResult {
+    let status: MappingStatus = status.parse().map_err(|e| format!("error: --status: {e}"))?;
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let list = store
+            .mappings_with_status(&scope, status, limit)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        print(&list);
+        Ok(())
+    })
+}

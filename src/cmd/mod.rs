@@ -1,0 +1,81 @@
+//! The operator verbs of the CLI, one file a verb: each parses nothing
+//! itself (clap did), opens what it needs, calls the library and prints.
+
+pub mod conflicts;
+pub mod demo;
+pub mod mappings;
+pub mod run;
+pub mod runs;
+
+use crate::cache::MappingCache;
+use crate::run::StepCheckpoint;
+use crate::store::{Store, StoreConfig};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// A CLI failure: the message to print.
+pub type CmdResult = Result<(), String>;
+
+/// The async runtime a verb runs on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("error: cannot start the async runtime: {e}"))
+}
+
+/// The store named by `SYNCD_DATABASE_URL` (default `sqlite://syncd.db`),
+/// with the Redis cache of `SYNCD_REDIS_URL` or the in-process one.
+pub async fn open_store() -> Result<Arc<Store>, String> {
+    let config = StoreConfig::from_env();
+    let cache = match std::env::var("SYNCD_REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            let prefix = std::env::var("SYNCD_REDIS_PREFIX").unwrap_or_else(|_| "syncd".into());
+            MappingCache::redis(&url, &prefix).map_err(|e| format!("error: SYNCD_REDIS_URL `{url}`: {e}"))?
+        }
+        _ => MappingCache::local(),
+    };
+    Store::connect(&config, cache)
+        .await
+        .map(Arc::new)
+        .map_err(|e| format!("error: store {}: {e}", config.database_url))
+}
+
+/// One line per step with its counters, under a header.
+pub fn steps_table(steps: &[StepCheckpoint]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
+        "stage",
+        "entity",
+        "direction",
+        "state",
+        "read",
+        "created",
+        "updated",
+        "unchanged",
+        "conflicts",
+        "parked",
+        "failed"
+    );
+    for s in steps {
+        let c = &s.counters;
+        let _ = writeln!(
+            out,
+            "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
+            s.stage,
+            s.entity_type,
+            s.direction.as_str(),
+            s.state,
+            c.read,
+            c.created,
+            c.updated,
+            c.unchanged,
+            c.conflicts,
+            c.parked,
+            c.failed
+        );
+    }
+    out
+}

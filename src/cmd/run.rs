@@ -1,0 +1,91 @@
+//! `syncd run`: runs one integration for one tenant now, to its end or to
+//! suspension, with progress on a terminal and a summary at the end.
+
+use super::{CmdResult, open_store, runtime, steps_table};
+use crate::ids::TenantId;
+use crate::run::RunState;
+use crate::run::executor::{Job, Options, Progress};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Runs `workflow` for `tenant`; `Ok` for a run that succeeded or suspended.
+pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
+    let (wf, graph) = crate::cli::load(workflow, None).map_err(|e| e.to_string())?;
+    let tenant = TenantId::from(tenant);
+    if !wf.tenants.is_empty() && !wf.tenants.contains_key(&tenant) {
+        let known: Vec<&str> = wf.tenants.keys().map(TenantId::as_str).collect();
+        return Err(format!(
+            "error: tenant `{tenant}` does not run integration `{}` (its tenants: {})",
+            wf.name,
+            known.join(", ")
+        ));
+    }
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let options = Options {
+            page_size,
+            ..Options::default()
+        };
+        let job = Job::prepare(store.clone(), wf, &graph, tenant, options)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        let state = execute(&job).await?;
+        match state {
+            RunState::Failed => Err("the run failed".into()),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Starts (or continues) the job's run and prints its summary.
+pub async fn execute(job: &Job) -> Result<RunState, String> {
+    let run = job.start("manual").await.map_err(|e| format!("error: {e}"))?;
+    let store: &Arc<crate::store::Store> = job.store();
+    println!(
+        "run {} of `{}` for tenant `{}`",
+        run.id, run.integration_id, run.tenant_id
+    );
+    let tty = std::io::stderr().is_terminal();
+    let mut report = |p: &Progress| {
+        if tty {
+            let c = &p.counters;
+            eprint!(
+                "\r\x1b[K[{}/{}] {} {}: read {} created {} updated {} conflicts {} failed {}",
+                p.step,
+                p.steps,
+                p.entity_type,
+                p.direction.as_str(),
+                c.read,
+                c.created,
+                c.updated,
+                c.conflicts + c.parked,
+                c.failed
+            );
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let result = job.execute(run.clone(), &mut report).await;
+    if tty {
+        eprintln!();
+    }
+    let steps = store
+        .load_steps(run.id)
+        .await
+        .map_err(|e| format!("error: {e}"))?;
+    print!("{}", steps_table(&steps));
+    match result {
+        Ok(done) => {
+            println!("run {} {}", done.id, done.state);
+            if done.state == RunState::Suspended {
+                println!(
+                    "conflicts wait for review: `syncd conflicts list --tenant {}`, then \
+                     `syncd conflicts resolve ID --take source|target --by YOU` and `syncd runs resume {}`",
+                    done.tenant_id, done.id
+                );
+            }
+            Ok(done.state)
+        }
+        Err(e) => Err(format!("error: {e}")),
+    }
+}

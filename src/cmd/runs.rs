@@ -1,0 +1,176 @@
+//! `syncd runs list|show|resume|cancel`: operators watching and steering
+//! runs.
+
+use super::{CmdResult, open_store, runtime, steps_table};
+use crate::ids::TenantId;
+use crate::run::executor::{Job, Options};
+use crate::run::{RunEvent, RunState};
+use crate::store::{ConflictFilter, RunFilter};
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+fn parse_id(id: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(id).map_err(|e| format!("error: `{id}` is not a run id: {e}"))
+}
+
+/// Prints runs, newest first.
+pub fn list(tenant: Option<String>, state: Option<String>, limit: u32) -> CmdResult {
+    let state = state
+        .map(|s| s.parse::<RunState>().map_err(|e| format!("error: --state: {e}")))
+        .transpose()?;
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let runs = store
+            .list_runs(&RunFilter {
+                tenant: tenant.map(TenantId::from),
+                state,
+                limit,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        println!(
+            "{:<36} {:<12} {:<20} {:<10} {:<8} created",
+            "run", "tenant", "integration", "state", "trigger"
+        );
+        for r in runs {
+            println!(
+                "{:<36} {:<12} {:<20} {:<10} {:<8} {}",
+                r.id,
+                r.tenant_id,
+                r.integration_id,
+                r.state,
+                r.trigger,
+                r.created_at.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Prints one run with its steps and pending conflicts.
+pub fn show(id: &str, tenant: Option<String>) -> CmdResult {
+    let id = parse_id(id)?;
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let tenant = tenant.map(TenantId::from);
+        let run = store
+            .load_run(tenant.as_ref(), id)
+            .await
+            .map_err(|e| format!("error: {e}"))?
+            .ok_or_else(|| format!("error: no run {id}"))?;
+        println!("run         {}", run.id);
+        println!("tenant      {}", run.tenant_id);
+        println!("integration {}", run.integration_id);
+        println!("state       {}", run.state);
+        println!("trigger     {}", run.trigger);
+        println!("created     {}", run.created_at);
+        if let Some(f) = run.finished_at {
+            println!("finished    {f}");
+        }
+        if let Some(e) = &run.error {
+            println!("error       {e}");
+        }
+        if let Some((worker, until)) = store
+            .lease_holder(run.id)
+            .await
+            .map_err(|e| format!("error: {e}"))?
+        {
+            println!("lease       {worker} until {until}");
+        }
+        let steps = store
+            .load_steps(run.id)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        print!("{}", steps_table(&steps));
+        let pending = store
+            .list_conflicts(&ConflictFilter {
+                tenant: Some(run.tenant_id.clone()),
+                status: Some(crate::conflict::ConflictStatus::Pending),
+                run_id: Some(run.id),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        println!("pending conflicts: {}", pending.len());
+        Ok(())
+    })
+}
+
+/// Finds the definition of integration `name` among `dir/*.toml`.
+pub fn find_workflow(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("error: {}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if let Ok(wf) = crate::workflow::Workflow::parse(&file.display().to_string(), &text)
+            && wf.name.as_str() == name
+        {
+            return Ok(file);
+        }
+    }
+    Err(format!(
+        "error: no definition of integration `{name}` in {}",
+        dir.display()
+    ))
+}
+
+/// Resumes a suspended (or continues an interrupted) run: applies reviewed
+/// resolutions and finishes it.
+pub fn resume(id: &str, workflows: &Path) -> CmdResult {
+    let id = parse_id(id)?;
+    let rt = runtime()?;
+    let run = rt.block_on(async {
+        let store = open_store().await?;
+        store
+            .load_run(None, id)
+            .await
+            .map_err(|e| format!("error: {e}"))?
+            .ok_or_else(|| format!("error: no run {id}"))
+    })?;
+    if !run.state.is_active() {
+        return Err(format!(
+            "error: run {id} is {}; only an active run can be resumed",
+            run.state
+        ));
+    }
+    let file = find_workflow(workflows, run.integration_id.as_str())?;
+    let (wf, graph) = crate::cli::load(&file, None).map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = open_store().await?;
+        let job = Job::prepare(store, wf, &graph, run.tenant_id.clone(), Options::default())
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        match super::run::execute(&job).await? {
+            RunState::Failed => Err("the run failed".into()),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Cancels an active run.
+pub fn cancel(id: &str, tenant: Option<String>) -> CmdResult {
+    let id = parse_id(id)?;
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let tenant = tenant.map(TenantId::from);
+        let run = store
+            .load_run(tenant.as_ref(), id)
+            .await
+            .map_err(|e| format!("error: {e}"))?
+            .ok_or_else(|| format!("error: no run {id}"))?;
+        let run = store
+            .transition_run(&run, RunEvent::Cancel, Some("cancelled by an operator"))
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        println!("run {} {}", run.id, run.state);
+        Ok(())
+    })
+}
