@@ -1,0 +1,542 @@
+//! Integration definitions and dependency-graph files: what a user who gets
+//! one wrong is told (MISSION §3, §8). Every message names the file, the
+//! entity and the field where there is one, and every error in a definition
+//! is reported, not only the first.
+
+use syncd::conflict::{FieldRule, Strategy};
+use syncd::plan::DependencyGraph;
+use syncd::record::Direction;
+use syncd::workflow::{self, ConnectorKind, DefinitionErrors, Workflow};
+
+const FILE: &str = "workflows/shop-to-warehouse.toml";
+
+/// A valid definition; each test breaks it in one place.
+const VALID: &str = r#"
+name = "shop-to-warehouse"
+direction = "one_way"
+schedule = "0 */6 * * *"
+strategy = "source_wins"
+source = "shop"
+target = "warehouse"
+
+[systems.shop]
+connector = "http"
+url = "https://shop.example/api"
+
+[systems.warehouse]
+connector = "sql"
+
+[[entities]]
+name = "product"
+table = "products"
+strategy = "merge"
+
+[entities.fields]
+sku = "sku"
+title = { source = "name", target = "title" }
+
+[entities.merge]
+title = "source"
+
+[[entities]]
+name = "order"
+source_table = "orders"
+target_table = "shipments"
+
+[entities.fields]
+status = "status"
+
+[tenants.acme]
+strategy = "target_wins"
+schedule = "30 2 * * *"
+"#;
+
+/// `VALID` with `from` replaced by `to` (which must occur exactly once).
+fn valid_with(from: &str, to: &str) -> String {
+    assert_eq!(
+        VALID.matches(from).count(),
+        1,
+        "`{from}` must occur once in VALID"
+    );
+    VALID.replacen(from, to, 1)
+}
+
+fn errors(text: &str) -> DefinitionErrors {
+    match Workflow::parse(FILE, text) {
+        Ok(wf) => panic!("expected errors, parsed {wf:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Parses `text` and compares the errors, one line each, with `expect`.
+fn check(text: &str, expect: &[&str]) {
+    let e = errors(text);
+    let got: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+    assert_eq!(got, expect);
+    assert_eq!(e.to_string(), expect.join("\n"));
+}
+
+#[test]
+fn the_valid_definition_parses() {
+    let wf = Workflow::parse(FILE, VALID).unwrap();
+    assert_eq!(wf.file, FILE);
+    assert_eq!(wf.name.as_str(), "shop-to-warehouse");
+    assert_eq!(wf.direction, Direction::OneWay);
+    assert_eq!(wf.schedule.as_ref().unwrap().expression, "0 */6 * * *");
+    assert_eq!(wf.strategy, Some(Strategy::SourceWins));
+    assert_eq!(
+        (
+            wf.source.name.as_str(),
+            wf.source.connector,
+            wf.source.url.as_deref()
+        ),
+        ("shop", ConnectorKind::Http, Some("https://shop.example/api"))
+    );
+    assert_eq!(
+        (wf.target.name.as_str(), wf.target.connector),
+        ("warehouse", ConnectorKind::Sql)
+    );
+    let product = wf.entity("product").unwrap();
+    assert_eq!(
+        (product.source_table.as_str(), product.target_table.as_str()),
+        ("products", "products")
+    );
+    assert_eq!(product.strategy, Some(Strategy::Merge));
+    assert_eq!(product.merge.get("title"), Some(&FieldRule::Source));
+    let title = product.fields.iter().find(|f| f.cdm == "title").unwrap();
+    assert_eq!((title.source.as_str(), title.target.as_str()), ("name", "title"));
+    let order = wf.entity("order").unwrap();
+    assert_eq!(
+        (order.source_table.as_str(), order.target_table.as_str()),
+        ("orders", "shipments")
+    );
+    let acme = &wf.tenants[&"acme".into()];
+    assert_eq!(acme.strategy, Some(Strategy::TargetWins));
+    assert_eq!(acme.schedule.as_ref().unwrap().expression, "30 2 * * *");
+}
+
+// --- one error at a time -----------------------------------------------------------
+
+#[test]
+fn unknown_strategy() {
+    let expected = "unknown strategy `newest` (expected one of: source_wins, target_wins, \
+                    last_write_wins, merge, manual)";
+    check(
+        &valid_with(r#"strategy = "source_wins""#, r#"strategy = "newest""#),
+        &[&format!("{FILE}: field `strategy`: {expected}")],
+    );
+    check(
+        &valid_with(r#"strategy = "merge""#, r#"strategy = "newest""#),
+        &[&format!("{FILE}: entity `product`, field `strategy`: {expected}")],
+    );
+    check(
+        &valid_with(r#"strategy = "target_wins""#, r#"strategy = "newest""#),
+        &[&format!("{FILE}: field `tenants.acme.strategy`: {expected}")],
+    );
+    check(
+        &valid_with(
+            "[tenants.acme]\n",
+            "[tenants.acme]\nstrategies = { order = \"newest\" }\n",
+        ),
+        &[&format!(
+            "{FILE}: entity `order`, field `tenants.acme.strategies`: {expected}"
+        )],
+    );
+}
+
+#[test]
+fn unknown_merge_rule() {
+    check(
+        &valid_with(r#"title = "source""#, r#"title = "longest""#),
+        &[&format!(
+            "{FILE}: entity `product`, field `merge.title`: unknown merge rule `longest` \
+             (expected one of: newer, source, target)"
+        )],
+    );
+}
+
+#[test]
+fn unknown_direction() {
+    check(
+        &valid_with(r#"direction = "one_way""#, r#"direction = "both""#),
+        &[&format!(
+            "{FILE}: field `direction`: unknown direction `both` (expected one_way or bidirectional)"
+        )],
+    );
+}
+
+#[test]
+fn reference_to_an_entity_the_integration_does_not_define() {
+    check(
+        &valid_with(
+            "status = \"status\"\n",
+            "status = \"status\"\nproduct_id = { references = \"prodcut\" }\n",
+        ),
+        &[&format!(
+            "{FILE}: entity `order`, field `product_id`: references unknown entity type `prodcut` \
+             (not defined in this integration)"
+        )],
+    );
+}
+
+#[test]
+fn tenant_override_for_an_entity_the_integration_does_not_sync() {
+    check(
+        &valid_with(
+            "[tenants.acme]\n",
+            "[tenants.acme]\nstrategies = { invoice = \"manual\" }\n",
+        ),
+        &[&format!(
+            "{FILE}: entity `invoice`, field `tenants.acme.strategies`: tenant `acme` overrides \
+             the strategy of an entity type this integration does not sync"
+        )],
+    );
+}
+
+#[test]
+fn bad_cron_expression() {
+    let e = errors(&valid_with(
+        r#"schedule = "0 */6 * * *""#,
+        r#"schedule = "every 6 hours""#,
+    ));
+    assert_eq!(e.0.len(), 1, "{e}");
+    let message = e.0[0].to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{FILE}: field `schedule`: bad cron expression `every 6 hours`: "
+        )),
+        "{message}"
+    );
+
+    // Five fields parse as minute precision; a minute of 61 does not exist.
+    let e = errors(&valid_with(
+        r#"schedule = "30 2 * * *""#,
+        r#"schedule = "61 2 * * *""#,
+    ));
+    assert_eq!(e.0.len(), 1, "{e}");
+    let message = e.0[0].to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{FILE}: field `tenants.acme.schedule`: bad cron expression `61 2 * * *`: "
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn cron_expressions_take_five_six_or_seven_fields() {
+    for schedule in ["*/15 * * * *", "0 */15 * * * *", "0 0 3 * * Mon 2030"] {
+        let text = valid_with(r#"schedule = "0 */6 * * *""#, &format!("schedule = {schedule:?}"));
+        let wf = Workflow::parse(FILE, &text).unwrap_or_else(|e| panic!("{schedule}: {e}"));
+        assert_eq!(wf.schedule.unwrap().expression, schedule);
+    }
+}
+
+#[test]
+fn entity_defined_twice() {
+    check(
+        &format!("{VALID}\n[[entities]]\nname = \"product\"\ntable = \"items\"\n"),
+        &[&format!("{FILE}: entity `product`: entity type is defined twice")],
+    );
+}
+
+#[test]
+fn entity_without_table_or_field_map() {
+    check(
+        &format!("{VALID}\n[[entities]]\nname = \"invoice\"\nstrategy = \"manual\"\n"),
+        &[&format!(
+            "{FILE}: entity `invoice`: entity has neither a table nor a field map (give `table`, \
+             `source_table`/`target_table` or [entities.fields])"
+        )],
+    );
+}
+
+#[test]
+fn unknown_system() {
+    check(
+        &valid_with(r#"source = "shop""#, r#"source = "shopify""#),
+        &[&format!(
+            "{FILE}: field `source`: unknown system `shopify` (declared under [systems]: shop, warehouse)"
+        )],
+    );
+    check(
+        &valid_with(r#"target = "warehouse""#, r#"target = "wms""#),
+        &[&format!(
+            "{FILE}: field `target`: unknown system `wms` (declared under [systems]: shop, warehouse)"
+        )],
+    );
+}
+
+#[test]
+fn no_systems_declared() {
+    let text = valid_with("[systems.shop]\nconnector = \"http\"\n", "")
+        .replacen("[systems.warehouse]\nconnector = \"sql\"\n", "", 1)
+        .replacen("url = \"https://shop.example/api\"\n", "", 1);
+    check(
+        &text,
+        &[
+            &format!("{FILE}: field `source`: unknown system `shop` (declared under [systems]: none)"),
+            &format!("{FILE}: field `target`: unknown system `warehouse` (declared under [systems]: none)"),
+        ],
+    );
+}
+
+#[test]
+fn unknown_connector_kind() {
+    check(
+        &valid_with(r#"connector = "http""#, r#"connector = "ftp""#),
+        &[&format!(
+            "{FILE}: field `systems.shop.connector`: unknown connector `ftp` (expected sql or http)"
+        )],
+    );
+}
+
+/// A file TOML (or serde) refused: one error, naming the file first, then
+/// the line and what is wrong there.
+fn assert_toml_error(e: &DefinitionErrors, file: &str, line: usize, mentions: &str) {
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].file, file);
+    let message = e.to_string();
+    assert!(message.starts_with(&format!("{file}:")), "{message}");
+    assert!(
+        message.contains(&format!("TOML parse error at line {line},")),
+        "{message}"
+    );
+    assert!(message.contains(mentions), "{message}");
+}
+
+#[test]
+fn unknown_and_missing_keys_name_the_file_and_the_key() {
+    let text = valid_with("table = \"products\"", "tabel = \"products\"");
+    assert_toml_error(&errors(&text), FILE, 18, "unknown field `tabel`");
+    let e = errors(&valid_with("source = \"shop\"\n", ""));
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert!(e.to_string().starts_with(&format!("{FILE}:")), "{e}");
+    assert!(e.to_string().contains("missing field `source`"), "{e}");
+}
+
+#[test]
+fn toml_syntax_error_names_the_file_and_the_line() {
+    let text = valid_with(r#"name = "shop-to-warehouse""#, r#"name = "shop-to-warehouse"#);
+    assert_toml_error(&errors(&text), FILE, 2, "shop-to-warehouse");
+}
+
+// --- several errors at once ------------------------------------------------------------
+
+#[test]
+fn every_error_of_a_definition_is_reported() {
+    let text = r#"
+name = "broken"
+schedule = "every day"
+strategy = "newest"
+source = "shop"
+target = "wms"
+
+[systems.shop]
+connector = "ftp"
+
+[[entities]]
+name = "order"
+strategy = "by_hand"
+
+[entities.fields]
+account_id = { references = "account" }
+
+[[entities]]
+name = "order"
+table = "orders"
+
+[[entities]]
+name = "invoice"
+
+[tenants.acme]
+schedule = "25 * * * *"
+strategies = { order = "manual", payment = "manual" }
+"#;
+    let e = errors(text);
+    let got: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+    let expected_prefixes = [
+        format!("{FILE}: field `schedule`: bad cron expression `every day`: "),
+        format!("{FILE}: field `strategy`: unknown strategy `newest` "),
+        format!("{FILE}: field `systems.shop.connector`: unknown connector `ftp` "),
+        format!("{FILE}: field `target`: unknown system `wms` "),
+        format!("{FILE}: entity `order`, field `strategy`: unknown strategy `by_hand` "),
+        format!("{FILE}: entity `order`, field `account_id`: references unknown entity type `account` "),
+        format!("{FILE}: entity `order`: entity type is defined twice"),
+        format!("{FILE}: entity `invoice`: entity has neither a table nor a field map "),
+        format!("{FILE}: entity `payment`, field `tenants.acme.strategies`: tenant `acme` overrides "),
+    ];
+    assert_eq!(got.len(), expected_prefixes.len(), "{got:#?}");
+    for (line, prefix) in got.iter().zip(&expected_prefixes) {
+        assert!(
+            line.starts_with(prefix.as_str()),
+            "{line}\ndoes not start with\n{prefix}"
+        );
+    }
+}
+
+// --- references against the dependency graph ---------------------------------------------
+
+/// Contacts reference accounts; an order references its account and, in
+/// `extra`, whatever the test adds.
+fn with_references(extra: &str) -> Workflow {
+    let text = format!(
+        r#"
+name = "crm-to-erp"
+source = "crm"
+target = "erp"
+
+[systems.crm]
+connector = "sql"
+
+[systems.erp]
+connector = "sql"
+
+[[entities]]
+name = "account"
+table = "accounts"
+
+[entities.fields]
+parent_id = {{ references = "account" }}
+
+[[entities]]
+name = "contact"
+table = "contacts"
+
+[entities.fields]
+account_id = {{ references = "account" }}
+
+[[entities]]
+name = "order"
+table = "orders"
+
+[entities.fields]
+account_id = {{ references = "account" }}
+{extra}
+"#
+    );
+    Workflow::parse(FILE, &text).unwrap()
+}
+
+#[test]
+fn references_with_their_edges_plan_within_the_graph() {
+    let wf = with_references("");
+    let graph = wf.graph_within(&DependencyGraph::builtin_default()).unwrap();
+    // Types the integration does not sync are dropped from the plan.
+    assert!(!graph.contains("invoice"));
+    assert_eq!(
+        graph.stages().unwrap().to_string(),
+        "stage 1: account\nstage 2: contact\nstage 3: order\n\
+         deferred: account -> account (written first, reference patched once its target exists)\n"
+    );
+}
+
+#[test]
+fn reference_without_an_edge_in_the_graph() {
+    // The built-in graph has order -> account but no order -> order.
+    let wf = with_references("parent_order_id = { references = \"order\" }");
+    let e = wf.graph_within(&DependencyGraph::builtin_default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{FILE}: entity `order`, field `parent_order_id`: references `order` but the dependency \
+             graph has no edge order -> order"
+        )
+    );
+
+    // A partner graph that drops edges: every reference missing one is reported.
+    let partner = workflow::parse_graph(
+        "workflows/partners/flat.toml",
+        "extends = \"default\"\n[entities]\ncontact = []\norder = []\n",
+    )
+    .unwrap();
+    let e = with_references("").graph_within(&partner).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{FILE}: entity `contact`, field `account_id`: references `account` but the dependency \
+             graph has no edge contact -> account\n\
+             {FILE}: entity `order`, field `account_id`: references `account` but the dependency \
+             graph has no edge order -> account"
+        )
+    );
+}
+
+// --- partner graph files -------------------------------------------------------------------
+
+const GRAPH_FILE: &str = "workflows/partners/acme-saas.toml";
+
+fn graph(text: &str) -> DependencyGraph {
+    workflow::parse_graph(GRAPH_FILE, text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn plan(graph: &DependencyGraph) -> String {
+    graph.stages().unwrap().to_string()
+}
+
+#[test]
+fn a_bare_graph_has_only_what_it_lists() {
+    let g = graph("[entities]\nproduct = []\norder_line = [\"order\", \"product\"]\n");
+    // A dependency not listed as a type of its own becomes one.
+    assert_eq!(plan(&g), "stage 1: order, product\nstage 2: order_line\n");
+    assert_eq!(
+        plan(&graph("extends = \"none\"\n[entities]\na = []\n")),
+        "stage 1: a\n"
+    );
+}
+
+#[test]
+fn a_partner_graph_extends_the_default() {
+    assert_eq!(
+        plan(&graph("extends = \"default\"\n")),
+        plan(&DependencyGraph::builtin_default())
+    );
+
+    // Remove types (with their edges), replace one type's dependencies, add a type.
+    let g = graph(
+        r#"
+extends = "default"
+remove = ["invoice", "payment"]
+
+[entities]
+order = ["account"]
+shipment = ["order"]
+"#,
+    );
+    assert!(!g.contains("invoice") && !g.contains("payment"));
+    assert!(g.depends_on("order", "account"));
+    assert!(
+        !g.depends_on("order", "contact"),
+        "order's dependencies are replaced, not added to"
+    );
+    assert!(g.depends_on("order_line", "order") && g.depends_on("order_line", "product"));
+    assert!(g.depends_on("shipment", "order"));
+    assert_eq!(
+        plan(&g),
+        "stage 1: account, product\nstage 2: contact, order\nstage 3: order_line, shipment\n\
+         deferred: account -> account (written first, reference patched once its target exists)\n"
+    );
+}
+
+#[test]
+fn the_shipped_partner_graph() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/partners/acme-saas.toml");
+    let g = graph(&std::fs::read_to_string(path).unwrap());
+    assert!(!g.contains("invoice") && !g.contains("payment"));
+    assert!(g.depends_on("order", "account") && !g.depends_on("order", "contact"));
+}
+
+#[test]
+fn graph_errors_name_the_file() {
+    let e = workflow::parse_graph(GRAPH_FILE, "extends = \"standard\"\n").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{GRAPH_FILE}: field `extends`: unknown base graph `standard` (expected default or none)")
+    );
+
+    let e = workflow::parse_graph(GRAPH_FILE, "[entities]\norder = [\"account\"\n").unwrap_err();
+    assert_toml_error(&e, GRAPH_FILE, 2, "order");
+
+    let e = workflow::parse_graph(GRAPH_FILE, "remove = [\"invoice\"]\nedges = []\n").unwrap_err();
+    assert_toml_error(&e, GRAPH_FILE, 2, "unknown field `edges`");
+}
