@@ -628,6 +628,41 @@ mod experiment {
             black_box(serde_json::from_str::<IdMapping>(&j).unwrap());
         }
         println!("decode: {:?}/item", t.elapsed() / n as u32);
+
+        let t = Instant::now();
+        for _ in 0..n {
+            let j = black_box(&value).split_once('|').unwrap().1;
+            black_box(serde_json::from_str::<IdMapping>(j).unwrap());
+        }
+        println!("decode no copy: {:?}/item", t.elapsed() / n as u32);
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(serde_json::from_str::<serde_json::Value>(black_box(&json)).unwrap());
+        }
+        println!("decode as Value: {:?}/item", t.elapsed() / n as u32);
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(
+                serde_json::from_str::<chrono::DateTime<Utc>>(black_box(
+                    "\"2026-11-25T18:34:16.172618812Z\"",
+                ))
+                .unwrap(),
+            );
+        }
+        println!("datetime: {:?}/item", t.elapsed() / n as u32);
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(
+                serde_json::from_str::<Uuid>(black_box("\"0f6f4d4c-5c3d-43f4-987f-f59dcb763b78\"")).unwrap(),
+            );
+        }
+        println!("uuid: {:?}/item", t.elapsed() / n as u32);
+        let basej = serde_json::to_string(&base_of(1)).unwrap();
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(serde_json::from_str::<Fields>(black_box(&basej)).unwrap());
+        }
+        println!("base: {:?}/item", t.elapsed() / n as u32);
         let t = Instant::now();
         for _ in 0..n {
             black_box(serde_json::to_string(black_box(&m)).unwrap());

@@ -85,10 +85,20 @@ struct RedisCache {
     bypass_until: Mutex<Option<Instant>>,
 }
 
-/// Escapes the separator so that tenant `a:b` and tenant `a` with
-/// integration `b` never share a key.
-fn escape(part: &str) -> String {
-    part.replace('%', "%25").replace(':', "%3A")
+/// Appends `part` to `key` with the separator escaped, so that tenant `a:b`
+/// and tenant `a` with integration `b` never share a key.
+fn push_escaped(key: &mut String, part: &str) {
+    if !part.contains(['%', ':']) {
+        key.push_str(part);
+        return;
+    }
+    for c in part.chars() {
+        match c {
+            '%' => key.push_str("%25"),
+            ':' => key.push_str("%3A"),
+            c => key.push(c),
+        }
+    }
 }
 
 impl MappingCache {
@@ -141,28 +151,70 @@ impl MappingCache {
 
     /// The key of the mapping of `id` on `side` within `scope`.
     pub fn key(&self, scope: &EntityScope, side: Side, id: &str) -> String {
-        format!(
-            "{}:map:{}:{}:{}:{}:{}",
-            self.prefix,
-            escape(scope.tenant_id.as_str()),
-            escape(scope.integration_id.as_str()),
-            escape(scope.entity_type.as_str()),
-            if side == Side::Source { "s" } else { "t" },
-            escape(id)
-        )
+        let mut key = self.key_head(
+            scope.tenant_id.as_str(),
+            scope.integration_id.as_str(),
+            scope.entity_type.as_str(),
+            side,
+        );
+        push_escaped(&mut key, id);
+        key
+    }
+
+    /// The keys of `ids`, in order: [`MappingCache::key`] of each, with the
+    /// part they share built once.
+    pub fn keys(&self, scope: &EntityScope, side: Side, ids: &[String]) -> Vec<String> {
+        let head = self.key_head(
+            scope.tenant_id.as_str(),
+            scope.integration_id.as_str(),
+            scope.entity_type.as_str(),
+            side,
+        );
+        ids.iter()
+            .map(|id| {
+                let mut key = String::with_capacity(head.len() + id.len());
+                key.push_str(&head);
+                push_escaped(&mut key, id);
+                key
+            })
+            .collect()
     }
 
     /// Every key `mapping` is cached under: one per known id.
     pub fn keys_of(&self, mapping: &IdMapping) -> Vec<String> {
-        let scope = mapping.scope();
+        let (tenant, integration, entity) = (
+            mapping.tenant_id.as_str(),
+            mapping.integration_id.as_str(),
+            mapping.entity_type.as_str(),
+        );
         let mut keys = Vec::with_capacity(2);
         if let Some(id) = &mapping.source_id {
-            keys.push(self.key(&scope, Side::Source, id));
+            let mut key = self.key_head(tenant, integration, entity, Side::Source);
+            push_escaped(&mut key, id);
+            keys.push(key);
         }
         if let Some(id) = &mapping.target_id {
-            keys.push(self.key(&scope, Side::Target, id));
+            let mut key = self.key_head(tenant, integration, entity, Side::Target);
+            push_escaped(&mut key, id);
+            keys.push(key);
         }
         keys
+    }
+
+    /// `<prefix>:map:<tenant>:<integration>:<entity type>:<s|t>:`, each part
+    /// escaped; the id follows.
+    fn key_head(&self, tenant: &str, integration: &str, entity_type: &str, side: Side) -> String {
+        let mut key = String::with_capacity(
+            self.prefix.len() + tenant.len() + integration.len() + entity_type.len() + 48,
+        );
+        key.push_str(&self.prefix);
+        key.push_str(":map:");
+        for part in [tenant, integration, entity_type] {
+            push_escaped(&mut key, part);
+            key.push(':');
+        }
+        key.push_str(if side == Side::Source { "s:" } else { "t:" });
+        key
     }
 
     /// Counters so far.
@@ -350,13 +402,15 @@ impl RedisCache {
     async fn get_many(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<IdMapping>>> {
         let mut conn = self.connection().await?;
         self.repair(&mut conn).await?;
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
         Ok(values
             .into_iter()
             .map(|v| {
-                let (_, json) = v?.split_once('|').map(|(a, b)| (a.to_owned(), b.to_owned()))?;
+                let v = v?;
+                // `<version>|<json>`; the version is for `SET_IF_NEWER`.
+                let json = &v[v.iter().position(|&b| b == b'|')? + 1..];
                 // An entry we cannot read is a miss, not an error.
-                serde_json::from_str(&json).ok()
+                serde_json::from_slice(json).ok()
             })
             .collect())
     }
@@ -366,13 +420,14 @@ impl RedisCache {
         self.repair(&mut conn).await?;
         let mut pipe = redis::pipe();
         for (key, mapping) in entries {
-            let json = serde_json::to_string(mapping).expect("mappings serialize");
+            let mut value = format!("{}|", mapping.version).into_bytes();
+            serde_json::to_writer(&mut value, mapping).expect("mappings serialize");
             pipe.cmd("EVAL")
                 .arg(SET_IF_NEWER)
                 .arg(1)
                 .arg(key)
                 .arg(mapping.version)
-                .arg(format!("{}|{json}", mapping.version))
+                .arg(value)
                 .arg(ttl.as_millis() as u64)
                 .ignore();
         }
@@ -383,5 +438,52 @@ impl RedisCache {
         let mut conn = self.connection().await?;
         self.repair(&mut conn).await?;
         redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_escape_the_separator() {
+        let cache = MappingCache::disabled();
+        let scope = EntityScope::new("a:b", "c%d", "account");
+        assert_eq!(
+            cache.key(&scope, Side::Source, "x:1"),
+            "syncd:map:a%3Ab:c%25d:account:s:x%3A1"
+        );
+        assert_eq!(
+            cache.key(&scope, Side::Target, "%3A"),
+            "syncd:map:a%3Ab:c%25d:account:t:%253A"
+        );
+        assert_ne!(
+            cache.key(&EntityScope::new("a:b", "c", "e"), Side::Source, "1"),
+            cache.key(&EntityScope::new("a", "b:c", "e"), Side::Source, "1")
+        );
+    }
+
+    #[test]
+    fn batch_keys_and_mapping_keys_match_single_keys() {
+        let cache = MappingCache::disabled();
+        let scope = EntityScope::new("t:1", "i", "order_line");
+        let ids: Vec<String> = ["plain", "with:colon", "100%"].map(String::from).to_vec();
+        let single: Vec<String> = ids.iter().map(|id| cache.key(&scope, Side::Target, id)).collect();
+        assert_eq!(cache.keys(&scope, Side::Target, &ids), single);
+        let m = IdMapping::reserve(
+            uuid::Uuid::new_v4(),
+            scope.clone(),
+            Some("s:1".into()),
+            Some("t%2".into()),
+            "k".into(),
+            chrono::Utc::now(),
+        );
+        assert_eq!(
+            cache.keys_of(&m),
+            vec![
+                cache.key(&scope, Side::Source, "s:1"),
+                cache.key(&scope, Side::Target, "t%2")
+            ]
+        );
     }
 }

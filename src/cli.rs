@@ -373,10 +373,7 @@ fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
     if bench.records == 0 {
         return Err("error: --records must be at least 1".into());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("error: cannot start the async runtime: {e}"))?;
+    let runtime = cmd::runtime()?;
     println!(
         "syncd bench store: {} records on {} cores",
         bench.records,

@@ -29,15 +29,18 @@ pub struct DefinitionError {
 
 impl fmt::Display for DefinitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:", self.file)?;
+        let mut place = Vec::new();
         if let Some(entity) = &self.entity {
-            write!(f, " entity `{entity}`")?;
+            place.push(format!("entity `{entity}`"));
         }
         if let Some(field) = &self.field {
-            let sep = if self.entity.is_some() { "," } else { "" };
-            write!(f, "{sep} field `{field}`")?;
+            place.push(format!("field `{field}`"));
         }
-        write!(f, ": {}", self.reason)
+        if place.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file, place.join(", "), self.reason)
+        }
     }
 }
 
@@ -133,7 +136,18 @@ impl CronSchedule {
                 expression: expression.to_owned(),
                 schedule,
             })
-            .map_err(|e| format!("bad cron expression `{expression}`: {e}"))
+            .map_err(|e| {
+                // The cron crate's message repeats the expression over several
+                // lines; one line per error keeps `syncd check` readable.
+                let detail = e.to_string();
+                let last = detail
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .last()
+                    .unwrap_or("");
+                format!("bad cron expression `{expression}`: {last}")
+            })
     }
 }
 

@@ -61,6 +61,7 @@ impl SqlConnector {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(err)?
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)

@@ -304,26 +304,30 @@ impl Store {
         ids: &[String],
     ) -> Result<HashMap<String, IdMapping>, StoreError> {
         let mut found = HashMap::with_capacity(ids.len());
-        let keys: Vec<String> = ids.iter().map(|id| self.cache.key(scope, side, id)).collect();
-        let missing: Vec<String> = match self.cache.get_many(&keys).await {
+        let cached = if self.cache.is_enabled() {
+            self.cache.get_many(&self.cache.keys(scope, side, ids)).await
+        } else {
+            None
+        };
+        let mut not_cached = Vec::new();
+        let to_load: &[String] = match cached {
             Some(cached) => {
-                let mut missing = Vec::new();
                 for (id, hit) in ids.iter().zip(cached) {
                     match hit {
                         Some(m) => {
                             found.insert(id.clone(), m);
                         }
-                        None => missing.push(id.clone()),
+                        None => not_cached.push(id.clone()),
                     }
                 }
-                missing
+                &not_cached
             }
-            None => ids.to_vec(),
+            None => ids,
         };
-        if missing.is_empty() {
+        if to_load.is_empty() {
             return Ok(found);
         }
-        let loaded = on_backend!(self, b => b.fetch_mappings(scope, side, &missing).await?);
+        let loaded = on_backend!(self, b => b.fetch_mappings(scope, side, to_load).await?);
         if self.cache.is_enabled() {
             self.cache.put_many(&loaded).await;
         }
@@ -344,7 +348,11 @@ impl Store {
         what: impl FnOnce() -> String,
         value: &impl serde::Serialize,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+        let mut counter = ByteCount(0);
+        let bytes = match serde_json::to_writer(&mut counter, value) {
+            Ok(()) => counter.0,
+            Err(_) => usize::MAX,
+        };
         if bytes > self.max_snapshot_bytes {
             return Err(StoreError::TooLarge {
                 what: what(),
@@ -379,16 +387,20 @@ impl Store {
                         }
                     }
                     MappingWrite::Transition { current, change } => {
-                        let mut next = current.clone();
-                        next.apply(change, now).map_err(|source| StoreError::Transition {
-                            entity_type: current.entity_type.to_string(),
-                            record: record_name(&current),
-                            source,
-                        })?;
-                        next.version = current.version + 1;
+                        let read_version = current.version;
+                        // `apply` leaves the mapping as it was when it refuses.
+                        let mut next = current;
+                        if let Err(source) = next.apply(change, now) {
+                            return Err(StoreError::Transition {
+                                entity_type: next.entity_type.to_string(),
+                                record: record_name(&next),
+                                source,
+                            });
+                        }
+                        next.version = read_version + 1;
                         Decided {
                             next,
-                            read_version: Some(current.version),
+                            read_version: Some(read_version),
                         }
                     }
                 };
@@ -436,11 +448,11 @@ impl Store {
             )?;
         }
         on_backend!(self, b => b.commit_page(&decided, &page, now).await?);
+        let stored: Vec<IdMapping> = decided.into_iter().map(|d| d.next).collect();
         if self.cache.is_enabled() {
-            let stored: Vec<IdMapping> = decided.iter().map(|d| d.next.clone()).collect();
             self.cache.put_many(&stored).await;
         }
-        Ok(decided.into_iter().map(|d| d.next).collect())
+        Ok(stored)
     }
 
     /// The checkpoint of one step, if it has committed a page.
@@ -665,6 +677,21 @@ impl Store {
         integration: &IntegrationId,
     ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
         on_backend!(self, b => b.mapping_counts(tenant, integration).await)
+    }
+}
+
+/// Counts the bytes written to it: the size of a JSON document without
+/// building it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
