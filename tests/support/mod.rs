@@ -6,8 +6,10 @@
 //! note, except under `CI=true`, where it fails.
 #![allow(dead_code)]
 
+pub mod systems;
+
+use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
 use std::path::PathBuf;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -62,7 +64,9 @@ impl PgSchema {
         let options = PgConnectOptions::from_str(&postgres_url())
             .expect("postgres url")
             .options([("search_path", name.as_str())]);
-        let url = options.to_url_lossy().to_string();
+        let base = postgres_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options)

@@ -1,0 +1,500 @@
+//! Whole runs between two real databases: every record arrives once with its
+//! references translated, a second run writes nothing, and bad input fails
+//! clearly without touching what is synced.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use support::systems::{Kind, SystemDb, crm_rows, sync_once, ts, workflow_toml};
+use support::{PgSchema, RedisPrefix, TempDir};
+use syncd::cache::MappingCache;
+use syncd::ids::EntityScope;
+use syncd::mapping::MappingStatus;
+use syncd::record::Side;
+use syncd::run::RunState;
+use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, Store, StoreConfig};
+
+/// The state store of a test: embedded (SQLite + in-process cache) or
+/// PostgreSQL + Redis.
+struct StateStore {
+    store: Arc<Store>,
+    pg: Option<PgSchema>,
+    redis: Option<RedisPrefix>,
+}
+
+impl StateStore {
+    async fn embedded(dir: &TempDir) -> StateStore {
+        let store = Store::connect(
+            &StoreConfig::new(dir.sqlite_url("state.db")),
+            MappingCache::local(),
+        )
+        .await
+        .unwrap();
+        StateStore {
+            store: Arc::new(store),
+            pg: None,
+            redis: None,
+        }
+    }
+
+    async fn postgres_redis() -> Option<StateStore> {
+        let pg = PgSchema::create().await?;
+        let redis = RedisPrefix::create().await?;
+        let cache = MappingCache::redis(&support::redis_url(), &redis.prefix).unwrap();
+        let store = Store::postgres(pg.pool.clone(), cache, DEFAULT_MAX_SNAPSHOT_BYTES)
+            .await
+            .unwrap();
+        Some(StateStore {
+            store: Arc::new(store),
+            pg: Some(pg),
+            redis: Some(redis),
+        })
+    }
+
+    async fn drop(self) {
+        if let Some(pg) = self.pg {
+            pg.drop().await;
+        }
+        if let Some(r) = self.redis {
+            r.drop().await;
+        }
+    }
+}
+
+/// Id in the target of each source id, for one entity type.
+async fn target_ids(store: &Store, entity: &str, source_ids: &[String]) -> HashMap<String, String> {
+    let scope = EntityScope::new("t1", "e2e", entity);
+    store
+        .lookup(&scope, Side::Source, source_ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, m)| {
+            assert_eq!(
+                m.status,
+                MappingStatus::Mapped,
+                "{entity} {k}: {:?}",
+                m.last_error
+            );
+            (k, m.target_id.unwrap())
+        })
+        .collect()
+}
+
+fn by_id(rows: &[Value]) -> HashMap<String, &Value> {
+    rows.iter()
+        .map(|r| (r["id"].as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+fn ids(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn writes_of(store: &Store, run: &syncd::store::RunRow) -> u64 {
+    store
+        .load_steps(run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.counters.created + s.counters.updated)
+        .sum()
+}
+
+async fn end_to_end(source_kind: Kind, target_kind: Kind, state: StateStore, dir: TempDir) {
+    let Some(source) = SystemDb::with_tables(source_kind, &dir, "source").await else {
+        return;
+    };
+    let Some(target) = SystemDb::with_tables(target_kind, &dir, "target").await else {
+        return;
+    };
+    let (accounts, contacts, orders) = crm_rows(150);
+    source.insert("accounts", &accounts).await;
+    source.insert("contacts", &contacts).await;
+    source.insert("orders", &orders).await;
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]);
+    let store = state.store.clone();
+
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+
+    // Every source record exists once in the target, references translated.
+    let customers = target.dump("customers").await;
+    let people = target.dump("people").await;
+    let sales = target.dump("sales_orders").await;
+    assert_eq!((customers.len(), people.len(), sales.len()), (150, 300, 450));
+    let account_map = target_ids(&store, "account", &ids(&accounts)).await;
+    let contact_map = target_ids(&store, "contact", &ids(&contacts)).await;
+    let order_map = target_ids(&store, "order", &ids(&orders)).await;
+    let (customers_by_id, people_by_id, sales_by_id) = (by_id(&customers), by_id(&people), by_id(&sales));
+    for a in &accounts {
+        let t = customers_by_id[&account_map[a["id"].as_str().unwrap()]];
+        assert_eq!(t["customer_name"], a["name"]);
+        assert_eq!(t["industry"], a["industry"]);
+        let parent = a["parent_id"]
+            .as_str()
+            .map(|p| Value::String(account_map[p].clone()));
+        assert_eq!(
+            t["parent_id"],
+            parent.unwrap_or(Value::Null),
+            "parent of {}",
+            a["id"]
+        );
+    }
+    for c in &contacts {
+        let t = people_by_id[&contact_map[c["id"].as_str().unwrap()]];
+        assert_eq!(t["full_name"], c["name"]);
+        assert_eq!(
+            t["customer_id"],
+            json!(account_map[c["account_id"].as_str().unwrap()])
+        );
+    }
+    for o in &orders {
+        let t = sales_by_id[&order_map[o["id"].as_str().unwrap()]];
+        assert_eq!(
+            t["customer_id"],
+            json!(account_map[o["account_id"].as_str().unwrap()])
+        );
+        assert_eq!(
+            t["contact_id"],
+            json!(contact_map[o["contact_id"].as_str().unwrap()])
+        );
+        assert_eq!(t["total"].as_f64(), o["total"].as_f64());
+    }
+    let counts = store.mapping_counts(&"t1".into(), &"e2e".into()).await.unwrap();
+    assert!(
+        counts
+            .iter()
+            .all(|(_, status, _)| *status == MappingStatus::Mapped),
+        "{counts:?}"
+    );
+    assert_eq!(counts.iter().map(|(_, _, n)| n).sum::<u64>(), 900);
+
+    // A second run writes nothing, to either side.
+    let before = (
+        source.dump("accounts").await,
+        source.dump("contacts").await,
+        source.dump("orders").await,
+        customers,
+        people,
+        sales,
+    );
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(again.state, RunState::Succeeded);
+    assert_eq!(writes_of(&store, &again).await, 0);
+    let after = (
+        source.dump("accounts").await,
+        source.dump("contacts").await,
+        source.dump("orders").await,
+        target.dump("customers").await,
+        target.dump("people").await,
+        target.dump("sales_orders").await,
+    );
+    assert_eq!(
+        serde_json::to_string(&before).unwrap(),
+        serde_json::to_string(&after).unwrap()
+    );
+
+    source.drop().await;
+    target.drop().await;
+    state.drop().await;
+}
+
+#[tokio::test]
+async fn sqlite_to_sqlite_on_the_embedded_store() {
+    let dir = TempDir::new("e2e");
+    let state = StateStore::embedded(&dir).await;
+    end_to_end(Kind::Sqlite, Kind::Sqlite, state, dir).await;
+}
+
+#[tokio::test]
+async fn postgres_to_postgres_on_postgres_and_redis() {
+    let dir = TempDir::new("e2e");
+    let Some(state) = StateStore::postgres_redis().await else {
+        return;
+    };
+    end_to_end(Kind::Postgres, Kind::Postgres, state, dir).await;
+}
+
+#[tokio::test]
+async fn sqlite_to_postgres_with_foreign_keys_on_the_embedded_store() {
+    let dir = TempDir::new("e2e");
+    let state = StateStore::embedded(&dir).await;
+    end_to_end(Kind::Sqlite, Kind::Postgres, state, dir).await;
+}
+
+/// One account edited on both sides under `strategy`; returns the final
+/// (source name, target name) and the conflict record.
+async fn edit_both_sides(strategy: &str, target_later: bool) -> Option<(Value, Value, Value, Value)> {
+    let dir = TempDir::new("strategy");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await?;
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await?;
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
+        )
+        .await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", strategy)],
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let t_id = target_ids(&store, "account", &["A-1".into()]).await["A-1"].clone();
+
+    // Both sides change the name; the source also changes the industry, the
+    // target nothing else. Times decide last_write_wins.
+    let now = chrono::Utc::now();
+    let (s_at, t_at) = if target_later {
+        (now, now + chrono::Duration::seconds(1))
+    } else {
+        (now + chrono::Duration::seconds(1), now)
+    };
+    let fmt = syncd::connector::format_time;
+    source
+        .exec(&format!(
+            "UPDATE accounts SET name = 'Acme Source', industry = 'food', updated_at = '{}' WHERE id = 'A-1'",
+            fmt(s_at)
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE customers SET customer_name = 'Acme Target', updated_at = '{}' WHERE id = '{t_id}'",
+            fmt(t_at)
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    let conflicts = store
+        .list_conflicts(&syncd::store::ConflictFilter {
+            tenant: Some("t1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(conflicts.len(), 1, "{strategy}");
+    let c = &conflicts[0];
+    assert_eq!(c.conflicting_fields, ["name"]);
+    assert_eq!(c.strategy_applied.as_str(), strategy);
+
+    if strategy == "manual" {
+        assert_eq!(run.state, RunState::Suspended);
+        // Untouched while parked.
+        assert_eq!(source.dump("accounts").await[0]["name"], "Acme Source");
+        assert_eq!(target.dump("customers").await[0]["customer_name"], "Acme Target");
+        assert!(c.resolution.is_none() && c.resolved_by.is_none());
+        // A later run is impossible while this one is active; the reviewer
+        // decides, and resuming applies the decision to both systems.
+        let values = json!({"name": "Acme Reviewed"}).as_object().unwrap().clone();
+        store.resolve_conflict(c, &values, "reviewer-7").await.unwrap();
+        let resumed = sync_once(store.clone(), &toml, 100).await.unwrap();
+        assert_eq!(resumed.id, run.id);
+        assert_eq!(resumed.state, RunState::Succeeded);
+    } else {
+        assert_eq!(run.state, RunState::Succeeded);
+        assert_eq!(c.resolved_by.as_deref(), Some("system"));
+    }
+    let conflict = serde_json::to_value(
+        store
+            .load_conflict(Some(&"t1".into()), c.id)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let s = source.dump("accounts").await[0].clone();
+    let t = target.dump("customers").await[0].clone();
+    // Nothing further to write once settled.
+    let after = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(
+        writes_of(&store, &after).await,
+        0,
+        "{strategy}: settled values stay put"
+    );
+    let result = (
+        s["name"].clone(),
+        t["customer_name"].clone(),
+        json!([s["industry"], t["industry"]]),
+        conflict,
+    );
+    source.drop().await;
+    target.drop().await;
+    state.drop().await;
+    Some(result)
+}
+
+#[tokio::test]
+async fn each_strategy_end_to_end() {
+    // (strategy, target edited later, expected name on both sides)
+    let cases = [
+        ("source_wins", true, "Acme Source"),
+        ("target_wins", false, "Acme Target"),
+        ("last_write_wins", true, "Acme Target"),
+        ("last_write_wins", false, "Acme Source"),
+        ("merge", true, "Acme Target"),
+        ("manual", true, "Acme Reviewed"),
+    ];
+    for (strategy, target_later, expected) in cases {
+        let (s, t, industries, conflict) = edit_both_sides(strategy, target_later).await.unwrap();
+        assert_eq!(
+            (s.as_str(), t.as_str()),
+            (Some(expected), Some(expected)),
+            "{strategy}"
+        );
+        // The industry changed only in the source: kept by every strategy.
+        assert_eq!(industries, json!(["food", "food"]), "{strategy}");
+        assert_eq!(conflict["resolution"]["name"], expected, "{strategy}");
+        assert_eq!(conflict["status"], "resolved");
+        let by = if strategy == "manual" {
+            "reviewer-7"
+        } else {
+            "system"
+        };
+        assert_eq!(conflict["resolved_by"], by);
+        assert!(conflict["resolved_at"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn a_record_with_a_missing_parent_fails_then_maps_once_the_parent_exists() {
+    let dir = TempDir::new("parent");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "contacts",
+            &[json!({"id": "C-1", "name": "Orphan", "email": "o@example.com", "account_id": "A-late", "updated_at": ts(1)})],
+        )
+        .await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let scope = EntityScope::new("t1", "e2e", "contact");
+    let m = store
+        .lookup(&scope, Side::Source, &["C-1".into()])
+        .await
+        .unwrap()
+        .remove("C-1")
+        .unwrap();
+    assert_eq!(m.status, MappingStatus::Failed);
+    assert_eq!(
+        m.last_error.as_deref(),
+        Some("missing parent: account_id references account `A-late`, which has not been synced")
+    );
+    assert!(
+        target.dump("people").await.is_empty(),
+        "never written with a dangling reference"
+    );
+
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-late", "name": "Late", "industry": "x", "updated_at": ts(2)})],
+        )
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let account = target_ids(&store, "account", &["A-late".into()]).await;
+    let contact = target_ids(&store, "contact", &["C-1".into()]).await;
+    let people = target.dump("people").await;
+    assert_eq!(people.len(), 1);
+    assert_eq!(people[0]["id"], json!(contact["C-1"]));
+    assert_eq!(people[0]["customer_id"], json!(account["A-late"]));
+    state.drop().await;
+}
+
+#[tokio::test]
+async fn bad_definitions_name_what_and_where() {
+    let dir = TempDir::new("bad");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let state = StateStore::embedded(&dir).await;
+    let good = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let cases = [
+        (
+            good.replace("target_table = \"people\"", "target_table = \"persons\""),
+            "system `erp`: table `persons` does not exist (entity `contact`)",
+        ),
+        (
+            good.replace("target = \"full_name\"", "target = \"fullname\""),
+            "system `erp`: table `people` has no column `fullname` (entity `contact`, field `name`)",
+        ),
+        (
+            good.replace(&target.url(), "postgres://nobody@127.0.0.1:1/none"),
+            "system `erp`: cannot connect to postgres://nobody@127.0.0.1:1/none",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let err = sync_once(state.store.clone(), &toml, 100)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(expected), "{err}");
+    }
+    state.drop().await;
+}
+
+#[tokio::test]
+async fn bad_rows_fail_alone_and_awkward_ids_sync() {
+    let dir = TempDir::new("rows");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let awkward = "O'Brien \"東京\" 🚀; DROP TABLE customers";
+    source
+        .insert(
+            "accounts",
+            &[
+                json!({"id": awkward, "name": "Quotes & unicode", "industry": "x", "updated_at": ts(1)}),
+                json!({"id": "A-ok", "name": "Fine", "industry": "x", "updated_at": ts(2)}),
+                json!({"id": "A-blob", "name": "Blob", "industry": "x", "updated_at": ts(3)}),
+            ],
+        )
+        .await;
+    source
+        .exec("UPDATE accounts SET industry = x'00ff' WHERE id = 'A-blob'")
+        .await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let mapped = target_ids(&store, "account", &[awkward.to_owned(), "A-ok".to_owned()]).await;
+    assert_eq!(mapped.len(), 2);
+    let scope = EntityScope::new("t1", "e2e", "account");
+    let blob = store
+        .lookup(&scope, Side::Source, &["A-blob".into()])
+        .await
+        .unwrap()
+        .remove("A-blob")
+        .unwrap();
+    assert_eq!(blob.status, MappingStatus::Failed);
+    let reason = blob.last_error.unwrap();
+    assert!(
+        reason.contains("column `industry` holds a BLOB value") && reason.contains("row `A-blob`"),
+        "{reason}"
+    );
+    let before = target.dump("customers").await;
+    assert_eq!(before.len(), 2);
+    // Fixing the row lets it through; the others are not written again.
+    source
+        .exec(&format!(
+            "UPDATE accounts SET industry = 'fixed', updated_at = '{}' WHERE id = 'A-blob'",
+            ts(10)
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &run).await, 1);
+    assert_eq!(target.dump("customers").await.len(), 3);
+    state.drop().await;
+}
