@@ -365,10 +365,16 @@ async fn measure(
         })
         .collect();
     drop(pending);
+    let cpu0 = cpu_ticks();
     let start = Instant::now();
     for page in pages {
         db.commit_page(page).await?;
     }
+    eprintln!(
+        "XXX transitions: wall {:?} cpu ticks {}",
+        start.elapsed(),
+        cpu_ticks() - cpu0
+    );
     figures.push(Figure {
         what: "Store::commit_page, pending→mapped, PostgreSQL",
         records: n,
@@ -507,6 +513,12 @@ async fn measure(
         redis_version,
         figures,
     })
+}
+
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
 fn expect_all<V>(

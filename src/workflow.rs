@@ -143,8 +143,7 @@ impl CronSchedule {
                 let last = detail
                     .lines()
                     .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .last()
+                    .rfind(|l| !l.is_empty())
                     .unwrap_or("");
                 format!("bad cron expression `{expression}`: {last}")
             })
