@@ -292,7 +292,7 @@ impl Job {
             });
         }
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = {
+        let heartbeat = HeartbeatTask({
             let (store, lease, lost, ttl) = (
                 self.store.clone(),
                 lease.clone(),
@@ -308,9 +308,9 @@ impl Job {
                     }
                 }
             })
-        };
+        });
         let result = self.execute_leased(run, &lease, progress).await;
-        heartbeat.abort();
+        drop(heartbeat);
         let _ = self.store.release_lease(&lease).await;
         result
     }
@@ -1118,6 +1118,18 @@ impl Job {
             self.store.commit_page(commit).await?;
         }
         Ok(())
+    }
+}
+
+/// The lease heartbeat of one `execute`, stopped when it is dropped: also
+/// when the `execute` future itself is dropped part-way (a cancelled or
+/// timed-out attempt), which would otherwise leave the task renewing a lease
+/// nobody uses, so that no other worker could ever continue the run.
+struct HeartbeatTask(tokio::task::JoinHandle<()>);
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
