@@ -29,7 +29,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const MAX_LOST_UPDATES: usize = 10_000;
 
 /// The in-process cache clears itself past this many entries.
-const MAX_LOCAL_ENTRIES: usize = 200_000;
+const MAX_LOCAL_ENTRIES: usize = 50_000;
 
 /// Set `KEYS[1]` to `ARGV[2]` (which starts with `<version>|`) unless it
 /// already holds a newer version.

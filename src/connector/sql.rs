@@ -14,7 +14,7 @@ use super::{format_time, id_text, normalize, parse_time};
 use crate::record::{Fields, Record};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, TypeInfo, ValueRef};
 use std::collections::{BTreeMap, HashMap};
@@ -47,10 +47,13 @@ impl SqlConnector {
             source,
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(err)?
+                .options([crate::store::CUSTOM_PLANS]);
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options)
                 .await
                 .map_err(err)?;
             Ok(SqlConnector::Postgres {
@@ -359,43 +362,49 @@ impl SqlConnector {
             ),
             IdKind::Integer => String::new(),
         };
-        match self {
+        // Text ids are the ones given; integer ids come back with the key
+        // each row was created under (RETURNING does not promise an order).
+        let key = b
+            .key_column
+            .as_deref()
+            .map(ident)
+            .unwrap_or_else(|| "NULL".into());
+        let returned: Vec<(Option<String>, String)> = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let sql = format!(
-                    "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1){on_conflict} \
-                     RETURNING {id}::text"
+                    "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1)\
+                     {on_conflict} RETURNING {key}::text, {id}::text"
                 );
-                let ids: Vec<String> = sqlx::query_scalar(&sql)
+                sqlx::query_as(&sql)
                     .bind(sqlx::types::Json(&rows))
                     .fetch_all(pool)
                     .await
-                    .map_err(self.query_error(&b.table))?;
-                Ok(ids)
+                    .map_err(self.query_error(&b.table))?
             }
             SqlConnector::Sqlite { pool, .. } => {
-                let marks = (1..=columns.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let (select, paths) = sqlite_json_select(&columns);
                 let sql = format!(
-                    "INSERT INTO {t} ({list}) VALUES ({marks}){on_conflict} RETURNING CAST({id} AS TEXT)"
+                    "INSERT INTO {t} ({list}) SELECT {select} FROM json_each(?1) WHERE true{on_conflict} \
+                     RETURNING CAST({key} AS TEXT), CAST({id} AS TEXT)"
                 );
-                let mut tx = pool.begin().await.map_err(self.query_error(&b.table))?;
-                let mut ids = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let mut q = sqlx::query(&sql);
-                    for c in &columns {
-                        q = bind_sqlite(q, row.get(*c).unwrap_or(&Value::Null));
-                    }
-                    let created = q.fetch_one(&mut *tx).await.map_err(self.query_error(&b.table))?;
-                    ids.push(
-                        created
-                            .try_get::<String, _>(0)
-                            .map_err(self.query_error(&b.table))?,
-                    );
+                let mut q = sqlx::query_as(&sql).bind(sqlx::types::Json(&rows));
+                for p in paths {
+                    q = q.bind(p);
                 }
-                tx.commit().await.map_err(self.query_error(&b.table))?;
-                Ok(ids)
+                q.fetch_all(pool).await.map_err(self.query_error(&b.table))?
+            }
+        };
+        match b.id_kind {
+            IdKind::Text => Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect()),
+            IdKind::Integer => {
+                let by_key: HashMap<String, String> = returned
+                    .into_iter()
+                    .filter_map(|(k, id)| k.map(|k| (k, id)))
+                    .collect();
+                Ok(records
+                    .iter()
+                    .map(|r| by_key.get(&r.key).cloned().unwrap_or_default())
+                    .collect())
             }
         }
     }
@@ -446,20 +455,26 @@ impl SqlConnector {
             SqlConnector::Sqlite { pool, .. } => {
                 let set = columns
                     .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{} = ?{}", ident(c), i + 2))
+                    .map(|c| format!("{0} = u.{0}", ident(c)))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let sql = format!("UPDATE {t} SET {set} WHERE {id} = ?1");
-                let mut tx = pool.begin().await.map_err(self.query_error(&b.table))?;
-                for row in &rows {
-                    let mut q = bind_sqlite(sqlx::query(&sql), &row[ID_COLUMN]);
-                    for c in &columns {
-                        q = bind_sqlite(q, row.get(*c).unwrap_or(&Value::Null));
-                    }
-                    q.execute(&mut *tx).await.map_err(self.query_error(&b.table))?;
+                let mut all = columns.clone();
+                all.push(ID_COLUMN);
+                let (select, paths) = sqlite_json_select(&all);
+                let aliased: Vec<String> = select
+                    .split(", ")
+                    .zip(&all)
+                    .map(|(e, c)| format!("{e} AS {}", ident(c)))
+                    .collect();
+                let sql = format!(
+                    "UPDATE {t} SET {set} FROM (SELECT {} FROM json_each(?1)) AS u WHERE {t}.{id} = u.{id}",
+                    aliased.join(", ")
+                );
+                let mut q = sqlx::query(&sql).bind(sqlx::types::Json(&rows));
+                for p in paths {
+                    q = q.bind(p);
                 }
-                tx.commit().await.map_err(self.query_error(&b.table))?;
+                q.execute(pool).await.map_err(self.query_error(&b.table))?;
             }
         }
         Ok(())
@@ -565,6 +580,20 @@ impl SqlConnector {
         }
         Ok(doc)
     }
+}
+
+/// `value ->> ?2, value ->> ?3, ...` reading each column of a `json_each`
+/// row, with the JSON paths to bind (column names are bound, not spliced).
+fn sqlite_json_select(columns: &[&str]) -> (String, Vec<String>) {
+    let select = (0..columns.len())
+        .map(|i| format!("value ->> ?{}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let paths = columns
+        .iter()
+        .map(|c| format!("$.\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    (select, paths)
 }
 
 /// A cursor value as text, for PostgreSQL's casts.

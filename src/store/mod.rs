@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
-pub use postgres::PgStore;
+pub use postgres::{CUSTOM_PLANS, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Default database when `SYNCD_DATABASE_URL` is not set.

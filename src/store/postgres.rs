@@ -10,10 +10,16 @@ use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
 use crate::run::{PlannedStep, RunState, StepCheckpoint};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, types::Json};
 use std::collections::HashSet;
+use std::str::FromStr;
 use uuid::Uuid;
+
+/// Batched lookups bind arrays of ids; a generic plan made while a table was
+/// small scans it sequentially forever after, so every statement is planned
+/// for its actual parameters.
+pub const CUSTOM_PLANS: (&str, &str) = ("plan_cache_mode", "force_custom_plan");
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -56,7 +62,11 @@ fn mapping_from_row(row: &PgRow) -> Result<IdMapping, StoreError> {
 impl PgStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        let options = PgConnectOptions::from_str(url)?.options([CUSTOM_PLANS]);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         Ok(PgStore { pool })
     }
 

@@ -41,6 +41,43 @@ fn uuid_of(row: &SqliteRow, column: &str, table: &'static str) -> Result<Uuid, S
     Uuid::parse_str(&text).map_err(|e| corrupt(table, format!("{column}: {e}")))
 }
 
+/// A mapping as a JSON row for `json_each`, in the column formats the rest
+/// of this backend reads (timestamps as sqlx writes them).
+fn mapping_json(m: &IdMapping, read_version: Option<u64>) -> serde_json::Value {
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    serde_json::json!({
+        "id": m.id.to_string(),
+        "tenant_id": m.tenant_id.as_str(),
+        "integration_id": m.integration_id.as_str(),
+        "entity_type": m.entity_type.as_str(),
+        "source_id": m.source_id,
+        "target_id": m.target_id,
+        "status": m.status.as_str(),
+        "base": m.base,
+        "idempotency_key": m.idempotency_key,
+        "last_error": m.last_error,
+        "attempts": m.attempts,
+        "version": m.version,
+        "created_at": time(m.created_at),
+        "updated_at": time(m.updated_at),
+        "read_version": read_version,
+    })
+}
+
+/// `value ->> '$.a', value ->> '$.b', ...` for a column list; `base` keeps
+/// its JSON text with `->`.
+fn json_columns(columns: &str) -> String {
+    columns
+        .split(',')
+        .map(str::trim)
+        .map(|c| match c {
+            "base" => "nullif(value -> '$.base', 'null')".to_owned(),
+            c => format!("value ->> '$.{c}'"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn mapping_from_row(row: &SqliteRow) -> Result<IdMapping, StoreError> {
     let status: String = row.try_get("status")?;
     let base: Option<Json<Fields>> = row.try_get("base")?;
@@ -140,66 +177,54 @@ impl SqliteStore {
                     });
                 }
             }
-            for d in decided {
-                let m = &d.next;
-                match d.read_version {
-                    None => {
-                        sqlx::query(
-                            "INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, \
-                                 target_id, status, base, idempotency_key, last_error, attempts, version, \
-                                 created_at, updated_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                        )
-                        .bind(m.id.to_string())
-                        .bind(m.tenant_id.as_str())
-                        .bind(m.integration_id.as_str())
-                        .bind(m.entity_type.as_str())
-                        .bind(m.source_id.as_deref())
-                        .bind(m.target_id.as_deref())
-                        .bind(m.status.as_str())
-                        .bind(m.base.as_ref().map(Json))
-                        .bind(m.idempotency_key.as_deref())
-                        .bind(m.last_error.as_deref())
-                        .bind(m.attempts as i64)
-                        .bind(m.version as i64)
-                        .bind(m.created_at)
-                        .bind(m.updated_at)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(duplicate_or)?;
-                    }
-                    Some(read) => {
-                        let done = sqlx::query(
-                            "UPDATE id_mappings SET source_id = ?1, target_id = ?2, status = ?3, base = ?4, \
-                                 idempotency_key = ?5, last_error = ?6, attempts = ?7, version = ?8, \
-                                 updated_at = ?9 \
-                             WHERE id = ?10 AND tenant_id = ?11 AND version = ?12",
-                        )
-                        .bind(m.source_id.as_deref())
-                        .bind(m.target_id.as_deref())
-                        .bind(m.status.as_str())
-                        .bind(m.base.as_ref().map(Json))
-                        .bind(m.idempotency_key.as_deref())
-                        .bind(m.last_error.as_deref())
-                        .bind(m.attempts as i64)
-                        .bind(m.version as i64)
-                        .bind(m.updated_at)
-                        .bind(m.id.to_string())
-                        .bind(m.tenant_id.as_str())
-                        .bind(read as i64)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(duplicate_or)?;
-                        if done.rows_affected() != 1 {
-                            let actual: Option<String> =
-                                sqlx::query_scalar("SELECT status FROM id_mappings WHERE id = ?1")
-                                    .bind(m.id.to_string())
-                                    .fetch_optional(&mut *conn)
-                                    .await?;
-                            let actual = actual.and_then(|s| s.parse::<MappingStatus>().ok());
-                            return Err(lost_race(m, read, actual));
-                        }
-                    }
+            // One statement per kind of write: SQLite is in process, but each
+            // statement still crosses to sqlx's worker thread and back.
+            let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
+                decided.iter().partition(|d| d.read_version.is_none());
+            if !inserts.is_empty() {
+                let rows: Vec<serde_json::Value> = inserts.iter().map(|d| mapping_json(&d.next, None)).collect();
+                sqlx::query(&format!(
+                    "INSERT INTO id_mappings ({MAPPING_COLUMNS}) SELECT {} FROM json_each(?1)",
+                    json_columns(MAPPING_COLUMNS)
+                ))
+                .bind(Json(&rows))
+                .execute(&mut *conn)
+                .await
+                .map_err(duplicate_or)?;
+            }
+            if !updates.is_empty() {
+                let rows: Vec<serde_json::Value> =
+                    updates.iter().map(|d| mapping_json(&d.next, d.read_version)).collect();
+                let updated: Vec<String> = sqlx::query_scalar(
+                    "UPDATE id_mappings SET source_id = u.source_id, target_id = u.target_id, status = u.status, \
+                         base = u.base, idempotency_key = u.idempotency_key, last_error = u.last_error, \
+                         attempts = u.attempts, version = u.version, updated_at = u.updated_at \
+                     FROM (SELECT value ->> '$.id' AS id, value ->> '$.tenant_id' AS tenant_id, \
+                             value ->> '$.source_id' AS source_id, value ->> '$.target_id' AS target_id, \
+                             value ->> '$.status' AS status, nullif(value -> '$.base', 'null') AS base, \
+                             value ->> '$.idempotency_key' AS idempotency_key, \
+                             value ->> '$.last_error' AS last_error, value ->> '$.attempts' AS attempts, \
+                             value ->> '$.version' AS version, value ->> '$.updated_at' AS updated_at, \
+                             value ->> '$.read_version' AS read_version FROM json_each(?1)) AS u \
+                     WHERE id_mappings.id = u.id AND id_mappings.tenant_id = u.tenant_id \
+                       AND id_mappings.version = u.read_version \
+                     RETURNING id_mappings.id",
+                )
+                .bind(Json(&rows))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(duplicate_or)?;
+                if updated.len() != updates.len() {
+                    let lost = updates
+                        .iter()
+                        .find(|d| !updated.contains(&d.next.id.to_string()))
+                        .expect("a row was not updated");
+                    let actual: Option<String> = sqlx::query_scalar("SELECT status FROM id_mappings WHERE id = ?1")
+                        .bind(lost.next.id.to_string())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    let actual = actual.and_then(|s| s.parse::<MappingStatus>().ok());
+                    return Err(lost_race(&lost.next, lost.read_version.unwrap_or_default(), actual));
                 }
             }
             for c in &page.conflicts {

@@ -63,7 +63,7 @@ impl PgSchema {
             .expect("create schema");
         let options = PgConnectOptions::from_str(&postgres_url())
             .expect("postgres url")
-            .options([("search_path", name.as_str())]);
+            .options([("search_path", name.as_str()), syncd::store::CUSTOM_PLANS]);
         let base = postgres_url();
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
