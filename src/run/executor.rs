@@ -432,6 +432,7 @@ impl Job {
         loop {
             self.check_not_cancelled(ctx.run_id).await?;
             let mut sync_cursor = None;
+            let mut scan_done = false;
             let (records, bad) = match state.phase {
                 Phase::Retry => {
                     let unsettled = self
@@ -471,13 +472,7 @@ impl Job {
                             cursor: serde_json::to_value(next).expect("cursors serialize"),
                         });
                     }
-                    if page.done {
-                        state.phase = if counters.deferred > 0 {
-                            Phase::Patch
-                        } else {
-                            Phase::Done
-                        };
-                    }
+                    scan_done = page.done;
                     (page.records, page.bad)
                 }
                 Phase::Patch => {
@@ -496,6 +491,14 @@ impl Job {
                 Phase::Done => break,
             };
             let mut commit = self.process_page(ctx, records, bad, &mut counters).await?;
+            // Decided once the last page is processed: it may defer too.
+            if scan_done {
+                state.phase = if counters.deferred > 0 {
+                    Phase::Patch
+                } else {
+                    Phase::Done
+                };
+            }
             commit.checkpoint = Some(StepCheckpoint {
                 run_id: ctx.run_id,
                 tenant_id: self.tenant.clone(),
