@@ -568,9 +568,9 @@ impl Job {
     }
 
     /// Rewrites the reference fields of `fields` from ids on `from` to ids on
-    /// the other side. A self-reference whose target has no mapping yet is
-    /// left empty (deferred); any other untranslatable reference is left as
-    /// it was and reported as missing.
+    /// the other side. A self-reference whose target has no mapping yet, or
+    /// only a pending one, is left empty (deferred); any other
+    /// untranslatable reference is left as it was and reported as missing.
     fn rewrite_references(
         tables: &EntityTables,
         maps: &HashMap<String, HashMap<String, IdMapping>>,
@@ -602,7 +602,11 @@ impl Job {
                     };
                     out.fields.insert(field.clone(), translated);
                 }
-                None if entity == tables.def.name.as_str() && mapping.is_none() => {
+                // Pending: reserved on a page that is being done again after
+                // a crash; the first attempt deferred it, so must this one.
+                None if entity == tables.def.name.as_str()
+                    && mapping.is_none_or(|m| m.status == MappingStatus::Pending) =>
+                {
                     out.fields.insert(field.clone(), Value::Null);
                     out.deferred.push(field.clone());
                 }
