@@ -21,7 +21,10 @@ CREATE TABLE id_mappings (
 );
 CREATE UNIQUE INDEX id_mappings_by_source ON id_mappings (tenant_id, integration_id, entity_type, source_id);
 CREATE UNIQUE INDEX id_mappings_by_target ON id_mappings (tenant_id, integration_id, entity_type, target_id);
-CREATE INDEX id_mappings_by_status ON id_mappings (tenant_id, integration_id, status, entity_type);
+-- Only unsettled mappings are looked up by status; mapped ones (nearly all)
+-- stay out of this index, so confirming a mapping is cheap.
+CREATE INDEX id_mappings_unsettled ON id_mappings (tenant_id, integration_id, entity_type, status)
+    WHERE status <> 'mapped';
 
 CREATE TABLE runs (
     id              TEXT PRIMARY KEY,

@@ -815,6 +815,15 @@ impl Job {
                     });
                 }
                 Some(m) if m.status == MappingStatus::Stale => counters.skipped += 1,
+                Some(m)
+                    if m.idempotency_key
+                        .as_deref()
+                        .is_some_and(|k| !k.starts_with(key_prefix(ctx.step.direction))) =>
+                {
+                    // A create of the other direction that is not settled
+                    // yet: that step's retry pass owns it.
+                    counters.skipped += 1;
+                }
                 mapping => {
                     // New, pending (a create that may have happened) or
                     // failed (a retry): create in the write side.
@@ -856,10 +865,22 @@ impl Job {
                         counters.deferred += 1;
                     }
                     match &mapping {
-                        None => reserve.push(MappingWrite::Insert(IdMapping {
-                            idempotency_key: Some(key.clone()),
-                            ..self.new_mapping(ctx, &record.id, now)
-                        })),
+                        None => {
+                            let mut m = IdMapping {
+                                idempotency_key: Some(key.clone()),
+                                ..self.new_mapping(ctx, &record.id, now)
+                            };
+                            // A text-id record is created under a known id:
+                            // reserve it now, so confirming changes less.
+                            if self.binding(tables, write).id_kind == IdKind::Text {
+                                let id = self.create_key(ctx, &record.id).1.to_string();
+                                match write {
+                                    Side::Target => m.target_id = Some(id),
+                                    Side::Source => m.source_id = Some(id),
+                                }
+                            }
+                            reserve.push(MappingWrite::Insert(m))
+                        }
                         Some(m) if m.status == MappingStatus::Failed => {
                             reserve.push(MappingWrite::Transition {
                                 current: m.clone(),
