@@ -8,17 +8,24 @@
 //! with the same ids on the same machine. The ratio to raw is the figure to
 //! watch: it is what our own code costs, whatever the hardware.
 //!
-//! The bench works in a PostgreSQL schema and a Redis key prefix of its own
-//! and removes both when it ends, also when a step fails.
+//! Each of our batches is timed next to the raw client's batch on the same
+//! ids, the two taking turns to go first, so a machine that slows down
+//! mid-run slows both alike. The bench
+//! works in a PostgreSQL schema and a Redis key prefix of its own and removes
+//! both when it ends, also when a step fails.
 
-use crate::cache::MappingCache;
+pub mod sync;
+
+use crate::cache::{CacheCounts, MappingCache};
 use crate::ids::EntityScope;
 use crate::mapping::{IdMapping, MappingChange};
 use crate::record::{Fields, Side};
-use crate::store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store, StoreError};
-use chrono::Utc;
+use crate::store::{CUSTOM_PLANS, DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store, StoreError};
+use chrono::{DateTime, Utc};
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -34,8 +41,30 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Ids per lookup and mappings per page, as a sync step uses them.
 pub const BATCH: usize = 1_000;
 
+/// Records the in-process cache is warmed with and read back, pass after
+/// pass: it clears itself when it grows past its bound, and a confirmed
+/// mapping fills two entries (source and target id).
+pub const LOCAL_WORKING_SET: usize = 10_000;
+
 /// The smallest acceptable ratio of our rate to the raw client's.
 pub const RATIO_TARGET: f64 = 0.7;
+
+/// The raw lookup: what the store's PostgreSQL lookup sends, written out.
+const RAW_SELECT: &str = "SELECT id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
+     idempotency_key, last_error, attempts, version, created_at, updated_at \
+     FROM id_mappings \
+     WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id = ANY($4)";
+
+/// The raw transition: the store's conditional batch update, written out.
+const RAW_UPDATE: &str = "UPDATE id_mappings AS m SET source_id = u.source_id, target_id = u.target_id, \
+     status = u.status, base = u.base, idempotency_key = u.idempotency_key, \
+     last_error = u.last_error, attempts = u.attempts, version = u.version, updated_at = u.updated_at \
+     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], \
+     $7::text[], $8::text[], $9::int4[], $10::int8[], $11::timestamptz[], $12::int8[]) \
+     AS u(id, tenant_id, source_id, target_id, status, base, idempotency_key, last_error, \
+     attempts, version, updated_at, read_version) \
+     WHERE m.id = u.id AND m.tenant_id = u.tenant_id AND m.version = u.read_version \
+     RETURNING m.id";
 
 /// What `syncd bench store` runs against.
 #[derive(Clone, Debug)]
@@ -61,7 +90,7 @@ impl StoreBench {
     /// The Redis URL: `flag`, else `SYNCD_REDIS_URL`, else
     /// [`DEFAULT_REDIS_URL`].
     pub fn redis_url(flag: Option<String>) -> String {
-        flag.or_else(|| std::env::var("SYNCD_REDIS_URL").ok())
+        flag.or_else(|| std::env::var("SYNCD_REDIS_URL").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| DEFAULT_REDIS_URL.into())
     }
 }
@@ -91,22 +120,54 @@ pub struct Figure {
     pub target: Option<f64>,
     /// Time the raw client took for the same records, when compared.
     pub raw: Option<Duration>,
-    /// A raw client's own figure, shown beneath ours.
+    /// A raw client's own figure, shown indented beneath ours.
     pub is_raw: bool,
 }
 
 impl Figure {
+    fn ours(what: &'static str, records: usize, elapsed: Duration, target: Option<f64>) -> Figure {
+        Figure {
+            what,
+            records,
+            elapsed,
+            target,
+            raw: None,
+            is_raw: false,
+        }
+    }
+
+    /// Our figure and the raw client's beneath it.
+    fn against_raw(
+        what: &'static str,
+        raw_what: &'static str,
+        records: usize,
+        (ours, raw): (Duration, Duration),
+        target: Option<f64>,
+    ) -> [Figure; 2] {
+        [
+            Figure {
+                raw: Some(raw),
+                ..Figure::ours(what, records, ours, target)
+            },
+            Figure {
+                is_raw: true,
+                ..Figure::ours(raw_what, records, raw, None)
+            },
+        ]
+    }
+
     /// Records per second.
     pub fn rate(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Our rate over the raw client's: raw time over ours.
+    /// Our rate over the raw client's (raw time over ours).
     pub fn ratio(&self) -> Option<f64> {
         self.raw.map(|raw| raw.as_secs_f64() / self.elapsed.as_secs_f64())
     }
 
-    /// Whether the rate and the ratio reach their targets.
+    /// Whether the rate and the ratio reach their targets; `None` when the
+    /// figure has neither.
     pub fn met(&self) -> Option<bool> {
         match (self.target, self.ratio()) {
             (None, None) => None,
@@ -134,7 +195,7 @@ impl StoreReport {
 
 /// `1234567.8` as `1,234,568`.
 fn thousands(n: f64) -> String {
-    let digits = format!("{:.0}", n);
+    let digits = format!("{n:.0}");
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
@@ -154,18 +215,18 @@ impl fmt::Display for StoreReport {
         )?;
         writeln!(
             f,
-            "{:<44} {:>8} {:>8} {:>11} {:>9} {:>6} {:>5}",
+            "{:<48} {:>8} {:>8} {:>10} {:>9} {:>5} {:>4}",
             "what", "records", "seconds", "rate/s", "target/s", "ratio", "met"
         )?;
         for fig in &self.figures {
+            let what = if fig.is_raw {
+                format!("  {}", fig.what)
+            } else {
+                fig.what.to_owned()
+            };
             writeln!(
                 f,
-                "{:<44} {:>8} {:>8.3} {:>11} {:>9} {:>6} {:>5}",
-                if fig.is_raw {
-                    format!("  {}", fig.what)
-                } else {
-                    fig.what.to_owned()
-                },
+                "{what:<48} {:>8} {:>8.3} {:>10} {:>9} {:>5} {:>4}",
                 fig.records,
                 fig.elapsed.as_secs_f64(),
                 thousands(fig.rate()),
@@ -180,29 +241,30 @@ impl fmt::Display for StoreReport {
         }
         write!(
             f,
-            "ratio: our rate over the raw client's on the same ids, timed batch by batch \
-             in turn (target {RATIO_TARGET:.2})"
+            "ratio: our rate over the raw client's on the same ids, batch by batch (target {RATIO_TARGET:.2})"
         )
     }
 }
 
 /// Runs the store bench in a fresh schema and key prefix, and removes both.
 pub async fn store(bench: &StoreBench) -> Result<StoreReport, BenchError> {
-    let schema = BenchSchema::create(&bench.postgres_url).await?;
+    if bench.records == 0 {
+        return Err(BenchError::Invalid("no records to measure".into()));
+    }
     let redis = redis::Client::open(bench.redis_url.as_str())?;
+    let schema = BenchSchema::create(&bench.postgres_url).await?;
     let prefix = format!("syncd-bench-{}", Uuid::new_v4().simple());
     let result = measure(bench, &schema.pool, &redis, &prefix).await;
     let cleaned = async {
         delete_prefix(&redis, &prefix).await?;
-        schema.drop().await?;
-        Ok::<(), BenchError>(())
+        schema.drop().await
     }
     .await;
     match (result, cleaned) {
         (Ok(report), Ok(())) => Ok(report),
         (Ok(_), Err(e)) => Err(e),
-        (Err(e), cleanup) => {
-            if let Err(c) = cleanup {
+        (Err(e), cleaned) => {
+            if let Err(c) = cleaned {
                 eprintln!("bench cleanup failed too: {c}");
             }
             Err(e)
@@ -219,28 +281,31 @@ struct BenchSchema {
 
 impl BenchSchema {
     async fn create(url: &str) -> Result<BenchSchema, BenchError> {
-        let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        let options = PgConnectOptions::from_str(url)?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
         let name = format!("syncd_bench_{}", Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
             .execute(&admin)
             .await?;
-        let options = PgConnectOptions::from_str(url)?
-            .options([("search_path", name.as_str())])
+        let options = options
+            .options([("search_path", name.as_str()), CUSTOM_PLANS])
             .disable_statement_logging();
-        let pool = match PgPoolOptions::new()
+        match PgPoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await
         {
-            Ok(pool) => pool,
+            Ok(pool) => Ok(BenchSchema { name, pool, admin }),
             Err(e) => {
                 let _ = sqlx::query(&format!("DROP SCHEMA \"{name}\" CASCADE"))
                     .execute(&admin)
                     .await;
-                return Err(e.into());
+                Err(e.into())
             }
-        };
-        Ok(BenchSchema { name, pool, admin })
+        }
     }
 
     async fn drop(self) -> Result<(), BenchError> {
@@ -263,7 +328,7 @@ async fn delete_prefix(client: &redis::Client, prefix: &str) -> Result<(), Bench
             .arg("MATCH")
             .arg(format!("{prefix}:*"))
             .arg("COUNT")
-            .arg(1000)
+            .arg(BATCH)
             .query_async(&mut conn)
             .await?;
         if !keys.is_empty() {
@@ -278,17 +343,13 @@ async fn delete_prefix(client: &redis::Client, prefix: &str) -> Result<(), Bench
 
 /// The agreed values of record `i`: a handful of typical CDM fields.
 fn base_of(i: usize) -> Fields {
-    let value = serde_json::json!({
-        "name": format!("Account {i}"),
-        "email": format!("account{i}@example.com"),
-        "country": "DE",
-        "credit_limit": 1000 + i % 5000,
-        "active": i % 7 != 0,
-    });
-    match value {
-        serde_json::Value::Object(fields) => fields,
-        _ => unreachable!("an object literal"),
-    }
+    let mut fields = Fields::new();
+    fields.insert("name".into(), format!("Account {i}").into());
+    fields.insert("email".into(), format!("account{i}@example.com").into());
+    fields.insert("country".into(), "DE".into());
+    fields.insert("credit_limit".into(), (1000 + i % 5000).into());
+    fields.insert("active".into(), (!i.is_multiple_of(7)).into());
+    fields
 }
 
 async fn measure(
@@ -298,10 +359,9 @@ async fn measure(
     prefix: &str,
 ) -> Result<StoreReport, BenchError> {
     let n = bench.records;
-    let scope = EntityScope::new("bench-tenant", "bench-integration", "account");
+    let ours = EntityScope::new("bench-tenant", "bench-integration", "account");
     let ids: Vec<String> = (0..n).map(|i| format!("src-{i:09}")).collect();
     let batches: Vec<&[String]> = ids.chunks(BATCH).collect();
-    let mut figures = Vec::new();
 
     let postgres_version: String = sqlx::query_scalar("SHOW server_version").fetch_one(pool).await?;
     let mut raw_redis = redis.get_multiplexed_async_connection().await?;
@@ -316,11 +376,71 @@ async fn measure(
         .trim()
         .to_owned();
 
-    // Seed: every record reserved as pending, a page at a time.
     let db = Store::postgres(pool.clone(), MappingCache::disabled(), DEFAULT_MAX_SNAPSHOT_BYTES).await?;
+    let mut figures = Vec::new();
+
+    // The raw updates get rows of their own, in another entity type.
+    let ours_pending = reserve_all(&db, &ours, &batches).await?;
+    let raw_scope = EntityScope::new("bench-tenant", "bench-integration", "account_raw");
+    let raw_pending = reserve_all(&db, &raw_scope, &batches).await?;
+    figures.extend(Figure::against_raw(
+        "Store::commit_page, pending→mapped, PostgreSQL",
+        "raw sqlx UPDATE … FROM UNNEST, one tx a page",
+        n,
+        transitions(&db, pool, ours_pending, raw_pending).await?,
+        Some(30_000.0),
+    ));
+    // Steady state for the lookups: no dead rows from the updates, fresh
+    // statistics, and no autovacuum starting in the middle of a pass.
+    sqlx::query("VACUUM ANALYZE id_mappings").execute(pool).await?;
+
+    figures.extend(Figure::against_raw(
+        "Store::lookup, PostgreSQL, cache disabled",
+        "raw sqlx SELECT … source_id = ANY($4)",
+        n,
+        postgres_lookups(&db, pool, &ours, &batches).await?,
+        Some(100_000.0),
+    ));
+
+    let cached = Store::postgres(
+        pool.clone(),
+        MappingCache::redis(&bench.redis_url, prefix)?,
+        DEFAULT_MAX_SNAPSHOT_BYTES,
+    )
+    .await?;
+    figures.extend(Figure::against_raw(
+        "Store::lookup, Redis cache warm",
+        "raw redis MGET of the same keys",
+        n,
+        redis_lookups(&cached, &mut raw_redis, &ours, &batches).await?,
+        Some(300_000.0),
+    ));
+
+    let local = Store::postgres(pool.clone(), MappingCache::local(), DEFAULT_MAX_SNAPSHOT_BYTES).await?;
+    let (lookups, elapsed) = local_lookups(&local, &ours, &batches).await?;
+    figures.push(Figure::ours(
+        "Store::lookup, in-process cache warm (10k set)",
+        lookups,
+        elapsed,
+        None,
+    ));
+
+    Ok(StoreReport {
+        postgres_version,
+        redis_version,
+        figures,
+    })
+}
+
+/// Reserves every id as a pending mapping, a page at a time.
+async fn reserve_all(
+    db: &Store,
+    scope: &EntityScope,
+    batches: &[&[String]],
+) -> Result<Vec<IdMapping>, BenchError> {
     let now = Utc::now();
-    let mut pending = Vec::with_capacity(n);
-    for batch in &batches {
+    let mut pending = Vec::with_capacity(batches.len() * BATCH);
+    for batch in batches {
         let mappings = batch
             .iter()
             .map(|id| {
@@ -342,10 +462,28 @@ async fn measure(
             .await?,
         );
     }
+    Ok(pending)
+}
 
-    // Transitions: pending → mapped, a page of Confirms at a time. The
-    // pages are built first so that only the store is timed.
-    let pages: Vec<PageCommit> = pending
+/// The Confirm that maps pending mapping number `i` to its target.
+fn confirm(i: usize, m: &IdMapping) -> MappingChange {
+    MappingChange::Confirm {
+        source_id: m.source_id.clone().unwrap_or_default(),
+        target_id: format!("tgt-{i:09}"),
+        base: base_of(i),
+    }
+}
+
+/// Confirms every pending mapping through the store, and every raw one with
+/// the store's update statement sent by hand, page by page in turn. Pages
+/// are built before the clock starts: only the writes are timed.
+async fn transitions(
+    db: &Store,
+    pool: &PgPool,
+    ours: Vec<IdMapping>,
+    raw: Vec<IdMapping>,
+) -> Result<(Duration, Duration), BenchError> {
+    let pages: Vec<PageCommit> = ours
         .chunks(BATCH)
         .enumerate()
         .map(|(p, chunk)| PageCommit {
@@ -354,113 +492,156 @@ async fn measure(
                 .enumerate()
                 .map(|(j, m)| MappingWrite::Transition {
                     current: m.clone(),
-                    change: MappingChange::Confirm {
-                        source_id: m.source_id.clone().unwrap_or_default(),
-                        target_id: format!("tgt-{:09}", p * BATCH + j),
-                        base: base_of(p * BATCH + j),
-                    },
+                    change: confirm(p * BATCH + j, m),
                 })
                 .collect(),
             ..Default::default()
         })
         .collect();
-    drop(pending);
-    let cpu0 = cpu_ticks();
-    let start = Instant::now();
-    for page in pages {
-        db.commit_page(page).await?;
+    let now = Utc::now();
+    let raw_pages: Vec<RawPage> = raw
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(p, chunk)| RawPage::confirm(p * BATCH, chunk, now))
+        .collect();
+    let (mut ours_t, mut raw_t) = (Duration::ZERO, Duration::ZERO);
+    for (i, (page, raw_page)) in pages.into_iter().zip(&raw_pages).enumerate() {
+        let ((_, t), (updated, r)) = in_turn(i, db.commit_page(page), raw_page.commit(pool)).await?;
+        ours_t += t;
+        raw_t += r;
+        if updated != raw_page.id.len() {
+            return Err(BenchError::Invalid(format!(
+                "raw update changed {updated} of {} rows",
+                raw_page.id.len()
+            )));
+        }
     }
-    eprintln!(
-        "XXX transitions: wall {:?} cpu ticks {}",
-        start.elapsed(),
-        cpu_ticks() - cpu0
-    );
-    figures.push(Figure {
-        what: "Store::commit_page, pending→mapped, PostgreSQL",
-        records: n,
-        elapsed: start.elapsed(),
-        target: Some(30_000.0),
-        raw: None,
-        is_raw: false,
-    });
-    // Steady state for the lookups: no dead rows from the updates, fresh
-    // statistics, and no autovacuum starting in the middle of a pass.
-    sqlx::query("VACUUM ANALYZE id_mappings").execute(pool).await?;
+    Ok((ours_t, raw_t))
+}
 
-    // Lookups from PostgreSQL, cache disabled, against the raw query.
-    let raw_sql = "SELECT id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
-                   idempotency_key, last_error, attempts, version, created_at, updated_at \
-                   FROM id_mappings \
-                   WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id = ANY($4)";
+/// One page of raw Confirms, as the column arrays the update binds.
+struct RawPage {
+    id: Vec<Uuid>,
+    tenant_id: Vec<String>,
+    source_id: Vec<Option<String>>,
+    target_id: Vec<String>,
+    status: Vec<&'static str>,
+    base: Vec<Json<Fields>>,
+    /// Idempotency key and last error: both cleared by a Confirm.
+    cleared: Vec<Option<String>>,
+    attempts: Vec<i32>,
+    version: Vec<i64>,
+    updated_at: Vec<DateTime<Utc>>,
+    read_version: Vec<i64>,
+}
+
+impl RawPage {
+    fn confirm(first: usize, chunk: &[IdMapping], now: DateTime<Utc>) -> RawPage {
+        RawPage {
+            id: chunk.iter().map(|m| m.id).collect(),
+            tenant_id: chunk.iter().map(|m| m.tenant_id.to_string()).collect(),
+            source_id: chunk.iter().map(|m| m.source_id.clone()).collect(),
+            target_id: (first..first + chunk.len())
+                .map(|i| format!("tgt-{i:09}"))
+                .collect(),
+            status: vec!["mapped"; chunk.len()],
+            base: (first..first + chunk.len()).map(|i| Json(base_of(i))).collect(),
+            cleared: vec![None; chunk.len()],
+            attempts: vec![0; chunk.len()],
+            version: chunk.iter().map(|m| m.version as i64 + 1).collect(),
+            updated_at: vec![now; chunk.len()],
+            read_version: chunk.iter().map(|m| m.version as i64).collect(),
+        }
+    }
+
+    /// Runs the update in its own transaction; returns the rows it changed.
+    async fn commit(&self, pool: &PgPool) -> Result<usize, BenchError> {
+        let mut tx = pool.begin().await?;
+        let updated: Vec<Uuid> = sqlx::query_scalar(RAW_UPDATE)
+            .bind(&self.id)
+            .bind(&self.tenant_id)
+            .bind(&self.source_id)
+            .bind(&self.target_id)
+            .bind(&self.status)
+            .bind(&self.base)
+            .bind(&self.cleared)
+            .bind(&self.cleared)
+            .bind(&self.attempts)
+            .bind(&self.version)
+            .bind(&self.updated_at)
+            .bind(&self.read_version)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(updated.len())
+    }
+}
+
+/// Looks every id up through the store with no cache, each batch right
+/// after the raw query for it. The first of two passes warms PostgreSQL's
+/// buffers and both prepared statements and is not counted.
+async fn postgres_lookups(
+    db: &Store,
+    pool: &PgPool,
+    scope: &EntityScope,
+    batches: &[&[String]],
+) -> Result<(Duration, Duration), BenchError> {
     let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
     for pass in 0..2 {
-        for batch in &batches {
-            let t = Instant::now();
-            let rows = sqlx::query(raw_sql)
+        for (i, batch) in batches.iter().enumerate() {
+            let raw_select = sqlx::query(RAW_SELECT)
                 .bind(scope.tenant_id.as_str())
                 .bind(scope.integration_id.as_str())
                 .bind(scope.entity_type.as_str())
                 .bind(*batch)
-                .fetch_all(pool)
-                .await?;
-            let raw_t = t.elapsed();
-            let t = Instant::now();
-            let found = db.lookup(&scope, Side::Source, batch).await?;
-            let ours_t = t.elapsed();
+                .fetch_all(pool);
+            let ((found, ours_t), (rows, raw_t)) =
+                in_turn(i, db.lookup(scope, Side::Source, batch), raw_select).await?;
             expect_all(&found, batch.len(), "PostgreSQL lookup")?;
-            expect_all_rows(rows.len(), batch.len())?;
-            // The first pass warms PostgreSQL's buffers and both statements.
+            if rows.len() != batch.len() {
+                return Err(BenchError::Invalid(format!(
+                    "raw SELECT returned {} of {} rows",
+                    rows.len(),
+                    batch.len()
+                )));
+            }
             if pass == 1 {
                 raw += raw_t;
                 ours += ours_t;
             }
         }
     }
-    figures.push(Figure {
-        what: "Store::lookup, PostgreSQL, cache disabled",
-        records: n,
-        elapsed: ours,
-        target: Some(100_000.0),
-        raw: Some(raw),
-        is_raw: false,
-    });
-    figures.push(Figure {
-        what: "raw sqlx SELECT … source_id = ANY($4)",
-        records: n,
-        elapsed: raw,
-        target: None,
-        raw: None,
-        is_raw: true,
-    });
+    Ok((ours, raw))
+}
 
-    // Lookups through a warm Redis cache, against a raw MGET of the same keys.
-    let cached = Store::postgres(
-        pool.clone(),
-        MappingCache::redis(&bench.redis_url, prefix)?,
-        DEFAULT_MAX_SNAPSHOT_BYTES,
-    )
-    .await?;
+/// Warms the Redis cache with one pass, then looks every id up through the
+/// store, each batch right after a raw MGET of its keys.
+async fn redis_lookups(
+    cached: &Store,
+    raw_redis: &mut redis::aio::MultiplexedConnection,
+    scope: &EntityScope,
+    batches: &[&[String]],
+) -> Result<(Duration, Duration), BenchError> {
     let keys: Vec<Vec<String>> = batches
         .iter()
-        .map(|batch| {
-            batch
-                .iter()
-                .map(|id| cached.cache().key(&scope, Side::Source, id))
-                .collect()
-        })
+        .map(|batch| cached.cache().keys(scope, Side::Source, batch))
         .collect();
-    for batch in &batches {
-        cached.lookup(&scope, Side::Source, batch).await?;
+    for batch in batches {
+        cached.lookup(scope, Side::Source, batch).await?;
     }
     let before = cached.cache().counts();
     let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
-    for (batch, keys) in batches.iter().zip(&keys) {
-        let t = Instant::now();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(keys).query_async(&mut raw_redis).await?;
-        raw += t.elapsed();
-        let t = Instant::now();
-        let found = cached.lookup(&scope, Side::Source, batch).await?;
-        ours += t.elapsed();
+    for (i, (batch, keys)) in batches.iter().zip(&keys).enumerate() {
+        let raw_mget = async {
+            redis::cmd("MGET")
+                .arg(keys)
+                .query_async::<Vec<Option<Vec<u8>>>>(&mut *raw_redis)
+                .await
+        };
+        let ((found, ours_t), (values, raw_t)) =
+            in_turn(i, cached.lookup(scope, Side::Source, batch), raw_mget).await?;
+        ours += ours_t;
+        raw += raw_t;
         expect_all(&found, batch.len(), "Redis lookup")?;
         if values.iter().any(Option::is_none) {
             return Err(BenchError::Invalid(
@@ -468,64 +649,61 @@ async fn measure(
             ));
         }
     }
-    expect_warm(cached.cache(), before, n, "Redis")?;
-    figures.push(Figure {
-        what: "Store::lookup, Redis cache warm",
-        records: n,
-        elapsed: ours,
-        target: Some(300_000.0),
-        raw: Some(raw),
-        is_raw: false,
-    });
-    figures.push(Figure {
-        what: "raw redis MGET",
-        records: n,
-        elapsed: raw,
-        target: None,
-        raw: None,
-        is_raw: true,
-    });
+    expect_warm(cached.cache(), before, batches, "Redis")?;
+    Ok((ours, raw))
+}
 
-    // Lookups through a warm in-process cache; there is no raw client here.
-    let local = Store::postgres(pool.clone(), MappingCache::local(), DEFAULT_MAX_SNAPSHOT_BYTES).await?;
-    for batch in &batches {
-        local.lookup(&scope, Side::Source, batch).await?;
+/// Awaits `ours` and `raw`, timing each: raw first on even batches, ours
+/// first on odd ones, so that neither always runs on the connection or
+/// cache state the other just left.
+async fn in_turn<T, R, E1, E2>(
+    batch: usize,
+    ours: impl Future<Output = Result<T, E1>>,
+    raw: impl Future<Output = Result<R, E2>>,
+) -> Result<((T, Duration), (R, Duration)), BenchError>
+where
+    BenchError: From<E1> + From<E2>,
+{
+    async fn timed<V, E>(f: impl Future<Output = Result<V, E>>) -> Result<(V, Duration), E> {
+        let start = Instant::now();
+        let v = f.await?;
+        Ok((v, start.elapsed()))
     }
+    if batch.is_multiple_of(2) {
+        let raw = timed(raw).await?;
+        Ok((timed(ours).await?, raw))
+    } else {
+        let ours = timed(ours).await?;
+        Ok((ours, timed(raw).await?))
+    }
+}
+
+/// Warms the in-process cache with the first [`LOCAL_WORKING_SET`]
+/// records, then times as many lookups as there are batches, cycling
+/// through that set.
+async fn local_lookups(
+    local: &Store,
+    scope: &EntityScope,
+    batches: &[&[String]],
+) -> Result<(usize, Duration), BenchError> {
+    let set = &batches[..(LOCAL_WORKING_SET / BATCH).clamp(1, batches.len())];
+    for batch in set {
+        local.lookup(scope, Side::Source, batch).await?;
+    }
+    let timed: Vec<&[String]> = set.iter().copied().cycle().take(batches.len()).collect();
     let before = local.cache().counts();
-    let start = Instant::now();
-    for batch in &batches {
-        let found = local.lookup(&scope, Side::Source, batch).await?;
+    let mut elapsed = Duration::ZERO;
+    for batch in &timed {
+        let t = Instant::now();
+        let found = local.lookup(scope, Side::Source, batch).await?;
+        elapsed += t.elapsed();
         expect_all(&found, batch.len(), "in-process lookup")?;
     }
-    let elapsed = start.elapsed();
-    expect_warm(local.cache(), before, n, "in-process")?;
-    figures.push(Figure {
-        what: "Store::lookup, in-process cache warm",
-        records: n,
-        elapsed,
-        target: None,
-        raw: None,
-        is_raw: false,
-    });
-
-    Ok(StoreReport {
-        postgres_version,
-        redis_version,
-        figures,
-    })
+    expect_warm(local.cache(), before, &timed, "in-process")?;
+    Ok((timed.iter().map(|b| b.len()).sum(), elapsed))
 }
 
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn expect_all<V>(
-    found: &std::collections::HashMap<String, V>,
-    wanted: usize,
-    what: &str,
-) -> Result<(), BenchError> {
+fn expect_all(found: &HashMap<String, IdMapping>, wanted: usize, what: &str) -> Result<(), BenchError> {
     if found.len() != wanted {
         return Err(BenchError::Invalid(format!(
             "{what} found {} of {wanted} mappings",
@@ -535,22 +713,14 @@ fn expect_all<V>(
     Ok(())
 }
 
-fn expect_all_rows(rows: usize, wanted: usize) -> Result<(), BenchError> {
-    if rows != wanted {
-        return Err(BenchError::Invalid(format!(
-            "raw SELECT returned {rows} of {wanted} rows"
-        )));
-    }
-    Ok(())
-}
-
 /// Checks that a timed pass was answered by the cache alone.
 fn expect_warm(
     cache: &MappingCache,
-    before: crate::cache::CacheCounts,
-    n: usize,
+    before: CacheCounts,
+    batches: &[&[String]],
     what: &str,
 ) -> Result<(), BenchError> {
+    let n: usize = batches.iter().map(|b| b.len()).sum();
     let after = cache.counts();
     let (hits, misses, fallbacks) = (
         after.hits - before.hits,
@@ -580,120 +750,13 @@ mod tests {
     #[test]
     fn a_figure_meets_its_targets_only_together() {
         let fig = |secs: f64, raw: Option<f64>| Figure {
-            what: "x",
-            records: 100_000,
-            elapsed: Duration::from_secs_f64(secs),
-            target: Some(100_000.0),
             raw: raw.map(Duration::from_secs_f64),
-            is_raw: false,
+            ..Figure::ours("x", 100_000, Duration::from_secs_f64(secs), Some(100_000.0))
         };
         assert_eq!(fig(0.5, Some(0.4)).met(), Some(true));
         assert_eq!(fig(2.0, Some(1.9)).met(), Some(false), "too slow");
         assert_eq!(fig(0.5, Some(0.1)).met(), Some(false), "too far behind raw");
         assert_eq!(fig(0.5, None).met(), Some(true));
-    }
-}
-
-#[cfg(test)]
-mod experiment {
-    use super::*;
-    use std::hint::black_box;
-
-    #[test]
-    #[ignore]
-    fn costs() {
-        let scope = EntityScope::new("bench-tenant", "bench-integration", "account");
-        let cache = MappingCache::local();
-        let n = 100_000;
-        let ids: Vec<String> = (0..n).map(|i| format!("src-{i:09}")).collect();
-        let t = Instant::now();
-        for id in &ids {
-            black_box(cache.key(&scope, Side::Source, id));
-        }
-        println!("key: {:?}/item", t.elapsed() / n as u32);
-        let mut m = IdMapping::reserve(
-            Uuid::new_v4(),
-            scope.clone(),
-            Some("src-000000001".into()),
-            None,
-            "bench-src-000000001".into(),
-            Utc::now(),
-        );
-        m.apply(
-            MappingChange::Confirm {
-                source_id: "src-000000001".into(),
-                target_id: "tgt-000000001".into(),
-                base: base_of(1),
-            },
-            Utc::now(),
-        )
-        .unwrap();
-        let json = serde_json::to_string(&m).unwrap();
-        let value = format!("2|{json}");
-        println!("value: {} bytes: {value}", value.len());
-        let t = Instant::now();
-        for _ in 0..n {
-            let (_, j) = black_box(&value)
-                .split_once('|')
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .unwrap();
-            black_box(serde_json::from_str::<IdMapping>(&j).unwrap());
-        }
-        println!("decode: {:?}/item", t.elapsed() / n as u32);
-
-        let t = Instant::now();
-        for _ in 0..n {
-            let j = black_box(&value).split_once('|').unwrap().1;
-            black_box(serde_json::from_str::<IdMapping>(j).unwrap());
-        }
-        println!("decode no copy: {:?}/item", t.elapsed() / n as u32);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(serde_json::from_str::<serde_json::Value>(black_box(&json)).unwrap());
-        }
-        println!("decode as Value: {:?}/item", t.elapsed() / n as u32);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(
-                serde_json::from_str::<chrono::DateTime<Utc>>(black_box(
-                    "\"2026-11-25T18:34:16.172618812Z\"",
-                ))
-                .unwrap(),
-            );
-        }
-        println!("datetime: {:?}/item", t.elapsed() / n as u32);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(
-                serde_json::from_str::<Uuid>(black_box("\"0f6f4d4c-5c3d-43f4-987f-f59dcb763b78\"")).unwrap(),
-            );
-        }
-        println!("uuid: {:?}/item", t.elapsed() / n as u32);
-        let basej = serde_json::to_string(&base_of(1)).unwrap();
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(serde_json::from_str::<Fields>(black_box(&basej)).unwrap());
-        }
-        println!("base: {:?}/item", t.elapsed() / n as u32);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(serde_json::to_string(black_box(&m)).unwrap());
-        }
-        println!("encode: {:?}/item", t.elapsed() / n as u32);
-        let t = Instant::now();
-        for _ in 0..n {
-            black_box(black_box(&m).clone());
-        }
-        println!("clone: {:?}/item", t.elapsed() / n as u32);
-        let t = Instant::now();
-        let mut map = std::collections::HashMap::with_capacity(1000);
-        for (i, id) in ids.iter().enumerate() {
-            if i % 1000 == 0 {
-                map = std::collections::HashMap::with_capacity(1000);
-            }
-            map.insert(id.clone(), i);
-        }
-        black_box(map);
-        println!("hashmap insert: {:?}/item", t.elapsed() / n as u32);
+        assert_eq!(Figure::ours("y", 1, Duration::from_secs(1), None).met(), None);
     }
 }
