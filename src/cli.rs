@@ -49,6 +49,18 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         page_size: u32,
     },
+    /// Fire schedules and execute runs until SIGTERM or SIGINT.
+    Worker {
+        /// Where the workflow definitions are.
+        #[arg(long, default_value = "workflows")]
+        workflows: PathBuf,
+        /// How often to look for due schedules and runs when idle.
+        #[arg(long, default_value_t = 250)]
+        poll_ms: u64,
+        /// This worker's name in leases (default: pid and a random suffix).
+        #[arg(long)]
+        worker_id: Option<String>,
+    },
     /// Look at, resume and cancel runs.
     Runs {
         #[command(subcommand)]
@@ -181,6 +193,22 @@ enum MappingsVerb {
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// End-to-end one-way sync over three stages, against a bulk copy.
+    Sync {
+        /// Records to sync (10% accounts, 30% contacts, 60% orders).
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Skip SQLite -> SQLite.
+        #[arg(long)]
+        no_sqlite: bool,
+        /// PostgreSQL server for PostgreSQL -> PostgreSQL (schemas are
+        /// created and dropped) [default: postgres://postgres@127.0.0.1:5432/test].
+        #[arg(long)]
+        postgres_url: Option<String>,
+        /// Skip PostgreSQL -> PostgreSQL.
+        #[arg(long)]
+        no_postgres: bool,
+    },
     /// Mapping lookups and transitions of the store, against the raw clients.
     Store {
         /// Mappings to create and look up, in batches of 1,000.
@@ -265,6 +293,25 @@ pub fn main() -> ExitCode {
             MappingsVerb::List { scope, status, limit } => cmd::mappings::list(scope.into(), &status, limit),
         },
         Command::Demo { dir } => cmd::demo::demo(&dir),
+        Command::Worker {
+            workflows,
+            poll_ms,
+            worker_id,
+        } => cmd::worker::worker(&workflows, poll_ms, worker_id),
+        Command::Bench {
+            what:
+                BenchTarget::Sync {
+                    records,
+                    no_sqlite,
+                    postgres_url,
+                    no_postgres,
+                },
+        } => bench_sync(crate::bench::sync::SyncBench {
+            records,
+            sqlite: !no_sqlite,
+            postgres_url: (!no_postgres)
+                .then(|| postgres_url.unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())),
+        }),
         Command::Bench {
             what:
                 BenchTarget::Store {
@@ -366,6 +413,14 @@ fn check(path: &Path) -> Result<(), String> {
         wf.entities.len(),
         wf.tenants.len()
     );
+    Ok(())
+}
+
+fn bench_sync(bench: crate::bench::sync::SyncBench) -> Result<(), String> {
+    let report = cmd::runtime()?
+        .block_on(crate::bench::sync::run(&bench))
+        .map_err(|e| format!("error: {e}"))?;
+    print!("{report}");
     Ok(())
 }
 

@@ -16,5 +16,7 @@ pub mod mapping;
 pub mod plan;
 pub mod record;
 pub mod run;
+pub mod schedule;
 pub mod store;
+pub mod worker;
 pub mod workflow;

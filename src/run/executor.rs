@@ -51,6 +51,8 @@ pub enum RunError {
     },
     #[error("run {run_id} was cancelled")]
     Cancelled { run_id: Uuid },
+    #[error("run {run_id} was interrupted by shutdown; it continues from its last checkpoint")]
+    Interrupted { run_id: Uuid },
 }
 
 /// How a job runs.
@@ -59,6 +61,9 @@ pub struct Options {
     pub page_size: u32,
     pub lease_ttl: Duration,
     pub worker_id: String,
+    /// When it turns true, the run stops after the page in flight, keeps
+    /// its checkpoint and gives its lease up (graceful shutdown).
+    pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for Options {
@@ -67,6 +72,7 @@ impl Default for Options {
             page_size: 500,
             lease_ttl: Duration::from_secs(30),
             worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            shutdown: None,
         }
     }
 }
@@ -240,30 +246,14 @@ impl Job {
         if let Some(run) = self.store.active_run(&self.tenant, &self.workflow.name).await? {
             return Ok(run);
         }
-        let bidirectional = self.workflow.direction == Direction::Bidirectional;
-        let steps = crate::run::steps_of(&self.plan, bidirectional);
-        let now = Utc::now();
-        let run = RunRow {
-            id: Uuid::new_v4(),
-            tenant_id: self.tenant.clone(),
-            integration_id: self.workflow.name.clone(),
-            state: RunState::Planned,
-            plan: serde_json::json!({ "plan": self.plan, "steps": steps }),
-            trigger: trigger.to_owned(),
-            error: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        match self.store.create_run(&run, &steps).await {
-            Ok(()) => Ok(run),
+        match create_run(&self.store, &self.workflow, &self.plan, &self.tenant, trigger).await {
             // Another process created one first: continue that one.
-            Err(StoreError::ActiveRun { run_id, .. }) => Ok(self
+            Err(RunError::Store(StoreError::ActiveRun { run_id, .. })) => Ok(self
                 .store
                 .load_run(Some(&self.tenant), run_id)
                 .await?
                 .ok_or(RunError::Cancelled { run_id })?),
-            Err(e) => Err(e.into()),
+            other => other,
         }
     }
 
@@ -273,7 +263,7 @@ impl Job {
     pub async fn execute(
         &self,
         run: RunRow,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<RunRow, RunError> {
         let lease = Lease {
             run_id: run.id,
@@ -319,7 +309,7 @@ impl Job {
         &self,
         run: RunRow,
         lease: &Lease,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<RunRow, RunError> {
         let mut run = match run.state {
             RunState::Suspended => self.store.transition_run(&run, RunEvent::Resume, None).await?,
@@ -351,7 +341,7 @@ impl Job {
                 };
                 Ok(self.store.transition_run(&run, event, None).await?)
             }
-            Err(RunError::Cancelled { run_id }) => Err(RunError::Cancelled { run_id }),
+            Err(e @ (RunError::Cancelled { .. } | RunError::Interrupted { .. })) => Err(e),
             Err(e @ RunError::Store(StoreError::LeaseLost { .. })) => Err(e),
             Err(e) => {
                 tracing::error!(error = %e, "run failed");
@@ -370,7 +360,7 @@ impl Job {
         &self,
         run: &RunRow,
         lease: &Lease,
-        progress: &mut dyn FnMut(&Progress),
+        progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<(), RunError> {
         let checkpoints = self.store.load_steps(run.id).await?;
         let bidirectional = self.workflow.direction == Direction::Bidirectional;
@@ -409,6 +399,9 @@ impl Job {
     }
 
     async fn check_not_cancelled(&self, run_id: Uuid) -> Result<(), RunError> {
+        if self.options.shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+            return Err(RunError::Interrupted { run_id });
+        }
         match self.store.load_run(Some(&self.tenant), run_id).await? {
             Some(r) if r.state == RunState::Cancelled => Err(RunError::Cancelled { run_id }),
             _ => Ok(()),
@@ -419,7 +412,7 @@ impl Job {
         &self,
         ctx: &StepCtx<'_>,
         checkpoint: Option<&StepCheckpoint>,
-        progress: &mut dyn FnMut(&StepCounters),
+        progress: &mut (dyn FnMut(&StepCounters) + Send),
     ) -> Result<(), RunError> {
         let mut counters = checkpoint.map(|c| c.counters).unwrap_or_default();
         let mut state: StepProgress = checkpoint
@@ -1159,6 +1152,34 @@ impl Drop for HeartbeatTask {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Records a new `planned` run of `workflow` for `tenant` with the steps of
+/// `plan`. Refused with [`StoreError::ActiveRun`] while another is active.
+pub async fn create_run(
+    store: &Store,
+    workflow: &Workflow,
+    plan: &Plan,
+    tenant: &TenantId,
+    trigger: &str,
+) -> Result<RunRow, RunError> {
+    let bidirectional = workflow.direction == Direction::Bidirectional;
+    let steps = crate::run::steps_of(plan, bidirectional);
+    let now = Utc::now();
+    let run = RunRow {
+        id: Uuid::new_v4(),
+        tenant_id: tenant.clone(),
+        integration_id: workflow.name.clone(),
+        state: RunState::Planned,
+        plan: serde_json::json!({ "plan": plan, "steps": steps }),
+        trigger: trigger.to_owned(),
+        error: None,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    };
+    store.create_run(&run, &steps).await?;
+    Ok(run)
 }
 
 /// Prefix of the idempotency keys of creates, by step direction.

@@ -191,6 +191,15 @@ pub struct RunRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// A schedule as stored: the tick it fires next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub tenant_id: TenantId,
+    pub integration_id: IntegrationId,
+    pub cron: String,
+    pub next_fire_at: DateTime<Utc>,
+}
+
 /// Filters for listing runs.
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {
@@ -647,6 +656,42 @@ impl Store {
     /// written to the systems.
     pub async fn unapplied_resolutions(&self, run_id: Uuid) -> Result<Vec<ConflictRecord>, StoreError> {
         on_backend!(self, b => b.unapplied_resolutions(run_id).await)
+    }
+
+    /// Records `cron` as the schedule of `integration` for `tenant`. A new
+    /// schedule, or one whose expression changed, next fires at `first`.
+    pub async fn ensure_schedule(
+        &self,
+        tenant: &TenantId,
+        integration: &IntegrationId,
+        cron: &str,
+        first: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, b => b.ensure_schedule(tenant, integration, cron, first).await)
+    }
+
+    /// Schedules whose next fire time is at or before `now`.
+    pub async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<Schedule>, StoreError> {
+        on_backend!(self, b => b.due_schedules(now).await)
+    }
+
+    /// Fires the tick `due` of a schedule and moves it on to `next`, unless
+    /// another scheduler already did: `false` then. The tick is recorded in
+    /// `schedule_fires`, whose key makes each tick fire at most once.
+    pub async fn fire_schedule(&self, schedule: &Schedule, next: DateTime<Utc>) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.fire_schedule(schedule, next).await)
+    }
+
+    /// Links a fired tick to the run it started.
+    pub async fn set_fire_run(&self, schedule: &Schedule, run_id: Uuid) -> Result<(), StoreError> {
+        on_backend!(self, b => b.set_fire_run(schedule, run_id).await)
+    }
+
+    /// Runs a worker may execute now: planned or running runs that no live
+    /// lease holds, and suspended runs whose conflicts are all decided.
+    pub async fn runs_to_execute(&self, limit: u32) -> Result<Vec<RunRow>, StoreError> {
+        let now = Utc::now();
+        on_backend!(self, b => b.runs_to_execute(now, limit).await)
     }
 
     /// Pending or failed mappings of `scope` after `after` (by id), for the

@@ -2,7 +2,8 @@
 //! through `UNNEST`, one transaction per page.
 
 use super::{
-    ConflictFilter, Decided, Lease, PageCommit, RunFilter, RunRow, StoreError, duplicate_or, lost_race,
+    ConflictFilter, Decided, Lease, PageCommit, RunFilter, RunRow, Schedule, StoreError, duplicate_or,
+    lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
 use crate::ids::{EntityScope, IntegrationId, TenantId};
@@ -563,6 +564,107 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(cursor.map(|c| c.0))
+    }
+
+    pub(super) async fn ensure_schedule(
+        &self,
+        tenant: &TenantId,
+        integration: &IntegrationId,
+        cron: &str,
+        first: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO schedules (tenant_id, integration_id, cron, next_fire_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, integration_id) DO UPDATE SET cron = EXCLUDED.cron, \
+                 next_fire_at = EXCLUDED.next_fire_at WHERE schedules.cron <> EXCLUDED.cron",
+        )
+        .bind(tenant.as_str())
+        .bind(integration.as_str())
+        .bind(cron)
+        .bind(first)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<Schedule>, StoreError> {
+        let rows: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT tenant_id, integration_id, cron, next_fire_at FROM schedules WHERE next_fire_at <= $1 \
+             ORDER BY next_fire_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, i, cron, next_fire_at)| Schedule {
+                tenant_id: TenantId(t),
+                integration_id: IntegrationId(i),
+                cron,
+                next_fire_at,
+            })
+            .collect())
+    }
+
+    pub(super) async fn fire_schedule(&self, s: &Schedule, next: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE schedules SET next_fire_at = $1 \
+             WHERE tenant_id = $2 AND integration_id = $3 AND next_fire_at = $4",
+        )
+        .bind(next)
+        .bind(s.tenant_id.as_str())
+        .bind(s.integration_id.as_str())
+        .bind(s.next_fire_at)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let fired = sqlx::query(
+            "INSERT INTO schedule_fires (tenant_id, integration_id, fire_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(s.tenant_id.as_str())
+        .bind(s.integration_id.as_str())
+        .bind(s.next_fire_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(fired.rows_affected() == 1)
+    }
+
+    pub(super) async fn set_fire_run(&self, s: &Schedule, run_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE schedule_fires SET run_id = $1 WHERE tenant_id = $2 AND integration_id = $3 AND fire_at = $4",
+        )
+        .bind(run_id)
+        .bind(s.tenant_id.as_str())
+        .bind(s.integration_id.as_str())
+        .bind(s.next_fire_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn runs_to_execute(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs r \
+             WHERE (r.state IN ('planned', 'running') \
+                    OR (r.state = 'suspended' AND NOT EXISTS (SELECT 1 FROM conflicts c \
+                        WHERE c.tenant_id = r.tenant_id AND c.run_id = r.id AND c.status = 'pending'))) \
+               AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = r.id AND l.expires_at > $1) \
+             ORDER BY r.created_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
     }
 
     pub(super) async fn unsettled_mappings(

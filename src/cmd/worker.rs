@@ -1,0 +1,74 @@
+//! `syncd worker`: fires schedules and executes runs until SIGTERM or
+//! SIGINT, then lets the page in flight commit and gives its lease back.
+
+use super::{CmdResult, open_store, runtime};
+use crate::run::executor::Options;
+use crate::worker::{Definition, Worker};
+use std::path::Path;
+use std::time::Duration;
+
+/// Loads every valid definition in `dir`; invalid ones are reported and
+/// left out, so one broken file does not stop the others.
+fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("error: {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        match crate::cli::load(&file, None) {
+            Ok((workflow, graph)) => out.push(Definition { workflow, graph }),
+            Err(e) => eprintln!("{e}\n{}: left out", file.display()),
+        }
+    }
+    Ok(out)
+}
+
+/// Serves the definitions in `workflows`.
+pub fn worker(workflows: &Path, poll_ms: u64, worker_id: Option<String>) -> CmdResult {
+    let definitions = definitions(workflows)?;
+    if definitions.is_empty() {
+        return Err(format!(
+            "error: no valid workflow definition in {}",
+            workflows.display()
+        ));
+    }
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let defaults = Options::default();
+        let options = Options {
+            lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,
+            worker_id: worker_id.unwrap_or(defaults.worker_id.clone()),
+            shutdown: Some(shutdown.clone()),
+            ..defaults
+        };
+        println!(
+            "worker {} serving {} integration(s) from {}",
+            options.worker_id,
+            definitions.len(),
+            workflows.display()
+        );
+        let worker = Worker {
+            store,
+            definitions,
+            options,
+            poll: Duration::from_millis(poll_ms),
+        };
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("shutting down: finishing the page in flight");
+            let _ = stop.send(true);
+        });
+        worker.serve(shutdown).await.map_err(|e| format!("error: {e}"))?;
+        println!("worker stopped");
+        Ok(())
+    })
+}

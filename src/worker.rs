@@ -1,0 +1,155 @@
+//! `syncd worker`: the long-running process that fires schedules and
+//! executes runs.
+//!
+//! Any number of workers may share one store. They coordinate only through
+//! it: a tick fires in the worker whose conditional update moves the
+//! schedule on (and the tick's row in `schedule_fires` is unique), and a run
+//! executes in the worker whose lease claim succeeds. A worker that dies
+//! leaves a lease that expires; the next worker continues the run from its
+//! last checkpoint. Shutdown stops claiming, lets the page in flight commit,
+//! and gives the lease back.
+
+use crate::ids::TenantId;
+use crate::plan::DependencyGraph;
+use crate::run::executor::{Job, Options, RunError, create_run};
+use crate::schedule::{next_after, schedule_of};
+use crate::store::{Store, StoreError};
+use crate::workflow::Workflow;
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A definition a worker serves, with the graph it plans with.
+pub struct Definition {
+    pub workflow: Workflow,
+    pub graph: DependencyGraph,
+}
+
+/// One worker.
+pub struct Worker {
+    pub store: Arc<Store>,
+    pub definitions: Vec<Definition>,
+    pub options: Options,
+    /// How long to wait when there is nothing to do.
+    pub poll: Duration,
+}
+
+impl Worker {
+    fn definition(&self, integration: &str) -> Option<&Definition> {
+        self.definitions
+            .iter()
+            .find(|d| d.workflow.name.as_str() == integration)
+    }
+
+    /// Stores the schedules of every definition and tenant.
+    pub async fn register_schedules(&self) -> Result<(), StoreError> {
+        let now = Utc::now();
+        for d in &self.definitions {
+            for tenant in d.workflow.tenants.keys() {
+                let Some(cron) = schedule_of(&d.workflow, tenant) else {
+                    continue;
+                };
+                let Some(first) = next_after(cron, now) else {
+                    continue;
+                };
+                self.store
+                    .ensure_schedule(tenant, &d.workflow.name, &cron.expression, first)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires the schedules that are due; returns how many runs started.
+    pub async fn fire_due(&self) -> Result<usize, RunError> {
+        let now = Utc::now();
+        let mut started = 0;
+        for due in self.store.due_schedules(now).await? {
+            let Some(d) = self.definition(due.integration_id.as_str()) else {
+                continue;
+            };
+            let Some(cron) = schedule_of(&d.workflow, &due.tenant_id) else {
+                continue;
+            };
+            let Some(next) = next_after(cron, now) else {
+                continue;
+            };
+            if !self.store.fire_schedule(&due, next).await? {
+                continue; // another worker fired this tick
+            }
+            let plan = d.workflow.graph_within(&d.graph)?.stages()?;
+            match create_run(&self.store, &d.workflow, &plan, &due.tenant_id, "schedule").await {
+                Ok(run) => {
+                    self.store.set_fire_run(&due, run.id).await?;
+                    tracing::info!(run_id = %run.id, tenant = %due.tenant_id, integration = %due.integration_id,
+                        tick = %due.next_fire_at, "schedule fired");
+                    started += 1;
+                }
+                Err(RunError::Store(StoreError::ActiveRun { run_id, .. })) => {
+                    tracing::info!(%run_id, tenant = %due.tenant_id, integration = %due.integration_id,
+                        "tick skipped: a run is still active");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(started)
+    }
+
+    /// Executes one run that is ready, if any; returns whether it did.
+    pub async fn execute_one(&self) -> Result<bool, RunError> {
+        for run in self.store.runs_to_execute(10).await? {
+            let Some(d) = self.definition(run.integration_id.as_str()) else {
+                tracing::warn!(run_id = %run.id, integration = %run.integration_id,
+                    "no definition for this run's integration here");
+                continue;
+            };
+            let tenant = TenantId::from(run.tenant_id.as_str());
+            let job = Job::prepare(
+                self.store.clone(),
+                d.workflow.clone(),
+                &d.graph,
+                tenant,
+                self.options.clone(),
+            )
+            .await?;
+            match job.execute(run.clone(), &mut |_| {}).await {
+                Ok(done) => {
+                    tracing::info!(run_id = %done.id, state = %done.state, "run executed");
+                    return Ok(true);
+                }
+                Err(RunError::Busy { .. }) => continue, // another worker claimed it first
+                Err(RunError::Interrupted { .. }) => return Ok(true),
+                Err(e) => {
+                    tracing::error!(run_id = %run.id, error = %e, "run failed");
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Serves until `shutdown` turns true.
+    pub async fn serve(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+        self.register_schedules().await?;
+        while !*shutdown.borrow() {
+            if let Err(e) = self.fire_due().await {
+                tracing::error!(error = %e, "scheduler");
+            }
+            let busy = match self.execute_one().await {
+                Ok(busy) => busy,
+                Err(e) => {
+                    tracing::error!(error = %e, "executor");
+                    false
+                }
+            };
+            if !busy {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
