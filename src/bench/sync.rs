@@ -44,8 +44,11 @@ CREATE INDEX people_changes ON people (updated_at, id);
 CREATE INDEX sales_orders_changes ON sales_orders (updated_at, id);
 ";
 
-/// (source table, target table, source→target column pairs)
-const COPIES: [(&str, &str, &[(&str, &str)]); 3] = [
+/// (source column, target column)
+type ColumnPairs = &'static [(&'static str, &'static str)];
+
+/// (source table, target table, column pairs)
+const COPIES: [(&str, &str, ColumnPairs); 3] = [
     (
         "accounts",
         "customers",
