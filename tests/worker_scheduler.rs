@@ -24,17 +24,29 @@ fn scheduled(toml: &str, cron: &str) -> String {
     toml.replace("direction = ", &format!("schedule = \"{cron}\"\ndirection = "))
 }
 
-fn spawn_worker(dir: &TempDir, db_url: &str, id: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_syncd"))
-        .args(["worker", "--workflows"])
-        .arg(dir.0.join("workflows"))
-        .args(["--poll-ms", "100", "--worker-id", id])
-        .env("SYNCD_DATABASE_URL", db_url)
-        .env("SYNCD_LEASE_TTL_SECS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn syncd worker")
+/// A worker process, killed when the test ends however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(dir: &TempDir, db_url: &str, id: &str) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(["worker", "--workflows"])
+            .arg(dir.0.join("workflows"))
+            .args(["--poll-ms", "100", "--worker-id", id])
+            .env("SYNCD_DATABASE_URL", db_url)
+            .env("SYNCD_LEASE_TTL_SECS", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn syncd worker"),
+    )
 }
 
 #[tokio::test]
@@ -77,7 +89,7 @@ async fn two_workers_one_run_per_tick_and_a_killed_workers_run_is_finished() {
             if run.state == RunState::Running
                 && let Some((holder, _)) = store.lease_holder(run.id).await.unwrap()
             {
-                let child = if holder == "worker-a" { &mut a } else { &mut b };
+                let child = if holder == "worker-a" { &mut a.0 } else { &mut b.0 };
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 killed = Some((run.id, holder));
