@@ -18,13 +18,13 @@ CREATE TABLE id_mappings (
     created_at      timestamptz NOT NULL,
     updated_at      timestamptz NOT NULL,
     CHECK (source_id IS NOT NULL OR target_id IS NOT NULL)
-);
+) WITH (fillfactor = 80);
 CREATE UNIQUE INDEX id_mappings_by_source ON id_mappings (tenant_id, integration_id, entity_type, source_id);
 CREATE UNIQUE INDEX id_mappings_by_target ON id_mappings (tenant_id, integration_id, entity_type, target_id);
--- Only unsettled mappings are looked up by status; mapped ones (nearly all)
--- stay out of this index, so confirming a mapping is cheap.
-CREATE INDEX id_mappings_unsettled ON id_mappings (tenant_id, integration_id, entity_type, status)
-    WHERE status <> 'mapped';
+-- No index contains `status`: confirming a mapping (pending -> mapped)
+-- then changes no indexed column, so PostgreSQL updates it in place (HOT)
+-- and SQLite touches no index. Lookups by status scan one entity type's
+-- rows through id_mappings_by_source, once per step.
 
 CREATE TABLE runs (
     id              uuid        PRIMARY KEY,

@@ -444,10 +444,14 @@ impl SqlConnector {
                     .collect::<Vec<_>>()
                     .join(", ");
                 let sql = format!(
-                    "UPDATE {t} AS t SET {set} FROM jsonb_populate_recordset(NULL::{t}, $1) AS r WHERE t.{id} = r.{id}"
+                    "UPDATE {t} AS t SET {set} FROM jsonb_populate_recordset(NULL::{t}, $1) AS r \
+                     WHERE t.{id} = ANY(CAST($2 AS {}[])) AND t.{id} = r.{id}",
+                    b.column_types[ID_COLUMN]
                 );
+                let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
                 sqlx::query(&sql)
                     .bind(sqlx::types::Json(&rows))
+                    .bind(&ids)
                     .execute(pool)
                     .await
                     .map_err(self.query_error(&b.table))?;

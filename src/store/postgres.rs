@@ -176,7 +176,8 @@ impl PgStore {
                      $7::text[], $8::text[], $9::int4[], $10::int8[], $11::timestamptz[], $12::int8[]) \
                      AS u(id, tenant_id, source_id, target_id, status, base, idempotency_key, last_error, \
                           attempts, version, updated_at, read_version) \
-                 WHERE m.id = u.id AND m.tenant_id = u.tenant_id AND m.version = u.read_version \
+                 WHERE m.id = ANY($1) AND m.id = u.id AND m.tenant_id = u.tenant_id \
+                   AND m.version = u.read_version \
                  RETURNING m.id",
             )
             .bind(&cols.id)
