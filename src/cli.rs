@@ -61,6 +61,16 @@ enum Command {
         #[arg(long)]
         worker_id: Option<String>,
     },
+    /// Serve the HTTP API for operators and reviewers.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+    },
+    /// API tokens.
+    Tokens {
+        #[command(subcommand)]
+        verb: TokensVerb,
+    },
     /// Look at, resume and cancel runs.
     Runs {
         #[command(subcommand)]
@@ -86,6 +96,17 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchTarget,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensVerb {
+    /// Create a token scoped to one tenant (or an admin token); prints it once.
+    Create {
+        #[arg(long, conflicts_with = "admin")]
+        tenant: Option<String>,
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -293,6 +314,10 @@ pub fn main() -> ExitCode {
             MappingsVerb::List { scope, status, limit } => cmd::mappings::list(scope.into(), &status, limit),
         },
         Command::Demo { dir } => cmd::demo::demo(&dir),
+        Command::Serve { bind } => cmd::serve::serve(&bind),
+        Command::Tokens {
+            verb: TokensVerb::Create { tenant, admin },
+        } => cmd::serve::create_token(tenant, admin),
         Command::Worker {
             workflows,
             poll_ms,

@@ -5,6 +5,7 @@
 //! the CLI) perform I/O and persist what the core decided. See
 //! `ARCHITECTURE.md`.
 
+pub mod api;
 pub mod bench;
 pub mod cache;
 pub mod cli;

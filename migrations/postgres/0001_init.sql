@@ -127,3 +127,13 @@ CREATE TABLE sync_cursors (
     updated_at      timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, integration_id, entity_type, side)
 );
+
+-- API bearer tokens, stored only as SHA-256 hashes. A token belongs to one
+-- tenant, or is an admin token (tenant_id '').
+CREATE TABLE api_tokens (
+    id              uuid        PRIMARY KEY,
+    tenant_id       text        NOT NULL,
+    admin           boolean     NOT NULL,
+    token_hash      text        NOT NULL UNIQUE,
+    created_at      timestamptz NOT NULL
+);

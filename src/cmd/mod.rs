@@ -6,6 +6,7 @@ pub mod demo;
 pub mod mappings;
 pub mod run;
 pub mod runs;
+pub mod serve;
 pub mod worker;
 
 use crate::cache::MappingCache;

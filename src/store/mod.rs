@@ -191,6 +191,31 @@ pub struct RunRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Who an API token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// Every tenant.
+    Admin,
+    /// One tenant only.
+    Tenant(TenantId),
+}
+
+impl Principal {
+    /// The tenant every query must be filtered by; `None` for admins.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Principal::Admin => None,
+            Principal::Tenant(t) => Some(t),
+        }
+    }
+}
+
+/// The SHA-256 of a token, as stored.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 /// A schedule as stored: the tick it fires next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schedule {
@@ -656,6 +681,28 @@ impl Store {
     /// written to the systems.
     pub async fn unapplied_resolutions(&self, run_id: Uuid) -> Result<Vec<ConflictRecord>, StoreError> {
         on_backend!(self, b => b.unapplied_resolutions(run_id).await)
+    }
+
+    /// Creates an API token for `principal` and returns it; only its hash
+    /// is stored, so this is the one time it can be read.
+    pub async fn create_token(&self, principal: &Principal) -> Result<String, StoreError> {
+        let token = format!("syncd_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let tenant = principal.tenant().map(TenantId::as_str).unwrap_or("");
+        let admin = matches!(principal, Principal::Admin);
+        on_backend!(self, b => b.insert_token(Uuid::new_v4(), tenant, admin, &token_hash(&token), Utc::now()).await)?;
+        Ok(token)
+    }
+
+    /// The principal of `token`, if it is a token of this store.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+        let found = on_backend!(self, b => b.find_token(&token_hash(token)).await)?;
+        Ok(found.map(|(tenant, admin)| {
+            if admin {
+                Principal::Admin
+            } else {
+                Principal::Tenant(TenantId(tenant))
+            }
+        }))
     }
 
     /// Records `cron` as the schedule of `integration` for `tenant`. A new

@@ -717,6 +717,34 @@ impl SqliteStore {
         rows.iter().map(run_from_row).collect()
     }
 
+    pub(super) async fn insert_token(
+        &self,
+        id: Uuid,
+        tenant: &str,
+        admin: bool,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_tokens (id, tenant_id, admin, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(id.to_string())
+            .bind(tenant)
+            .bind(admin)
+            .bind(hash)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn find_token(&self, hash: &str) -> Result<Option<(String, bool)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT tenant_id, admin FROM api_tokens WHERE token_hash = ?1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     pub(super) async fn unsettled_mappings(
         &self,
         scope: &EntityScope,

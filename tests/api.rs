@@ -1,0 +1,329 @@
+//! The HTTP API: tenant-scoped tokens see only their tenant's runs,
+//! conflicts and mappings; hostile requests get 4xx JSON errors, never a
+//! 5xx, and change nothing.
+
+mod support;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use support::TempDir;
+use syncd::cache::MappingCache;
+use syncd::conflict::{ConflictRecord, ConflictStatus, Strategy};
+use syncd::ids::EntityScope;
+use syncd::mapping::IdMapping;
+use syncd::record::{Fields, Record};
+use syncd::run::RunState;
+use syncd::store::{MappingWrite, PageCommit, Principal, RunFilter, RunRow, Store, StoreConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// Sends one HTTP/1.1 request and returns the status and the body (as JSON
+/// when it is JSON).
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or(b"");
+    if method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let _ = stream.write_all(body).await; // the server may refuse a huge body early
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+struct Api {
+    addr: SocketAddr,
+    store: Arc<Store>,
+    _dir: TempDir,
+}
+
+fn fields(v: Value) -> Fields {
+    v.as_object().unwrap().clone()
+}
+
+/// A store with one suspended run, one pending conflict and one mapping for
+/// each of tenants `a` and `b`, served on a random port.
+async fn serve() -> (Api, [(Uuid, Uuid); 2]) {
+    let dir = TempDir::new("api");
+    let store = Arc::new(
+        Store::connect(
+            &StoreConfig::new(dir.sqlite_url("state.db")),
+            MappingCache::local(),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut ids = Vec::new();
+    for tenant in ["a", "b"] {
+        let run = RunRow {
+            id: Uuid::new_v4(),
+            tenant_id: tenant.into(),
+            integration_id: "crm-to-erp".into(),
+            state: RunState::Suspended,
+            plan: json!({}),
+            trigger: "manual".into(),
+            error: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            finished_at: None,
+        };
+        store.create_run(&run, &[]).await.unwrap();
+        let conflict = ConflictRecord {
+            id: Uuid::new_v4(),
+            tenant_id: tenant.into(),
+            integration_id: "crm-to-erp".into(),
+            entity_type: "order".into(),
+            run_id: Some(run.id),
+            source_record: Record {
+                id: format!("{tenant}-O-1"),
+                fields: fields(json!({"status": "cancelled", "total": 10})),
+                modified_at: Utc::now(),
+            },
+            target_record: Record {
+                id: format!("{tenant}-T-1"),
+                fields: fields(json!({"status": "invoiced", "total": 10})),
+                modified_at: Utc::now(),
+            },
+            base: Some(fields(json!({"status": "open", "total": 10}))),
+            conflicting_fields: vec!["status".into()],
+            strategy_applied: Strategy::Manual,
+            resolution: None,
+            status: ConflictStatus::Pending,
+            resolved_by: None,
+            created_at: Utc::now(),
+            resolved_at: None,
+        };
+        let mapping = IdMapping::reserve(
+            Uuid::new_v4(),
+            EntityScope::new(tenant, "crm-to-erp", "order"),
+            Some(format!("{tenant}-O-1")),
+            Some(format!("{tenant}-T-1")),
+            "k".into(),
+            Utc::now(),
+        );
+        store
+            .commit_page(PageCommit {
+                mappings: vec![MappingWrite::Insert(mapping)],
+                conflicts: vec![conflict.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        ids.push((run.id, conflict.id));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = syncd::api::router(store.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (
+        Api {
+            addr,
+            store,
+            _dir: dir,
+        },
+        [ids[0], ids[1]],
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_token_sees_only_its_tenant() {
+    let (api, [(run_a, conflict_a), (run_b, conflict_b)]) = serve().await;
+    let token_a = api
+        .store
+        .create_token(&Principal::Tenant("a".into()))
+        .await
+        .unwrap();
+    let admin = api.store.create_token(&Principal::Admin).await.unwrap();
+    let get = |path: String, token: String| async move {
+        request(api.addr, "GET", &path, Some(&token), None).await
+    };
+
+    let (status, body) = get("/api/runs".into(), token_a.clone()).await;
+    assert_eq!(status, 200);
+    let runs = body["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["id"], json!(run_a));
+    let (_, body) = get("/api/conflicts".into(), token_a.clone()).await;
+    let conflicts = body["conflicts"].as_array().unwrap();
+    assert_eq!((conflicts.len(), &conflicts[0]["id"]), (1, &json!(conflict_a)));
+
+    // Tenant b's objects answer 404, exactly like ones that do not exist.
+    for path in [
+        format!("/api/runs/{run_b}"),
+        format!("/api/conflicts/{conflict_b}"),
+        format!("/api/runs/{}", Uuid::new_v4()),
+        "/api/mappings?integration=crm-to-erp&entity=order&source_id=b-O-1".into(),
+        "/api/mappings?tenant=b&integration=crm-to-erp&entity=order&source_id=b-O-1".into(),
+    ] {
+        let (status, body) = get(path.clone(), token_a.clone()).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    for path in [
+        format!("/api/runs/{run_b}/cancel"),
+        format!("/api/conflicts/{conflict_b}/resolve"),
+    ] {
+        let body = br#"{"take": "source", "by": "mallory"}"#;
+        let (status, _) = request(api.addr, "POST", &path, Some(&token_a), Some(body)).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // ... and nothing of tenant b changed.
+    let b = api.store.load_run(None, run_b).await.unwrap().unwrap();
+    assert_eq!(b.state, RunState::Suspended);
+    let c = api.store.load_conflict(None, conflict_b).await.unwrap().unwrap();
+    assert_eq!(c.status, ConflictStatus::Pending);
+
+    // Its own objects work.
+    let (status, body) = get(format!("/api/runs/{run_a}"), token_a.clone()).await;
+    assert_eq!((status, body["pending_conflicts"].as_u64()), (200, Some(1)));
+    let (status, body) = get(
+        "/api/mappings?integration=crm-to-erp&entity=order&source_id=a-O-1".into(),
+        token_a.clone(),
+    )
+    .await;
+    assert_eq!((status, &body["mapping"]["target_id"]), (200, &json!("a-T-1")));
+    let body = br#"{"take": "target", "by": "reviewer-1"}"#;
+    let (status, body) = request(
+        api.addr,
+        "POST",
+        &format!("/api/conflicts/{conflict_a}/resolve"),
+        Some(&token_a),
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["conflict"]["resolution"], json!({"status": "invoiced"}));
+    assert_eq!(body["conflict"]["resolved_by"], "reviewer-1");
+    let (status, _) = request(
+        api.addr,
+        "POST",
+        &format!("/api/conflicts/{conflict_a}/resolve"),
+        Some(&token_a),
+        Some(br#"{"take": "source", "by": "x"}"#),
+    )
+    .await;
+    assert_eq!(status, 409, "a decided conflict stays decided");
+
+    // An admin token sees both tenants.
+    let (_, body) = get("/api/runs".into(), admin.clone()).await;
+    assert_eq!(body["runs"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn hostile_requests_get_4xx_and_change_nothing() {
+    let (api, [(run_a, conflict_a), _]) = serve().await;
+    let token = api
+        .store
+        .create_token(&Principal::Tenant("a".into()))
+        .await
+        .unwrap();
+    let before = (
+        api.store
+            .list_runs(&RunFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        api.store.load_conflict(None, conflict_a).await.unwrap(),
+    );
+    let huge = vec![b'x'; 200 * 1024];
+    let resolve = format!("/api/conflicts/{conflict_a}/resolve");
+    let bodies: Vec<&[u8]> = vec![
+        b"{",
+        b"not json",
+        b"[]",
+        b"null",
+        br#"{"take": "source"}"#,
+        br#"{"take": "both", "by": "x"}"#,
+        br#"{"take": "source", "values": {"status": "x"}, "by": "x"}"#,
+        br#"{"take": "source", "by": "x", "extra": 1}"#,
+        br#"{"values": {"no_such_field": 1}, "by": "x"}"#,
+        br#"{"values": {"total": 1}, "by": "x"}"#,
+        br#"{"take": "source", "by": ""}"#,
+        br#"{"take": 7, "by": "x"}"#,
+        "{\"take\": \"source\", \"by\": \"x\u{0}\"".as_bytes(),
+        &huge,
+    ];
+    let paths = [
+        "/api/runs/'%20OR%201=1--".to_owned(),
+        "/api/runs/..%2F..%2Fetc%2Fpasswd".into(),
+        "/api/conflicts/%00".into(),
+        format!("/api/runs/{run_a}x"),
+        "/api/runs?state=%27%20OR%20%271%27=%271".into(),
+        "/api/runs?limit=-1".into(),
+        "/api/runs?limit=99999999999999999999".into(),
+        "/api/runs?unknown=1".into(),
+        "/api/conflicts?status=maybe".into(),
+        "/api/conflicts?run=not-a-uuid".into(),
+        "/api/mappings?integration=x".into(),
+        "/api/mappings?integration=x&entity=y&source_id=a&target_id=b".into(),
+        "/api/mappings?integration=*&entity=%25&source_id=%27".into(),
+        "/nope".into(),
+        "/api/../healthz".into(),
+    ];
+    let tokens: [Option<&str>; 5] = [
+        None,
+        Some(""),
+        Some("syncd_wrong"),
+        Some("' OR 1=1 --"),
+        Some(&token),
+    ];
+    let mut sent = 0;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    while sent < 1000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let t = tokens[(rng % 5) as usize];
+        let (status, body) = if rng % 3 == 0 {
+            let b = bodies[(rng >> 8) as usize % bodies.len()];
+            request(api.addr, "POST", &resolve, t, Some(b)).await
+        } else {
+            let p = &paths[(rng >> 8) as usize % paths.len()];
+            request(api.addr, "GET", p, t, None).await
+        };
+        assert!((200..500).contains(&status), "status {status}: {body}");
+        if status >= 400 {
+            assert!(body["error"].is_string(), "errors are JSON: {status} {body}");
+        }
+        sent += 1;
+    }
+    let after = (
+        api.store
+            .list_runs(&RunFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        api.store.load_conflict(None, conflict_a).await.unwrap(),
+    );
+    assert_eq!(before.0, after.0);
+    assert_eq!(before.1, after.1, "the conflict is still pending and untouched");
+    let (status, body) = request(api.addr, "GET", "/healthz", None, None).await;
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+}
