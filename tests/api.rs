@@ -299,7 +299,7 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let t = tokens[(rng % 5) as usize];
-        let (status, body) = if rng % 3 == 0 {
+        let (status, body) = if rng.is_multiple_of(3) {
             let b = bodies[(rng >> 8) as usize % bodies.len()];
             request(api.addr, "POST", &resolve, t, Some(b)).await
         } else {
