@@ -115,7 +115,11 @@ async fn two_workers_one_run_per_tick_and_a_killed_workers_run_is_finished() {
     }
     // Let the survivor serve the schedule for a while, alone.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let survivor = if killed_worker == "worker-a" { &mut b.0 } else { &mut a.0 };
+    let survivor = if killed_worker == "worker-a" {
+        &mut b.0
+    } else {
+        &mut a.0
+    };
     let term = Command::new("kill")
         .args(["-TERM", &survivor.id().to_string()])
         .status()
