@@ -8,6 +8,27 @@ use crate::run::executor::{Job, Options, Progress};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Environment variable: how many seconds a worker's lease on a run lasts
+/// without a heartbeat (default 30; a live worker renews it every third of
+/// that). When a worker dies, its run waits this long before another
+/// `syncd run` may continue it: shorter means a faster takeover after a
+/// crash, at the price of more frequent heartbeats.
+const LEASE_TTL_VAR: &str = "SYNCD_LEASE_TTL_SECS";
+
+/// The lease TTL that [`LEASE_TTL_VAR`] sets, else `default`.
+pub(super) fn lease_ttl(default: Duration) -> Result<Duration, String> {
+    match std::env::var(LEASE_TTL_VAR) {
+        Err(_) => Ok(default),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(format!(
+                "error: {LEASE_TTL_VAR} `{v}` is not a whole number of seconds above 0"
+            )),
+        },
+    }
+}
 
 /// Runs `workflow` for `tenant`; `Ok` for a run that succeeded or suspended.
 pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
@@ -23,9 +44,11 @@ pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
     }
     runtime()?.block_on(async {
         let store = open_store().await?;
+        let defaults = Options::default();
         let options = Options {
             page_size,
-            ..Options::default()
+            lease_ttl: lease_ttl(defaults.lease_ttl)?,
+            ..defaults
         };
         let job = Job::prepare(store.clone(), wf, &graph, tenant, options)
             .await

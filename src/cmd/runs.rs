@@ -145,7 +145,12 @@ pub fn resume(id: &str, workflows: &Path) -> CmdResult {
     let (wf, graph) = crate::cli::load(&file, None).map_err(|e| e.to_string())?;
     rt.block_on(async {
         let store = open_store().await?;
-        let job = Job::prepare(store, wf, &graph, run.tenant_id.clone(), Options::default())
+        let defaults = Options::default();
+        let options = Options {
+            lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,
+            ..defaults
+        };
+        let job = Job::prepare(store, wf, &graph, run.tenant_id.clone(), options)
             .await
             .map_err(|e| format!("error: {e}"))?;
         match super::run::execute(&job).await? {
