@@ -102,10 +102,21 @@ pub fn router(store: Arc<Store>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/review", get(review_page))
         .merge(api)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { store })
+}
+
+/// The review page: static HTML whose script asks for a token and calls
+/// this API, so the page itself holds no data.
+async fn review_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("review.html"),
+    )
+        .into_response()
 }
 
 /// Resolves the bearer token into a [`Principal`] for the handlers.

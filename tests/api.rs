@@ -327,3 +327,16 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     let (status, body) = request(api.addr, "GET", "/healthz", None, None).await;
     assert_eq!((status, &body["status"]), (200, &json!("ok")));
 }
+
+#[tokio::test]
+async fn the_review_page_is_served_without_data() {
+    let (api, _) = serve().await;
+    let (status, body) = request(api.addr, "GET", "/review", None, None).await;
+    assert_eq!(status, 200);
+    let html = body.as_str().unwrap();
+    assert!(
+        html.contains("Conflicts to review") && html.contains("/api/conflicts"),
+        "{html}"
+    );
+    assert!(!html.contains("a-O-1"), "no tenant data without a token");
+}
