@@ -498,3 +498,48 @@ async fn bad_rows_fail_alone_and_awkward_ids_sync() {
     assert_eq!(target.dump("customers").await.len(), 3);
     state.drop().await;
 }
+
+#[tokio::test]
+async fn a_record_moved_under_a_parent_created_in_the_same_page_keeps_its_parent() {
+    let dir = TempDir::new("reparent");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "X", "name": "Child", "industry": "x", "updated_at": ts(0)})],
+        )
+        .await;
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+
+    // One page: a new parent Y, and X moved under it.
+    let now = chrono::Utc::now();
+    let fmt = syncd::connector::format_time;
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "Y", "name": "Parent", "industry": "x", "updated_at": fmt(now)})],
+        )
+        .await;
+    source
+        .exec(&format!(
+            "UPDATE accounts SET parent_id = 'Y', updated_at = '{}' WHERE id = 'X'",
+            fmt(now + chrono::Duration::milliseconds(1))
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let ids = target_ids(&store, "account", &["X".into(), "Y".into()]).await;
+    let customers = target.dump("customers").await;
+    let x = customers.iter().find(|c| c["id"] == json!(ids["X"])).unwrap();
+    assert_eq!(x["parent_id"], json!(ids["Y"]), "the target's X is under Y");
+    let accounts = source.dump("accounts").await;
+    let x = accounts.iter().find(|a| a["id"] == "X").unwrap();
+    assert_eq!(x["parent_id"], "Y", "the user's edit survives in the source");
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &again).await, 0);
+    state.drop().await;
+}

@@ -165,6 +165,30 @@ struct Rewritten {
     missing: Vec<(String, String)>,
 }
 
+/// An update bound for the target, before its references are translated.
+struct TargetUpdate {
+    id: String,
+    /// The new fields, references in source ids.
+    fields: Fields,
+    /// The target's current fields, in its own ids.
+    current: Fields,
+    /// The same, references in source ids.
+    current_in_source_ids: Fields,
+    /// The page's confirm transition of this record, whose base follows
+    /// what is really written.
+    confirm: Option<usize>,
+}
+
+/// An update as written to the target.
+struct TargetWrite {
+    id: String,
+    fields: Fields,
+    /// Self-references written empty until their target exists.
+    deferred: Vec<String>,
+    /// References that kept the target's value.
+    kept: Vec<String>,
+}
+
 /// A record to create in the write side of a step.
 struct Create {
     record: Record,
@@ -723,8 +747,7 @@ impl Job {
         let direction = self.workflow.direction;
         let mut actions = Vec::new();
         let mut updates_source: Vec<(String, Fields)> = Vec::new();
-        // (target id, new fields in source ids, the target's current fields)
-        let mut updates_target: Vec<(String, Fields, Fields)> = Vec::new();
+        let mut updates_target: Vec<TargetUpdate> = Vec::new();
         let mut confirms: Vec<MappingWrite> = Vec::new();
         for record in records {
             let mapping = mappings.remove(&record.id);
@@ -782,11 +805,13 @@ impl Job {
                             Side::Source => other.fields.clone(),
                             Side::Target => record.fields.clone(),
                         };
-                        updates_target.push((
-                            id_on(&m, Side::Target).unwrap_or_default().to_owned(),
+                        updates_target.push(TargetUpdate {
+                            id: id_on(&m, Side::Target).unwrap_or_default().to_owned(),
                             fields,
                             current,
-                        ));
+                            current_in_source_ids: target.fields.clone(),
+                            confirm: Some(confirms.len()),
+                        });
                     }
                     if !writes.to_source.is_empty() {
                         let mut fields = source.fields.clone();
@@ -990,7 +1015,34 @@ impl Job {
             }
         }
 
-        let target_updates = self.to_target_ids(tables, updates_target).await?;
+        let written = self.to_target_ids(tables, &updates_target).await?;
+        // The base records what the target really holds: an empty deferred
+        // self-reference (patched by the step's patch pass), or the kept
+        // value of a reference that could not be translated.
+        for (update, w) in updates_target.iter().zip(&written) {
+            let Some(MappingWrite::Transition {
+                change: MappingChange::Confirm { base, .. },
+                ..
+            }) = update.confirm.and_then(|i| confirms.get_mut(i))
+            else {
+                continue;
+            };
+            for field in &w.deferred {
+                base.insert(field.clone(), Value::Null);
+            }
+            for field in &w.kept {
+                let kept = update
+                    .current_in_source_ids
+                    .get(field)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                base.insert(field.clone(), kept);
+            }
+            if !w.deferred.is_empty() {
+                counters.deferred += 1;
+            }
+        }
+        let target_updates: Vec<(String, Fields)> = written.into_iter().map(|w| (w.id, w.fields)).collect();
         self.target.update(&tables.target, &target_updates, now).await?;
         self.source.update(&tables.source, &updates_source, now).await?;
         commit.mappings.extend(confirms);
@@ -1028,26 +1080,33 @@ impl Job {
     }
 
     /// Rewrites updates bound for the target from source ids to target ids.
-    /// A reference that cannot be translated keeps the target's current value
-    /// rather than point nowhere.
+    /// A self-reference whose target is not mapped yet is written empty; any
+    /// other reference that cannot be translated keeps the target's current
+    /// value rather than point nowhere. Both are reported per update.
     async fn to_target_ids(
         &self,
         tables: &EntityTables,
-        updates: Vec<(String, Fields, Fields)>,
-    ) -> Result<Vec<(String, Fields)>, RunError> {
-        let fields: Vec<&Fields> = updates.iter().map(|(_, f, _)| f).collect();
+        updates: &[TargetUpdate],
+    ) -> Result<Vec<TargetWrite>, RunError> {
+        let fields: Vec<&Fields> = updates.iter().map(|u| &u.fields).collect();
         let maps = self.reference_maps(tables, Side::Source, &fields).await?;
         Ok(updates
-            .into_iter()
-            .map(|(id, fields, current)| {
-                let mut rewritten = Self::rewrite_references(tables, &maps, Side::Source, &fields);
+            .iter()
+            .map(|u| {
+                let mut rewritten = Self::rewrite_references(tables, &maps, Side::Source, &u.fields);
+                let mut kept = Vec::new();
                 for (field, reason) in rewritten.missing {
-                    tracing::warn!(target_id = %id, %reason, "reference kept as it is in the target");
-                    rewritten
-                        .fields
-                        .insert(field.clone(), current.get(&field).cloned().unwrap_or(Value::Null));
+                    tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
+                    let current = u.current.get(&field).cloned().unwrap_or(Value::Null);
+                    rewritten.fields.insert(field.clone(), current);
+                    kept.push(field);
                 }
-                (id, rewritten.fields)
+                TargetWrite {
+                    id: u.id.clone(),
+                    fields: rewritten.fields,
+                    deferred: rewritten.deferred,
+                    kept,
+                }
             })
             .collect())
     }
@@ -1115,8 +1174,16 @@ impl Job {
                     if !writes.to_target.is_empty() {
                         let mut fields = target_in_source_space.fields.clone();
                         fields.extend(writes.to_target.clone());
-                        let updates = vec![(target.id.clone(), fields, target.fields.clone())];
-                        let updates = self.to_target_ids(tables, updates).await?;
+                        let update = TargetUpdate {
+                            id: target.id.clone(),
+                            fields,
+                            current: target.fields.clone(),
+                            current_in_source_ids: target_in_source_space.fields.clone(),
+                            confirm: None,
+                        };
+                        let written = self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
+                        let updates: Vec<(String, Fields)> =
+                            written.into_iter().map(|w| (w.id, w.fields)).collect();
                         self.target.update(&tables.target, &updates, now).await?;
                     }
                     if !writes.to_source.is_empty() {
