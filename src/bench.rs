@@ -63,7 +63,8 @@ const RAW_UPDATE: &str = "UPDATE id_mappings AS m SET source_id = u.source_id, t
      $7::text[], $8::text[], $9::int4[], $10::int8[], $11::timestamptz[], $12::int8[]) \
      AS u(id, tenant_id, source_id, target_id, status, base, idempotency_key, last_error, \
      attempts, version, updated_at, read_version) \
-     WHERE m.id = u.id AND m.tenant_id = u.tenant_id AND m.version = u.read_version \
+     WHERE m.id = ANY($1) AND m.id = u.id AND m.tenant_id = u.tenant_id \
+     AND m.version = u.read_version \
      RETURNING m.id";
 
 /// What `syncd bench store` runs against.
