@@ -705,7 +705,8 @@ impl PgStore {
         let rows = sqlx::query(&format!(
             "SELECT {MAPPING_COLUMNS} FROM id_mappings \
              WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 \
-               AND status IN ('pending', 'failed') AND ($4::uuid IS NULL OR id > $4) \
+               AND status <> 'mapped' AND status IN ('pending', 'failed') \
+               AND ($4::uuid IS NULL OR id > $4) \
              ORDER BY id LIMIT $5"
         ))
         .bind(scope.tenant_id.as_str())
