@@ -13,8 +13,9 @@ use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
 use crate::run::{PlannedStep, RunState, StepCheckpoint};
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, types::Json};
+use sqlx::{Row, Sqlite, types::Json};
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
@@ -100,6 +101,46 @@ fn mapping_from_row(row: &SqliteRow) -> Result<IdMapping, StoreError> {
     })
 }
 
+/// A write transaction opened with `BEGIN IMMEDIATE` on a pooled connection.
+///
+/// When it is dropped unfinished (the future holding it was cancelled, e.g.
+/// a run stopped at a timeout or on shutdown), the connection is closed,
+/// which rolls the transaction back, instead of going back to the pool still
+/// inside it and holding the database's write lock: every other writer would
+/// then fail with "database is locked". sqlx's own `Transaction` does not
+/// cover this with a custom BEGIN: sqlx-sqlite 0.8.6 awaits once more after
+/// the BEGIN before the `Transaction` exists.
+struct ImmediateTx {
+    conn: PoolConnection<Sqlite>,
+    finished: bool,
+}
+
+impl ImmediateTx {
+    async fn begin(pool: &SqlitePool) -> Result<ImmediateTx, sqlx::Error> {
+        let mut tx = ImmediateTx {
+            conn: pool.acquire().await?,
+            finished: false,
+        };
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *tx.conn).await?;
+        Ok(tx)
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`.
+    async fn finish(mut self, statement: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::query(statement).execute(&mut *self.conn).await?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for ImmediateTx {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url`.
     pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
@@ -157,8 +198,8 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         // BEGIN IMMEDIATE takes the write lock up front, so two writers
         // queue instead of failing on lock upgrade.
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let mut tx = ImmediateTx::begin(&self.pool).await?;
+        let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
             if let Some(lease) = &page.lease {
                 // Fencing: the write lock is ours, so the lease cannot move
@@ -305,11 +346,11 @@ impl SqliteStore {
         .await;
         match result {
             Ok(()) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                tx.finish("COMMIT").await?;
                 Ok(())
             }
             Err(e) => {
-                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                tx.finish("ROLLBACK").await?;
                 Err(e)
             }
         }
@@ -754,7 +795,8 @@ impl SqliteStore {
         let rows = sqlx::query(&format!(
             "SELECT {MAPPING_COLUMNS} FROM id_mappings \
              WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 \
-               AND status IN ('pending', 'failed') AND (?4 IS NULL OR id > ?4) \
+               AND status <> 'mapped' AND status IN ('pending', 'failed') \
+               AND (?4 IS NULL OR id > ?4) \
              ORDER BY id LIMIT ?5"
         ))
         .bind(scope.tenant_id.as_str())
