@@ -481,6 +481,15 @@ impl Store {
                 &c.target_record,
             )?;
         }
+        // The entries go before the commit and come back after it: a commit
+        // that lands while its cache update never runs (the future dropped
+        // or the process killed in between) must not leave the cache with
+        // the versions it replaced, which the next attempt would read and
+        // then fail to update ("changed concurrently").
+        if self.cache.is_enabled() {
+            let keys: Vec<String> = decided.iter().flat_map(|d| self.cache.keys_of(&d.next)).collect();
+            self.cache.delete_many(&keys).await;
+        }
         on_backend!(self, b => b.commit_page(&decided, &page, now).await?);
         let stored: Vec<IdMapping> = decided.into_iter().map(|d| d.next).collect();
         if self.cache.is_enabled() {
