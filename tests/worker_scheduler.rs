@@ -289,11 +289,19 @@ async fn a_reviewed_conflict_resumes_its_run_within_two_seconds() {
         .await
         .unwrap()
         .remove(0);
-    let values = json!({"name": "Acme Reviewed"}).as_object().unwrap().clone();
-    store
-        .resolve_conflict(&conflict, &values, "reviewer-1")
+    // The reviewer decides through the API, with the tenant's token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = syncd::api::router(store.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let token = store
+        .create_token(&syncd::store::Principal::Tenant("t1".into()))
         .await
         .unwrap();
+    let body = br#"{"values": {"name": "Acme Reviewed"}, "by": "reviewer-1"}"#;
+    let path = format!("/api/conflicts/{}/resolve", conflict.id);
+    let (status, reply) = support::http::request(addr, "POST", &path, Some(&token), Some(body)).await;
+    assert_eq!(status, 200, "{reply}");
     let resolved_at = Instant::now();
     loop {
         let r = store.load_run(None, run.id).await.unwrap().unwrap();

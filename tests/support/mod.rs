@@ -6,6 +6,7 @@
 //! note, except under `CI=true`, where it fails.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod systems;
 
 use sqlx::PgPool;
