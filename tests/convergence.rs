@@ -17,8 +17,10 @@
 //! - no record is left unmapped, pending or failed.
 //!
 //! A kill drops the attempt at a random await point, as a crash would, and
-//! reopens the state store (a crashed process loses its connections and its
-//! cache); the next attempt waits for the lease to expire and continues.
+//! half the time reopens the state store (a crashed process loses its
+//! connections and its cache; otherwise the attempt was cancelled in a
+//! process that lives on); the next attempt waits for the lease to expire
+//! and continues.
 //!
 //! Edits, strategies and reviews follow the seed; kills depend on timing,
 //! so a replay takes the same decisions but may be killed elsewhere. Replay
@@ -65,11 +67,6 @@ const SEEDS: [u64; 4] = [7, 16, 4, 13];
 /// `SYNCD_TEST_KNOWN_BUGS` (comma-separated field names, or `all`).
 #[derive(Clone, Copy, Debug)]
 struct KnownBugs {
-    /// Kill an attempt without restarting the store, as a cancelled or
-    /// timed-out `execute` in a long-lived process would be: SQLite's
-    /// `commit_page` then leaves `BEGIN IMMEDIATE` open on a pooled
-    /// connection, and every later write fails with "database is locked".
-    cancel_without_restart: bool,
     /// Edit a parked record in fields that did not conflict: when that makes
     /// a new field conflict, applying the review fails the run ("no value
     /// given for conflicting field").
@@ -78,11 +75,6 @@ struct KnownBugs {
     /// run: the engine reads the untranslatable reference as null and writes
     /// null to both sides, losing the edit.
     parent_not_yet_synced: bool,
-    /// Expect a killed run to end as an uninterrupted one also when the kill
-    /// lands between creating a new parent account and confirming it: its
-    /// new children in the same page then fail ("missing parent ... which is
-    /// pending") until the next run retries them.
-    pending_parent_after_kill: bool,
 }
 
 impl KnownBugs {
@@ -90,10 +82,8 @@ impl KnownBugs {
         let names = std::env::var("SYNCD_TEST_KNOWN_BUGS").unwrap_or_default();
         let on = |name: &str| names.split(',').any(|n| n.trim() == name || n.trim() == "all");
         KnownBugs {
-            cancel_without_restart: on("cancel_without_restart"),
             edit_parked_beyond_conflict: on("edit_parked_beyond_conflict"),
             parent_not_yet_synced: on("parent_not_yet_synced"),
-            pending_parent_after_kill: on("pending_parent_after_kill"),
         }
     }
 }
@@ -357,8 +347,6 @@ struct ActiveRun {
     /// Values settled by reviews applied in earlier resumptions, by
     /// (entity, source id).
     reviewed: HashMap<(&'static str, String), Fields>,
-    /// Whether an attempt at it was killed.
-    killed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -373,8 +361,6 @@ struct Stats {
     settled: usize,
     parked: usize,
     reviewed: usize,
-    /// Records left failed by a killed run (see [`KnownBugs`]).
-    tolerated: usize,
 }
 
 struct World {
@@ -791,7 +777,7 @@ impl World {
             .map(|_| {
                 let window = self.last_run.as_micros().max(1_000) as usize;
                 let delay = Duration::from_micros(self.rng.below(window) as u64);
-                (delay, !self.bugs.cancel_without_restart || self.rng.one_in(2))
+                (delay, self.rng.one_in(2))
             })
             .collect();
         for (delay, restart) in delays {
@@ -806,10 +792,11 @@ impl World {
                 Ok(Err(e)) => panic!("{}: run failed: {e}", self.at()),
                 Err(_) => {
                     self.stats.kills += 1;
-                    self.run.as_mut().expect("an active run").killed = true;
                     if restart {
                         // A crashed process loses its connections and its
-                        // cache; the restarted one opens them again.
+                        // cache; the restarted one opens them again. (Else
+                        // the attempt was cancelled in a process that
+                        // lives on, as by a timeout or a shutdown.)
                         self.store = open_store(&self.state_url).await;
                     }
                     // The kill may have landed after the run ended.
@@ -874,7 +861,6 @@ impl World {
                 created_round: self.round,
                 before: before.clone(),
                 reviewed: HashMap::new(),
-                killed: false,
             });
         }
         let finished = self.run(active.as_ref().map(|r| r.id)).await;
@@ -906,8 +892,6 @@ impl World {
         let mut expect_parked: HashSet<(&'static str, String)> = HashSet::new();
         let mut exempt: HashSet<RowKey> = HashSet::new();
         let mut newly_reviewed = Vec::new();
-        // Left failed by a known bug; the next run must map them.
-        let mut tolerated: HashSet<RowKey> = HashSet::new();
 
         for e in &ENTITIES {
             let strategy = self.strategies[e.name];
@@ -1026,17 +1010,6 @@ impl World {
                     .or_else(|| t.as_ref().and_then(|t| after.mapped(e.name, Side::Target, t)));
                 let Some(m) = m else {
                     let any = keys.iter().find_map(|k| after.by_id.get(k));
-                    let missing_parent = any.is_some_and(|m| {
-                        m.status == MappingStatus::Failed
-                            && m.last_error
-                                .as_deref()
-                                .is_some_and(|e| e.starts_with("missing parent"))
-                    });
-                    if missing_parent && run.killed && !self.bugs.pending_parent_after_kill {
-                        self.stats.tolerated += 1;
-                        tolerated.extend(keys);
-                        continue;
-                    }
                     panic!("{at}: {label} is not mapped after the run: {any:?}")
                 };
                 let (ms, mt) = (m.source_id.clone().unwrap(), m.target_id.clone().unwrap());
@@ -1099,11 +1072,6 @@ impl World {
         // Nothing half-done, duplicated or left unmapped.
         for e in &ENTITIES {
             for m in &after.mappings[e.name] {
-                let id_keys = [(Side::Source, &m.source_id), (Side::Target, &m.target_id)]
-                    .map(|(side, id)| (e.name, side, id.clone().unwrap_or_default()));
-                if id_keys.iter().any(|k| tolerated.contains(k)) {
-                    continue;
-                }
                 assert_eq!(
                     m.status,
                     MappingStatus::Mapped,
@@ -1118,9 +1086,7 @@ impl World {
                 for id in after.rows(e.name, side).keys() {
                     let key = (e.name, side, id.clone());
                     assert!(
-                        after.mapped(e.name, side, id).is_some()
-                            || touched_later(&key)
-                            || tolerated.contains(&key),
+                        after.mapped(e.name, side, id).is_some() || touched_later(&key),
                         "{at}: {} {} row `{id}` has no mapping (a duplicate or a lost create)",
                         e.name,
                         side.as_str()
