@@ -543,3 +543,76 @@ async fn a_record_moved_under_a_parent_created_in_the_same_page_keeps_its_parent
     assert_eq!(writes_of(&store, &again).await, 0);
     state.drop().await;
 }
+
+#[tokio::test]
+async fn a_record_changed_after_review_is_parked_again_not_failed() {
+    let dir = TempDir::new("repark");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
+        )
+        .await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "manual")],
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let fmt = syncd::connector::format_time;
+    let edit = |sql: String| sql.replace("NOW", &fmt(chrono::Utc::now()));
+    source
+        .exec(&edit(
+            "UPDATE accounts SET name = 'Acme S', updated_at = 'NOW'".into(),
+        ))
+        .await;
+    target
+        .exec(&edit(
+            "UPDATE customers SET customer_name = 'Acme T', updated_at = 'NOW'".into(),
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Suspended);
+    let filter = syncd::store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&filter).await.unwrap().remove(0);
+    // Before the review is applied, both sides change another field.
+    source
+        .exec(&edit(
+            "UPDATE accounts SET industry = 'food', updated_at = 'NOW'".into(),
+        ))
+        .await;
+    target
+        .exec(&edit(
+            "UPDATE customers SET industry = 'defence', updated_at = 'NOW'".into(),
+        ))
+        .await;
+    let values = json!({"name": "Acme R"}).as_object().unwrap().clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let resumed = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(resumed.id, run.id);
+    assert_eq!(resumed.state, RunState::Suspended, "parked again, not failed");
+    let again = store.list_conflicts(&filter).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].conflicting_fields, ["industry", "name"]);
+    assert_eq!(again[0].source_record.fields["industry"], "food");
+    assert_eq!(
+        source.dump("accounts").await[0]["name"],
+        "Acme S",
+        "nothing written while parked"
+    );
+    state.drop().await;
+}

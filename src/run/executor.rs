@@ -734,11 +734,15 @@ impl Job {
         } else {
             self.reference_maps(tables, Side::Target, &target_records).await?
         };
-        let source_space = |r: &Record| -> Record {
-            Record {
-                fields: Self::rewrite_references(tables, &target_maps, Side::Target, &r.fields).fields,
+        // A target record in source ids, or `None` when one of its
+        // references points at a record not synced (yet): comparing it then
+        // would read that reference as empty.
+        let source_space = |r: &Record| -> Option<Record> {
+            let rewritten = Self::rewrite_references(tables, &target_maps, Side::Target, &r.fields);
+            (rewritten.deferred.is_empty() && rewritten.missing.is_empty()).then(|| Record {
+                fields: rewritten.fields,
                 ..r.clone()
-            }
+            })
         };
 
         let strategy = self
@@ -763,9 +767,16 @@ impl Job {
                         });
                         continue;
                     };
-                    let (source, target) = match read {
-                        Side::Source => (record.clone(), source_space(other)),
-                        Side::Target => (other.clone(), source_space(&record)),
+                    let translated = match read {
+                        Side::Source => source_space(other).map(|t| (record.clone(), t)),
+                        Side::Target => source_space(&record).map(|t| (other.clone(), t)),
+                    };
+                    let Some((source, target)) = translated else {
+                        // Left for the patch pass (or the other direction's
+                        // step), once the referenced record is mapped.
+                        counters.deferred += 1;
+                        counters.skipped += 1;
+                        continue;
                     };
                     let resolution = conflict::resolve(
                         m.base.as_ref(),
@@ -1157,19 +1168,41 @@ impl Job {
                         ..target.clone()
                     };
                     let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
-                    let writes = conflict::apply_review(
+                    let writes = match conflict::apply_review(
                         c.base.as_ref(),
                         source,
                         &target_in_source_space,
                         self.workflow.direction,
                         &decision,
-                    )
-                    .map_err(|e| {
-                        RunError::Store(StoreError::Corrupt {
-                            table: "conflicts",
-                            reason: format!("conflict {}: {e}", c.id),
-                        })
-                    })?;
+                    ) {
+                        Ok(writes) => writes,
+                        Err(e) => {
+                            // The record changed after it was parked and now
+                            // conflicts in a field the reviewer did not
+                            // decide: park it again, with the current records.
+                            tracing::info!(conflict = %c.id, reason = %e, "record changed since review; parked again");
+                            let changes = conflict::detect(
+                                c.base.as_ref(),
+                                &source.fields,
+                                &target_in_source_space.fields,
+                            );
+                            commit.conflicts.push(ConflictRecord {
+                                id: Uuid::new_v4(),
+                                source_record: source.clone(),
+                                target_record: target_in_source_space.clone(),
+                                conflicting_fields: changes.conflicting,
+                                strategy_applied: conflict::Strategy::Manual,
+                                resolution: None,
+                                status: conflict::ConflictStatus::Pending,
+                                resolved_by: None,
+                                created_at: Utc::now(),
+                                resolved_at: None,
+                                ..c.clone()
+                            });
+                            self.store.commit_page(commit).await?;
+                            continue;
+                        }
+                    };
                     let now = Utc::now();
                     if !writes.to_target.is_empty() {
                         let mut fields = target_in_source_space.fields.clone();
