@@ -141,6 +141,8 @@ struct StepCtx<'a> {
     /// The side the step reads changes from.
     read: Side,
     lease: Lease,
+    /// Set by the heartbeat when the lease could not be renewed.
+    lost: Arc<AtomicBool>,
 }
 
 impl StepCtx<'_> {
@@ -323,7 +325,7 @@ impl Job {
                 }
             })
         });
-        let result = self.execute_leased(run, &lease, progress).await;
+        let result = self.execute_leased(run, &lease, &lost, progress).await;
         drop(heartbeat);
         let _ = self.store.release_lease(&lease).await;
         result
@@ -333,6 +335,7 @@ impl Job {
         &self,
         run: RunRow,
         lease: &Lease,
+        lost: &Arc<AtomicBool>,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<RunRow, RunError> {
         let mut run = match run.state {
@@ -344,7 +347,7 @@ impl Job {
         }
         let span = tracing::info_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
         let _enter = span.enter();
-        let result = self.execute_steps(&run, lease, progress).await;
+        let result = self.execute_steps(&run, lease, lost, progress).await;
         match result {
             Ok(()) => {
                 self.apply_resolutions(&run, lease).await?;
@@ -384,6 +387,7 @@ impl Job {
         &self,
         run: &RunRow,
         lease: &Lease,
+        lost: &Arc<AtomicBool>,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<(), RunError> {
         let checkpoints = self.store.load_steps(run.id).await?;
@@ -404,6 +408,7 @@ impl Job {
                 scope: self.scope(step.entity_type.as_str()),
                 read: side_of(step.direction),
                 lease: lease.clone(),
+                lost: lost.clone(),
             };
             let span =
                 tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
@@ -422,9 +427,19 @@ impl Job {
         Ok(())
     }
 
-    async fn check_not_cancelled(&self, run_id: Uuid) -> Result<(), RunError> {
+    /// Before each page: stop on shutdown, on a lost lease (another worker
+    /// may own the run now: write nothing more) and on cancellation.
+    async fn check_not_cancelled(&self, ctx: &StepCtx<'_>) -> Result<(), RunError> {
+        let run_id = ctx.run_id;
         if self.options.shutdown.as_ref().is_some_and(|s| *s.borrow()) {
             return Err(RunError::Interrupted { run_id });
+        }
+        if ctx.lost.load(Ordering::Relaxed) {
+            return Err(StoreError::LeaseLost {
+                run_id,
+                worker_id: ctx.lease.worker_id.clone(),
+            }
+            .into());
         }
         match self.store.load_run(Some(&self.tenant), run_id).await? {
             Some(r) if r.state == RunState::Cancelled => Err(RunError::Cancelled { run_id }),
@@ -447,7 +462,7 @@ impl Job {
         let reader = self.connector(ctx.read);
         let page_size = self.options.page_size;
         loop {
-            self.check_not_cancelled(ctx.run_id).await?;
+            self.check_not_cancelled(ctx).await?;
             let mut sync_cursor = None;
             let mut scan_done = false;
             let (records, bad) = match state.phase {
