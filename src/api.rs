@@ -185,17 +185,7 @@ async fn show_run(
         .await?
         .ok_or_else(|| ApiError::not_found("run"))?;
     let steps = s.store.load_steps(run.id).await?;
-    let pending = s
-        .store
-        .list_conflicts(&ConflictFilter {
-            tenant: Some(run.tenant_id.clone()),
-            status: Some(ConflictStatus::Pending),
-            run_id: Some(run.id),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await?
-        .len();
+    let pending = s.store.pending_conflicts_of_run(&run.tenant_id, run.id).await?;
     Ok(Json(
         json!({ "run": run, "steps": steps, "pending_conflicts": pending }),
     ))

@@ -185,16 +185,10 @@ pub fn resolve(
         println!("conflict {} resolved by {by}: {}", resolved.id, Value::Object(values));
         if let Some(run_id) = c.run_id {
             let left = store
-                .list_conflicts(&ConflictFilter {
-                    tenant: Some(c.tenant_id.clone()),
-                    status: Some(ConflictStatus::Pending),
-                    run_id: Some(run_id),
-                    limit: 1,
-                    ..Default::default()
-                })
+                .pending_conflicts_of_run(&c.tenant_id, run_id)
                 .await
                 .map_err(|e| format!("error: {e}"))?;
-            if left.is_empty() {
+            if left == 0 {
                 println!("run {run_id} has no pending conflicts left: `syncd runs resume {run_id}` applies the resolutions");
             }
         }

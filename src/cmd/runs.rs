@@ -5,7 +5,7 @@ use super::{CmdResult, open_store, runtime, steps_table};
 use crate::ids::TenantId;
 use crate::run::executor::{Job, Options};
 use crate::run::{RunEvent, RunState};
-use crate::store::{ConflictFilter, RunFilter};
+use crate::store::RunFilter;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -84,16 +84,10 @@ pub fn show(id: &str, tenant: Option<String>) -> CmdResult {
             .map_err(|e| format!("error: {e}"))?;
         print!("{}", steps_table(&steps));
         let pending = store
-            .list_conflicts(&ConflictFilter {
-                tenant: Some(run.tenant_id.clone()),
-                status: Some(crate::conflict::ConflictStatus::Pending),
-                run_id: Some(run.id),
-                limit: 1000,
-                ..Default::default()
-            })
+            .pending_conflicts_of_run(&run.tenant_id, run.id)
             .await
             .map_err(|e| format!("error: {e}"))?;
-        println!("pending conflicts: {}", pending.len());
+        println!("pending conflicts: {pending}");
         Ok(())
     })
 }

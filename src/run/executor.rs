@@ -351,17 +351,8 @@ impl Job {
         match result {
             Ok(()) => {
                 self.apply_resolutions(&run, lease).await?;
-                let pending = self
-                    .store
-                    .list_conflicts(&crate::store::ConflictFilter {
-                        tenant: Some(self.tenant.clone()),
-                        status: Some(conflict::ConflictStatus::Pending),
-                        run_id: Some(run.id),
-                        limit: 1,
-                        ..Default::default()
-                    })
-                    .await?;
-                let event = if pending.is_empty() {
+                let pending = self.store.pending_conflicts_of_run(&self.tenant, run.id).await?;
+                let event = if pending == 0 {
                     RunEvent::Succeed
                 } else {
                     RunEvent::Suspend

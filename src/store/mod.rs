@@ -657,6 +657,11 @@ impl Store {
         on_backend!(self, b => b.list_conflicts(filter).await)
     }
 
+    /// How many conflicts of `run_id` (a run of `tenant`) wait for a reviewer.
+    pub async fn pending_conflicts_of_run(&self, tenant: &TenantId, run_id: Uuid) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.pending_conflicts_of_run(tenant, run_id).await)
+    }
+
     /// One conflict; `tenant` restricts the lookup to that tenant's.
     pub async fn load_conflict(
         &self,

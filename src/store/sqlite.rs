@@ -407,6 +407,21 @@ impl SqliteStore {
         rows.iter().map(conflict_from_row).collect()
     }
 
+    pub(super) async fn pending_conflicts_of_run(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM conflicts WHERE tenant_id = ?1 AND run_id = ?2 AND status = 'pending'",
+        )
+        .bind(tenant.as_str())
+        .bind(run_id.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
     pub(super) async fn list_conflicts(&self, f: &ConflictFilter) -> Result<Vec<ConflictRecord>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {CONFLICT_COLUMNS} FROM conflicts \
