@@ -87,16 +87,19 @@ impl PgStore {
         side: Side,
         ids: &[String],
     ) -> Result<Vec<IdMapping>, StoreError> {
-        let sql = match side {
-            Side::Source => format!(
-                "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id = ANY($4)"
-            ),
-            Side::Target => format!(
-                "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND target_id = ANY($4)"
-            ),
+        // One index probe per id (a nested loop over the ids): with
+        // `id = ANY($4)` the planner, on statistics older than a large first
+        // sync, scanned the scope's whole index prefix instead (migration 0002).
+        let column = match side {
+            Side::Source => "source_id",
+            Side::Target => "target_id",
         };
+        let sql = format!(
+            "SELECT m.* FROM unnest($4::text[]) AS k(key) CROSS JOIN LATERAL \
+             (SELECT {MAPPING_COLUMNS} FROM id_mappings \
+              WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND {column} = k.key \
+              OFFSET 0) AS m"
+        );
         let rows = sqlx::query(&sql)
             .bind(scope.tenant_id.as_str())
             .bind(scope.integration_id.as_str())
