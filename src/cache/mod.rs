@@ -13,6 +13,8 @@
 //! update was lost during the outage are deleted before the cache is trusted
 //! again.
 
+mod codec;
+
 use crate::ids::EntityScope;
 use crate::mapping::IdMapping;
 use crate::record::Side;
@@ -405,13 +407,8 @@ impl RedisCache {
         let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
         Ok(values
             .into_iter()
-            .map(|v| {
-                let v = v?;
-                // `<version>|<json>`; the version is for `SET_IF_NEWER`.
-                let json = &v[v.iter().position(|&b| b == b'|')? + 1..];
-                // An entry we cannot read is a miss, not an error.
-                serde_json::from_slice(json).ok()
-            })
+            // An entry we cannot read is a miss, not an error.
+            .map(|v| codec::decode(&v?))
             .collect())
     }
 
@@ -420,8 +417,7 @@ impl RedisCache {
         self.repair(&mut conn).await?;
         let mut pipe = redis::pipe();
         for (key, mapping) in entries {
-            let mut value = format!("{}|", mapping.version).into_bytes();
-            serde_json::to_writer(&mut value, mapping).expect("mappings serialize");
+            let value = codec::encode(mapping);
             pipe.cmd("EVAL")
                 .arg(SET_IF_NEWER)
                 .arg(1)
