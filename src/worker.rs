@@ -8,17 +8,28 @@
 //! leaves a lease that expires; the next worker continues the run from its
 //! last checkpoint. Shutdown stops claiming, lets the page in flight commit,
 //! and gives the lease back.
+//!
+//! An idle worker polls the store every `poll`. On PostgreSQL it also
+//! listens on [`RESUME_CHANNEL`], so a run whose last conflict a reviewer
+//! just decided resumes at once rather than at the next poll; polling stays
+//! the fallback when the listener's connection is lost, and the only way on
+//! SQLite.
 
 use crate::ids::TenantId;
 use crate::plan::DependencyGraph;
 use crate::run::executor::{Job, Options, RunError, create_run};
 use crate::schedule::{next_after, schedule_of};
-use crate::store::{Store, StoreError};
+use crate::store::{RESUME_CHANNEL, ResumeListener, ResumeSignal, Store, StoreError};
 use crate::workflow::Workflow;
 use chrono::Utc;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// First wait before listening again after the listener failed; it doubles
+/// up to [`RELISTEN_MAX`] while the failures go on.
+const RELISTEN_MIN: Duration = Duration::from_millis(500);
+const RELISTEN_MAX: Duration = Duration::from_secs(30);
 
 /// A definition a worker serves, with the graph it plans with.
 pub struct Definition {
@@ -132,6 +143,8 @@ impl Worker {
     /// Serves until `shutdown` turns true.
     pub async fn serve(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
         self.register_schedules().await?;
+        let wake = Arc::new(Notify::new());
+        let _listening = self.listen_for_resumes(wake.clone()).await;
         while !*shutdown.borrow() {
             if let Err(e) = self.fire_due().await {
                 tracing::error!(error = %e, "scheduler");
@@ -146,10 +159,102 @@ impl Worker {
             if !busy {
                 tokio::select! {
                     _ = tokio::time::sleep(self.poll) => {}
+                    _ = wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// Starts the task that wakes the loop through `wake` on every
+    /// announcement on [`RESUME_CHANNEL`]; `None` on SQLite. The first
+    /// subscription is made before this returns, so nothing announced after
+    /// the loop's first look for work is missed.
+    async fn listen_for_resumes(&self, wake: Arc<Notify>) -> Option<Listening> {
+        let name = format!("syncd worker {}", self.options.worker_id);
+        let first = self.store.listen_for_resumes(&name).await?;
+        let resubscribe = Resubscribe {
+            store: self.store.clone(),
+            name,
+            wake,
+        };
+        Some(Listening(tokio::spawn(resubscribe.run(first))))
+    }
+}
+
+/// The listener task of a worker; it ends with the worker.
+struct Listening(tokio::task::JoinHandle<()>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps a worker subscribed to [`RESUME_CHANNEL`]: a lost connection is
+/// logged and subscribed again, with a growing pause while it keeps failing;
+/// the worker polls meanwhile, and looks for work each time the
+/// subscription is back, since announcements made without it are lost.
+struct Resubscribe {
+    store: Arc<Store>,
+    name: String,
+    wake: Arc<Notify>,
+}
+
+impl Resubscribe {
+    async fn run(self, first: Result<ResumeListener, StoreError>) {
+        let mut listener = self.report(first);
+        let mut pause = RELISTEN_MIN;
+        let mut last_reconnect: Option<Instant> = None;
+        loop {
+            let Some(l) = listener.as_mut() else {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RELISTEN_MAX);
+                let Some(again) = self.store.listen_for_resumes(&self.name).await else {
+                    return;
+                };
+                listener = self.report(again);
+                if listener.is_some() {
+                    tracing::info!(channel = RESUME_CHANNEL, "listening for resumed runs again");
+                    self.wake.notify_one();
+                }
+                continue;
+            };
+            match l.recv().await {
+                Ok(ResumeSignal::Run(run_id)) => {
+                    tracing::debug!(%run_id, "run announced for resuming");
+                    pause = RELISTEN_MIN;
+                    self.wake.notify_one();
+                }
+                Ok(ResumeSignal::Reconnected) => {
+                    tracing::warn!(
+                        channel = RESUME_CHANNEL,
+                        "listener connection lost and re-established"
+                    );
+                    self.wake.notify_one();
+                    // A connection dropped again at once: do not spin.
+                    if last_reconnect.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RELISTEN_MAX);
+                    }
+                    last_reconnect = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = RESUME_CHANNEL,
+                        "listener connection lost; polling until it is back");
+                    listener = None;
+                }
+            }
+        }
+    }
+
+    fn report(&self, subscribed: Result<ResumeListener, StoreError>) -> Option<ResumeListener> {
+        subscribed
+            .map_err(|e| {
+                tracing::warn!(error = %e, channel = RESUME_CHANNEL,
+                    "cannot listen for resumed runs; polling until it can")
+            })
+            .ok()
     }
 }

@@ -1,13 +1,18 @@
 //! Workers and schedules: two worker processes on one PostgreSQL start
 //! exactly one run per tick, a killed worker's run is finished by the other,
 //! missed ticks fire once, and a reviewed conflict resumes its run without
-//! an operator.
+//! an operator: woken by PostgreSQL's notification within a second even
+//! when the worker polls rarely, also after its listener connection died,
+//! and on an operator's resume.
 
 mod support;
 
 use chrono::Utc;
 use serde_json::json;
+use sqlx::postgres::PgConnectOptions;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::systems::{Kind, SystemDb, crm_rows, sync_once, ts, workflow_toml};
@@ -221,106 +226,362 @@ async fn missed_ticks_fire_once() {
     pg.drop().await;
 }
 
+/// A run suspended on one manual conflict (an account edited on both
+/// sides), on a PostgreSQL store, with the systems it syncs.
+struct Suspended {
+    pg: PgSchema,
+    _dir: TempDir,
+    source: SystemDb,
+    target: SystemDb,
+    store: Arc<Store>,
+    toml: String,
+    run: syncd::store::RunRow,
+    conflict: syncd::conflict::ConflictRecord,
+}
+
+impl Suspended {
+    async fn create(label: &str) -> Option<Suspended> {
+        let pg = PgSchema::create().await?;
+        let dir = TempDir::new(label);
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+        source
+            .insert(
+                "accounts",
+                &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
+            )
+            .await;
+        let toml = workflow_toml(
+            "e2e",
+            "bidirectional",
+            &source.url(),
+            &target.url(),
+            &[("account", "manual")],
+        );
+        let store = Arc::new(
+            Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+                .await
+                .unwrap(),
+        );
+        sync_once(store.clone(), &toml, 100).await.unwrap();
+        let now = syncd::connector::format_time(Utc::now());
+        source
+            .exec(&format!(
+                "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
+            ))
+            .await;
+        target
+            .exec(&format!(
+                "UPDATE customers SET customer_name = 'Acme T', updated_at = '{now}'"
+            ))
+            .await;
+        let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+        assert_eq!(run.state, RunState::Suspended);
+        let conflict = store
+            .list_conflicts(&ConflictFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .remove(0);
+        Some(Suspended {
+            pg,
+            _dir: dir,
+            source,
+            target,
+            store,
+            toml,
+            run,
+            conflict,
+        })
+    }
+
+    /// Starts a worker that polls every `poll`; it stops when the returned
+    /// sender says so.
+    async fn serve(
+        &self,
+        poll: Duration,
+        worker_id: &str,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<(), syncd::run::executor::RunError>>,
+    ) {
+        self.serve_on(self.store.clone(), poll, worker_id).await
+    }
+
+    /// [`Self::serve`] with a store of the worker's own.
+    async fn serve_on(
+        &self,
+        store: Arc<Store>,
+        poll: Duration,
+        worker_id: &str,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<(), syncd::run::executor::RunError>>,
+    ) {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let worker = Worker {
+            store,
+            definitions: vec![definition(&self.toml)],
+            options: Options {
+                shutdown: Some(shutdown.clone()),
+                worker_id: worker_id.into(),
+                ..Options::default()
+            },
+            poll,
+        };
+        let serving = tokio::spawn(async move { worker.serve(shutdown).await });
+        // Past its first look for work, the worker waits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let untouched = self.store.load_run(None, self.run.id).await.unwrap().unwrap();
+        assert_eq!(
+            untouched.state,
+            RunState::Suspended,
+            "nothing moves before the review"
+        );
+        (stop, serving)
+    }
+
+    /// Waits until the run has succeeded, at most `limit` after `since`;
+    /// returns how long it took.
+    async fn succeeded_within(&self, since: Instant, limit: Duration) -> Duration {
+        loop {
+            let r = self.store.load_run(None, self.run.id).await.unwrap().unwrap();
+            if r.state == RunState::Succeeded {
+                return since.elapsed();
+            }
+            assert!(since.elapsed() < limit, "still {} after {limit:?}", r.state);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Both systems hold the reviewer's name.
+    async fn assert_reviewed(&self) {
+        assert_eq!(self.source.dump("accounts").await[0]["name"], "Acme Reviewed");
+        assert_eq!(
+            self.target.dump("customers").await[0]["customer_name"],
+            "Acme Reviewed"
+        );
+    }
+
+    fn api(&self) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let app = syncd::api::router(self.store.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+}
+
+/// A resume far longer than the poll interval can only be the notification.
+const RARELY: Duration = Duration::from_secs(120);
+
 #[tokio::test]
 async fn a_reviewed_conflict_resumes_its_run_within_two_seconds() {
-    let Some(pg) = PgSchema::create().await else {
+    let Some(s) = Suspended::create("review").await else {
         return;
     };
-    let dir = TempDir::new("review");
-    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
-    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    source
-        .insert(
-            "accounts",
-            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
-        )
-        .await;
-    let toml = workflow_toml(
-        "e2e",
-        "bidirectional",
-        &source.url(),
-        &target.url(),
-        &[("account", "manual")],
-    );
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
-    sync_once(store.clone(), &toml, 100).await.unwrap();
-    let now = syncd::connector::format_time(Utc::now());
-    source
-        .exec(&format!(
-            "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
-        ))
-        .await;
-    target
-        .exec(&format!(
-            "UPDATE customers SET customer_name = 'Acme T', updated_at = '{now}'"
-        ))
-        .await;
-    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
-    assert_eq!(run.state, RunState::Suspended);
-
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let worker = Worker {
-        store: store.clone(),
-        definitions: vec![definition(&toml)],
-        options: Options {
-            shutdown: Some(shutdown.clone()),
-            ..Options::default()
-        },
-        poll: Duration::from_millis(250),
-    };
-    let serving = tokio::spawn(async move { worker.serve(shutdown).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let untouched = store.load_run(None, run.id).await.unwrap().unwrap();
-    assert_eq!(
-        untouched.state,
-        RunState::Suspended,
-        "nothing moves before the review"
-    );
-
-    let conflict = store
-        .list_conflicts(&ConflictFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .remove(0);
+    let (stop, serving) = s.serve(Duration::from_millis(250), "review-worker").await;
     // The reviewer decides through the API, with the tenant's token.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = syncd::api::router(store.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let token = store
+    let addr = s.api();
+    let token = s
+        .store
         .create_token(&syncd::store::Principal::Tenant("t1".into()))
         .await
         .unwrap();
     let body = br#"{"values": {"name": "Acme Reviewed"}, "by": "reviewer-1"}"#;
-    let path = format!("/api/conflicts/{}/resolve", conflict.id);
+    let path = format!("/api/conflicts/{}/resolve", s.conflict.id);
     let (status, reply) = support::http::request(addr, "POST", &path, Some(&token), Some(body)).await;
     assert_eq!(status, 200, "{reply}");
-    let resolved_at = Instant::now();
-    loop {
-        let r = store.load_run(None, run.id).await.unwrap().unwrap();
-        if r.state == RunState::Succeeded {
-            break;
-        }
-        assert!(
-            resolved_at.elapsed() < Duration::from_secs(2),
-            "still {} after 2 s",
-            r.state
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(source.dump("accounts").await[0]["name"], "Acme Reviewed");
-    assert_eq!(
-        target.dump("customers").await[0]["customer_name"],
-        "Acme Reviewed"
-    );
+    s.succeeded_within(Instant::now(), Duration::from_secs(2)).await;
+    s.assert_reviewed().await;
     stop.send(true).unwrap();
     serving.await.unwrap().unwrap();
-    pg.drop().await;
+    s.pg.drop().await;
+}
+
+#[tokio::test]
+async fn a_resolution_wakes_a_worker_that_polls_rarely_within_a_second() {
+    let Some(s) = Suspended::create("notify").await else {
+        return;
+    };
+    let (stop, serving) = s.serve(RARELY, "notify-worker").await;
+    let values = json!({"name": "Acme Reviewed"}).as_object().unwrap().clone();
+    let resolved = Instant::now();
+    s.store
+        .resolve_conflict(&s.conflict, &values, "reviewer-1")
+        .await
+        .unwrap();
+    let took = s.succeeded_within(resolved, Duration::from_secs(1)).await;
+    eprintln!("resolution to succeeded run, woken by NOTIFY: {took:?}");
+    s.assert_reviewed().await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+    s.pg.drop().await;
+}
+
+/// The backend pids of the listener connections of `worker_id`.
+async fn listener_pids(s: &Suspended, worker_id: &str) -> Vec<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+        .bind(format!("syncd worker {worker_id}"))
+        .fetch_all(&s.pg.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_whose_listener_connection_dies_listens_again() {
+    let Some(s) = Suspended::create("relisten").await else {
+        return;
+    };
+    let worker_id = format!("relisten-{}", uuid::Uuid::new_v4().simple());
+    let (stop, serving) = s.serve(RARELY, &worker_id).await;
+    let before = listener_pids(&s, &worker_id).await;
+    assert_eq!(before.len(), 1, "one listener connection: {before:?}");
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(before[0])
+        .fetch_one(&s.pg.pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = listener_pids(&s, &worker_id).await;
+        if now.len() == 1 && now != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new listener: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!serving.is_finished(), "the worker goes on");
+    let values = json!({"name": "Acme Reviewed"}).as_object().unwrap().clone();
+    let resolved = Instant::now();
+    s.store
+        .resolve_conflict(&s.conflict, &values, "reviewer-1")
+        .await
+        .unwrap();
+    let took = s.succeeded_within(resolved, Duration::from_secs(1)).await;
+    eprintln!("resolution to succeeded run after the listener reconnected: {took:?}");
+    s.assert_reviewed().await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+    s.pg.drop().await;
+}
+
+/// A TCP proxy to PostgreSQL that can cut the network: every connection
+/// through it is closed, and while it is cut new ones are closed at once.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start() -> Proxy {
+        let upstream = PgConnectOptions::from_str(&support::postgres_url()).unwrap();
+        let upstream = format!("{}:{}", upstream.get_host(), upstream.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepting = tokio::spawn({
+            let (cut, open) = (cut.clone(), open.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
+                    let upstream = upstream.clone();
+                    open.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        }
+                    }));
+                }
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            open,
+            accepting,
+        }
+    }
+
+    fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            for c in self.open.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+    }
+
+    /// A store on `schema` whose connections go through the proxy.
+    async fn store(&self, schema: &str) -> Arc<Store> {
+        let options = PgConnectOptions::from_str(&support::postgres_url())
+            .unwrap()
+            .host("127.0.0.1")
+            .port(self.addr.port())
+            .options([("search_path", schema), syncd::store::CUSTOM_PLANS]);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap();
+        Arc::new(
+            Store::postgres(pool, MappingCache::disabled(), 1 << 24)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut(true);
+        self.accepting.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_outlives_a_network_outage_and_listens_again() {
+    let Some(s) = Suspended::create("outage").await else {
+        return;
+    };
+    let proxy = Proxy::start().await;
+    let worker_id = format!("outage-{}", uuid::Uuid::new_v4().simple());
+    let (stop, serving) = s
+        .serve_on(proxy.store(&s.pg.name).await, RARELY, &worker_id)
+        .await;
+    let before = listener_pids(&s, &worker_id).await;
+    assert_eq!(before.len(), 1, "one listener connection: {before:?}");
+    // The listener loses its connection and cannot get another for a while.
+    proxy.cut(true);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(listener_pids(&s, &worker_id).await.is_empty());
+    assert!(!serving.is_finished(), "the worker goes on");
+    proxy.cut(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listener_pids(&s, &worker_id).await.is_empty() {
+        assert!(Instant::now() < deadline, "the worker never listened again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let values = json!({"name": "Acme Reviewed"}).as_object().unwrap().clone();
+    let resolved = Instant::now();
+    s.store
+        .resolve_conflict(&s.conflict, &values, "reviewer-1")
+        .await
+        .unwrap();
+    let took = s.succeeded_within(resolved, Duration::from_secs(1)).await;
+    eprintln!("resolution to succeeded run after a network outage: {took:?}");
+    s.assert_reviewed().await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+    drop(proxy);
+    s.pg.drop().await;
 }

@@ -204,6 +204,35 @@ impl RunState {
     }
 }
 
+/// Why an operator cannot resume a run now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeRefused {
+    #[error("it is {0}; only a planned, running or suspended run can be resumed")]
+    Finished(RunState),
+    #[error("worker `{0}` is executing it")]
+    Executing(String),
+    #[error("{0} of its conflicts still wait for a reviewer")]
+    PendingConflicts(u64),
+}
+
+/// Decides whether an operator may resume a run in `state` that has
+/// `pending` undecided conflicts and whose live lease, if any, `executing`
+/// names the holder of: a suspended run once every conflict is decided, and a
+/// planned or interrupted run that no worker holds. The executor makes the
+/// state transition itself ([`RunEvent::Resume`] or [`RunEvent::Start`]).
+pub fn may_resume(state: RunState, pending: u64, executing: Option<&str>) -> Result<(), ResumeRefused> {
+    if !state.is_active() {
+        return Err(ResumeRefused::Finished(state));
+    }
+    if let Some(worker) = executing {
+        return Err(ResumeRefused::Executing(worker.to_owned()));
+    }
+    if state == RunState::Suspended && pending > 0 {
+        return Err(ResumeRefused::PendingConflicts(pending));
+    }
+    Ok(())
+}
+
 impl fmt::Display for RunState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -289,6 +318,30 @@ mod tests {
                 "suspended Resume running",
             ]
         );
+    }
+
+    #[test]
+    fn who_may_resume() {
+        use ResumeRefused::*;
+        let check = |state, pending, executing, expected: Result<(), ResumeRefused>| {
+            assert_eq!(
+                may_resume(state, pending, executing),
+                expected,
+                "{state} pending {pending} executing {executing:?}"
+            );
+        };
+        check(RunState::Suspended, 0, None, Ok(()));
+        check(RunState::Suspended, 2, None, Err(PendingConflicts(2)));
+        check(RunState::Suspended, 0, Some("w1"), Err(Executing("w1".into())));
+        check(RunState::Planned, 0, None, Ok(()));
+        // An interrupted run parked conflicts as it went; continuing it
+        // does not need them decided.
+        check(RunState::Running, 3, None, Ok(()));
+        check(RunState::Running, 0, Some("w1"), Err(Executing("w1".into())));
+        for done in [RunState::Succeeded, RunState::Failed, RunState::Cancelled] {
+            check(done, 0, None, Err(Finished(done)));
+            check(done, 1, Some("w1"), Err(Finished(done)));
+        }
     }
 
     #[test]

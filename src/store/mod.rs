@@ -19,7 +19,7 @@ use crate::ids::{EntityScope, IntegrationId, TenantId};
 use crate::mapping::{IdMapping, MappingChange, MappingStatus, TransitionError};
 use crate::record::Side;
 use crate::run::StepCheckpoint;
-use crate::run::{PlannedStep, RunEvent, RunState, RunTransitionError, StepDirection};
+use crate::run::{PlannedStep, ResumeRefused, RunEvent, RunState, RunTransitionError, StepDirection};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -98,6 +98,53 @@ pub enum StoreError {
     LeaseLost { run_id: Uuid, worker_id: String },
     #[error("conflict {id} is not pending (already resolved, or not this tenant's)")]
     ConflictNotPending { id: Uuid },
+    #[error("run {run_id} cannot be resumed: {source}")]
+    NotResumable {
+        run_id: Uuid,
+        #[source]
+        source: ResumeRefused,
+    },
+}
+
+/// The PostgreSQL notification channel on which a run that may be resumed
+/// is announced, by the resolution that decides a suspended run's last
+/// conflict and by an operator's resume. The payload is `SCHEMA RUN_ID`:
+/// channels are per database, and a store hears only its own schema's runs.
+pub const RESUME_CHANNEL: &str = "syncd_resume";
+
+/// What a [`ResumeListener`] heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResumeSignal {
+    /// A run of this store may be resumed (its id, as announced).
+    Run(String),
+    /// The connection was lost and is back; announcements made meanwhile
+    /// are lost, so look for work.
+    Reconnected,
+}
+
+/// A subscription to [`RESUME_CHANNEL`] (PostgreSQL only).
+pub struct ResumeListener {
+    listener: sqlx::postgres::PgListener,
+    schema: String,
+}
+
+impl ResumeListener {
+    /// Waits for the next announcement of this store's schema. A lost
+    /// connection is re-established (and re-subscribed) before
+    /// [`ResumeSignal::Reconnected`] is returned; an error means it could
+    /// not be.
+    pub async fn recv(&mut self) -> Result<ResumeSignal, StoreError> {
+        loop {
+            let Some(n) = self.listener.try_recv().await? else {
+                return Ok(ResumeSignal::Reconnected);
+            };
+            if let Some((schema, run)) = n.payload().split_once(' ')
+                && schema == self.schema
+            {
+                return Ok(ResumeSignal::Run(run.to_owned()));
+            }
+        }
+    }
 }
 
 /// How to reach the store.
@@ -671,7 +718,9 @@ impl Store {
         Ok(on_backend!(self, b => b.load_conflicts(tenant, &[id]).await?).pop())
     }
 
-    /// Records a reviewer's resolution of a pending conflict.
+    /// Records a reviewer's resolution of a pending conflict. On PostgreSQL
+    /// the resolution that leaves its run no pending conflict announces the
+    /// run on [`RESUME_CHANNEL`], in the same transaction.
     pub async fn resolve_conflict(
         &self,
         conflict: &ConflictRecord,
@@ -689,6 +738,47 @@ impl Store {
             resolved_at: Some(now),
             ..conflict.clone()
         })
+    }
+
+    /// Whether an operator may resume `run` now: the core decides
+    /// ([`crate::run::may_resume`]) from its pending conflicts and lease.
+    pub async fn check_resume(&self, run: &RunRow) -> Result<(), StoreError> {
+        let pending = self.pending_conflicts_of_run(&run.tenant_id, run.id).await?;
+        let holder = self.lease_holder(run.id).await?;
+        crate::run::may_resume(run.state, pending, holder.as_ref().map(|(w, _)| w.as_str())).map_err(
+            |source| StoreError::NotResumable {
+                run_id: run.id,
+                source,
+            },
+        )
+    }
+
+    /// An operator's resume, carried out by a worker: checks that `run` may
+    /// be resumed, then wakes the workers listening on [`RESUME_CHANNEL`]
+    /// (on SQLite workers find it when they next poll). The worker makes the
+    /// transition when it claims the run.
+    pub async fn request_resume(&self, run: &RunRow) -> Result<(), StoreError> {
+        self.check_resume(run).await?;
+        if let Backend::Postgres(b) = &self.backend {
+            b.notify_resume(run.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to [`RESUME_CHANNEL`] on a connection of its own, named
+    /// `application_name`; `None` on SQLite, which has no notifications.
+    pub async fn listen_for_resumes(
+        &self,
+        application_name: &str,
+    ) -> Option<Result<ResumeListener, StoreError>> {
+        match &self.backend {
+            Backend::Postgres(b) => Some(
+                b.listen_for_resumes(application_name)
+                    .await
+                    .map(|(listener, schema)| ResumeListener { listener, schema }),
+            ),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// Conflicts of `run_id` that a reviewer resolved and that are not yet

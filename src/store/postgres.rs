@@ -2,8 +2,8 @@
 //! through `UNNEST`, one transaction per page.
 
 use super::{
-    ConflictFilter, Decided, Lease, PageCommit, RunFilter, RunRow, Schedule, StoreError, duplicate_or,
-    lost_race,
+    ConflictFilter, Decided, Lease, PageCommit, RESUME_CHANNEL, RunFilter, RunRow, Schedule, StoreError,
+    duplicate_or, lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
 use crate::ids::{EntityScope, IntegrationId, TenantId};
@@ -11,7 +11,7 @@ use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
 use crate::run::{PlannedStep, RunState, StepCheckpoint};
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, types::Json};
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -373,6 +373,7 @@ impl PgStore {
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE conflicts SET status = 'resolved', resolution = $1, resolved_by = $2, resolved_at = $3 \
              WHERE id = $4 AND tenant_id = $5 AND status = 'pending'",
@@ -382,9 +383,58 @@ impl PgStore {
         .bind(now)
         .bind(c.id)
         .bind(c.tenant_id.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // The last decision of a run wakes the workers; PostgreSQL delivers
+        // the notification only if this transaction commits.
+        if let (1, Some(run_id)) = (done.rows_affected(), c.run_id) {
+            sqlx::query(
+                "SELECT pg_notify($1, concat(current_schema(), ' ', $2::text)) WHERE NOT EXISTS \
+                 (SELECT 1 FROM conflicts WHERE tenant_id = $3 AND run_id = $2 AND status = 'pending')",
+            )
+            .bind(RESUME_CHANNEL)
+            .bind(run_id)
+            .bind(c.tenant_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Announces on [`RESUME_CHANNEL`] that `run_id` may be resumed.
+    pub(super) async fn notify_resume(&self, run_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, concat(current_schema(), ' ', $2::text))")
+            .bind(RESUME_CHANNEL)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A listener on [`RESUME_CHANNEL`] with a connection of its own (named
+    /// `application_name` in `pg_stat_activity`), so it holds no slot of the
+    /// store's pool and outlives its closing; and the schema whose runs are
+    /// this store's.
+    pub(super) async fn listen_for_resumes(
+        &self,
+        application_name: &str,
+    ) -> Result<(PgListener, String), StoreError> {
+        let schema: String = sqlx::query_scalar("SELECT concat(current_schema(), '')")
+            .fetch_one(&self.pool)
+            .await?;
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(application_name);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(options)
+            .await?;
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen(RESUME_CHANNEL).await?;
+        Ok((listener, schema))
     }
 
     pub(super) async fn open_conflicts(
