@@ -52,7 +52,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::ConflictNotPending { .. }
             | StoreError::RunTransition { .. }
-            | StoreError::RunChanged { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
+            | StoreError::RunChanged { .. }
+            | StoreError::NotResumable { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
             StoreError::TooLarge { .. } => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
             other => {
                 tracing::error!(error = %other, "store error in the API");
@@ -91,6 +92,7 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/api/runs/{id}/resume", post(resume_run))
         .route("/api/conflicts", get(list_conflicts))
         .route("/api/conflicts/{id}", get(show_conflict))
         .route("/api/conflicts/{id}/resolve", post(resolve_conflict))
@@ -119,6 +121,31 @@ async fn review_page() -> Response {
         .into_response()
 }
 
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("unknown token")]
+    Unknown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The [`Principal`] a token speaks for, checked against the stored
+/// hashes; the API's middleware and the operator CLI's `--token` both ask
+/// here.
+pub async fn principal(store: &Store, token: &str) -> Result<Principal, TokenError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    if token.len() > 200 {
+        return Err(TokenError::Unknown);
+    }
+    store.authenticate(token).await?.ok_or(TokenError::Unknown)
+}
+
 /// Resolves the bearer token into a [`Principal`] for the handlers.
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let token = request
@@ -126,19 +153,15 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 200)
-        .map(str::to_owned);
-    let Some(token) = token else {
-        return ApiError(StatusCode::UNAUTHORIZED, "missing bearer token".into()).into_response();
-    };
-    match state.store.authenticate(&token).await {
-        Ok(Some(principal)) => {
+        .unwrap_or("")
+        .to_owned();
+    match principal(&state.store, &token).await {
+        Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Ok(None) => ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
+        Err(TokenError::Store(e)) => ApiError::from(e).into_response(),
+        Err(e) => ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     }
 }
 
@@ -207,6 +230,27 @@ async fn cancel_run(
         .transition_run(&run, RunEvent::Cancel, Some("cancelled through the API"))
         .await?;
     Ok(Json(json!({ "run": run })))
+}
+
+/// Hands a run to the workers (202): a suspended run whose conflicts are
+/// all decided, or a planned or interrupted one that no worker holds. The
+/// worker that claims it makes the transition and applies the resolutions.
+async fn resume_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&id, "run")?;
+    let run = s
+        .store
+        .load_run(who.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    s.store.request_resume(&run).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "run": run, "message": "a worker resumes the run" })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -314,12 +358,10 @@ async fn lookup_mapping(
     q: Result<Query<MappingQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let tenant = match (&who, q.tenant) {
-        (Principal::Tenant(t), None) => t.clone(),
-        (Principal::Tenant(t), Some(asked)) if asked == t.as_str() => t.clone(),
-        (Principal::Tenant(_), Some(_)) => return Err(ApiError::not_found("mapping")),
-        (Principal::Admin, Some(t)) => TenantId(t),
-        (Principal::Admin, None) => return Err(ApiError::bad("admin tokens must name the `tenant`")),
+    let tenant = match who.confine(q.tenant.map(TenantId)) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(ApiError::bad("admin tokens must name the `tenant`")),
+        Err(_) => return Err(ApiError::not_found("mapping")),
     };
     let (side, id) = match (q.source_id, q.target_id) {
         (Some(id), None) => (Side::Source, id),

@@ -199,6 +199,125 @@ async fn a_tenant_token_sees_only_its_tenant() {
 }
 
 #[tokio::test]
+async fn an_operators_resume_is_handed_to_the_workers() {
+    let (api, [(run_a, conflict_a), (run_b, _)]) = serve().await;
+    let token = api
+        .store
+        .create_token(&Principal::Tenant("a".into()))
+        .await
+        .unwrap();
+    let resume = |run: String| {
+        let token = token.clone();
+        async move {
+            request(
+                api.addr,
+                "POST",
+                &format!("/api/runs/{run}/resume"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    let state = |run| {
+        let store = api.store.clone();
+        async move { store.load_run(None, run).await.unwrap().unwrap().state }
+    };
+
+    // Another tenant's run, a missing one and a malformed id: 404.
+    for run in [run_b.to_string(), Uuid::new_v4().to_string(), "x';--".into()] {
+        let (status, body) = resume(run.clone()).await;
+        assert_eq!(status, 404, "{run}: {body}");
+        assert_eq!(body["error"], "run not found");
+    }
+    assert_eq!(state(run_b).await, RunState::Suspended);
+    let (status, body) = request(api.addr, "POST", &format!("/api/runs/{run_a}/resume"), None, None).await;
+    assert_eq!((status, &body["error"]), (401, &json!("missing bearer token")));
+
+    // A conflict still waits for a reviewer: 409, nothing changes.
+    let (status, body) = resume(run_a.to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        json!(format!(
+            "run {run_a} cannot be resumed: 1 of its conflicts still wait for a reviewer"
+        ))
+    );
+    let decided = request(
+        api.addr,
+        "POST",
+        &format!("/api/conflicts/{conflict_a}/resolve"),
+        Some(&token),
+        Some(br#"{"take": "source", "by": "reviewer-1"}"#),
+    )
+    .await;
+    assert_eq!(decided.0, 200, "{}", decided.1);
+
+    // Decided: handed to the workers, which make the transition.
+    let (status, body) = resume(run_a.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["run"]["id"], json!(run_a));
+    assert_eq!(body["run"]["state"], "suspended");
+    assert_eq!(body["message"], "a worker resumes the run");
+
+    // A worker is executing it: 409.
+    let run = api.store.load_run(None, run_a).await.unwrap().unwrap();
+    assert!(
+        api.store
+            .claim_lease(&run, "worker-x", std::time::Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let (status, body) = resume(run_a.to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        json!(format!(
+            "run {run_a} cannot be resumed: worker `worker-x` is executing it"
+        ))
+    );
+    api.store
+        .release_lease(&syncd::store::Lease {
+            run_id: run_a,
+            worker_id: "worker-x".into(),
+        })
+        .await
+        .unwrap();
+
+    // A finished run: 409.
+    api.store
+        .transition_run(&run, syncd::run::RunEvent::Cancel, None)
+        .await
+        .unwrap();
+    let (status, body) = resume(run_a.to_string()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        json!(format!(
+            "run {run_a} cannot be resumed: it is cancelled; only a planned, running or \
+             suspended run can be resumed"
+        ))
+    );
+    assert_eq!(state(run_a).await, RunState::Cancelled);
+}
+
+#[tokio::test]
+async fn tokens_are_checked_before_anything_else() {
+    let (api, _) = serve().await;
+    let long = "x".repeat(201);
+    for (token, error) in [
+        (None, "missing bearer token"),
+        (Some(""), "missing bearer token"),
+        (Some("   "), "missing bearer token"),
+        (Some("syncd_not_a_token"), "unknown token"),
+        (Some(long.as_str()), "unknown token"),
+    ] {
+        let (status, body) = request(api.addr, "GET", "/api/runs", token, None).await;
+        assert_eq!((status, &body["error"]), (401, &json!(error)), "{token:?}");
+    }
+}
+
+#[tokio::test]
 async fn hostile_requests_get_4xx_and_change_nothing() {
     let (api, [(run_a, conflict_a), _]) = serve().await;
     let token = api
@@ -218,6 +337,7 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
     );
     let huge = vec![b'x'; 200 * 1024];
     let resolve = format!("/api/conflicts/{conflict_a}/resolve");
+    let resume = format!("/api/runs/{run_a}/resume");
     let bodies: Vec<&[u8]> = vec![
         b"{",
         b"not json",
@@ -267,7 +387,9 @@ async fn hostile_requests_get_4xx_and_change_nothing() {
         let t = tokens[(rng % 5) as usize];
         let (status, body) = if rng.is_multiple_of(3) {
             let b = bodies[(rng >> 8) as usize % bodies.len()];
-            request(api.addr, "POST", &resolve, t, Some(b)).await
+            // A run with a pending conflict refuses a resume.
+            let path = if rng.is_multiple_of(2) { &resolve } else { &resume };
+            request(api.addr, "POST", path, t, Some(b)).await
         } else {
             let p = &paths[(rng >> 8) as usize % paths.len()];
             request(api.addr, "GET", p, t, None).await

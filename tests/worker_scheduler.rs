@@ -585,3 +585,42 @@ async fn a_worker_outlives_a_network_outage_and_listens_again() {
     drop(proxy);
     s.pg.drop().await;
 }
+
+#[tokio::test]
+async fn an_operators_resume_wakes_the_worker() {
+    let Some(s) = Suspended::create("resume").await else {
+        return;
+    };
+    let (stop, serving) = s.serve(RARELY, "resume-worker").await;
+    // Decided behind the store's back: no announcement, as if it was lost.
+    sqlx::query(
+        "UPDATE conflicts SET status = 'resolved', resolution = $1, resolved_by = 'reviewer-1', \
+         resolved_at = now() WHERE id = $2",
+    )
+    .bind(json!({"name": "Acme Reviewed"}))
+    .bind(s.conflict.id)
+    .execute(&s.pg.pool)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = s.store.load_run(None, s.run.id).await.unwrap().unwrap();
+    assert_eq!(waiting.state, RunState::Suspended, "the worker was not told");
+
+    let addr = s.api();
+    let token = s
+        .store
+        .create_token(&syncd::store::Principal::Tenant("t1".into()))
+        .await
+        .unwrap();
+    let path = format!("/api/runs/{}/resume", s.run.id);
+    let asked = Instant::now();
+    let (status, reply) = support::http::request(addr, "POST", &path, Some(&token), Some(b"")).await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["run"]["id"], json!(s.run.id));
+    let took = s.succeeded_within(asked, Duration::from_secs(1)).await;
+    eprintln!("operator's resume to succeeded run: {took:?}");
+    s.assert_reviewed().await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+    s.pg.drop().await;
+}

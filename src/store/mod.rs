@@ -255,7 +255,24 @@ impl Principal {
             Principal::Tenant(t) => Some(t),
         }
     }
+
+    /// The tenant a request that names `asked` (or no tenant) is confined
+    /// to: a tenant principal's own, an admin's choice (`None`: every
+    /// tenant). A tenant principal naming another tenant is refused.
+    pub fn confine(&self, asked: Option<TenantId>) -> Result<Option<TenantId>, OtherTenant> {
+        match (self, asked) {
+            (Principal::Admin, asked) => Ok(asked),
+            (Principal::Tenant(own), None) => Ok(Some(own.clone())),
+            (Principal::Tenant(own), Some(asked)) if asked == *own => Ok(Some(asked)),
+            (Principal::Tenant(_), Some(asked)) => Err(OtherTenant(asked)),
+        }
+    }
 }
+
+/// A tenant that a tenant-scoped principal asked for and may not see.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("tenant `{0}` is not the token's tenant")]
+pub struct OtherTenant(pub TenantId);
 
 /// The SHA-256 of a token, as stored.
 pub fn token_hash(token: &str) -> String {
