@@ -342,3 +342,57 @@ pub async fn sync_once(
     let run = job.start("test").await?;
     job.execute(run, &mut |_| {}).await
 }
+
+/// Account `A-1` renamed on both sides after a first sync, under strategy
+/// `manual` for accounts: the second run is suspended on its conflict.
+pub struct ReviewScenario {
+    pub source: SystemDb,
+    pub target: SystemDb,
+    /// The workflow (tenant `t1`), for a worker to resume the run with.
+    pub toml: String,
+    /// The suspended run.
+    pub run: syncd::store::RunRow,
+}
+
+/// Builds a [`ReviewScenario`] on two SQLite systems in `dir`: the account
+/// is "Acme S" in the source and "Acme T" in the target.
+pub async fn suspended_on_review(
+    store: std::sync::Arc<syncd::store::Store>,
+    dir: &TempDir,
+) -> ReviewScenario {
+    let source = SystemDb::with_tables(Kind::Sqlite, dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
+        )
+        .await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "manual")],
+    );
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let now = syncd::connector::format_time(chrono::Utc::now());
+    source
+        .exec(&format!(
+            "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE customers SET customer_name = 'Acme T', updated_at = '{now}'"
+        ))
+        .await;
+    let run = sync_once(store, &toml, 100).await.unwrap();
+    assert_eq!(run.state, syncd::run::RunState::Suspended);
+    ReviewScenario {
+        source,
+        target,
+        toml,
+        run,
+    }
+}

@@ -1,0 +1,163 @@
+//! The review page in a real browser: headless chromium, driven through
+//! chromedriver, loads a tenant's pending conflicts with its token, shows
+//! the conflicting field marked, and the reviewer edits the value and
+//! resolves; the database then holds the reviewer's decision, both systems
+//! the edited value, and the worker has finished the run.
+//!
+//! On failure a screenshot and the page source are saved under
+//! `target/test-artifacts/`.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::systems::{ReviewScenario, suspended_on_review};
+use support::webdriver::Browser;
+use support::{PgSchema, TempDir};
+use syncd::cache::MappingCache;
+use syncd::plan::DependencyGraph;
+use syncd::run::executor::Options;
+use syncd::store::{Principal, Store};
+use syncd::worker::{Definition, Worker};
+use syncd::workflow::Workflow;
+
+#[tokio::test]
+async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("review-page");
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    let ReviewScenario {
+        source,
+        target,
+        toml,
+        run,
+    } = suspended_on_review(store.clone(), &dir).await;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let worker = Worker {
+        store: store.clone(),
+        definitions: vec![Definition {
+            workflow: Workflow::parse("test.toml", &toml).unwrap(),
+            graph: DependencyGraph::builtin_default(),
+        }],
+        options: Options {
+            shutdown: Some(shutdown.clone()),
+            ..Options::default()
+        },
+        poll: Duration::from_millis(250),
+    };
+    let serving = tokio::spawn(async move { worker.serve(shutdown).await });
+    let addr = support::http::serve(store.clone()).await;
+    let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
+
+    let review = async {
+        browser.goto(&format!("http://{addr}/review")).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#reviewer").await.type_text("reviewer-7").await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "1 pending").await;
+
+        // The pending conflict, with its one conflicting field marked.
+        let conflicts = browser.find_all("section.conflict").await;
+        assert_eq!(conflicts.len(), 1);
+        let conflict = &conflicts[0];
+        let target_id = target.dump("customers").await[0]["id"].clone();
+        let meta = conflict.find(".meta").await.text().await;
+        assert_eq!(
+            meta,
+            format!(
+                "account · source A-1 · target {} · conflicting: name",
+                target_id.as_str().unwrap()
+            ),
+            "the conflict's heading"
+        );
+        let mut rows = Vec::new();
+        for row in conflict.find_all("tbody tr").await {
+            let mut cells = Vec::new();
+            for cell in row.find_all("td").await {
+                cells.push(cell.text().await);
+            }
+            rows.push((row.has_class("conflicting").await, cells));
+        }
+        let marked: Vec<_> = rows.iter().filter(|(marked, _)| *marked).collect();
+        assert_eq!(marked.len(), 1, "only `name` is marked: {rows:?}");
+        assert_eq!(
+            marked[0].1[..4],
+            ["name", "Acme", "Acme S", "Acme T"],
+            "field, base, source, target"
+        );
+
+        // The reviewer edits the value and resolves with it.
+        let input = conflict.find("input[name=name]").await;
+        assert_eq!(
+            input.property("value").await,
+            "Acme S",
+            "the source's value to start from"
+        );
+        input.clear().await;
+        input.type_text("Acme Reviewed").await;
+        conflict.find("button[data-take=values]").await.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+
+        // The database holds the reviewer's decision ...
+        type Decision = (String, Option<String>, Option<Value>, bool);
+        let decisions: Vec<Decision> = sqlx::query_as(
+            "SELECT status, resolved_by, resolution, resolved_at IS NOT NULL \
+             FROM conflicts WHERE run_id = $1",
+        )
+        .bind(run.id)
+        .fetch_all(&pg.pool)
+        .await
+        .unwrap();
+        let reviewed = (
+            "resolved".to_owned(),
+            Some("reviewer-7".to_owned()),
+            Some(json!({"name": "Acme Reviewed"})),
+            true,
+        );
+        assert_eq!(decisions, [reviewed], "status, by, values, resolved at");
+        // ... the worker resumes the run and finishes it ...
+        let started = Instant::now();
+        loop {
+            let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+                .bind(run.id)
+                .fetch_one(&pg.pool)
+                .await
+                .unwrap();
+            if state == "succeeded" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "run {} still {state} 10 s after the review",
+                run.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // ... and both systems hold the edited value.
+        assert_eq!(source.dump("accounts").await[0]["name"], "Acme Reviewed");
+        assert_eq!(
+            target.dump("customers").await[0]["customer_name"],
+            "Acme Reviewed"
+        );
+
+        // Reloaded, the page has nothing left to review.
+        browser.goto(&format!("http://{addr}/review")).await;
+        browser.wait_for_text("#status", "0 pending").await;
+    };
+    browser.saving_artifacts_on_panic("review_page", review).await;
+
+    browser.quit().await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+    pg.drop().await;
+}
