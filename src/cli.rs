@@ -110,12 +110,30 @@ enum TokensVerb {
     },
 }
 
+/// Whose objects an operator verb sees.
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// Only this tenant's objects.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// An API token (`syncd tokens create`), checked as the API checks it:
+    /// the verb sees only the token's tenant [env: SYNCD_TOKEN].
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl From<AccessArgs> for cmd::Access {
+    fn from(a: AccessArgs) -> cmd::Access {
+        cmd::Access::new(a.tenant, a.token)
+    }
+}
+
 #[derive(Subcommand)]
 enum RunsVerb {
     /// Runs, newest first.
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
         /// planned, running, suspended, succeeded, failed or cancelled.
         #[arg(long)]
         state: Option<String>,
@@ -125,8 +143,8 @@ enum RunsVerb {
     /// One run with its steps.
     Show {
         run: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Apply reviewed resolutions and finish a suspended or interrupted run.
     Resume {
@@ -134,12 +152,14 @@ enum RunsVerb {
         /// Where the run's workflow definition is.
         #[arg(long, default_value = "workflows")]
         workflows: PathBuf,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Cancel an active run.
     Cancel {
         run: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
 }
 
@@ -147,8 +167,8 @@ enum RunsVerb {
 enum ConflictsVerb {
     /// Conflicts, oldest first.
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
         /// pending, resolved or all.
         #[arg(long, default_value = "pending")]
         status: String,
@@ -160,8 +180,8 @@ enum ConflictsVerb {
     /// One conflict: base, source and target side by side.
     Show {
         conflict: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Decide a conflict.
     Resolve {
@@ -175,15 +195,17 @@ enum ConflictsVerb {
         /// The reviewer's user id.
         #[arg(long)]
         by: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
 }
 
+/// One entity type of one integration; the tenant is `--tenant` or the
+/// token's.
 #[derive(clap::Args)]
 struct ScopeArgs {
-    #[arg(long)]
-    tenant: String,
+    #[command(flatten)]
+    access: AccessArgs,
     #[arg(long)]
     integration: String,
     #[arg(long)]
@@ -245,9 +267,13 @@ enum BenchTarget {
     },
 }
 
-impl From<ScopeArgs> for crate::ids::EntityScope {
+impl From<ScopeArgs> for cmd::mappings::Scope {
     fn from(a: ScopeArgs) -> Self {
-        crate::ids::EntityScope::new(a.tenant, a.integration, a.entity)
+        cmd::mappings::Scope {
+            access: a.access.into(),
+            integration: a.integration,
+            entity: a.entity,
+        }
     }
 }
 
@@ -277,26 +303,30 @@ pub fn main() -> ExitCode {
             page_size,
         } => cmd::run::run(&workflow, &tenant, page_size),
         Command::Runs { verb } => match verb {
-            RunsVerb::List { tenant, state, limit } => cmd::runs::list(tenant, state, limit),
-            RunsVerb::Show { run, tenant } => cmd::runs::show(&run, tenant),
-            RunsVerb::Resume { run, workflows } => cmd::runs::resume(&run, &workflows),
-            RunsVerb::Cancel { run, tenant } => cmd::runs::cancel(&run, tenant),
+            RunsVerb::List { access, state, limit } => cmd::runs::list(access.into(), state, limit),
+            RunsVerb::Show { run, access } => cmd::runs::show(&run, access.into()),
+            RunsVerb::Resume {
+                run,
+                workflows,
+                access,
+            } => cmd::runs::resume(&run, &workflows, access.into()),
+            RunsVerb::Cancel { run, access } => cmd::runs::cancel(&run, access.into()),
         },
         Command::Conflicts { verb } => match verb {
             ConflictsVerb::List {
-                tenant,
+                access,
                 status,
                 entity,
                 limit,
-            } => cmd::conflicts::list(tenant, Some(status), entity, limit),
-            ConflictsVerb::Show { conflict, tenant } => cmd::conflicts::show(&conflict, tenant),
+            } => cmd::conflicts::list(access.into(), Some(status), entity, limit),
+            ConflictsVerb::Show { conflict, access } => cmd::conflicts::show(&conflict, access.into()),
             ConflictsVerb::Resolve {
                 conflict,
                 take,
                 values,
                 by,
-                tenant,
-            } => cmd::conflicts::resolve(&conflict, take.as_deref(), values.as_deref(), &by, tenant),
+                access,
+            } => cmd::conflicts::resolve(&conflict, take.as_deref(), values.as_deref(), &by, access.into()),
         },
         Command::Mappings { verb } => match verb {
             MappingsVerb::Lookup {

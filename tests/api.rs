@@ -6,28 +6,20 @@ mod support;
 
 use support::http::request;
 
-use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use support::TempDir;
 use syncd::cache::MappingCache;
-use syncd::conflict::{ConflictRecord, ConflictStatus, Strategy};
-use syncd::ids::EntityScope;
-use syncd::mapping::IdMapping;
-use syncd::record::{Fields, Record};
+use syncd::conflict::ConflictStatus;
 use syncd::run::RunState;
-use syncd::store::{MappingWrite, PageCommit, Principal, RunFilter, RunRow, Store, StoreConfig};
+use syncd::store::{Principal, RunFilter, Store, StoreConfig};
 use uuid::Uuid;
 
 struct Api {
     addr: SocketAddr,
     store: Arc<Store>,
     _dir: TempDir,
-}
-
-fn fields(v: Value) -> Fields {
-    v.as_object().unwrap().clone()
 }
 
 /// A store with one suspended run, one pending conflict and one mapping for
@@ -42,64 +34,7 @@ async fn serve() -> (Api, [(Uuid, Uuid); 2]) {
         .await
         .unwrap(),
     );
-    let mut ids = Vec::new();
-    for tenant in ["a", "b"] {
-        let run = RunRow {
-            id: Uuid::new_v4(),
-            tenant_id: tenant.into(),
-            integration_id: "crm-to-erp".into(),
-            state: RunState::Suspended,
-            plan: json!({}),
-            trigger: "manual".into(),
-            error: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            finished_at: None,
-        };
-        store.create_run(&run, &[]).await.unwrap();
-        let conflict = ConflictRecord {
-            id: Uuid::new_v4(),
-            tenant_id: tenant.into(),
-            integration_id: "crm-to-erp".into(),
-            entity_type: "order".into(),
-            run_id: Some(run.id),
-            source_record: Record {
-                id: format!("{tenant}-O-1"),
-                fields: fields(json!({"status": "cancelled", "total": 10})),
-                modified_at: Utc::now(),
-            },
-            target_record: Record {
-                id: format!("{tenant}-T-1"),
-                fields: fields(json!({"status": "invoiced", "total": 10})),
-                modified_at: Utc::now(),
-            },
-            base: Some(fields(json!({"status": "open", "total": 10}))),
-            conflicting_fields: vec!["status".into()],
-            strategy_applied: Strategy::Manual,
-            resolution: None,
-            status: ConflictStatus::Pending,
-            resolved_by: None,
-            created_at: Utc::now(),
-            resolved_at: None,
-        };
-        let mapping = IdMapping::reserve(
-            Uuid::new_v4(),
-            EntityScope::new(tenant, "crm-to-erp", "order"),
-            Some(format!("{tenant}-O-1")),
-            Some(format!("{tenant}-T-1")),
-            "k".into(),
-            Utc::now(),
-        );
-        store
-            .commit_page(PageCommit {
-                mappings: vec![MappingWrite::Insert(mapping)],
-                conflicts: vec![conflict.clone()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        ids.push((run.id, conflict.id));
-    }
+    let ids = support::tenants::seed(&store).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = syncd::api::router(store.clone());
@@ -110,7 +45,7 @@ async fn serve() -> (Api, [(Uuid, Uuid); 2]) {
             store,
             _dir: dir,
         },
-        [ids[0], ids[1]],
+        ids,
     )
 }
 

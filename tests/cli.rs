@@ -1,6 +1,9 @@
-//! The `syncd plan` and `syncd check` verbs, run as the built binary: what
-//! they print, on which stream, and the exit status scripts branch on
-//! (0 success, 1 input refused, 2 bad command line).
+//! The `syncd` verbs run as the built binary: what they print, on which
+//! stream, and the exit status scripts branch on (0 success, 1 input
+//! refused, 2 bad command line). `plan` and `check`; and the operator verbs
+//! with a token, which see only the token's tenant, as the API does.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -44,6 +47,12 @@ struct Run {
 
 /// Runs `syncd args...` in `dir`.
 fn syncd(dir: &Path, args: &[&str]) -> Run {
+    syncd_env(dir, args, &[])
+}
+
+/// Runs `syncd args...` in `dir` with `env` set; `SYNCD_TOKEN` comes only
+/// from `env`.
+fn syncd_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let Output {
         status,
         stdout,
@@ -51,6 +60,8 @@ fn syncd(dir: &Path, args: &[&str]) -> Run {
     } = Command::new(env!("CARGO_BIN_EXE_syncd"))
         .args(args)
         .current_dir(dir)
+        .env_remove("SYNCD_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("the syncd binary runs");
     Run {
@@ -366,5 +377,356 @@ fn check_reports_a_cycle_in_the_partner_graph() {
         run.stderr.contains("account -> order -> account"),
         "{}",
         run.stderr
+    );
+}
+
+// --- operator verbs with a token -------------------------------------------------------
+
+/// A SQLite state store with tenants `a` and `b` (tests/support/tenants.rs)
+/// and tokens for tenant `a` and for an admin.
+struct Operators {
+    dir: support::TempDir,
+    db: String,
+    /// (run, conflict) of each tenant.
+    a: (String, String),
+    b: (String, String),
+    token_a: String,
+    admin: String,
+}
+
+impl Operators {
+    fn new() -> Operators {
+        use syncd::store::{Principal, Store, StoreConfig};
+        let dir = support::TempDir::new("cli-tokens");
+        let db = dir.sqlite_url("state.db");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (ids, token_a, admin) = runtime.block_on(async {
+            let cache = syncd::cache::MappingCache::local();
+            let store = Store::connect(&StoreConfig::new(&db), cache).await.unwrap();
+            let ids = support::tenants::seed(&store).await;
+            let token_a = store.create_token(&Principal::Tenant("a".into())).await;
+            let admin = store.create_token(&Principal::Admin).await;
+            (ids, token_a.unwrap(), admin.unwrap())
+        });
+        let [(run_a, conflict_a), (run_b, conflict_b)] = ids.map(|(r, c)| (r.to_string(), c.to_string()));
+        Operators {
+            dir,
+            db,
+            a: (run_a, conflict_a),
+            b: (run_b, conflict_b),
+            token_a,
+            admin,
+        }
+    }
+
+    /// `syncd args...` on this store, with `env` set.
+    fn syncd(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut all = vec![("SYNCD_DATABASE_URL", self.db.as_str())];
+        all.extend_from_slice(env);
+        syncd_env(&self.dir.0, args, &all)
+    }
+
+    /// `syncd args... --token TOKEN` on this store.
+    fn with(&self, token: &str, args: &[&str]) -> Run {
+        let mut args = args.to_vec();
+        args.extend(["--token", token]);
+        self.syncd(&args, &[])
+    }
+}
+
+#[test]
+fn a_tenant_token_sees_only_its_tenant_on_the_command_line() {
+    let o = Operators::new();
+    let ((run_a, conflict_a), (run_b, conflict_b)) = (&o.a, &o.b);
+
+    // Listings show none of b's, whether the token comes from --token or
+    // from SYNCD_TOKEN.
+    for runs in [
+        o.with(&o.token_a, &["runs", "list"]),
+        o.syncd(&["runs", "list"], &[("SYNCD_TOKEN", &o.token_a)]),
+    ] {
+        assert_eq!((runs.code, runs.stderr.as_str()), (Some(0), ""));
+        assert!(runs.stdout.contains(run_a.as_str()), "{}", runs.stdout);
+        assert!(!runs.stdout.contains(run_b.as_str()), "{}", runs.stdout);
+    }
+    let conflicts = o.with(&o.token_a, &["conflicts", "list", "--status", "all"]);
+    assert_eq!(conflicts.code, Some(0), "{}", conflicts.stderr);
+    assert!(conflicts.stdout.contains(conflict_a.as_str()));
+    assert!(!conflicts.stdout.contains(conflict_b.as_str()));
+    let scope = ["--integration", "crm-to-erp", "--entity", "order"];
+    let pending = o.with(
+        &o.token_a,
+        &[&["mappings", "list"], &scope[..], &["--status", "pending"]].concat(),
+    );
+    assert_eq!(pending.code, Some(0), "{}", pending.stderr);
+    assert!(pending.stdout.contains("a-O-1") && !pending.stdout.contains("b-O-1"));
+
+    // b's run and conflict are not found, exactly like ones that do not
+    // exist, and nothing of b's changes.
+    let missing = uuid::Uuid::new_v4().to_string();
+    let verbs: [(&[&str], &str, &str, &str); 5] = [
+        (&["runs", "show"], run_b, "run", ""),
+        (&["runs", "cancel"], run_b, "run", ""),
+        (&["runs", "resume"], run_b, "run", ""),
+        (&["conflicts", "show"], conflict_b, "conflict", ""),
+        (&["conflicts", "resolve"], conflict_b, "conflict", "take"),
+    ];
+    for (verb, id, what, take) in verbs {
+        for id in [id, missing.as_str()] {
+            let mut args = [verb, &[id]].concat();
+            if !take.is_empty() {
+                args.extend(["--take", "source", "--by", "mallory"]);
+            }
+            let run = o.with(&o.token_a, &args);
+            assert_eq!(run.code, Some(1), "{args:?}");
+            assert_eq!(run.stderr, format!("error: no {what} {id}\n"), "{args:?}");
+            assert_eq!(run.stdout, "", "{args:?}");
+        }
+    }
+    let lookup = |id: &str| {
+        o.with(
+            &o.token_a,
+            &[&["mappings", "lookup"], &scope[..], &["--source-id", id]].concat(),
+        )
+    };
+    let foreign = lookup("b-O-1");
+    assert_eq!(foreign.code, Some(1));
+    assert_eq!(
+        foreign.stderr,
+        "no mapping for source id `b-O-1` of order in integration `crm-to-erp` for tenant `a`\n"
+    );
+    let own = lookup("a-O-1");
+    assert_eq!(own.code, Some(0), "{}", own.stderr);
+    assert!(own.stdout.contains("a-T-1"), "{}", own.stdout);
+    let b_run = o.syncd(&["runs", "show", run_b], &[]);
+    assert!(b_run.stdout.contains("state       suspended"), "{}", b_run.stdout);
+    let b_conflict = o.syncd(&["conflicts", "show", conflict_b], &[]);
+    assert!(
+        b_conflict.stdout.contains("status pending"),
+        "{}",
+        b_conflict.stdout
+    );
+
+    // Naming another tenant with a tenant's token is refused outright.
+    for args in [
+        &["runs", "list", "--tenant", "b"][..],
+        &[
+            &["mappings", "lookup"],
+            &scope[..],
+            &["--source-id", "b-O-1", "--tenant", "b"],
+        ]
+        .concat(),
+    ] {
+        let run = o.with(&o.token_a, args);
+        assert_eq!(run.code, Some(1), "{args:?}");
+        assert_eq!(
+            run.stderr,
+            "error: --tenant: tenant `b` is not the token's tenant\n"
+        );
+    }
+
+    // Its own objects work; an admin's token and no token see every tenant.
+    let show = o.with(&o.token_a, &["runs", "show", run_a]);
+    assert_eq!(show.code, Some(0), "{}", show.stderr);
+    assert!(show.stdout.contains("pending conflicts: 1"), "{}", show.stdout);
+    for runs in [
+        o.with(&o.admin, &["runs", "list"]),
+        o.syncd(&["runs", "list"], &[]),
+    ] {
+        assert!(runs.stdout.contains(run_a.as_str()) && runs.stdout.contains(run_b.as_str()));
+    }
+    // A mapping lives in one tenant: without a tenant's token, name it.
+    for run in [
+        o.with(
+            &o.admin,
+            &[&["mappings", "lookup"], &scope[..], &["--source-id", "b-O-1"]].concat(),
+        ),
+        o.syncd(
+            &[&["mappings", "list"], &scope[..], &["--status", "pending"]].concat(),
+            &[],
+        ),
+    ] {
+        assert_eq!(run.code, Some(1));
+        assert_eq!(
+            run.stderr,
+            "error: name the tenant: --tenant T, or a tenant's --token\n"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_token_is_refused() {
+    let o = Operators::new();
+    let unknown = "error: --token or SYNCD_TOKEN: unknown token; tokens come from `syncd tokens \
+                   create` on this store\n";
+    let long = "x".repeat(201);
+    let refused = [
+        (o.with("syncd_not_a_token", &["runs", "list"]), unknown),
+        (o.with(&long, &["runs", "show", &o.a.0]), unknown),
+        (
+            o.syncd(&["conflicts", "list"], &[("SYNCD_TOKEN", "syncd_nope")]),
+            unknown,
+        ),
+        (
+            o.with(
+                "syncd_nope",
+                &[
+                    "mappings",
+                    "lookup",
+                    "--integration",
+                    "i",
+                    "--entity",
+                    "e",
+                    "--source-id",
+                    "x",
+                ],
+            ),
+            unknown,
+        ),
+        (
+            o.with("  ", &["runs", "list"]),
+            "error: --token or SYNCD_TOKEN is empty\n",
+        ),
+    ];
+    for (run, message) in refused {
+        assert_eq!(run.code, Some(1));
+        assert_eq!(run.stderr, message);
+        assert_eq!(run.stdout, "", "nothing is shown");
+    }
+}
+
+#[test]
+fn runs_resume_applies_a_review_on_the_command_line() {
+    use support::systems::{Kind, SystemDb, ts, workflow_toml};
+    let dir = support::TempDir::new("cli-resume");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (source, target) = runtime.block_on(async {
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+        let row = serde_json::json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)});
+        source.insert("accounts", &[row]).await;
+        (source, target)
+    });
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "manual")],
+    );
+    std::fs::create_dir_all(dir.0.join("workflows")).unwrap();
+    std::fs::write(dir.0.join("workflows/e2e.toml"), toml).unwrap();
+    let db = dir.sqlite_url("state.db");
+    let env = [("SYNCD_DATABASE_URL", db.as_str())];
+    let syncd = |args: &[&str]| syncd_env(&dir.0, args, &env);
+    let token = |tenant: &str| {
+        let created = syncd(&["tokens", "create", "--tenant", tenant]);
+        assert_eq!(created.code, Some(0), "{}", created.stderr);
+        created.stdout.trim().to_owned()
+    };
+    let (t1, t2) = (token("t1"), token("t2"));
+
+    assert_eq!(
+        syncd(&["run", "workflows/e2e.toml", "--tenant", "t1"]).code,
+        Some(0)
+    );
+    runtime.block_on(async {
+        let now = syncd::connector::format_time(chrono::Utc::now());
+        source
+            .exec(&format!(
+                "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
+            ))
+            .await;
+        target
+            .exec(&format!(
+                "UPDATE customers SET customer_name = 'Acme T', updated_at = '{now}'"
+            ))
+            .await;
+    });
+    let suspended = syncd(&["run", "workflows/e2e.toml", "--tenant", "t1"]);
+    let run = suspended
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.strip_suffix(" suspended"))
+        .unwrap_or_else(|| panic!("{}", suspended.stdout))
+        .to_owned();
+    let resume = |token: &str| {
+        syncd(&[
+            "runs",
+            "resume",
+            &run,
+            "--workflows",
+            "workflows",
+            "--token",
+            token,
+        ])
+    };
+
+    // Another tenant's token does not find it; a pending conflict refuses it.
+    let other = resume(&t2);
+    assert_eq!(
+        (other.code, other.stderr),
+        (Some(1), format!("error: no run {run}\n"))
+    );
+    let early = resume(&t1);
+    assert_eq!(early.code, Some(1));
+    assert_eq!(
+        early.stderr,
+        format!("error: run {run} cannot be resumed: 1 of its conflicts still wait for a reviewer\n")
+    );
+
+    let listed = syncd(&["conflicts", "list", "--token", &t1]);
+    let conflict = listed
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let values = r#"{"name": "Acme Reviewed"}"#;
+    let resolved = syncd(&[
+        "conflicts",
+        "resolve",
+        &conflict,
+        "--values",
+        values,
+        "--by",
+        "reviewer-1",
+        "--token",
+        &t1,
+    ]);
+    assert_eq!(resolved.code, Some(0), "{}", resolved.stderr);
+    assert!(
+        resolved
+            .stdout
+            .contains("a running `syncd worker` resumes it, or `syncd runs resume"),
+        "{}",
+        resolved.stdout
+    );
+
+    let done = resume(&t1);
+    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert!(
+        done.stdout.contains(&format!("run {run} succeeded")),
+        "{}",
+        done.stdout
+    );
+    runtime.block_on(async {
+        assert_eq!(source.dump("accounts").await[0]["name"], "Acme Reviewed");
+        assert_eq!(
+            target.dump("customers").await[0]["customer_name"],
+            "Acme Reviewed"
+        );
+    });
+    let again = resume(&t1);
+    assert_eq!(again.code, Some(1));
+    assert_eq!(
+        again.stderr,
+        format!(
+            "error: run {run} cannot be resumed: it is succeeded; only a planned, running or \
+             suspended run can be resumed\n"
+        )
     );
 }

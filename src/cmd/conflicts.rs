@@ -1,9 +1,8 @@
 //! `syncd conflicts list|show|resolve`: reviewers deciding manual
 //! conflicts.
 
-use super::{CmdResult, open_store, runtime};
+use super::{Access, CmdResult, open_store, runtime};
 use crate::conflict::{self, ConflictRecord, ConflictStatus, ReviewDecision};
-use crate::ids::TenantId;
 use crate::record::{Direction, Fields};
 use crate::store::ConflictFilter;
 use serde_json::Value;
@@ -14,7 +13,7 @@ fn parse_id(id: &str) -> Result<Uuid, String> {
 }
 
 /// Prints conflicts, oldest first.
-pub fn list(tenant: Option<String>, status: Option<String>, entity: Option<String>, limit: u32) -> CmdResult {
+pub fn list(access: Access, status: Option<String>, entity: Option<String>, limit: u32) -> CmdResult {
     let status = match status.as_deref() {
         None | Some("all") => None,
         Some(s) => Some(
@@ -26,7 +25,7 @@ pub fn list(tenant: Option<String>, status: Option<String>, entity: Option<Strin
         let store = open_store().await?;
         let list = store
             .list_conflicts(&ConflictFilter {
-                tenant: tenant.map(TenantId::from),
+                tenant: access.confine(&store).await?,
                 status,
                 entity_type: entity,
                 limit,
@@ -116,12 +115,12 @@ pub fn render(c: &ConflictRecord) -> String {
 }
 
 /// Prints one conflict.
-pub fn show(id: &str, tenant: Option<String>) -> CmdResult {
+pub fn show(id: &str, access: Access) -> CmdResult {
     let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
         let c = store
-            .load_conflict(tenant.map(TenantId::from).as_ref(), id)
+            .load_conflict(access.confine(&store).await?.as_ref(), id)
             .await
             .map_err(|e| format!("error: {e}"))?
             .ok_or_else(|| format!("error: no conflict {id}"))?;
@@ -150,13 +149,7 @@ pub fn decided_values(c: &ConflictRecord, decision: &ReviewDecision) -> Result<F
 
 /// Records a reviewer's decision. `take` is `source` or `target`; `values`
 /// is a JSON object of field values.
-pub fn resolve(
-    id: &str,
-    take: Option<&str>,
-    values: Option<&str>,
-    by: &str,
-    tenant: Option<String>,
-) -> CmdResult {
+pub fn resolve(id: &str, take: Option<&str>, values: Option<&str>, by: &str, access: Access) -> CmdResult {
     let id = parse_id(id)?;
     let decision = match (take, values) {
         (Some("source"), None) => ReviewDecision::TakeSource,
@@ -174,22 +167,32 @@ pub fn resolve(
     }
     runtime()?.block_on(async {
         let store = open_store().await?;
-        let tenant = tenant.map(TenantId::from);
+        let tenant = access.confine(&store).await?;
         let c = store
             .load_conflict(tenant.as_ref(), id)
             .await
             .map_err(|e| format!("error: {e}"))?
             .ok_or_else(|| format!("error: no conflict {id}"))?;
         let values = decided_values(&c, &decision)?;
-        let resolved = store.resolve_conflict(&c, &values, by).await.map_err(|e| format!("error: {e}"))?;
-        println!("conflict {} resolved by {by}: {}", resolved.id, Value::Object(values));
+        let resolved = store
+            .resolve_conflict(&c, &values, by)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        println!(
+            "conflict {} resolved by {by}: {}",
+            resolved.id,
+            Value::Object(values)
+        );
         if let Some(run_id) = c.run_id {
             let left = store
                 .pending_conflicts_of_run(&c.tenant_id, run_id)
                 .await
                 .map_err(|e| format!("error: {e}"))?;
             if left == 0 {
-                println!("run {run_id} has no pending conflicts left: `syncd runs resume {run_id}` applies the resolutions");
+                println!(
+                    "run {run_id} has no pending conflicts left: a running `syncd worker` resumes it, \
+                     or `syncd runs resume {run_id}` does here"
+                );
             }
         }
         Ok(())

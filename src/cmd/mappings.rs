@@ -1,10 +1,30 @@
 //! `syncd mappings lookup|list`: where a record went, and which links are
 //! failed or stale.
 
-use super::{CmdResult, open_store, runtime};
+use super::{Access, CmdResult, open_store, runtime};
 use crate::ids::EntityScope;
 use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::Side;
+use crate::store::Store;
+
+/// One entity type of one integration, for the tenant of `--tenant` or of
+/// the token.
+pub struct Scope {
+    pub access: Access,
+    pub integration: String,
+    pub entity: String,
+}
+
+impl Scope {
+    async fn resolve(self, store: &Store) -> Result<EntityScope, String> {
+        let tenant = self
+            .access
+            .confine(store)
+            .await?
+            .ok_or_else(|| "error: name the tenant: --tenant T, or a tenant's --token".to_owned())?;
+        Ok(EntityScope::new(tenant, self.integration, self.entity))
+    }
+}
 
 fn print(mappings: &[IdMapping]) {
     println!(
@@ -24,9 +44,10 @@ fn print(mappings: &[IdMapping]) {
 }
 
 /// Prints the mapping of one record, found by its id on `side`.
-pub fn lookup(scope: EntityScope, side: Side, id: &str) -> CmdResult {
+pub fn lookup(scope: Scope, side: Side, id: &str) -> CmdResult {
     runtime()?.block_on(async {
         let store = open_store().await?;
+        let scope = scope.resolve(&store).await?;
         let found = store
             .lookup(&scope, side, &[id.to_owned()])
             .await
@@ -48,10 +69,11 @@ pub fn lookup(scope: EntityScope, side: Side, id: &str) -> CmdResult {
 }
 
 /// Prints mappings with `status`, with their reasons.
-pub fn list(scope: EntityScope, status: &str, limit: u32) -> CmdResult {
+pub fn list(scope: Scope, status: &str, limit: u32) -> CmdResult {
     let status: MappingStatus = status.parse().map_err(|e| format!("error: --status: {e}"))?;
     runtime()?.block_on(async {
         let store = open_store().await?;
+        let scope = scope.resolve(&store).await?;
         let list = store
             .mappings_with_status(&scope, status, limit)
             .await

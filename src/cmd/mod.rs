@@ -9,14 +9,55 @@ pub mod runs;
 pub mod serve;
 pub mod worker;
 
+use crate::api::TokenError;
 use crate::cache::MappingCache;
+use crate::ids::TenantId;
 use crate::run::StepCheckpoint;
-use crate::store::{Store, StoreConfig};
+use crate::store::{Principal, Store, StoreConfig};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// A CLI failure: the message to print.
 pub type CmdResult = Result<(), String>;
+
+/// Where a token comes from when `--token` is not given.
+pub const TOKEN_VAR: &str = "SYNCD_TOKEN";
+
+/// Whose objects an operator verb sees: `--tenant`, and the token of
+/// `--token` (or [`TOKEN_VAR`]).
+pub struct Access {
+    tenant: Option<String>,
+    token: Option<String>,
+}
+
+impl Access {
+    /// `token` is `--token`; without it, [`TOKEN_VAR`] if set and not empty.
+    pub fn new(tenant: Option<String>, token: Option<String>) -> Access {
+        let token = token.or_else(|| std::env::var(TOKEN_VAR).ok().filter(|t| !t.is_empty()));
+        Access { tenant, token }
+    }
+
+    /// The tenant the verb is confined to (`None`: every tenant). A token is
+    /// checked as the API checks a bearer token, and confines the verb to
+    /// its tenant as the API does, so another tenant's object is "not
+    /// found". Without a token the operator holds the database's
+    /// credentials and sees what `--tenant` names, or every tenant.
+    pub async fn confine(&self, store: &Store) -> Result<Option<TenantId>, String> {
+        let principal = match &self.token {
+            None => Principal::Admin,
+            Some(token) => crate::api::principal(store, token).await.map_err(|e| match e {
+                TokenError::Store(e) => format!("error: {e}"),
+                TokenError::Missing => format!("error: --token or {TOKEN_VAR} is empty"),
+                TokenError::Unknown => format!(
+                    "error: --token or {TOKEN_VAR}: unknown token; tokens come from `syncd tokens create` on this store"
+                ),
+            })?,
+        };
+        principal
+            .confine(self.tenant.clone().map(TenantId::from))
+            .map_err(|e| format!("error: --tenant: {e}"))
+    }
+}
 
 /// The async runtime a verb runs on.
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {

@@ -1,8 +1,7 @@
 //! `syncd runs list|show|resume|cancel`: operators watching and steering
 //! runs.
 
-use super::{CmdResult, open_store, runtime, steps_table};
-use crate::ids::TenantId;
+use super::{Access, CmdResult, open_store, runtime, steps_table};
 use crate::run::executor::{Job, Options};
 use crate::run::{RunEvent, RunState};
 use crate::store::RunFilter;
@@ -14,7 +13,7 @@ fn parse_id(id: &str) -> Result<Uuid, String> {
 }
 
 /// Prints runs, newest first.
-pub fn list(tenant: Option<String>, state: Option<String>, limit: u32) -> CmdResult {
+pub fn list(access: Access, state: Option<String>, limit: u32) -> CmdResult {
     let state = state
         .map(|s| s.parse::<RunState>().map_err(|e| format!("error: --state: {e}")))
         .transpose()?;
@@ -22,7 +21,7 @@ pub fn list(tenant: Option<String>, state: Option<String>, limit: u32) -> CmdRes
         let store = open_store().await?;
         let runs = store
             .list_runs(&RunFilter {
-                tenant: tenant.map(TenantId::from),
+                tenant: access.confine(&store).await?,
                 state,
                 limit,
                 ..Default::default()
@@ -49,11 +48,11 @@ pub fn list(tenant: Option<String>, state: Option<String>, limit: u32) -> CmdRes
 }
 
 /// Prints one run with its steps and pending conflicts.
-pub fn show(id: &str, tenant: Option<String>) -> CmdResult {
+pub fn show(id: &str, access: Access) -> CmdResult {
     let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
-        let tenant = tenant.map(TenantId::from);
+        let tenant = access.confine(&store).await?;
         let run = store
             .load_run(tenant.as_ref(), id)
             .await
@@ -116,29 +115,25 @@ pub fn find_workflow(dir: &Path, name: &str) -> Result<PathBuf, String> {
     ))
 }
 
-/// Resumes a suspended (or continues an interrupted) run: applies reviewed
-/// resolutions and finishes it.
-pub fn resume(id: &str, workflows: &Path) -> CmdResult {
+/// Resumes a suspended run whose conflicts are all decided (or continues
+/// an interrupted one) here and now: applies reviewed resolutions and
+/// finishes it. Refused like the API's resume.
+pub fn resume(id: &str, workflows: &Path, access: Access) -> CmdResult {
     let id = parse_id(id)?;
-    let rt = runtime()?;
-    let run = rt.block_on(async {
+    runtime()?.block_on(async {
         let store = open_store().await?;
-        store
-            .load_run(None, id)
+        let tenant = access.confine(&store).await?;
+        let run = store
+            .load_run(tenant.as_ref(), id)
             .await
             .map_err(|e| format!("error: {e}"))?
-            .ok_or_else(|| format!("error: no run {id}"))
-    })?;
-    if !run.state.is_active() {
-        return Err(format!(
-            "error: run {id} is {}; only an active run can be resumed",
-            run.state
-        ));
-    }
-    let file = find_workflow(workflows, run.integration_id.as_str())?;
-    let (wf, graph) = crate::cli::load(&file, None).map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let store = open_store().await?;
+            .ok_or_else(|| format!("error: no run {id}"))?;
+        store
+            .check_resume(&run)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        let file = find_workflow(workflows, run.integration_id.as_str())?;
+        let (wf, graph) = crate::cli::load(&file, None).map_err(|e| e.to_string())?;
         let defaults = Options::default();
         let options = Options {
             lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,
@@ -155,11 +150,11 @@ pub fn resume(id: &str, workflows: &Path) -> CmdResult {
 }
 
 /// Cancels an active run.
-pub fn cancel(id: &str, tenant: Option<String>) -> CmdResult {
+pub fn cancel(id: &str, access: Access) -> CmdResult {
     let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
-        let tenant = tenant.map(TenantId::from);
+        let tenant = access.confine(&store).await?;
         let run = store
             .load_run(tenant.as_ref(), id)
             .await

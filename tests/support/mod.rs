@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod systems;
+pub mod tenants;
 pub mod webdriver;
 
 use sqlx::PgPool;
