@@ -14,6 +14,7 @@
 //! works in a PostgreSQL schema and a Redis key prefix of its own and removes
 //! both when it ends, also when a step fails.
 
+pub mod api;
 pub mod sync;
 
 use crate::cache::{CacheCounts, MappingCache};
@@ -105,6 +106,10 @@ pub enum BenchError {
     Redis(#[from] redis::RedisError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("run: {0}")]
+    Run(#[from] crate::run::executor::RunError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// A pass did not do what it was meant to measure (a lookup that missed,
     /// a "warm" cache that went to the database): its figure would be wrong.
     #[error("bench invalid: {0}")]

@@ -265,6 +265,25 @@ enum BenchTarget {
         #[arg(long)]
         redis_url: Option<String>,
     },
+    /// API latency under concurrent clients, and scheduler tick-to-run-start latency.
+    Api {
+        /// Concurrent clients, each with its own keep-alive connection.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Seconds each endpoint is measured, after a second of warm-up.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Scheduler ticks (one a second) to measure; 0 skips the scheduler.
+        #[arg(long, default_value_t = 100)]
+        ticks: usize,
+        /// The worker's idle poll, as `syncd worker --poll-ms`.
+        #[arg(long, default_value_t = 250)]
+        poll_ms: u64,
+        /// PostgreSQL to use [default: SYNCD_DATABASE_URL when it is
+        /// PostgreSQL, else postgres://postgres@127.0.0.1:5432/test].
+        #[arg(long)]
+        postgres_url: Option<String>,
+    },
 }
 
 impl From<ScopeArgs> for cmd::mappings::Scope {
@@ -378,6 +397,22 @@ pub fn main() -> ExitCode {
             records,
             postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
             redis_url: crate::bench::StoreBench::redis_url(redis_url),
+        }),
+        Command::Bench {
+            what:
+                BenchTarget::Api {
+                    clients,
+                    seconds,
+                    ticks,
+                    poll_ms,
+                    postgres_url,
+                },
+        } => bench_api(crate::bench::api::ApiBench {
+            clients,
+            window: std::time::Duration::from_secs(seconds),
+            ticks,
+            poll: std::time::Duration::from_millis(poll_ms),
+            postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
         }),
     };
     match result {
@@ -496,5 +531,18 @@ fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
     if !report.all_met() {
         println!("some figures are below their targets");
     }
+    Ok(())
+}
+
+fn bench_api(bench: crate::bench::api::ApiBench) -> Result<(), String> {
+    let runtime = cmd::runtime()?;
+    println!(
+        "syncd bench api on {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let report = runtime
+        .block_on(crate::bench::api::run(&bench))
+        .map_err(|e| format!("error: {e}"))?;
+    println!("{report}");
     Ok(())
 }

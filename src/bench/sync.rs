@@ -24,7 +24,7 @@ pub struct SyncBench {
     pub postgres_url: Option<String>,
 }
 
-const SOURCE: &str = "
+pub(super) const SOURCE: &str = "
 CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, industry TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE contacts (id TEXT PRIMARY KEY, name TEXT, email TEXT, account_id TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE orders (id TEXT PRIMARY KEY, account_id TEXT, contact_id TEXT, total REAL, status TEXT,
@@ -34,7 +34,7 @@ CREATE INDEX contacts_changes ON contacts (updated_at, id);
 CREATE INDEX orders_changes ON orders (updated_at, id);
 ";
 
-const TARGET: &str = "
+pub(super) const TARGET: &str = "
 CREATE TABLE customers (id TEXT PRIMARY KEY, customer_name TEXT, industry TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE people (id TEXT PRIMARY KEY, full_name TEXT, email TEXT, customer_id TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE sales_orders (id TEXT PRIMARY KEY, customer_id TEXT, contact_id TEXT, total REAL, status TEXT,
