@@ -161,6 +161,16 @@ enum RunsVerb {
         #[command(flatten)]
         access: AccessArgs,
     },
+    /// Let a run held by the mass-deletion brake go on and delete what it
+    /// counted; a worker (or `runs resume`) then resumes it.
+    ConfirmDeletes {
+        run: String,
+        #[command(flatten)]
+        access: AccessArgs,
+        /// Who confirms, recorded with the hold.
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -330,6 +340,9 @@ pub fn main() -> ExitCode {
                 access,
             } => cmd::runs::resume(&run, &workflows, access.into()),
             RunsVerb::Cancel { run, access } => cmd::runs::cancel(&run, access.into()),
+            RunsVerb::ConfirmDeletes { run, access, by } => {
+                cmd::runs::confirm_deletes(&run, access.into(), &by)
+            }
         },
         Command::Conflicts { verb } => match verb {
             ConflictsVerb::List {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cmd;
 pub mod conflict;
 pub mod connector;
+pub mod deletes;
 pub mod ids;
 pub mod mapping;
 pub mod plan;

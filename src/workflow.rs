@@ -10,6 +10,7 @@
 //! Pure: text in, definitions or errors out. Reading files is the caller's job.
 
 use crate::conflict::{FieldRule, MergeRules, Strategy};
+use crate::deletes::{DeleteBrake, DeletePolicy, OnSourceDelete, OnTargetDelete, parse_interval};
 use crate::ids::{EntityType, IntegrationId, TenantId};
 use crate::plan::DependencyGraph;
 use crate::record::Direction;
@@ -100,6 +101,8 @@ pub struct EntityDef {
     /// Column that stores the idempotency key of creates, for tables whose
     /// integer ids are assigned by the database.
     pub idempotency_column: Option<String>,
+    /// What happens when its records disappear.
+    pub deletes: DeletePolicy,
 }
 
 /// A tenant that runs the integration, with its overrides.
@@ -206,6 +209,29 @@ struct RawEntity {
     #[serde(default)]
     merge: BTreeMap<String, String>,
     idempotency_column: Option<String>,
+    deleted_column: Option<RawSides>,
+    on_source_delete: Option<String>,
+    archive_column: Option<String>,
+    on_target_delete: Option<String>,
+    reconcile_every: Option<String>,
+    delete_brake: Option<RawBrake>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSides {
+    Same(String),
+    Each {
+        source: Option<String>,
+        target: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBrake {
+    percent: Option<u32>,
+    max: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +431,7 @@ impl Workflow {
                     merge.insert(field.clone(), rule);
                 }
             }
+            let deletes = Self::parse_deletes(&mut errors, name, e, direction);
             let table = e.table.clone().unwrap_or_else(|| name.to_owned());
             entities.push(EntityDef {
                 name: name.into(),
@@ -414,6 +441,7 @@ impl Workflow {
                 strategy,
                 merge,
                 idempotency_column: e.idempotency_column.clone(),
+                deletes,
             });
         }
 
@@ -481,6 +509,81 @@ impl Workflow {
                 tenants,
             }),
             _ => Err(DefinitionErrors(errors.list)),
+        }
+    }
+
+    /// The delete handling of entity `name`, recording what is wrong.
+    fn parse_deletes(
+        errors: &mut Errors<'_>,
+        name: &str,
+        e: &RawEntity,
+        direction: Direction,
+    ) -> DeletePolicy {
+        let at = Some(name);
+        let (source_deleted_column, target_deleted_column) = match &e.deleted_column {
+            None => (None, None),
+            Some(RawSides::Same(c)) => (Some(c.clone()), Some(c.clone())),
+            Some(RawSides::Each { source, target }) => (source.clone(), target.clone()),
+        };
+        let on_source_delete = errors
+            .parse(
+                at,
+                "on_source_delete",
+                e.on_source_delete.as_deref(),
+                OnSourceDelete::from_str,
+            )
+            .unwrap_or_default();
+        let on_target_delete = errors
+            .parse(
+                at,
+                "on_target_delete",
+                e.on_target_delete.as_deref(),
+                OnTargetDelete::from_str,
+            )
+            .unwrap_or_default();
+        if on_source_delete == OnSourceDelete::Archive && e.archive_column.is_none() {
+            errors.push(
+                at,
+                Some("archive_column"),
+                "on_source_delete = \"archive\" needs the target column it sets (`archive_column`)",
+            );
+        }
+        if on_target_delete == OnTargetDelete::Propagate && direction != Direction::Bidirectional {
+            errors.push(
+                at,
+                Some("on_target_delete"),
+                "`propagate` deletes source records, which only a bidirectional integration may do",
+            );
+        }
+        let reconcile_every = match e.reconcile_every.as_deref() {
+            None => Some(std::time::Duration::from_secs(86_400)),
+            Some("never") => None,
+            Some(text) => errors.parse(at, "reconcile_every", Some(text), parse_interval),
+        };
+        let mut brake = DeleteBrake::default();
+        if let Some(b) = &e.delete_brake {
+            if let Some(p) = b.percent {
+                if p > 100 {
+                    errors.push(
+                        at,
+                        Some("delete_brake.percent"),
+                        format!("{p} is not a percentage (0-100)"),
+                    );
+                }
+                brake.percent = p.min(100);
+            }
+            if let Some(m) = b.max {
+                brake.max = m;
+            }
+        }
+        DeletePolicy {
+            source_deleted_column,
+            target_deleted_column,
+            on_source_delete,
+            archive_column: e.archive_column.clone(),
+            on_target_delete,
+            reconcile_every,
+            brake,
         }
     }
 

@@ -12,7 +12,7 @@ pub mod worker;
 use crate::api::TokenError;
 use crate::cache::MappingCache;
 use crate::ids::TenantId;
-use crate::run::StepCheckpoint;
+use crate::run::{StepCheckpoint, StepDirection};
 use crate::store::{Principal, Store, StoreConfig};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
         "parked",
         "failed"
     );
-    for s in steps {
+    for s in steps.iter().filter(|s| s.direction != StepDirection::Delete) {
         let c = &s.counters;
         let _ = writeln!(
             out,
@@ -119,6 +119,44 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
             c.parked,
             c.failed
         );
+    }
+    // Delete steps count other things: what was found gone and done.
+    let deletes: Vec<&StepCheckpoint> = steps
+        .iter()
+        .filter(|s| s.direction == StepDirection::Delete)
+        .collect();
+    if deletes.iter().any(|s| s.counters != Default::default()) {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>6}",
+            "stage",
+            "entity",
+            "deletes",
+            "state",
+            "checked",
+            "deleted",
+            "archived",
+            "stale",
+            "recreated",
+            "failed"
+        );
+        for s in deletes {
+            let c = &s.counters;
+            let _ = writeln!(
+                out,
+                "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>6}",
+                s.stage,
+                s.entity_type,
+                "",
+                s.state,
+                c.read,
+                c.deleted,
+                c.archived,
+                c.stale,
+                c.recreated,
+                c.failed
+            );
+        }
     }
     out
 }

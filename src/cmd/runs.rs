@@ -87,6 +87,51 @@ pub fn show(id: &str, access: Access) -> CmdResult {
             .await
             .map_err(|e| format!("error: {e}"))?;
         println!("pending conflicts: {pending}");
+        for hold in store
+            .run_holds(tenant.as_ref(), run.id)
+            .await
+            .map_err(|e| format!("error: {e}"))?
+        {
+            match (&hold.confirmed_by, hold.confirmed_at) {
+                (Some(by), Some(at)) => println!(
+                    "deletes confirmed: {} `{}` records, by {by} at {at}",
+                    hold.count, hold.entity_type
+                ),
+                _ => println!("held: {}", hold.reason()),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Confirms the deletions a held run counted.
+pub fn confirm_deletes(id: &str, access: Access, by: &str) -> CmdResult {
+    let id = parse_id(id)?;
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let tenant = access.confine(&store).await?;
+        let run = store
+            .load_run(tenant.as_ref(), id)
+            .await
+            .map_err(|e| format!("error: {e}"))?
+            .ok_or_else(|| format!("error: no run {id}"))?;
+        let confirmed = store
+            .confirm_deletes(tenant.as_ref(), run.id, by)
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        if confirmed.is_empty() {
+            return Err(format!(
+                "error: run {} is {} and not held by the mass-deletion brake; nothing to confirm",
+                run.id, run.state
+            ));
+        }
+        for h in confirmed {
+            println!(
+                "confirmed: run {} may delete or mark stale {} `{}` records; it resumes with the next worker poll \
+                 (or `syncd runs resume {}`)",
+                run.id, h.count, h.entity_type, run.id
+            );
+        }
         Ok(())
     })
 }

@@ -86,6 +86,8 @@ pub struct TableBinding {
     pub fields: Vec<FieldColumn>,
     /// Holds the idempotency key of creates (integer-id tables).
     pub key_column: Option<String>,
+    /// Soft-delete column: a row whose value there is set counts as deleted.
+    pub deleted_column: Option<String>,
     /// Native column types by name, as the database names them.
     pub(crate) column_types: std::collections::BTreeMap<String, String>,
 }
@@ -110,6 +112,9 @@ pub struct BadRow {
 pub struct ChangePage {
     pub records: Vec<Record>,
     pub bad: Vec<BadRow>,
+    /// Ids of rows marked deleted in the soft-delete column: not records to
+    /// sync, but deletions to act on.
+    pub deleted: Vec<String>,
     /// The position after the last row of the page; `None` for an empty page.
     pub next: Option<Cursor>,
     /// True when the page was shorter than asked: the scan is done.

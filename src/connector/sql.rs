@@ -11,13 +11,14 @@
 
 use super::{BadRow, ChangePage, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding};
 use super::{format_time, id_text, normalize, parse_time};
+use crate::deletes::is_deleted_mark;
 use crate::record::{Fields, Record};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, TypeInfo, ValueRef};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,6 +32,15 @@ pub const UPDATED_AT_COLUMN: &str = "updated_at";
 pub enum SqlConnector {
     Postgres { system: String, pool: PgPool },
     Sqlite { system: String, pool: SqlitePool },
+}
+
+/// The columns a SQLite read selects, in order: id, time, the fields, and
+/// the soft-delete column when there is one.
+fn sqlite_columns(b: &TableBinding) -> Vec<&str> {
+    let mut cols = vec![ID_COLUMN, UPDATED_AT_COLUMN];
+    cols.extend(b.fields.iter().map(|f| f.column.as_str()));
+    cols.extend(b.deleted_column.as_deref());
+    cols
 }
 
 /// Quotes an identifier for SQL: `a"b` becomes `"a""b"`.
@@ -130,6 +140,7 @@ impl SqlConnector {
         columns: BTreeMap<String, String>,
         fields: Vec<FieldColumn>,
         key_column: Option<String>,
+        deleted_column: Option<String>,
     ) -> Result<TableBinding, ConnectorError> {
         let missing = |column: &str| ConnectorError::MissingColumn {
             system: self.system().to_owned(),
@@ -142,6 +153,11 @@ impl SqlConnector {
         columns
             .get(UPDATED_AT_COLUMN)
             .ok_or_else(|| missing(UPDATED_AT_COLUMN))?;
+        if let Some(c) = &deleted_column
+            && !columns.contains_key(c)
+        {
+            return Err(missing(c));
+        }
         let id_kind = if id_type.contains("INT") || id_type.contains("int") || id_type == "serial" {
             IdKind::Integer
         } else {
@@ -171,6 +187,7 @@ impl SqlConnector {
             } else {
                 None
             },
+            deleted_column,
             column_types: columns,
         })
     }
@@ -235,6 +252,12 @@ impl SqlConnector {
                 updated_at: doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null),
                 id: doc.get(ID_COLUMN).cloned().unwrap_or(Value::Null),
             });
+            if let Some(c) = &b.deleted_column
+                && doc.get(c).is_some_and(is_deleted_mark)
+            {
+                page.deleted.extend(doc.get(ID_COLUMN).and_then(id_text));
+                continue;
+            }
             match self.record_of(b, doc) {
                 Ok(r) => page.records.push(r),
                 Err(bad) => page.bad.push(bad),
@@ -277,8 +300,128 @@ impl SqlConnector {
         Ok(docs
             .into_iter()
             .filter_map(|d| d.ok())
+            .filter(|d| !Self::marked_deleted(b, d))
             .filter_map(|d| self.record_of(b, d).ok())
             .collect())
+    }
+
+    fn marked_deleted(b: &TableBinding, doc: &Fields) -> bool {
+        b.deleted_column
+            .as_ref()
+            .is_some_and(|c| doc.get(c).is_some_and(is_deleted_mark))
+    }
+
+    /// Which of `ids` exist and are not marked deleted: one query, reading
+    /// only the id (and the soft-delete column).
+    pub async fn present(&self, b: &TableBinding, ids: &[String]) -> Result<HashSet<String>, ConnectorError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        let mark = b.deleted_column.as_deref().map(ident);
+        let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({m})"));
+                let sql = format!(
+                    "SELECT {id}::text, {mark} FROM {t} WHERE {id} = ANY(CAST($1 AS {}[]))",
+                    b.column_types[ID_COLUMN]
+                );
+                sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let mark = mark.map_or("NULL".into(), |m| format!("json_quote({m})"));
+                let sql = format!(
+                    "SELECT CAST({id} AS TEXT), {mark} FROM {t} \
+                     WHERE {id} IN (SELECT value FROM json_each(?1))"
+                );
+                sqlx::query_as(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(self.query_error(&b.table))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, mark)| !mark.as_ref().is_some_and(|m| is_deleted_mark(&m.0)))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Deletes the rows with `ids`; ids already gone are no error.
+    pub async fn delete(&self, b: &TableBinding, ids: &[String]) -> Result<(), ConnectorError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let sql = format!(
+                    "DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS {}[]))",
+                    b.column_types[ID_COLUMN]
+                );
+                sqlx::query(&sql).bind(ids).execute(pool).await.map(|_| ())
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let sql = format!("DELETE FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1))");
+                sqlx::query(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+            }
+        }
+        .map_err(self.query_error(&b.table))?;
+        Ok(())
+    }
+
+    /// Marks the rows with `ids` archived: `column` set to `true`, or to
+    /// `now` when it holds times; `updated_at` moves too.
+    pub async fn archive(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+        column: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let t = ident(&b.table);
+        let (id, upd, col) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN), ident(column));
+        let column_type = b
+            .column_types
+            .get(column)
+            .map(|c| c.to_lowercase())
+            .unwrap_or_default();
+        let is_time = column_type.contains("time") || column_type.contains("date");
+        let stamp = format_time(now);
+        match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let value = if is_time { "CAST($2 AS timestamptz)" } else { "true" };
+                let sql = format!(
+                    "UPDATE {t} SET {col} = {value}, {upd} = CAST($2 AS {}) WHERE {id} = ANY(CAST($1 AS {}[]))",
+                    b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
+                );
+                sqlx::query(&sql).bind(ids).bind(&stamp).execute(pool).await.map(|_| ())
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let value = if is_time { "?2" } else { "1" };
+                let sql = format!(
+                    "UPDATE {t} SET {col} = {value}, {upd} = ?2 WHERE {id} IN (SELECT value FROM json_each(?1))"
+                );
+                sqlx::query(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .bind(&stamp)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+            }
+        }
+        .map_err(self.query_error(&b.table))?;
+        Ok(())
     }
 
     /// Ids of rows created earlier with each of `keys` (integer-id tables).
@@ -540,16 +683,17 @@ impl SqlConnector {
     }
 
     fn sqlite_select_list(&self, b: &TableBinding) -> String {
-        let mut cols = vec![ident(ID_COLUMN), ident(UPDATED_AT_COLUMN)];
-        cols.extend(b.fields.iter().map(|f| ident(&f.column)));
-        cols.join(", ")
+        sqlite_columns(b)
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Reads a SQLite row by the runtime type of each value; a BLOB cannot be
     /// a JSON field value, so its row is bad.
     fn sqlite_row(&self, b: &TableBinding, row: &SqliteRow) -> Result<Fields, BadRow> {
-        let mut names = vec![ID_COLUMN, UPDATED_AT_COLUMN];
-        names.extend(b.fields.iter().map(|f| f.column.as_str()));
+        let names = sqlite_columns(b);
         let mut doc = Fields::new();
         for (i, name) in names.iter().enumerate() {
             let raw = row.try_get_raw(i).map_err(|e| BadRow {

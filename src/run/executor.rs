@@ -13,12 +13,15 @@ use crate::conflict::{self, ConflictRecord, ConflictScope, Outcome, ReviewDecisi
 use crate::connector::{
     BadRow, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, SqlConnector, TableBinding,
 };
+use crate::deletes::{Gone, OnTargetDelete};
 use crate::ids::{EntityScope, TenantId};
 use crate::mapping::{IdMapping, MappingChange, MappingStatus};
 use crate::plan::{DependencyGraph, Plan, PlanError};
 use crate::record::{Direction, Fields, Record, Side};
 use crate::run::{PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
-use crate::store::{Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
+
+mod deletes;
+use crate::store::{DeleteCandidate, Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
 use crate::workflow::{DefinitionErrors, EntityDef, Workflow};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -53,6 +56,10 @@ pub enum RunError {
     Cancelled { run_id: Uuid },
     #[error("run {run_id} was interrupted by shutdown; it continues from its last checkpoint")]
     Interrupted { run_id: Uuid },
+    /// The mass-deletion brake stopped the run; it is suspended until an
+    /// operator confirms or cancels.
+    #[error("{}", hold.reason())]
+    Held { hold: Box<crate::store::RunHold> },
 }
 
 /// How a job runs.
@@ -153,7 +160,7 @@ impl StepCtx<'_> {
 
 fn side_of(direction: StepDirection) -> Side {
     match direction {
-        StepDirection::Forward => Side::Source,
+        StepDirection::Forward | StepDirection::Delete => Side::Source,
         StepDirection::Backward => Side::Target,
     }
 }
@@ -198,9 +205,11 @@ struct Create {
     fields: Fields,
     /// The base to record once created, in source ids.
     base: Fields,
-    /// The existing pending or failed mapping, if any.
+    /// The existing pending, failed or stale mapping, if any.
     mapping: Option<IdMapping>,
     key: String,
+    /// The id a text-id record is created under (derived from `key`).
+    id: Uuid,
 }
 
 impl Job {
@@ -360,6 +369,10 @@ impl Job {
                 Ok(self.store.transition_run(&run, event, None).await?)
             }
             Err(e @ (RunError::Cancelled { .. } | RunError::Interrupted { .. })) => Err(e),
+            Err(RunError::Held { hold }) => {
+                tracing::warn!(entity = %hold.entity_type, count = hold.count, "mass deletion held");
+                Ok(self.store.transition_run(&run, RunEvent::Suspend, None).await?)
+            }
             Err(e @ RunError::Store(StoreError::LeaseLost { .. })) => Err(e),
             Err(e) => {
                 tracing::error!(error = %e, "run failed");
@@ -404,6 +417,19 @@ impl Job {
             let span =
                 tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
             let _enter = span.enter();
+            if step.direction == StepDirection::Delete {
+                let mut report = |counters: &StepCounters| {
+                    progress(&Progress {
+                        step: i + 1,
+                        steps: steps.len(),
+                        entity_type: step.entity_type.to_string(),
+                        direction: step.direction,
+                        counters: *counters,
+                    })
+                };
+                self.execute_delete_step(&ctx, checkpoint, &mut report).await?;
+                continue;
+            }
             self.execute_step(&ctx, checkpoint, &mut |counters| {
                 progress(&Progress {
                     step: i + 1,
@@ -456,7 +482,7 @@ impl Job {
             self.check_not_cancelled(ctx).await?;
             let mut sync_cursor = None;
             let mut scan_done = false;
-            let (records, bad) = match state.phase {
+            let (records, bad, deleted) = match state.phase {
                 Phase::Retry => {
                     let unsettled = self
                         .store
@@ -476,7 +502,11 @@ impl Job {
                         })
                         .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                         .collect();
-                    (reader.read_by_ids(read_binding, &ids).await?, Vec::new())
+                    (
+                        reader.read_by_ids(read_binding, &ids).await?,
+                        Vec::new(),
+                        Vec::new(),
+                    )
                 }
                 Phase::Scan => {
                     if state.scan.is_none() && state.scan_start.is_none() {
@@ -496,7 +526,7 @@ impl Job {
                         });
                     }
                     scan_done = page.done;
-                    (page.records, page.bad)
+                    (page.records, page.bad, page.deleted)
                 }
                 Phase::Patch => {
                     let from = state.patch.clone().or_else(|| state.scan_start.clone());
@@ -509,11 +539,13 @@ impl Job {
                     if page.done {
                         state.phase = Phase::Done;
                     }
-                    (page.records, page.bad)
+                    (page.records, page.bad, Vec::new())
                 }
                 Phase::Done => break,
             };
-            let mut commit = self.process_page(ctx, records, bad, &mut counters).await?;
+            let mut commit = self
+                .process_page(ctx, records, bad, deleted, &mut counters)
+                .await?;
             // Decided once the last page is processed: it may defer too.
             if scan_done {
                 state.phase = if counters.deferred > 0 {
@@ -651,6 +683,15 @@ impl Job {
         out
     }
 
+    /// The key and id of creating `stale`'s record anew: derived from the
+    /// mapping and its version, so the new record gets a new id and a repeat
+    /// after a crash (the key is kept in the pending mapping) the same one.
+    fn recreate_key(&self, ctx: &StepCtx<'_>, stale: &IdMapping) -> (String, Uuid) {
+        let name = format!("recreate\u{1f}{}\u{1f}{}", stale.id, stale.version);
+        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
+        (format!("{}{id}", key_prefix(ctx.step.direction)), id)
+    }
+
     fn create_key(&self, ctx: &StepCtx<'_>, read_id: &str) -> (String, Uuid) {
         let name = format!(
             "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}",
@@ -670,15 +711,37 @@ impl Job {
         ctx: &StepCtx<'_>,
         records: Vec<Record>,
         bad: Vec<BadRow>,
+        deleted: Vec<String>,
         counters: &mut StepCounters,
     ) -> Result<PageCommit, RunError> {
         let now = Utc::now();
         let read = ctx.read;
         let write = ctx.write();
         let tables = ctx.tables;
-        counters.read += (records.len() + bad.len()) as u64;
+        counters.read += (records.len() + bad.len() + deleted.len()) as u64;
         let mut commit = PageCommit::default();
         let mut reserve: Vec<MappingWrite> = Vec::new();
+
+        // Rows marked deleted: a mapped one is a deletion for the run's
+        // delete step to act on (after the brake has counted them all).
+        if !deleted.is_empty() {
+            let gone = match read {
+                Side::Source => Gone::Source,
+                Side::Target => Gone::Target,
+            };
+            let found = self.store.lookup(&ctx.scope, read, &deleted).await?;
+            commit.candidates = found
+                .values()
+                .filter(|m| m.status == MappingStatus::Mapped)
+                .map(|m| DeleteCandidate {
+                    run_id: ctx.run_id,
+                    tenant_id: self.tenant.clone(),
+                    entity_type: ctx.step.entity_type.clone(),
+                    mapping_id: m.id,
+                    gone,
+                })
+                .collect();
+        }
 
         // Records with an open conflict wait for their reviewer.
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
@@ -715,7 +778,7 @@ impl Job {
         let counterpart_ids: Vec<String> = records
             .iter()
             .filter_map(|r| mappings.get(&r.id))
-            .filter(|m| m.status == MappingStatus::Mapped)
+            .filter(|m| m.status == MappingStatus::Mapped || m.status == MappingStatus::Stale)
             .filter_map(|m| id_on(m, write).map(str::to_owned))
             .collect();
         let counterparts: HashMap<String, Record> = self
@@ -759,18 +822,41 @@ impl Job {
         let mut updates_source: Vec<(String, Fields)> = Vec::new();
         let mut updates_target: Vec<TargetUpdate> = Vec::new();
         let mut confirms: Vec<MappingWrite> = Vec::new();
+        let policy = &tables.def.deletes;
         for record in records {
             let mapping = mappings.remove(&record.id);
+            // A stale mapping whose record is back in the scan: re-linked
+            // when both records exist (a source deleted and restored, with
+            // its target kept or archived), else created anew when the
+            // policy says so (`recreate`, or a source record that came back
+            // after its target was deleted). `unlink` leaves it stale.
+            let mut relink = false;
+            if let Some(m) = mapping.as_ref().filter(|m| m.status == MappingStatus::Stale) {
+                let counterpart = id_on(m, write).is_some_and(|id| counterparts.contains_key(id));
+                let gone = Gone::of(m).unwrap_or(Gone::Target);
+                if counterpart && gone == Gone::Source {
+                    relink = true;
+                } else if gone == Gone::Target && policy.on_target_delete != OnTargetDelete::Recreate {
+                    counters.skipped += 1;
+                    continue;
+                }
+            }
             match mapping {
-                Some(m) if m.status == MappingStatus::Mapped => {
+                Some(m) if m.status == MappingStatus::Mapped || relink => {
                     let Some(other) = id_on(&m, write).and_then(|id| counterparts.get(id)) else {
-                        counters.failed += 1;
-                        confirms.push(MappingWrite::Transition {
-                            current: m,
-                            change: MappingChange::MarkStale {
-                                reason: format!("{} record is gone", write.as_str()),
+                        // Gone from the other side: the delete step acts on
+                        // it by the entity's policy, after the brake.
+                        commit.candidates.push(DeleteCandidate {
+                            run_id: ctx.run_id,
+                            tenant_id: self.tenant.clone(),
+                            entity_type: ctx.step.entity_type.clone(),
+                            mapping_id: m.id,
+                            gone: match write {
+                                Side::Source => Gone::Source,
+                                Side::Target => Gone::Target,
                             },
                         });
+                        counters.skipped += 1;
                         continue;
                     };
                     let translated = match read {
@@ -811,7 +897,7 @@ impl Job {
                     let Outcome::Write(writes) = resolution.outcome else {
                         continue;
                     };
-                    if writes.is_noop() && m.base.as_ref() == Some(&writes.base) {
+                    if writes.is_noop() && m.base.as_ref() == Some(&writes.base) && !relink {
                         counters.unchanged += 1;
                         continue;
                     }
@@ -849,7 +935,6 @@ impl Job {
                         current: m,
                     });
                 }
-                Some(m) if m.status == MappingStatus::Stale => counters.skipped += 1,
                 Some(m)
                     if m.idempotency_key
                         .as_deref()
@@ -867,7 +952,17 @@ impl Job {
                         deferred,
                         missing,
                     } = Self::rewrite_references(tables, &read_maps, read, &record.fields);
-                    let (key, _) = self.create_key(ctx, &record.id);
+                    let (key, id) = match &mapping {
+                        // A repeat: the key (and id) the first attempt used.
+                        Some(m) if m.status == MappingStatus::Pending => m
+                            .idempotency_key
+                            .as_deref()
+                            .and_then(|k| Some((k.to_owned(), k.get(4..)?.parse().ok()?)))
+                            .unwrap_or_else(|| self.create_key(ctx, &record.id)),
+                        // Created anew: a new id, not the one that was deleted.
+                        Some(m) if m.status == MappingStatus::Stale => self.recreate_key(ctx, m),
+                        _ => self.create_key(ctx, &record.id),
+                    };
                     if let Some((_, reason)) = missing.into_iter().next() {
                         counters.failed += 1;
                         match mapping {
@@ -916,7 +1011,7 @@ impl Job {
                             }
                             reserve.push(MappingWrite::Insert(m))
                         }
-                        Some(m) if m.status == MappingStatus::Failed => {
+                        Some(m) if m.status == MappingStatus::Failed || m.status == MappingStatus::Stale => {
                             reserve.push(MappingWrite::Transition {
                                 current: m.clone(),
                                 change: MappingChange::Reserve {
@@ -932,6 +1027,7 @@ impl Job {
                         base,
                         mapping,
                         key,
+                        id,
                     });
                 }
             }
@@ -966,12 +1062,12 @@ impl Job {
                 base,
                 mapping,
                 key,
+                id: uuid,
             } = action;
             let current = reserved
                 .remove(&record.id)
                 .or(mapping)
                 .expect("a create has a pending mapping");
-            let (_, uuid) = self.create_key(ctx, &record.id);
             creates.push((
                 current,
                 record,
@@ -1293,6 +1389,7 @@ fn key_prefix(direction: StepDirection) -> &'static str {
     match direction {
         StepDirection::Forward => "fwd:",
         StepDirection::Backward => "bwd:",
+        StepDirection::Delete => "del:",
     }
 }
 
@@ -1326,6 +1423,22 @@ async fn bind_entity(
                 table: table.clone(),
                 entity: entity.to_owned(),
             })?;
+        if let Some(archive) = def
+            .deletes
+            .archive_column
+            .as_ref()
+            .filter(|_| pick == Side::Target)
+            && !columns.contains_key(archive)
+        {
+            return Err(ConnectorError::MissingColumn {
+                system: connector.system().to_owned(),
+                table: table.clone(),
+                column: archive.clone(),
+                entity: entity.to_owned(),
+                field: ", archive_column".into(),
+            }
+            .into());
+        }
         let mut cdm_to_column: BTreeMap<String, String> = BTreeMap::new();
         for f in &def.fields {
             let column = match pick {
@@ -1349,6 +1462,8 @@ async fn bind_entity(
             crate::connector::sql::ID_COLUMN,
             crate::connector::sql::UPDATED_AT_COLUMN,
             def.idempotency_column.as_deref().unwrap_or(""),
+            def.deletes.deleted_column(pick).unwrap_or(""),
+            def.deletes.archive_column.as_deref().unwrap_or(""),
         ];
         for column in columns.keys() {
             if !used.contains(column) && !reserved.contains(&column.as_str()) {
@@ -1357,7 +1472,7 @@ async fn bind_entity(
                     .or_insert_with(|| column.clone());
             }
         }
-        sides.push((connector, table, columns, cdm_to_column));
+        sides.push((connector, table, columns, cdm_to_column, pick));
     }
     let shared: Vec<String> = sides[0]
         .3
@@ -1366,7 +1481,7 @@ async fn bind_entity(
         .cloned()
         .collect();
     let mut bindings = Vec::new();
-    for (connector, table, columns, map) in sides {
+    for (connector, table, columns, map, pick) in sides {
         let fields = shared
             .iter()
             .map(|cdm| FieldColumn {
@@ -1374,7 +1489,15 @@ async fn bind_entity(
                 column: map[cdm].clone(),
             })
             .collect();
-        bindings.push(connector.binding(entity, table, columns, fields, def.idempotency_column.clone())?);
+        let deleted = def.deletes.deleted_column(pick).map(str::to_owned);
+        bindings.push(connector.binding(
+            entity,
+            table,
+            columns,
+            fields,
+            def.idempotency_column.clone(),
+            deleted,
+        )?);
     }
     let target = bindings.pop().expect("two sides");
     let source = bindings.pop().expect("two sides");

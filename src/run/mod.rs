@@ -19,6 +19,9 @@ pub enum StepDirection {
     Forward,
     /// Target → source (bidirectional integrations only).
     Backward,
+    /// Acts on records gone from either side; after every sync step, in
+    /// reverse stage order, so children go before their parents.
+    Delete,
 }
 
 impl StepDirection {
@@ -27,6 +30,7 @@ impl StepDirection {
         match self {
             StepDirection::Forward => "forward",
             StepDirection::Backward => "backward",
+            StepDirection::Delete => "delete",
         }
     }
 }
@@ -38,6 +42,7 @@ impl FromStr for StepDirection {
         match s {
             "forward" => Ok(StepDirection::Forward),
             "backward" => Ok(StepDirection::Backward),
+            "delete" => Ok(StepDirection::Delete),
             _ => Err(format!("unknown step direction `{s}`")),
         }
     }
@@ -101,6 +106,14 @@ pub struct StepCounters {
     pub skipped: u64,
     /// Self-references written empty, to be patched once their target exists.
     pub deferred: u64,
+    /// Records deleted because their counterpart was deleted.
+    pub deleted: u64,
+    /// Target records archived because their source was deleted.
+    pub archived: u64,
+    /// Mappings marked stale (a record gone, nothing else done).
+    pub stale: u64,
+    /// Target records created anew because the old one was gone.
+    pub recreated: u64,
 }
 
 /// The durable progress of one step, written with each page.
@@ -259,7 +272,9 @@ pub struct PlannedStep {
 }
 
 /// The steps of `plan` in execution order: stage by stage, alphabetical
-/// inside a stage, forward before backward for each entity type.
+/// inside a stage, forward before backward for each entity type; then one
+/// delete step per entity type in exactly the reverse order, so that a
+/// child's records are deleted before the parents they reference.
 pub fn steps_of(plan: &crate::plan::Plan, bidirectional: bool) -> Vec<PlannedStep> {
     let mut steps = Vec::new();
     for stage in &plan.stages {
@@ -276,6 +291,15 @@ pub fn steps_of(plan: &crate::plan::Plan, bidirectional: bool) -> Vec<PlannedSte
                     direction,
                 });
             }
+        }
+    }
+    for stage in plan.stages.iter().rev() {
+        for entity in stage.entity_types.iter().rev() {
+            steps.push(PlannedStep {
+                stage: stage.number as u32,
+                entity_type: entity.as_str().into(),
+                direction: StepDirection::Delete,
+            });
         }
     }
     steps
@@ -345,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_forward_then_backward_per_entity() {
+    fn steps_run_forward_then_backward_per_entity_then_deletes_in_reverse() {
         let plan =
             crate::plan::DependencyGraph::from_dependencies([("b", vec![]), ("a", vec![]), ("c", vec!["a"])])
                 .stages()
@@ -362,10 +386,13 @@ mod tests {
                 "1:b:forward",
                 "1:b:backward",
                 "2:c:forward",
-                "2:c:backward"
+                "2:c:backward",
+                "2:c:delete",
+                "1:b:delete",
+                "1:a:delete"
             ]
         );
-        assert_eq!(steps_of(&plan, false).len(), 3);
+        assert_eq!(steps_of(&plan, false).len(), 6);
     }
 }
 

@@ -15,7 +15,8 @@ mod sqlite;
 
 use crate::cache::MappingCache;
 use crate::conflict::{ConflictRecord, ConflictStatus};
-use crate::ids::{EntityScope, IntegrationId, TenantId};
+use crate::deletes::Gone;
+use crate::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use crate::mapping::{IdMapping, MappingChange, MappingStatus, TransitionError};
 use crate::record::Side;
 use crate::run::StepCheckpoint;
@@ -204,6 +205,49 @@ pub struct PageCommit {
     pub lease: Option<Lease>,
     /// Resolved conflicts whose resolution this page wrote to both systems.
     pub applied_conflicts: Vec<Uuid>,
+    /// Mappings found gone on one side, to be acted on by the run's delete
+    /// pass (recorded again harmlessly when a page is done twice).
+    pub candidates: Vec<DeleteCandidate>,
+    /// An entity type whose reconciliation pass this page finished.
+    pub reconciled: Option<EntityScope>,
+}
+
+/// A mapping a run found gone on one side, before anything is done about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteCandidate {
+    pub run_id: Uuid,
+    pub tenant_id: TenantId,
+    pub entity_type: EntityType,
+    pub mapping_id: Uuid,
+    pub gone: Gone,
+}
+
+/// A run held by the mass-deletion brake for one entity type.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RunHold {
+    pub run_id: Uuid,
+    pub tenant_id: TenantId,
+    pub entity_type: String,
+    /// Records the step would delete or mark stale.
+    pub count: u64,
+    /// The entity's mapped records when it was counted.
+    pub mapped: u64,
+    /// How many it could have acted on without asking.
+    pub limit: u64,
+    pub confirmed_by: Option<String>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl RunHold {
+    /// What an operator reads: which entity, how many, and what to do.
+    pub fn reason(&self) -> String {
+        format!(
+            "mass deletion held: {} of {} mapped `{}` records would be deleted or marked stale \
+             (limit {}); nothing was deleted. Confirm with `syncd runs confirm-deletes {}` or cancel the run",
+            self.count, self.mapped, self.entity_type, self.limit, self.run_id
+        )
+    }
 }
 
 /// The change-scan position of one entity type in one system.
@@ -890,6 +934,78 @@ impl Store {
         integration: &IntegrationId,
     ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
         on_backend!(self, b => b.mapping_counts(tenant, integration).await)
+    }
+
+    /// Up to `limit` `mapped` mappings of `scope` with source ids after
+    /// `after`, in source-id order: the reconciliation pass walks the ID map
+    /// with these, never holding more than a page.
+    pub async fn mapped_page(
+        &self,
+        scope: &EntityScope,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        on_backend!(self, b => b.mapped_page(scope, after, limit).await)
+    }
+
+    /// How many mappings of `scope` are `mapped`.
+    pub async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.count_mapped(scope).await)
+    }
+
+    /// When `scope` was last reconciled.
+    pub async fn last_reconciled(&self, scope: &EntityScope) -> Result<Option<DateTime<Utc>>, StoreError> {
+        on_backend!(self, b => b.last_reconciled(scope).await)
+    }
+
+    /// How many delete candidates `run` recorded for `entity`.
+    pub async fn count_candidates(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+    ) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.count_candidates(tenant, run_id, entity).await)
+    }
+
+    /// The delete candidates of `run` for `entity` with mapping ids after
+    /// `after`, in mapping-id order, with their mappings as they are now.
+    pub async fn candidates_page(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(IdMapping, Gone)>, StoreError> {
+        on_backend!(self, b => b.candidates_page(tenant, run_id, entity, after, limit).await)
+    }
+
+    /// Records that `hold` stops its run (kept if already there).
+    pub async fn add_hold(&self, hold: &RunHold) -> Result<(), StoreError> {
+        on_backend!(self, b => b.add_hold(hold).await)
+    }
+
+    /// The brake holds of `run_id`, confirmed or not.
+    pub async fn run_holds(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        on_backend!(self, b => b.run_holds(tenant, run_id).await)
+    }
+
+    /// Confirms every unconfirmed hold of `run_id` as `by`; returns the
+    /// holds confirmed (none when the run was not held). The worker then
+    /// resumes the run like any other suspended one.
+    pub async fn confirm_deletes(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+        by: &str,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let now = Utc::now();
+        on_backend!(self, b => b.confirm_deletes(tenant, run_id, by, now).await)
     }
 }
 

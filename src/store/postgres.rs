@@ -2,11 +2,12 @@
 //! through `UNNEST`, one transaction per page.
 
 use super::{
-    ConflictFilter, Decided, Lease, PageCommit, RESUME_CHANNEL, RunFilter, RunRow, Schedule, StoreError,
-    duplicate_or, lost_race,
+    ConflictFilter, Decided, Lease, PageCommit, RESUME_CHANNEL, RunFilter, RunHold, RunRow, Schedule,
+    StoreError, duplicate_or, lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
-use crate::ids::{EntityScope, IntegrationId, TenantId};
+use crate::deletes::Gone;
+use crate::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
 use crate::run::{PlannedStep, RunState, StepCheckpoint};
@@ -228,6 +229,36 @@ impl PgStore {
                 .bind(&page.applied_conflicts)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if !page.candidates.is_empty() {
+            let c = &page.candidates;
+            sqlx::query(
+                "INSERT INTO delete_candidates (tenant_id, run_id, entity_type, mapping_id, gone, created_at) \
+                 SELECT t, r, e, m, g, $6 FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::text[]) \
+                     AS u(t, r, e, m, g) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(c.iter().map(|c| c.tenant_id.as_str()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.run_id).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.entity_type.as_str()).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.mapping_id).collect::<Vec<_>>())
+            .bind(c.iter().map(|c| c.gone.to_string()).collect::<Vec<_>>())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(scope) = &page.reconciled {
+            sqlx::query(
+                "INSERT INTO reconciles (tenant_id, integration_id, entity_type, reconciled_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, integration_id, entity_type) \
+                 DO UPDATE SET reconciled_at = EXCLUDED.reconciled_at",
+            )
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(c) = &page.sync_cursor {
             sqlx::query(
@@ -729,6 +760,8 @@ impl PgStore {
                     OR (r.state = 'suspended' AND NOT EXISTS (SELECT 1 FROM conflicts c \
                         WHERE c.tenant_id = r.tenant_id AND c.run_id = r.id AND c.status = 'pending'))) \
                AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = r.id AND l.expires_at > $1) \
+               AND NOT EXISTS (SELECT 1 FROM run_holds h \
+                   WHERE h.tenant_id = r.tenant_id AND h.run_id = r.id AND h.confirmed_at IS NULL) \
              ORDER BY r.created_at LIMIT $2"
         ))
         .bind(now)
@@ -827,6 +860,184 @@ impl PgStore {
             .map(|(e, s, n)| Ok((e, s.parse().map_err(|e| corrupt("id_mappings", e))?, n as u64)))
             .collect()
     }
+}
+
+impl PgStore {
+    pub(super) async fn mapped_page(
+        &self,
+        scope: &EntityScope,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id IS NOT NULL \
+               AND ($4::text IS NULL OR source_id > $4) AND status = 'mapped' \
+             ORDER BY source_id LIMIT $5"
+        ))
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping_from_row).collect()
+    }
+
+    pub(super) async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM id_mappings \
+             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND status = 'mapped'",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    pub(super) async fn last_reconciled(
+        &self,
+        scope: &EntityScope,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT reconciled_at FROM reconciles \
+             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn count_candidates(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delete_candidates WHERE tenant_id = $1 AND run_id = $2 AND entity_type = $3",
+        )
+        .bind(tenant.as_str())
+        .bind(run_id)
+        .bind(entity.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    pub(super) async fn candidates_page(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(IdMapping, Gone)>, StoreError> {
+        let columns = MAPPING_COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {columns}, c.gone FROM delete_candidates c \
+             JOIN id_mappings m ON m.id = c.mapping_id AND m.tenant_id = c.tenant_id \
+             WHERE c.tenant_id = $1 AND c.run_id = $2 AND c.entity_type = $3 \
+               AND ($4::uuid IS NULL OR c.mapping_id > $4) \
+             ORDER BY c.mapping_id LIMIT $5"
+        ))
+        .bind(tenant.as_str())
+        .bind(run_id)
+        .bind(entity.as_str())
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let gone: &str = row.try_get(14)?;
+                Ok((
+                    mapping_from_row(row)?,
+                    gone.parse().map_err(|e| corrupt("delete_candidates", e))?,
+                ))
+            })
+            .collect()
+    }
+
+    pub(super) async fn add_hold(&self, h: &RunHold) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_holds (tenant_id, run_id, entity_type, count, mapped, delete_limit, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(h.tenant_id.as_str())
+        .bind(h.run_id)
+        .bind(&h.entity_type)
+        .bind(h.count as i64)
+        .bind(h.mapped as i64)
+        .bind(h.limit as i64)
+        .bind(h.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn run_holds(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HOLD_COLUMNS} FROM run_holds WHERE run_id = $1 AND ($2::text IS NULL OR tenant_id = $2) \
+             ORDER BY created_at, entity_type"
+        ))
+        .bind(run_id)
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+
+    pub(super) async fn confirm_deletes(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE run_holds SET confirmed_by = $3, confirmed_at = $4 \
+             WHERE run_id = $1 AND ($2::text IS NULL OR tenant_id = $2) AND confirmed_at IS NULL \
+             RETURNING {HOLD_COLUMNS}"
+        ))
+        .bind(run_id)
+        .bind(tenant.map(TenantId::as_str))
+        .bind(by)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+}
+
+const HOLD_COLUMNS: &str =
+    "run_id, tenant_id, entity_type, count, mapped, delete_limit, confirmed_by, confirmed_at, created_at";
+
+fn hold_from_row(row: &PgRow) -> Result<RunHold, StoreError> {
+    Ok(RunHold {
+        run_id: row.try_get(0)?,
+        tenant_id: TenantId(row.try_get(1)?),
+        entity_type: row.try_get(2)?,
+        count: row.try_get::<i64, _>(3)? as u64,
+        mapped: row.try_get::<i64, _>(4)? as u64,
+        limit: row.try_get::<i64, _>(5)? as u64,
+        confirmed_by: row.try_get(6)?,
+        confirmed_at: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+    })
 }
 
 const CONFLICT_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, run_id, source_record, \

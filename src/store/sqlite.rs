@@ -4,11 +4,12 @@
 //! go in one query through `json_each`.
 
 use super::{
-    ConflictFilter, Decided, Lease, PageCommit, RunFilter, RunRow, Schedule, StoreError, duplicate_or,
-    lost_race,
+    ConflictFilter, Decided, Lease, PageCommit, RunFilter, RunHold, RunRow, Schedule, StoreError,
+    duplicate_or, lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
-use crate::ids::{EntityScope, IntegrationId, TenantId};
+use crate::deletes::Gone;
+use crate::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
 use crate::run::{PlannedStep, RunState, StepCheckpoint};
@@ -302,6 +303,44 @@ impl SqliteStore {
                     .bind(id.to_string())
                     .execute(&mut *conn)
                     .await?;
+            }
+            if !page.candidates.is_empty() {
+                let rows: Vec<serde_json::Value> = page
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!([
+                            c.tenant_id.as_str(),
+                            c.run_id.to_string(),
+                            c.entity_type.as_str(),
+                            c.mapping_id.to_string(),
+                            c.gone.to_string()
+                        ])
+                    })
+                    .collect();
+                sqlx::query(
+                    "INSERT OR IGNORE INTO delete_candidates \
+                         (tenant_id, run_id, entity_type, mapping_id, gone, created_at) \
+                     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, ?2 \
+                     FROM json_each(?1)",
+                )
+                .bind(Json(&rows))
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            if let Some(scope) = &page.reconciled {
+                sqlx::query(
+                    "INSERT INTO reconciles (tenant_id, integration_id, entity_type, reconciled_at) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, integration_id, entity_type) \
+                     DO UPDATE SET reconciled_at = excluded.reconciled_at",
+                )
+                .bind(scope.tenant_id.as_str())
+                .bind(scope.integration_id.as_str())
+                .bind(scope.entity_type.as_str())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
             }
             if let Some(c) = &page.sync_cursor {
                 sqlx::query(
@@ -764,6 +803,8 @@ impl SqliteStore {
                     OR (r.state = 'suspended' AND NOT EXISTS (SELECT 1 FROM conflicts c \
                         WHERE c.tenant_id = r.tenant_id AND c.run_id = r.id AND c.status = 'pending'))) \
                AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = r.id AND l.expires_at > ?1) \
+               AND NOT EXISTS (SELECT 1 FROM run_holds h \
+                   WHERE h.tenant_id = r.tenant_id AND h.run_id = r.id AND h.confirmed_at IS NULL) \
              ORDER BY r.created_at LIMIT ?2"
         ))
         .bind(now)
@@ -890,6 +931,185 @@ fn conflict_from_row(row: &SqliteRow) -> Result<ConflictRecord, StoreError> {
         resolved_by: row.try_get("resolved_by")?,
         created_at: row.try_get("created_at")?,
         resolved_at: row.try_get("resolved_at")?,
+    })
+}
+
+impl SqliteStore {
+    pub(super) async fn mapped_page(
+        &self,
+        scope: &EntityScope,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND source_id IS NOT NULL \
+               AND (?4 IS NULL OR source_id > ?4) AND status = 'mapped' \
+             ORDER BY source_id LIMIT ?5"
+        ))
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping_from_row).collect()
+    }
+
+    pub(super) async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM id_mappings \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND status = 'mapped'",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    pub(super) async fn last_reconciled(
+        &self,
+        scope: &EntityScope,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT reconciled_at FROM reconciles \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn count_candidates(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delete_candidates WHERE tenant_id = ?1 AND run_id = ?2 AND entity_type = ?3",
+        )
+        .bind(tenant.as_str())
+        .bind(run_id.to_string())
+        .bind(entity.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    pub(super) async fn candidates_page(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(IdMapping, Gone)>, StoreError> {
+        let columns = MAPPING_COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {columns}, c.gone AS gone FROM delete_candidates c \
+             JOIN id_mappings m ON m.id = c.mapping_id AND m.tenant_id = c.tenant_id \
+             WHERE c.tenant_id = ?1 AND c.run_id = ?2 AND c.entity_type = ?3 \
+               AND (?4 IS NULL OR c.mapping_id > ?4) \
+             ORDER BY c.mapping_id LIMIT ?5"
+        ))
+        .bind(tenant.as_str())
+        .bind(run_id.to_string())
+        .bind(entity.as_str())
+        .bind(after.map(|a| a.to_string()))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let gone: String = row.try_get("gone")?;
+                Ok((
+                    mapping_from_row(row)?,
+                    gone.parse().map_err(|e| corrupt("delete_candidates", e))?,
+                ))
+            })
+            .collect()
+    }
+
+    pub(super) async fn add_hold(&self, h: &RunHold) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO run_holds \
+                 (tenant_id, run_id, entity_type, count, mapped, delete_limit, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(h.tenant_id.as_str())
+        .bind(h.run_id.to_string())
+        .bind(&h.entity_type)
+        .bind(h.count as i64)
+        .bind(h.mapped as i64)
+        .bind(h.limit as i64)
+        .bind(h.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn run_holds(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HOLD_COLUMNS} FROM run_holds WHERE run_id = ?1 AND (?2 IS NULL OR tenant_id = ?2) \
+             ORDER BY created_at, entity_type"
+        ))
+        .bind(run_id.to_string())
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+
+    pub(super) async fn confirm_deletes(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE run_holds SET confirmed_by = ?3, confirmed_at = ?4 \
+             WHERE run_id = ?1 AND (?2 IS NULL OR tenant_id = ?2) AND confirmed_at IS NULL \
+             RETURNING {HOLD_COLUMNS}"
+        ))
+        .bind(run_id.to_string())
+        .bind(tenant.map(TenantId::as_str))
+        .bind(by)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+}
+
+const HOLD_COLUMNS: &str =
+    "run_id, tenant_id, entity_type, count, mapped, delete_limit, confirmed_by, confirmed_at, created_at";
+
+fn hold_from_row(row: &SqliteRow) -> Result<RunHold, StoreError> {
+    Ok(RunHold {
+        run_id: uuid_of(row, "run_id", "run_holds")?,
+        tenant_id: TenantId(row.try_get("tenant_id")?),
+        entity_type: row.try_get("entity_type")?,
+        count: row.try_get::<i64, _>("count")? as u64,
+        mapped: row.try_get::<i64, _>("mapped")? as u64,
+        limit: row.try_get::<i64, _>("delete_limit")? as u64,
+        confirmed_by: row.try_get("confirmed_by")?,
+        confirmed_at: row.try_get("confirmed_at")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 

@@ -1,0 +1,265 @@
+//! What the engine does when records disappear: per entity type policies,
+//! the mass-deletion brake, and how a mapping remembers why it went stale.
+//!
+//! Pure: the executor finds the deletions (soft-delete columns during the
+//! change scan, a reconciliation pass over the ID map) and acts on them in
+//! reverse stage order; this module only decides.
+
+use crate::mapping::IdMapping;
+use crate::record::Side;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// When the source record of a mapped pair is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnSourceDelete {
+    /// Delete the target record too.
+    #[default]
+    Delete,
+    /// Set the target's archive column and keep the record.
+    Archive,
+    /// Leave the target record alone.
+    Ignore,
+}
+
+/// When the target record of a mapped pair is gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnTargetDelete {
+    /// Create it anew from the source record, once.
+    Recreate,
+    /// Leave the mapping `stale`, listed for operators.
+    #[default]
+    Unlink,
+    /// Delete the source record too (bidirectional integrations only).
+    Propagate,
+}
+
+impl FromStr for OnSourceDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "delete" => Ok(OnSourceDelete::Delete),
+            "archive" => Ok(OnSourceDelete::Archive),
+            "ignore" => Ok(OnSourceDelete::Ignore),
+            _ => Err(format!(
+                "unknown policy `{s}` (expected delete, archive or ignore)"
+            )),
+        }
+    }
+}
+
+impl FromStr for OnTargetDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "recreate" => Ok(OnTargetDelete::Recreate),
+            "unlink" => Ok(OnTargetDelete::Unlink),
+            "propagate" => Ok(OnTargetDelete::Propagate),
+            _ => Err(format!(
+                "unknown policy `{s}` (expected recreate, unlink or propagate)"
+            )),
+        }
+    }
+}
+
+/// Past how many deletions (or stale marks) in one step the engine stops
+/// and asks an operator: `percent` of the entity's mapped records or `max`,
+/// whichever is smaller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeleteBrake {
+    pub percent: u32,
+    pub max: u64,
+}
+
+impl Default for DeleteBrake {
+    fn default() -> Self {
+        DeleteBrake {
+            percent: 10,
+            max: 500,
+        }
+    }
+}
+
+impl DeleteBrake {
+    /// How many of `mapped` records one step may delete without asking.
+    pub fn limit(&self, mapped: u64) -> u64 {
+        (mapped * u64::from(self.percent) / 100).min(self.max)
+    }
+
+    /// Whether `count` deletions out of `mapped` need an operator.
+    pub fn holds(&self, count: u64, mapped: u64) -> bool {
+        count > self.limit(mapped)
+    }
+}
+
+/// One entity type's delete handling, from its definition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeletePolicy {
+    /// Soft-delete column of the source table: a row whose value there is
+    /// set (not NULL, `false` or `0`) counts as deleted.
+    pub source_deleted_column: Option<String>,
+    /// The same for the target table.
+    pub target_deleted_column: Option<String>,
+    pub on_source_delete: OnSourceDelete,
+    /// The target column `archive` sets (to `true`, or the time for a
+    /// timestamp column).
+    pub archive_column: Option<String>,
+    pub on_target_delete: OnTargetDelete,
+    /// How often a run checks every mapped record for hard deletes; `None`
+    /// never (soft-delete columns are still seen by every run).
+    pub reconcile_every: Option<Duration>,
+    pub brake: DeleteBrake,
+}
+
+impl DeletePolicy {
+    /// The soft-delete column of `side`'s table.
+    pub fn deleted_column(&self, side: Side) -> Option<&str> {
+        match side {
+            Side::Source => self.source_deleted_column.as_deref(),
+            Side::Target => self.target_deleted_column.as_deref(),
+        }
+    }
+}
+
+/// Parses an interval such as `30s`, `15m`, `12h` or `1d`.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not an interval (expected a number and s, m, h or d, e.g. `1d`)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{s}` is not an interval (expected a number and s, m, h or d, e.g. `1d`)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+/// Whether a soft-delete column's value marks its row deleted.
+pub fn is_deleted_mark(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !matches!(s.as_str(), "" | "0" | "false" | "f"),
+        _ => true,
+    }
+}
+
+/// Why a mapping is `stale`: which side's record went, and what the engine
+/// did about it. Kept at the start of the mapping's `last_error`, so that the
+/// reason operators read is also what later runs decide by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// The source record was deleted; the mapping is a tombstone keeping
+    /// both ids, so the record is re-linked if it comes back.
+    Source,
+    /// The target record is gone.
+    Target,
+}
+
+impl Gone {
+    const SOURCE: &'static str = "source record deleted";
+    const TARGET: &'static str = "target record gone";
+
+    /// The reason to store: the marker, then what was done.
+    pub fn reason(self, done: &str) -> String {
+        let head = match self {
+            Gone::Source => Self::SOURCE,
+            Gone::Target => Self::TARGET,
+        };
+        format!("{head}: {done}")
+    }
+
+    /// Why `mapping` is stale, if it says.
+    pub fn of(mapping: &IdMapping) -> Option<Gone> {
+        let reason = mapping.last_error.as_deref()?;
+        if reason.starts_with(Self::SOURCE) {
+            Some(Gone::Source)
+        } else if reason.starts_with(Self::TARGET) {
+            Some(Gone::Target)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Gone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Gone::Source => "source",
+            Gone::Target => "target",
+        })
+    }
+}
+
+impl FromStr for Gone {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "source" => Ok(Gone::Source),
+            "target" => Ok(Gone::Target),
+            _ => Err(format!("unknown side `{s}`")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_brake_takes_the_smaller_of_percent_and_max() {
+        let brake = DeleteBrake::default();
+        assert_eq!(brake.limit(1_000), 100);
+        assert_eq!(brake.limit(10_000), 500);
+        assert_eq!(brake.limit(5), 0);
+        assert!(!brake.holds(100, 1_000));
+        assert!(brake.holds(101, 1_000));
+        assert!(brake.holds(501, 1_000_000));
+        assert!(!brake.holds(0, 0));
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_interval("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("15m"), Ok(Duration::from_secs(900)));
+        assert!(
+            parse_interval("1w")
+                .unwrap_err()
+                .contains("`1w` is not an interval")
+        );
+        assert!(parse_interval("d").is_err());
+    }
+
+    #[test]
+    fn deleted_marks() {
+        for v in [
+            json!(null),
+            json!(false),
+            json!(0),
+            json!(""),
+            json!("0"),
+            json!("false"),
+        ] {
+            assert!(!is_deleted_mark(&v), "{v}");
+        }
+        for v in [json!(true), json!(1), json!("2026-01-01T00:00:00Z"), json!("t")] {
+            assert!(is_deleted_mark(&v), "{v}");
+        }
+    }
+}
