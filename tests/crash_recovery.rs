@@ -729,3 +729,153 @@ async fn pending_parents_left_by_a_kill_do_not_fail_their_children() {
         );
     }
 }
+
+/// A delete pass killed at random moments (while it reconciles, counts and
+/// deletes) and started again ends as an uninterrupted one: exactly the
+/// deleted source records are gone from the target, their mappings are
+/// tombstones, the rest is untouched, and a further run deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_pass_killed_twelve_times_ends_as_if_uninterrupted() {
+    let n = 2500;
+    let Some(mut setup) = Setup::new(Kind::Sqlite, n, "crash-deletes").await else {
+        return;
+    };
+    // Reconcile on every run, and no brake for this many deletions.
+    let toml = std::fs::read_to_string(&setup.workflow).unwrap();
+    let policy = "reconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 1000000 }\n";
+    let toml = ["customers", "people", "sales_orders"]
+        .iter()
+        .fold(toml, |t, table| {
+            let line = format!("target_table = \"{table}\"\n");
+            t.replace(&line, &format!("{line}{policy}"))
+        });
+    std::fs::write(&setup.workflow, toml).unwrap();
+    let first = run_with_kills(&mut setup, &[]).await;
+    assert_synced_once(&setup, first.run_id.unwrap()).await;
+
+    let before = (
+        setup.target.dump("customers").await,
+        setup.target.dump("people").await,
+        setup.target.dump("sales_orders").await,
+    );
+    let scope = |e: &str| EntityScope::new(TENANT, INTEGRATION, e);
+    let all_orders = ids(&setup.source.dump("orders").await);
+    let all_contacts = ids(&setup.source.dump("contacts").await);
+    let order_map = target_ids(&setup.store, "order", &all_orders).await;
+    let contact_map = target_ids(&setup.store, "contact", &all_contacts).await;
+    // A third of the orders and a quarter of the contacts go.
+    setup
+        .source
+        .exec(
+            "DELETE FROM orders WHERE CAST(substr(id, 3) AS INTEGER) % 3 = 0;
+             DELETE FROM contacts WHERE CAST(substr(id, 3) AS INTEGER) % 4 = 0;",
+        )
+        .await;
+    let kept_orders: HashSet<String> = ids(&setup.source.dump("orders").await).into_iter().collect();
+    let kept_contacts: HashSet<String> = ids(&setup.source.dump("contacts").await).into_iter().collect();
+
+    let seed = seed();
+    let mut rng = Rng(seed ^ 0xde1e7e);
+    // Reads of the delete run: the reconciliation passes over every mapping.
+    let moments = moments(&mut rng, 16, 6 * n as u64 * 4 / 5, 150);
+    let report = run_with_kills(&mut setup, &moments).await;
+    eprintln!(
+        "crash-deletes: seed {seed}: {} kills, {} busy restarts; kills by step: {:?}",
+        report.kills, report.busy, report.kills_by_step
+    );
+    assert!(
+        report.kills >= 10,
+        "seed {seed}: only {} kills hit the run ({report:?})",
+        report.kills
+    );
+    let run = setup
+        .store
+        .load_run(None, report.run_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+
+    let fresh = Store::connect(&StoreConfig::new(&setup.database_url), MappingCache::disabled())
+        .await
+        .unwrap();
+    // Exactly the deleted records are gone from the target.
+    for (entity, all, kept, map, rows_before, table) in [
+        (
+            "order",
+            &all_orders,
+            &kept_orders,
+            &order_map,
+            &before.2,
+            "sales_orders",
+        ),
+        (
+            "contact",
+            &all_contacts,
+            &kept_contacts,
+            &contact_map,
+            &before.1,
+            "people",
+        ),
+    ] {
+        let expected: HashSet<String> = ids(rows_before)
+            .into_iter()
+            .filter(|t| all.iter().any(|s| kept.contains(s) && map[s] == *t))
+            .collect();
+        let now: Vec<String> = ids(&setup.target.dump(table).await);
+        assert_eq!(now.len(), expected.len(), "{entity}: seed {seed}");
+        assert_eq!(
+            now.into_iter().collect::<HashSet<_>>(),
+            expected,
+            "{entity}: seed {seed}"
+        );
+        // Read past the test's own in-process cache, which holds the
+        // mappings as they were before the other processes' run.
+        let mappings = fresh.lookup(&scope(entity), Side::Source, all).await.unwrap();
+        for s in all {
+            let m = &mappings[s];
+            if kept.contains(s) {
+                assert_eq!(m.status, MappingStatus::Mapped, "{entity} {s}");
+            } else {
+                assert_eq!(m.status, MappingStatus::Stale, "{entity} {s}");
+                assert_eq!(
+                    m.last_error.as_deref(),
+                    Some("source record deleted: target deleted")
+                );
+                assert_eq!(
+                    m.target_id.as_deref(),
+                    Some(map[s].as_str()),
+                    "tombstone keeps both ids"
+                );
+            }
+        }
+    }
+    assert_eq!(setup.target.dump("customers").await, before.0);
+    let steps = setup.store.load_steps(run.id).await.unwrap();
+    let deleted = |entity: &str| {
+        steps
+            .iter()
+            .find(|s| s.direction == StepDirection::Delete && s.entity_type.as_str() == entity)
+            .map(|s| s.counters.deleted)
+    };
+    assert_eq!(
+        deleted("order"),
+        Some((all_orders.len() - kept_orders.len()) as u64)
+    );
+    assert_eq!(
+        deleted("contact"),
+        Some((all_contacts.len() - kept_contacts.len()) as u64)
+    );
+
+    // And once more: nothing to delete, nothing to write.
+    let mut attempt = setup.spawn();
+    assert!(attempt.wait().success(), "{}", attempt.stderr());
+    let again = setup.store.load_steps(attempt.run_id().unwrap()).await.unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|s| s.counters.deleted + s.counters.created + s.counters.updated == 0),
+        "{again:?}"
+    );
+    setup.drop().await;
+}

@@ -555,3 +555,23 @@ async fn soft_deleted_rows_are_deletes_seen_by_every_run() {
     assert_eq!(world.target.dump("sales_orders").await.len(), 28);
     world.drop().await;
 }
+
+#[tokio::test]
+async fn bidirectional_source_deletes_reach_the_target() {
+    let Some(world) = World::new(Kind::Sqlite, "deletes-bidi", 200).await else {
+        return;
+    };
+    let toml = world
+        .toml("reconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 1000000 }")
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+    assert_eq!(world.sync(&toml).await.state, RunState::Succeeded);
+    world
+        .source
+        .exec("DELETE FROM orders WHERE CAST(substr(id, 3) AS INTEGER) % 3 = 0")
+        .await;
+    let run = world.sync(&toml).await;
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(delete_counters(&world.store, &run, "order").await.deleted, 200);
+    assert_eq!(world.target.dump("sales_orders").await.len(), 400);
+    world.drop().await;
+}
