@@ -103,8 +103,9 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
             "Acme S",
             "the source's value to start from"
         );
+        // Digits typed into a text field stay text (the field is a name).
         input.clear().await;
-        input.type_text("Acme Reviewed").await;
+        input.type_text("2027").await;
         conflict.find("button[data-take=values]").await.click().await;
         conflict.find(".result").await.wait_for_text("resolved ✓").await;
 
@@ -121,7 +122,7 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         let reviewed = (
             "resolved".to_owned(),
             Some("reviewer-7".to_owned()),
-            Some(json!({"name": "Acme Reviewed"})),
+            Some(json!({"name": "2027"})),
             true,
         );
         assert_eq!(decisions, [reviewed], "status, by, values, resolved at");
@@ -144,10 +145,10 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // ... and both systems hold the edited value.
-        assert_eq!(source.dump("accounts").await[0]["name"], "Acme Reviewed");
+        assert_eq!(source.dump("accounts").await[0]["name"], "2027");
         assert_eq!(
             target.dump("customers").await[0]["customer_name"],
-            "Acme Reviewed"
+            "2027"
         );
 
         // Reloaded, the page has nothing left to review.
