@@ -109,7 +109,15 @@ impl Worker {
 
     /// Executes one run that is ready, if any; returns whether it did.
     pub async fn execute_one(&self) -> Result<bool, RunError> {
-        for run in self.store.runs_to_execute(10).await? {
+        // Only runs of integrations defined here: a run of another one
+        // (a removed definition, or a worker serving another directory)
+        // must not fill the page and starve the runs this worker can do.
+        let served: Vec<&str> = self
+            .definitions
+            .iter()
+            .map(|d| d.workflow.name.as_str())
+            .collect();
+        for run in self.store.runs_to_execute(&served, 10).await? {
             let Some(d) = self.definition(run.integration_id.as_str()) else {
                 tracing::warn!(run_id = %run.id, integration = %run.integration_id,
                     "no definition for this run's integration here");

@@ -456,7 +456,7 @@ async fn emptied_source_table(confirm: bool) {
     assert!(
         world
             .store
-            .runs_to_execute(10)
+            .runs_to_execute(&["e2e"], 10)
             .await
             .unwrap()
             .iter()
@@ -469,7 +469,7 @@ async fn emptied_source_table(confirm: bool) {
         assert!(
             world
                 .store
-                .runs_to_execute(10)
+                .runs_to_execute(&["e2e"], 10)
                 .await
                 .unwrap()
                 .iter()

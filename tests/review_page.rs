@@ -146,10 +146,7 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         }
         // ... and both systems hold the edited value.
         assert_eq!(source.dump("accounts").await[0]["name"], "2027");
-        assert_eq!(
-            target.dump("customers").await[0]["customer_name"],
-            "2027"
-        );
+        assert_eq!(target.dump("customers").await[0]["customer_name"], "2027");
 
         // Reloaded, the page has nothing left to review.
         browser.goto(&format!("http://{addr}/review")).await;

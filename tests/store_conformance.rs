@@ -121,6 +121,7 @@ conformance!(
     awkward_names_round_trip,
     five_megabyte_snapshot_round_trips,
     conflicts_are_stored_per_tenant,
+    ready_runs_are_those_of_the_served_integrations,
 );
 
 fn scope(entity: &str) -> EntityScope {
@@ -208,6 +209,28 @@ async fn new_run(store: &Store) -> Uuid {
     };
     store.create_run(&run, &[]).await.unwrap();
     run.id
+}
+
+/// A worker asks only for runs of the integrations it has definitions for:
+/// older runs of other integrations (a removed definition, another
+/// worker's directory) must not fill its page and starve its own.
+async fn ready_runs_are_those_of_the_served_integrations(store: Arc<Store>) {
+    let others: Vec<Uuid> = new_runs(&store, 12).await;
+    let mine = new_run(&store).await;
+    let integration = store.load_run(None, mine).await.unwrap().unwrap().integration_id;
+    let ready = store.runs_to_execute(&[integration.as_str()], 10).await.unwrap();
+    assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), vec![mine]);
+    let all = store.runs_to_execute(&[], 10).await.unwrap();
+    assert!(all.is_empty(), "no integration served, no run: {all:?}");
+    assert_eq!(others.len(), 12);
+}
+
+async fn new_runs(store: &Store, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(new_run(store).await);
+    }
+    ids
 }
 
 async fn batch_insert_and_lookup_both_ways(store: Arc<Store>) {

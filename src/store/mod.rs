@@ -899,11 +899,16 @@ impl Store {
         on_backend!(self, b => b.set_fire_run(schedule, run_id).await)
     }
 
-    /// Runs a worker may execute now: planned or running runs that no live
-    /// lease holds, and suspended runs whose conflicts are all decided.
-    pub async fn runs_to_execute(&self, limit: u32) -> Result<Vec<RunRow>, StoreError> {
+    /// Runs of `integrations` a worker may execute now: planned or running
+    /// runs that no live lease holds, and suspended runs whose conflicts are
+    /// all decided and that no unconfirmed mass-deletion hold stops.
+    pub async fn runs_to_execute(
+        &self,
+        integrations: &[&str],
+        limit: u32,
+    ) -> Result<Vec<RunRow>, StoreError> {
         let now = Utc::now();
-        on_backend!(self, b => b.runs_to_execute(now, limit).await)
+        on_backend!(self, b => b.runs_to_execute(integrations, now, limit).await)
     }
 
     /// Pending or failed mappings of `scope` after `after` (by id), for the

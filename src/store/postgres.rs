@@ -751,6 +751,7 @@ impl PgStore {
 
     pub(super) async fn runs_to_execute(
         &self,
+        integrations: &[&str],
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<RunRow>, StoreError> {
@@ -759,6 +760,7 @@ impl PgStore {
              WHERE (r.state IN ('planned', 'running') \
                     OR (r.state = 'suspended' AND NOT EXISTS (SELECT 1 FROM conflicts c \
                         WHERE c.tenant_id = r.tenant_id AND c.run_id = r.id AND c.status = 'pending'))) \
+               AND r.integration_id = ANY($3) \
                AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = r.id AND l.expires_at > $1) \
                AND NOT EXISTS (SELECT 1 FROM run_holds h \
                    WHERE h.tenant_id = r.tenant_id AND h.run_id = r.id AND h.confirmed_at IS NULL) \
@@ -766,6 +768,7 @@ impl PgStore {
         ))
         .bind(now)
         .bind(limit as i64)
+        .bind(integrations)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(run_from_row).collect()
