@@ -111,6 +111,9 @@ pub struct DeletePolicy {
     /// How often a run checks every mapped record for hard deletes; `None`
     /// never (soft-delete columns are still seen by every run).
     pub reconcile_every: Option<Duration>,
+    /// Mapped records not verified for this long are read back from both
+    /// systems, a page per run, when no reconciliation is due; `None` never.
+    pub verify_after: Option<Duration>,
     pub brake: DeleteBrake,
 }
 

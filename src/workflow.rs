@@ -214,6 +214,7 @@ struct RawEntity {
     archive_column: Option<String>,
     on_target_delete: Option<String>,
     reconcile_every: Option<String>,
+    verify_after: Option<String>,
     delete_brake: Option<RawBrake>,
 }
 
@@ -560,6 +561,11 @@ impl Workflow {
             Some("never") => None,
             Some(text) => errors.parse(at, "reconcile_every", Some(text), parse_interval),
         };
+        let verify_after = match e.verify_after.as_deref() {
+            None => Some(std::time::Duration::from_secs(30 * 86_400)),
+            Some("never") => None,
+            Some(text) => errors.parse(at, "verify_after", Some(text), parse_interval),
+        };
         let mut brake = DeleteBrake::default();
         if let Some(b) = &e.delete_brake {
             if let Some(p) = b.percent {
@@ -583,6 +589,7 @@ impl Workflow {
             archive_column: e.archive_column.clone(),
             on_target_delete,
             reconcile_every,
+            verify_after,
             brake,
         }
     }

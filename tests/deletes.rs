@@ -575,3 +575,55 @@ async fn bidirectional_source_deletes_reach_the_target() {
     assert_eq!(world.target.dump("sales_orders").await.len(), 400);
     world.drop().await;
 }
+
+#[tokio::test]
+async fn records_not_verified_for_too_long_are_read_back_without_reconciling() {
+    let Some(world) = World::new(Kind::Sqlite, "deletes-verify", 10).await else {
+        return;
+    };
+    // No reconciliation at all: only re-verification finds the hand delete.
+    let toml = world.toml("reconcile_every = \"never\"\nverify_after = \"0s\"");
+    world.sync(&toml).await;
+    let before = world
+        .store
+        .lookup(&scope("order"), Side::Source, &["O-000005".into()])
+        .await
+        .unwrap()["O-000005"]
+        .clone();
+    let gone = world
+        .store
+        .lookup(&scope("order"), Side::Source, &["O-000006".into()])
+        .await
+        .unwrap()["O-000006"]
+        .clone();
+    world
+        .target
+        .exec(&format!(
+            "DELETE FROM sales_orders WHERE id = '{}'",
+            gone.target_id.as_deref().unwrap()
+        ))
+        .await;
+
+    let run = world.sync(&toml).await;
+    let c = delete_counters(&world.store, &run, "order").await;
+    assert_eq!((c.read, c.stale), (30, 1));
+    let after = world
+        .store
+        .lookup(
+            &scope("order"),
+            Side::Source,
+            &["O-000005".into(), "O-000006".into()],
+        )
+        .await
+        .unwrap();
+    let verified = &after["O-000005"];
+    assert_eq!(verified.status, MappingStatus::Mapped);
+    assert!(verified.updated_at > before.updated_at, "verified again");
+    assert_eq!(verified.base, before.base);
+    assert_eq!(after["O-000006"].status, MappingStatus::Stale);
+
+    // With the default (30 days), fresh mappings are not read back.
+    let run = world.sync(&world.toml("reconcile_every = \"never\"")).await;
+    assert_eq!(delete_counters(&world.store, &run, "order").await.read, 0);
+    world.drop().await;
+}

@@ -953,6 +953,17 @@ impl Store {
         on_backend!(self, b => b.mapped_page(scope, after, limit).await)
     }
 
+    /// Up to `limit` `mapped` mappings of `scope` last verified before
+    /// `before`, the longest unverified first.
+    pub async fn unverified_page(
+        &self,
+        scope: &EntityScope,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        on_backend!(self, b => b.unverified_page(scope, before, limit).await)
+    }
+
     /// How many mappings of `scope` are `mapped`.
     pub async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
         on_backend!(self, b => b.count_mapped(scope).await)

@@ -960,6 +960,28 @@ impl SqliteStore {
         rows.iter().map(mapping_from_row).collect()
     }
 
+    pub(super) async fn unverified_page(
+        &self,
+        scope: &EntityScope,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND status = 'mapped' \
+               AND updated_at < ?4 \
+             ORDER BY updated_at, id LIMIT ?5"
+        ))
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping_from_row).collect()
+    }
+
     pub(super) async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM id_mappings \

@@ -38,6 +38,7 @@ enum DeletePhase {
     #[default]
     Start,
     Reconcile,
+    Verify,
     Brake,
     Act,
     Done,
@@ -73,7 +74,11 @@ impl Job {
             match state.phase {
                 DeletePhase::Start => {
                     let last = self.store.last_reconciled(&ctx.scope).await?;
-                    state.phase = DeletePhase::Brake;
+                    state.phase = if policy.verify_after.is_some() {
+                        DeletePhase::Verify
+                    } else {
+                        DeletePhase::Brake
+                    };
                     match (policy.reconcile_every, last) {
                         (Some(every), Some(last)) => {
                             let due = Utc::now()
@@ -117,6 +122,40 @@ impl Job {
                             entity_type: ctx.step.entity_type.clone(),
                             mapping_id: m.id,
                             gone,
+                        });
+                    }
+                }
+                DeletePhase::Verify => {
+                    // One page a run of the records verified longest ago:
+                    // both still there → verified now; one gone → a
+                    // candidate like any other.
+                    state.phase = DeletePhase::Brake;
+                    let after = policy.verify_after.unwrap_or_default();
+                    let before =
+                        Utc::now() - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX);
+                    let page = self.store.unverified_page(&ctx.scope, before, page_size).await?;
+                    counters.read += page.len() as u64;
+                    let (sources, targets) = self.present(ctx, &page).await?;
+                    for m in page {
+                        let has_source = m.source_id.as_ref().is_some_and(|id| sources.contains(id));
+                        let has_target = m.target_id.as_ref().is_some_and(|id| targets.contains(id));
+                        if has_source && has_target {
+                            let change = MappingChange::Confirm {
+                                source_id: m.source_id.clone().unwrap_or_default(),
+                                target_id: m.target_id.clone().unwrap_or_default(),
+                                base: m.base.clone().unwrap_or_default(),
+                            };
+                            commit
+                                .mappings
+                                .push(MappingWrite::Transition { current: m, change });
+                            continue;
+                        }
+                        commit.candidates.push(DeleteCandidate {
+                            run_id: ctx.run_id,
+                            tenant_id: self.tenant.clone(),
+                            entity_type: ctx.step.entity_type.clone(),
+                            mapping_id: m.id,
+                            gone: if has_source { Gone::Target } else { Gone::Source },
                         });
                     }
                 }
