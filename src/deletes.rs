@@ -176,6 +176,14 @@ impl Gone {
     const SOURCE: &'static str = "source record deleted";
     const TARGET: &'static str = "target record gone";
 
+    /// A record gone from `side`.
+    pub fn on(side: Side) -> Gone {
+        match side {
+            Side::Source => Gone::Source,
+            Side::Target => Gone::Target,
+        }
+    }
+
     /// The reason to store: the marker, then what was done.
     pub fn reason(self, done: &str) -> String {
         let head = match self {

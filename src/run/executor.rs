@@ -21,7 +21,7 @@ use crate::record::{Direction, Fields, Record, Side};
 use crate::run::{PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
 
 mod deletes;
-use crate::store::{DeleteCandidate, Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
+use crate::store::{Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
 use crate::workflow::{DefinitionErrors, EntityDef, Workflow};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -725,21 +725,12 @@ impl Job {
         // Rows marked deleted: a mapped one is a deletion for the run's
         // delete step to act on (after the brake has counted them all).
         if !deleted.is_empty() {
-            let gone = match read {
-                Side::Source => Gone::Source,
-                Side::Target => Gone::Target,
-            };
+            let gone = Gone::on(read);
             let found = self.store.lookup(&ctx.scope, read, &deleted).await?;
             commit.candidates = found
                 .values()
                 .filter(|m| m.status == MappingStatus::Mapped)
-                .map(|m| DeleteCandidate {
-                    run_id: ctx.run_id,
-                    tenant_id: self.tenant.clone(),
-                    entity_type: ctx.step.entity_type.clone(),
-                    mapping_id: m.id,
-                    gone,
-                })
+                .map(|m| self.candidate(ctx, m.id, gone))
                 .collect();
         }
 
@@ -846,16 +837,7 @@ impl Job {
                     let Some(other) = id_on(&m, write).and_then(|id| counterparts.get(id)) else {
                         // Gone from the other side: the delete step acts on
                         // it by the entity's policy, after the brake.
-                        commit.candidates.push(DeleteCandidate {
-                            run_id: ctx.run_id,
-                            tenant_id: self.tenant.clone(),
-                            entity_type: ctx.step.entity_type.clone(),
-                            mapping_id: m.id,
-                            gone: match write {
-                                Side::Source => Gone::Source,
-                                Side::Target => Gone::Target,
-                            },
-                        });
+                        commit.candidates.push(self.candidate(ctx, m.id, Gone::on(write)));
                         counters.skipped += 1;
                         continue;
                     };

@@ -116,13 +116,7 @@ impl Job {
                         } else {
                             continue;
                         };
-                        commit.candidates.push(DeleteCandidate {
-                            run_id: ctx.run_id,
-                            tenant_id: self.tenant.clone(),
-                            entity_type: ctx.step.entity_type.clone(),
-                            mapping_id: m.id,
-                            gone,
-                        });
+                        commit.candidates.push(self.candidate(ctx, m.id, gone));
                     }
                 }
                 DeletePhase::Verify => {
@@ -150,13 +144,8 @@ impl Job {
                                 .push(MappingWrite::Transition { current: m, change });
                             continue;
                         }
-                        commit.candidates.push(DeleteCandidate {
-                            run_id: ctx.run_id,
-                            tenant_id: self.tenant.clone(),
-                            entity_type: ctx.step.entity_type.clone(),
-                            mapping_id: m.id,
-                            gone: if has_source { Gone::Target } else { Gone::Source },
-                        });
+                        let gone = if has_source { Gone::Target } else { Gone::Source };
+                        commit.candidates.push(self.candidate(ctx, m.id, gone));
                     }
                 }
                 DeletePhase::Brake => {
@@ -226,6 +215,17 @@ impl Job {
             progress(&counters);
         }
         Ok(())
+    }
+
+    /// Mapping `mapping_id` of this step's entity, found gone on one side.
+    pub(super) fn candidate(&self, ctx: &StepCtx<'_>, mapping_id: Uuid, gone: Gone) -> DeleteCandidate {
+        DeleteCandidate {
+            run_id: ctx.run_id,
+            tenant_id: self.tenant.clone(),
+            entity_type: ctx.step.entity_type.clone(),
+            mapping_id,
+            gone,
+        }
     }
 
     fn delete_checkpoint(
