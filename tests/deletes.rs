@@ -627,3 +627,116 @@ async fn records_not_verified_for_too_long_are_read_back_without_reconciling() {
     assert_eq!(delete_counters(&world.store, &run, "order").await.read, 0);
     world.drop().await;
 }
+
+#[tokio::test]
+async fn bidirectional_an_archived_target_edited_later_does_not_bring_its_source_back() {
+    let Some(world) = World::new(Kind::Sqlite, "deletes-bidi-archive", 10).await else {
+        return;
+    };
+    world
+        .target
+        .exec("ALTER TABLE sales_orders ADD COLUMN archived INTEGER")
+        .await;
+    let toml = world
+        .toml("reconcile_every = \"0s\"")
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"")
+        .replace(
+            "target_table = \"sales_orders\"\n",
+            "target_table = \"sales_orders\"\non_source_delete = \"archive\"\narchive_column = \"archived\"\n",
+        );
+    world.sync(&toml).await;
+    world
+        .source
+        .exec("DELETE FROM orders WHERE id = 'O-000002'")
+        .await;
+    world.sync(&toml).await;
+    let m = world
+        .store
+        .lookup(&scope("order"), Side::Source, &["O-000002".into()])
+        .await
+        .unwrap()["O-000002"]
+        .clone();
+    assert_eq!(m.status, MappingStatus::Stale);
+    // Someone edits the archived record in the target.
+    world
+        .target
+        .exec(&format!(
+            "UPDATE sales_orders SET status = 'closed', updated_at = '{}' WHERE id = '{}'",
+            ts(9_000_000),
+            m.target_id.as_deref().unwrap()
+        ))
+        .await;
+    let run = world.sync(&toml).await;
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(
+        world.source.dump("orders").await.len(),
+        29,
+        "the deleted source record stays deleted"
+    );
+    let after = world
+        .store
+        .lookup(&scope("order"), Side::Source, &["O-000002".into()])
+        .await
+        .unwrap()["O-000002"]
+        .clone();
+    assert_eq!(after.status, MappingStatus::Stale);
+    world.drop().await;
+}
+
+#[tokio::test]
+async fn bidirectional_propagate_deletes_the_source_of_a_target_deleted_by_hand() {
+    let Some(world) = World::new(Kind::Sqlite, "deletes-propagate", 10).await else {
+        return;
+    };
+    let toml = world
+        .toml("reconcile_every = \"0s\"\non_target_delete = \"propagate\"")
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+    world.sync(&toml).await;
+    let m = world
+        .store
+        .lookup(&scope("order"), Side::Source, &["O-000009".into()])
+        .await
+        .unwrap()["O-000009"]
+        .clone();
+    world
+        .target
+        .exec(&format!(
+            "DELETE FROM sales_orders WHERE id = '{}'",
+            m.target_id.as_deref().unwrap()
+        ))
+        .await;
+    let run = world.sync(&toml).await;
+    assert_eq!(delete_counters(&world.store, &run, "order").await.deleted, 1);
+    let orders = world.source.dump("orders").await;
+    assert_eq!(orders.len(), 29);
+    assert!(orders.iter().all(|o| o["id"] != "O-000009"));
+    let m = world
+        .store
+        .lookup(&scope("order"), Side::Source, &["O-000009".into()])
+        .await
+        .unwrap()["O-000009"]
+        .clone();
+    assert_eq!(
+        m.last_error.as_deref(),
+        Some("target record gone: source deleted too")
+    );
+    world.drop().await;
+}
+
+#[test]
+fn propagate_needs_a_bidirectional_integration_and_archive_a_column() {
+    let toml = support::systems::workflow_toml("e2e", "one_way", "sqlite://a.db", "sqlite://b.db", &[]).replace(
+        "target_table = \"sales_orders\"\n",
+        "target_table = \"sales_orders\"\non_target_delete = \"propagate\"\non_source_delete = \"archive\"\nreconcile_every = \"1w\"\n",
+    );
+    let errors = syncd::workflow::Workflow::parse("test.toml", &toml)
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("only a bidirectional integration"), "{errors}");
+    assert!(
+        errors.contains("needs the target column it sets (`archive_column`)"),
+        "{errors}"
+    );
+    assert!(errors.contains("`1w` is not an interval"), "{errors}");
+    assert!(errors.contains("entity `order`"), "{errors}");
+}

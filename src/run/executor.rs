@@ -816,18 +816,26 @@ impl Job {
         let policy = &tables.def.deletes;
         for record in records {
             let mapping = mappings.remove(&record.id);
-            // A stale mapping whose record is back in the scan: re-linked
-            // when both records exist (a source deleted and restored, with
-            // its target kept or archived), else created anew when the
-            // policy says so (`recreate`, or a source record that came back
-            // after its target was deleted). `unlink` leaves it stale.
+            // A stale mapping whose record shows up in the scan. When both
+            // records exist again (a source deleted and restored, its
+            // target kept or archived; a target restored by hand), they
+            // are re-linked. A source back after its target was deleted,
+            // or one whose target went under `recreate`, is created anew
+            // in the target. Otherwise (`unlink`, the kept or archived
+            // target of a deleted source edited) the mapping stays stale
+            // and nothing is written.
             let mut relink = false;
             if let Some(m) = mapping.as_ref().filter(|m| m.status == MappingStatus::Stale) {
                 let counterpart = id_on(m, write).is_some_and(|id| counterparts.contains_key(id));
                 let gone = Gone::of(m).unwrap_or(Gone::Target);
-                if counterpart && gone == Gone::Source {
+                let recreate = read == Side::Source
+                    && match gone {
+                        Gone::Source => !counterpart,
+                        Gone::Target => policy.on_target_delete == OnTargetDelete::Recreate,
+                    };
+                if counterpart {
                     relink = true;
-                } else if gone == Gone::Target && policy.on_target_delete != OnTargetDelete::Recreate {
+                } else if !recreate {
                     counters.skipped += 1;
                     continue;
                 }
