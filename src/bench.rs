@@ -15,6 +15,7 @@
 //! both when it ends, also when a step fails.
 
 pub mod api;
+pub mod reconcile;
 pub mod sync;
 
 use crate::cache::{CacheCounts, MappingCache};

@@ -275,6 +275,22 @@ enum BenchTarget {
         #[arg(long)]
         redis_url: Option<String>,
     },
+    /// One run's reconciliation pass over a large ID map with some source records gone.
+    Reconcile {
+        /// Mapped records (rows in each table, mappings in the ID map).
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
+        /// Source records deleted before the run.
+        #[arg(long, default_value_t = 1_000)]
+        gone: usize,
+        /// Records per page, as `syncd run --page-size`.
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+        /// PostgreSQL to use [default: SYNCD_DATABASE_URL when it is
+        /// PostgreSQL, else postgres://postgres@127.0.0.1:5432/test].
+        #[arg(long)]
+        postgres_url: Option<String>,
+    },
     /// API latency under concurrent clients, and scheduler tick-to-run-start latency.
     Api {
         /// Concurrent clients, each with its own keep-alive connection.
@@ -413,6 +429,20 @@ pub fn main() -> ExitCode {
         }),
         Command::Bench {
             what:
+                BenchTarget::Reconcile {
+                    records,
+                    gone,
+                    page_size,
+                    postgres_url,
+                },
+        } => bench_reconcile(crate::bench::reconcile::ReconcileBench {
+            records,
+            gone,
+            page_size,
+            postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
+        }),
+        Command::Bench {
+            what:
                 BenchTarget::Api {
                     clients,
                     seconds,
@@ -544,6 +574,19 @@ fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
     if !report.all_met() {
         println!("some figures are below their targets");
     }
+    Ok(())
+}
+
+fn bench_reconcile(bench: crate::bench::reconcile::ReconcileBench) -> Result<(), String> {
+    let runtime = cmd::runtime()?;
+    println!(
+        "syncd bench reconcile on {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let report = runtime
+        .block_on(crate::bench::reconcile::run(&bench))
+        .map_err(|e| format!("error: {e}"))?;
+    println!("{report}");
     Ok(())
 }
 

@@ -281,7 +281,10 @@ pub async fn run(bench: &ApiBench) -> Result<ApiReport, BenchError> {
 }
 
 /// The result of a pass, unless removing its schema failed.
-fn cleaned<T>(result: Result<T, BenchError>, cleanup: Result<(), BenchError>) -> Result<T, BenchError> {
+pub(super) fn cleaned<T>(
+    result: Result<T, BenchError>,
+    cleanup: Result<(), BenchError>,
+) -> Result<T, BenchError> {
     match (result, cleanup) {
         (Ok(v), Ok(())) => Ok(v),
         (Ok(_), Err(e)) => Err(e),
@@ -297,7 +300,7 @@ fn cleaned<T>(result: Result<T, BenchError>, cleanup: Result<(), BenchError>) ->
 /// `base` with its search path set to `schema`, as `SYNCD_DATABASE_URL`
 /// would name it: the store opens its own pool from it, as `syncd serve`
 /// and `syncd worker` do.
-fn schema_url(base: &str, schema: &str) -> String {
+pub(super) fn schema_url(base: &str, schema: &str) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }

@@ -283,7 +283,7 @@ async fn bulk_copy(from: &Db, to: &Db) -> Result<usize, String> {
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux).
-fn peak_rss_mib() -> Option<f64> {
+pub(super) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
