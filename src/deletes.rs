@@ -127,26 +127,27 @@ impl DeletePolicy {
     }
 }
 
-/// Parses an interval such as `30s`, `15m`, `12h` or `1d`.
+/// Parses an interval such as `250ms`, `30s`, `15m`, `12h` or `1d`.
 pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{s}` is not an interval (expected a number and s, m, h or d, e.g. `1d`)"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let n: u64 = n.parse().map_err(|_| {
+        format!("`{s}` is not an interval (expected a number and ms, s, m, h or d, e.g. `1d`)")
+    })?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
-                "`{s}` is not an interval (expected a number and s, m, h or d, e.g. `1d`)"
+                "`{s}` is not an interval (expected a number and ms, s, m, h or d, e.g. `1d`)"
             ));
         }
     };
-    Ok(Duration::from_secs(n * secs))
+    Ok(Duration::from_millis(n * millis))
 }
 
 /// Whether a soft-delete column's value marks its row deleted.

@@ -19,6 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
+mod http;
+use http::RawSystem;
+pub use http::{HttpAuth, HttpResource, HttpSystem, Pagination};
+
 /// One thing wrong with a definition, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct DefinitionError {
@@ -71,12 +75,14 @@ pub enum ConnectorKind {
 }
 
 /// One of the two systems an integration connects.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SystemDef {
     pub name: String,
     pub connector: ConnectorKind,
     /// Where the system is (a database URL, an API base URL).
     pub url: Option<String>,
+    /// How to call it, for HTTP systems.
+    pub http: Option<HttpSystem>,
 }
 
 /// How one CDM field is called in each system, and what it references.
@@ -103,6 +109,26 @@ pub struct EntityDef {
     pub idempotency_column: Option<String>,
     /// What happens when its records disappear.
     pub deletes: DeletePolicy,
+}
+
+impl FieldMap {
+    /// The field's name in `side`'s system.
+    pub fn native(&self, side: crate::record::Side) -> &str {
+        match side {
+            crate::record::Side::Source => &self.source,
+            crate::record::Side::Target => &self.target,
+        }
+    }
+}
+
+impl EntityDef {
+    /// The table of the entity in `side`'s system.
+    pub fn table(&self, side: crate::record::Side) -> &str {
+        match side {
+            crate::record::Side::Source => &self.source_table,
+            crate::record::Side::Target => &self.target_table,
+        }
+    }
 }
 
 /// A tenant that runs the integration, with its overrides.
@@ -154,7 +180,7 @@ impl CronSchedule {
 }
 
 /// A validated integration definition.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Workflow {
     /// The file it came from, for messages.
     pub file: String,
@@ -187,13 +213,6 @@ struct RawWorkflow {
     entities: Vec<RawEntity>,
     #[serde(default)]
     tenants: BTreeMap<String, RawTenant>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSystem {
-    connector: String,
-    url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -343,6 +362,7 @@ impl Workflow {
         let schedule = errors.parse(None, "schedule", raw.schedule.as_deref(), CronSchedule::parse);
         let strategy = errors.parse(None, "strategy", raw.strategy.as_deref(), Strategy::from_str);
 
+        let entity_names: Vec<&str> = raw.entities.iter().map(|e| e.name.as_str()).collect();
         let mut system = |role: &str, name: &str| -> Option<SystemDef> {
             let Some(def) = raw.systems.get(name) else {
                 let declared: Vec<&str> = raw.systems.keys().map(String::as_str).collect();
@@ -366,10 +386,25 @@ impl Workflow {
                 Some(&def.connector),
                 parse_connector,
             )?;
+            let http = match connector {
+                ConnectorKind::Http => Some(def.parse(&mut errors, name, &entity_names)),
+                ConnectorKind::Sql => {
+                    if def.has_http_settings() {
+                        errors.push(
+                            None,
+                            Some(&format!("systems.{name}")),
+                            "auth, rate_limit, timeout, retries, backoff, concurrency and entities \
+                             are settings of HTTP systems (connector = \"http\")",
+                        );
+                    }
+                    None
+                }
+            };
             Some(SystemDef {
                 name: name.to_owned(),
                 connector,
                 url: def.url.clone(),
+                http,
             })
         };
         let source = system("source", &raw.source);

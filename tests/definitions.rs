@@ -6,7 +6,7 @@
 use syncd::conflict::{FieldRule, Strategy};
 use syncd::plan::DependencyGraph;
 use syncd::record::Direction;
-use syncd::workflow::{self, ConnectorKind, DefinitionErrors, Workflow};
+use syncd::workflow::{self, ConnectorKind, DefinitionErrors, HttpAuth, Pagination, Workflow};
 
 const FILE: &str = "workflows/shop-to-warehouse.toml";
 
@@ -22,6 +22,10 @@ target = "warehouse"
 [systems.shop]
 connector = "http"
 url = "https://shop.example/api"
+auth = { bearer_env = "SHOP_TOKEN" }
+rate_limit = 10
+entities.product = { path = "/products", pagination = "cursor", external_id_field = "sync_key" }
+entities.order = { path = "/orders", records = "/items", fields = ["note"] }
 
 [systems.warehouse]
 connector = "sql"
@@ -113,6 +117,97 @@ fn the_valid_definition_parses() {
     let acme = &wf.tenants[&"acme".into()];
     assert_eq!(acme.strategy, Some(Strategy::TargetWins));
     assert_eq!(acme.schedule.as_ref().unwrap().expression, "30 2 * * *");
+
+    // The HTTP system: credentials by environment variable, the defaults a
+    // typical REST API matches, and what each collection overrides.
+    let http = wf.source.http.as_ref().expect("an HTTP system has HTTP settings");
+    assert_eq!(
+        http.auth,
+        HttpAuth::Bearer {
+            env: "SHOP_TOKEN".into()
+        }
+    );
+    assert_eq!(http.rate_limit, Some(10.0));
+    assert_eq!((http.retries, http.concurrency), (8, 8));
+    let products = &http.resources["product"];
+    assert_eq!(products.path, "/products");
+    assert_eq!(products.item_path, "/products/{id}");
+    assert!(matches!(&products.pagination, Pagination::Cursor { next, .. } if next == "/next_cursor"));
+    assert_eq!(products.external_id_field.as_deref(), Some("sync_key"));
+    let orders = &http.resources["order"];
+    assert_eq!(
+        (orders.records.as_str(), orders.record.as_str()),
+        ("/items", "/data")
+    );
+    assert!(matches!(&orders.pagination, Pagination::Page { page_param, .. } if page_param == "page"));
+    assert_eq!(orders.fields, ["note"]);
+    assert!(wf.target.http.is_none());
+}
+
+#[test]
+fn http_systems_say_where_each_entity_lives_and_keep_secrets_out() {
+    // A collection missing, a malformed one, and settings no HTTP system has.
+    let text = valid_with(
+        r#"entities.order = { path = "/orders", records = "/items", fields = ["note"] }"#,
+        r#"entities.invoice = { path = "invoices" }"#,
+    )
+    .replacen(
+        r#"pagination = "cursor""#,
+        r#"pagination = "offset", records = "data", item_path = "/products/one""#,
+        1,
+    );
+    check(
+        &text,
+        &[
+            &format!(
+                "{FILE}: entity `invoice`, field `systems.shop.entities`: the integration syncs no entity type of this name"
+            ),
+            &format!(
+                "{FILE}: field `systems.shop.entities.product.item_path`: `/products/one` has no `{{id}}` for the record's id"
+            ),
+            &format!(
+                "{FILE}: field `systems.shop.entities.product.pagination`: unknown pagination `offset` (expected page or cursor)"
+            ),
+            &format!(
+                "{FILE}: field `systems.shop.entities.product.records`: `data` is not a JSON pointer (it starts with `/`, e.g. `/data`; empty for the whole body)"
+            ),
+            &format!(
+                "{FILE}: entity `order`, field `systems.shop.entities.order`: system `shop` is an HTTP system: say where this entity type's records are (`path`)"
+            ),
+        ],
+    );
+    // A token in the file is refused: only the name of a variable is taken.
+    let e = errors(&valid_with(
+        r#"auth = { bearer_env = "SHOP_TOKEN" }"#,
+        r#"auth = { token = "sk_live_123" }"#,
+    ));
+    assert!(e.to_string().contains("unknown field `token`"), "{e}");
+    check(
+        &valid_with(
+            r#"auth = { bearer_env = "SHOP_TOKEN" }"#,
+            r#"auth = { header = "X-Api-Key" }"#,
+        ),
+        &[&format!(
+            "{FILE}: field `systems.shop.auth`: give `bearer_env = \"VAR\"`, or `header = \"X-Api-Key\"` with \
+             `env = \"VAR\"`: secrets are read from the environment, never from the definition"
+        )],
+    );
+    check(
+        &valid_with("rate_limit = 10", "rate_limit = 0"),
+        &[&format!(
+            "{FILE}: field `systems.shop.rate_limit`: 0 is not a rate (requests per second, above 0)"
+        )],
+    );
+    check(
+        &valid_with(
+            "[systems.warehouse]\nconnector = \"sql\"\n",
+            "[systems.warehouse]\nconnector = \"sql\"\nrate_limit = 5\n",
+        ),
+        &[&format!(
+            "{FILE}: field `systems.warehouse`: auth, rate_limit, timeout, retries, backoff, concurrency and \
+             entities are settings of HTTP systems (connector = \"http\")"
+        )],
+    );
 }
 
 // --- one error at a time -----------------------------------------------------------
@@ -244,10 +339,16 @@ fn entity_defined_twice() {
 fn entity_without_table_or_field_map() {
     check(
         &format!("{VALID}\n[[entities]]\nname = \"invoice\"\nstrategy = \"manual\"\n"),
-        &[&format!(
-            "{FILE}: entity `invoice`: entity has neither a table nor a field map (give `table`, \
-             `source_table`/`target_table` or [entities.fields])"
-        )],
+        &[
+            &format!(
+                "{FILE}: entity `invoice`, field `systems.shop.entities.invoice`: system `shop` is an HTTP \
+                 system: say where this entity type's records are (`path`)"
+            ),
+            &format!(
+                "{FILE}: entity `invoice`: entity has neither a table nor a field map (give `table`, \
+                 `source_table`/`target_table` or [entities.fields])"
+            ),
+        ],
     );
 }
 
@@ -269,9 +370,13 @@ fn unknown_system() {
 
 #[test]
 fn no_systems_declared() {
-    let text = valid_with("[systems.shop]\nconnector = \"http\"\n", "")
-        .replacen("[systems.warehouse]\nconnector = \"sql\"\n", "", 1)
-        .replacen("url = \"https://shop.example/api\"\n", "", 1);
+    let shop_start = VALID.find("[systems.shop]").unwrap();
+    let shop_end = VALID.find("[systems.warehouse]").unwrap();
+    let text = format!("{}{}", &VALID[..shop_start], &VALID[shop_end..]).replacen(
+        "[systems.warehouse]\nconnector = \"sql\"\n",
+        "",
+        1,
+    );
     check(
         &text,
         &[
@@ -308,7 +413,7 @@ fn assert_toml_error(e: &DefinitionErrors, file: &str, line: usize, mentions: &s
 #[test]
 fn unknown_and_missing_keys_name_the_file_and_the_key() {
     let text = valid_with("table = \"products\"", "tabel = \"products\"");
-    assert_toml_error(&errors(&text), FILE, 18, "unknown field `tabel`");
+    assert_toml_error(&errors(&text), FILE, 22, "unknown field `tabel`");
     let e = errors(&valid_with("source = \"shop\"\n", ""));
     assert_eq!(e.0.len(), 1, "{e}");
     assert!(e.to_string().starts_with(&format!("{FILE}:")), "{e}");

@@ -5,12 +5,16 @@
 //! records by id, creates (safe to repeat: deterministic ids or idempotency
 //! keys) and updates, always in batches.
 
+pub mod http;
 pub mod sql;
 
-use crate::record::{Fields, Record};
+use crate::record::{Fields, Record, Side};
+use crate::workflow::{ConnectorKind, EntityDef, SystemDef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+pub use http::HttpConnector;
 pub use sql::SqlConnector;
 
 /// Errors of a connector, naming the system and table they happened in.
@@ -56,6 +60,196 @@ pub enum ConnectorError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("system `{system}`: {reason}")]
+    Config { system: String, reason: String },
+    #[error("system `{system}`: {request}: {detail}")]
+    Http {
+        system: String,
+        request: String,
+        detail: String,
+    },
+    /// 401 or 403: retrying would not help, so the step stops at once.
+    #[error("system `{system}` refused the credentials: {detail}. The step stopped without retrying")]
+    Unauthorized { system: String, detail: String },
+}
+
+/// A system the engine reads and writes: a SQL database or a REST API.
+/// Every operation works on a batch of records.
+#[derive(Clone)]
+pub enum Connector {
+    Sql(SqlConnector),
+    Http(HttpConnector),
+}
+
+impl Connector {
+    /// Connects to `system` at `url` (an API's credentials come from the
+    /// environment variable the definition names).
+    pub async fn connect(system: &SystemDef, url: &str) -> Result<Connector, ConnectorError> {
+        match system.connector {
+            ConnectorKind::Sql => Ok(Connector::Sql(SqlConnector::connect(&system.name, url).await?)),
+            ConnectorKind::Http => Ok(Connector::Http(HttpConnector::connect(system, url, |var| {
+                std::env::var(var).ok()
+            })?)),
+        }
+    }
+
+    /// The system's name in the definition.
+    pub fn system(&self) -> &str {
+        match self {
+            Connector::Sql(c) => c.system(),
+            Connector::Http(c) => c.system(),
+        }
+    }
+
+    /// The columns (fields) of entity `def`'s table or collection on `side`,
+    /// with their types; `None` when the table does not exist.
+    pub async fn columns(
+        &self,
+        def: &EntityDef,
+        side: Side,
+    ) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.columns(def.table(side)).await,
+            Connector::Http(c) => {
+                let mut named: Vec<&str> = def.fields.iter().map(|f| f.native(side)).collect();
+                named.extend(def.deletes.deleted_column(side));
+                if side == Side::Target {
+                    named.extend(def.deletes.archive_column.as_deref());
+                }
+                c.columns(def.name.as_str(), &named).map(Some)
+            }
+        }
+    }
+
+    /// Resolves entity `def`'s table or collection on `side`.
+    pub fn binding(
+        &self,
+        def: &EntityDef,
+        side: Side,
+        columns: BTreeMap<String, String>,
+        fields: Vec<FieldColumn>,
+    ) -> Result<TableBinding, ConnectorError> {
+        let deleted = def.deletes.deleted_column(side).map(str::to_owned);
+        match self {
+            Connector::Sql(c) => c.binding(
+                def.name.as_str(),
+                def.table(side),
+                columns,
+                fields,
+                def.idempotency_column.clone(),
+                deleted,
+            ),
+            Connector::Http(c) => c.binding(def.name.as_str(), columns, fields, deleted),
+        }
+    }
+
+    /// Reads up to `limit` records changed after `after`, oldest first.
+    pub async fn read_changes(
+        &self,
+        b: &TableBinding,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.read_changes(b, after, limit).await,
+            Connector::Http(c) => c.read_changes(b, after, limit).await,
+        }
+    }
+
+    /// The records with `ids`; ids that do not exist are absent.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<Vec<Record>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.read_by_ids(b, ids).await,
+            Connector::Http(c) => c.read_by_ids(b, ids).await,
+        }
+    }
+
+    /// Which of `ids` exist and are not marked deleted.
+    pub async fn present(&self, b: &TableBinding, ids: &[String]) -> Result<HashSet<String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.present(b, ids).await,
+            Connector::Http(c) => c.present(b, ids).await,
+        }
+    }
+
+    /// Deletes the records with `ids`; one already gone counts as deleted.
+    pub async fn delete(&self, b: &TableBinding, ids: &[String]) -> Result<(), ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.delete(b, ids).await,
+            Connector::Http(c) => c.delete(b, ids).await,
+        }
+    }
+
+    /// Sets `column` to the time of archiving on the records with `ids`.
+    pub async fn archive(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+        column: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.archive(b, ids, column, now).await,
+            Connector::Http(c) => c.archive(b, ids, column, now).await,
+        }
+    }
+
+    /// Ids of records an earlier attempt created with each of `keys`.
+    pub async fn find_by_keys(
+        &self,
+        b: &TableBinding,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.find_by_keys(b, keys).await,
+            Connector::Http(c) => c.find_by_keys(b, keys).await,
+        }
+    }
+
+    /// Creates `records` and answers each one's id, or the reason the system
+    /// refused that record: a refused record fails alone. A SQL batch that
+    /// fails is retried one record at a time to find out which.
+    pub async fn create(
+        &self,
+        b: &TableBinding,
+        records: &[NewRecord],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<String, String>>, ConnectorError> {
+        match self {
+            Connector::Http(c) => c.create(b, records).await,
+            Connector::Sql(c) => match c.create(b, records, now).await {
+                Ok(ids) => Ok(ids.into_iter().map(Ok).collect()),
+                Err(batch_error) if records.len() > 1 => {
+                    tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
+                    let mut out = Vec::with_capacity(records.len());
+                    for r in records {
+                        out.push(
+                            c.create(b, std::slice::from_ref(r), now)
+                                .await
+                                .map(|mut ids| ids.remove(0))
+                                .map_err(|e| e.to_string()),
+                        );
+                    }
+                    Ok(out)
+                }
+                Err(e) => Ok(vec![Err(e.to_string())]),
+            },
+        }
+    }
+
+    /// Writes `fields` to each existing record; answers the records the
+    /// system refused, with its reason (a SQL batch succeeds or fails whole).
+    pub async fn update(
+        &self,
+        b: &TableBinding,
+        records: &[(String, Fields)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.update(b, records, now).await.map(|()| Vec::new()),
+            Connector::Http(c) => c.update(b, records).await,
+        }
+    }
 }
 
 /// How a table's ids are typed.
@@ -63,9 +257,10 @@ pub enum ConnectorError {
 pub enum IdKind {
     /// Text ids: creates use a deterministic UUID v5, so repeats upsert.
     Text,
-    /// Integer ids assigned by the database: creates store an idempotency
-    /// key in a column so a repeat finds the first create.
-    Integer,
+    /// Ids the system assigns (integer columns, most APIs): creates carry an
+    /// idempotency key in a column or field, so a repeat finds the first
+    /// create.
+    Assigned,
 }
 
 /// One synced field: its CDM name and its column.

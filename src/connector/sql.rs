@@ -159,11 +159,11 @@ impl SqlConnector {
             return Err(missing(c));
         }
         let id_kind = if id_type.contains("INT") || id_type.contains("int") || id_type == "serial" {
-            IdKind::Integer
+            IdKind::Assigned
         } else {
             IdKind::Text
         };
-        if id_kind == IdKind::Integer {
+        if id_kind == IdKind::Assigned {
             match &key_column {
                 None => {
                     return Err(ConnectorError::NoIdempotencyColumn {
@@ -182,7 +182,7 @@ impl SqlConnector {
             table: table.to_owned(),
             id_kind,
             fields,
-            key_column: if id_kind == IdKind::Integer {
+            key_column: if id_kind == IdKind::Assigned {
                 key_column
             } else {
                 None
@@ -503,7 +503,7 @@ impl SqlConnector {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            IdKind::Integer => String::new(),
+            IdKind::Assigned => String::new(),
         };
         // Text ids are the ones given; integer ids come back with the key
         // each row was created under (RETURNING does not promise an order).
@@ -539,7 +539,7 @@ impl SqlConnector {
         };
         match b.id_kind {
             IdKind::Text => Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect()),
-            IdKind::Integer => {
+            IdKind::Assigned => {
                 let by_key: HashMap<String, String> = returned
                     .into_iter()
                     .filter_map(|(k, id)| k.map(|k| (k, id)))
@@ -642,7 +642,7 @@ impl SqlConnector {
 
     fn native_id(&self, b: &TableBinding, id: &str) -> Value {
         match b.id_kind {
-            IdKind::Integer => id
+            IdKind::Assigned => id
                 .parse::<i64>()
                 .map(Value::from)
                 .unwrap_or_else(|_| Value::String(id.into())),

@@ -11,7 +11,7 @@
 
 use crate::conflict::{self, ConflictRecord, ConflictScope, Outcome, ReviewDecision};
 use crate::connector::{
-    BadRow, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, SqlConnector, TableBinding,
+    BadRow, Connector, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding,
 };
 use crate::deletes::{Gone, OnTargetDelete};
 use crate::ids::{EntityScope, TenantId};
@@ -110,8 +110,8 @@ pub struct Job {
     workflow: Workflow,
     tenant: TenantId,
     plan: Plan,
-    source: SqlConnector,
-    target: SqlConnector,
+    source: Connector,
+    target: Connector,
     entities: BTreeMap<String, EntityTables>,
     options: Options,
 }
@@ -229,8 +229,8 @@ impl Job {
                 .system_url(&tenant, system, env)
                 .map_err(|e| RunError::Definition(DefinitionErrors(vec![e])))
         };
-        let source = SqlConnector::connect(&workflow.source.name, &url(&workflow.source)?).await?;
-        let target = SqlConnector::connect(&workflow.target.name, &url(&workflow.target)?).await?;
+        let source = Connector::connect(&workflow.source, &url(&workflow.source)?).await?;
+        let target = Connector::connect(&workflow.target, &url(&workflow.target)?).await?;
         let mut entities = BTreeMap::new();
         for def in &workflow.entities {
             let tables = bind_entity(def, &source, &target).await?;
@@ -262,7 +262,7 @@ impl Job {
         EntityScope::new(self.tenant.clone(), self.workflow.name.clone(), entity)
     }
 
-    fn connector(&self, side: Side) -> &SqlConnector {
+    fn connector(&self, side: Side) -> &Connector {
         match side {
             Side::Source => &self.source,
             Side::Target => &self.target,
@@ -1044,7 +1044,7 @@ impl Job {
         // Creates: text ids are deterministic (a repeat upserts); integer-id
         // tables are searched for the key of an earlier attempt first.
         let write_binding = self.binding(tables, write);
-        let mut creates: Vec<(IdMapping, Record, Fields, NewRecord)> = Vec::new();
+        let mut creates: Vec<(IdMapping, Record, Fields, NewRecord, bool)> = Vec::new();
         for action in actions {
             let Create {
                 record,
@@ -1054,6 +1054,7 @@ impl Job {
                 key,
                 id: uuid,
             } = action;
+            let tried = mapping.is_some();
             let current = reserved
                 .remove(&record.id)
                 .or(mapping)
@@ -1067,28 +1068,36 @@ impl Job {
                     key,
                     fields,
                 },
+                tried,
             ));
         }
-        let existing = if write_binding.id_kind == IdKind::Integer {
-            let keys: Vec<String> = creates.iter().map(|(_, _, _, n)| n.key.clone()).collect();
+        // Only a create tried before (its mapping was pending, failed or
+        // stale already) can have happened: look for those.
+        let existing = if write_binding.id_kind == IdKind::Assigned {
+            let keys: Vec<String> = creates
+                .iter()
+                .filter(|(_, _, _, _, tried)| *tried)
+                .map(|(_, _, _, n, _)| n.key.clone())
+                .collect();
             self.connector(write).find_by_keys(write_binding, &keys).await?
         } else {
             HashMap::new()
         };
         let to_create: Vec<NewRecord> = creates
             .iter()
-            .filter(|(_, _, _, n)| !existing.contains_key(&n.key))
-            .map(|(_, _, _, n)| n.clone())
+            .filter(|(_, _, _, n, _)| !existing.contains_key(&n.key))
+            .map(|(_, _, _, n, _)| n.clone())
             .collect();
         let created = self
-            .create_isolating(write, write_binding, &to_create, now)
+            .connector(write)
+            .create(write_binding, &to_create, now)
             .await?;
         let mut created_ids: HashMap<String, Result<String, String>> =
             existing.into_iter().map(|(k, v)| (k, Ok(v))).collect();
         for (n, result) in to_create.iter().zip(created) {
             created_ids.insert(n.key.clone(), result);
         }
-        for (mapping, record, base, new) in creates {
+        for (mapping, record, base, new, _) in creates {
             let result = created_ids
                 .remove(&new.key)
                 .unwrap_or_else(|| Err(format!("{} returned no id for the create", write.as_str())));
@@ -1146,40 +1155,39 @@ impl Job {
             }
         }
         let target_updates: Vec<(String, Fields)> = written.into_iter().map(|w| (w.id, w.fields)).collect();
-        self.target.update(&tables.target, &target_updates, now).await?;
-        self.source.update(&tables.source, &updates_source, now).await?;
+        let refused_target = self.target.update(&tables.target, &target_updates, now).await?;
+        let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
+        if !(refused_target.is_empty() && refused_source.is_empty()) {
+            // A record the system refused keeps its mapping and its old
+            // base, so the difference is written again with its next change.
+            let refused: HashSet<(Side, &str)> = refused_target
+                .iter()
+                .map(|(id, _)| (Side::Target, id.as_str()))
+                .chain(refused_source.iter().map(|(id, _)| (Side::Source, id.as_str())))
+                .collect();
+            for (id, reason) in refused_target.iter().chain(&refused_source) {
+                tracing::warn!(record = %id, %reason, "update refused");
+            }
+            let before = confirms.len();
+            confirms.retain(|w| match w {
+                MappingWrite::Transition {
+                    change:
+                        MappingChange::Confirm {
+                            source_id, target_id, ..
+                        },
+                    ..
+                } => {
+                    !refused.contains(&(Side::Target, target_id.as_str()))
+                        && !refused.contains(&(Side::Source, source_id.as_str()))
+                }
+                _ => true,
+            });
+            let dropped = (before - confirms.len()) as u64;
+            counters.updated = counters.updated.saturating_sub(dropped);
+            counters.failed += dropped;
+        }
         commit.mappings.extend(confirms);
         Ok(commit)
-    }
-
-    /// Creates `records`; when the batch fails, creates them one by one so
-    /// that a record the system refuses fails alone, with the system's reason.
-    async fn create_isolating(
-        &self,
-        side: Side,
-        binding: &TableBinding,
-        records: &[NewRecord],
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Vec<Result<String, String>>, RunError> {
-        let connector = self.connector(side);
-        match connector.create(binding, records, now).await {
-            Ok(ids) => Ok(ids.into_iter().map(Ok).collect()),
-            Err(batch_error) if records.len() > 1 => {
-                tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
-                let mut out = Vec::with_capacity(records.len());
-                for r in records {
-                    out.push(
-                        connector
-                            .create(binding, std::slice::from_ref(r), now)
-                            .await
-                            .map(|mut ids| ids.remove(0))
-                            .map_err(|e| e.to_string()),
-                    );
-                }
-                Ok(out)
-            }
-            Err(e) => Ok(vec![Err(e.to_string())]),
-        }
     }
 
     /// Rewrites updates bound for the target from source ids to target ids.
@@ -1309,14 +1317,17 @@ impl Job {
                         let written = self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
                         let updates: Vec<(String, Fields)> =
                             written.into_iter().map(|w| (w.id, w.fields)).collect();
-                        self.target.update(&tables.target, &updates, now).await?;
+                        let refused = self.target.update(&tables.target, &updates, now).await?;
+                        refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
                     }
                     if !writes.to_source.is_empty() {
                         let mut fields = source.fields.clone();
                         fields.extend(writes.to_source.clone());
-                        self.source
+                        let refused = self
+                            .source
                             .update(&tables.source, &[(source.id.clone(), fields)], now)
                             .await?;
+                        refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
                     }
                     commit.mappings.push(MappingWrite::Transition {
                         change: MappingChange::Confirm {
@@ -1396,21 +1407,19 @@ fn id_on(m: &IdMapping, side: Side) -> Option<&str> {
 /// systems have are synced.
 async fn bind_entity(
     def: &EntityDef,
-    source: &SqlConnector,
-    target: &SqlConnector,
+    source: &Connector,
+    target: &Connector,
 ) -> Result<EntityTables, RunError> {
     let entity = def.name.as_str();
     let mut sides = Vec::new();
-    for (connector, table, pick) in [
-        (source, &def.source_table, Side::Source),
-        (target, &def.target_table, Side::Target),
-    ] {
+    for (connector, pick) in [(source, Side::Source), (target, Side::Target)] {
+        let table = def.table(pick);
         let columns = connector
-            .columns(table)
+            .columns(def, pick)
             .await?
             .ok_or_else(|| ConnectorError::MissingTable {
                 system: connector.system().to_owned(),
-                table: table.clone(),
+                table: table.to_owned(),
                 entity: entity.to_owned(),
             })?;
         if let Some(archive) = def
@@ -1422,7 +1431,7 @@ async fn bind_entity(
         {
             return Err(ConnectorError::MissingColumn {
                 system: connector.system().to_owned(),
-                table: table.clone(),
+                table: table.to_owned(),
                 column: archive.clone(),
                 entity: entity.to_owned(),
                 field: ", archive_column".into(),
@@ -1431,21 +1440,18 @@ async fn bind_entity(
         }
         let mut cdm_to_column: BTreeMap<String, String> = BTreeMap::new();
         for f in &def.fields {
-            let column = match pick {
-                Side::Source => &f.source,
-                Side::Target => &f.target,
-            };
+            let column = f.native(pick);
             if !columns.contains_key(column) {
                 return Err(ConnectorError::MissingColumn {
                     system: connector.system().to_owned(),
-                    table: table.clone(),
-                    column: column.clone(),
+                    table: table.to_owned(),
+                    column: column.to_owned(),
                     entity: entity.to_owned(),
                     field: format!(", field `{}`", f.cdm),
                 }
                 .into());
             }
-            cdm_to_column.insert(f.cdm.clone(), column.clone());
+            cdm_to_column.insert(f.cdm.clone(), column.to_owned());
         }
         let used: HashSet<String> = cdm_to_column.values().cloned().collect();
         let reserved = [
@@ -1462,16 +1468,16 @@ async fn bind_entity(
                     .or_insert_with(|| column.clone());
             }
         }
-        sides.push((connector, table, columns, cdm_to_column, pick));
+        sides.push((connector, columns, cdm_to_column, pick));
     }
     let shared: Vec<String> = sides[0]
-        .3
+        .2
         .keys()
-        .filter(|k| sides[1].3.contains_key(*k))
+        .filter(|k| sides[1].2.contains_key(*k))
         .cloned()
         .collect();
     let mut bindings = Vec::new();
-    for (connector, table, columns, map, pick) in sides {
+    for (connector, columns, map, pick) in sides {
         let fields = shared
             .iter()
             .map(|cdm| FieldColumn {
@@ -1479,15 +1485,7 @@ async fn bind_entity(
                 column: map[cdm].clone(),
             })
             .collect();
-        let deleted = def.deletes.deleted_column(pick).map(str::to_owned);
-        bindings.push(connector.binding(
-            entity,
-            table,
-            columns,
-            fields,
-            def.idempotency_column.clone(),
-            deleted,
-        )?);
+        bindings.push(connector.binding(def, pick, columns, fields)?);
     }
     let target = bindings.pop().expect("two sides");
     let source = bindings.pop().expect("two sides");
@@ -1503,4 +1501,22 @@ async fn bind_entity(
         target,
         references,
     })
+}
+
+/// A reviewer's resolution the system refused to store: the run stops with
+/// the system's reason (the conflict stays resolved and is applied again).
+fn refused_resolution(
+    connector: &Connector,
+    entity: &str,
+    refused: Vec<(String, String)>,
+) -> Result<(), RunError> {
+    match refused.into_iter().next() {
+        None => Ok(()),
+        Some((id, reason)) => Err(ConnectorError::Http {
+            system: connector.system().to_owned(),
+            request: format!("update of {entity} `{id}`"),
+            detail: format!("the resolution was refused: {reason}"),
+        }
+        .into()),
+    }
 }

@@ -1,0 +1,937 @@
+//! The HTTP/JSON connector: REST APIs as systems.
+//!
+//! Each entity type is a collection (`[systems.NAME.entities.ENTITY]`):
+//! a list endpoint filtered by an `updated since` parameter and paged by
+//! page number or cursor, and one endpoint per record for get, update and
+//! delete. The client is built to meet real APIs: timeouts, retries with
+//! exponential backoff and jitter on network errors, 5xx and 429 (honouring
+//! `Retry-After`), a rate limit per system shared by every step of the
+//! process, and an `Idempotency-Key` on every create.
+//!
+//! A list must return records oldest change first (`updated_at`, then id),
+//! as APIs built for sync do (a `query` setting can ask for the order). The
+//! scan position remembers the page it was on, so a long listing is not
+//! re-read from its start for every engine page.
+
+use super::{BadRow, ChangePage, ConnectorError, Cursor, IdKind, NewRecord, TableBinding};
+use super::{format_time, id_text, normalize, parse_time};
+use crate::deletes::is_deleted_mark;
+use crate::record::{Fields, Record};
+use crate::workflow::{HttpAuth, HttpResource, HttpSystem, Pagination, SystemDef};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use reqwest::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+/// An API whose collections are synced.
+#[derive(Clone)]
+pub struct HttpConnector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    system: String,
+    /// The base URL, without a trailing slash.
+    base: String,
+    client: reqwest::Client,
+    auth: Option<(HeaderName, HeaderValue)>,
+    /// Where the credentials come from, for messages.
+    auth_hint: String,
+    limiter: Option<Arc<RateLimiter>>,
+    settings: HttpSystem,
+}
+
+/// Paces requests to one system: at most one every `interval`, across every
+/// task of the process that calls it.
+pub struct RateLimiter {
+    interval: Duration,
+    next: Mutex<tokio::time::Instant>,
+}
+
+/// syncd paces a little under the configured rate, so that the jitter of
+/// the network never pushes one of the API's seconds over its limit.
+const RATE_MARGIN: f64 = 0.96;
+
+impl RateLimiter {
+    /// The limiter of the API at `base` allowing `per_second` requests: one
+    /// per process, shared by every connector to it.
+    pub fn shared(base: &str, per_second: f64) -> Arc<RateLimiter> {
+        type Registry = HashMap<(String, u64), Arc<RateLimiter>>;
+        static LIMITERS: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+        let mut all = LIMITERS.lock().expect("rate limiter registry");
+        all.entry((base.to_owned(), per_second.to_bits()))
+            .or_insert_with(|| {
+                Arc::new(RateLimiter {
+                    interval: Duration::from_secs_f64(1.0 / (per_second * RATE_MARGIN)),
+                    next: Mutex::new(tokio::time::Instant::now()),
+                })
+            })
+            .clone()
+    }
+
+    /// Waits for the next free slot.
+    pub async fn acquire(&self) {
+        let slot = {
+            let mut next = self.next.lock().expect("rate limiter");
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// What an API answered, once retries are over: a status that is final.
+struct Reply {
+    status: StatusCode,
+    body: Value,
+}
+
+impl Reply {
+    /// The API's own words for an error: the usual places for a message,
+    /// else the body itself.
+    fn message(&self) -> String {
+        for p in [
+            "/error/message",
+            "/message",
+            "/error",
+            "/detail",
+            "/errors/0/message",
+            "/title",
+        ] {
+            if let Some(Value::String(s)) = self.body.pointer(p) {
+                return s.clone();
+            }
+        }
+        let text = match &self.body {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        let text: String = text.chars().take(300).collect();
+        if text.is_empty() {
+            self.status.to_string()
+        } else {
+            text
+        }
+    }
+}
+
+/// Where a change scan is, kept in the cursor's `id`: the last record's id,
+/// and the listing it came from (its `since` value and the page or cursor
+/// token of the page that holds it). `since` is empty once a listing ended:
+/// the next scan starts a new one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct ScanPos {
+    id: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<Value>,
+}
+
+/// (modification time, id) of a listed record, the order lists are in.
+type ListKey = (DateTime<Utc>, String);
+
+fn compare_keys(a: &ListKey, b: &ListKey) -> Ordering {
+    a.0.cmp(&b.0)
+        .then_with(|| match (a.1.parse::<i64>(), b.1.parse::<i64>()) {
+            (Ok(x), Ok(y)) => x.cmp(&y),
+            _ => a.1.cmp(&b.1),
+        })
+}
+
+/// A value as text for a URL: strings as they are, numbers printed.
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One random number in [0, 1), for jitter.
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `Retry-After` as seconds or as an HTTP date; capped at two minutes.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if let Ok(secs) = v.parse::<f64>() {
+        Duration::from_secs_f64(secs.max(0.0))
+    } else {
+        let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+        (at - Utc::now()).to_std().unwrap_or_default()
+    };
+    Some(wait.min(Duration::from_secs(120)))
+}
+
+impl HttpConnector {
+    /// A connector to the API of `system` at `url`; the credentials are read
+    /// from the environment variable the definition names.
+    pub fn connect(
+        system: &SystemDef,
+        url: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<HttpConnector, ConnectorError> {
+        let config = |reason: String| ConnectorError::Config {
+            system: system.name.clone(),
+            reason,
+        };
+        let settings = system
+            .http
+            .clone()
+            .ok_or_else(|| config("no HTTP settings".into()))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConnectorError::UnsupportedUrl {
+                system: system.name.clone(),
+                url: url.to_owned(),
+            });
+        }
+        let secret = |var: &str| {
+            env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                config(format!(
+                    "the API credentials are read from ${var}, which is not set"
+                ))
+            })
+        };
+        let header = |name: &str, value: String| -> Result<(HeaderName, HeaderValue), ConnectorError> {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| config(format!("`{name}` is not an HTTP header name")))?;
+            let mut value = HeaderValue::from_str(&value)
+                .map_err(|_| config("the credentials hold characters a header cannot carry".into()))?;
+            value.set_sensitive(true);
+            Ok((name, value))
+        };
+        let (auth, auth_hint) = match &settings.auth {
+            HttpAuth::None => (None, "the API's authentication settings".to_owned()),
+            HttpAuth::Bearer { env } => (
+                Some(header("authorization", format!("Bearer {}", secret(env)?))?),
+                format!("the token in ${env}"),
+            ),
+            HttpAuth::Header { header: name, env } => {
+                (Some(header(name, secret(env)?)?), format!("the key in ${env}"))
+            }
+        };
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(settings.concurrency)
+            .user_agent(concat!("syncd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| config(format!("cannot build an HTTP client: {e}")))?;
+        let base = url.trim_end_matches('/').to_owned();
+        let limiter = settings.rate_limit.map(|r| RateLimiter::shared(&base, r));
+        Ok(HttpConnector {
+            inner: Arc::new(Inner {
+                system: system.name.clone(),
+                base,
+                client,
+                auth,
+                auth_hint,
+                limiter,
+                settings,
+            }),
+        })
+    }
+
+    /// The system's name in the definition.
+    pub fn system(&self) -> &str {
+        &self.inner.system
+    }
+
+    /// The collection of `entity`.
+    fn resource(&self, entity: &str) -> Result<&HttpResource, ConnectorError> {
+        self.inner
+            .settings
+            .resources
+            .get(entity)
+            .ok_or_else(|| ConnectorError::Config {
+                system: self.inner.system.clone(),
+                reason: format!("no collection is configured for entity `{entity}`"),
+            })
+    }
+
+    /// The fields a collection's records have, as columns: those the
+    /// definition lists for it and those its field map names (`named`).
+    pub fn columns(&self, entity: &str, named: &[&str]) -> Result<BTreeMap<String, String>, ConnectorError> {
+        let r = self.resource(entity)?;
+        let own = [
+            Some(r.id_field.as_str()),
+            Some(r.updated_field.as_str()),
+            r.external_id_field.as_deref(),
+        ];
+        Ok(r.fields
+            .iter()
+            .map(String::as_str)
+            .chain(named.iter().copied())
+            .filter(|f| !own.contains(&Some(*f)))
+            .map(|f| (f.to_owned(), "json".to_owned()))
+            .collect())
+    }
+
+    /// The binding of `entity`'s collection: ids are the API's to assign,
+    /// and the external-id field finds an interrupted create again.
+    pub fn binding(
+        &self,
+        entity: &str,
+        columns: BTreeMap<String, String>,
+        fields: Vec<super::FieldColumn>,
+        deleted_column: Option<String>,
+    ) -> Result<TableBinding, ConnectorError> {
+        let r = self.resource(entity)?;
+        Ok(TableBinding {
+            system: self.inner.system.clone(),
+            entity: entity.to_owned(),
+            table: r.path.clone(),
+            id_kind: IdKind::Assigned,
+            fields,
+            key_column: r.external_id_field.clone(),
+            deleted_column,
+            column_types: columns,
+        })
+    }
+
+    /// Sends one request, retrying network errors, 5xx, 408 and 429 with
+    /// exponential backoff and jitter (or the API's `Retry-After`). Answers
+    /// the first final status; 401 and 403 are errors at once.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply, ConnectorError> {
+        let inner = &self.inner;
+        let url = format!("{}{}", inner.base, path);
+        let mut attempt = 0u32;
+        loop {
+            if let Some(l) = &inner.limiter {
+                l.acquire().await;
+            }
+            let mut request = inner.client.request(method.clone(), &url).query(query);
+            if let Some((name, value)) = &inner.auth {
+                request = request.header(name.clone(), value.clone());
+            }
+            if let Some(key) = idempotency_key {
+                request = request.header("idempotency-key", key);
+            }
+            if let Some(b) = body {
+                request = request.json(b);
+            }
+            let (problem, wait) = match request.send().await {
+                Err(e) => (format!("{e}"), None),
+                Ok(response) => {
+                    let status = response.status();
+                    let wait = retry_after(response.headers());
+                    match response.bytes().await {
+                        // The answer was cut off: as if never answered.
+                        Err(e) => (format!("{status}, then the answer broke off: {e}"), None),
+                        Ok(bytes) => {
+                            let body = if bytes.is_empty() {
+                                Value::Null
+                            } else {
+                                serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                                    Value::String(String::from_utf8_lossy(&bytes).into_owned())
+                                })
+                            };
+                            let reply = Reply { status, body };
+                            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                                return Err(ConnectorError::Unauthorized {
+                                    system: inner.system.clone(),
+                                    detail: format!(
+                                        "{status} on {method} {path}: {}; check {}",
+                                        reply.message(),
+                                        inner.auth_hint
+                                    ),
+                                });
+                            }
+                            let transient = status.is_server_error()
+                                || status == StatusCode::TOO_MANY_REQUESTS
+                                || status == StatusCode::REQUEST_TIMEOUT;
+                            if !transient {
+                                return Ok(reply);
+                            }
+                            (format!("{status}: {}", reply.message()), wait)
+                        }
+                    }
+                }
+            };
+            if attempt >= inner.settings.retries {
+                return Err(ConnectorError::Http {
+                    system: inner.system.clone(),
+                    request: format!("{method} {path}"),
+                    detail: format!("gave up after {} attempts; last: {problem}", attempt + 1),
+                });
+            }
+            let backoff = inner.settings.backoff.saturating_mul(1 << attempt.min(16));
+            let backoff = backoff.min(Duration::from_secs(30)).mul_f64(0.5 + jitter() / 2.0);
+            let wait = wait.map_or(backoff, |w| w + backoff.mul_f64(0.1));
+            tracing::debug!(system = %inner.system, request = %format!("{method} {path}"), %problem, ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// An answer that is neither success nor a record's own fault.
+    fn unexpected(&self, method: &str, path: &str, reply: &Reply) -> ConnectorError {
+        ConnectorError::Http {
+            system: self.inner.system.clone(),
+            request: format!("{method} {path}"),
+            detail: format!("{}: {}", reply.status, reply.message()),
+        }
+    }
+
+    /// Runs `calls` with the system's concurrency; answers in order.
+    async fn each<Fut: std::future::Future>(&self, calls: Vec<Fut>) -> Vec<Fut::Output> {
+        futures_util::stream::iter(calls)
+            .buffered(self.inner.settings.concurrency)
+            .collect()
+            .await
+    }
+
+    fn item_path(r: &HttpResource, id: &str) -> String {
+        r.item_path.replace("{id}", &url_segment(id))
+    }
+
+    /// One page of a listing at `at` (a page number or a cursor token).
+    async fn list_page(
+        &self,
+        r: &HttpResource,
+        filters: &[(String, String)],
+        at: Option<&Value>,
+    ) -> Result<(Vec<Value>, Option<Value>), ConnectorError> {
+        let mut query: Vec<(String, String)> = r.query.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        query.extend(filters.iter().cloned());
+        let size = r.page_size.to_string();
+        match &r.pagination {
+            Pagination::Page {
+                page_param,
+                size_param,
+                ..
+            } => {
+                let page = at.and_then(Value::as_u64).unwrap_or(1);
+                query.push((page_param.clone(), page.to_string()));
+                query.push((size_param.clone(), size));
+            }
+            Pagination::Cursor {
+                cursor_param,
+                size_param,
+                ..
+            } => {
+                if let Some(token) = at {
+                    query.push((cursor_param.clone(), value_text(token)));
+                }
+                query.push((size_param.clone(), size));
+            }
+        }
+        let reply = self.call(Method::GET, &r.path, &query, None, None).await?;
+        if !reply.status.is_success() {
+            return Err(self.unexpected("GET", &r.path, &reply));
+        }
+        let items = match reply.body.pointer(&r.records) {
+            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Null) => Vec::new(),
+            _ => {
+                return Err(ConnectorError::Http {
+                    system: self.inner.system.clone(),
+                    request: format!("GET {}", r.path),
+                    detail: format!("the answer has no array of records at `{}`", r.records),
+                });
+            }
+        };
+        let next = match &r.pagination {
+            Pagination::Page { has_more, .. } => {
+                let page = at.and_then(Value::as_u64).unwrap_or(1);
+                let more = match has_more {
+                    Some(p) => reply.body.pointer(p).and_then(Value::as_bool).unwrap_or(false),
+                    None => items.len() >= r.page_size as usize,
+                };
+                (more && !items.is_empty()).then(|| Value::from(page + 1))
+            }
+            Pagination::Cursor { next, .. } => match reply.body.pointer(next) {
+                Some(Value::String(s)) if !s.is_empty() && !items.is_empty() => {
+                    Some(Value::String(s.clone()))
+                }
+                Some(Value::Number(n)) if !items.is_empty() => Some(Value::Number(n.clone())),
+                _ => None,
+            },
+        };
+        Ok((items, next))
+    }
+
+    /// The listing key of an item, or why it has none.
+    fn key_of(r: &HttpResource, item: &Value) -> Result<ListKey, BadRow> {
+        let id = item.get(&r.id_field).and_then(id_text);
+        let time = item.get(&r.updated_field).and_then(parse_time);
+        match (id, time) {
+            (Some(id), Some(t)) => Ok((t, id)),
+            (Some(id), None) => Err(BadRow {
+                id,
+                reason: format!("field `{}` holds no readable time", r.updated_field),
+            }),
+            (None, _) => Err(BadRow {
+                id: String::new(),
+                reason: format!("a record without an id in field `{}`", r.id_field),
+            }),
+        }
+    }
+
+    fn record_of(b: &TableBinding, item: &Value, key: ListKey) -> Record {
+        let fields: Fields = b
+            .fields
+            .iter()
+            .map(|f| {
+                let v = item.get(&f.column).cloned().map(normalize).unwrap_or(Value::Null);
+                (f.cdm.clone(), v)
+            })
+            .collect();
+        Record {
+            id: key.1,
+            fields,
+            modified_at: key.0,
+        }
+    }
+
+    fn marked_deleted(b: &TableBinding, item: &Value) -> bool {
+        b.deleted_column
+            .as_ref()
+            .is_some_and(|c| item.get(c).is_some_and(is_deleted_mark))
+    }
+
+    /// Reads up to `limit` records changed after `after`, oldest first.
+    pub async fn read_changes(
+        &self,
+        b: &TableBinding,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let pos: Option<ScanPos> = after.map(|c| {
+            serde_json::from_value(c.id.clone()).unwrap_or(ScanPos {
+                id: c.id.clone(),
+                ..Default::default()
+            })
+        });
+        let last: Option<ListKey> = after.and_then(|c| {
+            let pos = pos.as_ref()?;
+            Some((parse_time(&c.updated_at)?, id_text(&pos.id)?))
+        });
+        // Continue the listing the position is in, or start one at the
+        // last record's time (inclusive: the key comparison skips it).
+        let (since, mut at) = match (&pos, after) {
+            (Some(p), _) if p.since.is_some() => (p.since.clone(), p.at.clone()),
+            (_, Some(c)) if !c.updated_at.is_null() => (Some(value_text(&c.updated_at)), None),
+            _ => (None, None),
+        };
+        let filters: Vec<(String, String)> =
+            since.iter().map(|s| (r.since_param.clone(), s.clone())).collect();
+        let mut page = ChangePage::default();
+        let mut next = after.cloned();
+        let mut resuming = at.is_some();
+        let mut taken = 0u32;
+        loop {
+            let (items, following) = self.list_page(r, &filters, at.as_ref()).await?;
+            // A numbered page can shift when earlier records change: if the
+            // page now starts after the last record read, step back.
+            if resuming
+                && let (Some(n), Some(last), Some(first)) = (
+                    at.as_ref().and_then(Value::as_u64).filter(|n| *n > 1),
+                    &last,
+                    items.first().and_then(|i| Self::key_of(r, i).ok()),
+                )
+                && compare_keys(&first, last) == Ordering::Greater
+            {
+                at = Some(Value::from(n - 1));
+                continue;
+            }
+            resuming = false;
+            for item in &items {
+                let key = match Self::key_of(r, item) {
+                    Ok(k) => k,
+                    Err(bad) => {
+                        page.bad.push(bad);
+                        continue;
+                    }
+                };
+                if last
+                    .as_ref()
+                    .is_some_and(|l| compare_keys(&key, l) != Ordering::Greater)
+                {
+                    continue;
+                }
+                next = Some(Cursor {
+                    updated_at: item.get(&r.updated_field).cloned().unwrap_or(Value::Null),
+                    id: serde_json::to_value(ScanPos {
+                        id: Value::String(key.1.clone()),
+                        since: since.clone(),
+                        at: at.clone(),
+                    })
+                    .expect("positions serialize"),
+                });
+                if Self::marked_deleted(b, item) {
+                    page.deleted.push(key.1.clone());
+                } else {
+                    page.records.push(Self::record_of(b, item, key));
+                }
+                taken += 1;
+                if taken == limit {
+                    // The rest of this API page is read again next time,
+                    // from the same position, and skipped up to here.
+                    page.next = next;
+                    return Ok(page);
+                }
+            }
+            match following {
+                Some(n) => at = Some(n),
+                None => break,
+            }
+        }
+        // The listing ended: the next scan starts a new one.
+        page.done = true;
+        page.next = next.map(|mut c| {
+            if let Ok(mut p) = serde_json::from_value::<ScanPos>(c.id.clone()) {
+                p.since = None;
+                p.at = None;
+                c.id = serde_json::to_value(p).expect("positions serialize");
+            }
+            c
+        });
+        if page.records.is_empty() && page.deleted.is_empty() && after.is_none() {
+            page.next = None;
+        }
+        Ok(page)
+    }
+
+    /// GETs each of `ids`: the items found, and ids gone (404 or 410).
+    async fn get_each(&self, r: &HttpResource, ids: &[String]) -> Result<Vec<Option<Value>>, ConnectorError> {
+        let answers = self
+            .each(
+                ids.iter()
+                    .map(|id| async move {
+                        let path = Self::item_path(r, id);
+                        let reply = self.call(Method::GET, &path, &[], None, None).await?;
+                        if reply.status == StatusCode::NOT_FOUND || reply.status == StatusCode::GONE {
+                            return Ok(None);
+                        }
+                        if !reply.status.is_success() {
+                            return Err(self.unexpected("GET", &path, &reply));
+                        }
+                        Ok(reply.body.pointer(&r.record).cloned())
+                    })
+                    .collect(),
+            )
+            .await;
+        answers.into_iter().collect()
+    }
+
+    /// The records with `ids`; ids that do not exist are absent.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<Vec<Record>, ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        Ok(self
+            .get_each(r, ids)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|item| !Self::marked_deleted(b, item))
+            .filter_map(|item| {
+                let key = Self::key_of(r, &item).ok()?;
+                Some(Self::record_of(b, &item, key))
+            })
+            .collect())
+    }
+
+    /// Which of `ids` exist and are not marked deleted.
+    pub async fn present(&self, b: &TableBinding, ids: &[String]) -> Result<HashSet<String>, ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let found = self.get_each(r, ids).await?;
+        Ok(ids
+            .iter()
+            .zip(found)
+            .filter(|(_, item)| item.as_ref().is_some_and(|i| !Self::marked_deleted(b, i)))
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
+    /// The body of a create or update: the fields under their API names.
+    fn body_of(b: &TableBinding, fields: &Fields) -> serde_json::Map<String, Value> {
+        b.fields
+            .iter()
+            .filter_map(|f| fields.get(&f.cdm).map(|v| (f.column.clone(), v.clone())))
+            .collect()
+    }
+
+    /// Ids of records created earlier with each of `keys`, found by the
+    /// external-id field (none without one).
+    pub async fn find_by_keys(
+        &self,
+        b: &TableBinding,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let Some(field) = &r.external_id_field else {
+            return Ok(HashMap::new());
+        };
+        let found = self
+            .each(
+                keys.iter()
+                    .map(|key| async move {
+                        let filters = [(field.clone(), key.clone())];
+                        let (items, _) = self.list_page(r, &filters, None).await?;
+                        let id = items
+                            .iter()
+                            .find(|i| i.get(field).and_then(id_text).as_deref() == Some(key.as_str()))
+                            .and_then(|i| i.get(&r.id_field))
+                            .and_then(id_text);
+                        Ok::<_, ConnectorError>(id.map(|id| (key.clone(), id)))
+                    })
+                    .collect(),
+            )
+            .await;
+        let mut out = HashMap::new();
+        for f in found {
+            out.extend(f?);
+        }
+        Ok(out)
+    }
+
+    /// Creates `records`, each with its idempotency key as `Idempotency-Key`
+    /// (and in the external-id field), and answers each one's new id, or the
+    /// API's reason when it refused that record (4xx).
+    pub async fn create(
+        &self,
+        b: &TableBinding,
+        records: &[NewRecord],
+    ) -> Result<Vec<Result<String, String>>, ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let answers = self
+            .each(
+                records
+                    .iter()
+                    .map(|new| async move {
+                        let mut body = Self::body_of(b, &new.fields);
+                        if let Some(field) = &r.external_id_field {
+                            body.insert(field.clone(), Value::String(new.key.clone()));
+                        }
+                        let body = Value::Object(body);
+                        let reply = self
+                            .call(Method::POST, &r.path, &[], Some(&body), Some(&new.key))
+                            .await?;
+                        if reply.status.is_client_error() {
+                            return Ok(Err(format!("{}: {}", reply.status, reply.message())));
+                        }
+                        if !reply.status.is_success() {
+                            return Err(self.unexpected("POST", &r.path, &reply));
+                        }
+                        match reply
+                            .body
+                            .pointer(&r.record)
+                            .and_then(|rec| rec.get(&r.id_field))
+                            .and_then(id_text)
+                        {
+                            Some(id) => Ok(Ok(id)),
+                            None => Err(ConnectorError::Http {
+                                system: self.inner.system.clone(),
+                                request: format!("POST {}", r.path),
+                                detail: format!(
+                                    "the answer has no record id at `{}` field `{}`",
+                                    r.record, r.id_field
+                                ),
+                            }),
+                        }
+                    })
+                    .collect(),
+            )
+            .await;
+        answers.into_iter().collect()
+    }
+
+    /// Writes `fields` to each existing record; answers the records the API
+    /// refused, with its reason.
+    pub async fn update(
+        &self,
+        b: &TableBinding,
+        records: &[(String, Fields)],
+    ) -> Result<Vec<(String, String)>, ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let method = Method::from_bytes(r.update_method.as_bytes()).unwrap_or(Method::PATCH);
+        let answers = self
+            .each(
+                records
+                    .iter()
+                    .map(|(id, fields)| {
+                        let method = method.clone();
+                        async move {
+                            let path = Self::item_path(r, id);
+                            let body = Value::Object(Self::body_of(b, fields));
+                            let reply = self.call(method.clone(), &path, &[], Some(&body), None).await?;
+                            if reply.status.is_client_error() {
+                                return Ok(Some((
+                                    id.clone(),
+                                    format!("{}: {}", reply.status, reply.message()),
+                                )));
+                            }
+                            if !reply.status.is_success() {
+                                return Err(self.unexpected(method.as_str(), &path, &reply));
+                            }
+                            Ok(None)
+                        }
+                    })
+                    .collect(),
+            )
+            .await;
+        let mut refused = Vec::new();
+        for a in answers {
+            refused.extend(a?);
+        }
+        Ok(refused)
+    }
+
+    /// Deletes each of `ids`; one already gone counts as deleted.
+    pub async fn delete(&self, b: &TableBinding, ids: &[String]) -> Result<(), ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let answers = self
+            .each(
+                ids.iter()
+                    .map(|id| async move {
+                        let path = Self::item_path(r, id);
+                        let reply = self.call(Method::DELETE, &path, &[], None, None).await?;
+                        if reply.status.is_success()
+                            || reply.status == StatusCode::NOT_FOUND
+                            || reply.status == StatusCode::GONE
+                        {
+                            Ok(())
+                        } else {
+                            Err(self.unexpected("DELETE", &path, &reply))
+                        }
+                    })
+                    .collect(),
+            )
+            .await;
+        answers.into_iter().collect()
+    }
+
+    /// Sets `field` to the time of archiving on each of `ids`.
+    pub async fn archive(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+        field: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        let r = self.resource(&b.entity)?;
+        let body = serde_json::json!({ field: format_time(now) });
+        let answers = self
+            .each(
+                ids.iter()
+                    .map(|id| {
+                        let body = &body;
+                        async move {
+                            let path = Self::item_path(r, id);
+                            let reply = self.call(Method::PATCH, &path, &[], Some(body), None).await?;
+                            if reply.status.is_success() || reply.status == StatusCode::NOT_FOUND {
+                                Ok(())
+                            } else {
+                                Err(self.unexpected("PATCH", &path, &reply))
+                            }
+                        }
+                    })
+                    .collect(),
+            )
+            .await;
+        answers.into_iter().collect()
+    }
+}
+
+/// Percent-encodes an id for one path segment.
+fn url_segment(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderMap;
+
+    #[test]
+    fn ids_are_one_path_segment() {
+        assert_eq!(url_segment("acc_000001"), "acc_000001");
+        assert_eq!(url_segment("a/b?c=d"), "a%2Fb%3Fc%3Dd");
+        assert_eq!(url_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a date in the past: retry now"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("86400"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)), "capped");
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn list_keys_order_numeric_ids_by_value() {
+        let t = Utc::now();
+        let k = |id: &str| (t, id.to_owned());
+        assert_eq!(compare_keys(&k("9"), &k("10")), Ordering::Less);
+        assert_eq!(compare_keys(&k("acc_9"), &k("acc_10")), Ordering::Greater);
+        assert_eq!(
+            compare_keys(&(t, "z".into()), &(t + chrono::Duration::seconds(1), "a".into())),
+            Ordering::Less
+        );
+    }
+
+    #[test]
+    fn error_messages_are_found_where_apis_put_them() {
+        let reply = |body| Reply {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body,
+        };
+        assert_eq!(
+            reply(serde_json::json!({"error": {"message": "email: invalid"}})).message(),
+            "email: invalid"
+        );
+        assert_eq!(reply(serde_json::json!({"message": "bad"})).message(), "bad");
+        assert_eq!(reply(Value::Null).message(), "422 Unprocessable Entity");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limiter_spaces_requests() {
+        let limiter = RateLimiter::shared("http://limiter.test", 50.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..51 {
+            limiter.acquire().await;
+        }
+        let took = start.elapsed();
+        // 50 intervals of 1 / (50 * 0.96) s.
+        assert!(
+            took >= Duration::from_millis(1041) && took < Duration::from_millis(1050),
+            "{took:?}"
+        );
+    }
+}
