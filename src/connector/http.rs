@@ -45,6 +45,9 @@ struct Inner {
     auth_hint: String,
     limiter: Option<Arc<RateLimiter>>,
     settings: HttpSystem,
+    /// Set by the first 401 or 403: later calls fail at once, so that a
+    /// wrong token costs one round of requests, not a retry storm.
+    refused: Mutex<Option<String>>,
 }
 
 /// Paces requests to one system: at most one every `interval`, across every
@@ -237,6 +240,7 @@ impl HttpConnector {
                 auth_hint,
                 limiter,
                 settings,
+                refused: Mutex::new(None),
             }),
         })
     }
@@ -313,6 +317,12 @@ impl HttpConnector {
         let url = format!("{}{}", inner.base, path);
         let mut attempt = 0u32;
         loop {
+            if let Some(detail) = inner.refused.lock().expect("refusal").clone() {
+                return Err(ConnectorError::Unauthorized {
+                    system: inner.system.clone(),
+                    detail,
+                });
+            }
             if let Some(l) = &inner.limiter {
                 l.acquire().await;
             }
@@ -344,13 +354,15 @@ impl HttpConnector {
                             };
                             let reply = Reply { status, body };
                             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                                let detail = format!(
+                                    "{status} on {method} {path}: {}; check {}",
+                                    reply.message(),
+                                    inner.auth_hint
+                                );
+                                *inner.refused.lock().expect("refusal") = Some(detail.clone());
                                 return Err(ConnectorError::Unauthorized {
                                     system: inner.system.clone(),
-                                    detail: format!(
-                                        "{status} on {method} {path}: {}; check {}",
-                                        reply.message(),
-                                        inner.auth_hint
-                                    ),
+                                    detail,
                                 });
                             }
                             let transient = status.is_server_error()
@@ -389,12 +401,21 @@ impl HttpConnector {
         }
     }
 
-    /// Runs `calls` with the system's concurrency; answers in order.
+    /// Runs `calls` with the system's concurrency; answers in order. Calls
+    /// finish in any order, so one waiting out a `Retry-After` holds up
+    /// only its own slot.
     async fn each<Fut: std::future::Future>(&self, calls: Vec<Fut>) -> Vec<Fut::Output> {
-        futures_util::stream::iter(calls)
-            .buffered(self.inner.settings.concurrency)
-            .collect()
-            .await
+        let mut answers: Vec<(usize, Fut::Output)> = futures_util::stream::iter(
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| async move { (i, call.await) }),
+        )
+        .buffer_unordered(self.inner.settings.concurrency)
+        .collect()
+        .await;
+        answers.sort_unstable_by_key(|(i, _)| *i);
+        answers.into_iter().map(|(_, a)| a).collect()
     }
 
     fn item_path(r: &HttpResource, id: &str) -> String {

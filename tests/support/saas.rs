@@ -110,6 +110,9 @@ pub struct SaasConfig {
     pub max_page_size: usize,
     /// Seeds the fault RNG.
     pub seed: u64,
+    /// Like many APIs, take no notice of `Idempotency-Key`: a repeated
+    /// create creates again unless the client looks first.
+    pub ignore_idempotency_keys: bool,
 }
 
 impl Default for SaasConfig {
@@ -122,6 +125,7 @@ impl Default for SaasConfig {
             retry_after_secs: 1,
             max_page_size: 100,
             seed: 0,
+            ignore_idempotency_keys: false,
         }
     }
 }
@@ -147,6 +151,7 @@ impl SaasServer {
         }
         let shared = Arc::new(Shared {
             token: config.token,
+            ignore_idempotency_keys: config.ignore_idempotency_keys,
             rate_limit: config.rate_limit,
             retry_after_secs: config.retry_after_secs,
             max_page_size: config.max_page_size.max(1),
@@ -276,6 +281,7 @@ impl SaasServer {
 /// What the handlers share: the fixed configuration and the data.
 struct Shared {
     token: Option<String>,
+    ignore_idempotency_keys: bool,
     rate_limit: Option<u32>,
     retry_after_secs: u64,
     max_page_size: usize,
@@ -509,6 +515,7 @@ async fn create(
         return error(StatusCode::NOT_FOUND, "no such collection");
     };
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        _ if shared.ignore_idempotency_keys => None,
         None => None,
         Some(Ok(key)) => Some(key.to_owned()),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "Idempotency-Key: not visible ASCII"),

@@ -1,0 +1,612 @@
+//! The HTTP/JSON connector against a SaaS-like API (`support::saas`) over
+//! loopback: a CRM in SQLite synced both ways with an API that pages,
+//! rate-limits, fails, drops connections and validates, always through the
+//! real binary (`syncd run`), as an operator runs it.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+use support::TempDir;
+use support::saas::{Collection, Faults, Pagination, SaasConfig, SaasServer};
+use support::systems::{Kind, SystemDb, crm_rows};
+use syncd::cache::MappingCache;
+use syncd::ids::EntityScope;
+use syncd::mapping::{IdMapping, MappingStatus};
+use syncd::record::Side;
+use syncd::store::{Store, StoreConfig};
+
+const INTEGRATION: &str = "crm-to-saas";
+const TENANT: &str = "t1";
+const TOKEN: &str = "sk_test_4f9a";
+/// The variable the definition names for the API token.
+const TOKEN_VAR: &str = "SAAS_TOKEN";
+
+/// A SQLite CRM, the API, a state store and a definition connecting them.
+struct Setup {
+    dir: TempDir,
+    source: SystemDb,
+    server: SaasServer,
+    workflow: PathBuf,
+    database_url: String,
+    /// The token `syncd` is given (the server wants [`TOKEN`]).
+    token: String,
+    runs: usize,
+}
+
+/// The API's collections: customers and orders page by cursor, people by
+/// page number; people need an email with an `@`.
+fn api(faults: Faults, rate_limit: Option<u32>) -> SaasConfig {
+    let mut people = Collection::new("people", Pagination::Page);
+    people.must_contain = vec![("email".into(), "@".into())];
+    SaasConfig {
+        token: Some(TOKEN.into()),
+        collections: vec![
+            Collection::new("customers", Pagination::Cursor),
+            people,
+            Collection::new("sales_orders", Pagination::Cursor),
+        ],
+        faults,
+        rate_limit,
+        seed: 7,
+        ..SaasConfig::default()
+    }
+}
+
+/// The definition: accounts, contacts and orders of the CRM as customers,
+/// people and sales orders of the API, both ways. `system` and `entity`
+/// add settings to the API system and to every entity.
+fn definition(source_url: &str, api_url: &str, system: &str, entity: &str) -> String {
+    format!(
+        r#"name = "{INTEGRATION}"
+direction = "bidirectional"
+source = "crm"
+target = "saas"
+
+[systems.crm]
+connector = "sql"
+url = "{source_url}"
+
+[systems.saas]
+connector = "http"
+url = "{api_url}"
+auth = {{ bearer_env = "{TOKEN_VAR}" }}
+backoff = "20ms"
+{system}
+entities.account = {{ path = "/customers", pagination = "cursor", external_id_field = "external_id" }}
+entities.contact = {{ path = "/people", has_more = "/has_more", external_id_field = "external_id" }}
+entities.order = {{ path = "/sales_orders", pagination = "cursor", external_id_field = "external_id" }}
+
+[[entities]]
+name = "account"
+source_table = "accounts"
+target_table = "customers"
+{entity}
+[entities.fields]
+name = {{ source = "name", target = "customer_name" }}
+industry = "industry"
+parent_id = {{ references = "account" }}
+
+[[entities]]
+name = "contact"
+source_table = "contacts"
+target_table = "people"
+{entity}
+[entities.fields]
+name = {{ source = "name", target = "full_name" }}
+email = "email"
+account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
+
+[[entities]]
+name = "order"
+source_table = "orders"
+target_table = "sales_orders"
+{entity}
+[entities.fields]
+account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
+contact_id = {{ references = "contact" }}
+total = "total"
+status = "status"
+
+[tenants.{TENANT}]
+"#
+    )
+}
+
+impl Setup {
+    /// `n` accounts' worth of CRM rows (`6n` records) and an API with
+    /// `faults` and `rate_limit`.
+    async fn new(label: &str, n: usize, config: SaasConfig, system: &str, entity: &str) -> Setup {
+        let dir = TempDir::new(label);
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let (accounts, contacts, orders) = crm_rows(n);
+        source.insert("accounts", &accounts).await;
+        source.insert("contacts", &contacts).await;
+        source.insert("orders", &orders).await;
+        let server = SaasServer::start(config).await;
+        let workflow = dir.0.join("crm-to-saas.toml");
+        std::fs::write(
+            &workflow,
+            definition(&source.url(), &server.url(), system, entity),
+        )
+        .unwrap();
+        let database_url = dir.sqlite_url("state.db");
+        Setup {
+            dir,
+            source,
+            server,
+            workflow,
+            database_url,
+            token: TOKEN.into(),
+            runs: 0,
+        }
+    }
+
+    /// Starts `syncd run` (the README's way), its output going to files.
+    fn spawn(&mut self) -> (std::process::Child, PathBuf, PathBuf) {
+        self.runs += 1;
+        let out = self.dir.0.join(format!("run-{}.out", self.runs));
+        let err = self.dir.0.join(format!("run-{}.err", self.runs));
+        let child = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .arg("run")
+            .arg(&self.workflow)
+            .args(["--tenant", TENANT, "--page-size", "500"])
+            .env("SYNCD_DATABASE_URL", &self.database_url)
+            .env("SYNCD_LEASE_TTL_SECS", "2")
+            .env(TOKEN_VAR, &self.token)
+            .env_remove("SYNCD_REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("the syncd binary starts");
+        (child, out, err)
+    }
+
+    /// Runs `syncd run` to its end.
+    async fn run(&mut self) -> Output {
+        let (mut child, out, err) = self.spawn();
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        Output {
+            status,
+            stdout: std::fs::read(out).unwrap(),
+            stderr: std::fs::read(err).unwrap(),
+        }
+    }
+
+    /// The state store, read after the processes that wrote it.
+    async fn store(&self) -> Store {
+        Store::connect(&StoreConfig::new(&self.database_url), MappingCache::disabled())
+            .await
+            .unwrap()
+    }
+
+    /// Every mapping of `entity`, by source id.
+    async fn mappings(
+        &self,
+        store: &Store,
+        entity: &str,
+        source_ids: &[String],
+    ) -> HashMap<String, IdMapping> {
+        let scope = EntityScope::new(TENANT, INTEGRATION, entity);
+        store.lookup(&scope, Side::Source, source_ids).await.unwrap()
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// The records of `collection` by id, with no two created for one key.
+fn by_id_without_duplicates(server: &SaasServer, collection: &str) -> HashMap<String, Value> {
+    let records = server.records(collection);
+    let mut keys = HashSet::new();
+    for r in &records {
+        if let Some(k) = r.get("external_id").and_then(Value::as_str) {
+            assert!(
+                keys.insert(k.to_owned()),
+                "{collection}: two records created with key {k}"
+            );
+        }
+    }
+    records.into_iter().map(|r| (id_of(&r), r)).collect()
+}
+
+/// Both sides hold the same records: every CRM row once in the API (fields
+/// equal, references translated through the ID map), every API record once
+/// in the CRM, and every mapping `mapped`.
+async fn assert_converged(setup: &Setup) {
+    let store = setup.store().await;
+    let mut target_of: HashMap<String, HashMap<String, String>> = HashMap::new();
+    for (entity, table, collection) in [
+        ("account", "accounts", "customers"),
+        ("contact", "contacts", "people"),
+        ("order", "orders", "sales_orders"),
+    ] {
+        let rows = setup.source.dump(table).await;
+        let api = by_id_without_duplicates(&setup.server, collection);
+        assert_eq!(
+            api.len(),
+            rows.len(),
+            "{collection}: {} API records for {} CRM rows",
+            api.len(),
+            rows.len()
+        );
+        let ids: Vec<String> = rows.iter().map(id_of).collect();
+        let mappings = setup.mappings(&store, entity, &ids).await;
+        let mut seen = HashSet::new();
+        let mut ids_here = HashMap::new();
+        for id in &ids {
+            let m = mappings
+                .get(id)
+                .unwrap_or_else(|| panic!("{entity} {id} has no mapping"));
+            assert_eq!(
+                m.status,
+                MappingStatus::Mapped,
+                "{entity} {id}: {:?}",
+                m.last_error
+            );
+            let target = m.target_id.clone().unwrap();
+            assert!(
+                api.contains_key(&target),
+                "{entity} {id} maps to {target}, not in the API"
+            );
+            assert!(seen.insert(target.clone()), "two CRM rows map to {target}");
+            ids_here.insert(id.clone(), target);
+        }
+        target_of.insert(entity.to_owned(), ids_here);
+    }
+    // Field values and translated references.
+    let translate = |entity: &str, v: &Value| -> Value {
+        match v.as_str() {
+            Some(id) => json!(target_of[entity][id]),
+            None => Value::Null,
+        }
+    };
+    let api: HashMap<String, Value> = setup
+        .server
+        .records("customers")
+        .into_iter()
+        .map(|r| (id_of(&r), r))
+        .collect();
+    for row in setup.source.dump("accounts").await {
+        let r = &api[&target_of["account"][&id_of(&row)]];
+        assert_eq!(r["customer_name"], row["name"], "{row}");
+        assert_eq!(r["industry"], row["industry"], "{row}");
+        assert_eq!(r["parent_id"], translate("account", &row["parent_id"]), "{row}");
+    }
+    let api: HashMap<String, Value> = setup
+        .server
+        .records("people")
+        .into_iter()
+        .map(|r| (id_of(&r), r))
+        .collect();
+    for row in setup.source.dump("contacts").await {
+        let r = &api[&target_of["contact"][&id_of(&row)]];
+        assert_eq!(
+            (&r["full_name"], &r["email"]),
+            (&row["name"], &row["email"]),
+            "{row}"
+        );
+        assert_eq!(
+            r["customer_id"],
+            translate("account", &row["account_id"]),
+            "{row}"
+        );
+    }
+    let api: HashMap<String, Value> = setup
+        .server
+        .records("sales_orders")
+        .into_iter()
+        .map(|r| (id_of(&r), r))
+        .collect();
+    for row in setup.source.dump("orders").await {
+        let r = &api[&target_of["order"][&id_of(&row)]];
+        assert_eq!(
+            r["customer_id"],
+            translate("account", &row["account_id"]),
+            "{row}"
+        );
+        assert_eq!(r["contact_id"], translate("contact", &row["contact_id"]), "{row}");
+        assert_eq!(r["status"], row["status"], "{row}");
+        assert_eq!(r["total"].as_f64(), row["total"].as_f64(), "{row}");
+    }
+}
+
+/// Everything both systems hold, to compare before and after a run.
+async fn snapshot(setup: &Setup) -> Vec<Vec<Value>> {
+    let mut all = Vec::new();
+    for table in ["accounts", "contacts", "orders"] {
+        all.push(setup.source.dump(table).await);
+    }
+    for collection in ["customers", "people", "sales_orders"] {
+        all.push(setup.server.records(collection));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_and_api_converge_through_faults_and_a_second_run_writes_nothing() {
+    // 834 accounts, 1,668 contacts, 2,502 orders: 5,004 records in 3 stages.
+    let faults = Faults {
+        p_5xx: 0.10,
+        p_429: 0.05,
+        p_drop: 0.02,
+    };
+    let mut setup = Setup::new(
+        "http-e2e",
+        834,
+        api(faults, None),
+        "concurrency = 16\nretries = 12",
+        "",
+    )
+    .await;
+    // Records that exist only in the API flow the other way.
+    let native: Vec<Value> = (0..25)
+        .map(|i| {
+            setup.server.insert(
+                "customers",
+                json!({"customer_name": format!("SaaS {i}"), "industry": "saas"}),
+            )
+        })
+        .collect();
+    for (i, c) in native.iter().enumerate().take(10) {
+        setup.server.insert(
+            "people",
+            json!({"full_name": format!("Signup {i}"), "email": format!("s{i}@saas.test"), "customer_id": id_of(c)}),
+        );
+    }
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("succeeded"),
+        "{}",
+        text(&output)
+    );
+    let requests = setup.server.requests();
+    assert!(requests > 5_004, "every create is a request: {requests}");
+
+    assert_eq!(setup.source.dump("accounts").await.len(), 834 + 25);
+    assert_eq!(setup.source.dump("contacts").await.len(), 1_668 + 10);
+    assert_converged(&setup).await;
+    let signup = setup
+        .source
+        .dump("contacts")
+        .await
+        .into_iter()
+        .find(|c| c["name"] == "Signup 3")
+        .expect("an API record arrives in the CRM");
+    let account = setup
+        .source
+        .dump("accounts")
+        .await
+        .into_iter()
+        .find(|a| a["id"] == signup["account_id"])
+        .expect("its reference is translated to the CRM's id");
+    assert_eq!(account["name"], "SaaS 3");
+
+    // A second run, still through faults, writes nothing to either side.
+    let before = snapshot(&setup).await;
+    let creates = setup.server.creates_performed();
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(setup.server.creates_performed(), creates);
+    assert_eq!(snapshot(&setup).await, before, "the second run changed a record");
+    setup.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_every_second_and_is_used_to_within_ten_percent() {
+    // Pure sync traffic: no reconciliation or re-verification reads.
+    let mut setup = Setup::new(
+        "http-rate",
+        100,
+        api(Faults::default(), Some(50)),
+        "rate_limit = 50",
+        "reconcile_every = \"never\"\nverify_after = \"never\"",
+    )
+    .await;
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert_converged(&setup).await;
+    let counts = setup.server.per_second_counts();
+    let busy: Vec<u32> = counts.iter().copied().skip_while(|c| *c == 0).collect();
+    assert!(
+        busy.iter().all(|c| *c <= 50),
+        "over the limit in some second: {busy:?}"
+    );
+    // The first and last seconds are partial; the full ones in between
+    // must average within 10% of the limit.
+    let full = &busy[1..busy.len().saturating_sub(1).max(1)];
+    assert!(full.len() >= 10, "{busy:?}");
+    let mean = full.iter().sum::<u32>() as f64 / full.len() as f64;
+    assert!(mean >= 45.0, "{mean:.1} requests/s under a limit of 50: {busy:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_create_and_checkpoint_the_api_has_no_duplicate() {
+    // 1,200 records; kills land after 1 to 100 further creates. The API
+    // ignores idempotency keys here, so only the search by external id
+    // before a repeated create keeps it free of duplicates.
+    let config = SaasConfig {
+        ignore_idempotency_keys: true,
+        ..api(Faults::default(), None)
+    };
+    let mut setup = Setup::new("http-kill", 200, config, "", "").await;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64
+        ^ std::env::var("SYNCD_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(11);
+    let mut next = move |below: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % below
+    };
+    let mut kills = 0;
+    let mut attempts = 0;
+    let store = setup.store().await;
+    loop {
+        attempts += 1;
+        assert!(attempts < 300, "the run did not finish after {kills} kills");
+        let creates_before = setup.server.creates_performed();
+        let (mut child, _out, err) = setup.spawn();
+        // Kill once the API has seen a random number of further creates,
+        // plus a random delay: inside a page, between the writes and the
+        // checkpoint.
+        let wait_for = 1 + next(100);
+        let delay = Duration::from_millis(next(40));
+        let mut killed = false;
+        if kills < 12 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if setup.server.creates_performed() >= creates_before + wait_for {
+                    tokio::time::sleep(delay).await;
+                    if child.try_wait().unwrap().is_none() {
+                        child.kill().unwrap();
+                        killed = true;
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        if killed {
+            kills += 1;
+            // No key was used twice, whatever the moment.
+            for collection in ["customers", "people", "sales_orders"] {
+                by_id_without_duplicates(&setup.server, collection);
+            }
+            continue;
+        }
+        if status.success() {
+            break;
+        }
+        let stderr = std::fs::read_to_string(err).unwrap();
+        assert!(stderr.contains("is being executed by worker"), "{stderr}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(kills >= 10, "only {kills} kills landed");
+    drop(store);
+    assert_converged(&setup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_fails_alone_with_the_api_message() {
+    let mut setup = Setup::new("http-422", 10, api(Faults::default(), None), "", "").await;
+    setup
+        .source
+        .exec("UPDATE contacts SET email = 'not-an-address' WHERE id = 'C-000007'")
+        .await;
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    let store = setup.store().await;
+    let contacts: Vec<String> = setup.source.dump("contacts").await.iter().map(id_of).collect();
+    let mappings = setup.mappings(&store, "contact", &contacts).await;
+    for (id, m) in &mappings {
+        if id == "C-000007" {
+            assert_eq!(m.status, MappingStatus::Failed);
+            let error = m.last_error.as_deref().unwrap_or_default();
+            assert!(error.contains("422") && error.contains("email"), "{error}");
+        } else {
+            assert_eq!(m.status, MappingStatus::Mapped, "{id}: {:?}", m.last_error);
+        }
+    }
+    assert_eq!(setup.server.records("people").len(), contacts.len() - 1);
+    // The orders of that contact fail too, naming the parent; the rest sync.
+    let orders = setup.server.records("sales_orders").len();
+    let failed_orders = setup
+        .source
+        .dump("orders")
+        .await
+        .iter()
+        .filter(|o| o["contact_id"] == "C-000007")
+        .count();
+    assert_eq!(orders, 30 - failed_orders);
+
+    // Fixed in the CRM, the record syncs on the next run.
+    let now = syncd::connector::format_time(chrono::Utc::now());
+    setup
+        .source
+        .exec(&format!(
+            "UPDATE contacts SET email = 'fixed@example.com', updated_at = '{now}' WHERE id = 'C-000007'"
+        ))
+        .await;
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert_converged(&setup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
+    let mut setup = Setup::new(
+        "http-401",
+        10,
+        api(Faults::default(), None),
+        "concurrency = 4",
+        "",
+    )
+    .await;
+    setup.token = "sk_test_revoked".into();
+    let output = setup.run().await;
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = "system `saas` refused the credentials: 401 Unauthorized";
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(said), "{stderr}");
+    // Logged once by the run as well, and no more: no error per record.
+    assert_eq!(stderr.matches(said).count(), 2, "{stderr}");
+    assert!(stderr.contains("check the token in $SAAS_TOKEN"), "{stderr}");
+    // At most the requests in flight when the first 401 came back.
+    assert!(
+        setup.server.requests() <= 4,
+        "{} requests",
+        setup.server.requests()
+    );
+    assert_eq!(setup.server.creates_performed(), 0);
+    // The run failed with that reason; nothing is lost for a retry.
+    let store = setup.store().await;
+    let run = store
+        .list_runs(&syncd::store::RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the run is recorded");
+    assert_eq!(run.state, syncd::run::RunState::Failed);
+    assert!(
+        run.error.as_deref().unwrap_or_default().contains(said),
+        "{:?}",
+        run.error
+    );
+
+    setup.token = TOKEN.into();
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert_converged(&setup).await;
+}
