@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use support::TempDir;
-use support::saas::{Collection, Faults, Pagination, SaasConfig, SaasServer};
+use support::saas::{
+    Faults, SaasConfig, SaasServer, TOKEN, TOKEN_VAR, crm_api as api, crm_definition as definition,
+};
 use support::systems::{Kind, SystemDb, crm_rows};
 use syncd::cache::MappingCache;
 use syncd::ids::EntityScope;
@@ -19,11 +21,8 @@ use syncd::mapping::{IdMapping, MappingStatus};
 use syncd::record::Side;
 use syncd::store::{Store, StoreConfig};
 
-const INTEGRATION: &str = "crm-to-saas";
+const INTEGRATION: &str = support::saas::CRM_INTEGRATION;
 const TENANT: &str = "t1";
-const TOKEN: &str = "sk_test_4f9a";
-/// The variable the definition names for the API token.
-const TOKEN_VAR: &str = "SAAS_TOKEN";
 
 /// A SQLite CRM, the API, a state store and a definition connecting them.
 struct Setup {
@@ -35,85 +34,6 @@ struct Setup {
     /// The token `syncd` is given (the server wants [`TOKEN`]).
     token: String,
     runs: usize,
-}
-
-/// The API's collections: customers and orders page by cursor, people by
-/// page number; people need an email with an `@`.
-fn api(faults: Faults, rate_limit: Option<u32>) -> SaasConfig {
-    let mut people = Collection::new("people", Pagination::Page);
-    people.must_contain = vec![("email".into(), "@".into())];
-    SaasConfig {
-        token: Some(TOKEN.into()),
-        collections: vec![
-            Collection::new("customers", Pagination::Cursor),
-            people,
-            Collection::new("sales_orders", Pagination::Cursor),
-        ],
-        faults,
-        rate_limit,
-        seed: 7,
-        ..SaasConfig::default()
-    }
-}
-
-/// The definition: accounts, contacts and orders of the CRM as customers,
-/// people and sales orders of the API, both ways. `system` and `entity`
-/// add settings to the API system and to every entity.
-fn definition(source_url: &str, api_url: &str, system: &str, entity: &str) -> String {
-    format!(
-        r#"name = "{INTEGRATION}"
-direction = "bidirectional"
-source = "crm"
-target = "saas"
-
-[systems.crm]
-connector = "sql"
-url = "{source_url}"
-
-[systems.saas]
-connector = "http"
-url = "{api_url}"
-auth = {{ bearer_env = "{TOKEN_VAR}" }}
-backoff = "20ms"
-{system}
-entities.account = {{ path = "/customers", pagination = "cursor", external_id_field = "external_id" }}
-entities.contact = {{ path = "/people", has_more = "/has_more", external_id_field = "external_id" }}
-entities.order = {{ path = "/sales_orders", pagination = "cursor", external_id_field = "external_id" }}
-
-[[entities]]
-name = "account"
-source_table = "accounts"
-target_table = "customers"
-{entity}
-[entities.fields]
-name = {{ source = "name", target = "customer_name" }}
-industry = "industry"
-parent_id = {{ references = "account" }}
-
-[[entities]]
-name = "contact"
-source_table = "contacts"
-target_table = "people"
-{entity}
-[entities.fields]
-name = {{ source = "name", target = "full_name" }}
-email = "email"
-account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
-
-[[entities]]
-name = "order"
-source_table = "orders"
-target_table = "sales_orders"
-{entity}
-[entities.fields]
-account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
-contact_id = {{ references = "contact" }}
-total = "total"
-status = "status"
-
-[tenants.{TENANT}]
-"#
-    )
 }
 
 impl Setup {

@@ -778,3 +778,91 @@ impl SplitMix64 {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+// --- a CRM synced with this API ----------------------------------------------
+
+/// The integration of [`crm_definition`].
+pub const CRM_INTEGRATION: &str = "crm-to-saas";
+/// The token [`crm_api`] wants.
+pub const TOKEN: &str = "sk_test_4f9a";
+/// The variable [`crm_definition`] names for the API token.
+pub const TOKEN_VAR: &str = "SAAS_TOKEN";
+
+/// The API's collections: customers and orders page by cursor, people by
+/// page number; people need an email with an `@`.
+pub fn crm_api(faults: Faults, rate_limit: Option<u32>) -> SaasConfig {
+    let mut people = Collection::new("people", Pagination::Page);
+    people.must_contain = vec![("email".into(), "@".into())];
+    SaasConfig {
+        token: Some(TOKEN.into()),
+        collections: vec![
+            Collection::new("customers", Pagination::Cursor),
+            people,
+            Collection::new("sales_orders", Pagination::Cursor),
+        ],
+        faults,
+        rate_limit,
+        seed: 7,
+        ..SaasConfig::default()
+    }
+}
+
+/// The definition: accounts, contacts and orders of the CRM as customers,
+/// people and sales orders of the API, both ways. `system` and `entity`
+/// add settings to the API system and to every entity.
+pub fn crm_definition(source_url: &str, api_url: &str, system: &str, entity: &str) -> String {
+    format!(
+        r#"name = "{CRM_INTEGRATION}"
+direction = "bidirectional"
+source = "crm"
+target = "saas"
+
+[systems.crm]
+connector = "sql"
+url = "{source_url}"
+
+[systems.saas]
+connector = "http"
+url = "{api_url}"
+auth = {{ bearer_env = "{TOKEN_VAR}" }}
+backoff = "20ms"
+{system}
+entities.account = {{ path = "/customers", pagination = "cursor", external_id_field = "external_id" }}
+entities.contact = {{ path = "/people", has_more = "/has_more", external_id_field = "external_id" }}
+entities.order = {{ path = "/sales_orders", pagination = "cursor", external_id_field = "external_id" }}
+
+[[entities]]
+name = "account"
+source_table = "accounts"
+target_table = "customers"
+{entity}
+[entities.fields]
+name = {{ source = "name", target = "customer_name" }}
+industry = "industry"
+parent_id = {{ references = "account" }}
+
+[[entities]]
+name = "contact"
+source_table = "contacts"
+target_table = "people"
+{entity}
+[entities.fields]
+name = {{ source = "name", target = "full_name" }}
+email = "email"
+account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
+
+[[entities]]
+name = "order"
+source_table = "orders"
+target_table = "sales_orders"
+{entity}
+[entities.fields]
+account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
+contact_id = {{ references = "contact" }}
+total = "total"
+status = "status"
+
+[tenants.t1]
+"#
+    )
+}
