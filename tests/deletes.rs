@@ -740,3 +740,94 @@ fn propagate_needs_a_bidirectional_integration_and_archive_a_column() {
     assert!(errors.contains("`1w` is not an interval"), "{errors}");
     assert!(errors.contains("entity `order`"), "{errors}");
 }
+
+/// `present_in_key_order` (the reconciliation pass's range scan) answers
+/// exactly as `present` (one probe an id) whatever order the ids come in:
+/// integer keys asked for in text order, ids in no order, a span far wider
+/// than the ids, ids that never existed, rows marked deleted.
+async fn present_in_key_order_answers_as_present(kind: Kind) {
+    use syncd::connector::sql::SqlConnector;
+    let dir = TempDir::new("present-in-key-order");
+    let Some(db) = SystemDb::create(kind, &dir, "system").await else {
+        return;
+    };
+    // Rows 1..=300 but every 7th, every 11th marked deleted.
+    db.exec(match kind {
+        Kind::Postgres => {
+            "CREATE TABLE items (id bigint PRIMARY KEY, sync_key text, deleted boolean NOT NULL, \
+                                 updated_at timestamptz NOT NULL);
+             INSERT INTO items SELECT i, NULL, i % 11 = 0, now() FROM generate_series(1, 300) i WHERE i % 7 <> 0;
+             CREATE TABLE notes (id text PRIMARY KEY, deleted boolean NOT NULL, updated_at timestamptz NOT NULL);
+             INSERT INTO notes SELECT 'n-' || lpad(i::text, 3, '0'), i % 11 = 0, now()
+                 FROM generate_series(1, 300) i WHERE i % 7 <> 0;"
+        }
+        Kind::Sqlite => {
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, sync_key TEXT, deleted INTEGER NOT NULL, \
+                                 updated_at TEXT NOT NULL);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+             INSERT INTO items SELECT i, NULL, i % 11 = 0, '2026-01-01T00:00:00Z' FROM s WHERE i % 7 <> 0;
+             CREATE TABLE notes (id TEXT PRIMARY KEY, deleted INTEGER NOT NULL, updated_at TEXT NOT NULL);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300)
+             INSERT INTO notes SELECT 'n-' || substr('00' || i, -3, 3), i % 11 = 0, '2026-01-01T00:00:00Z'
+                 FROM s WHERE i % 7 <> 0;"
+        }
+    })
+    .await;
+    let system = SqlConnector::connect("system", &db.url()).await.unwrap();
+    for (table, key, id) in [
+        (
+            "items",
+            Some("sync_key"),
+            (|i| i.to_string()) as fn(u32) -> String,
+        ),
+        ("notes", None, |i| format!("n-{i:03}")),
+    ] {
+        let columns = system.columns(table).await.unwrap().unwrap();
+        let b = system
+            .binding(
+                table,
+                table,
+                columns,
+                Vec::new(),
+                key.map(str::to_owned),
+                Some("deleted".into()),
+            )
+            .unwrap();
+        let expected = |ids: &[String]| -> HashSet<String> {
+            (1..=300)
+                .filter(|i| i % 7 != 0 && i % 11 != 0)
+                .map(id)
+                .filter(|i| ids.contains(i))
+                .collect()
+        };
+        // 0 and 301..=320 never existed.
+        let mut in_text_order: Vec<String> = (0..=320).map(id).collect();
+        in_text_order.sort();
+        // A stride that visits every id once, in no order at all.
+        let scattered: Vec<String> = (0..321).map(|k| id((k * 97) % 321)).collect();
+        let asks = in_text_order.chunks(40).map(<[String]>::to_vec).chain([
+            scattered,
+            vec![id(1), id(299)],
+            vec![id(7), id(300)],
+            Vec::new(),
+        ]);
+        for ids in asks {
+            let got = system.present_in_key_order(&b, &ids).await.unwrap();
+            assert_eq!(got, expected(&ids), "{table}: {ids:?}");
+            assert_eq!(got, system.present(&b, &ids).await.unwrap(), "{table}: {ids:?}");
+        }
+    }
+    drop(system);
+    db.drop().await;
+    drop(dir);
+}
+
+#[tokio::test]
+async fn present_in_key_order_answers_as_present_sqlite() {
+    present_in_key_order_answers_as_present(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn present_in_key_order_answers_as_present_postgres() {
+    present_in_key_order_answers_as_present(Kind::Postgres).await;
+}

@@ -172,6 +172,20 @@ impl Connector {
         }
     }
 
+    /// Which of `ids` exist and are not marked deleted, for ids that come
+    /// in (about) the system's key order: a SQL table answers with a range
+    /// scan of its key; other systems as [`present`](Self::present).
+    pub async fn present_in_key_order(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<HashSet<String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.present_in_key_order(b, ids).await,
+            Connector::Http(c) => c.present(b, ids).await,
+        }
+    }
+
     /// Deletes the records with `ids`; one already gone counts as deleted.
     pub async fn delete(&self, b: &TableBinding, ids: &[String]) -> Result<(), ConnectorError> {
         match self {

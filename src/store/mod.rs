@@ -222,6 +222,14 @@ pub struct DeleteCandidate {
     pub gone: Gone,
 }
 
+/// A `mapped` mapping as a reconciliation pass reads it: the mapping's id
+/// and one side's record id, nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappedId {
+    pub mapping_id: Uuid,
+    pub record_id: String,
+}
+
 /// A run held by the mass-deletion brake for one entity type.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RunHold {
@@ -941,16 +949,18 @@ impl Store {
         on_backend!(self, b => b.mapping_counts(tenant, integration).await)
     }
 
-    /// Up to `limit` `mapped` mappings of `scope` with source ids after
-    /// `after`, in source-id order: the reconciliation pass walks the ID map
-    /// with these, never holding more than a page.
-    pub async fn mapped_page(
+    /// Up to `limit` `mapped` mappings of `scope` whose record id on `side`
+    /// comes after `after`, in that id's order, as ids only: a
+    /// reconciliation pass walks the ID map with these, once a side, never
+    /// holding more than a page.
+    pub async fn mapped_ids_page(
         &self,
         scope: &EntityScope,
+        side: Side,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        on_backend!(self, b => b.mapped_page(scope, after, limit).await)
+    ) -> Result<Vec<MappedId>, StoreError> {
+        on_backend!(self, b => b.mapped_ids_page(scope, side, after, limit).await)
     }
 
     /// Up to `limit` `mapped` mappings of `scope` last verified before

@@ -2,8 +2,8 @@
 //! through `UNNEST`, one transaction per page.
 
 use super::{
-    ConflictFilter, Decided, Lease, PageCommit, RESUME_CHANNEL, RunFilter, RunHold, RunRow, Schedule,
-    StoreError, duplicate_or, lost_race,
+    ConflictFilter, Decided, Lease, MappedId, PageCommit, RESUME_CHANNEL, RunFilter, RunHold, RunRow,
+    Schedule, StoreError, duplicate_or, lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
 use crate::deletes::Gone;
@@ -866,26 +866,43 @@ impl PgStore {
 }
 
 impl PgStore {
-    pub(super) async fn mapped_page(
+    pub(super) async fn mapped_ids_page(
         &self,
         scope: &EntityScope,
+        side: Side,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id IS NOT NULL \
-               AND ($4::text IS NULL OR source_id > $4) AND status = 'mapped' \
-             ORDER BY source_id LIMIT $5"
-        ))
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(mapping_from_row).collect()
+    ) -> Result<Vec<MappedId>, StoreError> {
+        // One fixed text per side: the column is never built from input.
+        let sql = match side {
+            Side::Source => {
+                "SELECT id, source_id FROM id_mappings \
+                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id IS NOT NULL \
+                   AND ($4::text IS NULL OR source_id > $4) AND status = 'mapped' \
+                 ORDER BY source_id LIMIT $5"
+            }
+            Side::Target => {
+                "SELECT id, target_id FROM id_mappings \
+                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND target_id IS NOT NULL \
+                   AND ($4::text IS NULL OR target_id > $4) AND status = 'mapped' \
+                 ORDER BY target_id LIMIT $5"
+            }
+        };
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(sql)
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(mapping_id, record_id)| MappedId {
+                mapping_id,
+                record_id,
+            })
+            .collect())
     }
 
     pub(super) async fn unverified_page(

@@ -5,12 +5,16 @@
 //! go before their parents and a target with real foreign keys never refuses
 //! a delete the plan could have ordered. Three phases, each checkpointed:
 //!
-//! 1. *Reconcile* (when due by `reconcile_every`): walk the `mapped`
-//!    mappings a page at a time in source-id order and ask each system which
-//!    of the page's ids still exist (one query per side per page). Mappings
-//!    whose record is gone become delete candidates. Soft-deleted rows and
-//!    counterparts found missing while syncing were recorded as candidates
-//!    by the sync steps already. Nothing is held in memory but a page.
+//! 1. *Reconcile* (when due by `reconcile_every`): a merge of the ID map
+//!    with each system's keys, one side after the other. The `mapped`
+//!    mappings' ids are read a page at a time in that side's id order, and
+//!    the system answers which of them still exist with one range scan of
+//!    its key over the page's span (sequential, not one index descent an
+//!    id). Mappings whose record is gone become delete candidates; one gone
+//!    on both sides stays a source candidate, found first. Soft-deleted rows
+//!    and counterparts found missing while syncing were recorded as
+//!    candidates by the sync steps already. Nothing is held in memory but a
+//!    page of ids.
 //! 2. *Brake*: the candidates are counted before anything is touched; past
 //!    the brake's limit the run suspends, naming the entity and the count,
 //!    until an operator confirms.
@@ -32,12 +36,20 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use uuid::Uuid;
 
+/// A reconciliation page holds this many sync pages of mappings: it reads
+/// ids only, so a larger page costs little memory and saves round trips and
+/// per-page bookkeeping.
+const RECONCILE_PAGE_FACTOR: u32 = 10;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum DeletePhase {
     #[default]
     Start,
+    /// Mappings in source-id order against the source's ids.
     Reconcile,
+    /// Mappings in target-id order against the target's ids.
+    ReconcileTargets,
     Verify,
     Brake,
     Act,
@@ -50,6 +62,9 @@ struct DeleteProgress {
     phase: DeletePhase,
     /// Last source id the reconciliation pass checked.
     reconcile_after: Option<String>,
+    /// Last target id the reconciliation pass checked.
+    #[serde(default)]
+    reconcile_target_after: Option<String>,
     /// Last candidate (mapping id) acted on.
     act_after: Option<Uuid>,
 }
@@ -96,27 +111,41 @@ impl Job {
                         (None, _) => {}
                     }
                 }
-                DeletePhase::Reconcile => {
+                DeletePhase::Reconcile | DeletePhase::ReconcileTargets => {
+                    let (side, after) = match state.phase {
+                        DeletePhase::Reconcile => (Side::Source, &mut state.reconcile_after),
+                        _ => (Side::Target, &mut state.reconcile_target_after),
+                    };
+                    let limit = page_size.saturating_mul(RECONCILE_PAGE_FACTOR);
                     let page = self
                         .store
-                        .mapped_page(&ctx.scope, state.reconcile_after.as_deref(), page_size)
+                        .mapped_ids_page(&ctx.scope, side, after.as_deref(), limit)
                         .await?;
-                    counters.read += page.len() as u64;
-                    if (page.len() as u32) < page_size {
-                        state.phase = DeletePhase::Brake;
-                        commit.reconciled = Some(ctx.scope.clone());
-                    }
-                    state.reconcile_after = page.last().and_then(|m| m.source_id.clone());
-                    let (sources, targets) = self.present(ctx, &page).await?;
-                    for m in &page {
-                        let gone = if !m.source_id.as_ref().is_some_and(|id| sources.contains(id)) {
-                            Gone::Source
-                        } else if !m.target_id.as_ref().is_some_and(|id| targets.contains(id)) {
-                            Gone::Target
-                        } else {
-                            continue;
+                    *after = page.last().map(|m| m.record_id.clone());
+                    if (page.len() as u32) < limit {
+                        state.phase = match side {
+                            Side::Source => DeletePhase::ReconcileTargets,
+                            Side::Target => {
+                                commit.reconciled = Some(ctx.scope.clone());
+                                DeletePhase::Brake
+                            }
                         };
-                        commit.candidates.push(self.candidate(ctx, m.id, gone));
+                    }
+                    // Each mapping is checked on both sides, counted once.
+                    if side == Side::Source {
+                        counters.read += page.len() as u64;
+                    }
+                    let ids: Vec<String> = page.iter().map(|m| m.record_id.clone()).collect();
+                    let present = self
+                        .connector(side)
+                        .present_in_key_order(self.binding(ctx.tables, side), &ids)
+                        .await?;
+                    for m in page.into_iter().filter(|m| !present.contains(&m.record_id)) {
+                        // A mapping gone on both sides was recorded by the
+                        // source pass; the target pass's candidate is ignored.
+                        commit
+                            .candidates
+                            .push(self.candidate(ctx, m.mapping_id, Gone::on(side)));
                     }
                 }
                 DeletePhase::Verify => {
