@@ -681,7 +681,7 @@ target = "erp"
 connector = "sql"
 
 [systems.erp]
-connector = "http"
+connector = "sql"
 
 [[entities]]
 name = "account"

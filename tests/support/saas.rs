@@ -163,6 +163,7 @@ impl SaasServer {
                 last_stamp: None,
                 requests: 0,
                 per_second: Vec::new(),
+                by_kind: BTreeMap::new(),
                 creates_performed: 0,
             }),
         });
@@ -262,6 +263,12 @@ impl SaasServer {
 
     /// Requests received in each whole second since start (index = second),
     /// up to the last second that had one.
+    /// Requests received by method and kind: `GET list`, `GET item`,
+    /// `POST list`, `PATCH item`, `DELETE item`.
+    pub fn requests_by_kind(&self) -> BTreeMap<String, u64> {
+        self.shared.db().by_kind.clone()
+    }
+
     pub fn per_second_counts(&self) -> Vec<u32> {
         self.shared.db().per_second.clone()
     }
@@ -330,6 +337,13 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     let (fault, limited) = {
         let mut db = shared.db();
         db.requests += 1;
+        let segments = request.uri().path().trim_matches('/').split('/').count();
+        let kind = format!(
+            "{} {}",
+            request.method(),
+            if segments > 1 { "item" } else { "list" }
+        );
+        *db.by_kind.entry(kind).or_default() += 1;
         let second = shared.started.elapsed().as_secs() as usize;
         if db.per_second.len() <= second {
             db.per_second.resize(second + 1, 0);
@@ -603,6 +617,8 @@ struct Db {
     last_stamp: Option<DateTime<Utc>>,
     requests: u64,
     per_second: Vec<u32>,
+    /// Requests by method and kind (`GET list`, `GET item`, `POST list`, ...).
+    by_kind: BTreeMap<String, u64>,
     creates_performed: u64,
 }
 
