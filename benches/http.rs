@@ -8,7 +8,10 @@
 //! system, from `getrusage` of the child) is the engine's alone: the API's
 //! work is in this process. A second run (nothing to write) shows the cost
 //! of reading both sides. Set `BENCH_ACCOUNTS` (default 2,000 -> 12,000
-//! records) and `BENCH_CONCURRENCY` (default 8).
+//! records), `BENCH_CONCURRENCY` (default 8), `BENCH_STATE=postgres` for a
+//! PostgreSQL state store (default: embedded SQLite, whose work is then
+//! part of syncd's CPU), and `BENCH_PERF=FILE` to record the first run with
+//! `perf record -g`.
 //!
 //! What the HTTP calls alone cost is measured next to it: a raw `reqwest`
 //! client on a thread of its own (its thread CPU time) makes as many
@@ -124,12 +127,29 @@ struct Figures {
 }
 
 /// One `syncd run` of the definition at `workflow`.
-fn run(workflow: &std::path::Path, database_url: &str, server: &SaasServer) -> Figures {
+fn run(workflow: &std::path::Path, database_url: &str, server: &SaasServer, profile: bool) -> Figures {
     let requests = server.requests();
     let by_kind = server.requests_by_kind();
     let cpu = children_cpu();
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_syncd"))
+    let mut command = match std::env::var("BENCH_PERF").ok().filter(|_| profile) {
+        Some(out) => {
+            let mut c = Command::new("perf");
+            c.args([
+                "record",
+                "-F",
+                "4000",
+                "-g",
+                "-o",
+                &out,
+                "--",
+                env!("CARGO_BIN_EXE_syncd"),
+            ]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_syncd")),
+    };
+    let output = command
         .arg("run")
         .arg(workflow)
         .args(["--tenant", "t1", "--page-size", "1000"])
@@ -187,7 +207,20 @@ async fn main() {
         "reconcile_every = \"never\"\nverify_after = \"never\"",
     );
     std::fs::write(&workflow, definition).unwrap();
-    let database_url = dir.sqlite_url("state.db");
+    // The state store: embedded SQLite (in syncd's process, so its CPU
+    // counts), or PostgreSQL with BENCH_STATE=postgres (its server's CPU
+    // does not).
+    let state_schema = match std::env::var("BENCH_STATE").as_deref() {
+        Ok("postgres") => Some(
+            support::PgSchema::create()
+                .await
+                .expect("PostgreSQL for the state store"),
+        ),
+        _ => None,
+    };
+    let database_url = state_schema
+        .as_ref()
+        .map_or_else(|| dir.sqlite_url("state.db"), |s| s.url.clone());
 
     println!(
         "syncd bench http: SQLite CRM -> fake SaaS on loopback (no faults, no rate limit), {records} records \
@@ -214,6 +247,14 @@ async fn main() {
     let (per_create, per_page, pages) = raw_client(raw_server.url(), records, concurrency);
     raw_server.stop().await;
     println!(
+        "state store: {}",
+        if state_schema.is_some() {
+            "PostgreSQL"
+        } else {
+            "embedded SQLite"
+        }
+    );
+    println!(
         "raw reqwest client, {records} creates and {pages} list pages: {:.1} µs CPU a create, {:.1} µs a page of 100",
         per_create.as_secs_f64() * 1e6,
         per_page.as_secs_f64() * 1e6
@@ -231,7 +272,7 @@ async fn main() {
         "engine/record"
     );
     for label in ["first run (creates all)", "second run (writes none)"] {
-        let f = run(&workflow, &database_url, &server);
+        let f = run(&workflow, &database_url, &server, label.starts_with("first"));
         let secs = f.wall.as_secs_f64();
         // The HTTP calls priced at the raw client's cost: a list page as a
         // page, any other request as a create.
@@ -258,4 +299,7 @@ async fn main() {
         "every record created once"
     );
     server.stop().await;
+    if let Some(schema) = state_schema {
+        schema.drop().await;
+    }
 }

@@ -591,7 +591,7 @@ fn bench_reconcile(bench: crate::bench::reconcile::ReconcileBench) -> Result<(),
 }
 
 fn bench_api(bench: crate::bench::api::ApiBench) -> Result<(), String> {
-    let runtime = cmd::runtime()?;
+    let runtime = cmd::server_runtime()?;
     println!(
         "syncd bench api on {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())

@@ -59,8 +59,20 @@ impl Access {
     }
 }
 
-/// The async runtime a verb runs on.
+/// The async runtime a one-shot verb runs on: one thread. A run executes
+/// its steps a page at a time, so more worker threads would only hand its
+/// tasks from thread to thread (`cargo bench --bench http`: syncd's CPU
+/// beyond the HTTP calls 80 -> 50 µs a record).
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("error: cannot start the async runtime: {e}"))
+}
+
+/// The runtime of the long-running verbs (`worker`, `serve`), whose API
+/// answers many clients while runs execute: a thread per core.
+pub fn server_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,11 +1,11 @@
 //! `syncd serve` and `syncd tokens create`: the HTTP API and its tokens.
 
-use super::{CmdResult, open_store, runtime};
+use super::{CmdResult, open_store, runtime, server_runtime};
 use crate::store::Principal;
 
 /// Serves the API on `bind` until SIGTERM or SIGINT.
 pub fn serve(bind: &str) -> CmdResult {
-    runtime()?.block_on(async {
+    server_runtime()?.block_on(async {
         let store = open_store().await?;
         let listener = tokio::net::TcpListener::bind(bind)
             .await

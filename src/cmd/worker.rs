@@ -1,7 +1,7 @@
 //! `syncd worker`: fires schedules and executes runs until SIGTERM or
 //! SIGINT, then lets the page in flight commit and gives its lease back.
 
-use super::{CmdResult, open_store, runtime};
+use super::{CmdResult, open_store, server_runtime};
 use crate::run::executor::Options;
 use crate::worker::{Definition, Worker};
 use std::path::Path;
@@ -35,7 +35,7 @@ pub fn worker(workflows: &Path, poll_ms: u64, worker_id: Option<String>) -> CmdR
             workflows.display()
         ));
     }
-    runtime()?.block_on(async {
+    server_runtime()?.block_on(async {
         let store = open_store().await?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let defaults = Options::default();
