@@ -141,6 +141,9 @@ pub struct TenantDef {
     pub urls: BTreeMap<String, String>,
     /// Environment variables holding this tenant's URL of each system.
     pub url_env: BTreeMap<String, String>,
+    /// Environment variables holding this tenant's credentials for each HTTP
+    /// system, instead of the system's own.
+    pub auth_env: BTreeMap<String, String>,
 }
 
 /// A validated cron expression and the text it came from.
@@ -280,6 +283,8 @@ struct RawTenant {
     urls: BTreeMap<String, String>,
     #[serde(default)]
     url_env: BTreeMap<String, String>,
+    #[serde(default)]
+    auth_env: BTreeMap<String, String>,
 }
 
 /// Collects errors for one file.
@@ -519,6 +524,19 @@ impl Workflow {
                     );
                 }
             }
+            for system in t.auth_env.keys() {
+                let with_auth = raw
+                    .systems
+                    .get(system)
+                    .is_some_and(|s| s.connector == "http" && s.has_auth());
+                if !with_auth {
+                    errors.push(
+                        None,
+                        Some(&field("auth_env")),
+                        format!("`{system}` is not an HTTP system with `auth`: there are no credentials to override"),
+                    );
+                }
+            }
             tenants.insert(
                 TenantId::from(tenant.as_str()),
                 TenantDef {
@@ -527,6 +545,7 @@ impl Workflow {
                     schedule,
                     urls: t.urls.clone(),
                     url_env: t.url_env.clone(),
+                    auth_env: t.auth_env.clone(),
                 },
             );
         }
@@ -627,6 +646,23 @@ impl Workflow {
             verify_after,
             brake,
         }
+    }
+
+    /// `system` as `tenant` reaches it: an HTTP system's credentials come
+    /// from the tenant's `auth_env` variable when it names one.
+    pub fn system_for(&self, tenant: &TenantId, system: &SystemDef) -> SystemDef {
+        let mut system = system.clone();
+        let var = self
+            .tenants
+            .get(tenant)
+            .and_then(|t| t.auth_env.get(&system.name));
+        if let (Some(var), Some(http)) = (var, system.http.as_mut()) {
+            match &mut http.auth {
+                HttpAuth::Bearer { env } | HttpAuth::Header { env, .. } => *env = var.clone(),
+                HttpAuth::None => {}
+            }
+        }
+        system
     }
 
     /// Where `system` is for `tenant`: the tenant's own URL, else the one in

@@ -192,6 +192,24 @@ fn http_systems_say_where_each_entity_lives_and_keep_secrets_out() {
              `env = \"VAR\"`: secrets are read from the environment, never from the definition"
         )],
     );
+    // Per-tenant credentials: only for an HTTP system that has some.
+    let mut text = VALID.to_owned();
+    text.push_str("auth_env = { shop = \"ACME_SHOP_TOKEN\", warehouse = \"ACME_WH\" }\n");
+    check(
+        &text,
+        &[&format!(
+            "{FILE}: field `tenants.acme.auth_env`: `warehouse` is not an HTTP system with `auth`: there are no \
+             credentials to override"
+        )],
+    );
+    let wf = Workflow::parse(FILE, &text.replace(", warehouse = \"ACME_WH\"", "")).unwrap();
+    let shop = wf.system_for(&"acme".into(), &wf.source);
+    assert_eq!(
+        shop.http.unwrap().auth,
+        HttpAuth::Bearer {
+            env: "ACME_SHOP_TOKEN".into()
+        }
+    );
     check(
         &valid_with("rate_limit = 10", "rate_limit = 0"),
         &[&format!(

@@ -33,6 +33,8 @@ struct Setup {
     database_url: String,
     /// The token `syncd` is given (the server wants [`TOKEN`]).
     token: String,
+    /// More environment for `syncd`.
+    extra_env: Vec<(String, String)>,
     runs: usize,
 }
 
@@ -61,6 +63,7 @@ impl Setup {
             workflow,
             database_url,
             token: TOKEN.into(),
+            extra_env: Vec::new(),
             runs: 0,
         }
     }
@@ -77,6 +80,7 @@ impl Setup {
             .env("SYNCD_DATABASE_URL", &self.database_url)
             .env("SYNCD_LEASE_TTL_SECS", "2")
             .env(TOKEN_VAR, &self.token)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env_remove("SYNCD_REDIS_URL")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
@@ -525,7 +529,12 @@ async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
         run.error
     );
 
-    setup.token = TOKEN.into();
+    // The tenant's own credentials (`auth_env`) take the place of the
+    // system's: with $SAAS_TOKEN still revoked, the run succeeds.
+    let mut definition = std::fs::read_to_string(&setup.workflow).unwrap();
+    definition.push_str("auth_env = { saas = \"T1_SAAS_TOKEN\" }\n");
+    std::fs::write(&setup.workflow, definition).unwrap();
+    setup.extra_env = vec![("T1_SAAS_TOKEN".into(), TOKEN.into())];
     let output = setup.run().await;
     assert!(output.status.success(), "{}", text(&output));
     assert_converged(&setup).await;

@@ -229,8 +229,10 @@ impl Job {
                 .system_url(&tenant, system, env)
                 .map_err(|e| RunError::Definition(DefinitionErrors(vec![e])))
         };
-        let source = Connector::connect(&workflow.source, &url(&workflow.source)?).await?;
-        let target = Connector::connect(&workflow.target, &url(&workflow.target)?).await?;
+        let source = workflow.system_for(&tenant, &workflow.source);
+        let target = workflow.system_for(&tenant, &workflow.target);
+        let source = Connector::connect(&source, &url(&source)?).await?;
+        let target = Connector::connect(&target, &url(&target)?).await?;
         let mut entities = BTreeMap::new();
         for def in &workflow.entities {
             let tables = bind_entity(def, &source, &target).await?;

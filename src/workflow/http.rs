@@ -157,6 +157,12 @@ fn pointer(errors: &mut Errors<'_>, at: &str, field: &str, p: Option<&String>, d
 }
 
 impl RawSystem {
+    /// Whether the system authenticates (its credentials can be overridden
+    /// per tenant).
+    pub(super) fn has_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
     /// Whether any HTTP-only setting is given (a mistake on a SQL system).
     pub(super) fn has_http_settings(&self) -> bool {
         self.auth.is_some()
