@@ -148,6 +148,10 @@ pub enum MappingChange {
     Fail { error: String },
     /// The target record is gone or too old to trust (`→ stale`).
     MarkStale { reason: String },
+    /// The other system refused to take an update (`mapped → mapped`): the
+    /// base stays what both last agreed on, so the difference is written
+    /// again with the record's next change, and `last_error` says why.
+    Refuse { error: String },
 }
 
 impl MappingChange {
@@ -155,7 +159,7 @@ impl MappingChange {
     pub fn target_status(&self) -> MappingStatus {
         match self {
             MappingChange::Reserve { .. } => MappingStatus::Pending,
-            MappingChange::Confirm { .. } => MappingStatus::Mapped,
+            MappingChange::Confirm { .. } | MappingChange::Refuse { .. } => MappingStatus::Mapped,
             MappingChange::Fail { .. } => MappingStatus::Failed,
             MappingChange::MarkStale { .. } => MappingStatus::Stale,
         }
@@ -223,6 +227,7 @@ impl IdMapping {
             }
             MappingChange::Fail { error } => self.last_error = Some(error),
             MappingChange::MarkStale { reason } => self.last_error = Some(reason),
+            MappingChange::Refuse { error } => self.last_error = Some(error),
         }
         Ok(())
     }

@@ -363,14 +363,14 @@ async fn the_rate_limit_holds_every_second_and_is_used_to_within_ten_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_create_and_checkpoint_the_api_has_no_duplicate() {
-    // 1,200 records; kills land after 1 to 100 further creates. The API
+    // 1,800 records; kills land after 1 to 80 further creates. The API
     // ignores idempotency keys here, so only the search by external id
     // before a repeated create keeps it free of duplicates.
     let config = SaasConfig {
         ignore_idempotency_keys: true,
         ..api(Faults::default(), None)
     };
-    let mut setup = Setup::new("http-kill", 200, config, "", "").await;
+    let mut setup = Setup::new("http-kill", 300, config, "", "").await;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64
         ^ std::env::var("SYNCD_CRASH_SEED")
             .ok()
@@ -393,7 +393,7 @@ async fn killed_between_create_and_checkpoint_the_api_has_no_duplicate() {
         // Kill once the API has seen a random number of further creates,
         // plus a random delay: inside a page, between the writes and the
         // checkpoint.
-        let wait_for = 1 + next(100);
+        let wait_for = 1 + next(80);
         let delay = Duration::from_millis(next(40));
         let mut killed = false;
         if kills < 12 {
@@ -431,6 +431,7 @@ async fn killed_between_create_and_checkpoint_the_api_has_no_duplicate() {
         assert!(stderr.contains("is being executed by worker"), "{stderr}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    eprintln!("{kills} kills in {attempts} attempts");
     assert!(kills >= 10, "only {kills} kills landed");
     drop(store);
     assert_converged(&setup).await;
@@ -469,12 +470,39 @@ async fn a_refused_record_fails_alone_with_the_api_message() {
         .count();
     assert_eq!(orders, 30 - failed_orders);
 
-    // Fixed in the CRM, the record syncs on the next run.
+    // An update the API refuses: the mapping stays `mapped` with its old
+    // base and the API's message; the API keeps the old value.
+    let before = setup.server.records("people");
     let now = syncd::connector::format_time(chrono::Utc::now());
     setup
         .source
         .exec(&format!(
-            "UPDATE contacts SET email = 'fixed@example.com', updated_at = '{now}' WHERE id = 'C-000007'"
+            "UPDATE contacts SET email = 'no-at-sign', updated_at = '{now}' WHERE id = 'C-000002'"
+        ))
+        .await;
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    let m = &setup.mappings(&store, "contact", &["C-000002".into()]).await["C-000002"];
+    assert_eq!(m.status, MappingStatus::Mapped);
+    let error = m.last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("saas refused the update") && error.contains("422") && error.contains("email"),
+        "{error}"
+    );
+    assert_eq!(
+        m.base.as_ref().unwrap()["email"],
+        "p2@example.com",
+        "the base stays what both agreed on"
+    );
+    assert_eq!(setup.server.records("people"), before, "the API kept its record");
+
+    // Fixed in the CRM, both records sync on the next run.
+    let now = syncd::connector::format_time(chrono::Utc::now());
+    setup
+        .source
+        .exec(&format!(
+            "UPDATE contacts SET email = 'fixed@example.com', updated_at = '{now}' \
+             WHERE id IN ('C-000007', 'C-000002')"
         ))
         .await;
     let output = setup.run().await;
@@ -538,4 +566,53 @@ async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
     let output = setup.run().await;
     assert!(output.status.success(), "{}", text(&output));
     assert_converged(&setup).await;
+}
+
+#[tokio::test]
+async fn a_record_edited_while_numbered_pages_are_read_loses_no_other_record() {
+    use syncd::connector::{FieldColumn, HttpConnector};
+    // 40 people in pages of 10. When the second page is asked for, the
+    // third record is edited and moves to the end of the listing: every
+    // record after it shifts one place, so "page 2" no longer starts with
+    // the eleventh. The scan goes on by time, not by page number.
+    let server = SaasServer::start(api(Faults::default(), None)).await;
+    let ids: Vec<String> = (0..40)
+        .map(|i| {
+            let p = server.insert(
+                "people",
+                json!({"full_name": format!("P{i}"), "email": format!("p{i}@x.test")}),
+            );
+            id_of(&p)
+        })
+        .collect();
+    server.touch_at_request(2, "people", &ids[2]);
+    let definition = definition("sqlite://unused.db", &server.url(), "", "").replace(
+        r#"entities.contact = { path = "/people", has_more = "/has_more","#,
+        r#"entities.contact = { path = "/people", has_more = "/has_more", page_size = 10,"#,
+    );
+    let wf = syncd::workflow::Workflow::parse("paging.toml", &definition).unwrap();
+    let conn = HttpConnector::connect(&wf.target, &server.url(), |_| Some(TOKEN.into())).unwrap();
+    let columns = conn.columns("contact", &["full_name", "email"]).unwrap();
+    let fields = ["email", "full_name"]
+        .map(|f| FieldColumn {
+            cdm: f.into(),
+            column: f.into(),
+        })
+        .to_vec();
+    let binding = conn.binding("contact", columns, fields, None).unwrap();
+    let page = conn.read_changes(&binding, None, 1_000).await.unwrap();
+    assert!(page.done);
+    let read: HashSet<String> = page.records.iter().map(|r| r.id.clone()).collect();
+    let missing: Vec<&String> = ids.iter().filter(|id| !read.contains(*id)).collect();
+    assert!(missing.is_empty(), "not read: {missing:?}");
+    assert_eq!(page.records.len(), 40, "each record once");
+    // The edited record as it is now, at the end.
+    let last = page.records.last().unwrap();
+    assert_eq!(last.id, ids[2]);
+    assert!(
+        server.requests() >= 5,
+        "read page by page: {} requests",
+        server.requests()
+    );
+    server.stop().await;
 }

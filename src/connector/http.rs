@@ -90,6 +90,17 @@ impl RateLimiter {
     }
 }
 
+/// One attempt's outcome.
+enum Sent {
+    Final(Reply),
+    Transient {
+        problem: String,
+        wait: Option<Duration>,
+        /// Whether the API may have performed the request all the same.
+        maybe_done: bool,
+    },
+}
+
 /// What an API answered, once retries are over: a status that is final.
 struct Reply {
     status: StatusCode,
@@ -192,10 +203,9 @@ impl HttpConnector {
             .clone()
             .ok_or_else(|| config("no HTTP settings".into()))?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConnectorError::UnsupportedUrl {
-                system: system.name.clone(),
-                url: url.to_owned(),
-            });
+            return Err(config(format!(
+                "URL `{url}` is not an API's address (expected http://... or https://...)"
+            )));
         }
         let secret = |var: &str| {
             env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -302,93 +312,140 @@ impl HttpConnector {
         })
     }
 
-    /// Sends one request, retrying network errors, 5xx, 408 and 429 with
-    /// exponential backoff and jitter (or the API's `Retry-After`). Answers
-    /// the first final status; 401 and 403 are errors at once.
+    /// Sends one request and classifies the answer: final, or transient
+    /// (network errors, 5xx, 408, 429) with the API's `Retry-After`. A 401
+    /// or 403 is an error at once, and later calls fail without a request.
+    async fn send_once(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Sent, ConnectorError> {
+        let inner = &self.inner;
+        if let Some(detail) = inner.refused.lock().expect("refusal").clone() {
+            return Err(ConnectorError::Unauthorized {
+                system: inner.system.clone(),
+                detail,
+            });
+        }
+        if let Some(l) = &inner.limiter {
+            l.acquire().await;
+        }
+        let mut request = inner
+            .client
+            .request(method.clone(), format!("{}{}", inner.base, path))
+            .query(query);
+        if let Some((name, value)) = &inner.auth {
+            request = request.header(name.clone(), value.clone());
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        if let Some(b) = body {
+            request = request.json(b);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return Ok(Sent::Transient {
+                    problem: format!("{e}"),
+                    wait: None,
+                    maybe_done: true,
+                });
+            }
+        };
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            // The answer was cut off: as if never answered.
+            Err(e) => {
+                return Ok(Sent::Transient {
+                    problem: format!("{status}, then the answer broke off: {e}"),
+                    wait: None,
+                    maybe_done: true,
+                });
+            }
+        };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        let reply = Reply { status, body };
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let detail = format!(
+                "{status} on {method} {path}: {}; check {}",
+                reply.message(),
+                inner.auth_hint
+            );
+            *inner.refused.lock().expect("refusal") = Some(detail.clone());
+            return Err(ConnectorError::Unauthorized {
+                system: inner.system.clone(),
+                detail,
+            });
+        }
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            return Ok(Sent::Transient {
+                problem: format!("{status}: {}", reply.message()),
+                wait,
+                // A 429 was not performed; a 5xx or 408 may have been.
+                maybe_done: status != StatusCode::TOO_MANY_REQUESTS,
+            });
+        }
+        Ok(Sent::Final(reply))
+    }
+
+    /// Waits before attempt `attempt + 1`, or says the call gave up.
+    async fn back_off(
+        &self,
+        attempt: u32,
+        method: &Method,
+        path: &str,
+        problem: &str,
+        wait: Option<Duration>,
+    ) -> Result<(), ConnectorError> {
+        let inner = &self.inner;
+        if attempt >= inner.settings.retries {
+            return Err(ConnectorError::Http {
+                system: inner.system.clone(),
+                request: format!("{method} {path}"),
+                detail: format!("gave up after {} attempts; last: {problem}", attempt + 1),
+            });
+        }
+        let backoff = inner.settings.backoff.saturating_mul(1 << attempt.min(16));
+        let backoff = backoff.min(Duration::from_secs(30)).mul_f64(0.5 + jitter() / 2.0);
+        let wait = wait.map_or(backoff, |w| w + backoff.mul_f64(0.1));
+        tracing::debug!(system = %inner.system, request = %format!("{method} {path}"), %problem, ?wait, "retrying");
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Sends one request, retrying transient failures with exponential
+    /// backoff and jitter (or the API's `Retry-After`); answers the first
+    /// final status.
     async fn call(
         &self,
         method: Method,
         path: &str,
         query: &[(String, String)],
         body: Option<&Value>,
-        idempotency_key: Option<&str>,
     ) -> Result<Reply, ConnectorError> {
-        let inner = &self.inner;
-        let url = format!("{}{}", inner.base, path);
         let mut attempt = 0u32;
         loop {
-            if let Some(detail) = inner.refused.lock().expect("refusal").clone() {
-                return Err(ConnectorError::Unauthorized {
-                    system: inner.system.clone(),
-                    detail,
-                });
-            }
-            if let Some(l) = &inner.limiter {
-                l.acquire().await;
-            }
-            let mut request = inner.client.request(method.clone(), &url).query(query);
-            if let Some((name, value)) = &inner.auth {
-                request = request.header(name.clone(), value.clone());
-            }
-            if let Some(key) = idempotency_key {
-                request = request.header("idempotency-key", key);
-            }
-            if let Some(b) = body {
-                request = request.json(b);
-            }
-            let (problem, wait) = match request.send().await {
-                Err(e) => (format!("{e}"), None),
-                Ok(response) => {
-                    let status = response.status();
-                    let wait = retry_after(response.headers());
-                    match response.bytes().await {
-                        // The answer was cut off: as if never answered.
-                        Err(e) => (format!("{status}, then the answer broke off: {e}"), None),
-                        Ok(bytes) => {
-                            let body = if bytes.is_empty() {
-                                Value::Null
-                            } else {
-                                serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                                    Value::String(String::from_utf8_lossy(&bytes).into_owned())
-                                })
-                            };
-                            let reply = Reply { status, body };
-                            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                                let detail = format!(
-                                    "{status} on {method} {path}: {}; check {}",
-                                    reply.message(),
-                                    inner.auth_hint
-                                );
-                                *inner.refused.lock().expect("refusal") = Some(detail.clone());
-                                return Err(ConnectorError::Unauthorized {
-                                    system: inner.system.clone(),
-                                    detail,
-                                });
-                            }
-                            let transient = status.is_server_error()
-                                || status == StatusCode::TOO_MANY_REQUESTS
-                                || status == StatusCode::REQUEST_TIMEOUT;
-                            if !transient {
-                                return Ok(reply);
-                            }
-                            (format!("{status}: {}", reply.message()), wait)
-                        }
-                    }
+            match self.send_once(&method, path, query, body, None).await? {
+                Sent::Final(reply) => return Ok(reply),
+                Sent::Transient { problem, wait, .. } => {
+                    self.back_off(attempt, &method, path, &problem, wait).await?;
+                    attempt += 1;
                 }
-            };
-            if attempt >= inner.settings.retries {
-                return Err(ConnectorError::Http {
-                    system: inner.system.clone(),
-                    request: format!("{method} {path}"),
-                    detail: format!("gave up after {} attempts; last: {problem}", attempt + 1),
-                });
             }
-            let backoff = inner.settings.backoff.saturating_mul(1 << attempt.min(16));
-            let backoff = backoff.min(Duration::from_secs(30)).mul_f64(0.5 + jitter() / 2.0);
-            let wait = wait.map_or(backoff, |w| w + backoff.mul_f64(0.1));
-            tracing::debug!(system = %inner.system, request = %format!("{method} {path}"), %problem, ?wait, "retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
         }
     }
 
@@ -453,7 +510,7 @@ impl HttpConnector {
                 query.push((size_param.clone(), size));
             }
         }
-        let reply = self.call(Method::GET, &r.path, &query, None, None).await?;
+        let reply = self.call(Method::GET, &r.path, &query, None).await?;
         if !reply.status.is_success() {
             return Err(self.unexpected("GET", &r.path, &reply));
         }
@@ -528,6 +585,13 @@ impl HttpConnector {
     }
 
     /// Reads up to `limit` records changed after `after`, oldest first.
+    ///
+    /// Numbered pages shift when an earlier record changes, so a listing by
+    /// page number moves on by time whenever it can: the next request asks
+    /// for records changed since the last one taken, from page 1; only a run
+    /// of records sharing one time is walked by page number. A listing that
+    /// starts anew (the next run) takes again the records that share the
+    /// last one's time, in case one arrived after it with a smaller id.
     pub async fn read_changes(
         &self,
         b: &TableBinding,
@@ -541,39 +605,71 @@ impl HttpConnector {
                 ..Default::default()
             })
         });
-        let last: Option<ListKey> = after.and_then(|c| {
+        let mut last: Option<ListKey> = after.and_then(|c| {
             let pos = pos.as_ref()?;
             Some((parse_time(&c.updated_at)?, id_text(&pos.id)?))
         });
         // Continue the listing the position is in, or start one at the
-        // last record's time (inclusive: the key comparison skips it).
-        let (since, mut at) = match (&pos, after) {
-            (Some(p), _) if p.since.is_some() => (p.since.clone(), p.at.clone()),
-            (_, Some(c)) if !c.updated_at.is_null() => (Some(value_text(&c.updated_at)), None),
-            _ => (None, None),
+        // last record's time (inclusive).
+        let (mut since, mut at, mut fresh) = match (&pos, after) {
+            (Some(p), _) if p.since.is_some() => (p.since.clone(), p.at.clone(), false),
+            (_, Some(c)) if !c.updated_at.is_null() => (Some(value_text(&c.updated_at)), None, true),
+            _ => (None, None, false),
         };
-        let filters: Vec<(String, String)> =
-            since.iter().map(|s| (r.since_param.clone(), s.clone())).collect();
+        let by_page = matches!(r.pagination, Pagination::Page { .. });
         let mut page = ChangePage::default();
         let mut next = after.cloned();
         let mut resuming = at.is_some();
+        let mut previous: Option<ListKey> = None;
+        let mut advanced = false;
         let mut taken = 0u32;
         loop {
-            let (items, following) = self.list_page(r, &filters, at.as_ref()).await?;
-            // A numbered page can shift when earlier records change: if the
-            // page now starts after the last record read, step back.
+            let filters: Vec<(String, String)> =
+                since.iter().map(|s| (r.since_param.clone(), s.clone())).collect();
+            let (items, following) = match self.list_page(r, &filters, at.as_ref()).await {
+                // A saved cursor token the API no longer takes: start a new
+                // listing at the last record's time.
+                Err(ConnectorError::Http { .. }) if resuming && !by_page => {
+                    tracing::warn!(system = %self.inner.system, entity = %b.entity,
+                        "the saved list cursor was refused; listing again from the last change");
+                    since = after.map(|c| value_text(&c.updated_at));
+                    (at, resuming) = (None, false);
+                    continue;
+                }
+                other => other?,
+            };
+            let first = items.first().and_then(|i| Self::key_of(r, i).ok());
+            // After a change moved records, a numbered page may start after
+            // the last record read: step back.
             if resuming
                 && let (Some(n), Some(last), Some(first)) = (
                     at.as_ref().and_then(Value::as_u64).filter(|n| *n > 1),
                     &last,
-                    items.first().and_then(|i| Self::key_of(r, i).ok()),
+                    &first,
                 )
-                && compare_keys(&first, last) == Ordering::Greater
+                && compare_keys(first, last) == Ordering::Greater
             {
                 at = Some(Value::from(n - 1));
                 continue;
             }
             resuming = false;
+            // An API that ignores the page or cursor parameter answers the
+            // same page again and again.
+            let repeated = match (&r.pagination, &at) {
+                (Pagination::Page { .. }, Some(_)) => first.is_some() && previous == first,
+                (Pagination::Cursor { .. }, Some(token)) => following.as_ref() == Some(token),
+                _ => false,
+            };
+            if repeated {
+                return Err(ConnectorError::Http {
+                    system: self.inner.system.clone(),
+                    request: format!("GET {}", r.path),
+                    detail: "the API answered the same page twice: check the collection's `pagination` \
+                             settings against the API's parameters"
+                        .into(),
+                });
+            }
+            previous = first;
             for item in &items {
                 let key = match Self::key_of(r, item) {
                     Ok(k) => k,
@@ -582,21 +678,34 @@ impl HttpConnector {
                         continue;
                     }
                 };
-                if last
-                    .as_ref()
-                    .is_some_and(|l| compare_keys(&key, l) != Ordering::Greater)
-                {
+                let seen = last.as_ref().is_some_and(|l| {
+                    if fresh {
+                        key.0 < l.0 || key == *l
+                    } else {
+                        compare_keys(&key, l) != Ordering::Greater
+                    }
+                });
+                if seen {
                     continue;
                 }
-                next = Some(Cursor {
-                    updated_at: item.get(&r.updated_field).cloned().unwrap_or(Value::Null),
-                    id: serde_json::to_value(ScanPos {
-                        id: Value::String(key.1.clone()),
-                        since: since.clone(),
-                        at: at.clone(),
-                    })
-                    .expect("positions serialize"),
-                });
+                // The position moves forward only: a record taken again at
+                // the start of a new listing leaves it where it was.
+                if last
+                    .as_ref()
+                    .is_none_or(|l| compare_keys(&key, l) == Ordering::Greater)
+                {
+                    next = Some(Cursor {
+                        updated_at: item.get(&r.updated_field).cloned().unwrap_or(Value::Null),
+                        id: serde_json::to_value(ScanPos {
+                            id: Value::String(key.1.clone()),
+                            since: since.clone(),
+                            at: at.clone(),
+                        })
+                        .expect("positions serialize"),
+                    });
+                    last = Some(key.clone());
+                    advanced = true;
+                }
                 if Self::marked_deleted(b, item) {
                     page.deleted.push(key.1.clone());
                 } else {
@@ -606,13 +715,42 @@ impl HttpConnector {
                 if taken == limit {
                     // The rest of this API page is read again next time,
                     // from the same position, and skipped up to here.
-                    page.next = next;
+                    page.next = match (advanced, after, &pos) {
+                        (false, Some(c), Some(p)) => Some(Cursor {
+                            updated_at: c.updated_at.clone(),
+                            id: serde_json::to_value(ScanPos {
+                                id: p.id.clone(),
+                                since: since.clone(),
+                                at: at.clone(),
+                            })
+                            .expect("positions serialize"),
+                        }),
+                        _ => next,
+                    };
+                    dedupe(&mut page);
                     return Ok(page);
                 }
             }
+            fresh = false;
             match following {
-                Some(n) => at = Some(n),
                 None => break,
+                Some(n) => {
+                    let moved_on = last.as_ref().filter(|l| {
+                        since.as_ref().and_then(|s| parse_time(&Value::String(s.clone()))) < Some(l.0)
+                    });
+                    match moved_on {
+                        // Go on by time, from page 1: numbered pages shift.
+                        Some(l) if by_page => {
+                            since = Some(
+                                next.as_ref()
+                                    .map(|c| value_text(&c.updated_at))
+                                    .unwrap_or_else(|| format_time(l.0)),
+                            );
+                            at = None;
+                        }
+                        _ => at = Some(n),
+                    }
+                }
             }
         }
         // The listing ended: the next scan starts a new one.
@@ -628,6 +766,7 @@ impl HttpConnector {
         if page.records.is_empty() && page.deleted.is_empty() && after.is_none() {
             page.next = None;
         }
+        dedupe(&mut page);
         Ok(page)
     }
 
@@ -638,14 +777,19 @@ impl HttpConnector {
                 ids.iter()
                     .map(|id| async move {
                         let path = Self::item_path(r, id);
-                        let reply = self.call(Method::GET, &path, &[], None, None).await?;
+                        let reply = self.call(Method::GET, &path, &[], None).await?;
                         if reply.status == StatusCode::NOT_FOUND || reply.status == StatusCode::GONE {
                             return Ok(None);
                         }
                         if !reply.status.is_success() {
                             return Err(self.unexpected("GET", &path, &reply));
                         }
-                        Ok(reply.body.pointer(&r.record).cloned())
+                        // A record not where the definition says is an
+                        // error, never a record that is gone.
+                        match reply.body.pointer(&r.record) {
+                            Some(item @ Value::Object(_)) => Ok(Some(item.clone())),
+                            _ => Err(self.no_record("GET", &path, r)),
+                        }
                     })
                     .collect(),
             )
@@ -689,6 +833,23 @@ impl HttpConnector {
             .collect()
     }
 
+    /// The id of the record created earlier with `key`, found by the
+    /// external-id field.
+    async fn find_key(
+        &self,
+        r: &HttpResource,
+        field: &str,
+        key: &str,
+    ) -> Result<Option<String>, ConnectorError> {
+        let filters = [(field.to_owned(), key.to_owned())];
+        let (items, _) = self.list_page(r, &filters, None).await?;
+        Ok(items
+            .iter()
+            .find(|i| i.get(field).and_then(id_text).as_deref() == Some(key))
+            .and_then(|i| i.get(&r.id_field))
+            .and_then(id_text))
+    }
+
     /// Ids of records created earlier with each of `keys`, found by the
     /// external-id field (none without one).
     pub async fn find_by_keys(
@@ -704,14 +865,9 @@ impl HttpConnector {
             .each(
                 keys.iter()
                     .map(|key| async move {
-                        let filters = [(field.clone(), key.clone())];
-                        let (items, _) = self.list_page(r, &filters, None).await?;
-                        let id = items
-                            .iter()
-                            .find(|i| i.get(field).and_then(id_text).as_deref() == Some(key.as_str()))
-                            .and_then(|i| i.get(&r.id_field))
-                            .and_then(id_text);
-                        Ok::<_, ConnectorError>(id.map(|id| (key.clone(), id)))
+                        Ok::<_, ConnectorError>(
+                            self.find_key(r, field, key).await?.map(|id| (key.clone(), id)),
+                        )
                     })
                     .collect(),
             )
@@ -723,9 +879,84 @@ impl HttpConnector {
         Ok(out)
     }
 
+    /// An answer with no record where the definition says it is.
+    fn no_record(&self, method: &str, path: &str, r: &HttpResource) -> ConnectorError {
+        ConnectorError::Http {
+            system: self.inner.system.clone(),
+            request: format!("{method} {path}"),
+            detail: format!(
+                "the answer has no record (with field `{}`) at `{}`: check the collection's `record` and \
+                 `id_field`",
+                r.id_field, r.record
+            ),
+        }
+    }
+
+    /// Whether a 4xx is the record's own fault (the API refused its data),
+    /// as opposed to the definition's or the system's (a wrong path or
+    /// method), which stops the step.
+    fn refused_record(status: StatusCode) -> bool {
+        matches!(status.as_u16(), 400 | 409 | 412 | 413 | 422)
+    }
+
+    /// Creates one record: `POST` with its idempotency key, retried on
+    /// transient failures. Before sending again a request the API may have
+    /// performed (a dropped connection, a 5xx), it looks the record up by
+    /// the external-id field, for APIs that do not honour the key.
+    async fn create_one(
+        &self,
+        b: &TableBinding,
+        r: &HttpResource,
+        new: &NewRecord,
+    ) -> Result<Result<String, String>, ConnectorError> {
+        let mut body = Self::body_of(b, &new.fields);
+        if let Some(field) = &r.external_id_field {
+            body.insert(field.clone(), Value::String(new.key.clone()));
+        }
+        let body = Value::Object(body);
+        let mut attempt = 0u32;
+        let reply = loop {
+            match self
+                .send_once(&Method::POST, &r.path, &[], Some(&body), Some(&new.key))
+                .await?
+            {
+                Sent::Final(reply) => break reply,
+                Sent::Transient {
+                    problem,
+                    wait,
+                    maybe_done,
+                } => {
+                    self.back_off(attempt, &Method::POST, &r.path, &problem, wait)
+                        .await?;
+                    attempt += 1;
+                    if let (true, Some(field)) = (maybe_done, &r.external_id_field)
+                        && let Some(id) = self.find_key(r, field, &new.key).await?
+                    {
+                        return Ok(Ok(id));
+                    }
+                }
+            }
+        };
+        if Self::refused_record(reply.status) {
+            return Ok(Err(format!("{}: {}", reply.status, reply.message())));
+        }
+        if !reply.status.is_success() {
+            return Err(self.unexpected("POST", &r.path, &reply));
+        }
+        match reply
+            .body
+            .pointer(&r.record)
+            .and_then(|rec| rec.get(&r.id_field))
+            .and_then(id_text)
+        {
+            Some(id) => Ok(Ok(id)),
+            None => Err(self.no_record("POST", &r.path, r)),
+        }
+    }
+
     /// Creates `records`, each with its idempotency key as `Idempotency-Key`
     /// (and in the external-id field), and answers each one's new id, or the
-    /// API's reason when it refused that record (4xx).
+    /// API's reason when it refused that record's data (400, 409, 422...).
     pub async fn create(
         &self,
         b: &TableBinding,
@@ -733,56 +964,23 @@ impl HttpConnector {
     ) -> Result<Vec<Result<String, String>>, ConnectorError> {
         let r = self.resource(&b.entity)?;
         let answers = self
-            .each(
-                records
-                    .iter()
-                    .map(|new| async move {
-                        let mut body = Self::body_of(b, &new.fields);
-                        if let Some(field) = &r.external_id_field {
-                            body.insert(field.clone(), Value::String(new.key.clone()));
-                        }
-                        let body = Value::Object(body);
-                        let reply = self
-                            .call(Method::POST, &r.path, &[], Some(&body), Some(&new.key))
-                            .await?;
-                        if reply.status.is_client_error() {
-                            return Ok(Err(format!("{}: {}", reply.status, reply.message())));
-                        }
-                        if !reply.status.is_success() {
-                            return Err(self.unexpected("POST", &r.path, &reply));
-                        }
-                        match reply
-                            .body
-                            .pointer(&r.record)
-                            .and_then(|rec| rec.get(&r.id_field))
-                            .and_then(id_text)
-                        {
-                            Some(id) => Ok(Ok(id)),
-                            None => Err(ConnectorError::Http {
-                                system: self.inner.system.clone(),
-                                request: format!("POST {}", r.path),
-                                detail: format!(
-                                    "the answer has no record id at `{}` field `{}`",
-                                    r.record, r.id_field
-                                ),
-                            }),
-                        }
-                    })
-                    .collect(),
-            )
+            .each(records.iter().map(|new| self.create_one(b, r, new)).collect())
             .await;
         answers.into_iter().collect()
     }
 
     /// Writes `fields` to each existing record; answers the records the API
-    /// refused, with its reason.
+    /// refused (their data, or gone), with its reason. With `PUT`, the
+    /// record is read first and sent whole, so fields syncd does not sync
+    /// keep their values.
     pub async fn update(
         &self,
         b: &TableBinding,
         records: &[(String, Fields)],
     ) -> Result<Vec<(String, String)>, ConnectorError> {
         let r = self.resource(&b.entity)?;
-        let method = Method::from_bytes(r.update_method.as_bytes()).unwrap_or(Method::PATCH);
+        let put = r.update_method == "PUT";
+        let method = if put { Method::PUT } else { Method::PATCH };
         let answers = self
             .each(
                 records
@@ -791,9 +989,26 @@ impl HttpConnector {
                         let method = method.clone();
                         async move {
                             let path = Self::item_path(r, id);
-                            let body = Value::Object(Self::body_of(b, fields));
-                            let reply = self.call(method.clone(), &path, &[], Some(&body), None).await?;
-                            if reply.status.is_client_error() {
+                            let mut body = Self::body_of(b, fields);
+                            if put {
+                                let Some(Some(Value::Object(mut whole))) =
+                                    self.get_each(r, std::slice::from_ref(id)).await?.pop()
+                                else {
+                                    return Ok(Some((
+                                        id.clone(),
+                                        "404 Not Found: the record is gone".into(),
+                                    )));
+                                };
+                                whole.append(&mut body);
+                                body = whole;
+                            }
+                            let reply = self
+                                .call(method.clone(), &path, &[], Some(&Value::Object(body)))
+                                .await?;
+                            if Self::refused_record(reply.status)
+                                || reply.status == StatusCode::NOT_FOUND
+                                || reply.status == StatusCode::GONE
+                            {
                                 return Ok(Some((
                                     id.clone(),
                                     format!("{}: {}", reply.status, reply.message()),
@@ -823,7 +1038,7 @@ impl HttpConnector {
                 ids.iter()
                     .map(|id| async move {
                         let path = Self::item_path(r, id);
-                        let reply = self.call(Method::DELETE, &path, &[], None, None).await?;
+                        let reply = self.call(Method::DELETE, &path, &[], None).await?;
                         if reply.status.is_success()
                             || reply.status == StatusCode::NOT_FOUND
                             || reply.status == StatusCode::GONE
@@ -856,7 +1071,7 @@ impl HttpConnector {
                         let body = &body;
                         async move {
                             let path = Self::item_path(r, id);
-                            let reply = self.call(Method::PATCH, &path, &[], Some(body), None).await?;
+                            let reply = self.call(Method::PATCH, &path, &[], Some(body)).await?;
                             if reply.status.is_success() || reply.status == StatusCode::NOT_FOUND {
                                 Ok(())
                             } else {
@@ -869,6 +1084,21 @@ impl HttpConnector {
             .await;
         answers.into_iter().collect()
     }
+}
+
+/// A record listed twice in one page (changed while it was being listed,
+/// so a keyset cursor shows it again) is kept once, as last seen.
+fn dedupe(page: &mut ChangePage) {
+    let mut seen = HashSet::new();
+    let mut records: Vec<Record> = std::mem::take(&mut page.records)
+        .into_iter()
+        .rev()
+        .filter(|r| seen.insert(r.id.clone()))
+        .collect();
+    records.reverse();
+    page.records = records;
+    let mut seen = HashSet::new();
+    page.deleted.retain(|id| seen.insert(id.clone()));
 }
 
 /// Percent-encodes an id for one path segment.

@@ -358,10 +358,14 @@ impl Job {
         }
         let span = tracing::info_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
         let _enter = span.enter();
-        let result = self.execute_steps(&run, lease, lost, progress).await;
+        // A resolution a system refuses fails the run like any step error,
+        // rather than leave it `running` for a worker to retry at once.
+        let result = match self.execute_steps(&run, lease, lost, progress).await {
+            Ok(()) => self.apply_resolutions(&run, lease).await,
+            Err(e) => Err(e),
+        };
         match result {
             Ok(()) => {
-                self.apply_resolutions(&run, lease).await?;
                 let pending = self.store.pending_conflicts_of_run(&self.tenant, run.id).await?;
                 let event = if pending == 0 {
                     RunEvent::Succeed
@@ -1161,30 +1165,48 @@ impl Job {
         let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
         if !(refused_target.is_empty() && refused_source.is_empty()) {
             // A record the system refused keeps its mapping and its old
-            // base, so the difference is written again with its next change.
-            let refused: HashSet<(Side, &str)> = refused_target
-                .iter()
-                .map(|(id, _)| (Side::Target, id.as_str()))
-                .chain(refused_source.iter().map(|(id, _)| (Side::Source, id.as_str())))
-                .collect();
+            // base, so the difference is written again with its next change;
+            // the mapping's `last_error` says why.
             for (id, reason) in refused_target.iter().chain(&refused_source) {
                 tracing::warn!(record = %id, %reason, "update refused");
             }
-            let before = confirms.len();
-            confirms.retain(|w| match w {
-                MappingWrite::Transition {
+            let reasons: HashMap<(Side, &str), &str> = refused_target
+                .iter()
+                .map(|(id, why)| ((Side::Target, id.as_str()), why.as_str()))
+                .chain(
+                    refused_source
+                        .iter()
+                        .map(|(id, why)| ((Side::Source, id.as_str()), why.as_str())),
+                )
+                .collect();
+            let mut dropped = 0;
+            for w in confirms.iter_mut() {
+                let MappingWrite::Transition {
                     change:
                         MappingChange::Confirm {
                             source_id, target_id, ..
                         },
-                    ..
-                } => {
-                    !refused.contains(&(Side::Target, target_id.as_str()))
-                        && !refused.contains(&(Side::Source, source_id.as_str()))
+                    current,
+                } = w
+                else {
+                    continue;
+                };
+                let why = reasons
+                    .get(&(Side::Target, target_id.as_str()))
+                    .map(|why| format!("{} refused the update: {why}", self.target.system()))
+                    .or_else(|| {
+                        reasons
+                            .get(&(Side::Source, source_id.as_str()))
+                            .map(|why| format!("{} refused the update: {why}", self.source.system()))
+                    });
+                if let Some(error) = why {
+                    *w = MappingWrite::Transition {
+                        current: current.clone(),
+                        change: MappingChange::Refuse { error },
+                    };
+                    dropped += 1;
                 }
-                _ => true,
-            });
-            let dropped = (before - confirms.len()) as u64;
+            }
             counters.updated = counters.updated.saturating_sub(dropped);
             counters.failed += dropped;
         }

@@ -218,6 +218,13 @@ impl RawSystem {
                 .unwrap_or(default)
         };
         let timeout = interval(errors, "timeout", &self.timeout, Duration::from_secs(30));
+        if timeout.is_zero() {
+            errors.push(
+                None,
+                Some(&format!("{at}.timeout")),
+                "a request needs some time (above 0)",
+            );
+        }
         let backoff = interval(errors, "backoff", &self.backoff, Duration::from_millis(100));
         if self.concurrency == Some(0) {
             errors.push(None, Some(&format!("{at}.concurrency")), "needs at least 1");
@@ -271,6 +278,13 @@ impl RawResource {
         }
         let path = self.path.trim_end_matches('/').to_owned();
         let item_path = self.item_path.clone().unwrap_or_else(|| format!("{path}/{{id}}"));
+        if !item_path.starts_with('/') {
+            errors.push(
+                None,
+                Some(&format!("{at}.item_path")),
+                format!("`{item_path}` is not a path (it starts with `/`)"),
+            );
+        }
         if !item_path.contains("{id}") {
             errors.push(
                 None,
@@ -291,7 +305,30 @@ impl RawResource {
             );
         }
         let size_param = self.size_param.clone();
-        let pagination = match self.pagination.as_deref().unwrap_or("page") {
+        let style = self.pagination.as_deref().unwrap_or("page");
+        let misplaced: &[(&str, bool)] = match style {
+            "page" => &[
+                ("cursor_param", self.cursor_param.is_some()),
+                ("next_cursor", self.next_cursor.is_some()),
+            ],
+            "cursor" => &[
+                ("page_param", self.page_param.is_some()),
+                ("has_more", self.has_more.is_some()),
+            ],
+            _ => &[],
+        };
+        for (key, given) in misplaced {
+            if *given {
+                errors.push(
+                    None,
+                    Some(&format!("{at}.{key}")),
+                    format!(
+                        "`{key}` is a setting of the other pagination (this collection pages by {style})"
+                    ),
+                );
+            }
+        }
+        let pagination = match style {
             "page" => Pagination::Page {
                 page_param: self.page_param.clone().unwrap_or_else(|| "page".into()),
                 size_param: size_param.unwrap_or_else(|| "per_page".into()),

@@ -164,6 +164,7 @@ impl SaasServer {
                 requests: 0,
                 per_second: Vec::new(),
                 by_kind: BTreeMap::new(),
+                touches: Vec::new(),
                 creates_performed: 0,
             }),
         });
@@ -247,6 +248,16 @@ impl SaasServer {
         db.check_collection(collection);
         db.update(collection, id, fields)
             .unwrap_or_else(|| panic!("update_direct: no record {collection}/{id}"))
+    }
+
+    /// Edits `collection/id` (a new `updated_at`, moving it to the end of
+    /// a change listing) when the server receives its `request`th request
+    /// (counted from its start), before answering it.
+    pub fn touch_at_request(&self, request: u64, collection: &str, id: &str) {
+        self.shared
+            .db()
+            .touches
+            .push((request, collection.to_owned(), id.to_owned()));
     }
 
     /// A person's delete in the SaaS's UI. Panics on a missing record.
@@ -344,6 +355,11 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             if segments > 1 { "item" } else { "list" }
         );
         *db.by_kind.entry(kind).or_default() += 1;
+        // A person's edit that lands while a client is paging.
+        if let Some(i) = db.touches.iter().position(|(n, _, _)| *n == db.requests) {
+            let (_, collection, id) = db.touches.remove(i);
+            db.update(&collection, &id, Map::new());
+        }
         let second = shared.started.elapsed().as_secs() as usize;
         if db.per_second.len() <= second {
             db.per_second.resize(second + 1, 0);
@@ -619,6 +635,9 @@ struct Db {
     per_second: Vec<u32>,
     /// Requests by method and kind (`GET list`, `GET item`, `POST list`, ...).
     by_kind: BTreeMap<String, u64>,
+    /// (request number, collection, id): records edited when that request
+    /// arrives, before it is answered.
+    touches: Vec<(u64, String, String)>,
     creates_performed: u64,
 }
 
