@@ -176,6 +176,26 @@ fn http_systems_say_where_each_entity_lives_and_keep_secrets_out() {
             ),
         ],
     );
+    // Settings that cannot work: a path without `/`, no time to answer,
+    // and a setting of the other pagination.
+    let text = valid_with("rate_limit = 10", "rate_limit = 10\ntimeout = \"0s\"").replacen(
+        r#"pagination = "cursor", external_id_field = "sync_key""#,
+        r#"pagination = "cursor", external_id_field = "sync_key", item_path = "products/{id}", has_more = "/more""#,
+        1,
+    );
+    check(
+        &text,
+        &[
+            &format!("{FILE}: field `systems.shop.timeout`: a request needs some time (above 0)"),
+            &format!(
+                "{FILE}: field `systems.shop.entities.product.item_path`: `products/{{id}}` is not a path (it starts with `/`)"
+            ),
+            &format!(
+                "{FILE}: field `systems.shop.entities.product.has_more`: `has_more` is a setting of the other \
+                 pagination (this collection pages by cursor)"
+            ),
+        ],
+    );
     // A token in the file is refused: only the name of a variable is taken.
     let e = errors(&valid_with(
         r#"auth = { bearer_env = "SHOP_TOKEN" }"#,
