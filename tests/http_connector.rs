@@ -616,3 +616,96 @@ async fn a_record_edited_while_numbered_pages_are_read_loses_no_other_record() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolution_the_api_refuses_fails_the_run_with_its_message() {
+    // Contacts under `manual`: an email edited on both sides parks; the
+    // reviewer's value is one the API refuses (no `@`).
+    let mut setup = Setup::new(
+        "http-resolve",
+        5,
+        api(Faults::default(), None),
+        "",
+        "strategy = \"manual\"",
+    )
+    .await;
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    let store = setup.store().await;
+    let contact = &setup.mappings(&store, "contact", &["C-000001".into()]).await["C-000001"];
+    let api_id = contact.target_id.clone().unwrap();
+    let now = syncd::connector::format_time(chrono::Utc::now());
+    setup
+        .source
+        .exec(&format!(
+            "UPDATE contacts SET email = 'crm@example.com', updated_at = '{now}' WHERE id = 'C-000001'"
+        ))
+        .await;
+    setup
+        .server
+        .update_direct("people", &api_id, json!({"email": "saas@example.com"}));
+    let output = setup.run().await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("suspended"),
+        "{}",
+        text(&output)
+    );
+    let conflict = store
+        .list_conflicts(&syncd::store::ConflictFilter {
+            status: Some(syncd::conflict::ConflictStatus::Pending),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pop()
+        .expect("a parked conflict");
+    let syncd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(args)
+            .env("SYNCD_DATABASE_URL", &setup.database_url)
+            .env(TOKEN_VAR, TOKEN)
+            .env_remove("SYNCD_REDIS_URL")
+            .output()
+            .unwrap()
+    };
+    let id = conflict.id.to_string();
+    let resolved = syncd(&[
+        "conflicts",
+        "resolve",
+        &id,
+        "--values",
+        r#"{"email": "nobody"}"#,
+        "--by",
+        "rita",
+    ]);
+    assert!(resolved.status.success(), "{}", text(&resolved));
+    let workflows = setup.dir.0.to_str().unwrap().to_owned();
+    let run_id = conflict.run_id.unwrap().to_string();
+    let resumed = syncd(&["runs", "resume", &run_id, "--workflows", &workflows]);
+    assert!(!resumed.status.success(), "{}", text(&resumed));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        stderr.contains("the resolution was refused") && stderr.contains("422"),
+        "{stderr}"
+    );
+    // Failed, not left `running` for a worker to retry in a loop.
+    let run = store
+        .load_run(None, conflict.run_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.state, syncd::run::RunState::Failed);
+    assert!(run.error.unwrap_or_default().contains("422"));
+    assert_eq!(
+        setup
+            .server
+            .records("people")
+            .iter()
+            .find(|p| p["id"] == api_id.as_str())
+            .unwrap()["email"],
+        "saas@example.com",
+        "the API kept its value"
+    );
+}
