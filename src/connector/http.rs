@@ -10,12 +10,12 @@
 //!
 //! A list must return records oldest change first (`updated_at`, then id),
 //! as APIs built for sync do (a `query` setting can ask for the order). The
-//! scan position remembers the page it was on, so a long listing is not
-//! re-read from its start for every engine page.
+//! scan position remembers the listing it is in (a cursor token, or the time
+//! a numbered listing went on from), so a long listing is not re-read from
+//! its start for every engine page.
 
 use super::{BadRow, ChangePage, ConnectorError, Cursor, IdKind, NewRecord, TableBinding};
 use super::{format_time, id_text, normalize, parse_time};
-use crate::deletes::is_deleted_mark;
 use crate::record::{Fields, Record};
 use crate::workflow::{HttpAuth, HttpResource, HttpSystem, Pagination, SystemDef};
 use chrono::{DateTime, Utc};
@@ -510,12 +510,12 @@ impl HttpConnector {
                 query.push((size_param.clone(), size));
             }
         }
-        let reply = self.call(Method::GET, &r.path, &query, None).await?;
+        let mut reply = self.call(Method::GET, &r.path, &query, None).await?;
         if !reply.status.is_success() {
             return Err(self.unexpected("GET", &r.path, &reply));
         }
-        let items = match reply.body.pointer(&r.records) {
-            Some(Value::Array(items)) => items.clone(),
+        let items = match reply.body.pointer_mut(&r.records).map(Value::take) {
+            Some(Value::Array(items)) => items,
             Some(Value::Null) => Vec::new(),
             _ => {
                 return Err(ConnectorError::Http {
@@ -576,12 +576,6 @@ impl HttpConnector {
             fields,
             modified_at: key.0,
         }
-    }
-
-    fn marked_deleted(b: &TableBinding, item: &Value) -> bool {
-        b.deleted_column
-            .as_ref()
-            .is_some_and(|c| item.get(c).is_some_and(is_deleted_mark))
     }
 
     /// Reads up to `limit` records changed after `after`, oldest first.
@@ -706,7 +700,7 @@ impl HttpConnector {
                     last = Some(key.clone());
                     advanced = true;
                 }
-                if Self::marked_deleted(b, item) {
+                if b.marked_deleted(|c| item.get(c)) {
                     page.deleted.push(key.1.clone());
                 } else {
                     page.records.push(Self::record_of(b, item, key));
@@ -777,7 +771,7 @@ impl HttpConnector {
                 ids.iter()
                     .map(|id| async move {
                         let path = Self::item_path(r, id);
-                        let reply = self.call(Method::GET, &path, &[], None).await?;
+                        let mut reply = self.call(Method::GET, &path, &[], None).await?;
                         if reply.status == StatusCode::NOT_FOUND || reply.status == StatusCode::GONE {
                             return Ok(None);
                         }
@@ -786,8 +780,8 @@ impl HttpConnector {
                         }
                         // A record not where the definition says is an
                         // error, never a record that is gone.
-                        match reply.body.pointer(&r.record) {
-                            Some(item @ Value::Object(_)) => Ok(Some(item.clone())),
+                        match reply.body.pointer_mut(&r.record).map(Value::take) {
+                            Some(item @ Value::Object(_)) => Ok(Some(item)),
                             _ => Err(self.no_record("GET", &path, r)),
                         }
                     })
@@ -805,7 +799,7 @@ impl HttpConnector {
             .await?
             .into_iter()
             .flatten()
-            .filter(|item| !Self::marked_deleted(b, item))
+            .filter(|item| !b.marked_deleted(|c| item.get(c)))
             .filter_map(|item| {
                 let key = Self::key_of(r, &item).ok()?;
                 Some(Self::record_of(b, &item, key))
@@ -820,7 +814,7 @@ impl HttpConnector {
         Ok(ids
             .iter()
             .zip(found)
-            .filter(|(_, item)| item.as_ref().is_some_and(|i| !Self::marked_deleted(b, i)))
+            .filter(|(_, item)| item.as_ref().is_some_and(|i| !b.marked_deleted(|c| i.get(c))))
             .map(|(id, _)| id.clone())
             .collect())
     }

@@ -301,6 +301,16 @@ pub struct TableBinding {
     pub(crate) column_types: std::collections::BTreeMap<String, String>,
 }
 
+impl TableBinding {
+    /// Whether a record is marked deleted in the soft-delete column;
+    /// `value_of` reads one of its fields.
+    pub fn marked_deleted<'a>(&self, value_of: impl FnOnce(&str) -> Option<&'a serde_json::Value>) -> bool {
+        self.deleted_column
+            .as_deref()
+            .is_some_and(|c| value_of(c).is_some_and(crate::deletes::is_deleted_mark))
+    }
+}
+
 /// Where a change scan stands: the last (`updated_at`, `id`) read, in the
 /// table's own representation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -252,9 +252,7 @@ impl SqlConnector {
                 updated_at: doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null),
                 id: doc.get(ID_COLUMN).cloned().unwrap_or(Value::Null),
             });
-            if let Some(c) = &b.deleted_column
-                && doc.get(c).is_some_and(is_deleted_mark)
-            {
+            if b.marked_deleted(|c| doc.get(c)) {
                 page.deleted.extend(doc.get(ID_COLUMN).and_then(id_text));
                 continue;
             }
@@ -300,15 +298,9 @@ impl SqlConnector {
         Ok(docs
             .into_iter()
             .filter_map(|d| d.ok())
-            .filter(|d| !Self::marked_deleted(b, d))
+            .filter(|d| !b.marked_deleted(|c| d.get(c)))
             .filter_map(|d| self.record_of(b, d).ok())
             .collect())
-    }
-
-    fn marked_deleted(b: &TableBinding, doc: &Fields) -> bool {
-        b.deleted_column
-            .as_ref()
-            .is_some_and(|c| doc.get(c).is_some_and(is_deleted_mark))
     }
 
     /// Which of `ids` exist and are not marked deleted: one query, reading
