@@ -15,7 +15,7 @@ mod support;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 use support::systems::{Kind, SystemDb, crm_rows, workflow_toml};
 use support::{PgSchema, TempDir};
@@ -29,9 +29,6 @@ use uuid::Uuid;
 
 const INTEGRATION: &str = "crash";
 const TENANT: &str = "t1";
-/// The lease of a killed worker keeps its run this long; short, so that a
-/// restart waits seconds rather than the default half minute.
-const LEASE_TTL_SECS: &str = "2";
 /// What `syncd run` says when another worker holds the run.
 const BUSY: &str = "is being executed by worker";
 
@@ -96,18 +93,7 @@ impl Setup {
         self.spawned += 1;
         let out = self.dir.0.join(format!("attempt-{}.out", self.spawned));
         let err = self.dir.0.join(format!("attempt-{}.err", self.spawned));
-        let child = Command::new(env!("CARGO_BIN_EXE_syncd"))
-            .arg("run")
-            .arg(&self.workflow)
-            .args(["--tenant", TENANT, "--page-size", "500"])
-            .env("SYNCD_DATABASE_URL", &self.database_url)
-            .env("SYNCD_LEASE_TTL_SECS", LEASE_TTL_SECS)
-            .env_remove("SYNCD_REDIS_URL")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("the syncd binary starts");
+        let child = support::spawn_syncd_run(&self.workflow, TENANT, &self.database_url, &[], &out, &err);
         Attempt { child, out, err }
     }
 

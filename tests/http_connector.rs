@@ -8,7 +8,7 @@ mod support;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 use support::TempDir;
 use support::saas::{
@@ -73,20 +73,9 @@ impl Setup {
         self.runs += 1;
         let out = self.dir.0.join(format!("run-{}.out", self.runs));
         let err = self.dir.0.join(format!("run-{}.err", self.runs));
-        let child = Command::new(env!("CARGO_BIN_EXE_syncd"))
-            .arg("run")
-            .arg(&self.workflow)
-            .args(["--tenant", TENANT, "--page-size", "500"])
-            .env("SYNCD_DATABASE_URL", &self.database_url)
-            .env("SYNCD_LEASE_TTL_SECS", "2")
-            .env(TOKEN_VAR, &self.token)
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
-            .env_remove("SYNCD_REDIS_URL")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("the syncd binary starts");
+        let mut env = vec![(TOKEN_VAR, self.token.as_str())];
+        env.extend(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = support::spawn_syncd_run(&self.workflow, TENANT, &self.database_url, &env, &out, &err);
         (child, out, err)
     }
 

@@ -14,7 +14,8 @@ pub mod webdriver;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -151,4 +152,32 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts `syncd run WORKFLOW --tenant TENANT --page-size 500`, as an
+/// operator would, on the state store at `database_url`, without Redis and
+/// with a lease of 2 s (a restart after a kill waits seconds, not the
+/// default half minute); `env` adds to its environment, and its output
+/// goes to the files `out` and `err`.
+pub fn spawn_syncd_run(
+    workflow: &Path,
+    tenant: &str,
+    database_url: &str,
+    env: &[(&str, &str)],
+    out: &Path,
+    err: &Path,
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .arg("run")
+        .arg(workflow)
+        .args(["--tenant", tenant, "--page-size", "500"])
+        .env("SYNCD_DATABASE_URL", database_url)
+        .env("SYNCD_LEASE_TTL_SECS", "2")
+        .envs(env.iter().copied())
+        .env_remove("SYNCD_REDIS_URL")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .expect("the syncd binary starts")
 }
