@@ -19,8 +19,8 @@ use crate::ids::EntityScope;
 use crate::mapping::IdMapping;
 use crate::record::Side;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an entry lives unless replaced.
@@ -30,8 +30,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// the whole cache is bypassed until the entries have expired.
 const MAX_LOST_UPDATES: usize = 10_000;
 
-/// The in-process cache clears itself past this many entries.
-const MAX_LOCAL_ENTRIES: usize = 50_000;
+/// Keys per generation of the in-process cache (it holds at most two).
+const LOCAL_GENERATION: usize = 64 * 1024;
 
 /// Set `KEYS[1]` to `ARGV[2]` (which starts with `<version>|`) unless it
 /// already holds a newer version.
@@ -72,7 +72,7 @@ pub struct MappingCache {
 
 enum Backend {
     Disabled,
-    Local(Mutex<HashMap<String, (Instant, IdMapping)>>),
+    Local(Mutex<LocalCache>),
     Redis(RedisCache),
 }
 
@@ -85,6 +85,54 @@ struct RedisCache {
     lost: Mutex<HashSet<String>>,
     /// Set when `lost` overflowed: bypass Redis until entries have expired.
     bypass_until: Mutex<Option<Instant>>,
+}
+
+/// The in-process cache, in two generations so that the mappings a sync
+/// keeps asking for (the parents its records refer to) stay while new ones
+/// stream through: keys go into `young`; a full `young` becomes `old`,
+/// dropping the old `old`; a hit in `old` moves back into `young`. A
+/// mapping is stored once, shared by its keys.
+#[derive(Default)]
+struct LocalCache {
+    young: HashMap<String, LocalEntry>,
+    old: HashMap<String, LocalEntry>,
+}
+
+/// Expiry and mapping.
+type LocalEntry = (Instant, Arc<IdMapping>);
+
+impl LocalCache {
+    fn get(&mut self, key: &str, now: Instant) -> Option<IdMapping> {
+        if let Some((expires, m)) = self.young.get(key) {
+            return (*expires > now).then(|| IdMapping::clone(m));
+        }
+        let (key, entry) = self.old.remove_entry(key)?;
+        if entry.0 <= now {
+            return None;
+        }
+        let found = IdMapping::clone(&entry.1);
+        self.insert(key, entry);
+        Some(found)
+    }
+
+    fn version(&self, key: &str) -> Option<u64> {
+        self.young
+            .get(key)
+            .or_else(|| self.old.get(key))
+            .map(|(_, m)| m.version)
+    }
+
+    fn insert(&mut self, key: String, entry: LocalEntry) {
+        if self.young.len() >= LOCAL_GENERATION && !self.young.contains_key(&key) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
 }
 
 /// Appends `part` to `key` with the separator escaped, so that tenant `a:b`
@@ -111,7 +159,7 @@ impl MappingCache {
 
     /// An in-process cache: the embedded default.
     pub fn local() -> MappingCache {
-        MappingCache::with(Backend::Local(Mutex::new(HashMap::new())), "syncd")
+        MappingCache::with(Backend::Local(Mutex::new(LocalCache::default())), "syncd")
     }
 
     /// A Redis cache at `url`, its keys under `prefix`. Connects lazily, so a
@@ -236,10 +284,8 @@ impl MappingCache {
             Backend::Disabled => return None,
             Backend::Local(map) => {
                 let now = Instant::now();
-                let map = map.lock().expect("cache lock");
-                keys.iter()
-                    .map(|k| map.get(k).filter(|(exp, _)| *exp > now).map(|(_, m)| m.clone()))
-                    .collect::<Vec<_>>()
+                let mut map = map.lock().expect("cache lock");
+                keys.iter().map(|k| map.get(k, now)).collect::<Vec<_>>()
             }
             Backend::Redis(redis) => match redis.get_many(keys).await {
                 Ok(found) => {
@@ -264,31 +310,31 @@ impl MappingCache {
     /// Stores each mapping under each of its keys, unless a newer version is
     /// already there. Pipelined: one round trip.
     pub async fn put_many(&self, mappings: &[IdMapping]) {
-        let entries: Vec<(String, &IdMapping)> = mappings
-            .iter()
-            .flat_map(|m| self.keys_of(m).into_iter().map(move |k| (k, m)))
-            .collect();
-        if entries.is_empty() {
-            return;
-        }
         match &self.backend {
             Backend::Disabled => {}
             Backend::Local(map) => {
-                let mut map = map.lock().expect("cache lock");
-                if map.len() + entries.len() > MAX_LOCAL_ENTRIES {
-                    map.clear();
-                }
                 let expires = Instant::now() + self.ttl;
-                for (key, mapping) in entries {
-                    let newer = map
-                        .get(&key)
-                        .is_some_and(|(_, cur)| cur.version > mapping.version);
-                    if !newer {
-                        map.insert(key, (expires, mapping.clone()));
+                let keyed: Vec<(Vec<String>, Arc<IdMapping>)> = mappings
+                    .iter()
+                    .map(|m| (self.keys_of(m), Arc::new(m.clone())))
+                    .collect();
+                let mut map = map.lock().expect("cache lock");
+                for (keys, mapping) in keyed {
+                    for key in keys {
+                        if map.version(&key).is_none_or(|v| v <= mapping.version) {
+                            map.insert(key, (expires, mapping.clone()));
+                        }
                     }
                 }
             }
             Backend::Redis(redis) => {
+                let entries: Vec<(String, &IdMapping)> = mappings
+                    .iter()
+                    .flat_map(|m| self.keys_of(m).into_iter().map(move |k| (k, m)))
+                    .collect();
+                if entries.is_empty() {
+                    return;
+                }
                 if let Err(e) = redis.put_many(&entries, self.ttl).await {
                     self.outage(redis, &e);
                     redis.remember_lost(entries.into_iter().map(|(k, _)| k), self.ttl);

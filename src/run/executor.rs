@@ -103,6 +103,15 @@ struct EntityTables {
     references: Vec<(String, String)>,
 }
 
+impl EntityTables {
+    /// Whether a record may refer to another of its own type.
+    fn refers_to_itself(&self) -> bool {
+        self.references
+            .iter()
+            .any(|(_, entity)| entity == self.def.name.as_str())
+    }
+}
+
 /// One integration for one tenant, connected and resolved against the real
 /// tables, ready to run.
 pub struct Job {
@@ -481,10 +490,55 @@ impl Job {
             .and_then(|c| c.cursor.clone())
             .and_then(|c| serde_json::from_value(c).ok())
             .unwrap_or_default();
+        // The commit of the page before, still running while this page is
+        // read and written (see `InFlight`).
+        let mut in_flight: Option<InFlight> = None;
+        let result = loop {
+            if (state.phase != Phase::Scan || ctx.tables.refers_to_itself())
+                && let Err(e) = land(&mut in_flight, progress).await
+            {
+                break Err(e);
+            }
+            match self
+                .next_page(ctx, &mut state, &mut counters, &mut in_flight, progress)
+                .await
+            {
+                Ok(Some((commit, ids))) => {
+                    if let Err(e) = land(&mut in_flight, progress).await {
+                        break Err(e);
+                    }
+                    let done = state.phase == Phase::Done;
+                    in_flight = Some(InFlight::start(&self.store, commit, ids, counters));
+                    if done {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        // The last commit lands even when this page failed: what it
+        // records happened.
+        let landed = land(&mut in_flight, progress).await;
+        result.and(landed)
+    }
+
+    /// Reads and processes the step's next page, returning what to commit
+    /// (`None` once the step is done). A page that holds a record of the
+    /// commit still in flight waits for that commit first, so that it
+    /// finds the mapping as that commit leaves it.
+    async fn next_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        state: &mut StepProgress,
+        counters: &mut StepCounters,
+        in_flight: &mut Option<InFlight>,
+        progress: &mut (dyn FnMut(&StepCounters) + Send),
+    ) -> Result<Option<(PageCommit, HashSet<String>)>, RunError> {
         let read_binding = self.binding(ctx.tables, ctx.read);
         let reader = self.connector(ctx.read);
         let page_size = self.options.page_size;
-        loop {
+        {
             self.check_not_cancelled(ctx).await?;
             let mut sync_cursor = None;
             let mut scan_done = false;
@@ -547,11 +601,19 @@ impl Job {
                     }
                     (page.records, page.bad, Vec::new())
                 }
-                Phase::Done => break,
+                Phase::Done => return Ok(None),
             };
-            let mut commit = self
-                .process_page(ctx, records, bad, deleted, &mut counters)
-                .await?;
+            let ids: HashSet<String> = records
+                .iter()
+                .map(|r| &r.id)
+                .chain(bad.iter().map(|b| &b.id))
+                .chain(&deleted)
+                .cloned()
+                .collect();
+            if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&ids)) {
+                land(in_flight, progress).await?;
+            }
+            let mut commit = self.process_page(ctx, records, bad, deleted, counters).await?;
             // Decided once the last page is processed: it may defer too.
             if scan_done {
                 state.phase = if counters.deferred > 0 {
@@ -571,19 +633,14 @@ impl Job {
                 } else {
                     StepState::Running
                 },
-                cursor: Some(serde_json::to_value(&state).expect("progress serializes")),
-                counters,
+                cursor: Some(serde_json::to_value(&*state).expect("progress serializes")),
+                counters: *counters,
                 error: None,
             });
             commit.sync_cursor = sync_cursor;
             commit.lease = Some(ctx.lease.clone());
-            self.store.commit_page(commit).await?;
-            progress(&counters);
-            if state.phase == Phase::Done {
-                break;
-            }
+            Ok(Some((commit, ids)))
         }
-        Ok(())
     }
 
     /// The ids on `to` of the records of `entity` whose ids on `from` are
@@ -1366,6 +1423,69 @@ impl Job {
             self.store.commit_page(commit).await?;
         }
         Ok(())
+    }
+}
+
+/// A page's commit running in the background while the step reads and
+/// writes the next page: the commit of page N overlaps the work of page
+/// N + 1 on another connection. Commits still land in page order, and a page
+/// that holds a record of the commit in flight (or of a step whose records
+/// refer to each other, or outside the change scan) waits for it. A crash
+/// with a commit in flight is a crash before it: both pages are done again
+/// from the checkpoint before, their creates found by their pending
+/// mappings. Dropped, it is aborted, like a crash.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<Vec<IdMapping>, StoreError>>,
+    /// The ids, on the side read, of the page's records.
+    ids: HashSet<String>,
+    counters: StepCounters,
+    run_id: Uuid,
+}
+
+impl InFlight {
+    fn start(
+        store: &Arc<Store>,
+        commit: PageCommit,
+        ids: HashSet<String>,
+        counters: StepCounters,
+    ) -> InFlight {
+        let store = store.clone();
+        let run_id = commit.checkpoint.as_ref().map(|c| c.run_id).unwrap_or_default();
+        InFlight {
+            task: tokio::spawn(async move { store.commit_page(commit).await }),
+            ids,
+            counters,
+            run_id,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits for the commit in flight, if any, and reports its counters.
+async fn land(
+    in_flight: &mut Option<InFlight>,
+    progress: &mut (dyn FnMut(&StepCounters) + Send),
+) -> Result<(), RunError> {
+    let Some(f) = in_flight.as_mut() else {
+        return Ok(());
+    };
+    let result = (&mut f.task).await;
+    let (counters, run_id) = (f.counters, f.run_id);
+    *in_flight = None;
+    match result {
+        Ok(committed) => {
+            committed?;
+            progress(&counters);
+            Ok(())
+        }
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Aborted: only when the runtime shuts down.
+        Err(_) => Err(RunError::Interrupted { run_id }),
     }
 }
 

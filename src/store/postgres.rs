@@ -121,10 +121,13 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(lease) = &page.lease {
-            // Fencing: lock our lease row for the transaction, or fail.
+            // Fencing: lock our lease row for the transaction, or fail. A
+            // share lock: it holds off a takeover (an update of the row)
+            // until we commit, and the worker's own page commits, which
+            // overlap, do not wait for each other.
             let held: Option<Uuid> = sqlx::query_scalar(
                 "SELECT run_id FROM run_leases WHERE run_id = $1 AND worker_id = $2 AND expires_at > $3 \
-                 FOR UPDATE",
+                 FOR SHARE",
             )
             .bind(lease.run_id)
             .bind(&lease.worker_id)
