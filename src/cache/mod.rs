@@ -124,7 +124,7 @@ impl LocalCache {
 
     fn insert(&mut self, key: String, entry: LocalEntry) {
         if self.young.len() >= LOCAL_GENERATION && !self.young.contains_key(&key) {
-            self.old = std::mem::take(&mut self.young);
+            self.old = std::mem::replace(&mut self.young, HashMap::with_capacity(LOCAL_GENERATION));
         }
         self.young.insert(key, entry);
     }

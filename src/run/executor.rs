@@ -678,11 +678,17 @@ impl Job {
         from: Side,
         records: &[&Fields],
     ) -> Result<HashMap<String, HashMap<String, IdMapping>>, RunError> {
-        let mut maps = HashMap::new();
-        for (entity, ids) in Self::reference_values(tables, records) {
-            maps.insert(entity.clone(), self.translate(&entity, from, ids).await?);
-        }
-        Ok(maps)
+        // One lookup per referenced entity type, all at once.
+        let lookups = Self::reference_values(tables, records)
+            .into_iter()
+            .map(|(entity, ids)| async move {
+                let found = self.translate(&entity, from, ids).await?;
+                Ok::<_, RunError>((entity, found))
+            });
+        Ok(futures_util::future::try_join_all(lookups)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// Rewrites the reference fields of `fields` from ids on `from` to ids on
@@ -783,7 +789,9 @@ impl Job {
         let tables = ctx.tables;
         counters.read += (records.len() + bad.len() + deleted.len()) as u64;
         let mut commit = PageCommit::default();
-        let mut reserve: Vec<MappingWrite> = Vec::new();
+        // Sized for the page up front: these hold whole records, and
+        // growing them copies each into fresh memory.
+        let mut reserve: Vec<MappingWrite> = Vec::with_capacity(records.len());
 
         // Rows marked deleted: a mapped one is a deletion for the run's
         // delete step to act on (after the brake has counted them all).
@@ -797,15 +805,21 @@ impl Job {
                 .collect();
         }
 
-        // Records with an open conflict wait for their reviewer.
+        // Open conflicts, mappings and the translation of the records'
+        // references are independent reads: they go together. (Records
+        // with an open conflict wait for their reviewer; what was read for
+        // them is not used.)
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        let open = self.store.open_conflicts(&ctx.scope, read, &ids).await?;
+        let mut all_ids = ids.clone();
+        all_ids.extend(bad.iter().map(|b| b.id.clone()));
+        let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
+        let (open, mut mappings, read_maps) = tokio::try_join!(
+            async { Ok::<_, RunError>(self.store.open_conflicts(&ctx.scope, read, &ids).await?) },
+            async { Ok::<_, RunError>(self.store.lookup(&ctx.scope, read, &all_ids).await?) },
+            self.reference_maps(tables, read, &read_fields),
+        )?;
         let records: Vec<Record> = records.into_iter().filter(|r| !open.contains(&r.id)).collect();
         counters.skipped += open.len() as u64;
-
-        let mut all_ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        all_ids.extend(bad.iter().map(|b| b.id.clone()));
-        let mut mappings = self.store.lookup(&ctx.scope, read, &all_ids).await?;
 
         // Rows that cannot be read fail alone.
         for b in bad {
@@ -847,7 +861,6 @@ impl Job {
         // target records' references into source ids (the space records are
         // compared and based in).
         let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
-        let read_maps = self.reference_maps(tables, read, &read_fields).await?;
         let target_records: Vec<&Fields> = match read {
             Side::Source => counterparts.values().map(|r| &r.fields).collect(),
             Side::Target => read_fields.clone(),
@@ -872,10 +885,10 @@ impl Job {
             .workflow
             .strategy_for(&self.tenant, ctx.step.entity_type.as_str());
         let direction = self.workflow.direction;
-        let mut actions = Vec::new();
+        let mut actions = Vec::with_capacity(records.len());
         let mut updates_source: Vec<(String, Fields)> = Vec::new();
         let mut updates_target: Vec<TargetUpdate> = Vec::new();
-        let mut confirms: Vec<MappingWrite> = Vec::new();
+        let mut confirms: Vec<MappingWrite> = Vec::with_capacity(records.len());
         let policy = &tables.def.deletes;
         for record in records {
             let mapping = mappings.remove(&record.id);
@@ -1087,7 +1100,7 @@ impl Job {
         }
 
         // Reserve pending mappings before writing anything.
-        let mut reserved: HashMap<String, IdMapping> = HashMap::new();
+        let mut reserved: HashMap<String, IdMapping> = HashMap::with_capacity(reserve.len());
         if !reserve.is_empty() {
             let stored = self
                 .store
@@ -1107,7 +1120,8 @@ impl Job {
         // Creates: text ids are deterministic (a repeat upserts); integer-id
         // tables are searched for the key of an earlier attempt first.
         let write_binding = self.binding(tables, write);
-        let mut creates: Vec<(IdMapping, Record, Fields, NewRecord, bool)> = Vec::new();
+        let mut creates: Vec<(IdMapping, Record, Fields, bool)> = Vec::with_capacity(actions.len());
+        let mut news: Vec<NewRecord> = Vec::with_capacity(actions.len());
         for action in actions {
             let Create {
                 record,
@@ -1122,48 +1136,51 @@ impl Job {
                 .remove(&record.id)
                 .or(mapping)
                 .expect("a create has a pending mapping");
-            creates.push((
-                current,
-                record,
-                base,
-                NewRecord {
-                    id: (write_binding.id_kind == IdKind::Text).then(|| uuid.to_string()),
-                    key,
-                    fields,
-                },
-                tried,
-            ));
+            creates.push((current, record, base, tried));
+            news.push(NewRecord {
+                id: (write_binding.id_kind == IdKind::Text).then(|| uuid.to_string()),
+                key,
+                fields,
+            });
         }
         // Only a create tried before (its mapping was pending, failed or
         // stale already) can have happened: look for those.
         let existing = if write_binding.id_kind == IdKind::Assigned {
             let keys: Vec<String> = creates
                 .iter()
-                .filter(|(_, _, _, _, tried)| *tried)
-                .map(|(_, _, _, n, _)| n.key.clone())
+                .zip(&news)
+                .filter(|((_, _, _, tried), _)| *tried)
+                .map(|(_, n)| n.key.clone())
                 .collect();
             self.connector(write).find_by_keys(write_binding, &keys).await?
         } else {
             HashMap::new()
         };
-        let to_create: Vec<NewRecord> = creates
-            .iter()
-            .filter(|(_, _, _, n, _)| !existing.contains_key(&n.key))
-            .map(|(_, _, _, n, _)| n.clone())
-            .collect();
-        let created = self
-            .connector(write)
-            .create(write_binding, &to_create, now)
-            .await?;
-        let mut created_ids: HashMap<String, Result<String, String>> =
-            existing.into_iter().map(|(k, v)| (k, Ok(v))).collect();
-        for (n, result) in to_create.iter().zip(created) {
-            created_ids.insert(n.key.clone(), result);
-        }
-        for (mapping, record, base, new, _) in creates {
-            let result = created_ids
-                .remove(&new.key)
-                .unwrap_or_else(|| Err(format!("{} returned no id for the create", write.as_str())));
+        // The id of each create, in order.
+        let no_id = || Err(format!("{} returned no id for the create", write.as_str()));
+        let results: Vec<Result<String, String>> = if existing.is_empty() {
+            let mut created = self.connector(write).create(write_binding, &news, now).await?;
+            created.resize_with(news.len(), no_id);
+            created
+        } else {
+            let to_create: Vec<NewRecord> = news
+                .iter()
+                .filter(|n| !existing.contains_key(&n.key))
+                .cloned()
+                .collect();
+            let mut created = self
+                .connector(write)
+                .create(write_binding, &to_create, now)
+                .await?
+                .into_iter();
+            news.iter()
+                .map(|n| match existing.get(&n.key) {
+                    Some(id) => Ok(id.clone()),
+                    None => created.next().unwrap_or_else(no_id),
+                })
+                .collect()
+        };
+        for ((mapping, record, base, _), result) in creates.into_iter().zip(results) {
             match result {
                 Ok(new_id) => {
                     counters.created += 1;
