@@ -616,3 +616,83 @@ async fn a_record_changed_after_review_is_parked_again_not_failed() {
     );
     state.drop().await;
 }
+
+/// Orders edited again and again while the run reads them: an edited order
+/// comes back in a later page of the same scan, often the very next one,
+/// which the executor works on while the commit of the page before is still
+/// in flight. The run succeeds, and after one more run every order has its
+/// last values in the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_edited_while_their_step_reads_them_sync_their_last_values() {
+    // PostgreSQL everywhere: its page commits take long enough for the
+    // next page to be read while one is in flight.
+    let dir = TempDir::new("edited-mid-scan");
+    let Some(state) = StateStore::postgres_redis().await else {
+        return;
+    };
+    let Some(source) = SystemDb::with_tables(Kind::Postgres, &dir, "source").await else {
+        return;
+    };
+    let Some(target) = SystemDb::with_tables(Kind::Postgres, &dir, "target").await else {
+        return;
+    };
+    let (accounts, contacts, orders) = crm_rows(300);
+    source.insert("accounts", &accounts).await;
+    source.insert("contacts", &contacts).await;
+    source.insert("orders", &orders).await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let store = state.store.clone();
+
+    // Twenty hot orders, edited one after another with ever later times
+    // until the run is over: the scan keeps finding them at its end.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let editor = {
+        let done = done.clone();
+        let url = source.url();
+        tokio::spawn(async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let mut edits = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && edits < 3_000 {
+                sqlx::query("UPDATE orders SET total = $1, updated_at = $2::timestamptz WHERE id = $3")
+                    .bind(f64::from(edits) + 0.25)
+                    .bind(ts(10_000_000 + i64::from(edits)))
+                    .bind(format!("O-{:06}", edits % 20))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                edits += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            edits
+        })
+    };
+    let run = sync_once(store.clone(), &toml, 100).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let edits = editor.await.unwrap();
+    let run = run.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert!(edits > 20, "the editor made {edits} edits during the run");
+
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(again.state, RunState::Succeeded);
+    let orders = source.dump("orders").await;
+    let order_map = target_ids(&store, "order", &ids(&orders)).await;
+    let sales = target.dump("sales_orders").await;
+    assert_eq!(sales.len(), orders.len());
+    let sales_by_id = by_id(&sales);
+    for o in &orders {
+        let t = sales_by_id[&order_map[o["id"].as_str().unwrap()]];
+        assert_eq!(t["total"].as_f64(), o["total"].as_f64(), "order {}", o["id"]);
+    }
+    let counts = store.mapping_counts(&"t1".into(), &"e2e".into()).await.unwrap();
+    assert!(
+        counts
+            .iter()
+            .all(|(_, status, _)| *status == MappingStatus::Mapped),
+        "{counts:?}"
+    );
+
+    source.drop().await;
+    target.drop().await;
+    state.drop().await;
+}
