@@ -538,109 +538,107 @@ impl Job {
         let read_binding = self.binding(ctx.tables, ctx.read);
         let reader = self.connector(ctx.read);
         let page_size = self.options.page_size;
-        {
-            self.check_not_cancelled(ctx).await?;
-            let mut sync_cursor = None;
-            let mut scan_done = false;
-            let (records, bad, deleted) = match state.phase {
-                Phase::Retry => {
-                    let unsettled = self
-                        .store
-                        .unsettled_mappings(&ctx.scope, state.retry_after, page_size)
-                        .await?;
-                    state.retry_after = unsettled.last().map(|m| m.id);
-                    if unsettled.len() < page_size as usize {
-                        state.phase = Phase::Scan;
-                    }
-                    let prefix = key_prefix(ctx.step.direction);
-                    let ids: Vec<String> = unsettled
-                        .iter()
-                        .filter(|m| {
-                            m.idempotency_key
-                                .as_deref()
-                                .is_some_and(|k| k.starts_with(prefix))
-                        })
-                        .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
-                        .collect();
-                    (
-                        reader.read_by_ids(read_binding, &ids).await?,
-                        Vec::new(),
-                        Vec::new(),
-                    )
+        self.check_not_cancelled(ctx).await?;
+        let mut sync_cursor = None;
+        let mut scan_done = false;
+        let (records, bad, deleted) = match state.phase {
+            Phase::Retry => {
+                let unsettled = self
+                    .store
+                    .unsettled_mappings(&ctx.scope, state.retry_after, page_size)
+                    .await?;
+                state.retry_after = unsettled.last().map(|m| m.id);
+                if unsettled.len() < page_size as usize {
+                    state.phase = Phase::Scan;
                 }
-                Phase::Scan => {
-                    if state.scan.is_none() && state.scan_start.is_none() {
-                        let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
-                        state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
-                        state.scan_start = state.scan.clone();
-                    }
-                    let page = reader
-                        .read_changes(read_binding, state.scan.as_ref(), page_size)
-                        .await?;
-                    if let Some(next) = &page.next {
-                        state.scan = Some(next.clone());
-                        sync_cursor = Some(SyncCursor {
-                            scope: ctx.scope.clone(),
-                            side: ctx.read,
-                            cursor: serde_json::to_value(next).expect("cursors serialize"),
-                        });
-                    }
-                    scan_done = page.done;
-                    (page.records, page.bad, page.deleted)
-                }
-                Phase::Patch => {
-                    let from = state.patch.clone().or_else(|| state.scan_start.clone());
-                    let page = reader
-                        .read_changes(read_binding, from.as_ref(), page_size)
-                        .await?;
-                    if page.next.is_some() {
-                        state.patch = page.next.clone();
-                    }
-                    if page.done {
-                        state.phase = Phase::Done;
-                    }
-                    (page.records, page.bad, Vec::new())
-                }
-                Phase::Done => return Ok(None),
-            };
-            let ids: HashSet<String> = records
-                .iter()
-                .map(|r| &r.id)
-                .chain(bad.iter().map(|b| &b.id))
-                .chain(&deleted)
-                .cloned()
-                .collect();
-            if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&ids)) {
-                land(in_flight, progress).await?;
+                let prefix = key_prefix(ctx.step.direction);
+                let ids: Vec<String> = unsettled
+                    .iter()
+                    .filter(|m| {
+                        m.idempotency_key
+                            .as_deref()
+                            .is_some_and(|k| k.starts_with(prefix))
+                    })
+                    .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
+                    .collect();
+                (
+                    reader.read_by_ids(read_binding, &ids).await?,
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
-            let mut commit = self.process_page(ctx, records, bad, deleted, counters).await?;
-            // Decided once the last page is processed: it may defer too.
-            if scan_done {
-                state.phase = if counters.deferred > 0 {
-                    Phase::Patch
-                } else {
-                    Phase::Done
-                };
+            Phase::Scan => {
+                if state.scan.is_none() && state.scan_start.is_none() {
+                    let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
+                    state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
+                    state.scan_start = state.scan.clone();
+                }
+                let page = reader
+                    .read_changes(read_binding, state.scan.as_ref(), page_size)
+                    .await?;
+                if let Some(next) = &page.next {
+                    state.scan = Some(next.clone());
+                    sync_cursor = Some(SyncCursor {
+                        scope: ctx.scope.clone(),
+                        side: ctx.read,
+                        cursor: serde_json::to_value(next).expect("cursors serialize"),
+                    });
+                }
+                scan_done = page.done;
+                (page.records, page.bad, page.deleted)
             }
-            commit.checkpoint = Some(StepCheckpoint {
-                run_id: ctx.run_id,
-                tenant_id: self.tenant.clone(),
-                stage: ctx.step.stage,
-                entity_type: ctx.step.entity_type.clone(),
-                direction: ctx.step.direction,
-                state: if state.phase == Phase::Done {
-                    StepState::Done
-                } else {
-                    StepState::Running
-                },
-                cursor: Some(serde_json::to_value(&*state).expect("progress serializes")),
-                counters: *counters,
-                error: None,
-            });
-            commit.sync_cursor = sync_cursor;
-            commit.lease = Some(ctx.lease.clone());
-            Ok(Some((commit, ids)))
+            Phase::Patch => {
+                let from = state.patch.clone().or_else(|| state.scan_start.clone());
+                let page = reader
+                    .read_changes(read_binding, from.as_ref(), page_size)
+                    .await?;
+                if page.next.is_some() {
+                    state.patch = page.next.clone();
+                }
+                if page.done {
+                    state.phase = Phase::Done;
+                }
+                (page.records, page.bad, Vec::new())
+            }
+            Phase::Done => return Ok(None),
+        };
+        let ids: HashSet<String> = records
+            .iter()
+            .map(|r| &r.id)
+            .chain(bad.iter().map(|b| &b.id))
+            .chain(&deleted)
+            .cloned()
+            .collect();
+        if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&ids)) {
+            land(in_flight, progress).await?;
         }
+        let mut commit = self.process_page(ctx, records, bad, deleted, counters).await?;
+        // Decided once the last page is processed: it may defer too.
+        if scan_done {
+            state.phase = if counters.deferred > 0 {
+                Phase::Patch
+            } else {
+                Phase::Done
+            };
+        }
+        commit.checkpoint = Some(StepCheckpoint {
+            run_id: ctx.run_id,
+            tenant_id: self.tenant.clone(),
+            stage: ctx.step.stage,
+            entity_type: ctx.step.entity_type.clone(),
+            direction: ctx.step.direction,
+            state: if state.phase == Phase::Done {
+                StepState::Done
+            } else {
+                StepState::Running
+            },
+            cursor: Some(serde_json::to_value(&*state).expect("progress serializes")),
+            counters: *counters,
+            error: None,
+        });
+        commit.sync_cursor = sync_cursor;
+        commit.lease = Some(ctx.lease.clone());
+        Ok(Some((commit, ids)))
     }
 
     /// The ids on `to` of the records of `entity` whose ids on `from` are
