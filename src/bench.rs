@@ -452,7 +452,7 @@ async fn reserve_all(
             .iter()
             .map(|id| {
                 MappingWrite::Insert(IdMapping::reserve(
-                    Uuid::new_v4(),
+                    Uuid::now_v7(),
                     scope.clone(),
                     Some(id.clone()),
                     None,

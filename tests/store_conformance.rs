@@ -709,3 +709,113 @@ async fn snapshot_over_the_limit_is_refused_on_both_backends() {
         }
     }
 }
+
+/// A database written before migration 0007, whose ID-map indexes led with
+/// the tenant, integration and entity type, is upgraded in place to scope
+/// numbers: its mappings are found again by either id and within their own
+/// scope only, their ids stay unique, and a scope first seen after the
+/// upgrade is numbered apart.
+#[tokio::test]
+async fn postgres_mappings_written_before_scope_numbers_survive_the_upgrade() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("migrations/postgres"))
+        .await
+        .expect("read the migrations");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 7)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&schema.pool).await.expect("migrate up to 0006");
+    let row_ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, target_id, status, \
+             base, idempotency_key, attempts, version, created_at, updated_at) VALUES \
+         ($1, 'tenant-a', 'crm-to-erp', 'account', 'a-1', 'T-1', 'mapped', '{\"name\": \"Acme\"}', NULL, 0, 2, \
+             now(), now()), \
+         ($2, 'tenant-a', 'crm-to-erp', 'contact', 'a-1', 'T-9', 'mapped', '{}', NULL, 0, 2, now(), now()), \
+         ($3, 'tenant-b', 'crm-to-erp', 'account', 'a-1', NULL, 'pending', NULL, 'key-a-1', 0, 1, now(), now())",
+    )
+    .bind(row_ids[0])
+    .bind(row_ids[1])
+    .bind(row_ids[2])
+    .execute(&schema.pool)
+    .await
+    .expect("rows as the old schema held them");
+
+    let store = Store::postgres(
+        schema.pool.clone(),
+        MappingCache::disabled(),
+        DEFAULT_MAX_SNAPSHOT_BYTES,
+    )
+    .await
+    .expect("upgrade");
+    let accounts = scope("account");
+    let found = store
+        .lookup(&accounts, Side::Source, &ids(&["a-1"]))
+        .await
+        .unwrap();
+    assert_eq!(found["a-1"].id, row_ids[0]);
+    assert_eq!(found["a-1"].base, Some(fields(json!({ "name": "Acme" }))));
+    let by_target = store
+        .lookup(&accounts, Side::Target, &ids(&["T-1", "T-9"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_target.keys().collect::<Vec<_>>(),
+        vec!["T-1"],
+        "T-9 is a contact's"
+    );
+    let contacts = store
+        .lookup(&scope("contact"), Side::Source, &ids(&["a-1"]))
+        .await
+        .unwrap();
+    assert_eq!(contacts["a-1"].target_id.as_deref(), Some("T-9"));
+    let other_tenant = EntityScope::new("tenant-b", "crm-to-erp", "account");
+    let theirs = store
+        .lookup(&other_tenant, Side::Source, &ids(&["a-1"]))
+        .await
+        .unwrap();
+    assert_eq!(theirs["a-1"].status, MappingStatus::Pending);
+    assert_eq!(
+        store
+            .unsettled_mappings(&other_tenant, None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect::<Vec<_>>(),
+        vec![row_ids[2]]
+    );
+    assert!(
+        store
+            .unsettled_mappings(&accounts, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let again = store
+        .commit_page(PageCommit {
+            mappings: vec![MappingWrite::Insert(pending(&accounts, "a-1"))],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(again, StoreError::Duplicate { .. }), "{again}");
+
+    let orders = scope("order");
+    let new = insert(&store, vec![pending(&orders, "a-1")]).await.remove(0);
+    let found = store.lookup(&orders, Side::Source, &ids(&["a-1"])).await.unwrap();
+    assert_eq!(found["a-1"].id, new.id);
+    let found = store
+        .lookup(&accounts, Side::Source, &ids(&["a-1"]))
+        .await
+        .unwrap();
+    assert_eq!(found["a-1"].id, row_ids[0]);
+    schema.drop().await;
+}

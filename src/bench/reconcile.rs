@@ -259,11 +259,13 @@ async fn seed_systems(source: &PgPool, target: &PgPool, n: i64) -> Result<(), Be
 /// sync cursor at its last row, and a reconciliation a day ago.
 async fn seed_state(state: &PgPool, source_schema: &str, n: i64) -> Result<(), BenchError> {
     sqlx::query(&format!(
-        "INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, target_id, status, \
-         base, attempts, version, created_at, updated_at) \
+        "WITH scope AS (INSERT INTO mapping_scopes (tenant_id, integration_id, entity_type) \
+             VALUES ($2, $3, $4) RETURNING id) \
+         INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, target_id, status, \
+         base, attempts, version, created_at, updated_at, scope) \
          SELECT md5('mapping-' || i)::uuid, $2, $3, $4, {SOURCE_ID}, {TARGET_ID}, 'mapped', \
          jsonb_build_object('customer', {CUSTOMER}, 'status', 'open', 'total', {TOTAL}), \
-         0, 2, now() - interval '2 days', now() - interval '2 days' \
+         0, 2, now() - interval '2 days', now() - interval '2 days', (SELECT id FROM scope) \
          FROM generate_series(1, $1) AS s(i)"
     ))
     .bind(n)

@@ -1324,7 +1324,7 @@ impl Job {
             Side::Source => (Some(read_id.to_owned()), None),
             Side::Target => (None, Some(read_id.to_owned())),
         };
-        IdMapping::reserve(Uuid::new_v4(), ctx.scope.clone(), source_id, target_id, key, now)
+        IdMapping::reserve(Uuid::now_v7(), ctx.scope.clone(), source_id, target_id, key, now)
     }
 
     /// Writes the resolutions reviewers gave to conflicts of `run` to both

@@ -14,8 +14,9 @@ use crate::run::{PlannedStep, RunState, StepCheckpoint};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, types::Json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Mutex;
 use uuid::Uuid;
 
 /// Batched lookups bind arrays of ids; a generic plan made while a table was
@@ -28,6 +29,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// A PostgreSQL database holding syncd's state.
 pub struct PgStore {
     pool: PgPool,
+    /// The number of each scope of the ID map (`mapping_scopes`), once
+    /// known: numbers are never reused or changed.
+    scopes: Mutex<HashMap<EntityScope, i32>>,
 }
 
 const MAPPING_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
@@ -71,12 +75,57 @@ impl PgStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore::new(pool))
     }
 
     /// Wraps an existing pool.
     pub fn new(pool: PgPool) -> PgStore {
-        PgStore { pool }
+        PgStore {
+            pool,
+            scopes: Mutex::default(),
+        }
+    }
+
+    /// The number that stands for `scope` in the ID map's indexes
+    /// (migration 0007). `None` when no mapping of the scope was ever
+    /// written, unless `register`, which numbers a new scope. Registering
+    /// commits on its own: a number must never be cached from a transaction
+    /// that may still roll back.
+    async fn scope_number(&self, scope: &EntityScope, register: bool) -> Result<Option<i32>, StoreError> {
+        if let Some(n) = self.scopes.lock().expect("scope numbers").get(scope) {
+            return Ok(Some(*n));
+        }
+        let mut n: Option<i32> = sqlx::query_scalar(
+            "SELECT id FROM mapping_scopes WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        if n.is_none() && register {
+            // `DO UPDATE`, not `DO NOTHING`: a row another session inserts
+            // at the same moment is returned too.
+            n = Some(
+                sqlx::query_scalar(
+                    "INSERT INTO mapping_scopes (tenant_id, integration_id, entity_type) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tenant_id, integration_id, entity_type) \
+                     DO UPDATE SET tenant_id = EXCLUDED.tenant_id RETURNING id",
+                )
+                .bind(scope.tenant_id.as_str())
+                .bind(scope.integration_id.as_str())
+                .bind(scope.entity_type.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+            );
+        }
+        if let Some(n) = n {
+            self.scopes
+                .lock()
+                .expect("scope numbers")
+                .insert(scope.clone(), n);
+        }
+        Ok(n)
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
@@ -97,16 +146,15 @@ impl PgStore {
             Side::Source => "source_id",
             Side::Target => "target_id",
         };
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
         let sql = format!(
-            "SELECT m.* FROM unnest($4::text[]) AS k(key) CROSS JOIN LATERAL \
-             (SELECT {MAPPING_COLUMNS} FROM id_mappings \
-              WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND {column} = k.key \
-              OFFSET 0) AS m"
+            "SELECT m.* FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL \
+             (SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND {column} = k.key OFFSET 0) AS m"
         );
         let rows = sqlx::query(&sql)
-            .bind(scope.tenant_id.as_str())
-            .bind(scope.integration_id.as_str())
-            .bind(scope.entity_type.as_str())
+            .bind(number)
             .bind(ids)
             .fetch_all(&self.pool)
             .await?;
@@ -119,6 +167,30 @@ impl PgStore {
         page: &PageCommit,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
+            decided.iter().partition(|d| d.read_version.is_none());
+        // The scope number of each new row, found once per run of rows of
+        // one scope (a page's rows share one).
+        let mut scopes: Vec<i32> = Vec::with_capacity(inserts.len());
+        let mut last: Option<(&IdMapping, i32)> = None;
+        for d in &inserts {
+            let m = &d.next;
+            let number = match last {
+                Some((l, n))
+                    if l.entity_type == m.entity_type
+                        && l.integration_id == m.integration_id
+                        && l.tenant_id == m.tenant_id =>
+                {
+                    n
+                }
+                _ => self
+                    .scope_number(&m.scope(), true)
+                    .await?
+                    .expect("a registered scope has a number"),
+            };
+            last = Some((m, number));
+            scopes.push(number);
+        }
         let mut tx = self.pool.begin().await?;
         if let Some(lease) = &page.lease {
             // Fencing: lock our lease row for the transaction, or fail. A
@@ -141,16 +213,14 @@ impl PgStore {
                 });
             }
         }
-        let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
-            decided.iter().partition(|d| d.read_version.is_none());
         if !inserts.is_empty() {
             let cols = MappingColumns::of(inserts.iter().map(|d| &d.next));
             sqlx::query(
                 "INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, target_id, \
-                     status, base, idempotency_key, last_error, attempts, version, created_at, updated_at) \
+                     status, base, idempotency_key, last_error, attempts, version, created_at, updated_at, scope) \
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                      $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::int4[], $12::int8[], \
-                     $13::timestamptz[], $14::timestamptz[])",
+                     $13::timestamptz[], $14::timestamptz[], $15::int4[])",
             )
             .bind(&cols.id)
             .bind(&cols.tenant_id)
@@ -166,6 +236,7 @@ impl PgStore {
             .bind(&cols.version)
             .bind(&cols.created_at)
             .bind(&cols.updated_at)
+            .bind(&scopes)
             .execute(&mut *tx)
             .await
             .map_err(duplicate_or)?;
@@ -811,16 +882,16 @@ impl PgStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
         let rows = sqlx::query(&format!(
             "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 \
-               AND status <> 'mapped' AND status IN ('pending', 'failed') \
-               AND ($4::uuid IS NULL OR id > $4) \
-             ORDER BY id LIMIT $5"
+             WHERE scope = $1 AND status <> 'mapped' AND status IN ('pending', 'failed') \
+               AND ($2::uuid IS NULL OR id > $2) \
+             ORDER BY id LIMIT $3"
         ))
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
+        .bind(number)
         .bind(after)
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -834,14 +905,14 @@ impl PgStore {
         status: MappingStatus,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
         let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND status = $4 \
-             ORDER BY updated_at, id LIMIT $5"
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND status = $2 \
+             ORDER BY updated_at, id LIMIT $3"
         ))
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
+        .bind(number)
         .bind(status.as_str())
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -855,8 +926,8 @@ impl PgStore {
         integration: &IntegrationId,
     ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT entity_type, status, count(*) FROM id_mappings \
-             WHERE tenant_id = $1 AND integration_id = $2 GROUP BY entity_type, status ORDER BY 1, 2",
+            "SELECT s.entity_type, m.status, count(*) FROM mapping_scopes s JOIN id_mappings m ON m.scope = s.id \
+             WHERE s.tenant_id = $1 AND s.integration_id = $2 GROUP BY 1, 2 ORDER BY 1, 2",
         )
         .bind(tenant.as_str())
         .bind(integration.as_str())
@@ -876,25 +947,26 @@ impl PgStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MappedId>, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
         // One fixed text per side: the column is never built from input.
         let sql = match side {
             Side::Source => {
                 "SELECT id, source_id FROM id_mappings \
-                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND source_id IS NOT NULL \
-                   AND ($4::text IS NULL OR source_id > $4) AND status = 'mapped' \
-                 ORDER BY source_id LIMIT $5"
+                 WHERE scope = $1 AND source_id IS NOT NULL AND ($2::text IS NULL OR source_id > $2) \
+                   AND status = 'mapped' \
+                 ORDER BY source_id LIMIT $3"
             }
             Side::Target => {
                 "SELECT id, target_id FROM id_mappings \
-                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND target_id IS NOT NULL \
-                   AND ($4::text IS NULL OR target_id > $4) AND status = 'mapped' \
-                 ORDER BY target_id LIMIT $5"
+                 WHERE scope = $1 AND target_id IS NOT NULL AND ($2::text IS NULL OR target_id > $2) \
+                   AND status = 'mapped' \
+                 ORDER BY target_id LIMIT $3"
             }
         };
         let rows: Vec<(Uuid, String)> = sqlx::query_as(sql)
-            .bind(scope.tenant_id.as_str())
-            .bind(scope.integration_id.as_str())
-            .bind(scope.entity_type.as_str())
+            .bind(number)
             .bind(after)
             .bind(limit as i64)
             .fetch_all(&self.pool)
@@ -914,15 +986,15 @@ impl PgStore {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
         let rows = sqlx::query(&format!(
             "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND status = 'mapped' \
-               AND updated_at < $4 \
-             ORDER BY updated_at, id LIMIT $5"
+             WHERE scope = $1 AND status = 'mapped' AND updated_at < $2 \
+             ORDER BY updated_at, id LIMIT $3"
         ))
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
+        .bind(number)
         .bind(before)
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -931,15 +1003,14 @@ impl PgStore {
     }
 
     pub(super) async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM id_mappings \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND status = 'mapped'",
-        )
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(0);
+        };
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM id_mappings WHERE scope = $1 AND status = 'mapped'")
+                .bind(number)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(n as u64)
     }
 
