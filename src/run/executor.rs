@@ -207,6 +207,73 @@ struct TargetWrite {
     kept: Vec<String>,
 }
 
+/// A page read from the side a step reads (see `Job::read_page`).
+struct ReadPage {
+    records: Vec<Record>,
+    bad: Vec<BadRow>,
+    deleted: Vec<String>,
+    /// The ids, on the side read, of all its rows.
+    ids: HashSet<String>,
+    /// Where the change scan of the side read stands after it.
+    sync_cursor: Option<SyncCursor>,
+    /// The last page of the change scan.
+    scan_done: bool,
+    /// The phase it was read in.
+    phase: Phase,
+    /// The step's progress once it is done (for the last page of the scan,
+    /// its phase is decided once the page is written).
+    progress: StepProgress,
+}
+
+/// A page decided, with its own counters.
+type Decided = (PageWrites, StepCounters);
+
+/// Adds the counters of one page to a step's.
+fn add(total: &mut StepCounters, page: &StepCounters) {
+    let StepCounters {
+        read,
+        created,
+        updated,
+        unchanged,
+        failed,
+        conflicts,
+        parked,
+        skipped,
+        deferred,
+        deleted,
+        archived,
+        stale,
+        recreated,
+    } = *page;
+    total.read += read;
+    total.created += created;
+    total.updated += updated;
+    total.unchanged += unchanged;
+    total.failed += failed;
+    total.conflicts += conflicts;
+    total.parked += parked;
+    total.skipped += skipped;
+    total.deferred += deferred;
+    total.deleted += deleted;
+    total.archived += archived;
+    total.stale += stale;
+    total.recreated += recreated;
+}
+
+/// A page decided and not yet written (see `Job::decide_page`).
+struct PageWrites {
+    now: chrono::DateTime<Utc>,
+    /// What the page's final transaction commits, so far.
+    commit: PageCommit,
+    /// Pending mappings to reserve before any create.
+    reserve: Vec<MappingWrite>,
+    actions: Vec<Create>,
+    updates_source: Vec<(String, Fields)>,
+    updates_target: Vec<TargetUpdate>,
+    /// Confirm transitions of the updated and unchanged records.
+    confirms: Vec<MappingWrite>,
+}
+
 /// A record to create in the write side of a step.
 struct Create {
     record: Record,
@@ -493,52 +560,136 @@ impl Job {
         // The commit of the page before, still running while this page is
         // read and written (see `InFlight`).
         let mut in_flight: Option<InFlight> = None;
-        let result = loop {
-            if (state.phase != Phase::Scan || ctx.tables.refers_to_itself())
-                && let Err(e) = land(&mut in_flight, progress).await
-            {
-                break Err(e);
-            }
-            match self
-                .next_page(ctx, &mut state, &mut counters, &mut in_flight, progress)
-                .await
-            {
-                Ok(Some((commit, ids))) => {
-                    if let Err(e) = land(&mut in_flight, progress).await {
-                        break Err(e);
-                    }
-                    let done = state.phase == Phase::Done;
-                    in_flight = Some(InFlight::start(&self.store, commit, ids, counters));
-                    if done {
-                        break Ok(());
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
+        let result = self
+            .page_loop(ctx, &mut state, &mut counters, &mut in_flight, progress)
+            .await;
         // The last commit lands even when this page failed: what it
         // records happened.
         let landed = land(&mut in_flight, progress).await;
         result.and(landed)
     }
 
-    /// Reads and processes the step's next page, returning what to commit
-    /// (`None` once the step is done). A page that holds a record of the
-    /// commit still in flight waits for that commit first, so that it
-    /// finds the mapping as that commit leaves it.
-    async fn next_page(
+    /// The pages of a step, each read, decided, written and committed in
+    /// turn. In the change scan three pages overlap: while page N is
+    /// written, page N + 1 is read and decided, and the commit of page
+    /// N - 1 runs (see `InFlight`). A page that holds a record of a page
+    /// before it still being written or committed waits for those first,
+    /// so that it finds the mapping as that page leaves it; so do the
+    /// retry and patch passes and a step whose records refer to each other.
+    async fn page_loop(
         &self,
         ctx: &StepCtx<'_>,
         state: &mut StepProgress,
         counters: &mut StepCounters,
         in_flight: &mut Option<InFlight>,
         progress: &mut (dyn FnMut(&StepCounters) + Send),
-    ) -> Result<Option<(PageCommit, HashSet<String>)>, RunError> {
+    ) -> Result<(), RunError> {
+        let sequential = ctx.tables.refers_to_itself();
+        // The next page, read (and decided, unless it had to wait) while the
+        // page before was written.
+        let mut next: Option<(ReadPage, Option<Decided>)> = None;
+        loop {
+            let (mut page, decided) = match next.take() {
+                Some(n) => n,
+                None => {
+                    if state.phase != Phase::Scan || sequential {
+                        land(in_flight, progress).await?;
+                    }
+                    self.check_not_cancelled(ctx).await?;
+                    match self.read_page(ctx, state).await? {
+                        Some(page) => (page, None),
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let (writes, mut delta) = match decided {
+                Some(d) => d,
+                None => {
+                    if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&page.ids)) {
+                        land(in_flight, progress).await?;
+                    }
+                    self.decide(ctx, &mut page).await?
+                }
+            };
+            let overlap = page.phase == Phase::Scan && !page.scan_done && !sequential;
+            let (written, read_next) = if overlap {
+                let write = self.write_page(ctx, writes, &mut delta);
+                let ahead = async {
+                    self.check_not_cancelled(ctx).await?;
+                    let Some(mut after) = self.read_page(ctx, state).await? else {
+                        return Ok(None);
+                    };
+                    let busy = |ids: &HashSet<String>| !ids.is_disjoint(&after.ids);
+                    if busy(&page.ids) || in_flight.as_ref().is_some_and(|f| busy(&f.ids)) {
+                        return Ok(Some((after, None)));
+                    }
+                    let decided = self.decide(ctx, &mut after).await?;
+                    Ok::<_, RunError>(Some((after, Some(decided))))
+                };
+                tokio::join!(write, ahead)
+            } else {
+                (self.write_page(ctx, writes, &mut delta).await, Ok(None))
+            };
+            // A page whose writes are done is committed even when reading
+            // the next one failed.
+            let mut commit = written?;
+            add(counters, &delta);
+            let mut after = page.progress;
+            // Decided once the last page is written: it may defer too.
+            if page.scan_done {
+                after.phase = if counters.deferred > 0 {
+                    Phase::Patch
+                } else {
+                    Phase::Done
+                };
+                state.phase = after.phase;
+            }
+            let done = after.phase == Phase::Done;
+            commit.checkpoint = Some(StepCheckpoint {
+                run_id: ctx.run_id,
+                tenant_id: self.tenant.clone(),
+                stage: ctx.step.stage,
+                entity_type: ctx.step.entity_type.clone(),
+                direction: ctx.step.direction,
+                state: if done { StepState::Done } else { StepState::Running },
+                cursor: Some(serde_json::to_value(&after).expect("progress serializes")),
+                counters: *counters,
+                error: None,
+            });
+            commit.sync_cursor = page.sync_cursor;
+            commit.lease = Some(ctx.lease.clone());
+            land(in_flight, progress).await?;
+            *in_flight = Some(InFlight::start(&self.store, commit, page.ids, *counters));
+            next = read_next?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decides a page read by `read_page`, with counters of its own.
+    async fn decide(&self, ctx: &StepCtx<'_>, page: &mut ReadPage) -> Result<Decided, RunError> {
+        let mut delta = StepCounters::default();
+        let (records, bad, deleted) = (
+            std::mem::take(&mut page.records),
+            std::mem::take(&mut page.bad),
+            std::mem::take(&mut page.deleted),
+        );
+        let writes = self.decide_page(ctx, records, bad, deleted, &mut delta).await?;
+        Ok((writes, delta))
+    }
+
+    /// Reads the step's next page (`None` once the step is done) and moves
+    /// `state` past it.
+    async fn read_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        state: &mut StepProgress,
+    ) -> Result<Option<ReadPage>, RunError> {
         let read_binding = self.binding(ctx.tables, ctx.read);
         let reader = self.connector(ctx.read);
         let page_size = self.options.page_size;
-        self.check_not_cancelled(ctx).await?;
+        let phase = state.phase;
         let mut sync_cursor = None;
         let mut scan_done = false;
         let (records, bad, deleted) = match state.phase {
@@ -609,36 +760,16 @@ impl Job {
             .chain(&deleted)
             .cloned()
             .collect();
-        if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&ids)) {
-            land(in_flight, progress).await?;
-        }
-        let mut commit = self.process_page(ctx, records, bad, deleted, counters).await?;
-        // Decided once the last page is processed: it may defer too.
-        if scan_done {
-            state.phase = if counters.deferred > 0 {
-                Phase::Patch
-            } else {
-                Phase::Done
-            };
-        }
-        commit.checkpoint = Some(StepCheckpoint {
-            run_id: ctx.run_id,
-            tenant_id: self.tenant.clone(),
-            stage: ctx.step.stage,
-            entity_type: ctx.step.entity_type.clone(),
-            direction: ctx.step.direction,
-            state: if state.phase == Phase::Done {
-                StepState::Done
-            } else {
-                StepState::Running
-            },
-            cursor: Some(serde_json::to_value(&*state).expect("progress serializes")),
-            counters: *counters,
-            error: None,
-        });
-        commit.sync_cursor = sync_cursor;
-        commit.lease = Some(ctx.lease.clone());
-        Ok(Some((commit, ids)))
+        Ok(Some(ReadPage {
+            records,
+            bad,
+            deleted,
+            ids,
+            sync_cursor,
+            scan_done,
+            phase,
+            progress: state.clone(),
+        }))
     }
 
     /// The ids on `to` of the records of `entity` whose ids on `from` are
@@ -781,6 +912,21 @@ impl Job {
         deleted: Vec<String>,
         counters: &mut StepCounters,
     ) -> Result<PageCommit, RunError> {
+        let writes = self.decide_page(ctx, records, bad, deleted, counters).await?;
+        self.write_page(ctx, writes, counters).await
+    }
+
+    /// The first half of a page: reads what the records' decisions need
+    /// (mappings, open conflicts, references, counterparts) and decides
+    /// them. Writes nothing, so it can run while the page before is written.
+    async fn decide_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        records: Vec<Record>,
+        bad: Vec<BadRow>,
+        deleted: Vec<String>,
+        counters: &mut StepCounters,
+    ) -> Result<PageWrites, RunError> {
         let now = Utc::now();
         let read = ctx.read;
         let write = ctx.write();
@@ -1097,6 +1243,36 @@ impl Job {
             }
         }
 
+        Ok(PageWrites {
+            now,
+            commit,
+            reserve,
+            actions,
+            updates_source,
+            updates_target,
+            confirms,
+        })
+    }
+
+    /// The second half of a page: reserves the pending mappings of its
+    /// creates, then creates and updates records in both systems, and
+    /// returns what the page's final transaction must commit.
+    async fn write_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        writes: PageWrites,
+        counters: &mut StepCounters,
+    ) -> Result<PageCommit, RunError> {
+        let PageWrites {
+            now,
+            mut commit,
+            reserve,
+            actions,
+            updates_source,
+            updates_target,
+            mut confirms,
+        } = writes;
+        let (read, write, tables) = (ctx.read, ctx.write(), ctx.tables);
         // Reserve pending mappings before writing anything.
         let mut reserved: HashMap<String, IdMapping> = HashMap::with_capacity(reserve.len());
         if !reserve.is_empty() {
