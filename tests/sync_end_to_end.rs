@@ -696,3 +696,86 @@ async fn records_edited_while_their_step_reads_them_sync_their_last_values() {
     target.drop().await;
     state.drop().await;
 }
+
+/// A page of creates into a text-id table is inserted plainly, and written
+/// again as an upsert when one of its ids is already there (a create
+/// repeated after a crash): the existing record takes the page's values,
+/// the others are created, and nothing is there twice. A conflict on
+/// another unique column is still an error that names the table.
+async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind: Kind) {
+    use syncd::connector::sql::SqlConnector;
+    use syncd::connector::{FieldColumn, NewRecord};
+    let dir = TempDir::new("create-again");
+    let Some(db) = SystemDb::create(kind, &dir, "system").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, slug TEXT UNIQUE, updated_at TEXT NOT NULL)",
+    )
+    .await;
+    let system = SqlConnector::connect("system", &db.url()).await.unwrap();
+    let columns = system.columns("notes").await.unwrap().unwrap();
+    let fields = ["body", "slug"]
+        .map(|f| FieldColumn {
+            cdm: f.into(),
+            column: f.into(),
+        })
+        .to_vec();
+    let b = system
+        .binding("notes", "notes", columns, fields, None, None)
+        .unwrap();
+    let note = |id: &str, body: &str| NewRecord {
+        id: Some(id.into()),
+        key: format!("fwd:{id}"),
+        fields: json!({ "body": body, "slug": id }).as_object().unwrap().clone(),
+    };
+    let now = chrono::Utc::now();
+    let first = system
+        .create(&b, &[note("n-1", "first"), note("n-2", "first")], now)
+        .await
+        .unwrap();
+    assert_eq!(first, vec!["n-1", "n-2"]);
+    // The crash: n-2 was created, its mapping never confirmed; the page
+    // is done again with a record more.
+    let again = system
+        .create(&b, &[note("n-2", "again"), note("n-3", "again")], now)
+        .await
+        .unwrap();
+    assert_eq!(again, vec!["n-2", "n-3"]);
+    let rows: Vec<(String, String)> = db
+        .dump("notes")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().into(),
+                r["body"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected = [("n-1", "first"), ("n-2", "again"), ("n-3", "again")];
+    assert_eq!(rows, expected.map(|(i, b)| (i.to_owned(), b.to_owned())).to_vec());
+    let clash = NewRecord {
+        fields: json!({ "body": "x", "slug": "n-1" }).as_object().unwrap().clone(),
+        ..note("n-4", "x")
+    };
+    let err = system.create(&b, &[clash], now).await.unwrap_err().to_string();
+    assert!(err.contains("notes"), "{err}");
+    assert_eq!(
+        db.dump("notes").await.len(),
+        3,
+        "nothing written by the refused page"
+    );
+    drop(system);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing_sqlite() {
+    a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing_postgres() {
+    a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(Kind::Postgres).await;
+}
