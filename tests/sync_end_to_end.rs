@@ -697,6 +697,60 @@ async fn records_edited_while_their_step_reads_them_sync_their_last_values() {
     state.drop().await;
 }
 
+/// Rows the change scan cannot read move it on like any other: a page
+/// that ends on one is not read again (each is counted and failed once), and
+/// a page that holds nothing else does not stop the scan where it is.
+#[tokio::test]
+async fn pages_of_unreadable_rows_move_the_scan_on() {
+    let dir = TempDir::new("bad-pages");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    // In scan order, pages of two: [A-1, B-1], [B-2, B-3], [B-4, A-2].
+    let rows: Vec<Value> = ["A-1", "B-1", "B-2", "B-3", "B-4", "A-2"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"id": id, "name": id, "industry": "x", "updated_at": ts(i as i64)}))
+        .collect();
+    source.insert("accounts", &rows).await;
+    source
+        .exec("UPDATE accounts SET industry = x'00ff' WHERE id LIKE 'B-%'")
+        .await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sync_once(store.clone(), &toml, 2),
+    )
+    .await
+    .expect("the scan ends")
+    .unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let accounts = store
+        .load_steps(run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.entity_type.as_str() == "account")
+        .unwrap();
+    assert_eq!((accounts.counters.read, accounts.counters.failed), (6, 4));
+    assert_eq!(accounts.counters.created, 2);
+    let scope = EntityScope::new("t1", "e2e", "account");
+    let ids: Vec<String> = ["B-1", "B-2", "B-3", "B-4"].map(String::from).to_vec();
+    let failed = store.lookup(&scope, Side::Source, &ids).await.unwrap();
+    for id in &ids {
+        let m = &failed[id];
+        assert_eq!(m.status, MappingStatus::Failed, "{id}");
+        let why = m.last_error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains(&format!("row `{id}`")) && why.contains("BLOB"),
+            "{why}"
+        );
+    }
+    assert_eq!(target.dump("customers").await.len(), 2);
+    state.drop().await;
+}
+
 /// A page of creates into a text-id table is inserted plainly, and written
 /// again as an upsert when one of its ids is already there (a create
 /// repeated after a crash): the existing record takes the page's values,

@@ -216,9 +216,7 @@ impl SqlConnector {
                     q = q.bind(text_of(&c.updated_at)).bind(text_of(&c.id));
                 }
                 let docs = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
-                docs.into_iter()
-                    .map(|d| Ok(d.0))
-                    .collect::<Vec<Result<Fields, BadRow>>>()
+                docs.into_iter().map(|d| (d.0, None)).collect::<Vec<_>>()
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
@@ -240,18 +238,17 @@ impl SqlConnector {
             done: rows.len() < limit as usize,
             ..Default::default()
         };
-        for row in rows {
-            let doc = match row {
-                Ok(doc) => doc,
-                Err(bad) => {
-                    page.bad.push(bad);
-                    continue;
-                }
-            };
+        for (doc, bad) in rows {
+            // Past every row read, bad ones too: a page that ended on a bad
+            // row would read it again, and a page of bad rows forever.
             page.next = Some(Cursor {
                 updated_at: doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null),
                 id: doc.get(ID_COLUMN).cloned().unwrap_or(Value::Null),
             });
+            if let Some(bad) = bad {
+                page.bad.push(bad);
+                continue;
+            }
             if b.marked_deleted(|c| doc.get(c)) {
                 page.deleted.extend(doc.get(ID_COLUMN).and_then(id_text));
                 continue;
@@ -271,7 +268,7 @@ impl SqlConnector {
         }
         let t = ident(&b.table);
         let id = ident(ID_COLUMN);
-        let docs: Vec<Result<Fields, BadRow>> = match self {
+        let docs: Vec<(Fields, Option<BadRow>)> = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let sql = format!(
                     "SELECT to_jsonb(t) FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[]))",
@@ -282,7 +279,7 @@ impl SqlConnector {
                     .fetch_all(pool)
                     .await
                     .map_err(self.query_error(&b.table))?;
-                docs.into_iter().map(|d| Ok(d.0)).collect()
+                docs.into_iter().map(|d| (d.0, None)).collect()
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
@@ -297,7 +294,7 @@ impl SqlConnector {
         };
         Ok(docs
             .into_iter()
-            .filter_map(|d| d.ok())
+            .filter_map(|(doc, bad)| bad.is_none().then_some(doc))
             .filter(|d| !b.marked_deleted(|c| d.get(c)))
             .filter_map(|d| self.record_of(b, d).ok())
             .collect())
@@ -764,14 +761,22 @@ impl SqlConnector {
 
     /// Reads a SQLite row by the runtime type of each value; a BLOB cannot be
     /// a JSON field value, so its row is bad.
-    fn sqlite_row(&self, b: &TableBinding, row: &SqliteRow) -> Result<Fields, BadRow> {
+    /// A row as JSON, and why it cannot be synced if one of its columns
+    /// holds no JSON value (that column is then read as null, so that the
+    /// row's id and modification time are still known).
+    fn sqlite_row(&self, b: &TableBinding, row: &SqliteRow) -> (Fields, Option<BadRow>) {
         let names = sqlite_columns(b);
         let mut doc = Fields::new();
+        let mut unreadable: Option<String> = None;
         for (i, name) in names.iter().enumerate() {
-            let raw = row.try_get_raw(i).map_err(|e| BadRow {
-                id: String::new(),
-                reason: e.to_string(),
-            })?;
+            let raw = match row.try_get_raw(i) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    unreadable.get_or_insert(format!("column `{name}`: {e}"));
+                    doc.insert((*name).to_owned(), Value::Null);
+                    continue;
+                }
+            };
             let value = if raw.is_null() {
                 Value::Null
             } else {
@@ -784,21 +789,23 @@ impl SqlConnector {
                     }
                     "TEXT" => Value::String(row.try_get_unchecked::<String, _>(i).unwrap_or_default()),
                     other => {
-                        let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
-                        return Err(BadRow {
-                            reason: format!(
-                                "system `{}`, table `{}`, row `{id}`: column `{name}` holds a {other} value, \
-                                 which is not JSON",
-                                b.system, b.table
-                            ),
-                            id,
-                        });
+                        unreadable.get_or_insert(format!(
+                            "column `{name}` holds a {other} value, which is not JSON"
+                        ));
+                        Value::Null
                     }
                 }
             };
             doc.insert((*name).to_owned(), value);
         }
-        Ok(doc)
+        let bad = unreadable.map(|why| {
+            let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+            BadRow {
+                reason: format!("system `{}`, table `{}`, row `{id}`: {why}", b.system, b.table),
+                id,
+            }
+        });
+        (doc, bad)
     }
 }
 
