@@ -590,7 +590,13 @@ impl Job {
         let mut next: Option<(ReadPage, Option<Decided>)> = None;
         loop {
             let (mut page, decided) = match next.take() {
-                Some(n) => n,
+                // Read while the page before was written: the stop check
+                // (shutdown, lost lease, cancellation) comes before its
+                // writes, as for any page.
+                Some(n) => {
+                    self.check_not_cancelled(ctx).await?;
+                    n
+                }
                 None => {
                     if state.phase != Phase::Scan || sequential {
                         land(in_flight, progress).await?;
@@ -615,7 +621,6 @@ impl Job {
             let (written, read_next) = if overlap {
                 let write = self.write_page(ctx, writes, &mut delta);
                 let ahead = async {
-                    self.check_not_cancelled(ctx).await?;
                     let Some(mut after) = self.read_page(ctx, state).await? else {
                         return Ok(None);
                     };
