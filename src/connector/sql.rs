@@ -565,6 +565,8 @@ impl SqlConnector {
             .as_deref()
             .map(ident)
             .unwrap_or_else(|| "NULL".into());
+        // SQLite reads each column of a `json_each` row by a bound path.
+        let (sqlite_select, sqlite_paths) = sqlite_json_select(&columns);
         let insert = |on_conflict: &str| -> String {
             match self {
                 SqlConnector::Postgres { .. } => format!(
@@ -572,15 +574,13 @@ impl SqlConnector {
                      {on_conflict} RETURNING {key}::text, {id}::text"
                 ),
                 SqlConnector::Sqlite { .. } => format!(
-                    "INSERT INTO {t} ({list}) SELECT {} FROM json_each(?1) WHERE true{on_conflict} \
-                     RETURNING CAST({key} AS TEXT), CAST({id} AS TEXT)",
-                    sqlite_json_select(&columns).0
+                    "INSERT INTO {t} ({list}) SELECT {sqlite_select} FROM json_each(?1) WHERE true{on_conflict} \
+                     RETURNING CAST({key} AS TEXT), CAST({id} AS TEXT)"
                 ),
             }
         };
         let run = |sql: String| {
-            let rows = &rows;
-            let columns = &columns;
+            let (rows, paths) = (&rows, &sqlite_paths);
             async move {
                 match self {
                     SqlConnector::Postgres { pool, .. } => {
@@ -591,7 +591,7 @@ impl SqlConnector {
                     }
                     SqlConnector::Sqlite { pool, .. } => {
                         let mut q = sqlx::query_as(&sql).bind(sqlx::types::Json(rows));
-                        for p in sqlite_json_select(columns).1 {
+                        for p in paths {
                             q = q.bind(p);
                         }
                         q.fetch_all(pool).await

@@ -228,38 +228,6 @@ struct ReadPage {
 /// A page decided, with its own counters.
 type Decided = (PageWrites, StepCounters);
 
-/// Adds the counters of one page to a step's.
-fn add(total: &mut StepCounters, page: &StepCounters) {
-    let StepCounters {
-        read,
-        created,
-        updated,
-        unchanged,
-        failed,
-        conflicts,
-        parked,
-        skipped,
-        deferred,
-        deleted,
-        archived,
-        stale,
-        recreated,
-    } = *page;
-    total.read += read;
-    total.created += created;
-    total.updated += updated;
-    total.unchanged += unchanged;
-    total.failed += failed;
-    total.conflicts += conflicts;
-    total.parked += parked;
-    total.skipped += skipped;
-    total.deferred += deferred;
-    total.deleted += deleted;
-    total.archived += archived;
-    total.stale += stale;
-    total.recreated += recreated;
-}
-
 /// A page decided and not yet written (see `Job::decide_page`).
 struct PageWrites {
     now: chrono::DateTime<Utc>,
@@ -638,7 +606,7 @@ impl Job {
             // A page whose writes are done is committed even when reading
             // the next one failed.
             let mut commit = written?;
-            add(counters, &delta);
+            *counters += delta;
             let mut after = page.progress;
             // Decided once the last page is written: it may defer too.
             if page.scan_done {

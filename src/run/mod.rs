@@ -116,6 +116,40 @@ pub struct StepCounters {
     pub recreated: u64,
 }
 
+/// Adds the counters of a part of a step (one page) to the step's.
+impl std::ops::AddAssign for StepCounters {
+    fn add_assign(&mut self, page: StepCounters) {
+        let StepCounters {
+            read,
+            created,
+            updated,
+            unchanged,
+            failed,
+            conflicts,
+            parked,
+            skipped,
+            deferred,
+            deleted,
+            archived,
+            stale,
+            recreated,
+        } = page;
+        self.read += read;
+        self.created += created;
+        self.updated += updated;
+        self.unchanged += unchanged;
+        self.failed += failed;
+        self.conflicts += conflicts;
+        self.parked += parked;
+        self.skipped += skipped;
+        self.deferred += deferred;
+        self.deleted += deleted;
+        self.archived += archived;
+        self.stale += stale;
+        self.recreated += recreated;
+    }
+}
+
 /// The durable progress of one step, written with each page.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepCheckpoint {
