@@ -15,7 +15,7 @@ use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd::record::{Fields, Record, Side};
 use syncd::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
 use syncd::store::{
-    DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, RunRow, Store, StoreConfig, StoreError,
+    DEFAULT_MAX_SNAPSHOT_BYTES, Lease, MappingWrite, PageCommit, RunRow, Store, StoreConfig, StoreError,
 };
 use uuid::Uuid;
 
@@ -122,6 +122,7 @@ conformance!(
     five_megabyte_snapshot_round_trips,
     conflicts_are_stored_per_tenant,
     ready_runs_are_those_of_the_served_integrations,
+    reservations_settle_with_their_page_or_become_pending,
 );
 
 fn scope(entity: &str) -> EntityScope {
@@ -223,6 +224,135 @@ async fn ready_runs_are_those_of_the_served_integrations(store: Arc<Store>) {
     let all = store.runs_to_execute(&[], 10).await.unwrap();
     assert!(all.is_empty(), "no integration served, no run: {all:?}");
     assert_eq!(others.len(), 12);
+}
+
+/// A page reserves the mappings of its creates in one reservation, which
+/// lookups do not see; the page's commit inserts them as they end. The
+/// reservation of a page that never committed becomes pending mappings when
+/// a step of its scope starts, except where an id has a mapping by then
+/// (the page was done again), and that page can no longer commit.
+async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>) {
+    let s = scope("account");
+    let run_id = new_run(&store).await;
+    let run = store.load_run(None, run_id).await.unwrap().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    assert!(store.claim_lease(&run, "worker-1", ttl).await.unwrap());
+    let lease = Lease {
+        run_id,
+        worker_id: "worker-1".into(),
+    };
+    let new = |list: &[&str]| -> Vec<MappingWrite> {
+        list.iter()
+            .map(|id| MappingWrite::Insert(pending(&s, id)))
+            .collect()
+    };
+    let settle = |held: &IdMapping| MappingWrite::Settle {
+        held: held.clone(),
+        change: MappingChange::Confirm {
+            source_id: held.source_id.clone().unwrap(),
+            target_id: format!("t-{}", held.source_id.as_deref().unwrap()),
+            base: fields(json!({"name": "Acme"})),
+        },
+    };
+
+    // A worker without the lease reserves nothing.
+    let stranger = Lease {
+        run_id,
+        worker_id: "worker-2".into(),
+    };
+    let refused = store.reserve(&s, new(&["a-9"]), &stranger).await.unwrap_err();
+    assert!(matches!(refused, StoreError::LeaseLost { .. }), "{refused}");
+
+    let (reservation, stored) = store.reserve(&s, new(&["a-0", "a-1"]), &lease).await.unwrap();
+    assert!(stored.is_empty(), "new mappings are held, not stored: {stored:?}");
+    let reservation = reservation.expect("a reservation holds the new mappings");
+    assert_eq!(reservation.held.len(), 2);
+    let seen = store
+        .lookup(&s, Side::Source, &ids(&["a-0", "a-1"]))
+        .await
+        .unwrap();
+    assert!(
+        seen.is_empty(),
+        "held mappings are not in the ID map yet: {seen:?}"
+    );
+
+    let committed = store
+        .commit_page(PageCommit {
+            mappings: reservation.held.iter().map(settle).collect(),
+            settles: Some(reservation.id),
+            lease: Some(lease.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), 2);
+    let by_target = store
+        .lookup(&s, Side::Target, &ids(&["t-a-0", "t-a-1"]))
+        .await
+        .unwrap();
+    assert_eq!(by_target.len(), 2);
+    for m in by_target.values() {
+        assert_eq!(m.status, MappingStatus::Mapped);
+        assert_eq!(m.base, Some(fields(json!({"name": "Acme"}))));
+    }
+    assert_eq!(
+        store.settle_leftovers(&s, &lease).await.unwrap(),
+        0,
+        "nothing is left over"
+    );
+
+    // A page that reserved and never committed; then the same records done
+    // again: a-3 is mapped by the second attempt, a-2's failed.
+    let (left, _) = store.reserve(&s, new(&["a-2", "a-3"]), &lease).await.unwrap();
+    let left = left.unwrap();
+    let (again, _) = store.reserve(&s, new(&["a-3"]), &lease).await.unwrap();
+    let again = again.unwrap();
+    store
+        .commit_page(PageCommit {
+            mappings: again.held.iter().map(settle).collect(),
+            settles: Some(again.id),
+            lease: Some(lease.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(store.settle_leftovers(&s, &lease).await.unwrap(), 1);
+    let found = store
+        .lookup(&s, Side::Source, &ids(&["a-2", "a-3"]))
+        .await
+        .unwrap();
+    let a2 = &found["a-2"];
+    let held = left
+        .held
+        .iter()
+        .find(|m| m.source_id.as_deref() == Some("a-2"))
+        .unwrap();
+    assert_eq!(a2.status, MappingStatus::Pending);
+    assert_eq!((a2.id, &a2.idempotency_key), (held.id, &held.idempotency_key));
+    assert_eq!(
+        found["a-3"].status,
+        MappingStatus::Mapped,
+        "the later attempt's mapping stays"
+    );
+    assert_eq!(found["a-3"].id, again.held[0].id);
+    assert_eq!(store.settle_leftovers(&s, &lease).await.unwrap(), 0);
+
+    // The page that left it cannot commit now; a-2 stays pending.
+    let late = store
+        .commit_page(PageCommit {
+            mappings: left.held.iter().map(settle).collect(),
+            settles: Some(left.id),
+            lease: Some(lease.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(late, StoreError::ReservationGone { id } if id == left.id),
+        "{late}"
+    );
+    assert_eq!(status_of(&store, &s, "a-2").await, Some(MappingStatus::Pending));
 }
 
 async fn new_runs(store: &Store, n: usize) -> Vec<Uuid> {

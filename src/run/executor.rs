@@ -2,12 +2,14 @@
 //! decide and the store to persist.
 //!
 //! Per page: look up mappings and references in batches, read counterparts,
-//! let the conflict engine decide, reserve `pending` mappings (one
-//! transaction), write to the systems (creates are safe to repeat:
-//! deterministic ids or idempotency keys), then commit mapping transitions,
-//! conflict records, counters and cursors in one transaction. A worker can die
-//! anywhere in between; the next one re-reads the page from the last
-//! checkpoint and finds the pending mappings and the records it created.
+//! let the conflict engine decide, reserve the creates' `pending` mappings
+//! (one transaction, one reservation row: `Store::reserve`), write to the
+//! systems (creates are safe to repeat: deterministic ids or idempotency
+//! keys), then commit mapping transitions, conflict records, counters and
+//! cursors in one transaction. A worker can die anywhere in between; the
+//! next step of the scope turns the reservation into pending mappings,
+//! re-reads the page from the last checkpoint and finds the records it
+//! created.
 
 use crate::conflict::{self, ConflictRecord, ConflictScope, Outcome, ReviewDecision};
 use crate::connector::{
@@ -520,6 +522,16 @@ impl Job {
         checkpoint: Option<&StepCheckpoint>,
         progress: &mut (dyn FnMut(&StepCounters) + Send),
     ) -> Result<(), RunError> {
+        // Reservations of pages that never committed (a crash between a
+        // page's creates and its commit) become pending mappings first, for
+        // this step's lookups to see and its retry pass to finish.
+        let leftover = self.store.settle_leftovers(&ctx.scope, &ctx.lease).await?;
+        if leftover > 0 {
+            tracing::info!(
+                mappings = leftover,
+                "reservations left by an earlier attempt are pending mappings now"
+            );
+        }
         let mut counters = checkpoint.map(|c| c.counters).unwrap_or_default();
         let mut state: StepProgress = checkpoint
             .and_then(|c| c.cursor.clone())
@@ -1246,20 +1258,23 @@ impl Job {
             mut confirms,
         } = writes;
         let (read, write, tables) = (ctx.read, ctx.write(), ctx.tables);
-        // Reserve pending mappings before writing anything.
-        let mut reserved: HashMap<String, IdMapping> = HashMap::with_capacity(reserve.len());
+        // Reserve pending mappings before writing anything. New ones are
+        // held by the reservation (`held`), not in the ID map yet.
+        let mut reserved: HashMap<String, (IdMapping, bool)> = HashMap::with_capacity(reserve.len());
         if !reserve.is_empty() {
-            let stored = self
-                .store
-                .commit_page(PageCommit {
-                    mappings: reserve,
-                    lease: Some(ctx.lease.clone()),
-                    ..Default::default()
-                })
-                .await?;
-            for m in stored {
+            let (reservation, stored) = self.store.reserve(&ctx.scope, reserve, &ctx.lease).await?;
+            let held = reservation.map(|r| {
+                commit.settles = Some(r.id);
+                r.held
+            });
+            for (m, held) in held
+                .into_iter()
+                .flatten()
+                .map(|m| (m, true))
+                .chain(stored.into_iter().map(|m| (m, false)))
+            {
                 if let Some(id) = id_on(&m, read) {
-                    reserved.insert(id.to_owned(), m);
+                    reserved.insert(id.to_owned(), (m, held));
                 }
             }
         }
@@ -1267,7 +1282,7 @@ impl Job {
         // Creates: text ids are deterministic (a repeat upserts); integer-id
         // tables are searched for the key of an earlier attempt first.
         let write_binding = self.binding(tables, write);
-        let mut creates: Vec<(IdMapping, Record, Fields, bool)> = Vec::with_capacity(actions.len());
+        let mut creates: Vec<((IdMapping, bool), Record, Fields, bool)> = Vec::with_capacity(actions.len());
         let mut news: Vec<NewRecord> = Vec::with_capacity(actions.len());
         for action in actions {
             let Create {
@@ -1281,7 +1296,7 @@ impl Job {
             let tried = mapping.is_some();
             let current = reserved
                 .remove(&record.id)
-                .or(mapping)
+                .or(mapping.map(|m| (m, false)))
                 .expect("a create has a pending mapping");
             creates.push((current, record, base, tried));
             news.push(NewRecord {
@@ -1327,31 +1342,36 @@ impl Job {
                 })
                 .collect()
         };
-        for ((mapping, record, base, _), result) in creates.into_iter().zip(results) {
-            match result {
+        for (((mapping, held), record, base, _), result) in creates.into_iter().zip(results) {
+            let change = match result {
                 Ok(new_id) => {
                     counters.created += 1;
                     let (source_id, target_id) = match read {
                         Side::Source => (record.id.clone(), new_id),
                         Side::Target => (new_id, record.id.clone()),
                     };
-                    confirms.push(MappingWrite::Transition {
-                        current: mapping,
-                        change: MappingChange::Confirm {
-                            source_id,
-                            target_id,
-                            base,
-                        },
-                    });
+                    MappingChange::Confirm {
+                        source_id,
+                        target_id,
+                        base,
+                    }
                 }
                 Err(error) => {
                     counters.failed += 1;
-                    confirms.push(MappingWrite::Transition {
-                        current: mapping,
-                        change: MappingChange::Fail { error },
-                    });
+                    MappingChange::Fail { error }
                 }
-            }
+            };
+            confirms.push(if held {
+                MappingWrite::Settle {
+                    held: mapping,
+                    change,
+                }
+            } else {
+                MappingWrite::Transition {
+                    current: mapping,
+                    change,
+                }
+            });
         }
 
         let written = self.to_target_ids(tables, &updates_target).await?;

@@ -99,6 +99,10 @@ pub enum StoreError {
     LeaseLost { run_id: Uuid, worker_id: String },
     #[error("conflict {id} is not pending (already resolved, or not this tenant's)")]
     ConflictNotPending { id: Uuid },
+    /// The reservation a page was to settle is no longer there: a later
+    /// step start turned it into `pending` mappings (see `Store::reserve`).
+    #[error("reservation {id} was already turned into pending mappings; the page will be retried")]
+    ReservationGone { id: Uuid },
     #[error("run {run_id} cannot be resumed: {source}")]
     NotResumable {
         run_id: Uuid,
@@ -190,6 +194,20 @@ pub enum MappingWrite {
         current: IdMapping,
         change: MappingChange,
     },
+    /// Apply `change` to a mapping held by a reservation (see
+    /// [`Store::reserve`]): not in the ID map yet, so the result is
+    /// inserted. The page settles the reservation in the same commit.
+    Settle { held: IdMapping, change: MappingChange },
+}
+
+/// Pending mappings a page reserved before it created their records,
+/// kept as one row of their own rather than as rows of the ID map (see
+/// [`Store::reserve`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reservation {
+    pub id: Uuid,
+    pub scope: EntityScope,
+    pub held: Vec<IdMapping>,
 }
 
 /// Everything one page of a step commits, atomically.
@@ -210,6 +228,11 @@ pub struct PageCommit {
     pub candidates: Vec<DeleteCandidate>,
     /// An entity type whose reconciliation pass this page finished.
     pub reconciled: Option<EntityScope>,
+    /// A reservation to write (with the page's other writes).
+    pub reserve: Option<Reservation>,
+    /// The reservation whose held mappings this page settles: it is
+    /// deleted, or the commit fails if it is gone.
+    pub settles: Option<Uuid>,
 }
 
 /// A mapping a run found gone on one side, before anything is done about it.
@@ -553,6 +576,21 @@ impl Store {
                             read_version: Some(read_version),
                         }
                     }
+                    MappingWrite::Settle { held, change } => {
+                        let mut next = held;
+                        if let Err(source) = next.apply(change, now) {
+                            return Err(StoreError::Transition {
+                                entity_type: next.entity_type.to_string(),
+                                record: record_name(&next),
+                                source,
+                            });
+                        }
+                        next.version += 1;
+                        Decided {
+                            next,
+                            read_version: None,
+                        }
+                    }
                 };
                 if let Some(base) = &decided.next.base {
                     self.check_size(
@@ -612,6 +650,54 @@ impl Store {
             self.cache.put_many(&stored).await;
         }
         Ok(stored)
+    }
+
+    /// Reserves the mappings of a page's creates before their records are
+    /// written. New mappings (`Insert`, which must be `pending`) are held
+    /// in one reservation row, not written to the ID map: the page's commit
+    /// inserts them as they end (`MappingWrite::Settle`) and deletes the
+    /// row, so a created record costs the ID map one row write, not two.
+    /// Transitions (retries of failed or stale mappings) are written as
+    /// usual. A reservation left by a page that never committed (a crash)
+    /// becomes `pending` mappings at the next start of a step of its scope
+    /// ([`Store::settle_leftovers`]), which the step's retry pass then
+    /// finishes like any other. Returns the reservation (if any mapping is
+    /// held) and the mappings as stored.
+    pub async fn reserve(
+        &self,
+        scope: &EntityScope,
+        writes: Vec<MappingWrite>,
+        lease: &Lease,
+    ) -> Result<(Option<Reservation>, Vec<IdMapping>), StoreError> {
+        let (new, transitions): (Vec<MappingWrite>, Vec<MappingWrite>) = writes
+            .into_iter()
+            .partition(|w| matches!(w, MappingWrite::Insert(_)));
+        let held: Vec<IdMapping> = self
+            .decide(new, Utc::now())?
+            .into_iter()
+            .map(|d| d.next)
+            .collect();
+        let reservation = (!held.is_empty()).then(|| Reservation {
+            id: Uuid::now_v7(),
+            scope: scope.clone(),
+            held,
+        });
+        let stored = self
+            .commit_page(PageCommit {
+                mappings: transitions,
+                lease: Some(lease.clone()),
+                reserve: reservation.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok((reservation, stored))
+    }
+
+    /// Turns the reservations of `scope` that no page settled (their page
+    /// never committed) into `pending` mappings, skipping any whose source
+    /// or target id has a mapping by now. Returns how many were added.
+    pub async fn settle_leftovers(&self, scope: &EntityScope, lease: &Lease) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.settle_leftovers(scope, lease, Utc::now()).await)
     }
 
     /// The checkpoint of one step, if it has committed a page.
@@ -1057,6 +1143,19 @@ fn record_name(m: &IdMapping) -> String {
         .or(m.target_id.as_deref())
         .unwrap_or("?")
         .to_owned()
+}
+
+/// The mappings held by reservation rows, as (id, JSON) pairs.
+pub(crate) fn held_mappings(rows: &[(Uuid, String)]) -> Result<Vec<IdMapping>, StoreError> {
+    let mut held = Vec::new();
+    for (id, json) in rows {
+        let mut mappings: Vec<IdMapping> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+            table: "reservations",
+            reason: format!("reservation {id}: {e}"),
+        })?;
+        held.append(&mut mappings);
+    }
+    Ok(held)
 }
 
 /// Explains why a conditional update matched no row: the row moved on to

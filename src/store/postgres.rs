@@ -3,7 +3,7 @@
 
 use super::{
     ConflictFilter, Decided, Lease, MappedId, PageCommit, RESUME_CHANNEL, RunFilter, RunHold, RunRow,
-    Schedule, StoreError, duplicate_or, lost_race,
+    Schedule, StoreError, duplicate_or, held_mappings, lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
 use crate::deletes::Gone;
@@ -128,6 +128,65 @@ impl PgStore {
         Ok(n)
     }
 
+    /// The scope number of each of `rows`, found once per run of rows of
+    /// one scope (a page's rows share one).
+    async fn scope_numbers(&self, rows: &[&IdMapping]) -> Result<Vec<i32>, StoreError> {
+        let mut scopes: Vec<i32> = Vec::with_capacity(rows.len());
+        let mut last: Option<(&IdMapping, i32)> = None;
+        for m in rows.iter().copied() {
+            let number = match last {
+                Some((l, n))
+                    if l.entity_type == m.entity_type
+                        && l.integration_id == m.integration_id
+                        && l.tenant_id == m.tenant_id =>
+                {
+                    n
+                }
+                _ => self
+                    .scope_number(&m.scope(), true)
+                    .await?
+                    .expect("a registered scope has a number"),
+            };
+            last = Some((m, number));
+            scopes.push(number);
+        }
+        Ok(scopes)
+    }
+
+    /// See [`super::Store::settle_leftovers`].
+    pub(super) async fn settle_leftovers(
+        &self,
+        scope: &EntityScope,
+        lease: &Lease,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        hold_lease(&mut tx, lease, now).await?;
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, mappings::text FROM reservations \
+             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id FOR UPDATE",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let held = held_mappings(&rows)?;
+        let held: Vec<&IdMapping> = held.iter().collect();
+        let scopes = self.scope_numbers(&held).await?;
+        let added = insert_mappings(&mut tx, &held, &scopes, "ON CONFLICT DO NOTHING").await?;
+        let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+        sqlx::query("DELETE FROM reservations WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
@@ -169,77 +228,37 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
             decided.iter().partition(|d| d.read_version.is_none());
-        // The scope number of each new row, found once per run of rows of
-        // one scope (a page's rows share one).
-        let mut scopes: Vec<i32> = Vec::with_capacity(inserts.len());
-        let mut last: Option<(&IdMapping, i32)> = None;
-        for d in &inserts {
-            let m = &d.next;
-            let number = match last {
-                Some((l, n))
-                    if l.entity_type == m.entity_type
-                        && l.integration_id == m.integration_id
-                        && l.tenant_id == m.tenant_id =>
-                {
-                    n
-                }
-                _ => self
-                    .scope_number(&m.scope(), true)
-                    .await?
-                    .expect("a registered scope has a number"),
-            };
-            last = Some((m, number));
-            scopes.push(number);
-        }
+        let inserts: Vec<&IdMapping> = inserts.into_iter().map(|d| &d.next).collect();
+        let scopes = self.scope_numbers(&inserts).await?;
         let mut tx = self.pool.begin().await?;
         if let Some(lease) = &page.lease {
-            // Fencing: lock our lease row for the transaction, or fail. A
-            // share lock: it holds off a takeover (an update of the row)
-            // until we commit, and the worker's own page commits, which
-            // overlap, do not wait for each other.
-            let held: Option<Uuid> = sqlx::query_scalar(
-                "SELECT run_id FROM run_leases WHERE run_id = $1 AND worker_id = $2 AND expires_at > $3 \
-                 FOR SHARE",
-            )
-            .bind(lease.run_id)
-            .bind(&lease.worker_id)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if held.is_none() {
-                return Err(StoreError::LeaseLost {
-                    run_id: lease.run_id,
-                    worker_id: lease.worker_id.clone(),
-                });
+            hold_lease(&mut tx, lease, now).await?;
+        }
+        if let Some(id) = page.settles {
+            let settled = sqlx::query("DELETE FROM reservations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if settled.rows_affected() == 0 {
+                return Err(StoreError::ReservationGone { id });
             }
         }
-        if !inserts.is_empty() {
-            let cols = MappingColumns::of(inserts.iter().map(|d| &d.next));
+        if let Some(r) = &page.reserve {
             sqlx::query(
-                "INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, target_id, \
-                     status, base, idempotency_key, last_error, attempts, version, created_at, updated_at, scope) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::int4[], $12::int8[], \
-                     $13::timestamptz[], $14::timestamptz[], $15::int4[])",
+                "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
+                 VALUES ($1, $2, $3, $4, $5::json, $6)",
             )
-            .bind(&cols.id)
-            .bind(&cols.tenant_id)
-            .bind(&cols.integration_id)
-            .bind(&cols.entity_type)
-            .bind(&cols.source_id)
-            .bind(&cols.target_id)
-            .bind(&cols.status)
-            .bind(&cols.base)
-            .bind(&cols.idempotency_key)
-            .bind(&cols.last_error)
-            .bind(&cols.attempts)
-            .bind(&cols.version)
-            .bind(&cols.created_at)
-            .bind(&cols.updated_at)
-            .bind(&scopes)
+            .bind(r.id)
+            .bind(r.scope.tenant_id.as_str())
+            .bind(r.scope.integration_id.as_str())
+            .bind(r.scope.entity_type.as_str())
+            .bind(serde_json::to_string(&r.held).expect("mappings serialize"))
+            .bind(now)
             .execute(&mut *tx)
-            .await
-            .map_err(duplicate_or)?;
+            .await?;
+        }
+        if !inserts.is_empty() {
+            insert_mappings(&mut tx, &inserts, &scopes, "").await?;
         }
         if !updates.is_empty() {
             let cols = MappingColumns::of(updates.iter().map(|d| &d.next));
@@ -1259,6 +1278,69 @@ async fn insert_conflicts(
 }
 
 /// Mapping rows as column arrays, for `UNNEST`.
+/// Fencing: locks our lease row for the transaction, or fails. A share
+/// lock: it holds off a takeover (an update of the row) until we commit, and
+/// the worker's own page commits, which overlap, do not wait for each other.
+async fn hold_lease(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    lease: &Lease,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let held: Option<Uuid> = sqlx::query_scalar(
+        "SELECT run_id FROM run_leases WHERE run_id = $1 AND worker_id = $2 AND expires_at > $3 FOR SHARE",
+    )
+    .bind(lease.run_id)
+    .bind(&lease.worker_id)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost {
+            run_id: lease.run_id,
+            worker_id: lease.worker_id.clone(),
+        }),
+    }
+}
+
+/// Inserts `rows` into the ID map, each with its scope number; `on_conflict`
+/// ends the statement (empty, or `ON CONFLICT DO NOTHING`). Returns the
+/// number of rows inserted.
+async fn insert_mappings(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[&IdMapping],
+    scopes: &[i32],
+    on_conflict: &str,
+) -> Result<u64, StoreError> {
+    let cols = MappingColumns::of(rows.iter().copied());
+    let done = sqlx::query(&format!(
+        "INSERT INTO id_mappings (id, tenant_id, integration_id, entity_type, source_id, target_id, \
+             status, base, idempotency_key, last_error, attempts, version, created_at, updated_at, scope) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::int4[], $12::int8[], \
+             $13::timestamptz[], $14::timestamptz[], $15::int4[]) {on_conflict}"
+    ))
+    .bind(&cols.id)
+    .bind(&cols.tenant_id)
+    .bind(&cols.integration_id)
+    .bind(&cols.entity_type)
+    .bind(&cols.source_id)
+    .bind(&cols.target_id)
+    .bind(&cols.status)
+    .bind(&cols.base)
+    .bind(&cols.idempotency_key)
+    .bind(&cols.last_error)
+    .bind(&cols.attempts)
+    .bind(&cols.version)
+    .bind(&cols.created_at)
+    .bind(&cols.updated_at)
+    .bind(scopes)
+    .execute(&mut **tx)
+    .await
+    .map_err(duplicate_or)?;
+    Ok(done.rows_affected())
+}
+
 struct MappingColumns<'a> {
     id: Vec<Uuid>,
     tenant_id: Vec<&'a str>,

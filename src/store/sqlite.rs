@@ -5,7 +5,7 @@
 
 use super::{
     ConflictFilter, Decided, Lease, MappedId, PageCommit, RunFilter, RunHold, RunRow, Schedule, StoreError,
-    duplicate_or, lost_race,
+    duplicate_or, held_mappings, lost_race,
 };
 use crate::conflict::{ConflictRecord, ConflictStatus};
 use crate::deletes::Gone;
@@ -100,6 +100,49 @@ fn mapping_from_row(row: &SqliteRow) -> Result<IdMapping, StoreError> {
         updated_at: row.try_get("updated_at")?,
         version: row.try_get::<i64, _>("version")? as u64,
     })
+}
+
+/// Fencing: the write lock is ours (the transaction began IMMEDIATE), so the
+/// lease cannot move until we commit; fails when it is not ours.
+async fn hold_lease(
+    conn: &mut sqlx::SqliteConnection,
+    lease: &Lease,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let held: Option<String> = sqlx::query_scalar(
+        "SELECT run_id FROM run_leases WHERE run_id = ?1 AND worker_id = ?2 AND expires_at > ?3",
+    )
+    .bind(lease.run_id.to_string())
+    .bind(&lease.worker_id)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost {
+            run_id: lease.run_id,
+            worker_id: lease.worker_id.clone(),
+        }),
+    }
+}
+
+/// Inserts `rows` into the ID map in one statement; `or` is empty or
+/// `OR IGNORE`. Returns the number of rows inserted.
+async fn insert_mappings<'a>(
+    conn: &mut sqlx::SqliteConnection,
+    rows: impl Iterator<Item = &'a IdMapping>,
+    or: &str,
+) -> Result<u64, StoreError> {
+    let rows: Vec<serde_json::Value> = rows.map(|m| mapping_json(m, None)).collect();
+    let done = sqlx::query(&format!(
+        "INSERT {or} INTO id_mappings ({MAPPING_COLUMNS}) SELECT {} FROM json_each(?1)",
+        json_columns(MAPPING_COLUMNS)
+    ))
+    .bind(Json(&rows))
+    .execute(&mut *conn)
+    .await
+    .map_err(duplicate_or)?;
+    Ok(done.rows_affected())
 }
 
 /// A write transaction opened with `BEGIN IMMEDIATE` on a pooled connection.
@@ -203,37 +246,37 @@ impl SqliteStore {
         let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
             if let Some(lease) = &page.lease {
-                // Fencing: the write lock is ours, so the lease cannot move
-                // until we commit.
-                let held: Option<String> = sqlx::query_scalar(
-                    "SELECT run_id FROM run_leases WHERE run_id = ?1 AND worker_id = ?2 AND expires_at > ?3",
-                )
-                .bind(lease.run_id.to_string())
-                .bind(&lease.worker_id)
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await?;
-                if held.is_none() {
-                    return Err(StoreError::LeaseLost {
-                        run_id: lease.run_id,
-                        worker_id: lease.worker_id.clone(),
-                    });
+                hold_lease(&mut *conn, lease, now).await?;
+            }
+            if let Some(id) = page.settles {
+                let settled = sqlx::query("DELETE FROM reservations WHERE id = ?1")
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                if settled.rows_affected() == 0 {
+                    return Err(StoreError::ReservationGone { id });
                 }
+            }
+            if let Some(r) = &page.reserve {
+                sqlx::query(
+                    "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .bind(r.id.to_string())
+                .bind(r.scope.tenant_id.as_str())
+                .bind(r.scope.integration_id.as_str())
+                .bind(r.scope.entity_type.as_str())
+                .bind(serde_json::to_string(&r.held).expect("mappings serialize"))
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
             }
             // One statement per kind of write: SQLite is in process, but each
             // statement still crosses to sqlx's worker thread and back.
             let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
                 decided.iter().partition(|d| d.read_version.is_none());
             if !inserts.is_empty() {
-                let rows: Vec<serde_json::Value> = inserts.iter().map(|d| mapping_json(&d.next, None)).collect();
-                sqlx::query(&format!(
-                    "INSERT INTO id_mappings ({MAPPING_COLUMNS}) SELECT {} FROM json_each(?1)",
-                    json_columns(MAPPING_COLUMNS)
-                ))
-                .bind(Json(&rows))
-                .execute(&mut *conn)
-                .await
-                .map_err(duplicate_or)?;
+                insert_mappings(&mut *conn, inserts.iter().map(|d| &d.next), "").await?;
             }
             if !updates.is_empty() {
                 let rows: Vec<serde_json::Value> =
@@ -387,6 +430,61 @@ impl SqliteStore {
             Ok(()) => {
                 tx.finish("COMMIT").await?;
                 Ok(())
+            }
+            Err(e) => {
+                tx.finish("ROLLBACK").await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// See [`super::Store::settle_leftovers`].
+    pub(super) async fn settle_leftovers(
+        &self,
+        scope: &EntityScope,
+        lease: &Lease,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = ImmediateTx::begin(&self.pool).await?;
+        let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
+        let result = async {
+            hold_lease(&mut *conn, lease, now).await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, mappings FROM reservations \
+                 WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 ORDER BY id",
+            )
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let rows: Vec<(Uuid, String)> = rows
+                .into_iter()
+                .map(|(id, json)| {
+                    Ok((
+                        Uuid::parse_str(&id).map_err(|e| corrupt("reservations", e))?,
+                        json,
+                    ))
+                })
+                .collect::<Result<_, StoreError>>()?;
+            let held = held_mappings(&rows)?;
+            let added = insert_mappings(&mut *conn, held.iter(), "OR IGNORE").await?;
+            for (id, _) in &rows {
+                sqlx::query("DELETE FROM reservations WHERE id = ?1")
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<u64, StoreError>(added)
+        }
+        .await;
+        match result {
+            Ok(added) => {
+                tx.finish("COMMIT").await?;
+                Ok(added)
             }
             Err(e) => {
                 tx.finish("ROLLBACK").await?;
