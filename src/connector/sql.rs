@@ -565,17 +565,26 @@ impl SqlConnector {
             .as_deref()
             .map(ident)
             .unwrap_or_else(|| "NULL".into());
+        let returning = match (b.id_kind, self) {
+            (IdKind::Text, _) => String::new(),
+            (IdKind::Assigned, SqlConnector::Postgres { .. }) => {
+                format!(" RETURNING {key}::text, {id}::text")
+            }
+            (IdKind::Assigned, SqlConnector::Sqlite { .. }) => {
+                format!(" RETURNING CAST({key} AS TEXT), CAST({id} AS TEXT)")
+            }
+        };
         // SQLite reads each column of a `json_each` row by a bound path.
         let (sqlite_select, sqlite_paths) = sqlite_json_select(&columns);
         let insert = |on_conflict: &str| -> String {
             match self {
                 SqlConnector::Postgres { .. } => format!(
                     "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1)\
-                     {on_conflict} RETURNING {key}::text, {id}::text"
+                     {on_conflict}{returning}"
                 ),
                 SqlConnector::Sqlite { .. } => format!(
-                    "INSERT INTO {t} ({list}) SELECT {sqlite_select} FROM json_each(?1) WHERE true{on_conflict} \
-                     RETURNING CAST({key} AS TEXT), CAST({id} AS TEXT)"
+                    "INSERT INTO {t} ({list}) SELECT {sqlite_select} FROM json_each(?1) WHERE true{on_conflict}\
+                     {returning}"
                 ),
             }
         };

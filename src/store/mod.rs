@@ -653,12 +653,12 @@ impl Store {
     }
 
     /// Reserves the mappings of a page's creates before their records are
-    /// written. New mappings (`Insert`, which must be `pending`) are held
+    /// written. New mappings (`Insert`, `pending` with no base) are held
     /// in one reservation row, not written to the ID map: the page's commit
     /// inserts them as they end (`MappingWrite::Settle`) and deletes the
     /// row, so a created record costs the ID map one row write, not two.
-    /// Transitions (retries of failed or stale mappings) are written as
-    /// usual. A reservation left by a page that never committed (a crash)
+    /// Transitions (retries of failed or stale mappings) and any other
+    /// insert are written as usual. A reservation left by a page that never committed (a crash)
     /// becomes `pending` mappings at the next start of a step of its scope
     /// ([`Store::settle_leftovers`]), which the step's retry pass then
     /// finishes like any other. Returns the reservation (if any mapping is
@@ -669,9 +669,9 @@ impl Store {
         writes: Vec<MappingWrite>,
         lease: &Lease,
     ) -> Result<(Option<Reservation>, Vec<IdMapping>), StoreError> {
-        let (new, transitions): (Vec<MappingWrite>, Vec<MappingWrite>) = writes
+        let (new, others): (Vec<MappingWrite>, Vec<MappingWrite>) = writes
             .into_iter()
-            .partition(|w| matches!(w, MappingWrite::Insert(_)));
+            .partition(|w| matches!(w, MappingWrite::Insert(m) if Reservation::can_hold(m)));
         let held: Vec<IdMapping> = self
             .decide(new, Utc::now())?
             .into_iter()
@@ -684,7 +684,7 @@ impl Store {
         });
         let stored = self
             .commit_page(PageCommit {
-                mappings: transitions,
+                mappings: others,
                 lease: Some(lease.clone()),
                 reserve: reservation.clone(),
                 ..Default::default()
@@ -1145,15 +1145,60 @@ fn record_name(m: &IdMapping) -> String {
         .to_owned()
 }
 
-/// The mappings held by reservation rows, as (id, JSON) pairs.
-pub(crate) fn held_mappings(rows: &[(Uuid, String)]) -> Result<Vec<IdMapping>, StoreError> {
+/// A held mapping as its reservation row keeps it: what a new pending
+/// mapping has of its own (id, source id, target id, idempotency key,
+/// attempts). The rest is the reservation's (scope, time) or the same for
+/// every held mapping (`pending`, no base, no error, version 1).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HeldRow(Uuid, Option<String>, Option<String>, Option<String>, u32);
+
+impl Reservation {
+    /// Whether `m`, a new mapping, can be held: its row keeps only what
+    /// [`HeldRow`] has.
+    fn can_hold(m: &IdMapping) -> bool {
+        m.status == MappingStatus::Pending && m.base.is_none() && m.last_error.is_none()
+    }
+
+    /// The held mappings as the reservation row stores them.
+    pub(crate) fn rows_json(&self) -> String {
+        let rows: Vec<HeldRow> = self
+            .held
+            .iter()
+            .map(|m| {
+                HeldRow(
+                    m.id,
+                    m.source_id.clone(),
+                    m.target_id.clone(),
+                    m.idempotency_key.clone(),
+                    m.attempts,
+                )
+            })
+            .collect();
+        serde_json::to_string(&rows).expect("held rows serialize")
+    }
+}
+
+/// The pending mappings of reservation rows of `scope`, given as (id, held
+/// rows, time of the reservation).
+pub(crate) fn held_mappings(
+    scope: &EntityScope,
+    rows: &[(Uuid, String, DateTime<Utc>)],
+) -> Result<Vec<IdMapping>, StoreError> {
     let mut held = Vec::new();
-    for (id, json) in rows {
-        let mut mappings: Vec<IdMapping> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+    for (id, json, at) in rows {
+        let kept: Vec<HeldRow> = serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
             table: "reservations",
             reason: format!("reservation {id}: {e}"),
         })?;
-        held.append(&mut mappings);
+        held.extend(
+            kept.into_iter()
+                .map(|HeldRow(id, source_id, target_id, key, attempts)| IdMapping {
+                    idempotency_key: key,
+                    attempts,
+                    version: 1,
+                    ..IdMapping::reserve(id, scope.clone(), source_id, target_id, String::new(), *at)
+                }),
+        );
     }
     Ok(held)
 }

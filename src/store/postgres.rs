@@ -162,8 +162,8 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         hold_lease(&mut tx, lease, now).await?;
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, mappings::text FROM reservations \
+        let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, mappings::text, created_at FROM reservations \
              WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id FOR UPDATE",
         )
         .bind(scope.tenant_id.as_str())
@@ -174,11 +174,11 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(0);
         }
-        let held = held_mappings(&rows)?;
+        let held = held_mappings(scope, &rows)?;
         let held: Vec<&IdMapping> = held.iter().collect();
         let scopes = self.scope_numbers(&held).await?;
         let added = insert_mappings(&mut tx, &held, &scopes, "ON CONFLICT DO NOTHING").await?;
-        let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
         sqlx::query("DELETE FROM reservations WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
@@ -252,7 +252,7 @@ impl PgStore {
             .bind(r.scope.tenant_id.as_str())
             .bind(r.scope.integration_id.as_str())
             .bind(r.scope.entity_type.as_str())
-            .bind(serde_json::to_string(&r.held).expect("mappings serialize"))
+            .bind(r.rows_json())
             .bind(now)
             .execute(&mut *tx)
             .await?;

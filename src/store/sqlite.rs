@@ -266,7 +266,7 @@ impl SqliteStore {
                 .bind(r.scope.tenant_id.as_str())
                 .bind(r.scope.integration_id.as_str())
                 .bind(r.scope.entity_type.as_str())
-                .bind(serde_json::to_string(&r.held).expect("mappings serialize"))
+                .bind(r.rows_json())
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
@@ -449,8 +449,8 @@ impl SqliteStore {
         let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
             hold_lease(&mut *conn, lease, now).await?;
-            let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT id, mappings FROM reservations \
+            let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT id, mappings, created_at FROM reservations \
                  WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 ORDER BY id",
             )
             .bind(scope.tenant_id.as_str())
@@ -461,18 +461,19 @@ impl SqliteStore {
             if rows.is_empty() {
                 return Ok(0);
             }
-            let rows: Vec<(Uuid, String)> = rows
+            let rows: Vec<(Uuid, String, DateTime<Utc>)> = rows
                 .into_iter()
-                .map(|(id, json)| {
+                .map(|(id, json, at)| {
                     Ok((
                         Uuid::parse_str(&id).map_err(|e| corrupt("reservations", e))?,
                         json,
+                        at,
                     ))
                 })
                 .collect::<Result<_, StoreError>>()?;
-            let held = held_mappings(&rows)?;
+            let held = held_mappings(scope, &rows)?;
             let added = insert_mappings(&mut *conn, held.iter(), "OR IGNORE").await?;
-            for (id, _) in &rows {
+            for (id, _, _) in &rows {
                 sqlx::query("DELETE FROM reservations WHERE id = ?1")
                     .bind(id.to_string())
                     .execute(&mut *conn)
