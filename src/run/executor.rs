@@ -956,7 +956,7 @@ impl Job {
             tracing::warn!(id = %b.id, reason = %b.reason, "bad row");
             match mappings.remove(&b.id) {
                 None if !b.id.is_empty() => {
-                    let mut m = self.new_mapping(ctx, &b.id, now);
+                    let mut m = self.new_mapping(ctx, &b.id, self.create_key(ctx, &b.id).0, now);
                     m.apply(MappingChange::Fail { error: b.reason }, now)
                         .expect("pending -> failed");
                     commit.mappings.push(MappingWrite::Insert(m));
@@ -1162,7 +1162,7 @@ impl Job {
                         counters.failed += 1;
                         match mapping {
                             None => {
-                                let mut m = self.new_mapping(ctx, &record.id, now);
+                                let mut m = self.new_mapping(ctx, &record.id, key, now);
                                 m.apply(MappingChange::Fail { error: reason }, now)
                                     .expect("pending -> failed");
                                 commit.mappings.push(MappingWrite::Insert(m));
@@ -1191,14 +1191,11 @@ impl Job {
                     }
                     match &mapping {
                         None => {
-                            let mut m = IdMapping {
-                                idempotency_key: Some(key.clone()),
-                                ..self.new_mapping(ctx, &record.id, now)
-                            };
+                            let mut m = self.new_mapping(ctx, &record.id, key.clone(), now);
                             // A text-id record is created under a known id:
                             // reserve it now, so confirming changes less.
                             if self.binding(tables, write).id_kind == IdKind::Text {
-                                let id = self.create_key(ctx, &record.id).1.to_string();
+                                let id = id.to_string();
                                 match write {
                                     Side::Target => m.target_id = Some(id),
                                     Side::Source => m.source_id = Some(id),
@@ -1487,8 +1484,14 @@ impl Job {
             .collect())
     }
 
-    fn new_mapping(&self, ctx: &StepCtx<'_>, read_id: &str, now: chrono::DateTime<Utc>) -> IdMapping {
-        let (key, _) = self.create_key(ctx, read_id);
+    /// A pending mapping of `read_id`, whose create is sent with `key`.
+    fn new_mapping(
+        &self,
+        ctx: &StepCtx<'_>,
+        read_id: &str,
+        key: String,
+        now: chrono::DateTime<Utc>,
+    ) -> IdMapping {
         let (source_id, target_id) = match ctx.read {
             Side::Source => (Some(read_id.to_owned()), None),
             Side::Target => (None, Some(read_id.to_owned())),

@@ -612,7 +612,12 @@ impl Store {
     /// Commits one page: mapping writes, conflict records and the step
     /// checkpoint in one transaction, then updates the cache. Returns the
     /// mappings as stored. On any error nothing of the page is written.
-    pub async fn commit_page(&self, mut page: PageCommit) -> Result<Vec<IdMapping>, StoreError> {
+    pub async fn commit_page(&self, page: PageCommit) -> Result<Vec<IdMapping>, StoreError> {
+        Ok(self.commit(page).await?.0)
+    }
+
+    /// [`Store::commit_page`], giving the page back without its mappings.
+    async fn commit(&self, mut page: PageCommit) -> Result<(Vec<IdMapping>, PageCommit), StoreError> {
         let now = Utc::now();
         let decided = self.decide(std::mem::take(&mut page.mappings), now)?;
         for c in &page.conflicts {
@@ -649,7 +654,7 @@ impl Store {
         if self.cache.is_enabled() {
             self.cache.put_many(&stored).await;
         }
-        Ok(stored)
+        Ok((stored, page))
     }
 
     /// Reserves the mappings of a page's creates before their records are
@@ -682,15 +687,15 @@ impl Store {
             scope: scope.clone(),
             held,
         });
-        let stored = self
-            .commit_page(PageCommit {
+        let (stored, page) = self
+            .commit(PageCommit {
                 mappings: others,
                 lease: Some(lease.clone()),
-                reserve: reservation.clone(),
+                reserve: reservation,
                 ..Default::default()
             })
             .await?;
-        Ok((reservation, stored))
+        Ok((page.reserve, stored))
     }
 
     /// Turns the reservations of `scope` that no page settled (their page
