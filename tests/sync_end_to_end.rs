@@ -833,3 +833,82 @@ async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing_sqlit
 async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing_postgres() {
     a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(Kind::Postgres).await;
 }
+
+/// A record the target refuses in a page of creates (a trigger here) fails
+/// alone: the page's reservation is settled by its commit with that
+/// mapping `failed` and the reason, the others `mapped`, and no reservation
+/// is left. The next run, once the target accepts it, creates it once.
+#[tokio::test]
+async fn a_create_refused_in_a_reserved_page_fails_alone_and_the_next_run_maps_it() {
+    let dir = TempDir::new("refused-create");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    // Pages of two, in scan order: [A-1, A-2], [A-3, A-4], [A-5, A-6].
+    let names = ["A-1", "A-2", "A-3", "A-4", "A-5", "A-6"];
+    let rows: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"id": id, "name": id, "industry": "x", "updated_at": ts(i as i64)}))
+        .collect();
+    source.insert("accounts", &rows).await;
+    target
+        .exec(
+            "CREATE TRIGGER refuse BEFORE INSERT ON customers WHEN NEW.customer_name = 'A-4' \
+             BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+        )
+        .await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let scope = EntityScope::new("t1", "e2e", "account");
+    let all: Vec<String> = names.map(String::from).to_vec();
+    let state_db = sqlx::SqlitePool::connect(&dir.sqlite_url("state.db"))
+        .await
+        .unwrap();
+    let reservations = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM reservations")
+            .fetch_one(&state_db)
+            .await
+            .unwrap()
+    };
+    let names_in = |rows: Vec<Value>| -> Vec<String> {
+        let mut n: Vec<String> = rows
+            .iter()
+            .map(|r| r["customer_name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+
+    let run = sync_once(store.clone(), &toml, 2).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    let mapped = store.lookup(&scope, Side::Source, &all).await.unwrap();
+    assert_eq!(mapped.len(), 6, "every record has its mapping: {mapped:?}");
+    let refused = &mapped["A-4"];
+    assert_eq!(refused.status, MappingStatus::Failed);
+    let why = refused.last_error.as_deref().unwrap_or_default();
+    assert!(why.contains("refused by a trigger"), "{why}");
+    assert!(
+        all.iter()
+            .filter(|id| *id != "A-4")
+            .all(|id| mapped[id].status == MappingStatus::Mapped),
+        "{mapped:?}"
+    );
+    let mut expected = all.clone();
+    expected.retain(|n| n != "A-4");
+    assert_eq!(names_in(target.dump("customers").await), expected);
+    assert_eq!(reservations().await, 0, "each page settled its reservation");
+
+    target.exec("DROP TRIGGER refuse").await;
+    let run = sync_once(store.clone(), &toml, 2).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(names_in(target.dump("customers").await), all);
+    let mapped = store.lookup(&scope, Side::Source, &all).await.unwrap();
+    assert!(
+        mapped.values().all(|m| m.status == MappingStatus::Mapped),
+        "{mapped:?}"
+    );
+    assert_eq!(reservations().await, 0);
+    state_db.close().await;
+    state.drop().await;
+}
