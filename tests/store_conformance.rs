@@ -305,6 +305,17 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
     // again: a-3 is mapped by the second attempt, a-2's failed.
     let (left, _) = store.reserve(&s, new(&["a-2", "a-3"]), &lease).await.unwrap();
     let left = left.unwrap();
+    let listed = store
+        .mappings_with_status(&s, MappingStatus::Pending, 10)
+        .await
+        .unwrap();
+    let mut listed: Vec<&str> = listed.iter().filter_map(|m| m.source_id.as_deref()).collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["a-2", "a-3"],
+        "operators see what a reservation holds as pending"
+    );
     let (again, _) = store.reserve(&s, new(&["a-3"]), &lease).await.unwrap();
     let again = again.unwrap();
     store

@@ -1021,14 +1021,22 @@ impl Store {
         on_backend!(self, b => b.unsettled_mappings(scope, after, limit).await)
     }
 
-    /// Mappings of `scope` with `status`, for operators.
+    /// Mappings of `scope` with `status`, for operators. `pending` ones
+    /// include those a reservation still holds (a page in flight, or one a
+    /// crash left until a step of the scope starts again).
     pub async fn mappings_with_status(
         &self,
         scope: &EntityScope,
         status: MappingStatus,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
-        on_backend!(self, b => b.mappings_with_status(scope, status, limit).await)
+        let mut found = on_backend!(self, b => b.mappings_with_status(scope, status, limit).await)?;
+        if status == MappingStatus::Pending && found.len() < limit as usize {
+            let rows = on_backend!(self, b => b.reservations(scope).await)?;
+            let held = held_mappings(scope, &rows)?;
+            found.extend(held.into_iter().take(limit as usize - found.len()));
+        }
+        Ok(found)
     }
 
     /// Counts mappings of `tenant` and `integration` by entity type and status.

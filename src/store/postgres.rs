@@ -153,6 +153,19 @@ impl PgStore {
         Ok(scopes)
     }
 
+    /// The reservation rows of `scope` (see [`super::held_mappings`]).
+    pub(super) async fn reservations(
+        &self,
+        scope: &EntityScope,
+    ) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, StoreError> {
+        Ok(sqlx::query_as(RESERVATIONS_OF_SCOPE)
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// See [`super::Store::settle_leftovers`].
     pub(super) async fn settle_leftovers(
         &self,
@@ -162,15 +175,13 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         hold_lease(&mut tx, lease, now).await?;
-        let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, mappings::text, created_at FROM reservations \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id FOR UPDATE",
-        )
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<(Uuid, String, DateTime<Utc>)> =
+            sqlx::query_as(&format!("{RESERVATIONS_OF_SCOPE} FOR UPDATE"))
+                .bind(scope.tenant_id.as_str())
+                .bind(scope.integration_id.as_str())
+                .bind(scope.entity_type.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -1278,6 +1289,9 @@ async fn insert_conflicts(
 }
 
 /// Mapping rows as column arrays, for `UNNEST`.
+const RESERVATIONS_OF_SCOPE: &str = "SELECT id, mappings::text, created_at FROM reservations \
+     WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id";
+
 /// Fencing: locks our lease row for the transaction, or fails. A share
 /// lock: it holds off a takeover (an update of the row) until we commit, and
 /// the worker's own page commits, which overlap, do not wait for each other.

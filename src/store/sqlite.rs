@@ -102,6 +102,31 @@ fn mapping_from_row(row: &SqliteRow) -> Result<IdMapping, StoreError> {
     })
 }
 
+/// The reservation rows of `scope`: id, held mappings, time.
+async fn reservations_of(
+    conn: &mut sqlx::SqliteConnection,
+    scope: &EntityScope,
+) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, StoreError> {
+    let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, mappings, created_at FROM reservations \
+         WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 ORDER BY id",
+    )
+    .bind(scope.tenant_id.as_str())
+    .bind(scope.integration_id.as_str())
+    .bind(scope.entity_type.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, json, at)| {
+            Ok((
+                Uuid::parse_str(&id).map_err(|e| corrupt("reservations", e))?,
+                json,
+                at,
+            ))
+        })
+        .collect()
+}
+
 /// Fencing: the write lock is ours (the transaction began IMMEDIATE), so the
 /// lease cannot move until we commit; fails when it is not ours.
 async fn hold_lease(
@@ -438,6 +463,15 @@ impl SqliteStore {
         }
     }
 
+    /// The reservation rows of `scope` (see [`super::held_mappings`]).
+    pub(super) async fn reservations(
+        &self,
+        scope: &EntityScope,
+    ) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        reservations_of(&mut conn, scope).await
+    }
+
     /// See [`super::Store::settle_leftovers`].
     pub(super) async fn settle_leftovers(
         &self,
@@ -449,28 +483,10 @@ impl SqliteStore {
         let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
             hold_lease(&mut *conn, lease, now).await?;
-            let rows: Vec<(String, String, DateTime<Utc>)> = sqlx::query_as(
-                "SELECT id, mappings, created_at FROM reservations \
-                 WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 ORDER BY id",
-            )
-            .bind(scope.tenant_id.as_str())
-            .bind(scope.integration_id.as_str())
-            .bind(scope.entity_type.as_str())
-            .fetch_all(&mut *conn)
-            .await?;
+            let rows = reservations_of(&mut *conn, scope).await?;
             if rows.is_empty() {
                 return Ok(0);
             }
-            let rows: Vec<(Uuid, String, DateTime<Utc>)> = rows
-                .into_iter()
-                .map(|(id, json, at)| {
-                    Ok((
-                        Uuid::parse_str(&id).map_err(|e| corrupt("reservations", e))?,
-                        json,
-                        at,
-                    ))
-                })
-                .collect::<Result<_, StoreError>>()?;
             let held = held_mappings(scope, &rows)?;
             let added = insert_mappings(&mut *conn, held.iter(), "OR IGNORE").await?;
             for (id, _, _) in &rows {
