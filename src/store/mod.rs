@@ -99,9 +99,14 @@ pub enum StoreError {
     LeaseLost { run_id: Uuid, worker_id: String },
     #[error("conflict {id} is not pending (already resolved, or not this tenant's)")]
     ConflictNotPending { id: Uuid },
-    /// The reservation a page was to settle is no longer there: a later
-    /// step start turned it into `pending` mappings (see `Store::reserve`).
-    #[error("reservation {id} was already turned into pending mappings; the page will be retried")]
+    /// The reservation a page was to settle is no longer there: a step
+    /// start elsewhere turned it into `pending` mappings (see
+    /// `Store::reserve`). Only a second process under the same worker id
+    /// gets past the lease fence to see this.
+    #[error(
+        "reservation {id} was already turned into pending mappings by another process \
+         (two workers with one worker id?); this page is not committed, the next run finishes it"
+    )]
     ReservationGone { id: Uuid },
     #[error("run {run_id} cannot be resumed: {source}")]
     NotResumable {
@@ -1214,6 +1219,20 @@ pub(crate) fn held_mappings(
         );
     }
     Ok(held)
+}
+
+/// Logs held mappings of leftover reservations that were not added because
+/// their source or target id had a mapping by then (the page was done
+/// again); expected to be none.
+pub(crate) fn skipped_held(scope: &EntityScope, reservations: &[Uuid], held: u64, added: u64) {
+    if added < held {
+        tracing::warn!(
+            entity = %scope.entity_type,
+            skipped = held - added,
+            ?reservations,
+            "held mappings of leftover reservations already had a mapping; kept the mapping there"
+        );
+    }
 }
 
 /// Explains why a conditional update matched no row: the row moved on to

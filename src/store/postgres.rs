@@ -190,6 +190,7 @@ impl PgStore {
         let scopes = self.scope_numbers(&held).await?;
         let added = insert_mappings(&mut tx, &held, &scopes, "ON CONFLICT DO NOTHING").await?;
         let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+        super::skipped_held(scope, &ids, held.len() as u64, added);
         sqlx::query("DELETE FROM reservations WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
@@ -1288,7 +1289,7 @@ async fn insert_conflicts(
     Ok(())
 }
 
-/// Mapping rows as column arrays, for `UNNEST`.
+/// The reservation rows of a scope: id, held mappings, time.
 const RESERVATIONS_OF_SCOPE: &str = "SELECT id, mappings::text, created_at FROM reservations \
      WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id";
 
@@ -1355,6 +1356,7 @@ async fn insert_mappings(
     Ok(done.rows_affected())
 }
 
+/// Mapping rows as column arrays, for `UNNEST`.
 struct MappingColumns<'a> {
     id: Vec<Uuid>,
     tenant_id: Vec<&'a str>,

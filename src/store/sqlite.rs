@@ -489,6 +489,8 @@ impl SqliteStore {
             }
             let held = held_mappings(scope, &rows)?;
             let added = insert_mappings(&mut *conn, held.iter(), "OR IGNORE").await?;
+            let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+            super::skipped_held(scope, &ids, held.len() as u64, added);
             for (id, _, _) in &rows {
                 sqlx::query("DELETE FROM reservations WHERE id = ?1")
                     .bind(id.to_string())
