@@ -751,11 +751,12 @@ async fn pages_of_unreadable_rows_move_the_scan_on() {
     state.drop().await;
 }
 
-/// A page of creates into a text-id table is inserted plainly, and written
-/// again as an upsert when one of its ids is already there (a create
-/// repeated after a crash): the existing record takes the page's values,
-/// the others are created, and nothing is there twice. A conflict on
-/// another unique column is still an error that names the table.
+/// A page of creates into a text-id table that repeats a create (after a
+/// crash) is an upsert, whether its records say they were tried before or
+/// the plain insert meets an id already there: the existing record takes
+/// the page's values, the others are created, and nothing is there twice.
+/// A conflict on another unique column is still an error that names the
+/// table.
 async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind: Kind) {
     use syncd::connector::sql::SqlConnector;
     use syncd::connector::{FieldColumn, NewRecord};
@@ -778,24 +779,39 @@ async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind:
     let b = system
         .binding("notes", "notes", columns, fields, None, None)
         .unwrap();
-    let note = |id: &str, body: &str| NewRecord {
+    let note = |id: &str, body: &str, tried: bool| NewRecord {
         id: Some(id.into()),
         key: format!("fwd:{id}"),
         fields: json!({ "body": body, "slug": id }).as_object().unwrap().clone(),
+        tried,
     };
     let now = chrono::Utc::now();
     let first = system
-        .create(&b, &[note("n-1", "first"), note("n-2", "first")], now)
+        .create(
+            &b,
+            &[note("n-1", "first", false), note("n-2", "first", false)],
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(first, vec!["n-1", "n-2"]);
     // The crash: n-2 was created, its mapping never confirmed; the page
-    // is done again with a record more.
+    // is done again (n-2 known as tried) with a record more.
     let again = system
-        .create(&b, &[note("n-2", "again"), note("n-3", "again")], now)
+        .create(
+            &b,
+            &[note("n-2", "again", true), note("n-3", "again", false)],
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(again, vec!["n-2", "n-3"]);
+    // A page that does not know it repeats meets an id already there.
+    let third = system
+        .create(&b, &[note("n-3", "third", false)], now)
+        .await
+        .unwrap();
+    assert_eq!(third, vec!["n-3"]);
     let rows: Vec<(String, String)> = db
         .dump("notes")
         .await
@@ -807,11 +823,11 @@ async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind:
             )
         })
         .collect();
-    let expected = [("n-1", "first"), ("n-2", "again"), ("n-3", "again")];
+    let expected = [("n-1", "first"), ("n-2", "again"), ("n-3", "third")];
     assert_eq!(rows, expected.map(|(i, b)| (i.to_owned(), b.to_owned())).to_vec());
     let clash = NewRecord {
         fields: json!({ "body": "x", "slug": "n-1" }).as_object().unwrap().clone(),
-        ..note("n-4", "x")
+        ..note("n-4", "x", true)
     };
     let err = system.create(&b, &[clash], now).await.unwrap_err().to_string();
     assert!(err.contains("notes"), "{err}");

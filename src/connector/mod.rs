@@ -348,6 +348,9 @@ pub struct NewRecord {
     /// The idempotency key (stored in the key column of integer-id tables).
     pub key: String,
     pub fields: Fields,
+    /// Tried before (its mapping was pending, failed or stale): the record
+    /// may exist already.
+    pub tried: bool,
 }
 
 /// Formats a time the way syncd writes `updated_at`: RFC 3339, UTC,

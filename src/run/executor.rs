@@ -1300,6 +1300,7 @@ impl Job {
                 id: (write_binding.id_kind == IdKind::Text).then(|| uuid.to_string()),
                 key,
                 fields,
+                tried,
             });
         }
         // Only a create tried before (its mapping was pending, failed or
