@@ -369,8 +369,8 @@ async fn lookup_mapping(
         _ => return Err(ApiError::bad("give exactly one of `source_id` or `target_id`")),
     };
     let scope = EntityScope::new(tenant, q.integration, q.entity);
-    let mut found = s.store.lookup(&scope, side, std::slice::from_ref(&id)).await?;
-    let m = found.remove(&id).ok_or_else(|| ApiError::not_found("mapping"))?;
+    let found = s.store.find_mapping(&scope, side, &id).await?;
+    let m = found.ok_or_else(|| ApiError::not_found("mapping"))?;
     Ok(Json(json!({ "mapping": m })))
 }
 

@@ -316,6 +316,19 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
         ["a-2", "a-3"],
         "operators see what a reservation holds as pending"
     );
+    let one = store
+        .find_mapping(&s, Side::Source, "a-2")
+        .await
+        .unwrap()
+        .expect("held");
+    assert_eq!((one.status, one.id), (MappingStatus::Pending, left.held[0].id));
+    let mapped = store
+        .find_mapping(&s, Side::Target, "t-a-0")
+        .await
+        .unwrap()
+        .expect("mapped");
+    assert_eq!(mapped.status, MappingStatus::Mapped);
+    assert_eq!(store.find_mapping(&s, Side::Source, "a-9").await.unwrap(), None);
     let (again, _) = store.reserve(&s, new(&["a-3"]), &lease).await.unwrap();
     let again = again.unwrap();
     store

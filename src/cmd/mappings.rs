@@ -49,12 +49,12 @@ pub fn lookup(scope: Scope, side: Side, id: &str) -> CmdResult {
         let store = open_store().await?;
         let scope = scope.resolve(&store).await?;
         let found = store
-            .lookup(&scope, side, &[id.to_owned()])
+            .find_mapping(&scope, side, id)
             .await
             .map_err(|e| format!("error: {e}"))?;
-        match found.get(id) {
+        match found {
             Some(m) => {
-                print(std::slice::from_ref(m));
+                print(std::slice::from_ref(&m));
                 Ok(())
             }
             None => Err(format!(

@@ -1026,6 +1026,25 @@ impl Store {
         on_backend!(self, b => b.unsettled_mappings(scope, after, limit).await)
     }
 
+    /// The mapping of one record, for operators: from the ID map, or else
+    /// the `pending` one a reservation holds (see [`Store::reserve`]).
+    pub async fn find_mapping(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        id: &str,
+    ) -> Result<Option<IdMapping>, StoreError> {
+        if let Some(m) = self.lookup(scope, side, &[id.to_owned()]).await?.remove(id) {
+            return Ok(Some(m));
+        }
+        let rows = on_backend!(self, b => b.reservations(scope).await)?;
+        let on_side = |m: &IdMapping| match side {
+            Side::Source => m.source_id.as_deref() == Some(id),
+            Side::Target => m.target_id.as_deref() == Some(id),
+        };
+        Ok(held_mappings(scope, &rows)?.into_iter().find(on_side))
+    }
+
     /// Mappings of `scope` with `status`, for operators. `pending` ones
     /// include those a reservation still holds (a page in flight, or one a
     /// crash left until a step of the scope starts again).
