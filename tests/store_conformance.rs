@@ -15,7 +15,8 @@ use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd::record::{Fields, Record, Side};
 use syncd::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
 use syncd::store::{
-    DEFAULT_MAX_SNAPSHOT_BYTES, Lease, MappingWrite, PageCommit, RunRow, Store, StoreConfig, StoreError,
+    DEFAULT_MAX_SNAPSHOT_BYTES, Lease, MappingWrite, PageCommit, Reservation, RunRow, Store, StoreConfig,
+    StoreError,
 };
 use uuid::Uuid;
 
@@ -246,13 +247,23 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
             .map(|id| MappingWrite::Insert(pending(&s, id)))
             .collect()
     };
-    let settle = |held: &IdMapping| MappingWrite::Settle {
-        held: held.clone(),
-        change: MappingChange::Confirm {
-            source_id: held.source_id.clone().unwrap(),
-            target_id: format!("t-{}", held.source_id.as_deref().unwrap()),
-            base: fields(json!({"name": "Acme"})),
-        },
+    // The commit of the page that made `r`: each held mapping confirmed.
+    let settling = |r: &Reservation| PageCommit {
+        mappings: r
+            .held
+            .iter()
+            .map(|held| MappingWrite::Settle {
+                held: held.clone(),
+                change: MappingChange::Confirm {
+                    source_id: held.source_id.clone().unwrap(),
+                    target_id: format!("t-{}", held.source_id.as_deref().unwrap()),
+                    base: fields(json!({"name": "Acme"})),
+                },
+            })
+            .collect(),
+        settles: Some(r.id),
+        lease: Some(lease.clone()),
+        ..Default::default()
     };
 
     // A worker without the lease reserves nothing.
@@ -276,15 +287,7 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
         "held mappings are not in the ID map yet: {seen:?}"
     );
 
-    let committed = store
-        .commit_page(PageCommit {
-            mappings: reservation.held.iter().map(settle).collect(),
-            settles: Some(reservation.id),
-            lease: Some(lease.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let committed = store.commit_page(settling(&reservation)).await.unwrap();
     assert_eq!(committed.len(), 2);
     let by_target = store
         .lookup(&s, Side::Target, &ids(&["t-a-0", "t-a-1"]))
@@ -331,15 +334,7 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
     assert_eq!(store.find_mapping(&s, Side::Source, "a-9").await.unwrap(), None);
     let (again, _) = store.reserve(&s, new(&["a-3"]), &lease).await.unwrap();
     let again = again.unwrap();
-    store
-        .commit_page(PageCommit {
-            mappings: again.held.iter().map(settle).collect(),
-            settles: Some(again.id),
-            lease: Some(lease.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    store.commit_page(settling(&again)).await.unwrap();
 
     assert_eq!(store.settle_leftovers(&s, &lease).await.unwrap(), 1);
     let found = store
@@ -363,15 +358,7 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
     assert_eq!(store.settle_leftovers(&s, &lease).await.unwrap(), 0);
 
     // The page that left it cannot commit now; a-2 stays pending.
-    let late = store
-        .commit_page(PageCommit {
-            mappings: left.held.iter().map(settle).collect(),
-            settles: Some(left.id),
-            lease: Some(lease.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let late = store.commit_page(settling(&left)).await.unwrap_err();
     assert!(
         matches!(late, StoreError::ReservationGone { id } if id == left.id),
         "{late}"

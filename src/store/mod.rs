@@ -566,36 +566,15 @@ impl Store {
                     }
                     MappingWrite::Transition { current, change } => {
                         let read_version = current.version;
-                        // `apply` leaves the mapping as it was when it refuses.
-                        let mut next = current;
-                        if let Err(source) = next.apply(change, now) {
-                            return Err(StoreError::Transition {
-                                entity_type: next.entity_type.to_string(),
-                                record: record_name(&next),
-                                source,
-                            });
-                        }
-                        next.version = read_version + 1;
                         Decided {
-                            next,
+                            next: applied(current, change, now)?,
                             read_version: Some(read_version),
                         }
                     }
-                    MappingWrite::Settle { held, change } => {
-                        let mut next = held;
-                        if let Err(source) = next.apply(change, now) {
-                            return Err(StoreError::Transition {
-                                entity_type: next.entity_type.to_string(),
-                                record: record_name(&next),
-                                source,
-                            });
-                        }
-                        next.version += 1;
-                        Decided {
-                            next,
-                            read_version: None,
-                        }
-                    }
+                    MappingWrite::Settle { held, change } => Decided {
+                        next: applied(held, change, now)?,
+                        read_version: None,
+                    },
                 };
                 if let Some(base) = &decided.next.base {
                     self.check_size(
@@ -1238,6 +1217,24 @@ pub(crate) fn held_mappings(
         );
     }
     Ok(held)
+}
+
+/// `mapping` after `change`, one version on, or the core's refusal.
+fn applied(
+    mut mapping: IdMapping,
+    change: MappingChange,
+    now: DateTime<Utc>,
+) -> Result<IdMapping, StoreError> {
+    // `apply` leaves the mapping as it was when it refuses.
+    if let Err(source) = mapping.apply(change, now) {
+        return Err(StoreError::Transition {
+            entity_type: mapping.entity_type.to_string(),
+            record: record_name(&mapping),
+            source,
+        });
+    }
+    mapping.version += 1;
+    Ok(mapping)
 }
 
 /// Logs held mappings of leftover reservations that were not added because

@@ -158,12 +158,7 @@ impl PgStore {
         &self,
         scope: &EntityScope,
     ) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, StoreError> {
-        Ok(sqlx::query_as(RESERVATIONS_OF_SCOPE)
-            .bind(scope.tenant_id.as_str())
-            .bind(scope.integration_id.as_str())
-            .bind(scope.entity_type.as_str())
-            .fetch_all(&self.pool)
-            .await?)
+        reservations_of(&mut *self.pool.acquire().await?, scope, "").await
     }
 
     /// See [`super::Store::settle_leftovers`].
@@ -175,13 +170,7 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         hold_lease(&mut tx, lease, now).await?;
-        let rows: Vec<(Uuid, String, DateTime<Utc>)> =
-            sqlx::query_as(&format!("{RESERVATIONS_OF_SCOPE} FOR UPDATE"))
-                .bind(scope.tenant_id.as_str())
-                .bind(scope.integration_id.as_str())
-                .bind(scope.entity_type.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows = reservations_of(&mut tx, scope, " FOR UPDATE").await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -1289,9 +1278,23 @@ async fn insert_conflicts(
     Ok(())
 }
 
-/// The reservation rows of a scope: id, held mappings, time.
-const RESERVATIONS_OF_SCOPE: &str = "SELECT id, mappings::text, created_at FROM reservations \
-     WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id";
+/// The reservation rows of `scope`: id, held mappings, time; `lock` ends
+/// the statement (empty, or `FOR UPDATE`).
+async fn reservations_of(
+    conn: &mut sqlx::PgConnection,
+    scope: &EntityScope,
+    lock: &str,
+) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT id, mappings::text, created_at FROM reservations \
+         WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 ORDER BY id{lock}"
+    ))
+    .bind(scope.tenant_id.as_str())
+    .bind(scope.integration_id.as_str())
+    .bind(scope.entity_type.as_str())
+    .fetch_all(&mut *conn)
+    .await?)
+}
 
 /// Fencing: locks our lease row for the transaction, or fails. A share
 /// lock: it holds off a takeover (an update of the row) until we commit, and
