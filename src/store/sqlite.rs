@@ -200,6 +200,21 @@ impl ImmediateTx {
         self.finished = true;
         Ok(())
     }
+
+    /// Commits when the work inside it succeeded, else rolls back; returns
+    /// the work's result.
+    async fn end<T>(self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.finish("COMMIT").await?;
+                Ok(value)
+            }
+            Err(e) => {
+                self.finish("ROLLBACK").await?;
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Drop for ImmediateTx {
@@ -451,16 +466,7 @@ impl SqliteStore {
             Ok::<(), StoreError>(())
         }
         .await;
-        match result {
-            Ok(()) => {
-                tx.finish("COMMIT").await?;
-                Ok(())
-            }
-            Err(e) => {
-                tx.finish("ROLLBACK").await?;
-                Err(e)
-            }
-        }
+        tx.end(result).await
     }
 
     /// The reservation rows of `scope` (see [`super::held_mappings`]).
@@ -491,25 +497,14 @@ impl SqliteStore {
             let added = insert_mappings(&mut *conn, held.iter(), "OR IGNORE").await?;
             let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
             super::skipped_held(scope, &ids, held.len() as u64, added);
-            for (id, _, _) in &rows {
-                sqlx::query("DELETE FROM reservations WHERE id = ?1")
-                    .bind(id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            }
+            sqlx::query("DELETE FROM reservations WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(Json(&ids))
+                .execute(&mut *conn)
+                .await?;
             Ok::<u64, StoreError>(added)
         }
         .await;
-        match result {
-            Ok(added) => {
-                tx.finish("COMMIT").await?;
-                Ok(added)
-            }
-            Err(e) => {
-                tx.finish("ROLLBACK").await?;
-                Err(e)
-            }
-        }
+        tx.end(result).await
     }
 
     pub(super) async fn load_steps(&self, run_id: Uuid) -> Result<Vec<StepCheckpoint>, StoreError> {
