@@ -20,5 +20,6 @@ pub mod record;
 pub mod run;
 pub mod schedule;
 pub mod store;
+pub mod value;
 pub mod worker;
 pub mod workflow;

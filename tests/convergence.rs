@@ -41,13 +41,14 @@ use support::systems::{Kind, SystemDb, workflow_toml};
 use syncd::cache::MappingCache;
 use syncd::cmd::conflicts::decided_values;
 use syncd::conflict::{self, ConflictRecord, ConflictStatus, MergeRules, Outcome, ReviewDecision, Strategy};
-use syncd::connector::{format_time, normalize, parse_time};
+use syncd::connector::{format_time, parse_time};
 use syncd::ids::EntityScope;
 use syncd::mapping::{IdMapping, MappingStatus};
 use syncd::record::{Direction, Fields, Record, Side};
 use syncd::run::RunState;
 use syncd::run::executor::{Job, Options, RunError};
 use syncd::store::{ConflictFilter, RunFilter, RunRow, Store, StoreConfig};
+use syncd::value::canonical as normalize;
 use uuid::Uuid;
 
 const TENANT: &str = "t1";

@@ -583,10 +583,7 @@ async fn a_record_edited_while_numbered_pages_are_read_loses_no_other_record() {
     let conn = HttpConnector::connect(&wf.target, &server.url(), |_| Some(TOKEN.into())).unwrap();
     let columns = conn.columns("contact", &["full_name", "email"]).unwrap();
     let fields = ["email", "full_name"]
-        .map(|f| FieldColumn {
-            cdm: f.into(),
-            column: f.into(),
-        })
+        .map(|f| FieldColumn::untyped(f, f))
         .to_vec();
     let binding = conn.binding("contact", columns, fields, None).unwrap();
     let page = conn.read_changes(&binding, None, 1_000).await.unwrap();

@@ -15,7 +15,7 @@
 //! its start for every engine page.
 
 use super::{BadRow, ChangePage, ConnectorError, Cursor, IdKind, NewRecord, TableBinding};
-use super::{format_time, id_text, normalize, parse_time};
+use super::{ByIds, format_time, id_text, parse_time};
 use crate::record::{Fields, Record};
 use crate::workflow::{HttpAuth, HttpResource, HttpSystem, Pagination, SystemDef};
 use chrono::{DateTime, Utc};
@@ -562,20 +562,26 @@ impl HttpConnector {
         }
     }
 
-    fn record_of(b: &TableBinding, item: &Value, key: ListKey) -> Record {
-        let fields: Fields = b
-            .fields
-            .iter()
-            .map(|f| {
-                let v = item.get(&f.column).cloned().map(normalize).unwrap_or(Value::Null);
-                (f.cdm.clone(), v)
-            })
-            .collect();
-        Record {
+    /// An item as a record, each field converted to its kind; a value
+    /// that is not of its field's kind makes the item bad.
+    fn record_of(b: &TableBinding, item: &Value, key: ListKey) -> Result<Record, BadRow> {
+        let mut fields = Fields::new();
+        for f in &b.fields {
+            let raw = item.get(&f.column).cloned().unwrap_or(Value::Null);
+            let v = crate::value::read(f.kind, f.class, raw).map_err(|why| BadRow {
+                id: key.1.clone(),
+                reason: format!(
+                    "system `{}`, {} `{}`: entity `{}`, field `{}`: {why}",
+                    b.system, b.table, key.1, b.entity, f.cdm
+                ),
+            })?;
+            fields.insert(f.cdm.clone(), v);
+        }
+        Ok(Record {
             id: key.1,
             fields,
             modified_at: key.0,
-        }
+        })
     }
 
     /// Reads up to `limit` records changed after `after`, oldest first.
@@ -703,7 +709,10 @@ impl HttpConnector {
                 if b.marked_deleted(|c| item.get(c)) {
                     page.deleted.push(key.1.clone());
                 } else {
-                    page.records.push(Self::record_of(b, item, key));
+                    match Self::record_of(b, item, key) {
+                        Ok(record) => page.records.push(record),
+                        Err(bad) => page.bad.push(bad),
+                    }
                 }
                 taken += 1;
                 if taken == limit {
@@ -792,19 +801,29 @@ impl HttpConnector {
     }
 
     /// The records with `ids`; ids that do not exist are absent.
-    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<Vec<Record>, ConnectorError> {
+    /// The records with `ids`. A record without a readable update time is
+    /// still read (its time the Unix epoch), to be compared by value.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<ByIds, ConnectorError> {
         let r = self.resource(&b.entity)?;
-        Ok(self
-            .get_each(r, ids)
-            .await?
-            .into_iter()
-            .flatten()
-            .filter(|item| !b.marked_deleted(|c| item.get(c)))
-            .filter_map(|item| {
-                let key = Self::key_of(r, &item).ok()?;
-                Some(Self::record_of(b, &item, key))
-            })
-            .collect())
+        let mut found = ByIds::default();
+        for item in self.get_each(r, ids).await?.into_iter().flatten() {
+            if b.marked_deleted(|c| item.get(c)) {
+                continue;
+            }
+            let key = match Self::key_of(r, &item) {
+                Ok(key) => key,
+                Err(bad) if !bad.id.is_empty() => (DateTime::UNIX_EPOCH, bad.id),
+                Err(bad) => {
+                    found.bad.push(bad);
+                    continue;
+                }
+            };
+            match Self::record_of(b, &item, key) {
+                Ok(record) => found.records.push(record),
+                Err(bad) => found.bad.push(bad),
+            }
+        }
+        Ok(found)
     }
 
     /// Which of `ids` exist and are not marked deleted.

@@ -9,6 +9,7 @@ pub mod http;
 pub mod sql;
 
 use crate::record::{Fields, Record, Side};
+use crate::value::{Class, Kind};
 use crate::workflow::{ConnectorKind, EntityDef, SystemDef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -156,8 +157,23 @@ impl Connector {
         }
     }
 
-    /// The records with `ids`; ids that do not exist are absent.
-    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<Vec<Record>, ConnectorError> {
+    /// The class of a column of this system from the type [`columns`]
+    /// gave it.
+    ///
+    /// [`columns`]: Self::columns
+    pub fn class_of(&self, type_name: &str) -> Class {
+        match self {
+            Connector::Sql(SqlConnector::Postgres { .. }) => Class::postgres(type_name),
+            Connector::Sql(SqlConnector::Sqlite { .. }) => Class::sqlite(type_name),
+            Connector::Http(_) => Class::Any,
+        }
+    }
+
+    /// The records with `ids`; ids that do not exist are absent, and rows
+    /// that exist but cannot be read are in `bad`. A record whose
+    /// modification time cannot be read is still a record (its time is
+    /// the Unix epoch): it is compared by value.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<ByIds, ConnectorError> {
         match self {
             Connector::Sql(c) => c.read_by_ids(b, ids).await,
             Connector::Http(c) => c.read_by_ids(b, ids).await,
@@ -232,17 +248,15 @@ impl Connector {
         match self {
             Connector::Http(c) => c.create(b, records).await,
             Connector::Sql(c) => match c.create(b, records, now).await {
-                Ok(ids) => Ok(ids.into_iter().map(Ok).collect()),
+                Ok(ids) => Ok(ids),
                 Err(batch_error) if records.len() > 1 => {
                     tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
                     let mut out = Vec::with_capacity(records.len());
                     for r in records {
-                        out.push(
-                            c.create(b, std::slice::from_ref(r), now)
-                                .await
-                                .map(|mut ids| ids.remove(0))
-                                .map_err(|e| e.to_string()),
-                        );
+                        out.push(match c.create(b, std::slice::from_ref(r), now).await {
+                            Ok(mut one) => one.remove(0),
+                            Err(e) => Err(e.to_string()),
+                        });
                     }
                     Ok(out)
                 }
@@ -252,7 +266,8 @@ impl Connector {
     }
 
     /// Writes `fields` to each existing record; answers the records the
-    /// system refused, with its reason (a SQL batch succeeds or fails whole).
+    /// system refused, with its reason (a value its column cannot hold
+    /// refuses that record; otherwise a SQL batch succeeds or fails whole).
     pub async fn update(
         &self,
         b: &TableBinding,
@@ -260,7 +275,7 @@ impl Connector {
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, String)>, ConnectorError> {
         match self {
-            Connector::Sql(c) => c.update(b, records, now).await.map(|()| Vec::new()),
+            Connector::Sql(c) => c.update(b, records, now).await,
             Connector::Http(c) => c.update(b, records).await,
         }
     }
@@ -277,11 +292,34 @@ pub enum IdKind {
     Assigned,
 }
 
-/// One synced field: its CDM name and its column.
+/// One synced field: its CDM name, its column, what the column holds and
+/// the kind of value the field is in the engine (agreed for both sides).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldColumn {
     pub cdm: String,
     pub column: String,
+    pub class: Class,
+    pub kind: Kind,
+}
+
+impl FieldColumn {
+    /// A field whose values are kept as the system gives them.
+    pub fn untyped(cdm: &str, column: &str) -> FieldColumn {
+        FieldColumn {
+            cdm: cdm.to_owned(),
+            column: column.to_owned(),
+            class: Class::Any,
+            kind: Kind::Any,
+        }
+    }
+}
+
+/// What [`Connector::read_by_ids`] found: the records, and the rows that
+/// exist but cannot be read as records (they are not gone).
+#[derive(Clone, Debug, Default)]
+pub struct ByIds {
+    pub records: Vec<Record>,
+    pub bad: Vec<BadRow>,
 }
 
 /// A table of one system, resolved against its real columns.
@@ -377,18 +415,6 @@ pub fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
     }
 }
 
-/// Numbers compare by value, not representation: `12.0` read from one
-/// database and `12` from another are the same field value.
-pub fn normalize(v: serde_json::Value) -> serde_json::Value {
-    match v {
-        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => serde_json::Value::from(f as i64),
-            _ => serde_json::Value::Number(n),
-        },
-        other => other,
-    }
-}
-
 /// The id of a row as the engine carries it: text, or an integer as text.
 pub fn id_text(v: &serde_json::Value) -> Option<String> {
     match v {
@@ -419,12 +445,5 @@ mod tests {
         assert_eq!(parse_time(&json!(0)), Some(DateTime::UNIX_EPOCH));
         assert_eq!(parse_time(&json!("yesterday")), None);
         assert_eq!(format_time(t), "2026-03-01T10:00:00.500000Z");
-    }
-
-    #[test]
-    fn numbers_normalize_by_value() {
-        assert_eq!(normalize(json!(12.0)), json!(12));
-        assert_eq!(normalize(json!(12.5)), json!(12.5));
-        assert_eq!(normalize(json!("12.0")), json!("12.0"));
     }
 }

@@ -10,9 +10,10 @@
 //! parameters; they are always quoted as identifiers. Every value is bound.
 
 use super::{BadRow, ChangePage, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding};
-use super::{format_time, id_text, normalize, parse_time};
+use super::{ByIds, format_time, id_text, parse_time};
 use crate::deletes::is_deleted_mark;
 use crate::record::{Fields, Record};
+use crate::value::{self, Class, Dialect};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -203,10 +204,11 @@ impl SqlConnector {
         let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
         let rows = match self {
             SqlConnector::Postgres { pool, .. } => {
+                let doc = pg_row_document(b);
                 let sql = match after {
-                    None => format!("SELECT to_jsonb(t) FROM {t} t ORDER BY t.{upd}, t.{id} LIMIT $1"),
+                    None => format!("SELECT {doc} FROM {t} t ORDER BY t.{upd}, t.{id} LIMIT $1"),
                     Some(_) => format!(
-                        "SELECT to_jsonb(t) FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})) \
+                        "SELECT {doc} FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})) \
                          ORDER BY t.{upd}, t.{id} LIMIT $1",
                         b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
                     ),
@@ -253,7 +255,7 @@ impl SqlConnector {
                 page.deleted.extend(doc.get(ID_COLUMN).and_then(id_text));
                 continue;
             }
-            match self.record_of(b, doc) {
+            match self.record_of(b, doc, false) {
                 Ok(r) => page.records.push(r),
                 Err(bad) => page.bad.push(bad),
             }
@@ -262,16 +264,17 @@ impl SqlConnector {
     }
 
     /// The records with `ids`; ids that do not exist are absent.
-    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<Vec<Record>, ConnectorError> {
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<ByIds, ConnectorError> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ByIds::default());
         }
         let t = ident(&b.table);
         let id = ident(ID_COLUMN);
         let docs: Vec<(Fields, Option<BadRow>)> = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let sql = format!(
-                    "SELECT to_jsonb(t) FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[]))",
+                    "SELECT {} FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[]))",
+                    pg_row_document(b),
                     b.column_types[ID_COLUMN]
                 );
                 let docs: Vec<sqlx::types::Json<Fields>> = sqlx::query_scalar(&sql)
@@ -292,12 +295,18 @@ impl SqlConnector {
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()
             }
         };
-        Ok(docs
-            .into_iter()
-            .filter_map(|(doc, bad)| bad.is_none().then_some(doc))
-            .filter(|d| !b.marked_deleted(|c| d.get(c)))
-            .filter_map(|d| self.record_of(b, d).ok())
-            .collect())
+        let mut found = ByIds::default();
+        for (doc, bad) in docs {
+            if let Some(bad) = bad {
+                found.bad.push(bad);
+            } else if !b.marked_deleted(|c| doc.get(c)) {
+                match self.record_of(b, doc, true) {
+                    Ok(r) => found.records.push(r),
+                    Err(bad) => found.bad.push(bad),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Which of `ids` exist and are not marked deleted: one query, reading
@@ -522,28 +531,53 @@ impl SqlConnector {
         b: &TableBinding,
         records: &[NewRecord],
         now: DateTime<Utc>,
+    ) -> Result<Vec<Result<String, String>>, ConnectorError> {
+        // A record holding a value its column cannot hold fails alone; the
+        // others are written.
+        let mut refused: Vec<Option<String>> = Vec::with_capacity(records.len());
+        let mut rows: Vec<Fields> = Vec::with_capacity(records.len());
+        let mut accepted: Vec<&NewRecord> = Vec::with_capacity(records.len());
+        for r in records {
+            match self.native_fields(b, &r.fields) {
+                Ok(row) => {
+                    rows.push(row);
+                    accepted.push(r);
+                    refused.push(None);
+                }
+                Err(why) => refused.push(Some(why)),
+            }
+        }
+        let mut created = self.insert(b, &accepted, rows, now).await?.into_iter();
+        Ok(refused
+            .into_iter()
+            .map(|why| match why {
+                Some(why) => Err(why),
+                None => Ok(created.next().unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    /// Inserts `rows` (native columns, converted) of `records`.
+    async fn insert(
+        &self,
+        b: &TableBinding,
+        records: &[&NewRecord],
+        mut rows: Vec<Fields>,
+        now: DateTime<Utc>,
     ) -> Result<Vec<String>, ConnectorError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let stamp = Value::String(format_time(now));
-        let rows: Vec<Fields> = records
-            .iter()
-            .map(|r| {
-                let mut row = self.native_fields(b, &r.fields);
-                row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
-                match (&r.id, &b.key_column) {
-                    (Some(id), _) if b.id_kind == IdKind::Text => {
-                        row.insert(ID_COLUMN.into(), Value::String(id.clone()));
-                    }
-                    _ => {}
-                }
-                if let Some(k) = &b.key_column {
-                    row.insert(k.clone(), Value::String(r.key.clone()));
-                }
-                row
-            })
-            .collect();
+        for (row, r) in rows.iter_mut().zip(records) {
+            row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
+            if let (Some(id), IdKind::Text) = (&r.id, b.id_kind) {
+                row.insert(ID_COLUMN.into(), Value::String(id.clone()));
+            }
+            if let Some(k) = &b.key_column {
+                row.insert(k.clone(), Value::String(r.key.clone()));
+            }
+        }
         let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
         let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
         let t = ident(&b.table);
@@ -640,20 +674,25 @@ impl SqlConnector {
         b: &TableBinding,
         records: &[(String, Fields)],
         now: DateTime<Utc>,
-    ) -> Result<(), ConnectorError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    ) -> Result<Vec<(String, String)>, ConnectorError> {
         let stamp = Value::String(format_time(now));
-        let rows: Vec<Fields> = records
-            .iter()
-            .map(|(id, fields)| {
-                let mut row = self.native_fields(b, fields);
-                row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
-                row.insert(ID_COLUMN.into(), self.native_id(b, id));
-                row
-            })
-            .collect();
+        let mut refused = Vec::new();
+        let mut ids: Vec<&str> = Vec::with_capacity(records.len());
+        let mut rows: Vec<Fields> = Vec::with_capacity(records.len());
+        for (id, fields) in records {
+            match self.native_fields(b, fields) {
+                Ok(mut row) => {
+                    row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
+                    row.insert(ID_COLUMN.into(), self.native_id(b, id));
+                    rows.push(row);
+                    ids.push(id);
+                }
+                Err(why) => refused.push((id.clone(), why)),
+            }
+        }
+        if rows.is_empty() {
+            return Ok(refused);
+        }
         let columns: Vec<&str> = rows[0]
             .keys()
             .map(String::as_str)
@@ -673,7 +712,6 @@ impl SqlConnector {
                      WHERE t.{id} = ANY(CAST($2 AS {}[])) AND t.{id} = r.{id}",
                     b.column_types[ID_COLUMN]
                 );
-                let ids: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
                 sqlx::query(&sql)
                     .bind(sqlx::types::Json(&rows))
                     .bind(&ids)
@@ -706,18 +744,31 @@ impl SqlConnector {
                 q.execute(pool).await.map_err(self.query_error(&b.table))?;
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
-    /// CDM fields to native columns.
-    fn native_fields(&self, b: &TableBinding, fields: &Fields) -> Fields {
+    fn dialect(&self) -> Dialect {
+        match self {
+            SqlConnector::Postgres { .. } => Dialect::Postgres,
+            SqlConnector::Sqlite { .. } => Dialect::Sqlite,
+        }
+    }
+
+    /// CDM fields to native columns, each converted into what its column
+    /// holds; `Err` names the first field its column cannot hold exactly.
+    fn native_fields(&self, b: &TableBinding, fields: &Fields) -> Result<Fields, String> {
+        let dialect = self.dialect();
         b.fields
             .iter()
             .map(|f| {
-                (
-                    f.column.clone(),
-                    fields.get(&f.cdm).cloned().unwrap_or(Value::Null),
-                )
+                let v = fields.get(&f.cdm).unwrap_or(&Value::Null);
+                let native = value::write(f.kind, f.class, dialect, v).map_err(|why| {
+                    format!(
+                        "entity `{}`, field `{}`: system `{}`, table `{}`, column `{}` cannot hold the value: {why}",
+                        b.entity, f.cdm, b.system, b.table, f.column
+                    )
+                })?;
+                Ok((f.column.clone(), native))
             })
             .collect()
     }
@@ -737,14 +788,18 @@ impl SqlConnector {
     }
 
     /// A row (all columns, native names) as a record.
-    fn record_of(&self, b: &TableBinding, mut doc: Fields) -> Result<Record, BadRow> {
+    /// `any_time`: a row whose modification time cannot be read is still
+    /// read (its time the Unix epoch), as a counterpart to compare by value.
+    fn record_of(&self, b: &TableBinding, mut doc: Fields, any_time: bool) -> Result<Record, BadRow> {
         let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
         let bad = |reason: String| BadRow {
             id: id.clone(),
             reason,
         };
         let updated = doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null);
-        let modified_at = parse_time(&updated).ok_or_else(|| {
+        let modified_at = parse_time(&updated)
+            .or(any_time.then_some(DateTime::UNIX_EPOCH))
+            .ok_or_else(|| {
             bad(format!(
                 "system `{}`, table `{}`, row `{id}`: `{UPDATED_AT_COLUMN}` value {updated} is not a time",
                 b.system, b.table
@@ -752,10 +807,14 @@ impl SqlConnector {
         })?;
         let mut fields = Fields::new();
         for f in &b.fields {
-            fields.insert(
-                f.cdm.clone(),
-                normalize(doc.remove(&f.column).unwrap_or(Value::Null)),
-            );
+            let raw = doc.remove(&f.column).unwrap_or(Value::Null);
+            let v = value::read(f.kind, f.class, raw).map_err(|why| {
+                bad(format!(
+                    "system `{}`, table `{}`, row `{id}`: entity `{}`, field `{}` (column `{}`): {why}",
+                    b.system, b.table, b.entity, f.cdm, f.column
+                ))
+            })?;
+            fields.insert(f.cdm.clone(), v);
         }
         Ok(Record {
             id,
@@ -779,6 +838,12 @@ impl SqlConnector {
     /// row's id and modification time are still known).
     fn sqlite_row(&self, b: &TableBinding, row: &SqliteRow) -> (Fields, Option<BadRow>) {
         let names = sqlite_columns(b);
+        let json_columns: Vec<&str> = b
+            .fields
+            .iter()
+            .filter(|f| f.class == Class::Json)
+            .map(|f| f.column.as_str())
+            .collect();
         let mut doc = Fields::new();
         let mut unreadable: Option<String> = None;
         for (i, name) in names.iter().enumerate() {
@@ -793,18 +858,47 @@ impl SqlConnector {
             let value = if raw.is_null() {
                 Value::Null
             } else {
-                match raw.type_info().name() {
-                    "INTEGER" => Value::from(row.try_get_unchecked::<i64, _>(i).unwrap_or_default()),
-                    "REAL" => {
-                        serde_json::Number::from_f64(row.try_get_unchecked::<f64, _>(i).unwrap_or_default())
-                            .map(Value::Number)
-                            .unwrap_or(Value::Null)
-                    }
-                    "TEXT" => Value::String(row.try_get_unchecked::<String, _>(i).unwrap_or_default()),
-                    other => {
-                        unreadable.get_or_insert(format!(
-                            "column `{name}` holds a {other} value, which is not JSON"
-                        ));
+                let read = match raw.type_info().name() {
+                    "INTEGER" => row
+                        .try_get_unchecked::<i64, _>(i)
+                        .map(Value::from)
+                        .map_err(|e| e.to_string()),
+                    "REAL" => row
+                        .try_get_unchecked::<f64, _>(i)
+                        .map(value::float_value)
+                        .map_err(|e| e.to_string()),
+                    "TEXT" => row
+                        .try_get_unchecked::<&[u8], _>(i)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| match std::str::from_utf8(bytes) {
+                            Ok(text) => Ok(text),
+                            Err(e) => Err(format!(
+                                "text is not valid UTF-8 (byte {} of {}: {})",
+                                e.valid_up_to(),
+                                hex_head(bytes),
+                                e
+                            )),
+                        })
+                        .and_then(|text| {
+                            // A JSON column keeps its document as text.
+                            if json_columns.contains(name) {
+                                serde_json::from_str(text).map_err(|e| format!("`{text}` is not JSON: {e}"))
+                            } else {
+                                Ok(Value::String(text.to_owned()))
+                            }
+                        }),
+                    other => Err(format!("it holds a {other} value, which is not JSON")),
+                };
+                match read {
+                    Ok(v) => v,
+                    Err(why) => {
+                        let field = b
+                            .fields
+                            .iter()
+                            .find(|f| f.column == *name)
+                            .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
+                            .unwrap_or_else(|| format!("column `{name}`"));
+                        unreadable.get_or_insert(format!("{field}: {why}"));
                         Value::Null
                     }
                 }
@@ -822,6 +916,16 @@ impl SqlConnector {
     }
 }
 
+/// The first bytes of `bytes` in hex, for an error message.
+fn hex_head(bytes: &[u8]) -> String {
+    let head: Vec<String> = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > 16 {
+        format!("x'{}…'", head.join(""))
+    } else {
+        format!("x'{}'", head.join(""))
+    }
+}
+
 /// `value ->> ?2, value ->> ?3, ...` reading each column of a `json_each`
 /// row, with the JSON paths to bind (column names are bound, not spliced).
 fn sqlite_json_select(columns: &[&str]) -> (String, Vec<String>) {
@@ -834,6 +938,23 @@ fn sqlite_json_select(columns: &[&str]) -> (String, Vec<String>) {
         .map(|c| format!("$.\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")))
         .collect();
     (select, paths)
+}
+
+/// The expression that reads a PostgreSQL row `t` as one JSON document:
+/// `to_jsonb(t)`, with float columns as their text, since a JSON number
+/// loses a float's negative zero and cannot hold its infinities and NaN.
+fn pg_row_document(b: &TableBinding) -> String {
+    let floats: Vec<String> = b
+        .fields
+        .iter()
+        .filter(|f| matches!(f.class, Class::Float { .. }))
+        .map(|f| format!("'{}', t.{}::text", f.column.replace('\'', "''"), ident(&f.column)))
+        .collect();
+    if floats.is_empty() {
+        "to_jsonb(t)".to_owned()
+    } else {
+        format!("to_jsonb(t) || jsonb_build_object({})", floats.join(", "))
+    }
 }
 
 /// A cursor value as text, for PostgreSQL's casts.

@@ -21,6 +21,7 @@ use crate::mapping::{IdMapping, MappingChange, MappingStatus};
 use crate::plan::{DependencyGraph, Plan, PlanError};
 use crate::record::{Direction, Fields, Record, Side};
 use crate::run::{PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
+use crate::value::Kind;
 
 mod deletes;
 use crate::store::{Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
@@ -697,11 +698,8 @@ impl Job {
                     })
                     .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                     .collect();
-                (
-                    reader.read_by_ids(read_binding, &ids).await?,
-                    Vec::new(),
-                    Vec::new(),
-                )
+                let found = reader.read_by_ids(read_binding, &ids).await?;
+                (found.records, found.bad, Vec::new())
             }
             Phase::Scan => {
                 if state.scan.is_none() && state.scan_start.is_none() {
@@ -967,6 +965,14 @@ impl Job {
                         change: MappingChange::Fail { error: b.reason },
                     })
                 }
+                // A synced record that can no longer be read keeps its
+                // mapping and base; `last_error` says why it was not synced.
+                Some(m) if m.status == MappingStatus::Mapped => {
+                    commit.mappings.push(MappingWrite::Transition {
+                        current: m,
+                        change: MappingChange::Refuse { error: b.reason },
+                    })
+                }
                 _ => {}
             }
         }
@@ -978,13 +984,14 @@ impl Job {
             .filter(|m| m.status == MappingStatus::Mapped || m.status == MappingStatus::Stale)
             .filter_map(|m| id_on(m, write).map(str::to_owned))
             .collect();
-        let counterparts: HashMap<String, Record> = self
+        let found = self
             .connector(write)
             .read_by_ids(self.binding(tables, write), &counterpart_ids)
-            .await?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
+            .await?;
+        let counterparts: HashMap<String, Record> =
+            found.records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        // Counterparts that exist but cannot be read: not gone, unreadable.
+        let unreadable: HashMap<String, String> = found.bad.into_iter().map(|b| (b.id, b.reason)).collect();
 
         // Translation tables: read-side references to the write side, and
         // target records' references into source ids (the space records are
@@ -1047,6 +1054,16 @@ impl Job {
             }
             match mapping {
                 Some(m) if m.status == MappingStatus::Mapped || relink => {
+                    if let Some(why) = id_on(&m, write).and_then(|id| unreadable.get(id)) {
+                        counters.failed += 1;
+                        if m.status == MappingStatus::Mapped {
+                            commit.mappings.push(MappingWrite::Transition {
+                                change: MappingChange::Refuse { error: why.clone() },
+                                current: m,
+                            });
+                        }
+                        continue;
+                    }
                     let Some(other) = id_on(&m, write).and_then(|id| counterparts.get(id)) else {
                         // Gone from the other side: the delete step acts on
                         // it by the entity's policy, after the brake.
@@ -1528,7 +1545,7 @@ impl Job {
                     .target
                     .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
                     .await?;
-                if let (Some(source), Some(target)) = (source.first(), target.first()) {
+                if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
                     let maps = self
                         .reference_maps(tables, Side::Target, &[&target.fields])
                         .await?;
@@ -1808,16 +1825,27 @@ async fn bind_entity(
         .filter(|k| sides[1].2.contains_key(*k))
         .cloned()
         .collect();
+    // What each column holds, and the kind each field agrees on for both.
+    let class = |i: usize, cdm: &str| {
+        let (connector, columns, map, _) = &sides[i];
+        connector.class_of(&columns[&map[cdm]])
+    };
+    let kinds: HashMap<&str, Kind> = shared
+        .iter()
+        .map(|cdm| (cdm.as_str(), Kind::agree(class(0, cdm), class(1, cdm))))
+        .collect();
     let mut bindings = Vec::new();
-    for (connector, columns, map, pick) in sides {
+    for (connector, columns, map, pick) in &sides {
         let fields = shared
             .iter()
             .map(|cdm| FieldColumn {
                 cdm: cdm.clone(),
                 column: map[cdm].clone(),
+                class: connector.class_of(&columns[&map[cdm]]),
+                kind: kinds[cdm.as_str()],
             })
             .collect();
-        bindings.push(connector.binding(def, pick, columns, fields)?);
+        bindings.push(connector.binding(def, *pick, columns.clone(), fields)?);
     }
     let target = bindings.pop().expect("two sides");
     let source = bindings.pop().expect("two sides");

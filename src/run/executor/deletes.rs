@@ -416,10 +416,10 @@ impl Job {
                 lost: ctx.lost.clone(),
                 ..*ctx
             };
-            let records = self.source.read_by_ids(&ctx.tables.source, &recreate).await?;
+            let found = self.source.read_by_ids(&ctx.tables.source, &recreate).await?;
             let mut done = StepCounters::default();
             let mut commit = self
-                .process_page(&forward, records, Vec::new(), Vec::new(), &mut done)
+                .process_page(&forward, found.records, found.bad, Vec::new(), &mut done)
                 .await?;
             counters.recreated += done.created;
             counters.failed += done.failed;

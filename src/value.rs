@@ -1,0 +1,712 @@
+//! Exact field values, and the one place where a value changes type between
+//! two systems.
+//!
+//! A field value crosses the engine as JSON (`serde_json` with arbitrary
+//! precision), in a *canonical* form, so that two values are equal exactly
+//! when the systems hold the same thing:
+//!
+//! - numbers keep every digit as the system gave them (a PostgreSQL
+//!   `numeric` of 40 digits, a 64-bit integer, the shortest text that reads
+//!   back as the same double), written without exponent, leading zeros or
+//!   trailing fractional zeros: `12.50` and `12.5` are the same value, and a
+//!   change in the 20th digit is a change. A float's negative zero stays
+//!   `-0`;
+//! - a float that JSON cannot hold is the text `NaN`, `Infinity` or
+//!   `-Infinity` (PostgreSQL's spelling);
+//! - a time is RFC 3339 text with six fractional digits, in UTC (`…Z`) when
+//!   the column holds an instant, without zone when it holds a wall-clock
+//!   time; a date is `YYYY-MM-DD`; a UUID is lower-case text.
+//!
+//! Each field has a [`Kind`], agreed once from the columns of both sides
+//! ([`Kind::agree`]). Reading a column converts its value into that kind
+//! ([`read`]); writing converts back into what the column holds
+//! ([`write`]). Both either keep the value exactly or refuse it with a
+//! reason naming the problem: a value is never rounded, blanked or turned
+//! into null. Pure: no I/O.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::{Number, Value};
+
+/// What a column holds, as far as exactness is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Anything JSON holds, kept as is (API fields, untyped columns).
+    Any,
+    Text,
+    Boolean,
+    /// A signed integer of `bits` bits.
+    Integer {
+        bits: u8,
+    },
+    /// An exact decimal: `precision` digits, `scale` of them after the
+    /// point, when the column limits them; `special` when it also holds
+    /// `NaN` and ±`Infinity` (PostgreSQL's unconstrained `numeric`).
+    Decimal {
+        precision: Option<u32>,
+        scale: Option<u32>,
+        special: bool,
+    },
+    /// A binary float of `bits` bits; `nan` and `negative_zero` when the
+    /// column keeps those (SQLite's `REAL` keeps neither).
+    Float {
+        bits: u8,
+        nan: bool,
+        negative_zero: bool,
+    },
+    /// SQLite's NUMERIC affinity: a 64-bit integer, or a double.
+    Numeric,
+    /// A point in time; `zoned` when the column holds an instant.
+    Timestamp {
+        zoned: bool,
+    },
+    Date,
+    Uuid,
+    Json,
+    Bytes,
+}
+
+/// What a field's values are in the engine, agreed for both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// Kept as the system gives it.
+    #[default]
+    Any,
+    Text,
+    Boolean,
+    Number,
+    Timestamp {
+        zoned: bool,
+    },
+    Date,
+    Uuid,
+    Json,
+    Bytes,
+}
+
+/// How a dialect takes values it has no JSON form for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// Through `jsonb_populate_recordset`: a JSON string is read by the
+    /// column type's input function.
+    Postgres,
+    /// Through `json_each(...) ->> path`: a JSON number too large for a
+    /// double reads as an infinity.
+    Sqlite,
+    /// A JSON API: what JSON holds.
+    Json,
+}
+
+impl Class {
+    /// The class of a PostgreSQL column from `format_type`'s name.
+    pub fn postgres(type_name: &str) -> Class {
+        let t = type_name.to_ascii_lowercase();
+        let (base, args) = match t.split_once('(') {
+            Some((b, rest)) => (
+                b.trim().to_owned(),
+                rest.split(')').next().unwrap_or("").to_owned(),
+            ),
+            None => (t.clone(), String::new()),
+        };
+        let is_array = t.ends_with("[]");
+        if is_array {
+            return Class::Json;
+        }
+        match base.as_str() {
+            "smallint" | "int2" => Class::Integer { bits: 16 },
+            "integer" | "int" | "int4" | "serial" => Class::Integer { bits: 32 },
+            "bigint" | "int8" | "bigserial" => Class::Integer { bits: 64 },
+            "numeric" | "decimal" => {
+                let mut parts = args.split(',').map(|p| p.trim().parse::<u32>().ok());
+                let precision = parts.next().flatten();
+                let scale = parts.next().flatten().or(precision.map(|_| 0));
+                Class::Decimal {
+                    precision,
+                    scale,
+                    special: precision.is_none(),
+                }
+            }
+            "double precision" | "float8" => Class::Float {
+                bits: 64,
+                nan: true,
+                negative_zero: true,
+            },
+            "real" | "float4" => Class::Float {
+                bits: 32,
+                nan: true,
+                negative_zero: true,
+            },
+            "boolean" | "bool" => Class::Boolean,
+            "text" | "character varying" | "varchar" | "character" | "char" | "name" | "citext" => {
+                Class::Text
+            }
+            "date" => Class::Date,
+            "uuid" => Class::Uuid,
+            "json" | "jsonb" => Class::Json,
+            "bytea" => Class::Bytes,
+            _ if base.starts_with("timestamp") => Class::Timestamp {
+                zoned: t.contains("with time zone"),
+            },
+            _ => Class::Any,
+        }
+    }
+
+    /// The class of a SQLite column from its declared type: SQLite's
+    /// affinity rules, refined by the names that say what the text or
+    /// number stands for (`BOOLEAN`, `TIMESTAMP`, `DATE`, `UUID`, `JSON`).
+    pub fn sqlite(declared: &str) -> Class {
+        let t = declared.to_ascii_uppercase();
+        if t.contains("BOOL") {
+            Class::Boolean
+        } else if t.contains("INT") {
+            Class::Integer { bits: 64 }
+        } else if t.contains("TIMESTAMPTZ") || t.contains("DATETIME") || t.contains("TIMESTAMP") {
+            Class::Timestamp { zoned: true }
+        } else if t.contains("DATE") {
+            Class::Date
+        } else if t.contains("UUID") {
+            Class::Uuid
+        } else if t.contains("JSON") {
+            Class::Json
+        } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+            Class::Text
+        } else if t.contains("BLOB") || t.is_empty() {
+            Class::Any
+        } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+            Class::Float {
+                bits: 64,
+                nan: false,
+                negative_zero: false,
+            }
+        } else {
+            Class::Numeric
+        }
+    }
+
+    /// The kind of value this class holds.
+    pub fn kind(self) -> Kind {
+        match self {
+            Class::Any => Kind::Any,
+            Class::Text => Kind::Text,
+            Class::Boolean => Kind::Boolean,
+            Class::Integer { .. } | Class::Decimal { .. } | Class::Float { .. } | Class::Numeric => {
+                Kind::Number
+            }
+            Class::Timestamp { zoned } => Kind::Timestamp { zoned },
+            Class::Date => Kind::Date,
+            Class::Uuid => Kind::Uuid,
+            Class::Json => Kind::Json,
+            Class::Bytes => Kind::Bytes,
+        }
+    }
+}
+
+impl Kind {
+    /// The kind a field has in the engine, given the classes of its two
+    /// columns: the same kind when they agree; the more specific one when
+    /// one side holds text (or anything), so that text carries numbers,
+    /// times and UUIDs exactly; otherwise the source's, and [`write`]
+    /// refuses what the target cannot hold.
+    pub fn agree(source: Class, target: Class) -> Kind {
+        let (s, t) = (source.kind(), target.kind());
+        match (s, t) {
+            _ if s == t => s,
+            (Kind::Any, other) | (other, Kind::Any) => other,
+            (Kind::Text, other) | (other, Kind::Text) => other,
+            (Kind::Timestamp { .. }, Kind::Timestamp { .. }) => Kind::Timestamp { zoned: true },
+            _ => s,
+        }
+    }
+}
+
+/// The canonical form of a decimal number's text (JSON, PostgreSQL or
+/// Rust's float formatting): no exponent, no leading zeros, no trailing
+/// fractional zeros; `-0` keeps its sign. `None` when `s` is not a number.
+pub fn canonical_number(s: &str) -> Option<String> {
+    let (negative, rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    // Written out in full, an exponent this large is not a real value.
+    if exponent.abs() > 100_000 {
+        return None;
+    }
+    let digits: String = format!("{int}{frac}");
+    let point = int.len() as i64 + exponent;
+    let lead = digits.bytes().take_while(|b| *b == b'0').count();
+    let digits = &digits[lead..];
+    let point = point - lead as i64;
+    let digits = digits.trim_end_matches('0');
+    let sign = if negative { "-" } else { "" };
+    if digits.is_empty() {
+        return Some(format!("{sign}0"));
+    }
+    let n = digits.len() as i64;
+    let body = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat((-point) as usize))
+    } else if point >= n {
+        format!("{digits}{}", "0".repeat((point - n) as usize))
+    } else {
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+    };
+    Some(format!("{sign}{body}"))
+}
+
+/// A JSON number from canonical text.
+fn number(canonical: &str) -> Value {
+    Value::Number(serde_json::from_str::<Number>(canonical).expect("canonical numbers are JSON numbers"))
+}
+
+/// A float as the engine carries it.
+pub fn float_value(f: f64) -> Value {
+    if f.is_nan() {
+        Value::String("NaN".into())
+    } else if f.is_infinite() {
+        Value::String(if f > 0.0 { "Infinity" } else { "-Infinity" }.into())
+    } else {
+        number(&canonical_number(&f.to_string()).expect("a finite float formats as a number"))
+    }
+}
+
+const SPECIALS: [&str; 3] = ["NaN", "Infinity", "-Infinity"];
+
+/// The text of a number value, or of a special float's name.
+fn numeric_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => canonical_number(&n.to_string()),
+        Value::String(s) if SPECIALS.contains(&s.as_str()) => Some(s.clone()),
+        Value::String(s) => canonical_number(s.trim()),
+        _ => None,
+    }
+}
+
+/// A number value (or special float) from its canonical text.
+fn numeric_value(text: &str) -> Value {
+    if SPECIALS.contains(&text) {
+        Value::String(text.to_owned())
+    } else {
+        number(text)
+    }
+}
+
+/// The canonical text of a time, or `None` when `s` is not one. A time
+/// outside what chrono holds (PostgreSQL's `infinity`, years past 9999) is
+/// not a time here; the caller keeps it as text.
+fn canonical_time(s: &str, zoned: bool) -> Option<String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(if zoned {
+            t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        } else {
+            t.naive_local().format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+        });
+    }
+    let naive = NaiveDateTime::parse_from_str(&s.replacen(' ', "T", 1), "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    Some(if zoned {
+        naive.and_utc().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    } else {
+        naive.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+    })
+}
+
+fn describe(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() > 80 {
+        format!(
+            "{}… ({} bytes)",
+            &text[..text.floor_char_boundary(77)],
+            text.len()
+        )
+    } else {
+        text
+    }
+}
+
+/// Converts a value read from a column of class `native` into a field of
+/// kind `kind`, in canonical form; `Err` says why it cannot be.
+pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
+    if v.is_null() {
+        return Ok(v);
+    }
+    match kind {
+        Kind::Any | Kind::Bytes => Ok(match v {
+            Value::Number(_) => numeric_value(&numeric_text(&v).expect("a JSON number")),
+            other => other,
+        }),
+        Kind::Number => match &v {
+            Value::Number(_) => Ok(numeric_value(&numeric_text(&v).expect("a JSON number"))),
+            Value::String(s) => numeric_text(&v)
+                .map(|t| numeric_value(&t))
+                .ok_or_else(|| format!("`{s}` is not a number")),
+            Value::Bool(b) if native == Class::Boolean => Ok(number(if *b { "1" } else { "0" })),
+            other => Err(format!("{} is not a number", describe(other))),
+        },
+        Kind::Boolean => match &v {
+            Value::Bool(_) => Ok(v),
+            Value::Number(n) if n.to_string() == "0" => Ok(Value::Bool(false)),
+            Value::Number(n) if n.to_string() == "1" => Ok(Value::Bool(true)),
+            Value::String(s) if matches!(s.as_str(), "true" | "t" | "1") => Ok(Value::Bool(true)),
+            Value::String(s) if matches!(s.as_str(), "false" | "f" | "0") => Ok(Value::Bool(false)),
+            other => Err(format!("{} is not a boolean", describe(other))),
+        },
+        Kind::Timestamp { zoned } => match &v {
+            Value::String(s) => Ok(Value::String(
+                canonical_time(s, zoned).unwrap_or_else(|| s.clone()),
+            )),
+            other => Err(format!("{} is not a time", describe(other))),
+        },
+        Kind::Date => match &v {
+            Value::String(s) if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => Ok(v),
+            Value::String(s) => match canonical_time(s, false) {
+                Some(t) if t.ends_with("T00:00:00.000000") => Ok(Value::String(t[..10].to_owned())),
+                _ => Err(format!("`{s}` is not a date")),
+            },
+            other => Err(format!("{} is not a date", describe(other))),
+        },
+        Kind::Uuid => match &v {
+            Value::String(s) => uuid::Uuid::parse_str(s)
+                .map(|u| Value::String(u.hyphenated().to_string()))
+                .map_err(|_| format!("`{s}` is not a UUID")),
+            other => Err(format!("{} is not a UUID", describe(other))),
+        },
+        Kind::Json => match v {
+            // A document a text column carries.
+            Value::String(s) if native.kind() == Kind::Text => {
+                serde_json::from_str::<Value>(&s).map_err(|e| format!("`{s}` is not a JSON document: {e}"))
+            }
+            other => Ok(other),
+        },
+        Kind::Text => match v {
+            Value::String(_) => Ok(v),
+            Value::Number(_) => Ok(Value::String(numeric_text(&v).expect("a JSON number"))),
+            Value::Bool(b) => Ok(Value::String(b.to_string())),
+            other => Ok(Value::String(other.to_string())),
+        },
+    }
+}
+
+/// Converts a field of kind `kind` into what a column of class `native`
+/// holds, in the form `dialect` takes; `Err` says why the column cannot hold
+/// it exactly.
+pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<Value, String> {
+    if v.is_null() {
+        return Ok(Value::Null);
+    }
+    match native {
+        Class::Any => Ok(v.clone()),
+        // SQLite keeps a document as its text; PostgreSQL takes the
+        // document itself.
+        Class::Json if dialect == Dialect::Sqlite => Ok(Value::String(v.to_string())),
+        Class::Json => Ok(v.clone()),
+        Class::Text => {
+            let text = match v {
+                _ if kind == Kind::Json => v.to_string(),
+                Value::String(s) => s.clone(),
+                Value::Number(_) => numeric_text(v).expect("a JSON number"),
+                Value::Bool(b) => b.to_string(),
+                other => other.to_string(),
+            };
+            if dialect == Dialect::Postgres && text.contains('\0') {
+                return Err("text holding a NUL character cannot be stored in PostgreSQL text".into());
+            }
+            Ok(Value::String(text))
+        }
+        Class::Boolean => match v {
+            Value::Bool(_) => Ok(v.clone()),
+            other => match read(Kind::Boolean, Class::Any, other.clone()) {
+                Ok(b) => Ok(b),
+                Err(why) => Err(format!("{why}, and the column holds booleans")),
+            },
+        },
+        Class::Integer { bits } => {
+            let text = numeric_text(v).ok_or_else(|| format!("{} is not an integer", describe(v)))?;
+            let fits = match text.parse::<i64>() {
+                Ok(i) => bits >= 64 || (i >= -(1i64 << (bits - 1)) && i < (1i64 << (bits - 1))),
+                Err(_) => false,
+            };
+            if text == "-0" {
+                return Err("-0 (a float's negative zero) cannot be held by an integer column".into());
+            }
+            if !fits {
+                return Err(format!("{text} does not fit a {bits}-bit integer column"));
+            }
+            Ok(number(&text))
+        }
+        Class::Decimal {
+            precision,
+            scale,
+            special,
+        } => {
+            let text = numeric_text(v).ok_or_else(|| format!("{} is not a number", describe(v)))?;
+            if SPECIALS.contains(&text.as_str()) {
+                if !special || text == "NaN" && dialect != Dialect::Postgres {
+                    return Err(format!(
+                        "{text} cannot be held by a decimal column of limited precision"
+                    ));
+                }
+                return Ok(Value::String(text));
+            }
+            if text == "-0" {
+                return Err("-0 (a float's negative zero) cannot be held by a decimal column".into());
+            }
+            if let (Some(p), Some(s)) = (precision, scale) {
+                let unsigned = text.trim_start_matches('-');
+                let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+                let int_digits = if int == "0" { 0 } else { int.len() as u32 };
+                if frac.len() as u32 > s {
+                    return Err(format!(
+                        "{text} has {} digits after the point; the column (numeric({p},{s})) keeps {s}",
+                        frac.len()
+                    ));
+                }
+                if int_digits > p.saturating_sub(s) {
+                    return Err(format!(
+                        "{text} has {int_digits} digits before the point; the column (numeric({p},{s})) keeps {}",
+                        p.saturating_sub(s)
+                    ));
+                }
+            }
+            Ok(number(&text))
+        }
+        Class::Float {
+            bits,
+            nan,
+            negative_zero,
+        } => {
+            let text = numeric_text(v).ok_or_else(|| format!("{} is not a number", describe(v)))?;
+            let exact = match text.as_str() {
+                "NaN" if !nan => {
+                    return Err("NaN cannot be held by this column (SQLite stores it as NULL)".into());
+                }
+                "NaN" | "Infinity" | "-Infinity" => true,
+                "-0" if !negative_zero => {
+                    return Err("-0 cannot be held by this column (SQLite stores it as 0)".into());
+                }
+                _ if bits == 32 => text.parse::<f32>().is_ok_and(|f| {
+                    f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(&text)
+                }),
+                _ => text.parse::<f64>().is_ok_and(|f| {
+                    f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(&text)
+                }),
+            };
+            if !exact {
+                return Err(format!(
+                    "{text} cannot be held exactly by a {bits}-bit float column"
+                ));
+            }
+            Ok(match (dialect, text.as_str()) {
+                (Dialect::Sqlite, "Infinity") => number("9e999"),
+                (Dialect::Sqlite, "-Infinity") => number("-9e999"),
+                // PostgreSQL reads a float from text: `-0` and the special
+                // values survive, which a JSON number would not.
+                (Dialect::Postgres, _) => Value::String(text),
+                (_, t) => numeric_value(t),
+            })
+        }
+        Class::Numeric => {
+            let text = numeric_text(v);
+            match (v, text) {
+                (Value::String(s), None) => Ok(Value::String(s.clone())),
+                (_, Some(text)) => {
+                    let exact = text.parse::<i64>().is_ok()
+                        || text.parse::<f64>().is_ok_and(|f| {
+                            f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(&text)
+                        });
+                    if !exact || text == "-0" {
+                        return Err(format!(
+                            "{text} cannot be held exactly by a NUMERIC column (SQLite keeps a 64-bit integer or a \
+                             double); use a TEXT column"
+                        ));
+                    }
+                    Ok(number(&text))
+                }
+                (other, None) => Ok(other.clone()),
+            }
+        }
+        Class::Timestamp { .. } | Class::Date | Class::Uuid | Class::Bytes => match v {
+            Value::String(_) => Ok(v.clone()),
+            other => Err(format!("{} is not text the column can read", describe(other))),
+        },
+    }
+}
+
+/// `v` in canonical form, whatever its kind: numbers canonical, the rest
+/// as they are.
+pub fn canonical(v: Value) -> Value {
+    read(Kind::Any, Class::Any, v).expect("any value is of kind any")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn num(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn numbers_are_canonical_and_exact() {
+        for (given, canonical) in [
+            ("12.50", "12.5"),
+            ("12.0", "12"),
+            ("0012", "12"),
+            ("1e2", "100"),
+            ("1.5E-3", "0.0015"),
+            ("-0.0", "-0"),
+            ("0.000", "0"),
+            ("12345678901234567890.123456789", "12345678901234567890.123456789"),
+            ("0.30000000000000000001", "0.30000000000000000001"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("1e+300", &format!("1{}", "0".repeat(300))),
+        ] {
+            assert_eq!(canonical_number(given).as_deref(), Some(canonical), "{given}");
+        }
+        assert_eq!(canonical_number("abc"), None);
+        assert_eq!(canonical_number("1e99999999"), None);
+        assert_eq!(canonical_number(""), None);
+    }
+
+    #[test]
+    fn a_change_in_the_last_digit_is_a_change() {
+        let a = read(
+            Kind::Number,
+            Class::postgres("numeric(38,18)"),
+            num("12345678901234567890.123456789012345678"),
+        );
+        let b = read(
+            Kind::Number,
+            Class::postgres("numeric(38,18)"),
+            num("12345678901234567890.123456789012345679"),
+        );
+        assert_ne!(a, b);
+        assert_eq!(
+            read(Kind::Number, Class::Any, num("12.50")),
+            read(Kind::Number, Class::Any, num("12.5"))
+        );
+    }
+
+    #[test]
+    fn floats_keep_their_bits_and_specials() {
+        assert_eq!(float_value(0.1 + 0.2), num("0.30000000000000004"));
+        assert_eq!(float_value(f64::INFINITY), json!("Infinity"));
+        assert_eq!(float_value(f64::NEG_INFINITY), json!("-Infinity"));
+        assert_eq!(float_value(f64::NAN), json!("NaN"));
+        assert_eq!(float_value(-0.0), num("-0"));
+        let pg = Class::postgres("double precision");
+        assert_eq!(
+            write(Kind::Number, pg, Dialect::Postgres, &num("-0")),
+            Ok(json!("-0"))
+        );
+        let sqlite = Class::sqlite("REAL");
+        assert_eq!(
+            write(Kind::Number, sqlite, Dialect::Sqlite, &json!("Infinity")),
+            Ok(num("9e999"))
+        );
+        assert!(write(Kind::Number, sqlite, Dialect::Sqlite, &json!("NaN")).is_err());
+        assert!(write(Kind::Number, sqlite, Dialect::Sqlite, &num("-0")).is_err());
+        assert!(
+            write(
+                Kind::Number,
+                sqlite,
+                Dialect::Sqlite,
+                &num("0.30000000000000000001")
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_column_that_cannot_hold_a_value_refuses_it() {
+        let cases: &[(&str, Value, &str)] = &[
+            ("numeric(10,2)", num("1.005"), "3 digits after the point"),
+            ("numeric(4,2)", num("123.4"), "3 digits before the point"),
+            ("numeric(4,2)", json!("Infinity"), "cannot be held"),
+            ("integer", num("2147483648"), "does not fit a 32-bit"),
+            ("bigint", num("9223372036854775808"), "does not fit a 64-bit"),
+            ("bigint", num("1.5"), "does not fit"),
+            ("real", num("0.1000000001"), "32-bit float"),
+            ("text", json!("a\u{0}b"), "NUL"),
+            ("boolean", json!("maybe"), "not a boolean"),
+        ];
+        for (column, value, why) in cases {
+            let got = write(Kind::Any, Class::postgres(column), Dialect::Postgres, value);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{value} into {column}: {got:?}"
+            );
+        }
+        assert!(
+            write(
+                Kind::Number,
+                Class::sqlite("NUMERIC"),
+                Dialect::Sqlite,
+                &num("12345678901234567890.1")
+            )
+            .is_err()
+        );
+        assert_eq!(
+            write(
+                Kind::Number,
+                Class::sqlite("NUMERIC"),
+                Dialect::Sqlite,
+                &num("12.5")
+            ),
+            Ok(num("12.5"))
+        );
+    }
+
+    #[test]
+    fn text_carries_numbers_times_and_uuids_exactly() {
+        let kind = Kind::agree(Class::postgres("numeric(38,18)"), Class::sqlite("TEXT"));
+        assert_eq!(kind, Kind::Number);
+        let written = write(kind, Class::sqlite("TEXT"), Dialect::Sqlite, &num("10.25")).unwrap();
+        assert_eq!(written, json!("10.25"));
+        assert_eq!(read(kind, Class::sqlite("TEXT"), written), Ok(num("10.25")));
+        assert!(
+            read(kind, Class::sqlite("TEXT"), json!("ten"))
+                .unwrap_err()
+                .contains("`ten` is not a number")
+        );
+
+        let zoned = Kind::Timestamp { zoned: true };
+        assert_eq!(
+            read(
+                zoned,
+                Class::postgres("timestamp with time zone"),
+                json!("2026-03-01T11:00:00.5+01:00")
+            ),
+            Ok(json!("2026-03-01T10:00:00.500000Z"))
+        );
+        assert_eq!(
+            read(
+                Kind::Uuid,
+                Class::Text,
+                json!("6F9619FF-8B86-D011-B42D-00C04FC964FF")
+            ),
+            Ok(json!("6f9619ff-8b86-d011-b42d-00c04fc964ff"))
+        );
+        assert_eq!(
+            read(Kind::Boolean, Class::sqlite("BOOLEAN"), num("1")),
+            Ok(json!(true))
+        );
+        assert_eq!(
+            read(Kind::Json, Class::Text, json!("{\"a\":1.50}")),
+            Ok(json!({"a": num("1.50")}))
+        );
+        let doc = json!({"a": num("1.50")});
+        assert_eq!(
+            write(Kind::Json, Class::sqlite("JSON"), Dialect::Sqlite, &doc),
+            Ok(json!("{\"a\":1.50}"))
+        );
+    }
+}
