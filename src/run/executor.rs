@@ -1082,6 +1082,25 @@ impl Job {
                         counters.skipped += 1;
                         continue;
                     };
+                    // A record too large to keep as a base (or in a
+                    // conflict) fails alone, before anything is written.
+                    let entity = &ctx.step.entity_type;
+                    let oversized = [(&source, Side::Source), (&target, Side::Target)]
+                        .into_iter()
+                        .find_map(|(r, side)| {
+                            self.store.oversized(
+                                || format!("{} record of {entity} `{}`", side.as_str(), r.id),
+                                &r.fields,
+                            )
+                        });
+                    if let Some(error) = oversized {
+                        counters.failed += 1;
+                        commit.mappings.push(MappingWrite::Transition {
+                            current: m,
+                            change: MappingChange::Refuse { error },
+                        });
+                        continue;
+                    }
                     let resolution = conflict::resolve(
                         m.base.as_ref(),
                         &source,
@@ -1109,6 +1128,7 @@ impl Job {
                     let Outcome::Write(writes) = resolution.outcome else {
                         continue;
                     };
+
                     if writes.is_noop() && m.base.as_ref() == Some(&writes.base) && !relink {
                         counters.unchanged += 1;
                         continue;
@@ -1175,7 +1195,16 @@ impl Job {
                         Some(m) if m.status == MappingStatus::Stale => self.recreate_key(ctx, m),
                         _ => self.create_key(ctx, &record.id),
                     };
-                    if let Some((_, reason)) = missing.into_iter().next() {
+                    let entity = &ctx.step.entity_type;
+                    let oversized = || {
+                        let base = match read {
+                            Side::Source => &record.fields,
+                            Side::Target => &fields,
+                        };
+                        self.store
+                            .oversized(|| format!("base snapshot of {entity} `{}`", record.id), base)
+                    };
+                    if let Some(reason) = missing.into_iter().next().map(|(_, why)| why).or_else(oversized) {
                         counters.failed += 1;
                         match mapping {
                             None => {

@@ -521,6 +521,13 @@ impl Store {
         Ok(found)
     }
 
+    /// Why `value` (a record's base snapshot, named by `what`) cannot be
+    /// stored, when it is over the limit; checked before the record is
+    /// written, so that it fails alone.
+    pub fn oversized(&self, what: impl FnOnce() -> String, value: &impl serde::Serialize) -> Option<String> {
+        self.check_size(what, value).err().map(|e| e.to_string())
+    }
+
     fn check_size(
         &self,
         what: impl FnOnce() -> String,

@@ -1,0 +1,364 @@
+//! Values arrive exactly as the source holds them, through `syncd run`, or
+//! the record fails alone and loudly: never a silent rounding, blanking or
+//! null, and never a run that says "succeeded" while the systems differ.
+
+mod support;
+
+use serde_json::Value;
+use std::process::Command;
+use support::TempDir;
+use support::systems::{Kind, SystemDb};
+use syncd::cache::MappingCache;
+use syncd::ids::EntityScope;
+use syncd::mapping::MappingStatus;
+use syncd::store::{Store, StoreConfig};
+
+/// What one `syncd run` printed, and whether it exited 0.
+struct Ran {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    /// The step table's row for `entity`'s forward step, by column name.
+    fn counter(&self, entity: &str, column: &str) -> u64 {
+        let mut lines = self.stdout.lines().skip_while(|l| !l.starts_with("stage"));
+        let header: Vec<&str> = lines.next().expect("a step table").split_whitespace().collect();
+        let at = header
+            .iter()
+            .position(|h| *h == column)
+            .unwrap_or_else(|| panic!("no column {column} in {header:?}"));
+        let row = lines
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|r| r.get(1) == Some(&entity) && r.get(2) == Some(&"forward"))
+            .unwrap_or_else(|| panic!("no forward step of {entity} in\n{}", self.stdout));
+        row[at].parse().unwrap()
+    }
+
+    fn writes(&self, entity: &str) -> u64 {
+        self.counter(entity, "created") + self.counter(entity, "updated")
+    }
+}
+
+/// A folder with a definition and the embedded state store, as an operator
+/// would have it.
+struct Setup {
+    dir: TempDir,
+    source: SystemDb,
+    target: SystemDb,
+}
+
+impl Setup {
+    async fn new(source: Kind, source_ddl: &str, target: Kind, target_ddl: &str) -> Option<Setup> {
+        let dir = TempDir::new("fidelity");
+        let source = SystemDb::create(source, &dir, "source").await?;
+        let target = SystemDb::create(target, &dir, "target").await?;
+        source.exec(source_ddl).await;
+        target.exec(target_ddl).await;
+        let definition = format!(
+            r#"name = "exact"
+direction = "one_way"
+source = "src"
+target = "dst"
+
+[systems.src]
+connector = "sql"
+url = "{}"
+
+[systems.dst]
+connector = "sql"
+url = "{}"
+
+[[entities]]
+name = "product"
+table = "ledger"
+
+[tenants.t1]
+"#,
+            source.url(),
+            target.url()
+        );
+        std::fs::write(dir.0.join("exact.toml"), definition).unwrap();
+        Some(Setup { dir, source, target })
+    }
+
+    fn run(&self, env: &[(&str, &str)]) -> Ran {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .current_dir(&self.dir.0)
+            .args(["run", "exact.toml", "--tenant", "t1"])
+            .env("SYNCD_DATABASE_URL", self.dir.sqlite_url("state.db"))
+            .env_remove("SYNCD_REDIS_URL")
+            .envs(env.iter().copied())
+            .output()
+            .expect("the syncd binary runs");
+        let ran = Ran {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(ran.ok, "syncd run failed:\n{}\n{}", ran.stdout, ran.stderr);
+        assert!(ran.stdout.contains("succeeded"), "{}", ran.stdout);
+        ran
+    }
+
+    async fn mapping(&self, id: &str) -> syncd::mapping::IdMapping {
+        let store = Store::connect(
+            &StoreConfig::new(self.dir.sqlite_url("state.db")),
+            MappingCache::local(),
+        )
+        .await
+        .unwrap();
+        store
+            .find_mapping(
+                &EntityScope::new("t1", "exact", "product"),
+                syncd::record::Side::Source,
+                id,
+            )
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("a mapping for {id}"))
+    }
+
+    /// `columns` of every row, as PostgreSQL's text of the row (exactly
+    /// what it holds), in order. (Target ids are the target's own.)
+    async fn pg_text(db: &SystemDb, columns: &str) -> Vec<String> {
+        sqlx::query_scalar(&format!("SELECT ROW({columns})::text FROM ledger ORDER BY 1"))
+            .fetch_all(db.pg_pool().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn drop(self) {
+        self.source.drop().await;
+        self.target.drop().await;
+    }
+}
+
+const PG_LEDGER: &str = "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric(38,18), big numeric, \
+    ratio double precision, n bigint, at timestamptz, day date, ok boolean, ref uuid, doc jsonb, \
+    updated_at timestamptz NOT NULL)";
+
+/// `numeric` money went through a float: `12345678901234567890.123456789`
+/// arrived as `12345678901234567000`, and a change in the last digit was
+/// never written.
+#[tokio::test]
+async fn numeric_and_float_values_arrive_exactly_and_a_last_digit_change_propagates() {
+    let Some(s) = Setup::new(Kind::Postgres, PG_LEDGER, Kind::Postgres, PG_LEDGER).await else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES
+             ('a', 12345678901234567890.123456789012345678, 12345678901234567890.123456789, 0.1, 9223372036854775807,
+              '2026-03-01 10:00:00.123456+02', '2026-03-01', true, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+              '{\"price\": 0.30000000000000000001, \"n\": [1, 2.50]}', now()),
+             ('b', 0.000000000000000001, 0.30000000000000000001, 'Infinity', -9223372036854775808,
+              '1999-12-31 23:59:59.999999+00', '0001-01-01', false, NULL, '\"text\"', now()),
+             ('c', -99999999999999999999.999999999999999999, 'NaN', '-0', 0, NULL, NULL, NULL, NULL, '[]', now()),
+             ('d', NULL, 'Infinity', 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, now()),
+             ('e', 0, 1e-40, 1.7976931348623157e308, 1, NULL, NULL, NULL, NULL, '{}', now())",
+        )
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.counter("product", "created"), 5, "{}", first.stdout);
+    assert_eq!(first.counter("product", "failed"), 0, "{}", first.stdout);
+    let columns = "n, amount, big, ratio, at, day, ok, ref, doc";
+    let held = Setup::pg_text(&s.source, columns).await;
+    assert_eq!(Setup::pg_text(&s.target, columns).await, held);
+    assert!(
+        held.iter()
+            .any(|r| r.contains("12345678901234567890.123456789012345678"))
+    );
+    // Negative zero is a float's own: `-0` and `0` differ in their bits.
+    let signs: Vec<(String, bool)> =
+        sqlx::query_as("SELECT n::text, ratio::text = '-0' FROM ledger WHERE n = 0")
+            .fetch_all(s.target.pg_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(signs, vec![("0".to_owned(), true)]);
+
+    // A second run writes nothing: exact values compare equal to themselves.
+    assert_eq!(s.run(&[]).writes("product"), 0);
+
+    s.source
+        .exec(
+            "UPDATE ledger SET amount = 12345678901234567890.123456789012345679,
+                               big = 12345678901234567890.123456789000000001, updated_at = now() WHERE id = 'a'",
+        )
+        .await;
+    let changed = s.run(&[]);
+    assert_eq!(changed.counter("product", "updated"), 1, "{}", changed.stdout);
+    assert_eq!(
+        Setup::pg_text(&s.target, columns).await,
+        Setup::pg_text(&s.source, columns).await
+    );
+    assert!(Setup::pg_text(&s.target, "amount, big").await.contains(
+        &"(12345678901234567890.123456789012345679,12345678901234567890.123456789000000001)".to_owned()
+    ));
+    assert_eq!(s.run(&[]).writes("product"), 0);
+    s.drop().await;
+}
+
+/// SQLite text that is not UTF-8 arrived as `''`, and ±Infinity as NULL.
+#[tokio::test]
+async fn sqlite_infinities_arrive_and_text_that_is_not_utf8_fails_its_record_alone() {
+    let Some(s) = Setup::new(
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, ratio REAL, updated_at TEXT NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, ratio double precision, updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('a', 'plain', 9e999, '2026-01-01T00:00:00Z');
+             INSERT INTO ledger VALUES ('b', CAST(x'c328ff41' AS TEXT), 1.5, '2026-01-01T00:00:01Z');
+             INSERT INTO ledger VALUES ('c', 'minus', -9e999, '2026-01-01T00:00:02Z');",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 2, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 1, "{}", ran.stdout);
+    assert_eq!(
+        Setup::pg_text(&s.target, "name, ratio").await,
+        vec!["(minus,-Infinity)".to_owned(), "(plain,Infinity)".to_owned()]
+    );
+    let bad = s.mapping("b").await;
+    assert_eq!(bad.status, MappingStatus::Failed);
+    let why = bad.last_error.unwrap();
+    for part in ["product", "`b`", "field `name`", "not valid UTF-8", "x'c328ff41'"] {
+        assert!(why.contains(part), "{part} in {why}");
+    }
+    // Fixed in the source, the record syncs with the next run.
+    s.source
+        .exec("UPDATE ledger SET name = 'fixed', updated_at = '2026-01-01T00:00:03Z' WHERE id = 'b'")
+        .await;
+    let again = s.run(&[]);
+    assert_eq!(again.counter("product", "created"), 1, "{}", again.stdout);
+    assert_eq!(s.mapping("b").await.status, MappingStatus::Mapped);
+    s.drop().await;
+}
+
+/// A value the target column cannot hold (more digits than its scale, a
+/// NaN in SQLite) fails that record with the field and the reason; the rest
+/// is written.
+#[tokio::test]
+async fn a_value_the_target_cannot_hold_fails_its_record_naming_the_field() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, ratio double precision,
+                              updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, amount NUMERIC(10,2), ratio REAL, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('a', 12.5, 0.1, now()), ('b', 12345678901234567890.5, 1, now()),
+                                       ('c', 1, 'NaN', now()), ('d', 7, '-0', now())",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 3, "{}", ran.stdout);
+    for (id, field, why) in [
+        ("b", "amount", "cannot be held exactly by a NUMERIC column"),
+        ("c", "ratio", "NaN cannot be held"),
+        ("d", "ratio", "-0 cannot be held"),
+    ] {
+        let m = s.mapping(id).await;
+        assert_eq!(m.status, MappingStatus::Failed, "{id}");
+        let error = m.last_error.unwrap();
+        assert!(error.contains(&format!("field `{field}`")), "{id}: {error}");
+        assert!(error.contains("entity `product`"), "{id}: {error}");
+        assert!(error.contains(why), "{id}: {error}");
+    }
+    let rows = s.target.dump("ledger").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["amount"], serde_json::json!(12.5));
+    s.drop().await;
+}
+
+/// A target record whose update time could not be read was dropped from
+/// the comparison: a source edit was never written, and the run succeeded.
+#[tokio::test]
+async fn a_target_record_without_a_readable_update_time_is_still_compared_and_updated() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'first', now()), ('b', 'first', now())")
+        .await;
+    s.run(&[]);
+    s.target.exec("UPDATE ledger SET updated_at = 'sometime'").await;
+    s.source
+        .exec("UPDATE ledger SET name = 'second', updated_at = now() WHERE id = 'a'")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "updated"), 1, "{}", ran.stdout);
+    let mut names: Vec<Value> = s
+        .target
+        .dump("ledger")
+        .await
+        .into_iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    names.sort_by_key(|n| n.to_string());
+    assert_eq!(
+        names,
+        vec![serde_json::json!("first"), serde_json::json!("second")]
+    );
+    s.drop().await;
+}
+
+/// One record over `SYNCD_MAX_SNAPSHOT_BYTES` failed every run of its
+/// entity type, and left the rest of its page written with `pending`
+/// mappings.
+#[tokio::test]
+async fn an_oversized_record_fails_alone_and_the_rest_of_its_page_commits() {
+    let ddl = "CREATE TABLE ledger (id text PRIMARY KEY, body text, updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, ddl).await else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger SELECT 'r' || i, 'small', now() FROM generate_series(1, 20) i;
+             INSERT INTO ledger VALUES ('huge', repeat('x', 20000), now());",
+        )
+        .await;
+    let limit = [("SYNCD_MAX_SNAPSHOT_BYTES", "10000")];
+    let ran = s.run(&limit);
+    assert_eq!(ran.counter("product", "created"), 20, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 1, "{}", ran.stdout);
+    let huge = s.mapping("huge").await;
+    assert_eq!(huge.status, MappingStatus::Failed);
+    let why = huge.last_error.unwrap();
+    assert!(why.contains("over the limit of 10000 bytes"), "{why}");
+    assert!(why.contains("product `huge`"), "{why}");
+    for i in 1..=20 {
+        assert_eq!(s.mapping(&format!("r{i}")).await.status, MappingStatus::Mapped);
+    }
+    assert_eq!(Setup::pg_text(&s.target, "body").await.len(), 20);
+    // The entity's next runs go on: a new record and an edit arrive.
+    s.source
+        .exec("INSERT INTO ledger VALUES ('r21', 'new', now()); UPDATE ledger SET body = 'edited', updated_at = now() WHERE id = 'r1'")
+        .await;
+    let next = s.run(&limit);
+    assert_eq!(next.counter("product", "created"), 1, "{}", next.stdout);
+    assert_eq!(next.counter("product", "updated"), 1, "{}", next.stdout);
+    s.drop().await;
+}
