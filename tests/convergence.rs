@@ -1175,9 +1175,11 @@ async fn run_once(store: Arc<Store>, toml: String) -> Result<RunRow, RunError> {
         lease_ttl: LEASE_TTL,
         ..Options::default()
     };
-    let job = Job::prepare(store, wf, &graph, TENANT.into(), options).await?;
+    let job = Job::prepare(store.clone(), wf, &graph, TENANT.into(), options).await?;
     let run = job.start("test").await?;
-    job.execute(run, &mut |_| {}).await
+    let done = job.execute(run, &mut |_| {}).await?;
+    support::assert_accounted(&store, done.id).await;
+    Ok(done)
 }
 
 async fn converge(seed: u64, rounds: usize) -> Stats {

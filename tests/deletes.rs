@@ -119,7 +119,9 @@ async fn resume(world: &World, toml: &str, run: RunRow) -> RunRow {
     let job = Job::prepare(world.store.clone(), wf, &graph, "t1".into(), Options::default())
         .await
         .unwrap();
-    job.execute(run, &mut |_| {}).await.unwrap()
+    let done = job.execute(run, &mut |_| {}).await.unwrap();
+    support::assert_accounted(&world.store, done.id).await;
+    done
 }
 
 async fn source_deletes_reach_the_target(kind: Kind) {

@@ -99,6 +99,7 @@ table = "ledger"
         };
         assert!(ran.ok, "syncd run failed:\n{}\n{}", ran.stdout, ran.stderr);
         assert!(ran.stdout.contains("succeeded"), "{}", ran.stdout);
+        support::assert_table_accounted(&ran.stdout);
         ran
     }
 

@@ -85,11 +85,13 @@ impl Setup {
         let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
             .await
             .unwrap();
-        Output {
+        let output = Output {
             status,
             stdout: std::fs::read(out).unwrap(),
             stderr: std::fs::read(err).unwrap(),
-        }
+        };
+        support::assert_table_accounted(&String::from_utf8_lossy(&output.stdout));
+        output
     }
 
     /// The state store, read after the processes that wrote it.
@@ -693,5 +695,109 @@ async fn a_resolution_the_api_refuses_fails_the_run_with_its_message() {
             .unwrap()["email"],
         "saas@example.com",
         "the API kept its value"
+    );
+}
+
+/// An API whose ids are numbers got references written as strings
+/// (`"customer_id": "1"`), and its own change of a reference read as a
+/// conflict against the base (number against string), so that a strategy
+/// could undo it. With `id_type = "number"` references are numbers, a
+/// second run writes nothing, and a change of a reference made only in the
+/// API reaches the CRM under `source_wins`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_into_an_api_with_numeric_ids_are_numbers_and_compare_as_equal() {
+    let mut config = api(Faults::default(), None);
+    for c in &mut config.collections {
+        c.numeric_ids = true;
+    }
+    let mut setup = Setup::new("numeric-ids", 20, config, "", "").await;
+    let numeric = definition(
+        &setup.source.url(),
+        &setup.server.url(),
+        "",
+        r#"strategy = "source_wins""#,
+    )
+    .replace(
+        r#"external_id_field = "external_id" }"#,
+        r#"external_id_field = "external_id", id_type = "number" }"#,
+    );
+    assert_eq!(numeric.matches(r#"id_type = "number""#).count(), 3);
+    std::fs::write(&setup.workflow, numeric).unwrap();
+    let first = setup.run().await;
+    assert!(first.status.success(), "{}", text(&first));
+
+    let people = setup.server.records("people");
+    assert!(!people.is_empty());
+    for p in &people {
+        assert!(p["id"].is_number(), "{p}");
+        assert!(
+            p["customer_id"].is_number(),
+            "a reference to a numeric id is a number: {p}"
+        );
+    }
+    for o in setup.server.records("sales_orders") {
+        assert!(o["customer_id"].is_number() && o["contact_id"].is_number(), "{o}");
+    }
+    let before = snapshot(&setup).await;
+    let second = setup.run().await;
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(snapshot(&setup).await, before, "the second run wrote something");
+
+    // The API moves one person to another customer; the CRM did nothing.
+    let store = setup.store().await;
+    let contacts = setup.source.dump("contacts").await;
+    let contact = &contacts[0];
+    let accounts = setup.source.dump("accounts").await;
+    let other_account = accounts
+        .iter()
+        .map(id_of)
+        .find(|a| Some(a.as_str()) != contact["account_id"].as_str())
+        .unwrap();
+    let person = setup.mappings(&store, "contact", &[id_of(contact)]).await[&id_of(contact)]
+        .target_id
+        .clone()
+        .unwrap();
+    let customer = setup
+        .mappings(&store, "account", std::slice::from_ref(&other_account))
+        .await[&other_account]
+        .target_id
+        .clone()
+        .unwrap();
+    let customer_number: u64 = customer.parse().unwrap();
+    setup
+        .server
+        .update_direct("people", &person, json!({ "customer_id": customer_number }));
+    let third = setup.run().await;
+    assert!(third.status.success(), "{}", text(&third));
+    let moved = setup
+        .source
+        .dump("contacts")
+        .await
+        .into_iter()
+        .find(|c| id_of(c) == id_of(contact))
+        .unwrap();
+    assert_eq!(
+        moved["account_id"],
+        json!(other_account),
+        "the API's change reached the CRM"
+    );
+    let kept = setup
+        .server
+        .records("people")
+        .into_iter()
+        .find(|p| p["id"].to_string() == person)
+        .unwrap();
+    assert_eq!(
+        kept["customer_id"],
+        json!(customer_number),
+        "and stayed in the API"
+    );
+    assert!(
+        store
+            .list_conflicts(&Default::default())
+            .await
+            .unwrap()
+            .is_empty(),
+        "a change made on one side only is not a conflict"
     );
 }

@@ -481,7 +481,8 @@ async fn bad_rows_fail_alone_and_awkward_ids_sync() {
     assert_eq!(blob.status, MappingStatus::Failed);
     let reason = blob.last_error.unwrap();
     assert!(
-        reason.contains("column `industry` holds a BLOB value") && reason.contains("row `A-blob`"),
+        reason.contains("field `industry` (column `industry`): it holds a BLOB value")
+            && reason.contains("row `A-blob`"),
         "{reason}"
     );
     let before = target.dump("customers").await;

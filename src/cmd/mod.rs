@@ -96,12 +96,14 @@ pub async fn open_store() -> Result<Arc<Store>, String> {
         .map_err(|e| format!("error: store {}: {e}", config.database_url))
 }
 
-/// One line per step with its counters, under a header.
+/// One line per step with its counters, under a header. The outcomes
+/// (created through postponed) add up to `read`; `conflicts` and `deferred`
+/// say more about some of the updated and created records.
 pub fn steps_table(steps: &[StepCheckpoint]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
+        "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>7} {:>9} {:>6} {:>6} {:>7} {:>9} {:>9} {:>8}",
         "stage",
         "entity",
         "direction",
@@ -110,15 +112,18 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
         "created",
         "updated",
         "unchanged",
-        "conflicts",
         "parked",
-        "failed"
+        "failed",
+        "skipped",
+        "postponed",
+        "conflicts",
+        "deferred"
     );
     for s in steps.iter().filter(|s| s.direction != StepDirection::Delete) {
         let c = &s.counters;
         let _ = writeln!(
             out,
-            "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>7} {:>9} {:>9} {:>6} {:>6}",
+            "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>7} {:>9} {:>6} {:>6} {:>7} {:>9} {:>9} {:>8}",
             s.stage,
             s.entity_type.as_str(),
             s.direction.as_str(),
@@ -127,9 +132,12 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
             c.created,
             c.updated,
             c.unchanged,
-            c.conflicts,
             c.parked,
-            c.failed
+            c.failed,
+            c.skipped,
+            c.postponed,
+            c.conflicts,
+            c.deferred
         );
     }
     // Delete steps count other things: what was found gone and done.

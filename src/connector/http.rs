@@ -261,6 +261,11 @@ impl HttpConnector {
     }
 
     /// The collection of `entity`.
+    /// Whether the collection of `entity` has numeric ids (`id_type`).
+    pub fn numeric_ids(&self, entity: &str) -> bool {
+        self.resource(entity).is_ok_and(|r| r.numeric_ids)
+    }
+
     fn resource(&self, entity: &str) -> Result<&HttpResource, ConnectorError> {
         self.inner
             .settings

@@ -169,6 +169,15 @@ impl Connector {
         }
     }
 
+    /// Whether ids of `entity`'s records are JSON numbers in this system,
+    /// for a reference field to them held in a column of `class`.
+    pub fn numeric_ids(&self, entity: &str, class: Class) -> bool {
+        match self {
+            Connector::Sql(_) => matches!(class, Class::Integer { .. }),
+            Connector::Http(c) => c.numeric_ids(entity),
+        }
+    }
+
     /// The records with `ids`; ids that do not exist are absent, and rows
     /// that exist but cannot be read are in `bad`. A record whose
     /// modification time cannot be read is still a record (its time is

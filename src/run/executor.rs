@@ -104,6 +104,9 @@ struct EntityTables {
     target: TableBinding,
     /// (CDM field, referenced entity type) of synced reference fields.
     references: Vec<(String, String)>,
+    /// Reference fields whose ids are JSON numbers on a side (an integer
+    /// column, an API with `id_type = "number"`), by side.
+    numeric_references: HashSet<(String, Side)>,
 }
 
 impl EntityTables {
@@ -623,7 +626,7 @@ impl Job {
             let mut after = page.progress;
             // Decided once the last page is written: it may defer too.
             if page.scan_done {
-                after.phase = if counters.deferred > 0 {
+                after.phase = if counters.deferred > 0 || counters.postponed > 0 {
                     Phase::Patch
                 } else {
                     Phase::Done
@@ -829,11 +832,11 @@ impl Job {
                 .and_then(|m| id_on(m, from.other()));
             match other {
                 Some(other) => {
-                    let translated = match value {
-                        Value::Number(_) => other
-                            .parse::<i64>()
-                            .map(Value::from)
-                            .unwrap_or(Value::String(other.into())),
+                    // An id takes the type ids have in the system it is
+                    // written to (or compared in).
+                    let numeric = tables.numeric_references.contains(&(field.clone(), from.other()));
+                    let translated = match serde_json::from_str::<serde_json::Number>(other) {
+                        Ok(n) if numeric && !other.contains(['.', 'e', 'E']) => Value::Number(n),
                         _ => Value::String(other.to_owned()),
                     };
                     out.fields.insert(field.clone(), translated);
@@ -923,6 +926,7 @@ impl Job {
         // Rows marked deleted: a mapped one is a deletion for the run's
         // delete step to act on (after the brake has counted them all).
         if !deleted.is_empty() {
+            counters.skipped += deleted.len() as u64;
             let gone = Gone::on(read);
             let found = self.store.lookup(&ctx.scope, read, &deleted).await?;
             commit.candidates = found
@@ -1078,8 +1082,7 @@ impl Job {
                     let Some((source, target)) = translated else {
                         // Left for the patch pass (or the other direction's
                         // step), once the referenced record is mapped.
-                        counters.deferred += 1;
-                        counters.skipped += 1;
+                        counters.postponed += 1;
                         continue;
                     };
                     // A record too large to keep as a base (or in a
@@ -1859,10 +1862,31 @@ async fn bind_entity(
         let (connector, columns, map, _) = &sides[i];
         connector.class_of(&columns[&map[cdm]])
     };
+    let referenced = |cdm: &str| {
+        def.fields
+            .iter()
+            .find(|f| f.cdm == cdm)
+            .and_then(|f| f.references.as_ref())
+            .map(|r| r.to_string())
+    };
+    // A reference holds ids: typed by the system it is in (below), not
+    // agreed between the two sides.
     let kinds: HashMap<&str, Kind> = shared
         .iter()
-        .map(|cdm| (cdm.as_str(), Kind::agree(class(0, cdm), class(1, cdm))))
+        .map(|cdm| match referenced(cdm) {
+            Some(_) => (cdm.as_str(), Kind::Any),
+            None => (cdm.as_str(), Kind::agree(class(0, cdm), class(1, cdm))),
+        })
         .collect();
+    let mut numeric_references = HashSet::new();
+    for cdm in &shared {
+        let Some(entity) = referenced(cdm) else { continue };
+        for (i, side) in [(0, Side::Source), (1, Side::Target)] {
+            if sides[i].0.numeric_ids(&entity, class(i, cdm)) {
+                numeric_references.insert((cdm.clone(), side));
+            }
+        }
+    }
     let mut bindings = Vec::new();
     for (connector, columns, map, pick) in &sides {
         let fields = shared
@@ -1889,6 +1913,7 @@ async fn bind_entity(
         source,
         target,
         references,
+        numeric_references,
     })
 }
 

@@ -93,18 +93,37 @@ impl fmt::Display for StepState {
 }
 
 /// What a step has done so far.
+///
+/// In a sync step every record read has exactly one outcome, so `read`
+/// equals [`outcomes`](Self::outcomes): `created`, `updated`, `unchanged`,
+/// `parked`, `failed`, `skipped` and `postponed`. `conflicts` and
+/// `deferred` say more about some of those records (a conflict a strategy
+/// settled is also updated or unchanged; a record written with an empty
+/// self-reference is also created or updated).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StepCounters {
     pub read: u64,
     pub created: u64,
     pub updated: u64,
+    /// Compared and found in step: nothing written.
     pub unchanged: u64,
+    /// Failed alone: the mapping's `last_error` says why.
     pub failed: u64,
+    /// Conflicts a strategy settled (of the updated and unchanged).
     pub conflicts: u64,
+    /// Conflicts parked for a reviewer.
     pub parked: u64,
+    /// Nothing to do for the record in this step: it waits for a review of
+    /// an earlier conflict, its counterpart is gone (the delete step acts
+    /// on it), it is marked deleted, its mapping stays stale, or the other
+    /// direction's step is creating it.
     pub skipped: u64,
-    /// Self-references written empty, to be patched once their target exists.
+    /// Left for the step's patch pass: it references a record not synced
+    /// yet.
+    pub postponed: u64,
+    /// Self-references written empty, to be patched once their target
+    /// exists (of the created and updated).
     pub deferred: u64,
     /// Records deleted because their counterpart was deleted.
     pub deleted: u64,
@@ -114,6 +133,19 @@ pub struct StepCounters {
     pub stale: u64,
     /// Target records created anew because the old one was gone.
     pub recreated: u64,
+}
+
+impl StepCounters {
+    /// The sum of the outcomes of a sync step's records; equal to `read`.
+    pub fn outcomes(&self) -> u64 {
+        self.created
+            + self.updated
+            + self.unchanged
+            + self.parked
+            + self.failed
+            + self.skipped
+            + self.postponed
+    }
 }
 
 /// Adds the counters of a part of a step (one page) to the step's.
@@ -128,6 +160,7 @@ impl std::ops::AddAssign for StepCounters {
             conflicts,
             parked,
             skipped,
+            postponed,
             deferred,
             deleted,
             archived,
@@ -142,6 +175,7 @@ impl std::ops::AddAssign for StepCounters {
         self.conflicts += conflicts;
         self.parked += parked;
         self.skipped += skipped;
+        self.postponed += postponed;
         self.deferred += deferred;
         self.deleted += deleted;
         self.archived += archived;

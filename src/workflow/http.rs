@@ -72,6 +72,9 @@ pub struct HttpResource {
     pub external_id_field: Option<String>,
     /// The record's fields besides those the field map names.
     pub fields: Vec<String>,
+    /// Whether the API's ids are JSON numbers (`id_type = "number"`) or
+    /// strings: references to this collection's records are written so.
+    pub numeric_ids: bool,
 }
 
 /// A system reached over HTTP.
@@ -140,6 +143,7 @@ struct RawResource {
     external_id_field: Option<String>,
     #[serde(default)]
     fields: Vec<String>,
+    id_type: Option<String>,
 }
 
 fn pointer(errors: &mut Errors<'_>, at: &str, field: &str, p: Option<&String>, default: &str) -> String {
@@ -361,6 +365,18 @@ impl RawResource {
                 }
             }
         };
+        let numeric_ids = match self.id_type.as_deref() {
+            None | Some("string") => false,
+            Some("number") => true,
+            Some(other) => {
+                errors.push(
+                    None,
+                    Some(&format!("{at}.id_type")),
+                    format!("unknown id type `{other}` (expected string or number)"),
+                );
+                false
+            }
+        };
         let page_size = self.page_size.unwrap_or(100);
         if page_size == 0 {
             errors.push(None, Some(&format!("{at}.page_size")), "needs at least 1");
@@ -379,6 +395,7 @@ impl RawResource {
             query: self.query.clone(),
             external_id_field: self.external_id_field.clone(),
             fields: self.fields.clone(),
+            numeric_ids,
         }
     }
 }

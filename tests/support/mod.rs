@@ -181,3 +181,61 @@ pub fn spawn_syncd_run(
         .spawn()
         .expect("the syncd binary starts")
 }
+
+/// Every record read by each sync step of run `run_id` has one outcome:
+/// `read` equals the sum of created, updated, unchanged, parked, failed,
+/// skipped and postponed. Called by the shared helpers that run syncs.
+pub async fn assert_accounted(store: &syncd::store::Store, run_id: Uuid) {
+    for step in store.load_steps(run_id).await.expect("the run's steps") {
+        if step.direction == syncd::run::StepDirection::Delete {
+            continue;
+        }
+        let c = step.counters;
+        assert_eq!(
+            c.read,
+            c.outcomes(),
+            "run {run_id}, step {} {}: {} records read, but outcomes add up to {}: {c:?}",
+            step.entity_type,
+            step.direction.as_str(),
+            c.read,
+            c.outcomes()
+        );
+    }
+}
+
+/// [`assert_accounted`] on the step table `syncd run` printed: in each row
+/// of a sync step, `read` equals the sum of the outcome columns.
+pub fn assert_table_accounted(stdout: &str) {
+    const OUTCOMES: [&str; 7] = [
+        "created",
+        "updated",
+        "unchanged",
+        "parked",
+        "failed",
+        "skipped",
+        "postponed",
+    ];
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("stage"));
+    let Some(header) = lines.next() else { return };
+    let header: Vec<&str> = header.split_whitespace().collect();
+    let at = |name: &str| header.iter().position(|h| *h == name);
+    let read = at("read").expect("a read column");
+    let outcomes: Vec<usize> = OUTCOMES
+        .iter()
+        .map(|o| at(o).unwrap_or_else(|| panic!("the step table shows {o}: {header:?}")))
+        .collect();
+    for line in lines.take_while(|l| !l.starts_with("stage") && !l.starts_with("run ")) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let n = |i: usize| {
+            cells[i]
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("a count in {line}"))
+        };
+        let sum: u64 = outcomes.iter().map(|&i| n(i)).sum();
+        assert_eq!(
+            n(read),
+            sum,
+            "records read and their outcomes differ in:\n{stdout}"
+        );
+    }
+}

@@ -5,7 +5,8 @@
 //! `Retry-After`, and injected failures.
 //!
 //! What it guarantees:
-//! - Every record has a server-assigned `id` (`{id_prefix}_{n:06}`) and
+//! - Every record has a server-assigned `id` (`{id_prefix}_{n:06}`, or the
+//!   number `n` in a collection with `numeric_ids`) and
 //!   `updated_at` (RFC 3339 UTC with microseconds), strictly increasing
 //!   across the server, so `(updated_at, id)` orders all changes.
 //! - A list is sorted by `(updated_at, id)`; a cursor is that key of the
@@ -64,6 +65,8 @@ pub struct Collection {
     pub required: Vec<String>,
     /// `(field, substring)`: 422 when the field is a string without it.
     pub must_contain: Vec<(String, String)>,
+    /// Ids are JSON numbers `n` instead (as many APIs' are).
+    pub numeric_ids: bool,
 }
 
 impl Collection {
@@ -77,6 +80,7 @@ impl Collection {
             pagination,
             required: Vec::new(),
             must_contain: Vec::new(),
+            numeric_ids: false,
         }
     }
 }
@@ -693,8 +697,13 @@ impl Db {
         let stamp = self.next_stamp();
         let records = self.collection_mut(collection);
         records.next_n += 1;
-        let id = format!("{}_{:06}", records.spec.id_prefix, records.next_n);
-        fields.insert("id".into(), Value::String(id.clone()));
+        let (id, value) = if records.spec.numeric_ids {
+            (records.next_n.to_string(), Value::from(records.next_n))
+        } else {
+            let id = format!("{}_{:06}", records.spec.id_prefix, records.next_n);
+            (id.clone(), Value::String(id))
+        };
+        fields.insert("id".into(), value);
         fields.insert("updated_at".into(), Value::String(stamp_text(stamp)));
         let record = Value::Object(fields.clone());
         records.records.insert(id, Stored { stamp, fields });
@@ -766,7 +775,10 @@ struct Stored {
 
 impl Stored {
     fn id(&self) -> &str {
-        self.fields["id"].as_str().expect("id is a string")
+        match &self.fields["id"] {
+            Value::Number(n) => n.as_str(),
+            id => id.as_str().expect("id is a string or a number"),
+        }
     }
 
     /// The list order.

@@ -338,9 +338,11 @@ pub async fn sync_once(
         page_size,
         ..Options::default()
     };
-    let job = Job::prepare(store, wf, &graph, "t1".into(), options).await?;
+    let job = Job::prepare(store.clone(), wf, &graph, "t1".into(), options).await?;
     let run = job.start("test").await?;
-    job.execute(run, &mut |_| {}).await
+    let done = job.execute(run, &mut |_| {}).await?;
+    super::assert_accounted(&store, done.id).await;
+    Ok(done)
 }
 
 /// Account `A-1` renamed on both sides after a first sync, under strategy
