@@ -337,15 +337,21 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
     if v.is_null() {
         return Ok(v);
     }
+    // Only a float has a negative zero: elsewhere `-0` (a decimal written
+    // `-0.00`) is zero.
+    let number_of = |text: String| match text.as_str() {
+        "-0" if !matches!(native, Class::Float { .. } | Class::Any) => number("0"),
+        _ => numeric_value(&text),
+    };
     match kind {
         Kind::Any | Kind::Bytes => Ok(match v {
-            Value::Number(_) => numeric_value(&numeric_text(&v).expect("a JSON number")),
+            Value::Number(_) => number_of(numeric_text(&v).expect("a JSON number")),
             other => other,
         }),
         Kind::Number => match &v {
-            Value::Number(_) => Ok(numeric_value(&numeric_text(&v).expect("a JSON number"))),
+            Value::Number(_) => Ok(number_of(numeric_text(&v).expect("a JSON number"))),
             Value::String(s) => numeric_text(&v)
-                .map(|t| numeric_value(&t))
+                .map(number_of)
                 .ok_or_else(|| format!("`{s}` is not a number")),
             Value::Bool(b) if native == Class::Boolean => Ok(number(if *b { "1" } else { "0" })),
             other => Err(format!("{} is not a number", describe(other))),
@@ -602,6 +608,14 @@ mod tests {
         assert_eq!(float_value(f64::NEG_INFINITY), json!("-Infinity"));
         assert_eq!(float_value(f64::NAN), json!("NaN"));
         assert_eq!(float_value(-0.0), num("-0"));
+        assert_eq!(
+            read(Kind::Number, Class::sqlite("TEXT"), json!("-0.00")),
+            Ok(num("0"))
+        );
+        assert_eq!(
+            read(Kind::Number, Class::postgres("real"), num("-0")),
+            Ok(num("-0"))
+        );
         let pg = Class::postgres("double precision");
         assert_eq!(
             write(Kind::Number, pg, Dialect::Postgres, &num("-0")),
