@@ -9,10 +9,9 @@
 //!   `numeric` of 40 digits, a 64-bit integer, the shortest text that reads
 //!   back as the same double), written without exponent, leading zeros or
 //!   trailing fractional zeros: `12.50` and `12.5` are the same value, and a
-//!   change in the 20th digit is a change. A float's negative zero stays
-//!   `-0`;
-//! - a float that JSON cannot hold is the text `NaN`, `Infinity` or
-//!   `-Infinity` (PostgreSQL's spelling);
+//!   change in the 20th digit is a change;
+//! - a float that JSON cannot hold is the text `NaN`, `Infinity`,
+//!   `-Infinity` (PostgreSQL's spelling) or `-0`;
 //! - a time is RFC 3339 text with six fractional digits, in UTC (`…Z`) when
 //!   the column holds an instant, without zone when it holds a wall-clock
 //!   time; a date is `YYYY-MM-DD`; a UUID is lower-case text.
@@ -274,11 +273,13 @@ pub fn float_value(f: f64) -> Value {
     } else if f.is_infinite() {
         Value::String(if f > 0.0 { "Infinity" } else { "-Infinity" }.into())
     } else {
-        number(&canonical_number(&f.to_string()).expect("a finite float formats as a number"))
+        numeric_value(&canonical_number(&f.to_string()).expect("a finite float formats as a number"))
     }
 }
 
-const SPECIALS: [&str; 3] = ["NaN", "Infinity", "-Infinity"];
+/// Floats JSON has no number for, carried as text: a JSON `-0` is read
+/// back as `0` by many (PostgreSQL's `jsonb` among them).
+const SPECIALS: [&str; 4] = ["NaN", "Infinity", "-Infinity", "-0"];
 
 /// The text of a number value, or of a special float's name.
 fn numeric_text(v: &Value) -> Option<String> {
@@ -453,6 +454,9 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             special,
         } => {
             let text = numeric_text(v).ok_or_else(|| format!("{} is not a number", describe(v)))?;
+            if text == "-0" {
+                return Err("-0 (a float's negative zero) cannot be held by a decimal column".into());
+            }
             if SPECIALS.contains(&text.as_str()) {
                 if !special || text == "NaN" && dialect != Dialect::Postgres {
                     return Err(format!(
@@ -460,9 +464,6 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
                     ));
                 }
                 return Ok(Value::String(text));
-            }
-            if text == "-0" {
-                return Err("-0 (a float's negative zero) cannot be held by a decimal column".into());
             }
             if let (Some(p), Some(s)) = (precision, scale) {
                 let unsigned = text.trim_start_matches('-');
@@ -607,14 +608,14 @@ mod tests {
         assert_eq!(float_value(f64::INFINITY), json!("Infinity"));
         assert_eq!(float_value(f64::NEG_INFINITY), json!("-Infinity"));
         assert_eq!(float_value(f64::NAN), json!("NaN"));
-        assert_eq!(float_value(-0.0), num("-0"));
+        assert_eq!(float_value(-0.0), json!("-0"));
         assert_eq!(
             read(Kind::Number, Class::sqlite("TEXT"), json!("-0.00")),
             Ok(num("0"))
         );
         assert_eq!(
             read(Kind::Number, Class::postgres("real"), num("-0")),
-            Ok(num("-0"))
+            Ok(json!("-0"))
         );
         let pg = Class::postgres("double precision");
         assert_eq!(

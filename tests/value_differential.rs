@@ -470,6 +470,26 @@ async fn mapping(store: &Store, integration: &str, id: &str) -> syncd::mapping::
         .unwrap_or_else(|| panic!("{integration}: no mapping for {id}"))
 }
 
+/// Runs the integration `toml`, then again: the second run must write
+/// nothing (exact values compare equal to what was written).
+async fn twice(store: &Arc<Store>, toml: &str) -> Result<(), String> {
+    support::systems::sync_once(store.clone(), toml, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    let again = support::systems::sync_once(store.clone(), toml, 100)
+        .await
+        .map_err(|e| e.to_string())?;
+    let steps = store.load_steps(again.id).await.unwrap();
+    let written: u64 = steps
+        .iter()
+        .map(|s| s.counters.created + s.counters.updated)
+        .sum();
+    if written > 0 {
+        return Err(format!("the second run wrote {written} records: {steps:?}"));
+    }
+    Ok(())
+}
+
 /// Syncs `rows` along `path` and checks every row; `Err` describes the
 /// first row that differs.
 async fn check(path: Path, rows: &[Row]) -> Result<(), String> {
@@ -532,12 +552,8 @@ async fn check_on(path: Path, rows: &[Row], postgres: bool) -> Result<(), String
             &api_system("src", &api.url()),
             &sql_system("dst", &target.url()),
         );
-        support::systems::sync_once(store.clone(), &to_api, 100)
-            .await
-            .map_err(|e| e.to_string())?;
-        support::systems::sync_once(store.clone(), &from_api, 100)
-            .await
-            .map_err(|e| e.to_string())?;
+        twice(&store, &to_api).await?;
+        twice(&store, &from_api).await?;
         server = Some(api);
         vec!["to-api", "from-api"]
     } else {
@@ -546,9 +562,7 @@ async fn check_on(path: Path, rows: &[Row], postgres: bool) -> Result<(), String
             &sql_system("src", &source.url()),
             &sql_system("dst", &target.url()),
         );
-        support::systems::sync_once(store.clone(), &toml, 100)
-            .await
-            .map_err(|e| e.to_string())?;
+        twice(&store, &toml).await?;
         vec!["direct"]
     };
     let (before, after) = (held(&source).await, held(&target).await);
