@@ -261,6 +261,22 @@ pub fn canonical_number(s: &str) -> Option<String> {
     Some(format!("{sign}{body}"))
 }
 
+/// Whether number text is in canonical form already: digits, at most one
+/// point with no trailing zero after it, no exponent, no leading zero
+/// before other digits, and no `-0`.
+fn is_canonical(s: &str) -> bool {
+    let unsigned = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (unsigned, None),
+    };
+    !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && (int == "0" || !int.starts_with('0'))
+        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) && !f.ends_with('0'))
+        && !(unsigned.trim_start_matches(['0', '.']).is_empty() && s.starts_with('-'))
+}
+
 /// A JSON number from canonical text.
 fn number(canonical: &str) -> Value {
     Value::Number(serde_json::from_str::<Number>(canonical).expect("canonical numbers are JSON numbers"))
@@ -344,7 +360,10 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
         "-0" if !matches!(native, Class::Float { .. } | Class::Any) => number("0"),
         _ => numeric_value(&text),
     };
+    // Most numbers are canonical as read: kept without a copy.
+    let canonical_as_is = |v: &Value| matches!(v, Value::Number(n) if is_canonical(n.as_str()));
     match kind {
+        Kind::Any | Kind::Bytes | Kind::Number if canonical_as_is(&v) => Ok(v),
         Kind::Any | Kind::Bytes => Ok(match v {
             Value::Number(_) => number_of(numeric_text(&v).expect("a JSON number")),
             other => other,
@@ -581,6 +600,25 @@ mod tests {
         assert_eq!(canonical_number("abc"), None);
         assert_eq!(canonical_number("1e99999999"), None);
         assert_eq!(canonical_number(""), None);
+    }
+
+    #[test]
+    fn canonical_text_is_recognised() {
+        for s in [
+            "0",
+            "12",
+            "-12",
+            "12.5",
+            "0.001",
+            "-0.5",
+            "12345678901234567890.123456789",
+        ] {
+            assert!(is_canonical(s), "{s}");
+            assert_eq!(canonical_number(s).as_deref(), Some(s));
+        }
+        for s in ["012", "12.50", "12.", "1e2", "-0", "-0.0", "0.0", ".5", "", "-"] {
+            assert!(!is_canonical(s), "{s}");
+        }
     }
 
     #[test]
