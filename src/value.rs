@@ -300,7 +300,8 @@ const SPECIALS: [&str; 4] = ["NaN", "Infinity", "-Infinity", "-0"];
 /// The text of a number value, or of a special float's name.
 fn numeric_text(v: &Value) -> Option<String> {
     match v {
-        Value::Number(n) => canonical_number(&n.to_string()),
+        Value::Number(n) if is_canonical(n.as_str()) => Some(n.as_str().to_owned()),
+        Value::Number(n) => canonical_number(n.as_str()),
         Value::String(s) if SPECIALS.contains(&s.as_str()) => Some(s.clone()),
         Value::String(s) => canonical_number(s.trim()),
         _ => None,

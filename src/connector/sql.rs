@@ -58,9 +58,11 @@ impl SqlConnector {
             source,
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Floats as the shortest text that reads back as the same
+            // float, whatever the server's default.
             let options = PgConnectOptions::from_str(url)
                 .map_err(err)?
-                .options([crate::store::CUSTOM_PLANS]);
+                .options([crate::store::CUSTOM_PLANS, ("extra_float_digits", "1")]);
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
@@ -213,12 +215,15 @@ impl SqlConnector {
                         b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
                     ),
                 };
-                let mut q = sqlx::query_scalar::<_, sqlx::types::Json<Fields>>(&sql).bind(limit as i64);
+                let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
                     q = q.bind(text_of(&c.updated_at)).bind(text_of(&c.id));
                 }
-                let docs = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
-                docs.into_iter().map(|d| (d.0, None)).collect::<Vec<_>>()
+                let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                rows.iter()
+                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(self.query_error(&b.table))?
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
@@ -277,12 +282,15 @@ impl SqlConnector {
                     pg_row_document(b),
                     b.column_types[ID_COLUMN]
                 );
-                let docs: Vec<sqlx::types::Json<Fields>> = sqlx::query_scalar(&sql)
+                let rows = sqlx::query(&sql)
                     .bind(ids)
                     .fetch_all(pool)
                     .await
                     .map_err(self.query_error(&b.table))?;
-                docs.into_iter().map(|d| (d.0, None)).collect()
+                rows.iter()
+                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(self.query_error(&b.table))?
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
@@ -940,21 +948,33 @@ fn sqlite_json_select(columns: &[&str]) -> (String, Vec<String>) {
     (select, paths)
 }
 
-/// The expression that reads a PostgreSQL row `t` as one JSON document:
-/// `to_jsonb(t)`, with float columns as their text, since a JSON number
-/// loses a float's negative zero and cannot hold its infinities and NaN.
+/// The select list that reads a PostgreSQL row `t`: `to_jsonb(t)`, then
+/// for each float column its text when it is zero. `to_jsonb` writes a
+/// float exactly (shortest text that reads back as the same float, and
+/// `NaN` and the infinities as text) except a negative zero, which it
+/// writes `0`; [`pg_row`] puts `-0` back.
 fn pg_row_document(b: &TableBinding) -> String {
-    let floats: Vec<String> = b
-        .fields
-        .iter()
-        .filter(|f| matches!(f.class, Class::Float { .. }))
-        .map(|f| format!("'{}', t.{}::text", f.column.replace('\'', "''"), ident(&f.column)))
-        .collect();
-    if floats.is_empty() {
-        "to_jsonb(t)".to_owned()
-    } else {
-        format!("to_jsonb(t) || jsonb_build_object({})", floats.join(", "))
+    let mut select = "to_jsonb(t)".to_owned();
+    for f in pg_floats(b) {
+        let c = ident(&f.column);
+        select.push_str(&format!(", CASE WHEN t.{c} = 0 THEN t.{c}::text END"));
     }
+    select
+}
+
+fn pg_floats(b: &TableBinding) -> impl Iterator<Item = &FieldColumn> {
+    b.fields.iter().filter(|f| matches!(f.class, Class::Float { .. }))
+}
+
+/// A row selected by [`pg_row_document`] as one document.
+fn pg_row(b: &TableBinding, row: &sqlx::postgres::PgRow) -> Result<Fields, sqlx::Error> {
+    let mut doc = row.try_get::<sqlx::types::Json<Fields>, _>(0)?.0;
+    for (i, f) in pg_floats(b).enumerate() {
+        if row.try_get::<Option<&str>, _>(i + 1)? == Some("-0") {
+            doc.insert(f.column.clone(), Value::String("-0".into()));
+        }
+    }
+    Ok(doc)
 }
 
 /// A cursor value as text, for PostgreSQL's casts.
