@@ -284,6 +284,37 @@ async fn a_value_the_target_cannot_hold_fails_its_record_naming_the_field() {
     let rows = s.target.dump("ledger").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["amount"], serde_json::json!(12.5));
+
+    // A synced record edited to a value the target cannot hold keeps its
+    // mapping and its last agreed values, with the reason; the target
+    // keeps what it had. Fixed in the source, it syncs.
+    s.source
+        .exec("UPDATE ledger SET amount = 0.30000000000000000001, updated_at = now() WHERE id = 'a'")
+        .await;
+    let refused = s.run(&[]);
+    assert_eq!(refused.counter("product", "updated"), 0, "{}", refused.stdout);
+    assert_eq!(refused.counter("product", "failed"), 4, "{}", refused.stdout);
+    let a = s.mapping("a").await;
+    assert_eq!(a.status, MappingStatus::Mapped);
+    let error = a.last_error.unwrap_or_default();
+    assert!(
+        error.contains("field `amount`") && error.contains("0.30000000000000000001 cannot be held exactly"),
+        "{error}"
+    );
+    assert_eq!(a.base.unwrap()["amount"], serde_json::json!(12.5));
+    assert_eq!(
+        s.target.dump("ledger").await[0]["amount"],
+        serde_json::json!(12.5)
+    );
+    s.source
+        .exec("UPDATE ledger SET amount = 0.25, updated_at = now() WHERE id = 'a'")
+        .await;
+    let fixed = s.run(&[]);
+    assert_eq!(fixed.counter("product", "updated"), 1, "{}", fixed.stdout);
+    assert_eq!(
+        s.target.dump("ledger").await[0]["amount"],
+        serde_json::json!(0.25)
+    );
     s.drop().await;
 }
 
