@@ -159,3 +159,144 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
     serving.await.unwrap().unwrap();
     pg.drop().await;
 }
+
+/// Money in a `numeric` column, in conflict: the page shows every digit of
+/// base, source and target (a double would show `12345678901234567000`),
+/// and the value the reviewer types reaches both systems exactly.
+#[tokio::test]
+async fn the_review_page_shows_and_writes_numbers_exactly() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let ddl = "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, updated_at timestamptz NOT NULL)";
+    let (Some(source), Some(target)) = (PgSchema::create().await, PgSchema::create().await) else {
+        return;
+    };
+    for db in [&source, &target] {
+        sqlx::raw_sql(ddl).execute(&db.pool).await.unwrap();
+    }
+    sqlx::raw_sql("INSERT INTO ledger VALUES ('L-1', 12345678901234567890.123456789, now())")
+        .execute(&source.pool)
+        .await
+        .unwrap();
+    let toml = format!(
+        r#"name = "exact"
+direction = "bidirectional"
+strategy = "manual"
+source = "src"
+target = "dst"
+[systems.src]
+connector = "sql"
+url = "{}"
+[systems.dst]
+connector = "sql"
+url = "{}"
+[[entities]]
+name = "product"
+table = "ledger"
+[tenants.t1]
+"#,
+        source.url, target.url
+    );
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    support::systems::sync_once(store.clone(), &toml, 100)
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE ledger SET amount = 12345678901234567890.123456781, updated_at = now()")
+        .execute(&source.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql("UPDATE ledger SET amount = 12345678901234567890.123456782, updated_at = now()")
+        .execute(&target.pool)
+        .await
+        .unwrap();
+    let run = support::systems::sync_once(store.clone(), &toml, 100)
+        .await
+        .unwrap();
+    assert_eq!(run.state, syncd::run::RunState::Suspended);
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let worker = Worker {
+        store: store.clone(),
+        definitions: vec![Definition {
+            workflow: Workflow::parse("exact.toml", &toml).unwrap(),
+            graph: DependencyGraph::builtin_default(),
+        }],
+        options: Options {
+            shutdown: Some(shutdown.clone()),
+            ..Options::default()
+        },
+        poll: Duration::from_millis(250),
+    };
+    let serving = tokio::spawn(async move { worker.serve(shutdown).await });
+    let addr = support::http::serve(store.clone()).await;
+    let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
+
+    let review = async {
+        browser.goto(&format!("http://{addr}/review")).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#reviewer").await.type_text("reviewer-8").await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "1 pending").await;
+        let conflict = &browser.find_all("section.conflict").await[0];
+        let row = conflict.find("tbody tr.conflicting").await;
+        let mut cells = Vec::new();
+        for cell in row.find_all("td").await {
+            cells.push(cell.text().await);
+        }
+        assert_eq!(
+            cells[..4],
+            [
+                "amount",
+                "12345678901234567890.123456789",
+                "12345678901234567890.123456781",
+                "12345678901234567890.123456782"
+            ],
+            "field, base, source, target"
+        );
+        let input = conflict.find("input[name=amount]").await;
+        assert_eq!(input.property("value").await, "12345678901234567890.123456781");
+        input.clear().await;
+        input.type_text("98765432109876543210.987654321").await;
+        conflict.find("button[data-take=values]").await.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+
+        let started = Instant::now();
+        loop {
+            let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+                .bind(run.id)
+                .fetch_one(&pg.pool)
+                .await
+                .unwrap();
+            if state == "succeeded" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "run still {state}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for db in [&source, &target] {
+            let amount: String = sqlx::query_scalar("SELECT amount::text FROM ledger")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            assert_eq!(amount, "98765432109876543210.987654321");
+        }
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_exact", review)
+        .await;
+
+    browser.quit().await;
+    stop.send(true).unwrap();
+    serving.await.unwrap().unwrap();
+    for schema in [pg, source, target] {
+        schema.drop().await;
+    }
+}
