@@ -195,3 +195,37 @@ async fn redis_on_a_closed_port_from_the_start() {
     assert!(counts.fallbacks >= 2 && counts.hits == 0, "{counts:?}");
     pg.drop().await;
 }
+
+/// Redis answers an empty `MGET` with an error: a lookup of no ids (a page
+/// without references) must not send one and read as an outage, which
+/// sent every lookup of the next second to the database.
+#[tokio::test]
+async fn a_lookup_of_no_ids_is_not_an_outage() {
+    let Some(redis) = RedisPrefix::create().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let cache = MappingCache::redis(&support::redis_url(), &redis.prefix).unwrap();
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), cache, DEFAULT_MAX_SNAPSHOT_BYTES)
+            .await
+            .unwrap(),
+    );
+    reserve(&store, "a-1").await;
+    assert!(
+        store
+            .lookup(&scope(), Side::Source, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Pending);
+    assert_eq!(status(&store, "a-1").await, MappingStatus::Pending);
+    let counts = store.cache().counts();
+    assert_eq!(counts.fallbacks, 0, "{counts:?}");
+    assert!(counts.hits >= 1, "{counts:?}");
+    pg.drop().await;
+    redis.drop().await;
+}

@@ -22,7 +22,9 @@ use serde_json::{Number, Value};
 use uuid::Uuid;
 
 /// Bumped when the body layout changes; older entries then read as misses.
-const FORMAT: u8 = 1;
+/// (2: numbers other than 64-bit integers as their exact text, not as a
+/// double.)
+const FORMAT: u8 = 2;
 
 /// Nesting deeper than this in a base value is refused (serde_json's own
 /// limit when the value was first parsed).
@@ -33,7 +35,8 @@ const FALSE: u8 = 1;
 const TRUE: u8 = 2;
 const INT: u8 = 3;
 const UINT: u8 = 4;
-const FLOAT: u8 = 5;
+/// A number as its text: a decimal of any length kept exactly.
+const DECIMAL: u8 = 5;
 const STRING: u8 = 6;
 const ARRAY: u8 = 7;
 const OBJECT: u8 = 8;
@@ -145,18 +148,23 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
         Value::Null => out.push(NULL),
         Value::Bool(false) => out.push(FALSE),
         Value::Bool(true) => out.push(TRUE),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
+        // An integer written as such (not `-0`, `1.0` or `1e2`) in 8
+        // bytes; any other number as its text, so that it comes back with
+        // every digit and as it was written.
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) if i.to_string() == n.as_str() => {
                 out.push(INT);
                 out.extend_from_slice(&i.to_le_bytes());
-            } else if let Some(u) = n.as_u64() {
+            }
+            (_, Some(u)) if u.to_string() == n.as_str() => {
                 out.push(UINT);
                 out.extend_from_slice(&u.to_le_bytes());
-            } else {
-                out.push(FLOAT);
-                out.extend_from_slice(&n.as_f64().unwrap_or(f64::NAN).to_le_bytes());
             }
-        }
+            _ => {
+                out.push(DECIMAL);
+                put_str(out, n.as_str());
+            }
+        },
         Value::String(s) => {
             out.push(STRING);
             put_str(out, s);
@@ -242,9 +250,7 @@ impl<'a> Reader<'a> {
             TRUE => Value::Bool(true),
             INT => Value::from(i64::from_le_bytes(self.take(8)?.try_into().ok()?)),
             UINT => Value::from(u64::from_le_bytes(self.take(8)?.try_into().ok()?)),
-            FLOAT => Value::Number(Number::from_f64(f64::from_le_bytes(
-                self.take(8)?.try_into().ok()?,
-            ))?),
+            DECIMAL => Value::Number(serde_json::from_str::<Number>(&self.string()?).ok()?),
             STRING => Value::String(self.string()?),
             ARRAY => {
                 let len = self.u32()? as usize;
@@ -275,6 +281,10 @@ mod tests {
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
             (-1e300f64..1e300).prop_map(Value::from),
+            // Decimals of any length, and numbers written unlike integers.
+            "-?[1-9][0-9]{0,40}\\.[0-9]{1,30}".prop_map(|n| serde_json::from_str(&n).unwrap()),
+            prop_oneof![Just("-0"), Just("1.0"), Just("1e2"), Just("18446744073709551616")]
+                .prop_map(|n| serde_json::from_str(n).unwrap()),
             ".{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(3, 24, 4, |inner| {

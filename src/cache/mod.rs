@@ -280,6 +280,11 @@ impl MappingCache {
     /// cannot answer (disabled, or Redis failing): read them all from the
     /// database.
     pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<IdMapping>>> {
+        // Redis answers an empty MGET with an error, which would read as an
+        // outage.
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
         let found = match &self.backend {
             Backend::Disabled => return None,
             Backend::Local(map) => {
