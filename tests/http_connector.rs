@@ -785,7 +785,7 @@ async fn references_into_an_api_with_numeric_ids_are_numbers_and_compare_as_equa
         .server
         .records("people")
         .into_iter()
-        .find(|p| p["id"] == json!(customer_number))
+        .find(|p| p["id"] == json!(person.parse::<u64>().unwrap()))
         .unwrap();
     assert_eq!(
         kept["customer_id"],
