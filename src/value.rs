@@ -42,7 +42,7 @@ pub enum Class {
     /// `NaN` and ±`Infinity` (PostgreSQL's unconstrained `numeric`).
     Decimal {
         precision: Option<u32>,
-        scale: Option<u32>,
+        scale: Option<i32>,
         special: bool,
     },
     /// A binary float of `bits` bits; `nan` and `negative_zero` when the
@@ -54,9 +54,11 @@ pub enum Class {
     },
     /// SQLite's NUMERIC affinity: a 64-bit integer, or a double.
     Numeric,
-    /// A point in time; `zoned` when the column holds an instant.
+    /// A point in time; `zoned` when the column holds an instant, and
+    /// `digits` of a second it keeps (6 unless the column says fewer).
     Timestamp {
         zoned: bool,
+        digits: u8,
     },
     Date,
     Uuid,
@@ -72,7 +74,10 @@ pub enum Kind {
     Any,
     Text,
     Boolean,
+    /// An exact decimal or integer: `-0.00` is zero.
     Number,
+    /// A binary float: `-0` is its negative zero.
+    Float,
     Timestamp {
         zoned: bool,
     },
@@ -115,8 +120,8 @@ impl Class {
             "integer" | "int" | "int4" | "serial" => Class::Integer { bits: 32 },
             "bigint" | "int8" | "bigserial" => Class::Integer { bits: 64 },
             "numeric" | "decimal" => {
-                let mut parts = args.split(',').map(|p| p.trim().parse::<u32>().ok());
-                let precision = parts.next().flatten();
+                let mut parts = args.split(',').map(|p| p.trim().parse::<i32>().ok());
+                let precision = parts.next().flatten().and_then(|p| u32::try_from(p).ok());
                 let scale = parts.next().flatten().or(precision.map(|_| 0));
                 Class::Decimal {
                     precision,
@@ -144,6 +149,7 @@ impl Class {
             "bytea" => Class::Bytes,
             _ if base.starts_with("timestamp") => Class::Timestamp {
                 zoned: t.contains("with time zone"),
+                digits: args.trim().parse().unwrap_or(6).min(6),
             },
             _ => Class::Any,
         }
@@ -159,7 +165,10 @@ impl Class {
         } else if t.contains("INT") {
             Class::Integer { bits: 64 }
         } else if t.contains("TIMESTAMPTZ") || t.contains("DATETIME") || t.contains("TIMESTAMP") {
-            Class::Timestamp { zoned: true }
+            Class::Timestamp {
+                zoned: true,
+                digits: 6,
+            }
         } else if t.contains("DATE") {
             Class::Date
         } else if t.contains("UUID") {
@@ -187,10 +196,9 @@ impl Class {
             Class::Any => Kind::Any,
             Class::Text => Kind::Text,
             Class::Boolean => Kind::Boolean,
-            Class::Integer { .. } | Class::Decimal { .. } | Class::Float { .. } | Class::Numeric => {
-                Kind::Number
-            }
-            Class::Timestamp { zoned } => Kind::Timestamp { zoned },
+            Class::Integer { .. } | Class::Decimal { .. } | Class::Numeric => Kind::Number,
+            Class::Float { .. } => Kind::Float,
+            Class::Timestamp { zoned, .. } => Kind::Timestamp { zoned },
             Class::Date => Kind::Date,
             Class::Uuid => Kind::Uuid,
             Class::Json => Kind::Json,
@@ -237,7 +245,7 @@ pub fn canonical_number(s: &str) -> Option<String> {
         return None;
     }
     // Written out in full, an exponent this large is not a real value.
-    if exponent.abs() > 100_000 {
+    if !(-100_000..=100_000).contains(&exponent) {
         return None;
     }
     let digits: String = format!("{int}{frac}");
@@ -321,12 +329,17 @@ fn numeric_value(text: &str) -> Value {
 /// outside what chrono holds (PostgreSQL's `infinity`, years past 9999) is
 /// not a time here; the caller keeps it as text.
 fn canonical_time(s: &str, zoned: bool) -> Option<String> {
+    // Digits past the microsecond would be cut off: not a time here.
+    let fraction = s
+        .split_once('.')
+        .map(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).collect::<Vec<u8>>())
+        .unwrap_or_default();
+    if fraction.iter().skip(6).any(|d| *d != b'0') {
+        return None;
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(if zoned {
-            t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-        } else {
-            t.naive_local().format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
-        });
+        // A wall-clock time does not hold the offset: not one here.
+        return zoned.then(|| t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
     }
     let naive = NaiveDateTime::parse_from_str(&s.replacen(' ', "T", 1), "%Y-%m-%dT%H:%M:%S%.f").ok()?;
     Some(if zoned {
@@ -357,20 +370,23 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
     }
     // Only a float has a negative zero: elsewhere `-0` (a decimal written
     // `-0.00`) is zero.
+    let float = kind == Kind::Float || matches!(native, Class::Float { .. } | Class::Any);
     let number_of = |text: String| match text.as_str() {
-        "-0" if !matches!(native, Class::Float { .. } | Class::Any) => number("0"),
+        "-0" if !float => number("0"),
         _ => numeric_value(&text),
     };
+    let too_long = |v: &Value| format!("{} has an exponent too large to write out", describe(v));
     // Most numbers are canonical as read: kept without a copy.
     let canonical_as_is = |v: &Value| matches!(v, Value::Number(n) if is_canonical(n.as_str()));
     match kind {
-        Kind::Any | Kind::Bytes | Kind::Number if canonical_as_is(&v) => Ok(v),
-        Kind::Any | Kind::Bytes => Ok(match v {
-            Value::Number(_) => number_of(numeric_text(&v).expect("a JSON number")),
-            other => other,
+        Kind::Any | Kind::Bytes | Kind::Number | Kind::Float if canonical_as_is(&v) => Ok(v),
+        // Kept as given when it cannot be written out.
+        Kind::Any | Kind::Bytes => Ok(match numeric_text(&v) {
+            Some(text) if v.is_number() => number_of(text),
+            _ => v,
         }),
-        Kind::Number => match &v {
-            Value::Number(_) => Ok(number_of(numeric_text(&v).expect("a JSON number"))),
+        Kind::Number | Kind::Float => match &v {
+            Value::Number(_) => numeric_text(&v).map(number_of).ok_or_else(|| too_long(&v)),
             Value::String(s) => numeric_text(&v)
                 .map(number_of)
                 .ok_or_else(|| format!("`{s}` is not a number")),
@@ -414,7 +430,7 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
         },
         Kind::Text => match v {
             Value::String(_) => Ok(v),
-            Value::Number(_) => Ok(Value::String(numeric_text(&v).expect("a JSON number"))),
+            Value::Number(ref n) => Ok(Value::String(numeric_text(&v).unwrap_or_else(|| n.to_string()))),
             Value::Bool(b) => Ok(Value::String(b.to_string())),
             other => Ok(Value::String(other.to_string())),
         },
@@ -429,6 +445,19 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
         return Ok(Value::Null);
     }
     match native {
+        // An untyped SQLite column keeps what `json_each` gives it: a
+        // number as a 64-bit integer or a double, a document as text.
+        Class::Any if dialect == Dialect::Sqlite => match v {
+            Value::Number(n) if !is_exact_in_sqlite(n.as_str()) => Err(format!(
+                "{n} would be read back as a double from an untyped SQLite column (declare it TEXT for exact \
+                 decimals)"
+            )),
+            Value::Object(_) | Value::Array(_) => Err(
+                "a JSON document would be read back as text from an untyped SQLite column (declare it JSON)"
+                    .into(),
+            ),
+            _ => Ok(v.clone()),
+        },
         Class::Any => Ok(v.clone()),
         // SQLite keeps a document as its text; PostgreSQL takes the
         // document itself.
@@ -438,7 +467,7 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             let text = match v {
                 _ if kind == Kind::Json => v.to_string(),
                 Value::String(s) => s.clone(),
-                Value::Number(_) => numeric_text(v).expect("a JSON number"),
+                Value::Number(n) => numeric_text(v).unwrap_or_else(|| n.to_string()),
                 Value::Bool(b) => b.to_string(),
                 other => other.to_string(),
             };
@@ -488,17 +517,21 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             if let (Some(p), Some(s)) = (precision, scale) {
                 let unsigned = text.trim_start_matches('-');
                 let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
-                let int_digits = if int == "0" { 0 } else { int.len() as u32 };
-                if frac.len() as u32 > s {
+                let int_digits = if int == "0" { 0 } else { int.len() as i64 };
+                // A negative scale rounds to tens, hundreds, ...: the
+                // digits it drops must be zeros.
+                let zeros = (int.len() - int.trim_end_matches('0').len()) as i64;
+                let (p, s) = (i64::from(p), i64::from(s));
+                if frac.len() as i64 > s.max(0) || (s < 0 && int != "0" && zeros < -s) {
                     return Err(format!(
                         "{text} has {} digits after the point; the column (numeric({p},{s})) keeps {s}",
                         frac.len()
                     ));
                 }
-                if int_digits > p.saturating_sub(s) {
+                if int_digits > p - s {
                     return Err(format!(
                         "{text} has {int_digits} digits before the point; the column (numeric({p},{s})) keeps {}",
-                        p.saturating_sub(s)
+                        p - s
                     ));
                 }
             }
@@ -544,11 +577,7 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             match (v, text) {
                 (Value::String(s), None) => Ok(Value::String(s.clone())),
                 (_, Some(text)) => {
-                    let exact = text.parse::<i64>().is_ok()
-                        || text.parse::<f64>().is_ok_and(|f| {
-                            f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(&text)
-                        });
-                    if !exact || text == "-0" {
+                    if !is_exact_in_sqlite(&text) {
                         return Err(format!(
                             "{text} cannot be held exactly by a NUMERIC column (SQLite keeps a 64-bit integer or a \
                              double); use a TEXT column"
@@ -559,11 +588,63 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
                 (other, None) => Ok(other.clone()),
             }
         }
-        Class::Timestamp { .. } | Class::Date | Class::Uuid | Class::Bytes => match v {
+        Class::Timestamp { zoned, digits } => match v {
+            Value::String(s) if matches!(s.as_str(), "infinity" | "-infinity") => Ok(v.clone()),
+            Value::String(s) => {
+                let Some(t) = canonical_time(s, zoned) else {
+                    return Err(match zoned {
+                        true => format!("`{s}` is not a time the column holds exactly"),
+                        false => format!(
+                            "`{s}` is not a wall-clock time the column holds exactly (a time with a UTC offset \
+                             is an instant)"
+                        ),
+                    });
+                };
+                // `…HH:MM:SS.ffffff`: the digits past what the column keeps
+                // must be zeros.
+                let fraction = &t[20..26];
+                if fraction[usize::from(digits)..].bytes().any(|d| d != b'0') {
+                    return Err(format!(
+                        "`{s}` has more digits of a second than the column keeps ({digits})"
+                    ));
+                }
+                Ok(Value::String(t))
+            }
+            other => Err(format!("{} is not a time", describe(other))),
+        },
+        Class::Date => match v {
+            Value::String(s) if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => Ok(v.clone()),
+            Value::String(s) if matches!(s.as_str(), "infinity" | "-infinity") => Ok(v.clone()),
+            Value::String(s) => match canonical_time(s, false).or_else(|| canonical_time(s, true)) {
+                Some(t) if t[10..].starts_with("T00:00:00.000000") => Ok(Value::String(t[..10].to_owned())),
+                Some(_) => Err(format!("`{s}` is a time of day, and the column holds dates")),
+                None => Err(format!("`{s}` is not a date")),
+            },
+            other => Err(format!("{} is not a date", describe(other))),
+        },
+        Class::Uuid => match v {
+            Value::String(s) => uuid::Uuid::parse_str(s)
+                .map(|u| Value::String(u.hyphenated().to_string()))
+                .map_err(|_| format!("`{s}` is not a UUID")),
+            other => Err(format!("{} is not a UUID", describe(other))),
+        },
+        Class::Bytes => match v {
             Value::String(_) => Ok(v.clone()),
             other => Err(format!("{} is not text the column can read", describe(other))),
         },
     }
+}
+
+/// Whether SQLite keeps number text exactly (as a 64-bit integer, or as a
+/// double that reads back as the same number).
+fn is_exact_in_sqlite(text: &str) -> bool {
+    let Some(c) = canonical_number(text) else {
+        return false;
+    };
+    c != "-0"
+        && (c.parse::<i64>().is_ok()
+            || c.parse::<f64>()
+                .is_ok_and(|f| f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(&c)))
 }
 
 /// `v` in canonical form, whatever its kind: numbers canonical, the rest
@@ -716,6 +797,106 @@ mod tests {
                 &num("12.5")
             ),
             Ok(num("12.5"))
+        );
+    }
+
+    #[test]
+    fn times_dates_and_uuids_are_refused_where_the_column_would_change_them() {
+        let zoned = Kind::Timestamp { zoned: true };
+        let cases: &[(Class, Value, &str)] = &[
+            (Class::Date, json!("2024-01-05T10:30:00Z"), "a time of day"),
+            (Class::Date, json!("soon"), "not a date"),
+            (
+                Class::postgres("timestamp with time zone"),
+                json!("2024-01-05T10:30:00.1234567Z"),
+                "not a time",
+            ),
+            (
+                Class::postgres("timestamp(3) with time zone"),
+                json!("2024-01-05T10:30:00.123456Z"),
+                "keeps (3)",
+            ),
+            (
+                Class::postgres("timestamp without time zone"),
+                json!("2024-01-05T10:30:00+02:00"),
+                "wall-clock",
+            ),
+            (Class::Uuid, json!("not-a-uuid"), "not a UUID"),
+            (
+                Class::sqlite(""),
+                num("0.30000000000000000001"),
+                "untyped SQLite column",
+            ),
+            (Class::sqlite(""), json!({"a": 1}), "declare it JSON"),
+            (Class::postgres("numeric(5,-2)"), num("12345"), "after the point"),
+        ];
+        for (class, value, why) in cases {
+            let dialect = if *class == Class::sqlite("") {
+                Dialect::Sqlite
+            } else {
+                Dialect::Postgres
+            };
+            let got = write(zoned, *class, dialect, value);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{value} into {class:?}: {got:?}"
+            );
+        }
+        assert_eq!(
+            write(
+                zoned,
+                Class::Date,
+                Dialect::Postgres,
+                &json!("2024-01-05T00:00:00Z")
+            ),
+            Ok(json!("2024-01-05"))
+        );
+        assert_eq!(
+            write(
+                zoned,
+                Class::postgres("timestamp(3) with time zone"),
+                Dialect::Postgres,
+                &json!("2024-01-05T10:30:00.123Z")
+            ),
+            Ok(json!("2024-01-05T10:30:00.123000Z"))
+        );
+        assert_eq!(
+            write(
+                Kind::Number,
+                Class::postgres("numeric(5,-2)"),
+                Dialect::Postgres,
+                &num("12300")
+            ),
+            Ok(num("12300"))
+        );
+        // A time with more digits than a microsecond is kept as given, not cut.
+        assert_eq!(
+            read(zoned, Class::Text, json!("2024-01-05T10:30:00.1234567Z")),
+            Ok(json!("2024-01-05T10:30:00.1234567Z"))
+        );
+    }
+
+    #[test]
+    fn a_number_too_long_to_write_out_is_an_error_not_a_crash() {
+        for text in ["1e200000", "1e-9223372036854775808", "1e9223372036854775807"] {
+            let v = num(text);
+            assert!(read(Kind::Number, Class::Any, v.clone()).is_err(), "{text}");
+            assert_eq!(read(Kind::Any, Class::Any, v.clone()), Ok(v.clone()), "{text}");
+            assert!(write(Kind::Number, Class::postgres("numeric"), Dialect::Postgres, &v).is_err());
+        }
+        assert_eq!(canonical_number("1e-9223372036854775808"), None);
+    }
+
+    #[test]
+    fn a_floats_negative_zero_survives_a_text_column() {
+        let kind = Kind::agree(Class::postgres("double precision"), Class::sqlite("TEXT"));
+        assert_eq!(kind, Kind::Float);
+        let written = write(kind, Class::sqlite("TEXT"), Dialect::Sqlite, &json!("-0")).unwrap();
+        assert_eq!(read(kind, Class::sqlite("TEXT"), written), Ok(json!("-0")));
+        // A decimal written `-0.00` is zero.
+        assert_eq!(
+            read(Kind::Number, Class::sqlite("TEXT"), json!("-0.00")),
+            Ok(num("0"))
         );
     }
 
