@@ -394,3 +394,38 @@ async fn an_oversized_record_fails_alone_and_the_rest_of_its_page_commits() {
     assert_eq!(next.counter("product", "updated"), 1, "{}", next.stdout);
     s.drop().await;
 }
+
+/// An update the database refuses (here a CHECK constraint) fails that
+/// record alone: the rest of the batch is written, and the step goes on.
+#[tokio::test]
+async fn an_update_the_database_refuses_fails_alone() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, updated_at timestamptz NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric CHECK (amount >= 0),
+                              updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 1, now()), ('b', 2, now()), ('c', 3, now())")
+        .await;
+    s.run(&[]);
+    s.source
+        .exec("UPDATE ledger SET amount = amount * 10 - 25, updated_at = now()")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "updated"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 2, "{}", ran.stdout);
+    for id in ["a", "b"] {
+        let m = s.mapping(id).await;
+        assert_eq!(m.status, MappingStatus::Mapped);
+        let error = m.last_error.unwrap_or_default();
+        assert!(error.contains("check constraint"), "{id}: {error}");
+    }
+    assert_eq!(Setup::pg_text(&s.target, "amount").await, ["(1)", "(2)", "(5)"]);
+    s.drop().await;
+}

@@ -275,8 +275,9 @@ impl Connector {
     }
 
     /// Writes `fields` to each existing record; answers the records the
-    /// system refused, with its reason (a value its column cannot hold
-    /// refuses that record; otherwise a SQL batch succeeds or fails whole).
+    /// system refused, with its reason: a value its column cannot hold, or
+    /// one the database refuses (a SQL batch it refuses is written again
+    /// one record at a time to find which). An outage is an error.
     pub async fn update(
         &self,
         b: &TableBinding,
@@ -284,7 +285,38 @@ impl Connector {
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, String)>, ConnectorError> {
         match self {
-            Connector::Sql(c) => c.update(b, records, now).await,
+            Connector::Sql(c) => match c.update(b, records, now).await {
+                // A value the database refuses (a constraint, a type):
+                // found record by record, so that it fails alone. An
+                // outage stops the step instead.
+                Err(ConnectorError::Query {
+                    source: sqlx::Error::Database(e),
+                    ..
+                }) if records.len() > 1 => {
+                    tracing::warn!(error = %e, "batch update failed; retrying one by one");
+                    let mut refused = Vec::new();
+                    for r in records {
+                        match c.update(b, std::slice::from_ref(r), now).await {
+                            Ok(more) => refused.extend(more),
+                            Err(
+                                e @ ConnectorError::Query {
+                                    source: sqlx::Error::Database(_),
+                                    ..
+                                },
+                            ) => refused.push((r.0.clone(), e.to_string())),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(refused)
+                }
+                Err(
+                    e @ ConnectorError::Query {
+                        source: sqlx::Error::Database(_),
+                        ..
+                    },
+                ) if records.len() == 1 => Ok(vec![(records[0].0.clone(), e.to_string())]),
+                other => other,
+            },
             Connector::Http(c) => c.update(b, records).await,
         }
     }

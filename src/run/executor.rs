@@ -1042,7 +1042,9 @@ impl Job {
             // and nothing is written.
             let mut relink = false;
             if let Some(m) = mapping.as_ref().filter(|m| m.status == MappingStatus::Stale) {
-                let counterpart = id_on(m, write).is_some_and(|id| counterparts.contains_key(id));
+                // (A counterpart that cannot be read exists: it fails below.)
+                let counterpart = id_on(m, write)
+                    .is_some_and(|id| counterparts.contains_key(id) || unreadable.contains_key(id));
                 let gone = Gone::of(m).unwrap_or(Gone::Target);
                 let recreate = read == Side::Source
                     && match gone {
@@ -1085,25 +1087,6 @@ impl Job {
                         counters.postponed += 1;
                         continue;
                     };
-                    // A record too large to keep as a base (or in a
-                    // conflict) fails alone, before anything is written.
-                    let entity = &ctx.step.entity_type;
-                    let oversized = [(&source, Side::Source), (&target, Side::Target)]
-                        .into_iter()
-                        .find_map(|(r, side)| {
-                            self.store.oversized(
-                                || format!("{} record of {entity} `{}`", side.as_str(), r.id),
-                                &r.fields,
-                            )
-                        });
-                    if let Some(error) = oversized {
-                        counters.failed += 1;
-                        commit.mappings.push(MappingWrite::Transition {
-                            current: m,
-                            change: MappingChange::Refuse { error },
-                        });
-                        continue;
-                    }
                     let resolution = conflict::resolve(
                         m.base.as_ref(),
                         &source,
@@ -1112,7 +1095,7 @@ impl Job {
                         strategy,
                         &tables.def.merge,
                     );
-                    if let Some(mut c) = ConflictRecord::from_resolution(
+                    let conflict = ConflictRecord::from_resolution(
                         Uuid::new_v4(),
                         ConflictScope::clone(&ctx.scope),
                         m.base.as_ref(),
@@ -1120,7 +1103,35 @@ impl Job {
                         &target,
                         &resolution,
                         now,
-                    ) {
+                    );
+                    // What the store cannot keep (a base or conflict too
+                    // large, a NUL in PostgreSQL) fails the record alone,
+                    // before anything is written.
+                    let entity = &ctx.step.entity_type;
+                    let kept = |what: &str, fields: &Fields| {
+                        self.store
+                            .unkeepable(|| format!("{what} of {entity} `{}`", record.id), fields)
+                    };
+                    let unkeepable = match (&resolution.outcome, &conflict) {
+                        (_, Some(c)) => kept("the source record", &c.source_record.fields)
+                            .or_else(|| kept("the target record", &c.target_record.fields)),
+                        _ => None,
+                    }
+                    .or_else(|| match &resolution.outcome {
+                        Outcome::Write(w) => kept("the base snapshot", &w.base),
+                        _ => None,
+                    });
+                    if let Some(error) = unkeepable {
+                        counters.failed += 1;
+                        if m.status == MappingStatus::Mapped {
+                            commit.mappings.push(MappingWrite::Transition {
+                                current: m,
+                                change: MappingChange::Refuse { error },
+                            });
+                        }
+                        continue;
+                    }
+                    if let Some(mut c) = conflict {
                         c.run_id = Some(ctx.run_id);
                         match c.status {
                             conflict::ConflictStatus::Pending => counters.parked += 1,
@@ -1205,7 +1216,7 @@ impl Job {
                             Side::Target => &fields,
                         };
                         self.store
-                            .oversized(|| format!("base snapshot of {entity} `{}`", record.id), base)
+                            .unkeepable(|| format!("the base snapshot of {entity} `{}`", record.id), base)
                     };
                     if let Some(reason) = missing.into_iter().next().map(|(_, why)| why).or_else(oversized) {
                         counters.failed += 1;
@@ -1577,6 +1588,24 @@ impl Job {
                     .target
                     .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
                     .await?;
+                // A record that exists but cannot be read (a value its
+                // side cannot hold) stops the run with the reason; the
+                // decision stays, to be applied once the record is fixed.
+                if let Some((connector, bad)) = source
+                    .bad
+                    .first()
+                    .map(|b| (&self.source, b))
+                    .or(target.bad.first().map(|b| (&self.target, b)))
+                {
+                    return Err(ConnectorError::Config {
+                        system: connector.system().to_owned(),
+                        reason: format!(
+                            "the decision of conflict {} cannot be applied: {} (fix the record, then resume the run)",
+                            c.id, bad.reason
+                        ),
+                    }
+                    .into());
+                }
                 if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
                     let maps = self
                         .reference_maps(tables, Side::Target, &[&target.fields])

@@ -521,14 +521,28 @@ impl Store {
         Ok(found)
     }
 
-    /// Why `value` (a record's base snapshot, named by `what`) cannot be
-    /// stored, when it is over the limit; checked before the record is
-    /// written, so that it fails alone.
-    pub fn oversized(&self, what: impl FnOnce() -> String, fields: &crate::record::Fields) -> Option<String> {
+    /// Why the store cannot keep `fields` (a record's base snapshot, or
+    /// the values of a conflict, named by `what`): over the size limit, or
+    /// (PostgreSQL's `jsonb`) text holding a NUL character. Checked before
+    /// the record is written, so that it fails alone.
+    pub fn unkeepable(
+        &self,
+        what: impl FnOnce() -> String,
+        fields: &crate::record::Fields,
+    ) -> Option<String> {
+        if matches!(self.backend, Backend::Postgres(_))
+            && let Some((field, _)) = fields.iter().find(|(k, v)| k.contains('\0') || holds_nul(v))
+        {
+            return Some(format!(
+                "{}: field `{}` holds text with a NUL character, which the PostgreSQL state store cannot keep",
+                what(),
+                field.escape_debug()
+            ));
+        }
         // Most records are far below the limit: a bound that holds for any
         // JSON text of them (each byte escaped to at most six) spares
-        // writing them out.
-        if json_bound(fields) <= self.max_snapshot_bytes {
+        // writing them out. (A conflict keeps a record's id and time too.)
+        if json_bound(fields) + 128 <= self.max_snapshot_bytes {
             return None;
         }
         self.check_size(what, fields).err().map(|e| e.to_string())
@@ -1147,6 +1161,16 @@ impl Store {
     ) -> Result<Vec<RunHold>, StoreError> {
         let now = Utc::now();
         on_backend!(self, b => b.confirm_deletes(tenant, run_id, by, now).await)
+    }
+}
+
+/// Whether `v` holds a NUL character in a string or a key.
+fn holds_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(holds_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
