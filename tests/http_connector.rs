@@ -706,22 +706,36 @@ async fn a_resolution_the_api_refuses_fails_the_run_with_its_message() {
 /// API reaches the CRM under `source_wins`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn references_into_an_api_with_numeric_ids_are_numbers_and_compare_as_equal() {
+    numeric_ids(true).await;
+}
+
+/// The same API without `id_type` in the definition: references are
+/// written as the CRM holds them (text), and still compare equal to the
+/// API's numbers, so its change of a reference is no conflict either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_compare_by_id_when_the_definition_does_not_say_the_id_type() {
+    numeric_ids(false).await;
+}
+
+async fn numeric_ids(declared: bool) {
     let mut config = api(Faults::default(), None);
     for c in &mut config.collections {
         c.numeric_ids = true;
     }
     let mut setup = Setup::new("numeric-ids", 20, config, "", "").await;
-    let numeric = definition(
+    let mut numeric = definition(
         &setup.source.url(),
         &setup.server.url(),
         "",
         r#"strategy = "source_wins""#,
-    )
-    .replace(
-        r#"external_id_field = "external_id" }"#,
-        r#"external_id_field = "external_id", id_type = "number" }"#,
     );
-    assert_eq!(numeric.matches(r#"id_type = "number""#).count(), 3);
+    if declared {
+        numeric = numeric.replace(
+            r#"external_id_field = "external_id" }"#,
+            r#"external_id_field = "external_id", id_type = "number" }"#,
+        );
+        assert_eq!(numeric.matches(r#"id_type = "number""#).count(), 3);
+    }
     std::fs::write(&setup.workflow, numeric).unwrap();
     let first = setup.run().await;
     assert!(first.status.success(), "{}", text(&first));
@@ -730,12 +744,18 @@ async fn references_into_an_api_with_numeric_ids_are_numbers_and_compare_as_equa
     assert!(!people.is_empty());
     for p in &people {
         assert!(p["id"].is_number(), "{p}");
-        assert!(
+        assert_eq!(
             p["customer_id"].is_number(),
-            "a reference to a numeric id is a number: {p}"
+            declared,
+            "a reference to a numeric id is a number where the definition says so: {p}"
         );
     }
-    for o in setup.server.records("sales_orders") {
+    for o in setup
+        .server
+        .records("sales_orders")
+        .into_iter()
+        .filter(|_| declared)
+    {
         assert!(o["customer_id"].is_number() && o["contact_id"].is_number(), "{o}");
     }
     let before = snapshot(&setup).await;
@@ -800,4 +820,168 @@ async fn references_into_an_api_with_numeric_ids_are_numbers_and_compare_as_equa
             .is_empty(),
         "a change made on one side only is not a conflict"
     );
+}
+
+/// The API as the source, its ids numbers, the definition silent on their
+/// type: a reference was based as the API's number and compared with the
+/// CRM's id translated back as text, so a change only the API made read as
+/// a conflict and `target_wins` undid it. References now compare by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_sources_change_of_a_reference_is_no_conflict() {
+    let dir = TempDir::new("api-source");
+    let crm = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let mut config = api(Faults::default(), None);
+    for c in &mut config.collections {
+        c.numeric_ids = true;
+    }
+    let server = SaasServer::start(config).await;
+    let acme = server.insert(
+        "customers",
+        json!({"customer_name": "Acme", "industry": "retail", "parent_id": null}),
+    );
+    let globex = server.insert(
+        "customers",
+        json!({"customer_name": "Globex", "industry": "energy", "parent_id": null}),
+    );
+    let person = server.insert(
+        "people",
+        json!({"full_name": "Ada", "email": "ada@example.com", "customer_id": acme["id"]}),
+    );
+    let definition = format!(
+        r#"name = "saas-to-crm"
+direction = "bidirectional"
+strategy = "target_wins"
+source = "saas"
+target = "crm"
+
+[systems.saas]
+connector = "http"
+url = "{}"
+auth = {{ bearer_env = "{TOKEN_VAR}" }}
+backoff = "20ms"
+entities.account = {{ path = "/customers", pagination = "cursor", external_id_field = "external_id" }}
+entities.contact = {{ path = "/people", has_more = "/has_more", external_id_field = "external_id" }}
+
+[systems.crm]
+connector = "sql"
+url = "{}"
+
+[[entities]]
+name = "account"
+source_table = "customers"
+target_table = "accounts"
+[entities.fields]
+name = {{ source = "customer_name", target = "name" }}
+industry = "industry"
+parent_id = {{ references = "account" }}
+
+[[entities]]
+name = "contact"
+source_table = "people"
+target_table = "contacts"
+[entities.fields]
+name = {{ source = "full_name", target = "name" }}
+email = "email"
+account_id = {{ source = "customer_id", target = "account_id", references = "account" }}
+
+[tenants.t1]
+"#,
+        server.url(),
+        crm.url()
+    );
+    let workflow = dir.0.join("saas-to-crm.toml");
+    std::fs::write(&workflow, definition).unwrap();
+    let database_url = dir.sqlite_url("state.db");
+    let run = |n: usize| {
+        let (out, err) = (dir.0.join(format!("{n}.out")), dir.0.join(format!("{n}.err")));
+        let mut child = support::spawn_syncd_run(
+            &workflow,
+            TENANT,
+            &database_url,
+            &[(TOKEN_VAR, TOKEN)],
+            &out,
+            &err,
+        );
+        let status = child.wait().unwrap();
+        let stdout = std::fs::read_to_string(out).unwrap();
+        assert!(
+            status.success(),
+            "{stdout}\n{}",
+            std::fs::read_to_string(err).unwrap()
+        );
+        support::assert_table_accounted(&stdout);
+        stdout
+    };
+    let before = server.records("people");
+    run(1);
+    // Nothing was written back: the CRM's copy compares equal to the API's.
+    assert_eq!(
+        server.records("people"),
+        before,
+        "the first run wrote back to the API"
+    );
+    let store = Store::connect(&StoreConfig::new(&database_url), MappingCache::disabled())
+        .await
+        .unwrap();
+    let crm_id = |entity: &'static str, id: &Value| {
+        let store = &store;
+        let id = id.to_string();
+        async move {
+            store
+                .lookup(
+                    &EntityScope::new(TENANT, "saas-to-crm", entity),
+                    Side::Source,
+                    &[id.clone()],
+                )
+                .await
+                .unwrap()[&id]
+                .target_id
+                .clone()
+                .unwrap()
+        }
+    };
+    let contact = crm_id("contact", &person["id"]).await;
+    let account_of = |rows: Vec<Value>| {
+        rows.into_iter()
+            .find(|c| c["id"] == json!(contact))
+            .map(|c| c["account_id"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        account_of(crm.dump("contacts").await),
+        json!(crm_id("account", &acme["id"]).await)
+    );
+
+    // Only the API moves Ada to Globex.
+    server.update_direct(
+        "people",
+        &person["id"].to_string(),
+        json!({"customer_id": globex["id"]}),
+    );
+    let moved = server.records("people");
+    run(2);
+    assert_eq!(
+        server.records("people"),
+        moved,
+        "the second run wrote back to the API"
+    );
+    assert_eq!(
+        account_of(crm.dump("contacts").await),
+        json!(crm_id("account", &globex["id"]).await),
+        "the API's change reached the CRM"
+    );
+    let ada = server
+        .records("people")
+        .into_iter()
+        .find(|p| p["id"] == person["id"])
+        .unwrap();
+    assert_eq!(ada["customer_id"], globex["id"], "and stayed in the API");
+    assert!(
+        store
+            .list_conflicts(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    server.stop().await;
 }

@@ -261,9 +261,10 @@ impl HttpConnector {
     }
 
     /// The collection of `entity`.
-    /// Whether the collection of `entity` has numeric ids (`id_type`).
-    pub fn numeric_ids(&self, entity: &str) -> bool {
-        self.resource(entity).is_ok_and(|r| r.numeric_ids)
+    /// Whether the collection of `entity` has numeric ids (`id_type`);
+    /// `None` when the definition does not say.
+    pub fn numeric_ids(&self, entity: &str) -> Option<bool> {
+        self.resource(entity).ok().and_then(|r| r.numeric_ids)
     }
 
     fn resource(&self, entity: &str) -> Result<&HttpResource, ConnectorError> {

@@ -170,10 +170,18 @@ impl Connector {
     }
 
     /// Whether ids of `entity`'s records are JSON numbers in this system,
-    /// for a reference field to them held in a column of `class`.
-    pub fn numeric_ids(&self, entity: &str, class: Class) -> bool {
+    /// for a reference field to them held in a column of `class`; `None`
+    /// when neither the column nor the definition says (an untyped column,
+    /// an API without `id_type`).
+    pub fn numeric_ids(&self, entity: &str, class: Class) -> Option<bool> {
         match self {
-            Connector::Sql(_) => matches!(class, Class::Integer { .. }),
+            Connector::Sql(_) => match class {
+                Class::Integer { .. } | Class::Decimal { .. } | Class::Numeric | Class::Float { .. } => {
+                    Some(true)
+                }
+                Class::Any | Class::Json => None,
+                _ => Some(false),
+            },
             Connector::Http(c) => c.numeric_ids(entity),
         }
     }

@@ -104,9 +104,10 @@ struct EntityTables {
     target: TableBinding,
     /// (CDM field, referenced entity type) of synced reference fields.
     references: Vec<(String, String)>,
-    /// Reference fields whose ids are JSON numbers on a side (an integer
-    /// column, an API with `id_type = "number"`), by side.
-    numeric_references: HashSet<(String, Side)>,
+    /// Whether a reference field's ids are JSON numbers on a side (a
+    /// numeric column, an API with `id_type = "number"`) or text; absent
+    /// when that side does not say.
+    numeric_references: HashMap<(String, Side), bool>,
 }
 
 impl EntityTables {
@@ -806,6 +807,53 @@ impl Job {
             .collect())
     }
 
+    /// `fields` with every reference as its id's text, or `None` when they
+    /// are already: records and bases compare references by id, whatever
+    /// type each system gives its ids.
+    fn ids_as_text(tables: &EntityTables, fields: &Fields) -> Option<Fields> {
+        let numeric = |f: &String| matches!(fields.get(f), Some(Value::Number(_)));
+        if !tables.references.iter().any(|(f, _)| numeric(f)) {
+            return None;
+        }
+        let mut out = fields.clone();
+        for (field, _) in &tables.references {
+            if let Some(v @ Value::Number(_)) = out.get_mut(field) {
+                *v = Value::String(v.to_string());
+            }
+        }
+        Some(out)
+    }
+
+    /// [`ids_as_text`](Self::ids_as_text) of a record.
+    fn record_ids_as_text(tables: &EntityTables, record: Record) -> Record {
+        match Self::ids_as_text(tables, &record.fields) {
+            Some(fields) => Record { fields, ..record },
+            None => record,
+        }
+    }
+
+    /// Types the references of `fields`, bound for `side`, as that side
+    /// holds ids: numbers where its ids are numbers, or, where it does not
+    /// say, where its record (`current`) has a number.
+    fn ids_typed_for(tables: &EntityTables, side: Side, fields: &mut Fields, current: &Fields) {
+        for (field, _) in &tables.references {
+            let Some(Value::String(id)) = fields.get(field) else {
+                continue;
+            };
+            let numeric = tables
+                .numeric_references
+                .get(&(field.clone(), side))
+                .copied()
+                .unwrap_or_else(|| current.get(field).is_some_and(Value::is_number));
+            if numeric
+                && !id.contains(['.', 'e', 'E'])
+                && let Ok(n) = serde_json::from_str::<serde_json::Number>(id)
+            {
+                fields.insert(field.clone(), Value::Number(n));
+            }
+        }
+    }
+
     /// Rewrites the reference fields of `fields` from ids on `from` to ids on
     /// the other side. A self-reference whose target has no mapping yet, or
     /// only a pending one, is left empty (deferred); any other
@@ -833,8 +881,13 @@ impl Job {
             match other {
                 Some(other) => {
                     // An id takes the type ids have in the system it is
-                    // written to (or compared in).
-                    let numeric = tables.numeric_references.contains(&(field.clone(), from.other()));
+                    // written to (or compared in); where that system does
+                    // not say, the type it had where it came from.
+                    let numeric = tables
+                        .numeric_references
+                        .get(&(field.clone(), from.other()))
+                        .copied()
+                        .unwrap_or(value.is_number());
                     let translated = match serde_json::from_str::<serde_json::Number>(other) {
                         Ok(n) if numeric && !other.contains(['.', 'e', 'E']) => Value::Number(n),
                         _ => Value::String(other.to_owned()),
@@ -1087,18 +1140,18 @@ impl Job {
                         counters.postponed += 1;
                         continue;
                     };
-                    let resolution = conflict::resolve(
-                        m.base.as_ref(),
-                        &source,
-                        &target,
-                        direction,
-                        strategy,
-                        &tables.def.merge,
+                    let (source, target) = (
+                        Self::record_ids_as_text(tables, source),
+                        Self::record_ids_as_text(tables, target),
                     );
+                    let base_as_text = m.base.as_ref().and_then(|b| Self::ids_as_text(tables, b));
+                    let base = base_as_text.as_ref().or(m.base.as_ref());
+                    let resolution =
+                        conflict::resolve(base, &source, &target, direction, strategy, &tables.def.merge);
                     let conflict = ConflictRecord::from_resolution(
                         Uuid::new_v4(),
                         ConflictScope::clone(&ctx.scope),
-                        m.base.as_ref(),
+                        base,
                         &source,
                         &target,
                         &resolution,
@@ -1143,7 +1196,7 @@ impl Job {
                         continue;
                     };
 
-                    if writes.is_noop() && m.base.as_ref() == Some(&writes.base) && !relink {
+                    if writes.is_noop() && base == Some(&writes.base) && !relink {
                         counters.unchanged += 1;
                         continue;
                     }
@@ -1165,6 +1218,11 @@ impl Job {
                     if !writes.to_source.is_empty() {
                         let mut fields = source.fields.clone();
                         fields.extend(writes.to_source.clone());
+                        let current = match read {
+                            Side::Source => &record.fields,
+                            Side::Target => &other.fields,
+                        };
+                        Self::ids_typed_for(tables, Side::Source, &mut fields, current);
                         updates_source.push((id_on(&m, Side::Source).unwrap_or_default().to_owned(), fields));
                     }
                     if writes.is_noop() {
@@ -1535,6 +1593,7 @@ impl Job {
                     rewritten.fields.insert(field.clone(), current);
                     kept.push(field);
                 }
+                Self::ids_typed_for(tables, Side::Target, &mut rewritten.fields, &u.current);
                 TargetWrite {
                     id: u.id.clone(),
                     fields: rewritten.fields,
@@ -1610,13 +1669,21 @@ impl Job {
                     let maps = self
                         .reference_maps(tables, Side::Target, &[&target.fields])
                         .await?;
-                    let target_in_source_space = Record {
-                        fields: Self::rewrite_references(tables, &maps, Side::Target, &target.fields).fields,
-                        ..target.clone()
-                    };
+                    let target_in_source_space = Self::record_ids_as_text(
+                        tables,
+                        Record {
+                            fields: Self::rewrite_references(tables, &maps, Side::Target, &target.fields)
+                                .fields,
+                            ..target.clone()
+                        },
+                    );
+                    let source_record = source;
+                    let source = &Self::record_ids_as_text(tables, source_record.clone());
                     let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
+                    let base_as_text = c.base.as_ref().and_then(|b| Self::ids_as_text(tables, b));
+                    let base = base_as_text.as_ref().or(c.base.as_ref());
                     let writes = match conflict::apply_review(
-                        c.base.as_ref(),
+                        base,
                         source,
                         &target_in_source_space,
                         self.workflow.direction,
@@ -1628,11 +1695,8 @@ impl Job {
                             // conflicts in a field the reviewer did not
                             // decide: park it again, with the current records.
                             tracing::info!(conflict = %c.id, reason = %e, "record changed since review; parked again");
-                            let changes = conflict::detect(
-                                c.base.as_ref(),
-                                &source.fields,
-                                &target_in_source_space.fields,
-                            );
+                            let changes =
+                                conflict::detect(base, &source.fields, &target_in_source_space.fields);
                             commit.conflicts.push(ConflictRecord {
                                 id: Uuid::new_v4(),
                                 source_record: source.clone(),
@@ -1670,6 +1734,7 @@ impl Job {
                     if !writes.to_source.is_empty() {
                         let mut fields = source.fields.clone();
                         fields.extend(writes.to_source.clone());
+                        Self::ids_typed_for(tables, Side::Source, &mut fields, &source_record.fields);
                         let refused = self
                             .source
                             .update(&tables.source, &[(source.id.clone(), fields)], now)
@@ -1907,12 +1972,12 @@ async fn bind_entity(
             None => (cdm.as_str(), Kind::agree(class(0, cdm), class(1, cdm))),
         })
         .collect();
-    let mut numeric_references = HashSet::new();
+    let mut numeric_references = HashMap::new();
     for cdm in &shared {
         let Some(entity) = referenced(cdm) else { continue };
         for (i, side) in [(0, Side::Source), (1, Side::Target)] {
-            if sides[i].0.numeric_ids(&entity, class(i, cdm)) {
-                numeric_references.insert((cdm.clone(), side));
+            if let Some(numeric) = sides[i].0.numeric_ids(&entity, class(i, cdm)) {
+                numeric_references.insert((cdm.clone(), side), numeric);
             }
         }
     }

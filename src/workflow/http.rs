@@ -73,8 +73,10 @@ pub struct HttpResource {
     /// The record's fields besides those the field map names.
     pub fields: Vec<String>,
     /// Whether the API's ids are JSON numbers (`id_type = "number"`) or
-    /// strings: references to this collection's records are written so.
-    pub numeric_ids: bool,
+    /// strings (`"string"`): references to this collection's records are
+    /// written so. Unsaid (`None`), a reference keeps the type its value
+    /// had in the other system.
+    pub numeric_ids: Option<bool>,
 }
 
 /// A system reached over HTTP.
@@ -366,15 +368,16 @@ impl RawResource {
             }
         };
         let numeric_ids = match self.id_type.as_deref() {
-            None | Some("string") => false,
-            Some("number") => true,
+            None => None,
+            Some("string") => Some(false),
+            Some("number") => Some(true),
             Some(other) => {
                 errors.push(
                     None,
                     Some(&format!("{at}.id_type")),
                     format!("unknown id type `{other}` (expected string or number)"),
                 );
-                false
+                None
             }
         };
         let page_size = self.page_size.unwrap_or(100);
