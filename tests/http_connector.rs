@@ -931,7 +931,7 @@ account_id = {{ source = "customer_id", target = "account_id", references = "acc
                 .lookup(
                     &EntityScope::new(TENANT, "saas-to-crm", entity),
                     Side::Source,
-                    &[id.clone()],
+                    std::slice::from_ref(&id),
                 )
                 .await
                 .unwrap()[&id]
