@@ -924,3 +924,67 @@ async fn a_create_refused_in_a_reserved_page_fails_alone_and_the_next_run_maps_i
     state_db.close().await;
     state.drop().await;
 }
+
+/// A target record whose reference points at a record that is not synced
+/// (one added in the target only) cannot be compared: the record waited
+/// for a patch pass that never came, its source edits were never written,
+/// and the run succeeded without a word. Now, at its last pass, it fails
+/// with the reason.
+#[tokio::test]
+async fn a_record_whose_target_references_an_unsynced_record_fails_with_the_reason() {
+    let dir = TempDir::new("unsynced-ref");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": ts(0)})],
+        )
+        .await;
+    source
+        .insert(
+            "contacts",
+            &[json!({"id": "C-1", "name": "Ada", "email": "ada@example.com", "account_id": "A-1", "updated_at": ts(1)})],
+        )
+        .await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    target
+        .exec(&format!(
+            "INSERT INTO customers VALUES ('T-9', 'Local', 'x', NULL, '{}'); UPDATE people SET customer_id = 'T-9';",
+            ts(5)
+        ))
+        .await;
+    source
+        .exec(&format!(
+            "UPDATE contacts SET name = 'Ada L', updated_at = '{}'",
+            ts(10)
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let steps = store.load_steps(run.id).await.unwrap();
+    let contact = steps
+        .iter()
+        .find(|s| s.entity_type.as_str() == "contact" && s.direction.as_str() == "forward")
+        .unwrap();
+    assert_eq!(contact.counters.failed, 1, "{:?}", contact.counters);
+    let m = store
+        .lookup(
+            &EntityScope::new("t1", "e2e", "contact"),
+            Side::Source,
+            &["C-1".into()],
+        )
+        .await
+        .unwrap()
+        .remove("C-1")
+        .unwrap();
+    let error = m.last_error.unwrap_or_default();
+    assert!(
+        error.contains("references account `T-9`, which has not been synced"),
+        "{error}"
+    );
+    state.drop().await;
+}

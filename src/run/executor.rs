@@ -665,7 +665,16 @@ impl Job {
             std::mem::take(&mut page.bad),
             std::mem::take(&mut page.deleted),
         );
-        let writes = self.decide_page(ctx, records, bad, deleted, &mut delta).await?;
+        // The last look a record gets in this run: the patch pass of the
+        // step after which no other reads its entity (in a bidirectional
+        // integration the backward step reads what the forward step
+        // could not compare).
+        let last_pass = page.phase == Phase::Patch
+            && (ctx.step.direction == StepDirection::Backward
+                || self.workflow.direction == Direction::OneWay);
+        let writes = self
+            .decide_page(ctx, records, bad, deleted, last_pass, &mut delta)
+            .await?;
         Ok((writes, delta))
     }
 
@@ -951,19 +960,24 @@ impl Job {
         deleted: Vec<String>,
         counters: &mut StepCounters,
     ) -> Result<PageCommit, RunError> {
-        let writes = self.decide_page(ctx, records, bad, deleted, counters).await?;
+        let writes = self
+            .decide_page(ctx, records, bad, deleted, false, counters)
+            .await?;
         self.write_page(ctx, writes, counters).await
     }
 
     /// The first half of a page: reads what the records' decisions need
     /// (mappings, open conflicts, references, counterparts) and decides
     /// them. Writes nothing, so it can run while the page before is written.
+    /// In the step's `last_pass` a record still waiting for a reference
+    /// fails with the reason instead of waiting on.
     async fn decide_page(
         &self,
         ctx: &StepCtx<'_>,
         records: Vec<Record>,
         bad: Vec<BadRow>,
         deleted: Vec<String>,
+        last_pass: bool,
         counters: &mut StepCounters,
     ) -> Result<PageWrites, RunError> {
         let now = Utc::now();
@@ -1135,9 +1149,37 @@ impl Job {
                         Side::Target => source_space(&record).map(|t| (other.clone(), t)),
                     };
                     let Some((source, target)) = translated else {
-                        // Left for the patch pass (or the other direction's
-                        // step), once the referenced record is mapped.
-                        counters.postponed += 1;
+                        if !last_pass {
+                            // Left for the patch pass, once the referenced
+                            // record is mapped.
+                            counters.postponed += 1;
+                            continue;
+                        }
+                        // Still not: the record waits no more, and says why.
+                        let held = match read {
+                            Side::Source => &other.fields,
+                            Side::Target => &record.fields,
+                        };
+                        let rewritten = Self::rewrite_references(tables, &target_maps, Side::Target, held);
+                        let why =
+                            rewritten
+                                .missing
+                                .into_iter()
+                                .map(|(_, why)| why)
+                                .chain(rewritten.deferred.iter().map(|f| {
+                                    format!("missing parent: {f} references a record not synced yet")
+                                }))
+                                .next()
+                                .unwrap_or_default();
+                        counters.failed += 1;
+                        if m.status == MappingStatus::Mapped {
+                            commit.mappings.push(MappingWrite::Transition {
+                                change: MappingChange::Refuse {
+                                    error: format!("the target record cannot be compared: {why}"),
+                                },
+                                current: m,
+                            });
+                        }
                         continue;
                     };
                     let (source, target) = (
