@@ -408,8 +408,14 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
             other => Err(format!("{} is not a time", describe(other))),
         },
         Kind::Date => match &v {
-            Value::String(s) if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => Ok(v),
-            Value::String(s) => match canonical_time(s, false) {
+            // `2024-1-5` and `2024-01-05` are one date.
+            Value::String(s) if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => Ok(Value::String(
+                NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .map(|d| d.format("%Y-%m-%d").to_string())
+                    .unwrap_or_else(|_| s.clone()),
+            )),
+            Value::String(s) if matches!(s.as_str(), "infinity" | "-infinity") => Ok(v),
+            Value::String(s) => match canonical_time(s, false).or_else(|| canonical_time(s, true)) {
                 Some(t) if t.ends_with("T00:00:00.000000") => Ok(Value::String(t[..10].to_owned())),
                 _ => Err(format!("`{s}` is not a date")),
             },
@@ -933,6 +939,10 @@ mod tests {
         assert_eq!(
             read(Kind::Boolean, Class::sqlite("BOOLEAN"), num("1")),
             Ok(json!(true))
+        );
+        assert_eq!(
+            read(Kind::Date, Class::Text, json!("2024-1-5")),
+            Ok(json!("2024-01-05"))
         );
         assert_eq!(
             read(Kind::Json, Class::Text, json!("{\"a\":1.50}")),
