@@ -64,11 +64,14 @@ fn syncd_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         .envs(env.iter().copied())
         .output()
         .expect("the syncd binary runs");
-    Run {
+    let run = Run {
         code: status.code(),
         stdout: String::from_utf8(stdout).unwrap(),
         stderr: String::from_utf8(stderr).unwrap(),
-    }
+    };
+    // Every step table a verb prints accounts for every record read.
+    support::assert_table_accounted(&run.stdout);
+    run
 }
 
 fn repo() -> &'static Path {

@@ -416,6 +416,7 @@ fn exactly_mapped<'a>(
 /// translated, every mapping `mapped`, and the run's counters exact.
 async fn assert_synced_once(setup: &Setup, run_id: Uuid) {
     let (n, store) = (setup.n, &setup.store);
+    support::assert_accounted(store, run_id).await;
     let accounts = setup.source.dump("accounts").await;
     let contacts = setup.source.dump("contacts").await;
     let orders = setup.source.dump("orders").await;

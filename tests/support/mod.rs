@@ -215,27 +215,35 @@ pub fn assert_table_accounted(stdout: &str) {
         "skipped",
         "postponed",
     ];
-    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("stage"));
-    let Some(header) = lines.next() else { return };
-    let header: Vec<&str> = header.split_whitespace().collect();
-    let at = |name: &str| header.iter().position(|h| *h == name);
-    let read = at("read").expect("a read column");
-    let outcomes: Vec<usize> = OUTCOMES
-        .iter()
-        .map(|o| at(o).unwrap_or_else(|| panic!("the step table shows {o}: {header:?}")))
-        .collect();
-    for line in lines.take_while(|l| !l.starts_with("stage") && !l.starts_with("run ")) {
-        let cells: Vec<&str> = line.split_whitespace().collect();
-        let n = |i: usize| {
-            cells[i]
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("a count in {line}"))
-        };
-        let sum: u64 = outcomes.iter().map(|&i| n(i)).sum();
-        assert_eq!(
-            n(read),
-            sum,
-            "records read and their outcomes differ in:\n{stdout}"
-        );
+    let mut lines = stdout.lines().peekable();
+    while let Some(line) = lines.next() {
+        // The sync steps' table (the delete steps' has other columns).
+        let header: Vec<&str> = line.split_whitespace().collect();
+        if !header.starts_with(&["stage", "entity", "direction", "state", "read"]) {
+            continue;
+        }
+        let at = |name: &str| header.iter().position(|h| *h == name);
+        let read = at("read").expect("a read column");
+        let outcomes: Vec<usize> = OUTCOMES
+            .iter()
+            .map(|o| at(o).unwrap_or_else(|| panic!("the step table shows {o}: {header:?}")))
+            .collect();
+        while let Some(row) = lines.next_if(|l| {
+            let first = l.split_whitespace().next().unwrap_or("");
+            !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit())
+        }) {
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            let n = |i: usize| {
+                cells[i]
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| panic!("a count in {row}"))
+            };
+            let sum: u64 = outcomes.iter().map(|&i| n(i)).sum();
+            assert_eq!(
+                n(read),
+                sum,
+                "records read and their outcomes differ in:\n{stdout}"
+            );
+        }
     }
 }
