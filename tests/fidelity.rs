@@ -103,6 +103,19 @@ table = "ledger"
         ran
     }
 
+    /// Runs another `syncd` verb on the same state store; its stdout.
+    fn syncd(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .current_dir(&self.dir.0)
+            .args(args)
+            .env("SYNCD_DATABASE_URL", self.dir.sqlite_url("state.db"))
+            .env_remove("SYNCD_TOKEN")
+            .output()
+            .expect("the syncd binary runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     async fn mapping(&self, id: &str) -> syncd::mapping::IdMapping {
         let store = Store::connect(
             &StoreConfig::new(self.dir.sqlite_url("state.db")),
@@ -306,6 +319,34 @@ async fn a_value_the_target_cannot_hold_fails_its_record_naming_the_field() {
         s.target.dump("ledger").await[0]["amount"],
         serde_json::json!(12.5)
     );
+    // An operator listing what failed sees it, beside the records never
+    // created.
+    let listed = s.syncd(&[
+        "mappings",
+        "list",
+        "--tenant",
+        "t1",
+        "--integration",
+        "exact",
+        "--entity",
+        "product",
+        "--status",
+        "failed",
+    ]);
+    let row = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("{id} in\n{listed}"))
+            .to_owned()
+    };
+    assert!(
+        row("a").contains("mapped") && row("a").contains("cannot be held exactly"),
+        "{listed}"
+    );
+    for id in ["b", "c", "d"] {
+        assert!(row(id).contains("failed"), "{listed}");
+    }
     s.source
         .exec("UPDATE ledger SET amount = 0.25, updated_at = now() WHERE id = 'a'")
         .await;

@@ -402,6 +402,34 @@ async fn batch_insert_and_lookup_both_ways(store: Arc<Store>) {
         .await
         .unwrap();
 
+    // A synced record whose next change was refused: listed for operators.
+    let a1 = store.lookup(&s, Side::Source, &ids(&["a-1"])).await.unwrap()["a-1"].clone();
+    store
+        .commit_page(PageCommit {
+            mappings: vec![MappingWrite::Transition {
+                current: a1,
+                change: MappingChange::Refuse {
+                    error: "field `n`: 1.5 does not fit".into(),
+                },
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = store.refused_mappings(&s, 10).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].source_id.as_deref(), Some("a-1"));
+    assert_eq!(refused[0].status, MappingStatus::Mapped);
+    assert_eq!(
+        store
+            .mappings_with_status(&s, MappingStatus::Mapped, 100)
+            .await
+            .unwrap()
+            .len(),
+        10,
+        "all mapped ones, refused or not"
+    );
+
     let wanted = ids(&["a-0", "a-9", "a-10", "a-49", "nobody"]);
     let by_source = store.lookup(&s, Side::Source, &wanted).await.unwrap();
     assert_eq!(by_source.len(), 4, "unknown ids are absent");

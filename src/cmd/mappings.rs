@@ -74,10 +74,20 @@ pub fn list(scope: Scope, status: &str, limit: u32) -> CmdResult {
     runtime()?.block_on(async {
         let store = open_store().await?;
         let scope = scope.resolve(&store).await?;
-        let list = store
+        let mut list = store
             .mappings_with_status(&scope, status, limit)
             .await
             .map_err(|e| format!("error: {e}"))?;
+        // Failed records include those synced before whose last change
+        // could not be written: they are `mapped`, with the reason.
+        if status == MappingStatus::Failed && list.len() < limit as usize {
+            list.extend(
+                store
+                    .refused_mappings(&scope, limit - list.len() as u32)
+                    .await
+                    .map_err(|e| format!("error: {e}"))?,
+            );
+        }
         print(&list);
         Ok(())
     })

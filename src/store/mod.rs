@@ -1060,13 +1060,24 @@ impl Store {
         status: MappingStatus,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
-        let mut found = on_backend!(self, b => b.mappings_with_status(scope, status, limit).await)?;
+        let mut found = on_backend!(self, b => b.mappings_with_status(scope, status, false, limit).await)?;
         if status == MappingStatus::Pending && found.len() < limit as usize {
             let rows = on_backend!(self, b => b.reservations(scope).await)?;
             let held = held_mappings(scope, &rows)?;
             found.extend(held.into_iter().take(limit as usize - found.len()));
         }
         Ok(found)
+    }
+
+    /// Up to `limit` `mapped` mappings of `scope` whose last change was not
+    /// written (`last_error` says why: a value the other side cannot hold,
+    /// a refusal), for operators: synced records that are out of step.
+    pub async fn refused_mappings(
+        &self,
+        scope: &EntityScope,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        on_backend!(self, b => b.mappings_with_status(scope, MappingStatus::Mapped, true, limit).await)
     }
 
     /// Counts mappings of `tenant` and `integration` by entity type and status.

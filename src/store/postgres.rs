@@ -923,6 +923,7 @@ impl PgStore {
         &self,
         scope: &EntityScope,
         status: MappingStatus,
+        with_error: bool,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
         let Some(number) = self.scope_number(scope, false).await? else {
@@ -930,11 +931,12 @@ impl PgStore {
         };
         let rows = sqlx::query(&format!(
             "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND status = $2 \
-             ORDER BY updated_at, id LIMIT $3"
+             AND ($4 OR last_error IS NOT NULL) ORDER BY updated_at, id LIMIT $3"
         ))
         .bind(number)
         .bind(status.as_str())
         .bind(limit as i64)
+        .bind(status != MappingStatus::Mapped || !with_error)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(mapping_from_row).collect()

@@ -984,18 +984,20 @@ impl SqliteStore {
         &self,
         scope: &EntityScope,
         status: MappingStatus,
+        with_error: bool,
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {MAPPING_COLUMNS} FROM id_mappings \
              WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND status = ?4 \
-             ORDER BY updated_at, id LIMIT ?5"
+             AND (?6 OR last_error IS NOT NULL) ORDER BY updated_at, id LIMIT ?5"
         ))
         .bind(scope.tenant_id.as_str())
         .bind(scope.integration_id.as_str())
         .bind(scope.entity_type.as_str())
         .bind(status.as_str())
         .bind(limit as i64)
+        .bind(status != MappingStatus::Mapped || !with_error)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(mapping_from_row).collect()
