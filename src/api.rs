@@ -105,6 +105,8 @@ pub fn router(store: Arc<Store>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/review", get(review_page))
+        .route("/review.js", get(review_script))
+        .route("/review.css", get(review_style))
         .merge(api)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -114,9 +116,33 @@ pub fn router(store: Arc<Store>) -> Router {
 /// The review page: static HTML whose script asks for a token and calls
 /// this API, so the page itself holds no data.
 async fn review_page() -> Response {
+    review_file("text/html; charset=utf-8", include_str!("review.html"))
+}
+
+async fn review_script() -> Response {
+    review_file("text/javascript; charset=utf-8", include_str!("review.js"))
+}
+
+async fn review_style() -> Response {
+    review_file("text/css; charset=utf-8", include_str!("review.css"))
+}
+
+/// What the review page allows itself: its own script, style and API, no
+/// inline code, no frames around it (a page that decides conflicts must
+/// not be clickjacked), no referrer.
+const REVIEW_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn review_file(content_type: &'static str, body: &'static str) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        include_str!("review.html"),
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, REVIEW_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
     )
         .into_response()
 }

@@ -358,8 +358,48 @@ async fn the_review_page_is_served_without_data() {
     assert_eq!(status, 200);
     let html = body.as_str().unwrap();
     assert!(
-        html.contains("Conflicts to review") && html.contains("/api/conflicts"),
+        html.contains("Conflicts to review") && html.contains(r#"<script src="/review.js">"#),
         "{html}"
     );
     assert!(!html.contains("a-O-1"), "no tenant data without a token");
+    let (status, script) = request(api.addr, "GET", "/review.js", None, None).await;
+    assert_eq!(status, 200);
+    assert!(script.as_str().unwrap().contains("/api/conflicts"));
+}
+
+/// The page that decides conflicts runs only its own script and style,
+/// talks only to this API, cannot be framed (clickjacking), sends no
+/// referrer, and keeps the token for the tab only.
+#[tokio::test]
+async fn the_review_page_is_served_with_a_strict_policy() {
+    let (api, _) = serve().await;
+    for (path, kind) in [
+        ("/review", "text/html"),
+        ("/review.js", "text/javascript"),
+        ("/review.css", "text/css"),
+    ] {
+        let reply = support::http::exchange(api.addr, "GET", path, &[], None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{path}");
+        assert!(reply.header("content-type").unwrap().starts_with(kind), "{path}");
+        let policy = reply.header("content-security-policy").unwrap_or_default();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {policy}");
+        }
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert_eq!(reply.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(reply.header("referrer-policy"), Some("no-referrer"), "{path}");
+    }
+    let (_, html) = request(api.addr, "GET", "/review", None, None).await;
+    assert!(!html.as_str().unwrap().contains("<script>"), "no inline script");
+    let (_, script) = request(api.addr, "GET", "/review.js", None, None).await;
+    let script = script.as_str().unwrap();
+    assert!(script.contains(r#"sessionStorage.setItem("syncd.token""#));
+    assert!(!script.contains(r#"localStorage.setItem("syncd.token""#));
 }
