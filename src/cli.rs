@@ -322,6 +322,19 @@ impl From<ScopeArgs> for cmd::mappings::Scope {
     }
 }
 
+/// Lets a write to a closed pipe end the process (exit by SIGPIPE, 141 in
+/// a shell), as the default action does for every Unix tool; Rust ignores
+/// the signal and `println!` then panics. Only for verbs that do nothing
+/// but print after their work is done.
+fn quiet_on_closed_stdout() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: restores the default action of one signal before any thread
+    // starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -331,6 +344,19 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Verbs that print and end: a closed stdout (`syncd runs list | head`)
+    // ends them quietly, as it ends Unix tools, instead of a panic.
+    if matches!(
+        cli.command,
+        Command::Plan { .. }
+            | Command::Check { .. }
+            | Command::Conflicts { .. }
+            | Command::Mappings { .. }
+            | Command::Tokens { .. }
+    ) || matches!(&cli.command, Command::Runs { verb } if !matches!(verb, RunsVerb::Resume { .. }))
+    {
+        quiet_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Plan {
             workflow: Some(path),

@@ -733,3 +733,37 @@ fn runs_resume_applies_a_review_on_the_command_line() {
         )
     );
 }
+
+/// `syncd runs list | head`: a reader that goes away ends the verb as it
+/// ends any Unix tool (SIGPIPE, 141 in a shell), never with a panic.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_closed_stdout_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.0.join("state.db").display());
+    for args in [&["runs", "list"][..], &["plan", "--graph", "graph.toml"][..]] {
+        dir.write(
+            "graph.toml",
+            "[entities]\naccount = []\ncontact = [\"account\"]\n",
+        );
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(args)
+            .current_dir(&dir.0)
+            .env("SYNCD_DATABASE_URL", &url)
+            .stdout(writer)
+            .output()
+            .expect("the syncd binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        // SIGPIPE is 13 on Linux.
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}
