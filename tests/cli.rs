@@ -767,3 +767,70 @@ fn a_closed_stdout_ends_a_listing_quietly() {
         );
     }
 }
+
+/// A password in a system's or the store's URL is never printed, not even
+/// in the error that says the database cannot be reached.
+#[test]
+fn passwords_in_urls_are_not_printed() {
+    let dir = TempDir::new();
+    // Nothing listens on port 1.
+    let secret_url = "postgres://postgres:TopSecret@127.0.0.1:1/test";
+    dir.write(
+        "workflows/leak.toml",
+        &format!(
+            r#"name = "leak"
+source = "src"
+target = "dst"
+[systems.src]
+connector = "sql"
+url = "{secret_url}"
+[systems.dst]
+connector = "sql"
+url = "sqlite://dst.db"
+[[entities]]
+name = "product"
+table = "ledger"
+[tenants.t1]
+"#
+        ),
+    );
+    let state = format!("sqlite://{}", dir.0.join("state.db").display());
+    let runs = [
+        syncd_env(
+            &dir.0,
+            &["run", "workflows/leak.toml", "--tenant", "t1"],
+            &[("SYNCD_DATABASE_URL", state.as_str())],
+        ),
+        // (A port out of range fails at once; an unreachable store takes
+        // the pool's 30 s to give up, and prints the same way.)
+        syncd_env(
+            &dir.0,
+            &["runs", "list"],
+            &[(
+                "SYNCD_DATABASE_URL",
+                "postgres://postgres:TopSecret@127.0.0.1:99999/test",
+            )],
+        ),
+        syncd_env(
+            &dir.0,
+            &["runs", "list"],
+            &[
+                ("SYNCD_DATABASE_URL", state.as_str()),
+                ("SYNCD_REDIS_URL", "redis://:TopSecret@127.0.0.1:1 bad"),
+            ],
+        ),
+    ];
+    for run in &runs {
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(!all.contains("TopSecret"), "{all}");
+    }
+    assert_ne!(runs[0].code, Some(0), "{}", runs[0].stderr);
+    assert!(
+        runs[0]
+            .stderr
+            .contains("postgres://postgres:***@127.0.0.1:1/test"),
+        "{}",
+        runs[0].stderr
+    );
+    assert_ne!(runs[1].code, Some(0));
+}

@@ -86,14 +86,22 @@ pub async fn open_store() -> Result<Arc<Store>, String> {
     let cache = match std::env::var("SYNCD_REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             let prefix = std::env::var("SYNCD_REDIS_PREFIX").unwrap_or_else(|_| "syncd".into());
-            MappingCache::redis(&url, &prefix).map_err(|e| format!("error: SYNCD_REDIS_URL `{url}`: {e}"))?
+            MappingCache::redis(&url, &prefix).map_err(|e| {
+                format!(
+                    "error: SYNCD_REDIS_URL `{}`: {}",
+                    crate::connector::redacted(&url),
+                    e
+                )
+            })?
         }
         _ => MappingCache::local(),
     };
-    Store::connect(&config, cache)
-        .await
-        .map(Arc::new)
-        .map_err(|e| format!("error: store {}: {e}", config.database_url))
+    Store::connect(&config, cache).await.map(Arc::new).map_err(|e| {
+        format!(
+            "error: store {}: {e}",
+            crate::connector::redacted(&config.database_url)
+        )
+    })
 }
 
 /// One line per step with its counters, under a header. The outcomes

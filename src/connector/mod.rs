@@ -21,14 +21,17 @@ pub use sql::SqlConnector;
 /// Errors of a connector, naming the system and table they happened in.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    #[error("system `{system}`: cannot connect to {url}: {source}")]
+    #[error("system `{system}`: cannot connect to {}: {source}", redacted(url))]
     Connect {
         system: String,
         url: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("system `{system}`: unsupported URL `{url}` (expected postgres://... or sqlite://...)")]
+    #[error(
+        "system `{system}`: unsupported URL `{}` (expected postgres://... or sqlite://...)",
+        redacted(url)
+    )]
     UnsupportedUrl { system: String, url: String },
     #[error("system `{system}`: table `{table}` does not exist (entity `{entity}`)")]
     MissingTable {
@@ -464,6 +467,38 @@ pub fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
     }
 }
 
+/// `url` as it may be shown: a password in it (`user:password@`, or a
+/// `password=` parameter) becomes `***`.
+pub fn redacted(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let end = out[start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(query) = out.find('?') {
+        let (head, params) = out.split_at(query + 1);
+        let params: Vec<String> = params
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", params.join("&"));
+    }
+    out
+}
+
 /// The id of a row as the engine carries it: text, or an integer as text.
 pub fn id_text(v: &serde_json::Value) -> Option<String> {
     match v {
@@ -477,6 +512,30 @@ pub fn id_text(v: &serde_json::Value) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        for (url, shown) in [
+            (
+                "postgres://postgres:TopSecret@db:5432/x",
+                "postgres://postgres:***@db:5432/x",
+            ),
+            (
+                "postgres://u:p%40ss@db/x?sslmode=require",
+                "postgres://u:***@db/x?sslmode=require",
+            ),
+            (
+                "postgres://db/x?user=u&password=TopSecret",
+                "postgres://db/x?user=u&password=***",
+            ),
+            ("mysql://root@db/x", "mysql://root@db/x"),
+            ("redis://:TopSecret@cache:6379", "redis://:***@cache:6379"),
+            ("sqlite://demo-data/crm.db", "sqlite://demo-data/crm.db"),
+            ("https://api.example/v1?q=a@b:c", "https://api.example/v1?q=a@b:c"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+    }
 
     #[test]
     fn times_in_the_formats_tables_use() {
