@@ -11,7 +11,7 @@ use crate::conflict::{ConflictStatus, ReviewDecision};
 use crate::ids::{EntityScope, TenantId};
 use crate::record::{Fields, Side};
 use crate::run::RunEvent;
-use crate::store::{ConflictFilter, Principal, RunFilter, Store, StoreError};
+use crate::store::{ConflictFilter, Principal, RunFilter, Store, StoreError, TokenCheck};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -154,6 +154,16 @@ pub enum TokenError {
     Missing,
     #[error("unknown token")]
     Unknown,
+    #[error("token `{prefix}…` was revoked at {at}")]
+    Revoked {
+        prefix: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("token `{prefix}…` expired at {at}")]
+    Expired {
+        prefix: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -169,7 +179,12 @@ pub async fn principal(store: &Store, token: &str) -> Result<Principal, TokenErr
     if token.len() > 200 {
         return Err(TokenError::Unknown);
     }
-    store.authenticate(token).await?.ok_or(TokenError::Unknown)
+    match store.authenticate(token).await? {
+        TokenCheck::Valid(principal) => Ok(principal),
+        TokenCheck::Unknown => Err(TokenError::Unknown),
+        TokenCheck::Revoked { prefix, at } => Err(TokenError::Revoked { prefix, at }),
+        TokenCheck::Expired { prefix, at } => Err(TokenError::Expired { prefix, at }),
+    }
 }
 
 /// Resolves the bearer token into a [`Principal`] for the handlers.

@@ -107,7 +107,21 @@ enum TokensVerb {
         tenant: Option<String>,
         #[arg(long)]
         admin: bool,
+        /// Refused after this long (`12h`, `30d`); valid until revoked otherwise.
+        #[arg(long, value_name = "INTERVAL")]
+        expires_in: Option<String>,
+        /// The folder of definitions that must name the tenant.
+        #[arg(long, default_value = "workflows")]
+        workflows: PathBuf,
+        /// Create it even though no definition names the tenant.
+        #[arg(long)]
+        force: bool,
     },
+    /// Every token: prefix, tenant, created, last used, expiry, revocation
+    /// (never the secret).
+    List,
+    /// Revoke a token, named by its prefix (or id): refused at once.
+    Revoke { name: String },
 }
 
 /// Whose objects an operator verb sees.
@@ -420,8 +434,21 @@ pub fn main() -> ExitCode {
         Command::Demo { dir } => cmd::demo::demo(&dir),
         Command::Serve { bind } => cmd::serve::serve(&bind),
         Command::Tokens {
-            verb: TokensVerb::Create { tenant, admin },
-        } => cmd::serve::create_token(tenant, admin),
+            verb:
+                TokensVerb::Create {
+                    tenant,
+                    admin,
+                    expires_in,
+                    workflows,
+                    force,
+                },
+        } => cmd::serve::create_token(tenant, admin, expires_in.as_deref(), &workflows, force),
+        Command::Tokens {
+            verb: TokensVerb::List,
+        } => cmd::serve::list_tokens(),
+        Command::Tokens {
+            verb: TokensVerb::Revoke { name },
+        } => cmd::serve::revoke_token(&name),
         Command::Worker {
             workflows,
             poll_ms,

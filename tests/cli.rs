@@ -622,12 +622,22 @@ fn runs_resume_applies_a_review_on_the_command_line() {
     let db = dir.sqlite_url("state.db");
     let env = [("SYNCD_DATABASE_URL", db.as_str())];
     let syncd = |args: &[&str]| syncd_env(&dir.0, args, &env);
-    let token = |tenant: &str| {
-        let created = syncd(&["tokens", "create", "--tenant", tenant]);
+    let token = |args: &[&str]| {
+        let created = syncd(&[&["tokens", "create", "--tenant"][..], args].concat());
         assert_eq!(created.code, Some(0), "{}", created.stderr);
         created.stdout.trim().to_owned()
     };
-    let (t1, t2) = (token("t1"), token("t2"));
+    // t2 has no definition here: a typo, unless forced.
+    let refused = syncd(&["tokens", "create", "--tenant", "t2"]);
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused
+            .stderr
+            .contains("no definition in workflows names tenant `t2`"),
+        "{}",
+        refused.stderr
+    );
+    let (t1, t2) = (token(&["t1"]), token(&["t2", "--force"]));
 
     assert_eq!(
         syncd(&["run", "workflows/e2e.toml", "--tenant", "t1"]).code,
@@ -833,4 +843,114 @@ table = "ledger"
         runs[0].stderr
     );
     assert_ne!(runs[1].code, Some(0));
+}
+
+/// Tokens have a lifecycle: listed without their secret, revoked or
+/// expired and then refused at once, by the API and by the CLI.
+#[test]
+fn tokens_are_listed_revoked_and_expire() {
+    let dir = TempDir::new();
+    dir.write(
+        "workflows/w.toml",
+        r#"name = "w"
+source = "a"
+target = "b"
+[systems.a]
+connector = "sql"
+url = "sqlite://a.db"
+[systems.b]
+connector = "sql"
+url = "sqlite://b.db"
+[[entities]]
+name = "product"
+table = "ledger"
+[tenants.acme]
+"#,
+    );
+    let db = format!("sqlite://{}", dir.0.join("state.db").display());
+    let env = [("SYNCD_DATABASE_URL", db.as_str())];
+    let syncd = |args: &[&str]| syncd_env(&dir.0, args, &env);
+    let create = |args: &[&str]| {
+        let created = syncd(&[&["tokens", "create"][..], args].concat());
+        assert_eq!(created.code, Some(0), "{}", created.stderr);
+        created.stdout.trim().to_owned()
+    };
+    let kept = create(&["--tenant", "acme"]);
+    let doomed = create(&["--tenant", "acme"]);
+    let brief = create(&["--tenant", "acme", "--expires-in", "1s"]);
+    let admin = create(&["--admin"]);
+
+    // The API and the CLI take each of them.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr = runtime.block_on(async {
+        let store = syncd::store::Store::connect(
+            &syncd::store::StoreConfig::new(&db),
+            syncd::cache::MappingCache::disabled(),
+        )
+        .await
+        .unwrap();
+        support::http::serve(std::sync::Arc::new(store)).await
+    });
+    let api = |token: &str| {
+        runtime.block_on(support::http::request(
+            addr,
+            "GET",
+            "/api/runs",
+            Some(token),
+            None,
+        ))
+    };
+    for token in [&kept, &doomed, &brief, &admin] {
+        assert_eq!(api(token).0, 200, "{token}");
+    }
+
+    let listed = syncd(&["tokens", "list"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.stderr);
+    for token in [&kept, &doomed, &brief, &admin] {
+        assert!(
+            !listed.stdout.contains(token.as_str()),
+            "the secret is never shown"
+        );
+        assert!(listed.stdout.contains(&token[..14]), "{}", listed.stdout);
+    }
+    assert!(listed.stdout.contains("(admin)"));
+    let line_of = |out: &str, token: &str| out.lines().find(|l| l.contains(&token[..14])).unwrap().to_owned();
+    let last_used = line_of(&listed.stdout, &kept)
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .to_owned();
+    assert_ne!(last_used, "-", "last used is noted: {}", listed.stdout);
+
+    let revoked = syncd(&["tokens", "revoke", &doomed[..14]]);
+    assert_eq!(revoked.code, Some(0), "{}", revoked.stderr);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for (token, why) in [(&doomed, "was revoked at"), (&brief, "expired at")] {
+        let (status, body) = api(token);
+        assert_eq!(status, 401, "{token}");
+        assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+        let cli = syncd_env(
+            &dir.0,
+            &["runs", "list"],
+            &[
+                ("SYNCD_DATABASE_URL", db.as_str()),
+                ("SYNCD_TOKEN", token.as_str()),
+            ],
+        );
+        assert_eq!(cli.code, Some(1));
+        assert!(cli.stderr.contains(why), "{}", cli.stderr);
+    }
+    assert_eq!(api(&kept).0, 200, "the other tokens still work");
+    let listed = syncd(&["tokens", "list"]);
+    assert_ne!(
+        line_of(&listed.stdout, &doomed).split_whitespace().last(),
+        Some("-")
+    );
+    let missing = syncd(&["tokens", "revoke", "syncd_00000000"]);
+    assert_eq!(missing.code, Some(1));
+    assert!(
+        missing.stderr.contains("no token `syncd_00000000`"),
+        "{}",
+        missing.stderr
+    );
 }

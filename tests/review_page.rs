@@ -300,3 +300,51 @@ table = "ledger"
         schema.drop().await;
     }
 }
+
+/// A revoked token is refused at once, and the page says so.
+#[tokio::test]
+async fn the_review_page_shows_that_a_revoked_token_is_refused() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    let (token, info) = store
+        .create_token_until(&Principal::Tenant("t1".into()), None)
+        .await
+        .unwrap();
+    let addr = support::http::serve(store.clone()).await;
+    let check = async {
+        browser.goto(&format!("http://{addr}/review")).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "0 pending").await;
+        store.revoke_token(&info.prefix).await.unwrap().unwrap();
+        browser.find("#load").await.click().await;
+        let status = browser.find("#status").await;
+        let started = Instant::now();
+        loop {
+            let text = status.text().await;
+            if text.contains("was revoked at") {
+                assert!(text.contains(&info.prefix), "{text}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the page shows {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_revoked", check)
+        .await;
+    browser.quit().await;
+    pg.drop().await;
+}

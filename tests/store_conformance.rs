@@ -124,7 +124,44 @@ conformance!(
     conflicts_are_stored_per_tenant,
     ready_runs_are_those_of_the_served_integrations,
     reservations_settle_with_their_page_or_become_pending,
+    tokens_are_refused_once_revoked_or_expired,
 );
+
+async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
+    use syncd::store::{Principal, TokenCheck};
+    let tenant = Principal::Tenant("tenant-a".into());
+    let (kept, _) = store.create_token_until(&tenant, None).await.unwrap();
+    let (doomed, doomed_info) = store.create_token_until(&tenant, None).await.unwrap();
+    let past = Utc::now() - chrono::Duration::seconds(1);
+    let (expired, _) = store
+        .create_token_until(&Principal::Admin, Some(past))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.authenticate(&kept).await.unwrap(),
+        TokenCheck::Valid(tenant.clone())
+    );
+    assert_eq!(
+        store.authenticate("syncd_nope").await.unwrap(),
+        TokenCheck::Unknown
+    );
+    assert!(matches!(
+        store.authenticate(&expired).await.unwrap(),
+        TokenCheck::Expired { .. }
+    ));
+    let revoked = store.revoke_token(&doomed_info.prefix).await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(matches!(
+        store.authenticate(&doomed).await.unwrap(),
+        TokenCheck::Revoked { ref prefix, .. } if *prefix == doomed[..14]
+    ));
+    assert!(store.revoke_token("syncd_00000000").await.unwrap().is_none());
+    let listed = store.list_tokens().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let kept_info = listed.iter().find(|t| kept.starts_with(&t.prefix)).unwrap();
+    assert!(kept_info.last_used_at.is_some(), "its use is noted");
+    assert_eq!(kept_info.tenant, "tenant-a");
+}
 
 fn scope(entity: &str) -> EntityScope {
     EntityScope::new("tenant-a", "crm-to-erp", entity)

@@ -51,6 +51,9 @@ impl Access {
                 TokenError::Unknown => format!(
                     "error: --token or {TOKEN_VAR}: unknown token; tokens come from `syncd tokens create` on this store"
                 ),
+                e @ (TokenError::Revoked { .. } | TokenError::Expired { .. }) => {
+                    format!("error: --token or {TOKEN_VAR}: {e}")
+                }
             })?,
         };
         principal

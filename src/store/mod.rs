@@ -71,6 +71,8 @@ pub enum StoreError {
         record: String,
         status: MappingStatus,
     },
+    #[error("`{name}` names more than one token: name it by its id (`syncd tokens list`)")]
+    AmbiguousToken { name: String },
     #[error(
         "{what} is {bytes} bytes, over the limit of {limit} bytes (set SYNCD_MAX_SNAPSHOT_BYTES to change it)"
     )]
@@ -961,23 +963,85 @@ impl Store {
     /// Creates an API token for `principal` and returns it; only its hash
     /// is stored, so this is the one time it can be read.
     pub async fn create_token(&self, principal: &Principal) -> Result<String, StoreError> {
-        let token = format!("syncd_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        let tenant = principal.tenant().map(TenantId::as_str).unwrap_or("");
-        let admin = matches!(principal, Principal::Admin);
-        on_backend!(self, b => b.insert_token(Uuid::new_v4(), tenant, admin, &token_hash(&token), Utc::now()).await)?;
-        Ok(token)
+        Ok(self.create_token_until(principal, None).await?.0)
     }
 
-    /// The principal of `token`, if it is a token of this store.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
-        let found = on_backend!(self, b => b.find_token(&token_hash(token)).await)?;
-        Ok(found.map(|(tenant, admin)| {
-            if admin {
-                Principal::Admin
-            } else {
-                Principal::Tenant(TenantId(tenant))
-            }
+    /// [`create_token`](Self::create_token), valid until `expires_at` when
+    /// given; answers the token and what is stored of it.
+    pub async fn create_token_until(
+        &self,
+        principal: &Principal,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(String, TokenInfo), StoreError> {
+        let token = format!("syncd_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        let info = TokenInfo {
+            id: Uuid::new_v4(),
+            prefix: token[..TOKEN_PREFIX_LEN].to_owned(),
+            tenant: principal.tenant().map(TenantId::as_str).unwrap_or("").to_owned(),
+            admin: matches!(principal, Principal::Admin),
+            created_at: Utc::now(),
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        on_backend!(self, b => b.insert_token(&info, &token_hash(&token)).await)?;
+        Ok((token, info))
+    }
+
+    /// What `token` may do: the principal it speaks for, or why it may not
+    /// (unknown, revoked, expired). Notes its use, at most once a minute.
+    pub async fn authenticate(&self, token: &str) -> Result<TokenCheck, StoreError> {
+        let found = on_backend!(self, b => b.tokens(Some(&token_hash(token))).await)?;
+        let Some(t) = found.into_iter().next() else {
+            return Ok(TokenCheck::Unknown);
+        };
+        let now = Utc::now();
+        if let Some(at) = t.revoked_at {
+            return Ok(TokenCheck::Revoked { prefix: t.prefix, at });
+        }
+        if let Some(at) = t.expires_at.filter(|at| *at <= now) {
+            return Ok(TokenCheck::Expired { prefix: t.prefix, at });
+        }
+        if t.last_used_at
+            .is_none_or(|at| now - at > chrono::Duration::minutes(1))
+        {
+            on_backend!(self, b => b.set_token_time(t.id, false, now).await)?;
+        }
+        Ok(TokenCheck::Valid(match t.admin {
+            true => Principal::Admin,
+            false => Principal::Tenant(TenantId(t.tenant)),
         }))
+    }
+
+    /// Every token, oldest first, as stored: never the secret.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        on_backend!(self, b => b.tokens(None).await)
+    }
+
+    /// Revokes the token named by its prefix (or id): refused at once
+    /// afterwards. `None` when no token has that name.
+    pub async fn revoke_token(&self, name: &str) -> Result<Option<TokenInfo>, StoreError> {
+        let name = name.trim();
+        let mut matching: Vec<TokenInfo> = self
+            .list_tokens()
+            .await?
+            .into_iter()
+            .filter(|t| (!t.prefix.is_empty() && t.prefix == name) || t.id.to_string() == name)
+            .collect();
+        let Some(mut t) = matching.pop() else {
+            return Ok(None);
+        };
+        if !matching.is_empty() {
+            return Err(StoreError::AmbiguousToken {
+                name: name.to_owned(),
+            });
+        }
+        let now = Utc::now();
+        if t.revoked_at.is_none() {
+            on_backend!(self, b => b.set_token_time(t.id, true, now).await)?;
+            t.revoked_at = Some(now);
+        }
+        Ok(Some(t))
     }
 
     /// Records `cron` as the schedule of `integration` for `tenant`. A new
@@ -1204,6 +1268,61 @@ fn json_bound(fields: &crate::record::Fields) -> usize {
         .iter()
         .map(|(k, v)| 6 * k.len() + 4 + value(v))
         .sum::<usize>()
+}
+
+/// How many characters of a token name it (`syncd_` and 8 hex digits):
+/// enough to tell tokens apart, far too few to guess one.
+pub const TOKEN_PREFIX_LEN: usize = 14;
+
+/// A token as stored: never its secret.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    /// Its first characters (empty for tokens made before prefixes were
+    /// kept: name those by id).
+    pub prefix: String,
+    /// The tenant, or empty for an admin token.
+    pub tenant: String,
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+type TokenRow = (
+    String,
+    String,
+    String,
+    bool,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+impl TokenInfo {
+    fn from_row(r: TokenRow) -> TokenInfo {
+        TokenInfo {
+            id: r.0.parse().unwrap_or_default(),
+            prefix: r.1,
+            tenant: r.2,
+            admin: r.3,
+            created_at: r.4,
+            expires_at: r.5,
+            revoked_at: r.6,
+            last_used_at: r.7,
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenCheck {
+    Valid(Principal),
+    Unknown,
+    Revoked { prefix: String, at: DateTime<Utc> },
+    Expired { prefix: String, at: DateTime<Utc> },
 }
 
 /// Counts the bytes written to it: the size of a JSON document without

@@ -868,32 +868,47 @@ impl PgStore {
         rows.iter().map(run_from_row).collect()
     }
 
-    pub(super) async fn insert_token(
-        &self,
-        id: Uuid,
-        tenant: &str,
-        admin: bool,
-        hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO api_tokens (id, tenant_id, admin, token_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(tenant)
-            .bind(admin)
-            .bind(hash)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+    pub(super) async fn insert_token(&self, t: &super::TokenInfo, hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, tenant_id, admin, token_hash, created_at, prefix, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(t.id)
+        .bind(&t.tenant)
+        .bind(t.admin)
+        .bind(hash)
+        .bind(t.created_at)
+        .bind(&t.prefix)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    pub(super) async fn find_token(&self, hash: &str) -> Result<Option<(String, bool)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT tenant_id, admin FROM api_tokens WHERE token_hash = $1")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?,
+    pub(super) async fn tokens(&self, hash: Option<&str>) -> Result<Vec<super::TokenInfo>, StoreError> {
+        let rows: Vec<super::TokenRow> = sqlx::query_as(
+            "SELECT id::text, prefix, tenant_id, admin, created_at, expires_at, revoked_at, last_used_at \
+             FROM api_tokens WHERE $1::text IS NULL OR token_hash = $1 ORDER BY created_at, id",
         )
+        .bind(hash)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(super::TokenInfo::from_row).collect())
+    }
+
+    pub(super) async fn set_token_time(
+        &self,
+        id: Uuid,
+        revoked: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let column = if revoked { "revoked_at" } else { "last_used_at" };
+        sqlx::query(&format!("UPDATE api_tokens SET {column} = $2 WHERE id = $1"))
+            .bind(id)
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub(super) async fn unsettled_mappings(
