@@ -179,6 +179,7 @@ pub fn resume(id: &str, workflows: &Path, access: Access) -> CmdResult {
             .map_err(|e| format!("error: {e}"))?;
         let file = find_workflow(workflows, run.integration_id.as_str())?;
         let (wf, graph) = crate::cli::load(&file, None).map_err(|e| e.to_string())?;
+        store.reopen(&run).await.map_err(|e| format!("error: {e}"))?;
         let defaults = Options::default();
         let options = Options {
             lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,

@@ -275,7 +275,9 @@ impl RunState {
         use RunState::*;
         match (self, event) {
             (Planned | Running, Start) => Ok(Running),
-            (Suspended, Resume) => Ok(Running),
+            // A failed run is continued from its checkpoints once what
+            // failed it is fixed.
+            (Suspended | Failed, Resume) => Ok(Running),
             (Running, Suspend) => Ok(Suspended),
             (Running, Succeed) => Ok(Succeeded),
             (Running, Fail) => Ok(Failed),
@@ -288,8 +290,10 @@ impl RunState {
 /// Why an operator cannot resume a run now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResumeRefused {
-    #[error("it is {0}; only a planned, running or suspended run can be resumed")]
+    #[error("it is {0}; only a planned, running, suspended or failed run can be resumed")]
     Finished(RunState),
+    #[error("run {0} of the same integration started after it: resume that one, or start a new run")]
+    Superseded(Uuid),
     #[error("worker `{0}` is executing it")]
     Executing(String),
     #[error("{0} of its conflicts still wait for a reviewer")]
@@ -298,10 +302,23 @@ pub enum ResumeRefused {
 
 /// Decides whether an operator may resume a run in `state` that has
 /// `pending` undecided conflicts and whose live lease, if any, `executing`
-/// names the holder of: a suspended run once every conflict is decided, and a
-/// planned or interrupted run that no worker holds. The executor makes the
-/// state transition itself ([`RunEvent::Resume`] or [`RunEvent::Start`]).
-pub fn may_resume(state: RunState, pending: u64, executing: Option<&str>) -> Result<(), ResumeRefused> {
+/// names the holder of: a suspended run once every conflict is decided, a
+/// planned or interrupted run that no worker holds, and a failed run that
+/// no later run of its integration (`newer`) has followed. The executor
+/// makes the state transition itself ([`RunEvent::Resume`] or
+/// [`RunEvent::Start`]); a failed run is reopened first.
+pub fn may_resume(
+    state: RunState,
+    pending: u64,
+    executing: Option<&str>,
+    newer: Option<Uuid>,
+) -> Result<(), ResumeRefused> {
+    if state == RunState::Failed {
+        return match newer {
+            Some(run) => Err(ResumeRefused::Superseded(run)),
+            None => Ok(()),
+        };
+    }
     if !state.is_active() {
         return Err(ResumeRefused::Finished(state));
     }
@@ -408,6 +425,7 @@ mod tests {
                 "running Cancel cancelled",
                 "suspended Cancel cancelled",
                 "suspended Resume running",
+                "failed Resume running",
             ]
         );
     }
@@ -417,7 +435,7 @@ mod tests {
         use ResumeRefused::*;
         let check = |state, pending, executing, expected: Result<(), ResumeRefused>| {
             assert_eq!(
-                may_resume(state, pending, executing),
+                may_resume(state, pending, executing, None),
                 expected,
                 "{state} pending {pending} executing {executing:?}"
             );
@@ -430,10 +448,17 @@ mod tests {
         // does not need them decided.
         check(RunState::Running, 3, None, Ok(()));
         check(RunState::Running, 0, Some("w1"), Err(Executing("w1".into())));
-        for done in [RunState::Succeeded, RunState::Failed, RunState::Cancelled] {
+        for done in [RunState::Succeeded, RunState::Cancelled] {
             check(done, 0, None, Err(Finished(done)));
             check(done, 1, Some("w1"), Err(Finished(done)));
         }
+        // A failed run, unless a later run of its integration followed it.
+        check(RunState::Failed, 0, None, Ok(()));
+        let later = Uuid::nil();
+        assert_eq!(
+            may_resume(RunState::Failed, 0, None, Some(later)),
+            Err(Superseded(later))
+        );
     }
 
     #[test]

@@ -918,12 +918,40 @@ impl Store {
     pub async fn check_resume(&self, run: &RunRow) -> Result<(), StoreError> {
         let pending = self.pending_conflicts_of_run(&run.tenant_id, run.id).await?;
         let holder = self.lease_holder(run.id).await?;
-        crate::run::may_resume(run.state, pending, holder.as_ref().map(|(w, _)| w.as_str())).map_err(
-            |source| StoreError::NotResumable {
-                run_id: run.id,
-                source,
-            },
+        let newer = match run.state {
+            RunState::Failed => self
+                .list_runs(&RunFilter {
+                    tenant: Some(run.tenant_id.clone()),
+                    integration: Some(run.integration_id.clone()),
+                    state: None,
+                    limit: 1,
+                })
+                .await?
+                .into_iter()
+                .next()
+                .map(|latest| latest.id)
+                .filter(|latest| *latest != run.id),
+            _ => None,
+        };
+        crate::run::may_resume(
+            run.state,
+            pending,
+            holder.as_ref().map(|(w, _)| w.as_str()),
+            newer,
         )
+        .map_err(|source| StoreError::NotResumable {
+            run_id: run.id,
+            source,
+        })
+    }
+
+    /// A failed run made active again (`running`, with its checkpoints), for
+    /// a resume; any other run as it is.
+    pub async fn reopen(&self, run: &RunRow) -> Result<RunRow, StoreError> {
+        match run.state {
+            RunState::Failed => self.transition_run(run, RunEvent::Resume, None).await,
+            _ => Ok(run.clone()),
+        }
     }
 
     /// An operator's resume, carried out by a worker: checks that `run` may
@@ -932,6 +960,7 @@ impl Store {
     /// transition when it claims the run.
     pub async fn request_resume(&self, run: &RunRow) -> Result<(), StoreError> {
         self.check_resume(run).await?;
+        self.reopen(run).await?;
         if let Backend::Postgres(b) = &self.backend {
             b.notify_resume(run.id).await?;
         }
