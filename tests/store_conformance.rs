@@ -309,7 +309,32 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
         worker_id: "worker-2".into(),
     };
     let refused = store.reserve(&s, new(&["a-9"]), &stranger).await.unwrap_err();
-    assert!(matches!(refused, StoreError::LeaseLost { .. }), "{refused}");
+    // The message tells a takeover from an expiry.
+    assert!(
+        matches!(&refused, StoreError::LeaseLost { holder: Some(w), .. } if w == "worker-1"),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("worker `worker-1` took the run over"),
+        "{refused}"
+    );
+    let other_run = store
+        .load_run(None, new_run(&store).await)
+        .await
+        .unwrap()
+        .unwrap();
+    let nobody = Lease {
+        run_id: other_run.id,
+        worker_id: "worker-2".into(),
+    };
+    let expired = store.reserve(&s, new(&["a-9"]), &nobody).await.unwrap_err();
+    assert!(
+        matches!(&expired, StoreError::LeaseLost { holder: None, .. }),
+        "{expired}"
+    );
+    assert!(expired.to_string().contains("let its lease expire"), "{expired}");
 
     let (reservation, stored) = store.reserve(&s, new(&["a-0", "a-1"]), &lease).await.unwrap();
     assert!(stored.is_empty(), "new mappings are held, not stored: {stored:?}");

@@ -509,9 +509,16 @@ impl Job {
             return Err(RunError::Interrupted { run_id });
         }
         if ctx.lost.load(Ordering::Relaxed) {
+            let holder = self
+                .store
+                .lease_holder(run_id)
+                .await?
+                .map(|(worker, _)| worker)
+                .filter(|worker| *worker != ctx.lease.worker_id);
             return Err(StoreError::LeaseLost {
                 run_id,
                 worker_id: ctx.lease.worker_id.clone(),
+                holder,
             }
             .into());
         }

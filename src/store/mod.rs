@@ -97,8 +97,18 @@ pub enum StoreError {
     },
     #[error("run {run_id} changed state concurrently (it is no longer {expected})")]
     RunChanged { run_id: Uuid, expected: RunState },
-    #[error("run {run_id}: this worker ({worker_id}) no longer holds its lease; another worker took it over")]
-    LeaseLost { run_id: Uuid, worker_id: String },
+    #[error("run {run_id}: this worker ({worker_id}) {}", match holder {
+        Some(other) => format!("lost its lease: worker `{other}` took the run over and goes on with it"),
+        None => "let its lease expire (the state store was out of reach, or the process paused, for longer than \
+                 the lease); the run goes on from its last checkpoint with the next `syncd run`, `syncd runs \
+                 resume` or worker".to_owned(),
+    })]
+    LeaseLost {
+        run_id: Uuid,
+        worker_id: String,
+        /// The worker that holds the lease now, if another one does.
+        holder: Option<String>,
+    },
     #[error("conflict {id} is not pending (already resolved, or not this tenant's)")]
     ConflictNotPending { id: Uuid },
     /// The reservation a page was to settle is no longer there: a step

@@ -1331,10 +1331,22 @@ async fn hold_lease(
     .await?;
     match held {
         Some(_) => Ok(()),
-        None => Err(StoreError::LeaseLost {
-            run_id: lease.run_id,
-            worker_id: lease.worker_id.clone(),
-        }),
+        None => {
+            // Taken over, or only expired: the message says which.
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT worker_id FROM run_leases WHERE run_id = $1 AND worker_id <> $2 AND expires_at > $3",
+            )
+            .bind(lease.run_id)
+            .bind(&lease.worker_id)
+            .bind(now)
+            .fetch_optional(&mut **tx)
+            .await?;
+            Err(StoreError::LeaseLost {
+                run_id: lease.run_id,
+                worker_id: lease.worker_id.clone(),
+                holder,
+            })
+        }
     }
 }
 
