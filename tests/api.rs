@@ -229,8 +229,8 @@ async fn an_operators_resume_is_handed_to_the_workers() {
     assert_eq!(
         body["error"],
         json!(format!(
-            "run {run_a} cannot be resumed: it is cancelled; only a planned, running or \
-             suspended run can be resumed"
+            "run {run_a} cannot be resumed: it is cancelled; only a planned, running, \
+             suspended or failed run can be resumed"
         ))
     );
     assert_eq!(state(run_a).await, RunState::Cancelled);
