@@ -738,8 +738,8 @@ fn runs_resume_applies_a_review_on_the_command_line() {
     assert_eq!(
         again.stderr,
         format!(
-            "error: run {run} cannot be resumed: it is succeeded; only a planned, running or \
-             suspended run can be resumed\n"
+            "error: run {run} cannot be resumed: it is succeeded; only a planned, running, \
+             suspended or failed run can be resumed\n"
         )
     );
 }
