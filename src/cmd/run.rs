@@ -30,6 +30,15 @@ pub(super) fn lease_ttl(default: Duration) -> Result<Duration, String> {
     }
 }
 
+/// How long a run retries through transient faults: `SYNCD_RETRY_FOR`
+/// (`90s`, `10m`, `0s` to fail at the first), else `default`.
+pub(super) fn retry_for(default: Duration) -> Result<Duration, String> {
+    match std::env::var("SYNCD_RETRY_FOR") {
+        Err(_) => Ok(default),
+        Ok(v) => crate::deletes::parse_interval(&v).map_err(|e| format!("error: SYNCD_RETRY_FOR: {e}")),
+    }
+}
+
 /// Runs `workflow` for `tenant`; `Ok` for a run that succeeded or suspended.
 pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
     let (wf, graph) = crate::cli::load(workflow, None).map_err(|e| e.to_string())?;
@@ -48,6 +57,7 @@ pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
         let options = Options {
             page_size,
             lease_ttl: lease_ttl(defaults.lease_ttl)?,
+            retry_for: retry_for(defaults.retry_for)?,
             ..defaults
         };
         let job = Job::prepare(store.clone(), wf, &graph, tenant, options)

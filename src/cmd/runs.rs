@@ -183,6 +183,7 @@ pub fn resume(id: &str, workflows: &Path, access: Access) -> CmdResult {
         let defaults = Options::default();
         let options = Options {
             lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,
+            retry_for: super::run::retry_for(defaults.retry_for)?,
             ..defaults
         };
         let job = Job::prepare(store, wf, &graph, run.tenant_id.clone(), options)

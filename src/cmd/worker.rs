@@ -41,6 +41,7 @@ pub fn worker(workflows: &Path, poll_ms: u64, worker_id: Option<String>) -> CmdR
         let defaults = Options::default();
         let options = Options {
             lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,
+            retry_for: super::run::retry_for(defaults.retry_for)?,
             worker_id: worker_id.unwrap_or(defaults.worker_id.clone()),
             shutdown: Some(shutdown.clone()),
             ..defaults

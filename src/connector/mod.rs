@@ -77,6 +77,15 @@ pub enum ConnectorError {
     Unauthorized { system: String, detail: String },
 }
 
+impl ConnectorError {
+    /// Whether the database could not be reached or answered (a connection
+    /// refused or lost, a pool timed out), rather than refused a statement.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. }
+            if !matches!(source, sqlx::Error::Database(_)))
+    }
+}
+
 /// A system the engine reads and writes: a SQL database or a REST API.
 /// Every operation works on a batch of records.
 #[derive(Clone)]
@@ -269,12 +278,16 @@ impl Connector {
             Connector::Http(c) => c.create(b, records).await,
             Connector::Sql(c) => match c.create(b, records, now).await {
                 Ok(ids) => Ok(ids),
+                // Only what the database refuses can be a record's fault;
+                // an outage is the step's.
+                Err(e) if e.is_outage() => Err(e),
                 Err(batch_error) if records.len() > 1 => {
                     tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
                     let mut out = Vec::with_capacity(records.len());
                     for r in records {
                         out.push(match c.create(b, std::slice::from_ref(r), now).await {
                             Ok(mut one) => one.remove(0),
+                            Err(e) if e.is_outage() => return Err(e),
                             Err(e) => Err(e.to_string()),
                         });
                     }

@@ -65,11 +65,54 @@ pub enum RunError {
     Held { hold: Box<crate::store::RunHold> },
 }
 
+impl RunError {
+    /// Whether the error is a passing fault of a database or the network
+    /// (a connection refused, reset or closed, a server shutting down or
+    /// restarting, a pool that timed out, a serialization failure or a
+    /// deadlock), which the same work done again can get past; not a fault
+    /// of the definition, the data or the credentials. A lease that only
+    /// expired (no other worker holds it) is one too.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RunError::Store(StoreError::Database(e)) => transient_sql(e),
+            RunError::Store(StoreError::LeaseLost { holder, .. }) => holder.is_none(),
+            RunError::Connector(
+                ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. },
+            ) => transient_sql(source),
+            _ => false,
+        }
+    }
+}
+
+/// [`RunError::is_transient`] for a database client's error.
+fn transient_sql(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // Connection exceptions, shutdown and start-up, too many
+            // connections, serialization failures and deadlocks.
+            Some(code) if code.starts_with("08") => true,
+            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") => true,
+            // SQLite: busy, locked.
+            Some("5" | "6" | "261" | "262" | "517") => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// How a job runs.
 #[derive(Clone, Debug)]
 pub struct Options {
     pub page_size: u32,
     pub lease_ttl: Duration,
+    /// How long a run keeps retrying through transient faults (an
+    /// unreachable or restarting database) before it fails; 10 minutes by
+    /// default, `SYNCD_RETRY_FOR` on the command line.
+    pub retry_for: Duration,
     pub worker_id: String,
     /// When it turns true, the run stops after the page in flight, keeps
     /// its checkpoint and gives its lease up (graceful shutdown).
@@ -81,6 +124,7 @@ impl Default for Options {
         Options {
             page_size: 500,
             lease_ttl: Duration::from_secs(30),
+            retry_for: Duration::from_secs(600),
             worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
             shutdown: None,
         }
@@ -353,6 +397,62 @@ impl Job {
         run: RunRow,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<RunRow, RunError> {
+        // A transient fault pauses the run: it goes on from its last
+        // checkpoint, as after a crash, until `retry_for` is spent.
+        let started = std::time::Instant::now();
+        let mut run = run;
+        let mut attempt: u32 = 0;
+        loop {
+            let error = match self.execute_once(run.clone(), progress).await {
+                Err(e) if e.is_transient() => e,
+                done => return done,
+            };
+            let spent = started.elapsed();
+            if spent >= self.options.retry_for {
+                tracing::error!(error = %error, "transient faults for {spent:?}: the run fails");
+                if let Ok(Some(current)) = self.store.load_run(None, run.id).await
+                    && current.state == RunState::Running
+                {
+                    let why = format!("{error} (still after retrying for {}s)", spent.as_secs());
+                    let _ = self
+                        .store
+                        .transition_run(&current, RunEvent::Fail, Some(&why))
+                        .await;
+                }
+                return Err(error);
+            }
+            // Capped exponential backoff, with jitter so that workers do not
+            // come back all at once.
+            let base = Duration::from_millis(250u64 << attempt.min(7)).min(Duration::from_secs(30));
+            let jitter = Duration::from_millis(
+                u64::from(Uuid::new_v4().as_bytes()[0]) * base.as_millis() as u64 / 512,
+            );
+            let wait = (base + jitter).min(self.options.retry_for.saturating_sub(spent));
+            tracing::warn!(run_id = %run.id, error = %error, "transient fault; the run goes on from its last checkpoint in {wait:?}");
+            match self.options.shutdown.clone() {
+                Some(mut stop) => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|stop| *stop) => return Err(RunError::Interrupted { run_id: run.id }),
+                },
+                None => tokio::time::sleep(wait).await,
+            }
+            attempt += 1;
+            match self.store.load_run(None, run.id).await {
+                Ok(Some(current)) if current.state.is_active() => run = current,
+                Ok(Some(current)) => return Ok(current),
+                Ok(None) => return Err(error),
+                // Still out of reach: try again with what we had.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One attempt at executing `run` under a lease of its own.
+    async fn execute_once(
+        &self,
+        run: RunRow,
+        progress: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<RunRow, RunError> {
         let lease = Lease {
             run_id: run.id,
             worker_id: self.options.worker_id.clone(),
@@ -431,6 +531,9 @@ impl Job {
                 Ok(self.store.transition_run(&run, RunEvent::Suspend, None).await?)
             }
             Err(e @ RunError::Store(StoreError::LeaseLost { .. })) => Err(e),
+            // Decided by the caller: retried, or failed once the budget is
+            // spent.
+            Err(e) if e.is_transient() => Err(e),
             Err(e) => {
                 tracing::error!(error = %e, "run failed");
                 let current = self.store.load_run(None, run.id).await?.unwrap_or(run);
