@@ -44,7 +44,7 @@ CREATE INDEX people_changes ON people (updated_at, id);
 CREATE INDEX sales_orders_changes ON sales_orders (updated_at, id);
 ";
 
-const SOURCE_PG: &str = "
+pub const SOURCE_PG: &str = "
 CREATE TABLE accounts (id text PRIMARY KEY, name text, industry text, parent_id text, updated_at timestamptz NOT NULL);
 CREATE TABLE contacts (id text PRIMARY KEY, name text, email text, account_id text, updated_at timestamptz NOT NULL);
 CREATE TABLE orders (id text PRIMARY KEY, account_id text, contact_id text, total numeric(12,2), status text,
@@ -54,7 +54,7 @@ CREATE INDEX contacts_changes ON contacts (updated_at, id);
 CREATE INDEX orders_changes ON orders (updated_at, id);
 ";
 
-const TARGET_PG: &str = "
+pub const TARGET_PG: &str = "
 CREATE TABLE customers (id text PRIMARY KEY, customer_name text, industry text,
                         parent_id text REFERENCES customers (id) ON DELETE RESTRICT,
                         updated_at timestamptz NOT NULL);
