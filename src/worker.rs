@@ -124,14 +124,24 @@ impl Worker {
                 continue;
             };
             let tenant = TenantId::from(run.tenant_id.as_str());
-            let job = Job::prepare(
+            let job = match Job::prepare(
                 self.store.clone(),
                 d.workflow.clone(),
                 &d.graph,
                 tenant,
                 self.options.clone(),
             )
-            .await?;
+            .await
+            {
+                Ok(job) => job,
+                // A system out of reach: the run waits, planned, with the
+                // reason on it for operators, and is tried at the next poll.
+                Err(e) => {
+                    tracing::warn!(run_id = %run.id, error = %e, "the run cannot start yet; it waits");
+                    self.store.note_run_error(&run, &e.to_string()).await?;
+                    continue;
+                }
+            };
             match job.execute(run.clone(), &mut |_| {}).await {
                 Ok(done) => {
                     tracing::info!(run_id = %done.id, state = %done.state, "run executed");

@@ -624,3 +624,56 @@ async fn an_operators_resume_wakes_the_worker() {
     serving.await.unwrap().unwrap();
     s.pg.drop().await;
 }
+
+/// A run whose source cannot be reached waits, planned, with the reason
+/// recorded on it (it used to wait without a word), and no password in it.
+#[tokio::test]
+async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("unreachable");
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    // Nothing listens on port 1.
+    let toml = workflow_toml(
+        "e2e",
+        "one_way",
+        "postgres://postgres:Hidden@127.0.0.1:1/test",
+        &target.url(),
+        &[],
+    );
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    let worker = Worker {
+        store: store.clone(),
+        definitions: vec![definition(&toml)],
+        options: Options::default(),
+        poll: Duration::from_millis(100),
+    };
+    let run = syncd::store::RunRow {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: "t1".into(),
+        integration_id: "e2e".into(),
+        state: RunState::Planned,
+        plan: json!({"stages": []}),
+        trigger: "manual".into(),
+        error: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        finished_at: None,
+    };
+    store.create_run(&run, &[]).await.unwrap();
+    assert!(!worker.execute_one().await.unwrap(), "nothing could run");
+    let waiting = store.load_run(None, run.id).await.unwrap().unwrap();
+    assert_eq!(waiting.state, RunState::Planned);
+    let error = waiting.error.unwrap_or_default();
+    assert!(
+        error.contains("cannot connect to postgres://postgres:***@127.0.0.1:1/test"),
+        "{error}"
+    );
+    assert!(!error.contains("Hidden"));
+    pg.drop().await;
+}

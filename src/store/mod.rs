@@ -955,6 +955,14 @@ impl Store {
         })
     }
 
+    /// Records `error` on `run` without changing its state: why a run
+    /// that waits (planned) could not start yet.
+    pub async fn note_run_error(&self, run: &RunRow, error: &str) -> Result<(), StoreError> {
+        let now = Utc::now();
+        on_backend!(self, b => b.set_run_state(run, run.state, Some(error), now, run.finished_at).await)?;
+        Ok(())
+    }
+
     /// A failed run made active again (`running`, with its checkpoints), for
     /// a resume; any other run as it is.
     pub async fn reopen(&self, run: &RunRow) -> Result<RunRow, StoreError> {
