@@ -1112,3 +1112,37 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
     std::fs::write(&setup.workflow, &good).unwrap();
     assert!(resume(latest).status.success());
 }
+
+/// An API that answers 503 to everything for a while, longer than the
+/// client's own retries (`retries = 1`): the run waits it out and goes on
+/// from its last checkpoint, instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_down_longer_than_its_retries_is_waited_for() {
+    let down = Faults {
+        p_5xx: 1.0,
+        ..Faults::default()
+    };
+    let mut setup = Setup::new("api-down", 20, api(down, None), "retries = 1", "").await;
+    let (mut child, out, err) = setup.spawn();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run waits while the API is down"
+    );
+    setup.server.set_faults(Faults::default());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let output = Output {
+        status,
+        stdout: std::fs::read(out).unwrap(),
+        stderr: std::fs::read(err).unwrap(),
+    };
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("transient fault"),
+        "{}",
+        text(&output)
+    );
+    assert_converged(&setup).await;
+}

@@ -419,7 +419,7 @@ impl HttpConnector {
     ) -> Result<(), ConnectorError> {
         let inner = &self.inner;
         if attempt >= inner.settings.retries {
-            return Err(ConnectorError::Http {
+            return Err(ConnectorError::Unavailable {
                 system: inner.system.clone(),
                 request: format!("{method} {path}"),
                 detail: format!("gave up after {} attempts; last: {problem}", attempt + 1),

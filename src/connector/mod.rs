@@ -72,6 +72,14 @@ pub enum ConnectorError {
         request: String,
         detail: String,
     },
+    /// The API kept failing transiently (5xx, 408, 429, the network) through
+    /// every retry of the request: the run waits and goes on later.
+    #[error("system `{system}`: {request}: {detail}")]
+    Unavailable {
+        system: String,
+        request: String,
+        detail: String,
+    },
     /// 401 or 403: retrying would not help, so the step stops at once.
     #[error("system `{system}` refused the credentials: {detail}. The step stopped without retrying")]
     Unauthorized { system: String, detail: String },

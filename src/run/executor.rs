@@ -79,6 +79,7 @@ impl RunError {
             RunError::Connector(
                 ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. },
             ) => transient_sql(source),
+            RunError::Connector(ConnectorError::Unavailable { .. }) => true,
             _ => false,
         }
     }
