@@ -336,8 +336,30 @@ async fn a_run_outlives_three_restarts_of_its_postgresql() {
         return;
     };
     let (mut scenario, target, records) = setup("chaos-restarts-run", &pg, &pg).await;
+    // Three moments at random (SYNCD_CHAOS_SEED repeats a draw), one
+    // restart of each kind and one of either.
+    let seed: u64 = std::env::var("SYNCD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("chaos: SYNCD_CHAOS_SEED={seed}");
+    let mut state = seed | 1;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let mut moments: Vec<i64> = (0..3).map(|_| 500 + next(13_500) as i64).collect();
+    moments.sort_unstable();
+    let modes = ["fast", "immediate", ["fast", "immediate"][next(2) as usize]];
     let (mut child, out, err) = scenario.spawn();
-    for (at, mode) in [(2_000, "fast"), (8_000, "immediate"), (14_000, "fast")] {
+    for (at, mode) in moments.into_iter().zip(modes) {
         wait_for_progress(&mut child, &scenario.state_url, at).await;
         assert!(
             child.try_wait().unwrap().is_none(),
