@@ -5,55 +5,23 @@ mod support;
 
 use chrono::Utc;
 use std::sync::Arc;
+use support::proxy::Proxy;
 use support::{PgSchema, RedisPrefix};
 use syncd::cache::MappingCache;
 use syncd::ids::EntityScope;
 use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd::record::{Fields, Side};
 use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 use uuid::Uuid;
 
-/// A TCP proxy to Redis that can be stopped (closing every connection, like
-/// a Redis that went down) and started again on the same port.
-struct Proxy {
-    port: u16,
-    tasks: JoinSet<()>,
-}
-
-impl Proxy {
-    async fn start(port: u16) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
-        let upstream = support::redis_url()
-            .trim_start_matches("redis://")
-            .trim_end_matches('/')
-            .to_owned();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let upstream = upstream.clone();
-                conns.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Proxy { port, tasks }
-    }
-
-    /// Stops listening and drops every proxied connection.
-    async fn stop(mut self) -> u16 {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-        self.port
-    }
+/// A proxy to Redis (see `support::proxy`).
+async fn redis_proxy(port: u16) -> Proxy {
+    let upstream = support::redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    Proxy::start(port, &upstream).await
 }
 
 fn scope() -> EntityScope {
@@ -109,7 +77,7 @@ async fn redis_stopped_mid_run_falls_back_and_recovers() {
     let Some(pg) = PgSchema::create().await else {
         return;
     };
-    let proxy = Proxy::start(0).await;
+    let proxy = redis_proxy(0).await;
     let cache = MappingCache::redis(&format!("redis://127.0.0.1:{}", proxy.port), &redis.prefix).unwrap();
     let store = Arc::new(
         Store::postgres(pg.pool.clone(), cache, DEFAULT_MAX_SNAPSHOT_BYTES)
@@ -147,7 +115,7 @@ async fn redis_stopped_mid_run_falls_back_and_recovers() {
 
     // Redis is back: the entry it still holds (pending) is older than the
     // database and must not be served.
-    let proxy = Proxy::start(port).await;
+    let proxy = redis_proxy(port).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // reconnect back-off
     assert_eq!(status(&store, "a-1").await, MappingStatus::Mapped);
     let hits = store.cache().counts().hits;

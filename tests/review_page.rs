@@ -22,6 +22,40 @@ use syncd::store::{Principal, Store};
 use syncd::worker::{Definition, Worker};
 use syncd::workflow::Workflow;
 
+/// The API and the review page of `store`, and a worker serving the
+/// integration `toml` that resumes runs once their conflicts are decided.
+struct Served {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<Result<(), syncd::run::executor::RunError>>,
+}
+
+impl Served {
+    async fn start(store: &Arc<Store>, toml: &str) -> Served {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let worker = Worker {
+            store: store.clone(),
+            definitions: vec![Definition {
+                workflow: Workflow::parse("test.toml", toml).unwrap(),
+                graph: DependencyGraph::builtin_default(),
+            }],
+            options: Options {
+                shutdown: Some(shutdown.clone()),
+                ..Options::default()
+            },
+            poll: Duration::from_millis(250),
+        };
+        let serving = tokio::spawn(async move { worker.serve(shutdown).await });
+        let addr = support::http::serve(store.clone()).await;
+        Served { addr, stop, serving }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.serving.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
     let Some(browser) = Browser::start().await else {
@@ -42,21 +76,8 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         toml,
         run,
     } = suspended_on_review(store.clone(), &dir).await;
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let worker = Worker {
-        store: store.clone(),
-        definitions: vec![Definition {
-            workflow: Workflow::parse("test.toml", &toml).unwrap(),
-            graph: DependencyGraph::builtin_default(),
-        }],
-        options: Options {
-            shutdown: Some(shutdown.clone()),
-            ..Options::default()
-        },
-        poll: Duration::from_millis(250),
-    };
-    let serving = tokio::spawn(async move { worker.serve(shutdown).await });
-    let addr = support::http::serve(store.clone()).await;
+    let served = Served::start(&store, &toml).await;
+    let addr = served.addr;
     let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
 
     let review = async {
@@ -155,8 +176,7 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
     browser.saving_artifacts_on_panic("review_page", review).await;
 
     browser.quit().await;
-    stop.send(true).unwrap();
-    serving.await.unwrap().unwrap();
+    served.stop().await;
     pg.drop().await;
 }
 
@@ -222,21 +242,8 @@ table = "ledger"
         .unwrap();
     assert_eq!(run.state, syncd::run::RunState::Suspended);
 
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let worker = Worker {
-        store: store.clone(),
-        definitions: vec![Definition {
-            workflow: Workflow::parse("exact.toml", &toml).unwrap(),
-            graph: DependencyGraph::builtin_default(),
-        }],
-        options: Options {
-            shutdown: Some(shutdown.clone()),
-            ..Options::default()
-        },
-        poll: Duration::from_millis(250),
-    };
-    let serving = tokio::spawn(async move { worker.serve(shutdown).await });
-    let addr = support::http::serve(store.clone()).await;
+    let served = Served::start(&store, &toml).await;
+    let addr = served.addr;
     let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
 
     let review = async {
@@ -294,8 +301,7 @@ table = "ledger"
         .await;
 
     browser.quit().await;
-    stop.send(true).unwrap();
-    serving.await.unwrap().unwrap();
+    served.stop().await;
     for schema in [pg, source, target] {
         schema.drop().await;
     }

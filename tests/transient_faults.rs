@@ -1,12 +1,15 @@
 //! A restart is a pause, not a failure: a target database that goes away
 //! mid-run (every connection dropped, new ones refused) for a few seconds
-//! and comes back. The run waits, goes on from its last checkpoint, and
-//! ends `succeeded` with every record once and no mapping `failed`.
+//! and comes back (a `support::proxy` stands for the server). The run
+//! waits, goes on from its last checkpoint, and ends `succeeded` with every
+//! record once and no mapping `failed`.
 
 mod support;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::proxy::Proxy;
 use support::systems::{Kind, SystemDb, crm_rows, sync_once, workflow_toml};
 use support::{PgSchema, TempDir};
 use syncd::cache::MappingCache;
@@ -14,44 +17,6 @@ use syncd::ids::EntityScope;
 use syncd::mapping::MappingStatus;
 use syncd::run::RunState;
 use syncd::store::Store;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-
-/// A TCP proxy to PostgreSQL that can be stopped (every connection
-/// dropped, new ones refused, like a server that went down) and started
-/// again on the same port.
-struct Proxy {
-    port: u16,
-    tasks: JoinSet<()>,
-}
-
-impl Proxy {
-    async fn start(port: u16) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                conns.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect("127.0.0.1:5432").await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Proxy { port, tasks }
-    }
-
-    async fn stop(mut self) -> u16 {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
-        self.port
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_database_that_goes_away_mid_run_is_waited_for() {
@@ -69,12 +34,14 @@ async fn a_target_database_that_goes_away_mid_run_is_waited_for() {
     source.insert("accounts", &accounts).await;
     source.insert("contacts", &contacts).await;
     source.insert("orders", &orders).await;
-    let proxy = Proxy::start(0).await;
-    // The target's URL, through the proxy.
+    // The target's URL, through a proxy to the server.
+    let server = sqlx::postgres::PgConnectOptions::from_str(&support::postgres_url()).unwrap();
+    let upstream = format!("{}:{}", server.get_host(), server.get_port());
+    let proxy = Proxy::start(0, &upstream).await;
     let through = target
         .url()
-        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port), 1);
-    assert_ne!(through, target.url(), "the target's URL names 127.0.0.1:5432");
+        .replacen(&upstream, &format!("127.0.0.1:{}", proxy.port), 1);
+    assert_ne!(through, target.url(), "the target's URL names {upstream}");
     let toml = workflow_toml("e2e", "one_way", &source.url(), &through, &[]);
     let store = Arc::new(
         Store::postgres(state.pool.clone(), MappingCache::local(), 1 << 24)
@@ -112,7 +79,7 @@ async fn a_target_database_that_goes_away_mid_run_is_waited_for() {
     assert!(active, "the run was under way when the target went away");
     let port = proxy.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let proxy = Proxy::start(port).await;
+    let proxy = Proxy::start(port, &upstream).await;
 
     let run = running
         .await
