@@ -358,17 +358,24 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Verbs that print and end: a closed stdout (`syncd runs list | head`)
-    // ends them quietly, as it ends Unix tools, instead of a panic.
+    // Verbs that only read and print: a closed stdout (`syncd runs list |
+    // head`) ends them quietly, as it ends Unix tools, instead of a panic.
+    // (Not the verbs that write, which must report a broken connection.)
     if matches!(
-        cli.command,
+        &cli.command,
         Command::Plan { .. }
             | Command::Check { .. }
-            | Command::Conflicts { .. }
             | Command::Mappings { .. }
-            | Command::Tokens { .. }
-    ) || matches!(&cli.command, Command::Runs { verb } if !matches!(verb, RunsVerb::Resume { .. }))
-    {
+            | Command::Runs {
+                verb: RunsVerb::List { .. } | RunsVerb::Show { .. }
+            }
+            | Command::Conflicts {
+                verb: ConflictsVerb::List { .. } | ConflictsVerb::Show { .. }
+            }
+            | Command::Tokens {
+                verb: TokensVerb::List
+            }
+    ) {
         quiet_on_closed_stdout();
     }
     let result = match cli.command {

@@ -179,16 +179,18 @@ pub fn resume(id: &str, workflows: &Path, access: Access) -> CmdResult {
             .map_err(|e| format!("error: {e}"))?;
         let file = find_workflow(workflows, run.integration_id.as_str())?;
         let (wf, graph) = crate::cli::load(&file, None).map_err(|e| e.to_string())?;
-        store.reopen(&run).await.map_err(|e| format!("error: {e}"))?;
         let defaults = Options::default();
         let options = Options {
             lease_ttl: super::run::lease_ttl(defaults.lease_ttl)?,
             retry_for: super::run::retry_for(defaults.retry_for)?,
             ..defaults
         };
-        let job = Job::prepare(store, wf, &graph, run.tenant_id.clone(), options)
+        let job = Job::prepare(store.clone(), wf, &graph, run.tenant_id.clone(), options)
             .await
             .map_err(|e| format!("error: {e}"))?;
+        // Reopened only once it can go on: a definition that no longer
+        // loads leaves a failed run failed.
+        store.reopen(&run).await.map_err(|e| format!("error: {e}"))?;
         match super::run::execute(&job).await? {
             RunState::Failed => Err("the run failed".into()),
             _ => Ok(()),

@@ -47,7 +47,11 @@ pub fn create_token(
         Some(s) => {
             let d = crate::deletes::parse_interval(s).map_err(|e| format!("error: --expires-in: {e}"))?;
             let d = chrono::Duration::from_std(d).map_err(|e| format!("error: --expires-in: {e}"))?;
-            Some(chrono::Utc::now() + d)
+            Some(
+                chrono::Utc::now()
+                    .checked_add_signed(d)
+                    .ok_or_else(|| format!("error: --expires-in `{s}` is too far"))?,
+            )
         }
     };
     if let (Principal::Tenant(t), false) = (&principal, force) {

@@ -204,7 +204,8 @@ impl HttpConnector {
             .ok_or_else(|| config("no HTTP settings".into()))?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(config(format!(
-                "URL `{url}` is not an API's address (expected http://... or https://...)"
+                "URL `{}` is not an API's address (expected http://... or https://...)",
+                super::redacted(url)
             )));
         }
         let secret = |var: &str| {

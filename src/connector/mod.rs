@@ -86,11 +86,39 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
-    /// Whether the database could not be reached or answered (a connection
-    /// refused or lost, a pool timed out), rather than refused a statement.
+    /// Whether the system could not be reached or answered for a while (a
+    /// connection refused or lost, a pool timed out, a server shutting down
+    /// or busy, an API failing through every retry), rather than refused
+    /// what it was sent: the step's fault to wait out, never a record's.
     pub fn is_outage(&self) -> bool {
-        matches!(self, ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. }
-            if !matches!(source, sqlx::Error::Database(_)))
+        match self {
+            ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. } => {
+                transient_sql(source)
+            }
+            ConnectorError::Unavailable { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a database client's error is a passing fault (the server out
+/// of reach, restarting, or too busy), not a refusal of the statement.
+pub(crate) fn transient_sql(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // Connection exceptions, shutdown and start-up, too many
+            // connections, serialization failures and deadlocks.
+            Some(code) if code.starts_with("08") => true,
+            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") => true,
+            // SQLite: busy, locked.
+            Some("5" | "6" | "261" | "262" | "517") => true,
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -318,35 +346,26 @@ impl Connector {
     ) -> Result<Vec<(String, String)>, ConnectorError> {
         match self {
             Connector::Sql(c) => match c.update(b, records, now).await {
-                // A value the database refuses (a constraint, a type):
+                // A statement the database refuses (a constraint, a type):
                 // found record by record, so that it fails alone. An
                 // outage stops the step instead.
-                Err(ConnectorError::Query {
-                    source: sqlx::Error::Database(e),
-                    ..
-                }) if records.len() > 1 => {
+                Err(e) if e.is_outage() => Err(e),
+                Err(e @ ConnectorError::Query { .. }) if records.len() > 1 => {
                     tracing::warn!(error = %e, "batch update failed; retrying one by one");
                     let mut refused = Vec::new();
                     for r in records {
                         match c.update(b, std::slice::from_ref(r), now).await {
                             Ok(more) => refused.extend(more),
-                            Err(
-                                e @ ConnectorError::Query {
-                                    source: sqlx::Error::Database(_),
-                                    ..
-                                },
-                            ) => refused.push((r.0.clone(), e.to_string())),
+                            Err(e) if e.is_outage() => return Err(e),
+                            Err(e @ ConnectorError::Query { .. }) => {
+                                refused.push((r.0.clone(), e.to_string()))
+                            }
                             Err(e) => return Err(e),
                         }
                     }
                     Ok(refused)
                 }
-                Err(
-                    e @ ConnectorError::Query {
-                        source: sqlx::Error::Database(_),
-                        ..
-                    },
-                ) if records.len() == 1 => Ok(vec![(records[0].0.clone(), e.to_string())]),
+                Err(e @ ConnectorError::Query { .. }) => Ok(vec![(records[0].0.clone(), e.to_string())]),
                 other => other,
             },
             Connector::Http(c) => c.update(b, records).await,
@@ -533,6 +552,28 @@ pub fn id_text(v: &serde_json::Value) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_outage_is_told_from_a_refusal() {
+        let query = |source| ConnectorError::Query {
+            system: "s".into(),
+            table: "t".into(),
+            source,
+        };
+        assert!(query(sqlx::Error::PoolTimedOut).is_outage());
+        assert!(query(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())).is_outage());
+        assert!(
+            !query(sqlx::Error::RowNotFound).is_outage(),
+            "a statement's own error is a refusal"
+        );
+        assert!(!query(sqlx::Error::ColumnNotFound("x".into())).is_outage());
+        let gave_up = ConnectorError::Unavailable {
+            system: "api".into(),
+            request: "GET /x".into(),
+            detail: "gave up".into(),
+        };
+        assert!(gave_up.is_outage());
+    }
 
     #[test]
     fn passwords_in_urls_are_never_shown() {

@@ -74,34 +74,11 @@ impl RunError {
     /// expired (no other worker holds it) is one too.
     pub fn is_transient(&self) -> bool {
         match self {
-            RunError::Store(StoreError::Database(e)) => transient_sql(e),
+            RunError::Store(StoreError::Database(e)) => crate::connector::transient_sql(e),
             RunError::Store(StoreError::LeaseLost { holder, .. }) => holder.is_none(),
-            RunError::Connector(
-                ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. },
-            ) => transient_sql(source),
-            RunError::Connector(ConnectorError::Unavailable { .. }) => true,
+            RunError::Connector(e) => e.is_outage(),
             _ => false,
         }
-    }
-}
-
-/// [`RunError::is_transient`] for a database client's error.
-fn transient_sql(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            // Connection exceptions, shutdown and start-up, too many
-            // connections, serialization failures and deadlocks.
-            Some(code) if code.starts_with("08") => true,
-            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") => true,
-            // SQLite: busy, locked.
-            Some("5" | "6" | "261" | "262" | "517") => true,
-            _ => false,
-        },
-        _ => false,
     }
 }
 
@@ -399,16 +376,26 @@ impl Job {
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<RunRow, RunError> {
         // A transient fault pauses the run: it goes on from its last
-        // checkpoint, as after a crash, until `retry_for` is spent.
-        let started = std::time::Instant::now();
+        // checkpoint, as after a crash, until `retry_for` is spent on one
+        // spell of faults (an attempt that got further ends the spell).
         let mut run = run;
         let mut attempt: u32 = 0;
+        let mut fault_since: Option<std::time::Instant> = None;
+        let mut read_before = self.records_read(run.id).await;
         loop {
             let error = match self.execute_once(run.clone(), progress).await {
                 Err(e) if e.is_transient() => e,
                 done => return done,
             };
-            let spent = started.elapsed();
+            let read_now = self.records_read(run.id).await;
+            if read_now.is_some() {
+                if read_now > read_before {
+                    fault_since = None;
+                    attempt = 0;
+                }
+                read_before = read_now;
+            }
+            let spent = fault_since.get_or_insert_with(std::time::Instant::now).elapsed();
             if spent >= self.options.retry_for {
                 tracing::error!(error = %error, "transient faults for {spent:?}: the run fails");
                 if let Ok(Some(current)) = self.store.load_run(None, run.id).await
@@ -440,12 +427,22 @@ impl Job {
             attempt += 1;
             match self.store.load_run(None, run.id).await {
                 Ok(Some(current)) if current.state.is_active() => run = current,
+                Ok(Some(current)) if current.state == RunState::Cancelled => {
+                    return Err(RunError::Cancelled { run_id: current.id });
+                }
                 Ok(Some(current)) => return Ok(current),
                 Ok(None) => return Err(error),
                 // Still out of reach: try again with what we had.
                 Err(_) => {}
             }
         }
+    }
+
+    /// Records read by `run`'s steps so far, as checkpointed; `None` while
+    /// the store cannot be asked.
+    async fn records_read(&self, run_id: Uuid) -> Option<u64> {
+        let steps = self.store.load_steps(run_id).await.ok()?;
+        Some(steps.iter().map(|s| s.counters.read).sum())
     }
 
     /// One attempt at executing `run` under a lease of its own.

@@ -42,7 +42,7 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL `{0}` (expected postgres://... or sqlite://...)")]
+    #[error("unsupported database URL `{}` (expected postgres://... or sqlite://...)", crate::connector::redacted(.0))]
     UnsupportedUrl(String),
     /// The core refused a transition, or a concurrent writer got there first
     /// and the transition is not allowed from the state it left.
@@ -1052,7 +1052,11 @@ impl Store {
         if t.last_used_at
             .is_none_or(|at| now - at > chrono::Duration::minutes(1))
         {
-            on_backend!(self, b => b.set_token_time(t.id, false, now).await)?;
+            // Noting the use is a courtesy to operators: failing to write it
+            // must not refuse a valid token.
+            if let Err(e) = on_backend!(self, b => b.set_token_time(t.id, false, now).await) {
+                tracing::warn!(error = %e, "could not note a token's use");
+            }
         }
         Ok(TokenCheck::Valid(match t.admin {
             true => Principal::Admin,
