@@ -1,7 +1,7 @@
 //! `cargo bench --bench http`: how fast syncd syncs a SQL system with a REST
 //! API, and what the engine itself costs per record.
 //!
-//! The fake SaaS of `tests/support/saas.rs` serves on loopback in this
+//! The fake SaaS of `syncd-test-support` (`crates/test-support/src/saas.rs`) serves on loopback in this
 //! process, with no faults and no rate limit; a SQLite CRM holds `6n`
 //! records (accounts, contacts, orders with references). The sync runs in
 //! the release `syncd` binary, as `syncd run`, so its CPU time (user +
@@ -19,8 +19,7 @@
 //! pages, against a second server. syncd's CPU minus its requests priced at
 //! the raw client's cost per request is what the engine adds per record.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use syncd_test_support as support;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};

@@ -5,11 +5,11 @@
 //! definition), 2 means the command line itself was wrong.
 
 use crate::cmd;
-use crate::plan::DependencyGraph;
-use crate::workflow::{self, DefinitionErrors, Workflow};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use syncd_core::plan::DependencyGraph;
+use syncd_core::workflow::{self, DefinitionErrors, Workflow};
 
 #[derive(Parser)]
 #[command(name = "syncd", version, about = "A durable, bidirectional data-sync engine")]
@@ -430,8 +430,8 @@ pub fn main() -> ExitCode {
                 target_id,
             } => {
                 let (side, id) = match (source_id, target_id) {
-                    (Some(id), _) => (crate::record::Side::Source, id),
-                    (None, Some(id)) => (crate::record::Side::Target, id),
+                    (Some(id), _) => (syncd_core::record::Side::Source, id),
+                    (None, Some(id)) => (syncd_core::record::Side::Target, id),
                     (None, None) => unreachable!("clap requires one id"),
                 };
                 cmd::mappings::lookup(scope.into(), side, &id)
@@ -469,7 +469,7 @@ pub fn main() -> ExitCode {
                     postgres_url,
                     no_postgres,
                 },
-        } => bench_sync(crate::bench::sync::SyncBench {
+        } => bench_sync(syncd_bench::sync::SyncBench {
             records,
             sqlite: !no_sqlite,
             postgres_url: (!no_postgres)
@@ -482,10 +482,10 @@ pub fn main() -> ExitCode {
                     postgres_url,
                     redis_url,
                 },
-        } => bench_store(crate::bench::StoreBench {
+        } => bench_store(syncd_bench::StoreBench {
             records,
-            postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
-            redis_url: crate::bench::StoreBench::redis_url(redis_url),
+            postgres_url: syncd_bench::StoreBench::postgres_url(postgres_url),
+            redis_url: syncd_bench::StoreBench::redis_url(redis_url),
         }),
         Command::Bench {
             what:
@@ -495,11 +495,11 @@ pub fn main() -> ExitCode {
                     page_size,
                     postgres_url,
                 },
-        } => bench_reconcile(crate::bench::reconcile::ReconcileBench {
+        } => bench_reconcile(syncd_bench::reconcile::ReconcileBench {
             records,
             gone,
             page_size,
-            postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
+            postgres_url: syncd_bench::StoreBench::postgres_url(postgres_url),
         }),
         Command::Bench {
             what:
@@ -510,12 +510,12 @@ pub fn main() -> ExitCode {
                     poll_ms,
                     postgres_url,
                 },
-        } => bench_api(crate::bench::api::ApiBench {
+        } => bench_api(syncd_bench::api::ApiBench {
             clients,
             window: std::time::Duration::from_secs(seconds),
             ticks,
             poll: std::time::Duration::from_millis(poll_ms),
-            postgres_url: crate::bench::StoreBench::postgres_url(postgres_url),
+            postgres_url: syncd_bench::StoreBench::postgres_url(postgres_url),
         }),
     };
     match result {
@@ -609,15 +609,15 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn bench_sync(bench: crate::bench::sync::SyncBench) -> Result<(), String> {
+fn bench_sync(bench: syncd_bench::sync::SyncBench) -> Result<(), String> {
     let report = cmd::runtime()?
-        .block_on(crate::bench::sync::run(&bench))
+        .block_on(syncd_bench::sync::run(&bench))
         .map_err(|e| format!("error: {e}"))?;
     print!("{report}");
     Ok(())
 }
 
-fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
+fn bench_store(bench: syncd_bench::StoreBench) -> Result<(), String> {
     if bench.records == 0 {
         return Err("error: --records must be at least 1".into());
     }
@@ -628,7 +628,7 @@ fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let report = runtime
-        .block_on(crate::bench::store(&bench))
+        .block_on(syncd_bench::store(&bench))
         .map_err(|e| format!("error: {e}"))?;
     println!("{report}");
     if !report.all_met() {
@@ -637,27 +637,27 @@ fn bench_store(bench: crate::bench::StoreBench) -> Result<(), String> {
     Ok(())
 }
 
-fn bench_reconcile(bench: crate::bench::reconcile::ReconcileBench) -> Result<(), String> {
+fn bench_reconcile(bench: syncd_bench::reconcile::ReconcileBench) -> Result<(), String> {
     let runtime = cmd::runtime()?;
     println!(
         "syncd bench reconcile on {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let report = runtime
-        .block_on(crate::bench::reconcile::run(&bench))
+        .block_on(syncd_bench::reconcile::run(&bench))
         .map_err(|e| format!("error: {e}"))?;
     println!("{report}");
     Ok(())
 }
 
-fn bench_api(bench: crate::bench::api::ApiBench) -> Result<(), String> {
+fn bench_api(bench: syncd_bench::api::ApiBench) -> Result<(), String> {
     let runtime = cmd::server_runtime()?;
     println!(
         "syncd bench api on {} cores",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let report = runtime
-        .block_on(crate::bench::api::run(&bench))
+        .block_on(syncd_bench::api::run(&bench))
         .map_err(|e| format!("error: {e}"))?;
     println!("{report}");
     Ok(())

@@ -1,3 +1,8 @@
+//! `syncd`, the command line.
+
+mod cli;
+mod cmd;
+
 use std::process::ExitCode;
 
 // A sync allocates per record and per field (CDM maps, base snapshots,
@@ -8,7 +13,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     no_transparent_huge_pages();
-    syncd::cli::main()
+    cli::main()
 }
 
 /// mimalloc asks Linux for transparent huge pages, and each 2 MiB region it

@@ -2,7 +2,7 @@
 //! conflicts and mappings; hostile requests get 4xx JSON errors, never a
 //! 5xx, and change nothing.
 
-mod support;
+use syncd_test_support as support;
 
 use support::http::request;
 
@@ -10,10 +10,10 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use support::TempDir;
-use syncd::cache::MappingCache;
-use syncd::conflict::ConflictStatus;
-use syncd::run::RunState;
-use syncd::store::{Principal, RunFilter, Store, StoreConfig};
+use syncd_core::conflict::ConflictStatus;
+use syncd_engine::run::RunState;
+use syncd_store::cache::MappingCache;
+use syncd_store::{Principal, RunFilter, Store, StoreConfig};
 use uuid::Uuid;
 
 struct Api {
@@ -37,7 +37,7 @@ async fn serve() -> (Api, [(Uuid, Uuid); 2]) {
     let ids = support::tenants::seed(&store).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = syncd::api::router(store.clone());
+    let app = syncd_engine::api::router(store.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (
         Api {
@@ -212,7 +212,7 @@ async fn an_operators_resume_is_handed_to_the_workers() {
         ))
     );
     api.store
-        .release_lease(&syncd::store::Lease {
+        .release_lease(&syncd_store::Lease {
             run_id: run_a,
             worker_id: "worker-x".into(),
         })
@@ -221,7 +221,7 @@ async fn an_operators_resume_is_handed_to_the_workers() {
 
     // A finished run: 409.
     api.store
-        .transition_run(&run, syncd::run::RunEvent::Cancel, None)
+        .transition_run(&run, syncd_engine::run::RunEvent::Cancel, None)
         .await
         .unwrap();
     let (status, body) = resume(run_a.to_string()).await;

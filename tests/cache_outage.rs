@@ -1,17 +1,17 @@
 //! Redis going away under a running store: lookups fall back to the
 //! database, stay correct, and the cache is trusted again once it is back.
 
-mod support;
+use syncd_test_support as support;
 
 use chrono::Utc;
 use std::sync::Arc;
 use support::proxy::Proxy;
 use support::{PgSchema, RedisPrefix};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
-use syncd::record::{Fields, Side};
-use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::{IdMapping, MappingChange, MappingStatus};
+use syncd_core::record::{Fields, Side};
+use syncd_store::cache::MappingCache;
+use syncd_store::{DEFAULT_MAX_SNAPSHOT_BYTES, MappingWrite, PageCommit, Store};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 

@@ -5,7 +5,7 @@
 //! failed, and the password of the URLs in no line it printed; a further run
 //! writes nothing.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

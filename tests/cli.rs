@@ -3,7 +3,7 @@
 //! refused, 2 bad command line). `plan` and `check`; and the operator verbs
 //! with a token, which see only the token's tenant, as the API does.
 
-mod support;
+use syncd_test_support as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -385,7 +385,7 @@ fn check_reports_a_cycle_in_the_partner_graph() {
 
 // --- operator verbs with a token -------------------------------------------------------
 
-/// A SQLite state store with tenants `a` and `b` (tests/support/tenants.rs)
+/// A SQLite state store with tenants `a` and `b` (crates/test-support/src/tenants.rs)
 /// and tokens for tenant `a` and for an admin.
 struct Operators {
     dir: support::TempDir,
@@ -399,12 +399,12 @@ struct Operators {
 
 impl Operators {
     fn new() -> Operators {
-        use syncd::store::{Principal, Store, StoreConfig};
+        use syncd_store::{Principal, Store, StoreConfig};
         let dir = support::TempDir::new("cli-tokens");
         let db = dir.sqlite_url("state.db");
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (ids, token_a, admin) = runtime.block_on(async {
-            let cache = syncd::cache::MappingCache::local();
+            let cache = syncd_store::cache::MappingCache::local();
             let store = Store::connect(&StoreConfig::new(&db), cache).await.unwrap();
             let ids = support::tenants::seed(&store).await;
             let token_a = store.create_token(&Principal::Tenant("a".into())).await;
@@ -644,7 +644,7 @@ fn runs_resume_applies_a_review_on_the_command_line() {
         Some(0)
     );
     runtime.block_on(async {
-        let now = syncd::connector::format_time(chrono::Utc::now());
+        let now = syncd_connect::format_time(chrono::Utc::now());
         source
             .exec(&format!(
                 "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
@@ -883,9 +883,9 @@ table = "ledger"
     // The API and the CLI take each of them.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let addr = runtime.block_on(async {
-        let store = syncd::store::Store::connect(
-            &syncd::store::StoreConfig::new(&db),
-            syncd::cache::MappingCache::disabled(),
+        let store = syncd_store::Store::connect(
+            &syncd_store::StoreConfig::new(&db),
+            syncd_store::cache::MappingCache::disabled(),
         )
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! The five conflict strategies, case by case (MISSION §4).
 //!
 //! Every strategy runs the same table of scenarios through
-//! [`syncd::conflict::resolve`]; the table of one strategy is one snapshot
+//! [`syncd_core::conflict::resolve`]; the table of one strategy is one snapshot
 //! under `snapshots/`, so a reviewer reads a whole strategy at once. The
 //! properties users rely on whatever the strategy (no echo on the next run,
 //! a change only one side made is never lost, manual writes nothing) are
@@ -12,13 +12,13 @@ use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use serde::Serialize;
 use serde_json::{Value, json};
-use syncd::conflict::{
+use syncd_core::conflict::{
     self, ConflictRecord, ConflictScope, ConflictStatus, FieldRule, MergeRules, Outcome, Resolution,
     ReviewDecision, ReviewError, Strategy, Writes,
 };
-use syncd::ids::{EntityType, IntegrationId, TenantId};
-use syncd::record::{Direction, Fields, Record};
-use syncd::workflow::Workflow;
+use syncd_core::ids::{EntityType, IntegrationId, TenantId};
+use syncd_core::record::{Direction, Fields, Record};
+use syncd_core::workflow::Workflow;
 use uuid::Uuid;
 
 // --- building records ---------------------------------------------------------

@@ -29,7 +29,7 @@
 //! what each seed exercised, and `SYNCD_TEST_KNOWN_BUGS` (see [`KnownBugs`])
 //! turns on scenarios that reproduce bugs not fixed yet.
 
-mod support;
+use syncd_test_support as support;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -38,17 +38,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::TempDir;
 use support::systems::{Kind, SystemDb, workflow_toml};
-use syncd::cache::MappingCache;
-use syncd::cmd::conflicts::decided_values;
-use syncd::conflict::{self, ConflictRecord, ConflictStatus, MergeRules, Outcome, ReviewDecision, Strategy};
-use syncd::connector::{format_time, parse_time};
-use syncd::ids::EntityScope;
-use syncd::mapping::{IdMapping, MappingStatus};
-use syncd::record::{Direction, Fields, Record, Side};
-use syncd::run::RunState;
-use syncd::run::executor::{Job, Options, RunError};
-use syncd::store::{ConflictFilter, RunFilter, RunRow, Store, StoreConfig};
-use syncd::value::canonical as normalize;
+use syncd_connect::{format_time, parse_time};
+use syncd_core::conflict::decided_values;
+use syncd_core::conflict::{
+    self, ConflictRecord, ConflictStatus, MergeRules, Outcome, ReviewDecision, Strategy,
+};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::{IdMapping, MappingStatus};
+use syncd_core::record::{Direction, Fields, Record, Side};
+use syncd_core::value::canonical as normalize;
+use syncd_engine::run::RunState;
+use syncd_engine::run::executor::{Job, Options, RunError};
+use syncd_store::cache::MappingCache;
+use syncd_store::{ConflictFilter, RunFilter, RunRow, Store, StoreConfig};
 use uuid::Uuid;
 
 const TENANT: &str = "t1";
@@ -1168,8 +1170,8 @@ async fn open_store(url: &str) -> Arc<Store> {
 
 /// One attempt at the integration's run, as a fresh worker would make it.
 async fn run_once(store: Arc<Store>, toml: String) -> Result<RunRow, RunError> {
-    let wf = syncd::workflow::Workflow::parse("convergence.toml", &toml).expect("valid test workflow");
-    let graph = syncd::plan::DependencyGraph::builtin_default();
+    let wf = syncd_core::workflow::Workflow::parse("convergence.toml", &toml).expect("valid test workflow");
+    let graph = syncd_core::plan::DependencyGraph::builtin_default();
     let options = Options {
         page_size: PAGE_SIZE,
         lease_ttl: LEASE_TTL,

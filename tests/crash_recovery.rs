@@ -10,7 +10,7 @@
 //! and the writes, between the writes and the checkpoint. Set
 //! `SYNCD_CRASH_SEED` to replay another sequence; a failure prints its seed.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -19,12 +19,12 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 use support::systems::{Kind, SystemDb, crm_rows, workflow_toml};
 use support::{PgSchema, TempDir};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::MappingStatus;
-use syncd::record::Side;
-use syncd::run::{RunState, StepDirection, StepState};
-use syncd::store::{RunRow, Store, StoreConfig};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::MappingStatus;
+use syncd_core::record::Side;
+use syncd_engine::run::{RunState, StepDirection, StepState};
+use syncd_store::cache::MappingCache;
+use syncd_store::{RunRow, Store, StoreConfig};
 use uuid::Uuid;
 
 const INTEGRATION: &str = "crash";
@@ -601,7 +601,7 @@ async fn two_processes(kind: Kind, n: usize, label: &str) {
     );
     let runs = setup
         .store
-        .list_runs(&syncd::store::RunFilter {
+        .list_runs(&syncd_store::RunFilter {
             tenant: Some(TENANT.into()),
             limit: 10,
             ..Default::default()
@@ -680,7 +680,7 @@ async fn pending_parents_left_by_a_kill_do_not_fail_their_children() {
     let reserved = ids(&accounts)
         .into_iter()
         .map(|id| {
-            syncd::store::MappingWrite::Insert(syncd::mapping::IdMapping::reserve(
+            syncd_store::MappingWrite::Insert(syncd_core::mapping::IdMapping::reserve(
                 Uuid::new_v4(),
                 scope.clone(),
                 Some(id.clone()),
@@ -691,7 +691,7 @@ async fn pending_parents_left_by_a_kill_do_not_fail_their_children() {
         })
         .collect();
     store
-        .commit_page(syncd::store::PageCommit {
+        .commit_page(syncd_store::PageCommit {
             mappings: reserved,
             ..Default::default()
         })

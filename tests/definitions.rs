@@ -3,10 +3,10 @@
 //! entity and the field where there is one, and every error in a definition
 //! is reported, not only the first.
 
-use syncd::conflict::{FieldRule, Strategy};
-use syncd::plan::DependencyGraph;
-use syncd::record::Direction;
-use syncd::workflow::{self, ConnectorKind, DefinitionErrors, HttpAuth, Pagination, Workflow};
+use syncd_core::conflict::{FieldRule, Strategy};
+use syncd_core::plan::DependencyGraph;
+use syncd_core::record::Direction;
+use syncd_core::workflow::{self, ConnectorKind, DefinitionErrors, HttpAuth, Pagination, Workflow};
 
 const FILE: &str = "workflows/shop-to-warehouse.toml";
 

@@ -4,19 +4,19 @@
 //! or left stale, a mass deletion waits for an operator, and a record that
 //! comes back is re-linked, never duplicated.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use support::systems::{Kind, SystemDb, crm_rows, sync_once, ts, workflow_toml};
 use support::{PgSchema, TempDir};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::MappingStatus;
-use syncd::record::Side;
-use syncd::run::{RunState, StepDirection};
-use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, RunRow, Store, StoreConfig};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::MappingStatus;
+use syncd_core::record::Side;
+use syncd_engine::run::{RunState, StepDirection};
+use syncd_store::cache::MappingCache;
+use syncd_store::{DEFAULT_MAX_SNAPSHOT_BYTES, RunRow, Store, StoreConfig};
 
 /// A source and a target of `kind`, filled with `n` accounts (and `2n`
 /// contacts, `3n` orders), and an embedded state store.
@@ -100,7 +100,7 @@ fn scope(entity: &str) -> EntityScope {
 }
 
 /// The delete step counters of `entity` in `run`.
-async fn delete_counters(store: &Store, run: &RunRow, entity: &str) -> syncd::run::StepCounters {
+async fn delete_counters(store: &Store, run: &RunRow, entity: &str) -> syncd_engine::run::StepCounters {
     store
         .load_steps(run.id)
         .await
@@ -113,9 +113,9 @@ async fn delete_counters(store: &Store, run: &RunRow, entity: &str) -> syncd::ru
 
 /// Executes an existing (suspended) run again, as a worker would.
 async fn resume(world: &World, toml: &str, run: RunRow) -> RunRow {
-    use syncd::run::executor::{Job, Options};
-    let wf = syncd::workflow::Workflow::parse("test.toml", toml).unwrap();
-    let graph = syncd::plan::DependencyGraph::builtin_default();
+    use syncd_engine::run::executor::{Job, Options};
+    let wf = syncd_core::workflow::Workflow::parse("test.toml", toml).unwrap();
+    let graph = syncd_core::plan::DependencyGraph::builtin_default();
     let job = Job::prepare(world.store.clone(), wf, &graph, "t1".into(), Options::default())
         .await
         .unwrap();
@@ -486,7 +486,7 @@ async fn emptied_source_table(confirm: bool) {
             .store
             .transition_run(
                 &run,
-                syncd::run::RunEvent::Cancel,
+                syncd_engine::run::RunEvent::Cancel,
                 Some("cancelled by an operator"),
             )
             .await
@@ -731,7 +731,7 @@ fn propagate_needs_a_bidirectional_integration_and_archive_a_column() {
         "target_table = \"sales_orders\"\n",
         "target_table = \"sales_orders\"\non_target_delete = \"propagate\"\non_source_delete = \"archive\"\nreconcile_every = \"1w\"\n",
     );
-    let errors = syncd::workflow::Workflow::parse("test.toml", &toml)
+    let errors = syncd_core::workflow::Workflow::parse("test.toml", &toml)
         .unwrap_err()
         .to_string();
     assert!(errors.contains("only a bidirectional integration"), "{errors}");
@@ -748,7 +748,7 @@ fn propagate_needs_a_bidirectional_integration_and_archive_a_column() {
 /// integer keys asked for in text order, ids in no order, a span far wider
 /// than the ids, ids that never existed, rows marked deleted.
 async fn present_in_key_order_answers_as_present(kind: Kind) {
-    use syncd::connector::sql::SqlConnector;
+    use syncd_connect::sql::SqlConnector;
     let dir = TempDir::new("present-in-key-order");
     let Some(db) = SystemDb::create(kind, &dir, "system").await else {
         return;

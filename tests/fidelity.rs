@@ -2,16 +2,16 @@
 //! the record fails alone and loudly: never a silent rounding, blanking or
 //! null, and never a run that says "succeeded" while the systems differ.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::Value;
 use std::process::Command;
 use support::TempDir;
 use support::systems::{Kind, SystemDb};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::MappingStatus;
-use syncd::store::{Store, StoreConfig};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::MappingStatus;
+use syncd_store::cache::MappingCache;
+use syncd_store::{Store, StoreConfig};
 
 /// What one `syncd run` printed, and whether it exited 0.
 struct Ran {
@@ -116,7 +116,7 @@ table = "ledger"
         String::from_utf8(out.stdout).unwrap()
     }
 
-    async fn mapping(&self, id: &str) -> syncd::mapping::IdMapping {
+    async fn mapping(&self, id: &str) -> syncd_core::mapping::IdMapping {
         let store = Store::connect(
             &StoreConfig::new(self.dir.sqlite_url("state.db")),
             MappingCache::local(),
@@ -126,7 +126,7 @@ table = "ledger"
         store
             .find_mapping(
                 &EntityScope::new("t1", "exact", "product"),
-                syncd::record::Side::Source,
+                syncd_core::record::Side::Source,
                 id,
             )
             .await

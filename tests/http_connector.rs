@@ -3,7 +3,7 @@
 //! rate-limits, fails, drops connections and validates, always through the
 //! real binary (`syncd run`), as an operator runs it.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -15,11 +15,11 @@ use support::saas::{
     Faults, SaasConfig, SaasServer, TOKEN, TOKEN_VAR, crm_api as api, crm_definition as definition,
 };
 use support::systems::{Kind, SystemDb, crm_rows};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::{IdMapping, MappingStatus};
-use syncd::record::Side;
-use syncd::store::{Store, StoreConfig};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::{IdMapping, MappingStatus};
+use syncd_core::record::Side;
+use syncd_store::cache::MappingCache;
+use syncd_store::{Store, StoreConfig};
 
 const INTEGRATION: &str = support::saas::CRM_INTEGRATION;
 const TENANT: &str = "t1";
@@ -464,7 +464,7 @@ async fn a_refused_record_fails_alone_with_the_api_message() {
     // An update the API refuses: the mapping stays `mapped` with its old
     // base and the API's message; the API keeps the old value.
     let before = setup.server.records("people");
-    let now = syncd::connector::format_time(chrono::Utc::now());
+    let now = syncd_connect::format_time(chrono::Utc::now());
     setup
         .source
         .exec(&format!(
@@ -488,7 +488,7 @@ async fn a_refused_record_fails_alone_with_the_api_message() {
     assert_eq!(setup.server.records("people"), before, "the API kept its record");
 
     // Fixed in the CRM, both records sync on the next run.
-    let now = syncd::connector::format_time(chrono::Utc::now());
+    let now = syncd_connect::format_time(chrono::Utc::now());
     setup
         .source
         .exec(&format!(
@@ -532,7 +532,7 @@ async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
     // The run failed with that reason; nothing is lost for a retry.
     let store = setup.store().await;
     let run = store
-        .list_runs(&syncd::store::RunFilter {
+        .list_runs(&syncd_store::RunFilter {
             limit: 10,
             ..Default::default()
         })
@@ -541,7 +541,7 @@ async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
         .into_iter()
         .next()
         .expect("the run is recorded");
-    assert_eq!(run.state, syncd::run::RunState::Failed);
+    assert_eq!(run.state, syncd_engine::run::RunState::Failed);
     assert!(
         run.error.as_deref().unwrap_or_default().contains(said),
         "{:?}",
@@ -561,7 +561,7 @@ async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
 
 #[tokio::test]
 async fn a_record_edited_while_numbered_pages_are_read_loses_no_other_record() {
-    use syncd::connector::{FieldColumn, HttpConnector};
+    use syncd_connect::{FieldColumn, HttpConnector};
     // 40 people in pages of 10. When the second page is asked for, the
     // third record is edited and moves to the end of the listing: every
     // record after it shifts one place, so "page 2" no longer starts with
@@ -581,7 +581,7 @@ async fn a_record_edited_while_numbered_pages_are_read_loses_no_other_record() {
         r#"entities.contact = { path = "/people", has_more = "/has_more","#,
         r#"entities.contact = { path = "/people", has_more = "/has_more", page_size = 10,"#,
     );
-    let wf = syncd::workflow::Workflow::parse("paging.toml", &definition).unwrap();
+    let wf = syncd_core::workflow::Workflow::parse("paging.toml", &definition).unwrap();
     let conn = HttpConnector::connect(&wf.target, &server.url(), |_| Some(TOKEN.into())).unwrap();
     let columns = conn.columns("contact", &["full_name", "email"]).unwrap();
     let fields = ["email", "full_name"]
@@ -622,7 +622,7 @@ async fn a_resolution_the_api_refuses_fails_the_run_with_its_message() {
     let store = setup.store().await;
     let contact = &setup.mappings(&store, "contact", &["C-000001".into()]).await["C-000001"];
     let api_id = contact.target_id.clone().unwrap();
-    let now = syncd::connector::format_time(chrono::Utc::now());
+    let now = syncd_connect::format_time(chrono::Utc::now());
     setup
         .source
         .exec(&format!(
@@ -640,8 +640,8 @@ async fn a_resolution_the_api_refuses_fails_the_run_with_its_message() {
         text(&output)
     );
     let conflict = store
-        .list_conflicts(&syncd::store::ConflictFilter {
-            status: Some(syncd::conflict::ConflictStatus::Pending),
+        .list_conflicts(&syncd_store::ConflictFilter {
+            status: Some(syncd_core::conflict::ConflictStatus::Pending),
             limit: 10,
             ..Default::default()
         })
@@ -684,7 +684,7 @@ async fn a_resolution_the_api_refuses_fails_the_run_with_its_message() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(run.state, syncd::run::RunState::Failed);
+    assert_eq!(run.state, syncd_engine::run::RunState::Failed);
     assert!(run.error.unwrap_or_default().contains("422"));
     assert_eq!(
         setup
@@ -1001,7 +1001,7 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
     assert!(!failed.status.success(), "{}", text(&failed));
     let store = setup.store().await;
     let run = store
-        .list_runs(&syncd::store::RunFilter {
+        .list_runs(&syncd_store::RunFilter {
             limit: 10,
             ..Default::default()
         })
@@ -1010,7 +1010,7 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
         .into_iter()
         .next()
         .unwrap();
-    assert_eq!(run.state, syncd::run::RunState::Failed);
+    assert_eq!(run.state, syncd_engine::run::RunState::Failed);
     assert!(
         run.error.as_deref().unwrap_or_default().contains("404"),
         "{:?}",
@@ -1024,8 +1024,8 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
             .unwrap()
             .clone()
     };
-    assert_eq!(done_before("account").state, syncd::run::StepState::Done);
-    assert_eq!(done_before("contact").state, syncd::run::StepState::Done);
+    assert_eq!(done_before("account").state, syncd_engine::run::StepState::Done);
+    assert_eq!(done_before("contact").state, syncd_engine::run::StepState::Done);
 
     let (folder, database_url) = (
         setup.workflow.parent().unwrap().to_owned(),
@@ -1055,7 +1055,7 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
     assert!(resumed.status.success(), "{}", text(&resumed));
     support::assert_table_accounted(&String::from_utf8_lossy(&resumed.stdout));
     let run = store.load_run(None, run.id).await.unwrap().unwrap();
-    assert_eq!(run.state, syncd::run::RunState::Succeeded);
+    assert_eq!(run.state, syncd_engine::run::RunState::Succeeded);
     let after = store.load_steps(run.id).await.unwrap();
     for entity in ["account", "contact"] {
         let step = after
@@ -1071,7 +1071,7 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
     assert_converged(&setup).await;
     assert_eq!(
         store
-            .list_runs(&syncd::store::RunFilter {
+            .list_runs(&syncd_store::RunFilter {
                 limit: 10,
                 ..Default::default()
             })
@@ -1088,13 +1088,13 @@ async fn a_failed_run_resumes_from_its_checkpoints_once_fixed() {
         .source
         .exec(&format!(
             "UPDATE orders SET status = 'paid', updated_at = '{}'",
-            syncd::connector::format_time(chrono::Utc::now())
+            syncd_connect::format_time(chrono::Utc::now())
         ))
         .await;
     assert!(!setup.run().await.status.success());
     assert!(!setup.run().await.status.success());
     let runs = store
-        .list_runs(&syncd::store::RunFilter {
+        .list_runs(&syncd_store::RunFilter {
             limit: 10,
             ..Default::default()
         })

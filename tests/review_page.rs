@@ -7,7 +7,7 @@
 //! On failure a screenshot and the page source are saved under
 //! `target/test-artifacts/`.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -15,19 +15,19 @@ use std::time::{Duration, Instant};
 use support::systems::{ReviewScenario, suspended_on_review};
 use support::webdriver::Browser;
 use support::{PgSchema, TempDir};
-use syncd::cache::MappingCache;
-use syncd::plan::DependencyGraph;
-use syncd::run::executor::Options;
-use syncd::store::{Principal, Store};
-use syncd::worker::{Definition, Worker};
-use syncd::workflow::Workflow;
+use syncd_core::plan::DependencyGraph;
+use syncd_core::workflow::Workflow;
+use syncd_engine::run::executor::Options;
+use syncd_engine::worker::{Definition, Worker};
+use syncd_store::cache::MappingCache;
+use syncd_store::{Principal, Store};
 
 /// The API and the review page of `store`, and a worker serving the
 /// integration `toml` that resumes runs once their conflicts are decided.
 struct Served {
     addr: std::net::SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
-    serving: tokio::task::JoinHandle<Result<(), syncd::run::executor::RunError>>,
+    serving: tokio::task::JoinHandle<Result<(), syncd_engine::run::executor::RunError>>,
 }
 
 impl Served {
@@ -240,7 +240,7 @@ table = "ledger"
     let run = support::systems::sync_once(store.clone(), &toml, 100)
         .await
         .unwrap();
-    assert_eq!(run.state, syncd::run::RunState::Suspended);
+    assert_eq!(run.state, syncd_engine::run::RunState::Suspended);
 
     let served = Served::start(&store, &toml).await;
     let addr = served.addr;

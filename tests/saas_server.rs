@@ -5,7 +5,7 @@
 //! connection rather than a response, and requests are counted per second
 //! against the rate limit.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

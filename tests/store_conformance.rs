@@ -1,20 +1,20 @@
 //! One set of store tests, run against SQLite and PostgreSQL, each with no
 //! cache, the in-process cache and Redis.
 
-mod support;
+use syncd_test_support as support;
 
 use chrono::Utc;
 use serde_json::json;
 use std::future::Future;
 use std::sync::Arc;
 use support::{PgSchema, RedisPrefix, TempDir};
-use syncd::cache::MappingCache;
-use syncd::conflict::{ConflictRecord, ConflictStatus, Strategy};
-use syncd::ids::{EntityScope, TenantId};
-use syncd::mapping::{IdMapping, MappingChange, MappingStatus};
-use syncd::record::{Fields, Record, Side};
-use syncd::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
-use syncd::store::{
+use syncd_core::conflict::{ConflictRecord, ConflictStatus, Strategy};
+use syncd_core::ids::{EntityScope, TenantId};
+use syncd_core::mapping::{IdMapping, MappingChange, MappingStatus};
+use syncd_core::record::{Fields, Record, Side};
+use syncd_engine::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
+use syncd_store::cache::MappingCache;
+use syncd_store::{
     DEFAULT_MAX_SNAPSHOT_BYTES, Lease, MappingWrite, PageCommit, Reservation, RunRow, Store, StoreConfig,
     StoreError,
 };
@@ -128,7 +128,7 @@ conformance!(
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
-    use syncd::store::{Principal, TokenCheck};
+    use syncd_store::{Principal, TokenCheck};
     let tenant = Principal::Tenant("tenant-a".into());
     let (kept, _) = store.create_token_until(&tenant, None).await.unwrap();
     let (doomed, doomed_info) = store.create_token_until(&tenant, None).await.unwrap();

@@ -2,19 +2,19 @@
 //! references translated, a second run writes nothing, and bad input fails
 //! clearly without touching what is synced.
 
-mod support;
+use syncd_test_support as support;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use support::systems::{Kind, SystemDb, crm_rows, sync_once, ts, workflow_toml};
 use support::{PgSchema, RedisPrefix, TempDir};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::MappingStatus;
-use syncd::record::Side;
-use syncd::run::RunState;
-use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, Store, StoreConfig};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::MappingStatus;
+use syncd_core::record::Side;
+use syncd_engine::run::RunState;
+use syncd_store::cache::MappingCache;
+use syncd_store::{DEFAULT_MAX_SNAPSHOT_BYTES, Store, StoreConfig};
 
 /// The state store of a test: embedded (SQLite + in-process cache) or
 /// PostgreSQL + Redis.
@@ -95,7 +95,7 @@ fn ids(rows: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn writes_of(store: &Store, run: &syncd::store::RunRow) -> u64 {
+async fn writes_of(store: &Store, run: &syncd_store::RunRow) -> u64 {
     store
         .load_steps(run.id)
         .await
@@ -259,7 +259,7 @@ async fn edit_both_sides(strategy: &str, target_later: bool) -> Option<(Value, V
     } else {
         (now + chrono::Duration::seconds(1), now)
     };
-    let fmt = syncd::connector::format_time;
+    let fmt = syncd_connect::format_time;
     source
         .exec(&format!(
             "UPDATE accounts SET name = 'Acme Source', industry = 'food', updated_at = '{}' WHERE id = 'A-1'",
@@ -274,7 +274,7 @@ async fn edit_both_sides(strategy: &str, target_later: bool) -> Option<(Value, V
         .await;
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
     let conflicts = store
-        .list_conflicts(&syncd::store::ConflictFilter {
+        .list_conflicts(&syncd_store::ConflictFilter {
             tenant: Some("t1".into()),
             limit: 10,
             ..Default::default()
@@ -518,7 +518,7 @@ async fn a_record_moved_under_a_parent_created_in_the_same_page_keeps_its_parent
 
     // One page: a new parent Y, and X moved under it.
     let now = chrono::Utc::now();
-    let fmt = syncd::connector::format_time;
+    let fmt = syncd_connect::format_time;
     source
         .insert(
             "accounts",
@@ -566,7 +566,7 @@ async fn a_record_changed_after_review_is_parked_again_not_failed() {
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     sync_once(store.clone(), &toml, 100).await.unwrap();
-    let fmt = syncd::connector::format_time;
+    let fmt = syncd_connect::format_time;
     let edit = |sql: String| sql.replace("NOW", &fmt(chrono::Utc::now()));
     source
         .exec(&edit(
@@ -580,9 +580,9 @@ async fn a_record_changed_after_review_is_parked_again_not_failed() {
         .await;
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
     assert_eq!(run.state, RunState::Suspended);
-    let filter = syncd::store::ConflictFilter {
+    let filter = syncd_store::ConflictFilter {
         tenant: Some("t1".into()),
-        status: Some(syncd::conflict::ConflictStatus::Pending),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
         limit: 10,
         ..Default::default()
     };
@@ -759,8 +759,8 @@ async fn pages_of_unreadable_rows_move_the_scan_on() {
 /// A conflict on another unique column is still an error that names the
 /// table.
 async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind: Kind) {
-    use syncd::connector::sql::SqlConnector;
-    use syncd::connector::{FieldColumn, NewRecord};
+    use syncd_connect::sql::SqlConnector;
+    use syncd_connect::{FieldColumn, NewRecord};
     let dir = TempDir::new("create-again");
     let Some(db) = SystemDb::create(kind, &dir, "system").await else {
         return;

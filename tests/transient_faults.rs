@@ -4,7 +4,7 @@
 //! waits, goes on from its last checkpoint, and ends `succeeded` with every
 //! record once and no mapping `failed`.
 
-mod support;
+use syncd_test_support as support;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -12,11 +12,11 @@ use std::time::Duration;
 use support::proxy::Proxy;
 use support::systems::{Kind, SystemDb, crm_rows, sync_once, workflow_toml};
 use support::{PgSchema, TempDir};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::MappingStatus;
-use syncd::run::RunState;
-use syncd::store::Store;
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::MappingStatus;
+use syncd_engine::run::RunState;
+use syncd_store::Store;
+use syncd_store::cache::MappingCache;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_database_that_goes_away_mid_run_is_waited_for() {
@@ -57,7 +57,7 @@ async fn a_target_database_that_goes_away_mid_run_is_waited_for() {
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let runs = store
-            .list_runs(&syncd::store::RunFilter {
+            .list_runs(&syncd_store::RunFilter {
                 limit: 1,
                 ..Default::default()
             })
@@ -103,7 +103,7 @@ async fn a_target_database_that_goes_away_mid_run_is_waited_for() {
         let found = store
             .lookup(
                 &EntityScope::new("t1", "e2e", entity),
-                syncd::record::Side::Source,
+                syncd_core::record::Side::Source,
                 &ids,
             )
             .await

@@ -11,7 +11,7 @@
 //! many (default 6 a pair, 12 rows each, to keep the suite short).
 //! Regressions it found are kept in `fixed_cases`.
 
-mod support;
+use syncd_test_support as support;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -21,12 +21,12 @@ use std::sync::Arc;
 use support::TempDir;
 use support::saas::{Collection, Pagination, SaasConfig, SaasServer};
 use support::systems::{Kind, SystemDb};
-use syncd::cache::MappingCache;
-use syncd::ids::EntityScope;
-use syncd::mapping::MappingStatus;
-use syncd::record::Side;
-use syncd::store::{DEFAULT_MAX_SNAPSHOT_BYTES, Store, StoreConfig};
-use syncd::value::canonical_number;
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::MappingStatus;
+use syncd_core::record::Side;
+use syncd_core::value::canonical_number;
+use syncd_store::cache::MappingCache;
+use syncd_store::{DEFAULT_MAX_SNAPSHOT_BYTES, Store, StoreConfig};
 
 /// A value as the test writes it into a source.
 #[derive(Clone, Debug, PartialEq)]
@@ -463,7 +463,7 @@ fn api_system(role: &str, url: &str) -> String {
     )
 }
 
-async fn mapping(store: &Store, integration: &str, id: &str) -> syncd::mapping::IdMapping {
+async fn mapping(store: &Store, integration: &str, id: &str) -> syncd_core::mapping::IdMapping {
     store
         .find_mapping(&EntityScope::new("t1", integration, "product"), Side::Source, id)
         .await

@@ -5,7 +5,7 @@
 //! when the worker polls rarely, also after its listener connection died,
 //! and on an operator's resume.
 
-mod support;
+use syncd_test_support as support;
 
 use chrono::Utc;
 use serde_json::json;
@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::systems::{Kind, SystemDb, crm_rows, sync_once, ts, workflow_toml};
 use support::{PgSchema, TempDir};
-use syncd::cache::MappingCache;
-use syncd::plan::DependencyGraph;
-use syncd::run::RunState;
-use syncd::run::executor::Options;
-use syncd::store::{ConflictFilter, RunFilter, Store};
-use syncd::worker::{Definition, Worker};
-use syncd::workflow::Workflow;
+use syncd_core::plan::DependencyGraph;
+use syncd_core::workflow::Workflow;
+use syncd_engine::run::RunState;
+use syncd_engine::run::executor::Options;
+use syncd_engine::worker::{Definition, Worker};
+use syncd_store::cache::MappingCache;
+use syncd_store::{ConflictFilter, RunFilter, Store};
 
 fn scheduled(toml: &str, cron: &str) -> String {
     toml.replace("direction = ", &format!("schedule = \"{cron}\"\ndirection = "))
@@ -235,8 +235,8 @@ struct Suspended {
     target: SystemDb,
     store: Arc<Store>,
     toml: String,
-    run: syncd::store::RunRow,
-    conflict: syncd::conflict::ConflictRecord,
+    run: syncd_store::RunRow,
+    conflict: syncd_core::conflict::ConflictRecord,
 }
 
 impl Suspended {
@@ -264,7 +264,7 @@ impl Suspended {
                 .unwrap(),
         );
         sync_once(store.clone(), &toml, 100).await.unwrap();
-        let now = syncd::connector::format_time(Utc::now());
+        let now = syncd_connect::format_time(Utc::now());
         source
             .exec(&format!(
                 "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
@@ -305,7 +305,7 @@ impl Suspended {
         worker_id: &str,
     ) -> (
         tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<Result<(), syncd::run::executor::RunError>>,
+        tokio::task::JoinHandle<Result<(), syncd_engine::run::executor::RunError>>,
     ) {
         self.serve_on(self.store.clone(), poll, worker_id).await
     }
@@ -318,7 +318,7 @@ impl Suspended {
         worker_id: &str,
     ) -> (
         tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<Result<(), syncd::run::executor::RunError>>,
+        tokio::task::JoinHandle<Result<(), syncd_engine::run::executor::RunError>>,
     ) {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let worker = Worker {
@@ -370,7 +370,7 @@ impl Suspended {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let app = syncd::api::router(self.store.clone());
+        let app = syncd_engine::api::router(self.store.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
     }
@@ -389,7 +389,7 @@ async fn a_reviewed_conflict_resumes_its_run_within_two_seconds() {
     let addr = s.api();
     let token = s
         .store
-        .create_token(&syncd::store::Principal::Tenant("t1".into()))
+        .create_token(&syncd_store::Principal::Tenant("t1".into()))
         .await
         .unwrap();
     let body = br#"{"values": {"name": "Acme Reviewed"}, "by": "reviewer-1"}"#;
@@ -527,7 +527,7 @@ impl Proxy {
             .unwrap()
             .host("127.0.0.1")
             .port(self.addr.port())
-            .options([("search_path", schema), syncd::store::CUSTOM_PLANS]);
+            .options([("search_path", schema), syncd_store::CUSTOM_PLANS]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -609,7 +609,7 @@ async fn an_operators_resume_wakes_the_worker() {
     let addr = s.api();
     let token = s
         .store
-        .create_token(&syncd::store::Principal::Tenant("t1".into()))
+        .create_token(&syncd_store::Principal::Tenant("t1".into()))
         .await
         .unwrap();
     let path = format!("/api/runs/{}/resume", s.run.id);
@@ -653,7 +653,7 @@ async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
         options: Options::default(),
         poll: Duration::from_millis(100),
     };
-    let run = syncd::store::RunRow {
+    let run = syncd_store::RunRow {
         id: uuid::Uuid::new_v4(),
         tenant_id: "t1".into(),
         integration_id: "e2e".into(),

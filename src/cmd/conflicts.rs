@@ -2,10 +2,9 @@
 //! conflicts.
 
 use super::{Access, CmdResult, open_store, runtime};
-use crate::conflict::{self, ConflictRecord, ConflictStatus, ReviewDecision};
-use crate::record::{Direction, Fields};
-use crate::store::ConflictFilter;
 use serde_json::Value;
+use syncd_core::conflict::{ConflictRecord, ConflictStatus, ReviewDecision, decided_values};
+use syncd_store::ConflictFilter;
 use uuid::Uuid;
 
 fn parse_id(id: &str) -> Result<Uuid, String> {
@@ -127,24 +126,6 @@ pub fn show(id: &str, access: Access) -> CmdResult {
         print!("{}", render(&c));
         Ok(())
     })
-}
-
-/// The values a decision gives the conflicting fields (and any field the
-/// reviewer set), checked against the records.
-pub fn decided_values(c: &ConflictRecord, decision: &ReviewDecision) -> Result<Fields, String> {
-    let writes = conflict::apply_review(
-        c.base.as_ref(),
-        &c.source_record,
-        &c.target_record,
-        Direction::Bidirectional,
-        decision,
-    )
-    .map_err(|e| format!("error: conflict {}: {e}", c.id))?;
-    let mut values = writes.settled;
-    if let ReviewDecision::Values(given) = decision {
-        values.extend(given.clone());
-    }
-    Ok(values)
 }
 
 /// Records a reviewer's decision. `take` is `source` or `target`; `values`

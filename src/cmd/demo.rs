@@ -3,20 +3,20 @@
 //! sides so that every conflict strategy has something to decide.
 
 use super::{CmdResult, runtime};
-use crate::cache::MappingCache;
-use crate::conflict::ConflictStatus;
-use crate::connector::format_time;
-use crate::ids::TenantId;
-use crate::run::RunState;
-use crate::run::executor::{Job, Options};
-use crate::store::{ConflictFilter, Store, StoreConfig};
-use crate::workflow::{self, Workflow};
 use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use syncd_connect::format_time;
+use syncd_core::conflict::ConflictStatus;
+use syncd_core::ids::TenantId;
+use syncd_core::workflow::{self, Workflow};
+use syncd_engine::run::RunState;
+use syncd_engine::run::executor::{Job, Options};
+use syncd_store::cache::MappingCache;
+use syncd_store::{ConflictFilter, Store, StoreConfig};
 
 const WORKFLOW: &str = include_str!("../../workflows/crm-to-erp.toml");
 const PARTNER_GRAPH: &str = include_str!("../../workflows/partners/acme-saas.toml");
@@ -261,9 +261,9 @@ async fn seed(crm: &SqlitePool, erp: &SqlitePool, start: DateTime<Utc>) -> Resul
 
 /// The ERP id the engine gave a CRM record.
 async fn erp_id(store: &Store, entity: &str, crm_id: &str) -> Result<String, String> {
-    let scope = crate::ids::EntityScope::new(TENANT, "crm-to-erp", entity);
+    let scope = syncd_core::ids::EntityScope::new(TENANT, "crm-to-erp", entity);
     store
-        .lookup(&scope, crate::record::Side::Source, &[crm_id.to_owned()])
+        .lookup(&scope, syncd_core::record::Side::Source, &[crm_id.to_owned()])
         .await
         .map_err(|e| e.to_string())?
         .remove(crm_id)

@@ -2,10 +2,10 @@
 //! failed or stale.
 
 use super::{Access, CmdResult, open_store, runtime};
-use crate::ids::EntityScope;
-use crate::mapping::{IdMapping, MappingStatus};
-use crate::record::Side;
-use crate::store::Store;
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::{IdMapping, MappingStatus};
+use syncd_core::record::Side;
+use syncd_store::Store;
 
 /// One entity type of one integration, for the tenant of `--tenant` or of
 /// the token.

@@ -9,13 +9,13 @@ pub mod runs;
 pub mod serve;
 pub mod worker;
 
-use crate::api::TokenError;
-use crate::cache::MappingCache;
-use crate::ids::TenantId;
-use crate::run::{StepCheckpoint, StepDirection};
-use crate::store::{Principal, Store, StoreConfig};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use syncd_core::ids::TenantId;
+use syncd_engine::api::TokenError;
+use syncd_engine::run::{StepCheckpoint, StepDirection};
+use syncd_store::cache::MappingCache;
+use syncd_store::{Principal, Store, StoreConfig};
 
 /// A CLI failure: the message to print.
 pub type CmdResult = Result<(), String>;
@@ -45,7 +45,7 @@ impl Access {
     pub async fn confine(&self, store: &Store) -> Result<Option<TenantId>, String> {
         let principal = match &self.token {
             None => Principal::Admin,
-            Some(token) => crate::api::principal(store, token).await.map_err(|e| match e {
+            Some(token) => syncd_engine::api::principal(store, token).await.map_err(|e| match e {
                 TokenError::Store(e) => format!("error: {e}"),
                 TokenError::Missing => format!("error: --token or {TOKEN_VAR} is empty"),
                 TokenError::Unknown => format!(
@@ -92,7 +92,7 @@ pub async fn open_store() -> Result<Arc<Store>, String> {
             MappingCache::redis(&url, &prefix).map_err(|e| {
                 format!(
                     "error: SYNCD_REDIS_URL `{}`: {}",
-                    crate::connector::redacted(&url),
+                    syncd_connect::redacted(&url),
                     e
                 )
             })?
@@ -102,7 +102,7 @@ pub async fn open_store() -> Result<Arc<Store>, String> {
     Store::connect(&config, cache).await.map(Arc::new).map_err(|e| {
         format!(
             "error: store {}: {e}",
-            crate::connector::redacted(&config.database_url)
+            syncd_connect::redacted(&config.database_url)
         )
     })
 }

@@ -2,13 +2,13 @@
 //! suspension, with progress on a terminal and a summary at the end.
 
 use super::{CmdResult, open_store, runtime, steps_table};
-use crate::ids::TenantId;
-use crate::run::RunState;
-use crate::run::executor::{Job, Options, Progress};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use syncd_core::ids::TenantId;
+use syncd_engine::run::RunState;
+use syncd_engine::run::executor::{Job, Options, Progress};
 
 /// Environment variable: how many seconds a worker's lease on a run lasts
 /// without a heartbeat (default 30; a live worker renews it every third of
@@ -35,7 +35,7 @@ pub(super) fn lease_ttl(default: Duration) -> Result<Duration, String> {
 pub(super) fn retry_for(default: Duration) -> Result<Duration, String> {
     match std::env::var("SYNCD_RETRY_FOR") {
         Err(_) => Ok(default),
-        Ok(v) => crate::deletes::parse_interval(&v).map_err(|e| format!("error: SYNCD_RETRY_FOR: {e}")),
+        Ok(v) => syncd_core::deletes::parse_interval(&v).map_err(|e| format!("error: SYNCD_RETRY_FOR: {e}")),
     }
 }
 
@@ -74,7 +74,7 @@ pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
 /// Starts (or continues) the job's run and prints its summary.
 pub async fn execute(job: &Job) -> Result<RunState, String> {
     let run = job.start("manual").await.map_err(|e| format!("error: {e}"))?;
-    let store: &Arc<crate::store::Store> = job.store();
+    let store: &Arc<syncd_store::Store> = job.store();
     println!(
         "run {} of `{}` for tenant `{}`",
         run.id, run.integration_id, run.tenant_id

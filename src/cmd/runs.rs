@@ -2,10 +2,10 @@
 //! runs.
 
 use super::{Access, CmdResult, open_store, runtime, steps_table};
-use crate::run::executor::{Job, Options};
-use crate::run::{RunEvent, RunState};
-use crate::store::RunFilter;
 use std::path::{Path, PathBuf};
+use syncd_engine::run::executor::{Job, Options};
+use syncd_engine::run::{RunEvent, RunState};
+use syncd_store::RunFilter;
 use uuid::Uuid;
 
 fn parse_id(id: &str) -> Result<Uuid, String> {
@@ -148,7 +148,7 @@ pub fn find_workflow(dir: &Path, name: &str) -> Result<PathBuf, String> {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        if let Ok(wf) = crate::workflow::Workflow::parse(&file.display().to_string(), &text)
+        if let Ok(wf) = syncd_core::workflow::Workflow::parse(&file.display().to_string(), &text)
             && wf.name.as_str() == name
         {
             return Ok(file);

@@ -1,8 +1,8 @@
 //! `syncd serve` and `syncd tokens`: the HTTP API and its tokens (create, list, revoke).
 
 use super::{CmdResult, open_store, runtime, server_runtime};
-use crate::store::Principal;
 use std::path::Path;
+use syncd_store::Principal;
 
 /// Serves the API on `bind` until SIGTERM or SIGINT.
 pub fn serve(bind: &str) -> CmdResult {
@@ -13,7 +13,7 @@ pub fn serve(bind: &str) -> CmdResult {
             .map_err(|e| format!("error: cannot listen on {bind}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("syncd API on http://{addr}");
-        axum::serve(listener, crate::api::router(store))
+        axum::serve(listener, syncd_engine::api::router(store))
             .with_graceful_shutdown(async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("SIGTERM handler");
@@ -45,7 +45,8 @@ pub fn create_token(
     let expires_at = match expires_in {
         None => None,
         Some(s) => {
-            let d = crate::deletes::parse_interval(s).map_err(|e| format!("error: --expires-in: {e}"))?;
+            let d =
+                syncd_core::deletes::parse_interval(s).map_err(|e| format!("error: --expires-in: {e}"))?;
             let d = chrono::Duration::from_std(d).map_err(|e| format!("error: --expires-in: {e}"))?;
             Some(
                 chrono::Utc::now()

@@ -2,10 +2,10 @@
 //! SIGINT, then lets the page in flight commit and gives its lease back.
 
 use super::{CmdResult, open_store, server_runtime};
-use crate::run::executor::Options;
-use crate::worker::{Definition, Worker};
 use std::path::Path;
 use std::time::Duration;
+use syncd_engine::run::executor::Options;
+use syncd_engine::worker::{Definition, Worker};
 
 /// Loads every valid definition in `dir`; invalid ones are reported and
 /// left out, so one broken file does not stop the others.

@@ -1,0 +1,588 @@
+//! Connectors: how the engine reads and writes the records of one system.
+//!
+//! Every connector speaks CDM records ([`Record`]): native id, CDM fields and
+//! modification time. It reads changes after a cursor page by page, reads
+//! records by id, creates (safe to repeat: deterministic ids or idempotency
+//! keys) and updates, always in batches.
+
+pub mod http;
+pub mod sql;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use syncd_core::record::{Fields, Record, Side};
+use syncd_core::value::{Class, Kind};
+use syncd_core::workflow::{ConnectorKind, EntityDef, SystemDef};
+
+pub use http::HttpConnector;
+pub use sql::SqlConnector;
+pub use syncd_core::redact::redacted;
+
+/// Errors of a connector, naming the system and table they happened in.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("system `{system}`: cannot connect to {}: {source}", redacted(url))]
+    Connect {
+        system: String,
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "system `{system}`: unsupported URL `{}` (expected postgres://... or sqlite://...)",
+        redacted(url)
+    )]
+    UnsupportedUrl { system: String, url: String },
+    #[error("system `{system}`: table `{table}` does not exist (entity `{entity}`)")]
+    MissingTable {
+        system: String,
+        table: String,
+        entity: String,
+    },
+    #[error("system `{system}`: table `{table}` has no column `{column}` (entity `{entity}`{field})")]
+    MissingColumn {
+        system: String,
+        table: String,
+        column: String,
+        entity: String,
+        /// `, field `x`` when a field map named the column.
+        field: String,
+    },
+    #[error(
+        "system `{system}`: table `{table}` has integer ids; name a text `idempotency_column` for entity \
+         `{entity}` so that a repeated create is recognised"
+    )]
+    NoIdempotencyColumn {
+        system: String,
+        table: String,
+        entity: String,
+    },
+    #[error("system `{system}`, table `{table}`: {source}")]
+    Query {
+        system: String,
+        table: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("system `{system}`: {reason}")]
+    Config { system: String, reason: String },
+    #[error("system `{system}`: {request}: {detail}")]
+    Http {
+        system: String,
+        request: String,
+        detail: String,
+    },
+    /// The API kept failing transiently (5xx, 408, 429, the network) through
+    /// every retry of the request: the run waits and goes on later.
+    #[error("system `{system}`: {request}: {detail}")]
+    Unavailable {
+        system: String,
+        request: String,
+        detail: String,
+    },
+    /// 401 or 403: retrying would not help, so the step stops at once.
+    #[error("system `{system}` refused the credentials: {detail}. The step stopped without retrying")]
+    Unauthorized { system: String, detail: String },
+}
+
+impl ConnectorError {
+    /// Whether the system could not be reached or answered for a while (a
+    /// connection refused or lost, a pool timed out, a server shutting down
+    /// or busy, an API failing through every retry), rather than refused
+    /// what it was sent: the step's fault to wait out, never a record's.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            ConnectorError::Query { source, .. } | ConnectorError::Connect { source, .. } => {
+                transient_sql(source)
+            }
+            ConnectorError::Unavailable { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether a database client's error is a passing fault (the server out
+/// of reach, restarting, or too busy), not a refusal of the statement.
+pub fn transient_sql(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // Connection exceptions, shutdown and start-up, too many
+            // connections, serialization failures and deadlocks.
+            Some(code) if code.starts_with("08") => true,
+            Some("57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") => true,
+            // SQLite: busy, locked.
+            Some("5" | "6" | "261" | "262" | "517") => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A system the engine reads and writes: a SQL database or a REST API.
+/// Every operation works on a batch of records.
+#[derive(Clone)]
+pub enum Connector {
+    Sql(SqlConnector),
+    Http(HttpConnector),
+}
+
+impl Connector {
+    /// Connects to `system` at `url` (an API's credentials come from the
+    /// environment variable the definition names).
+    pub async fn connect(system: &SystemDef, url: &str) -> Result<Connector, ConnectorError> {
+        match system.connector {
+            ConnectorKind::Sql => Ok(Connector::Sql(SqlConnector::connect(&system.name, url).await?)),
+            ConnectorKind::Http => Ok(Connector::Http(HttpConnector::connect(system, url, |var| {
+                std::env::var(var).ok()
+            })?)),
+        }
+    }
+
+    /// The system's name in the definition.
+    pub fn system(&self) -> &str {
+        match self {
+            Connector::Sql(c) => c.system(),
+            Connector::Http(c) => c.system(),
+        }
+    }
+
+    /// The columns (fields) of entity `def`'s table or collection on `side`,
+    /// with their types; `None` when the table does not exist.
+    pub async fn columns(
+        &self,
+        def: &EntityDef,
+        side: Side,
+    ) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.columns(def.table(side)).await,
+            Connector::Http(c) => {
+                let mut named: Vec<&str> = def.fields.iter().map(|f| f.native(side)).collect();
+                named.extend(def.deletes.deleted_column(side));
+                if side == Side::Target {
+                    named.extend(def.deletes.archive_column.as_deref());
+                }
+                c.columns(def.name.as_str(), &named).map(Some)
+            }
+        }
+    }
+
+    /// Resolves entity `def`'s table or collection on `side`.
+    pub fn binding(
+        &self,
+        def: &EntityDef,
+        side: Side,
+        columns: BTreeMap<String, String>,
+        fields: Vec<FieldColumn>,
+    ) -> Result<TableBinding, ConnectorError> {
+        let deleted = def.deletes.deleted_column(side).map(str::to_owned);
+        match self {
+            Connector::Sql(c) => c.binding(
+                def.name.as_str(),
+                def.table(side),
+                columns,
+                fields,
+                def.idempotency_column.clone(),
+                deleted,
+            ),
+            Connector::Http(c) => c.binding(def.name.as_str(), columns, fields, deleted),
+        }
+    }
+
+    /// Reads up to `limit` records changed after `after`, oldest first.
+    pub async fn read_changes(
+        &self,
+        b: &TableBinding,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.read_changes(b, after, limit).await,
+            Connector::Http(c) => c.read_changes(b, after, limit).await,
+        }
+    }
+
+    /// The class of a column of this system from the type [`columns`]
+    /// gave it.
+    ///
+    /// [`columns`]: Self::columns
+    pub fn class_of(&self, type_name: &str) -> Class {
+        match self {
+            Connector::Sql(SqlConnector::Postgres { .. }) => Class::postgres(type_name),
+            Connector::Sql(SqlConnector::Sqlite { .. }) => Class::sqlite(type_name),
+            Connector::Http(_) => Class::Any,
+        }
+    }
+
+    /// Whether ids of `entity`'s records are JSON numbers in this system,
+    /// for a reference field to them held in a column of `class`; `None`
+    /// when neither the column nor the definition says (an untyped column,
+    /// an API without `id_type`).
+    pub fn numeric_ids(&self, entity: &str, class: Class) -> Option<bool> {
+        match self {
+            Connector::Sql(_) => match class {
+                Class::Integer { .. } | Class::Decimal { .. } | Class::Numeric | Class::Float { .. } => {
+                    Some(true)
+                }
+                Class::Any | Class::Json => None,
+                _ => Some(false),
+            },
+            Connector::Http(c) => c.numeric_ids(entity),
+        }
+    }
+
+    /// The records with `ids`; ids that do not exist are absent, and rows
+    /// that exist but cannot be read are in `bad`. A record whose
+    /// modification time cannot be read is still a record (its time is
+    /// the Unix epoch): it is compared by value.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<ByIds, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.read_by_ids(b, ids).await,
+            Connector::Http(c) => c.read_by_ids(b, ids).await,
+        }
+    }
+
+    /// Which of `ids` exist and are not marked deleted.
+    pub async fn present(&self, b: &TableBinding, ids: &[String]) -> Result<HashSet<String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.present(b, ids).await,
+            Connector::Http(c) => c.present(b, ids).await,
+        }
+    }
+
+    /// Which of `ids` exist and are not marked deleted, for ids that come
+    /// in (about) the system's key order: a SQL table answers with a range
+    /// scan of its key; other systems as [`present`](Self::present).
+    pub async fn present_in_key_order(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<HashSet<String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.present_in_key_order(b, ids).await,
+            Connector::Http(c) => c.present(b, ids).await,
+        }
+    }
+
+    /// Deletes the records with `ids`; one already gone counts as deleted.
+    pub async fn delete(&self, b: &TableBinding, ids: &[String]) -> Result<(), ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.delete(b, ids).await,
+            Connector::Http(c) => c.delete(b, ids).await,
+        }
+    }
+
+    /// Sets `column` to the time of archiving on the records with `ids`.
+    pub async fn archive(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+        column: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.archive(b, ids, column, now).await,
+            Connector::Http(c) => c.archive(b, ids, column, now).await,
+        }
+    }
+
+    /// Ids of records an earlier attempt created with each of `keys`.
+    pub async fn find_by_keys(
+        &self,
+        b: &TableBinding,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.find_by_keys(b, keys).await,
+            Connector::Http(c) => c.find_by_keys(b, keys).await,
+        }
+    }
+
+    /// Creates `records` and answers each one's id, or the reason the system
+    /// refused that record: a refused record fails alone. A SQL batch that
+    /// fails is retried one record at a time to find out which.
+    pub async fn create(
+        &self,
+        b: &TableBinding,
+        records: &[NewRecord],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<String, String>>, ConnectorError> {
+        match self {
+            Connector::Http(c) => c.create(b, records).await,
+            Connector::Sql(c) => match c.create(b, records, now).await {
+                Ok(ids) => Ok(ids),
+                // Only what the database refuses can be a record's fault;
+                // an outage is the step's.
+                Err(e) if e.is_outage() => Err(e),
+                Err(batch_error) if records.len() > 1 => {
+                    tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
+                    let mut out = Vec::with_capacity(records.len());
+                    for r in records {
+                        out.push(match c.create(b, std::slice::from_ref(r), now).await {
+                            Ok(mut one) => one.remove(0),
+                            Err(e) if e.is_outage() => return Err(e),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
+                    Ok(out)
+                }
+                Err(e) => Ok(vec![Err(e.to_string())]),
+            },
+        }
+    }
+
+    /// Writes `fields` to each existing record; answers the records the
+    /// system refused, with its reason: a value its column cannot hold, or
+    /// one the database refuses (a SQL batch it refuses is written again
+    /// one record at a time to find which). An outage is an error.
+    pub async fn update(
+        &self,
+        b: &TableBinding,
+        records: &[(String, Fields)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => match c.update(b, records, now).await {
+                // A statement the database refuses (a constraint, a type):
+                // found record by record, so that it fails alone. An
+                // outage stops the step instead.
+                Err(e) if e.is_outage() => Err(e),
+                Err(e @ ConnectorError::Query { .. }) if records.len() > 1 => {
+                    tracing::warn!(error = %e, "batch update failed; retrying one by one");
+                    let mut refused = Vec::new();
+                    for r in records {
+                        match c.update(b, std::slice::from_ref(r), now).await {
+                            Ok(more) => refused.extend(more),
+                            Err(e) if e.is_outage() => return Err(e),
+                            Err(e @ ConnectorError::Query { .. }) => {
+                                refused.push((r.0.clone(), e.to_string()))
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(refused)
+                }
+                Err(e @ ConnectorError::Query { .. }) => Ok(vec![(records[0].0.clone(), e.to_string())]),
+                other => other,
+            },
+            Connector::Http(c) => c.update(b, records).await,
+        }
+    }
+}
+
+/// How a table's ids are typed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdKind {
+    /// Text ids: creates use a deterministic UUID v5, so repeats upsert.
+    Text,
+    /// Ids the system assigns (integer columns, most APIs): creates carry an
+    /// idempotency key in a column or field, so a repeat finds the first
+    /// create.
+    Assigned,
+}
+
+/// One synced field: its CDM name, its column, what the column holds and
+/// the kind of value the field is in the engine (agreed for both sides).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldColumn {
+    pub cdm: String,
+    pub column: String,
+    pub class: Class,
+    pub kind: Kind,
+}
+
+impl FieldColumn {
+    /// A field whose values are kept as the system gives them.
+    pub fn untyped(cdm: &str, column: &str) -> FieldColumn {
+        FieldColumn {
+            cdm: cdm.to_owned(),
+            column: column.to_owned(),
+            class: Class::Any,
+            kind: Kind::Any,
+        }
+    }
+}
+
+/// What [`Connector::read_by_ids`] found: the records, and the rows that
+/// exist but cannot be read as records (they are not gone).
+#[derive(Clone, Debug, Default)]
+pub struct ByIds {
+    pub records: Vec<Record>,
+    pub bad: Vec<BadRow>,
+}
+
+/// A table of one system, resolved against its real columns.
+#[derive(Clone, Debug)]
+pub struct TableBinding {
+    pub system: String,
+    pub entity: String,
+    pub table: String,
+    pub id_kind: IdKind,
+    /// The fields both systems have, in CDM name order.
+    pub fields: Vec<FieldColumn>,
+    /// Holds the idempotency key of creates (integer-id tables).
+    pub key_column: Option<String>,
+    /// Soft-delete column: a row whose value there is set counts as deleted.
+    pub deleted_column: Option<String>,
+    /// Native column types by name, as the database names them.
+    pub(crate) column_types: std::collections::BTreeMap<String, String>,
+}
+
+impl TableBinding {
+    /// Whether a record is marked deleted in the soft-delete column;
+    /// `value_of` reads one of its fields.
+    pub fn marked_deleted<'a>(&self, value_of: impl FnOnce(&str) -> Option<&'a serde_json::Value>) -> bool {
+        self.deleted_column
+            .as_deref()
+            .is_some_and(|c| value_of(c).is_some_and(syncd_core::deletes::is_deleted_mark))
+    }
+}
+
+/// Where a change scan stands: the last (`updated_at`, `id`) read, in the
+/// table's own representation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub updated_at: serde_json::Value,
+    pub id: serde_json::Value,
+}
+
+/// A row that could not be read as a record; it fails alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadRow {
+    pub id: String,
+    pub reason: String,
+}
+
+/// One page of changes.
+#[derive(Clone, Debug, Default)]
+pub struct ChangePage {
+    pub records: Vec<Record>,
+    pub bad: Vec<BadRow>,
+    /// Ids of rows marked deleted in the soft-delete column: not records to
+    /// sync, but deletions to act on.
+    pub deleted: Vec<String>,
+    /// The position after the last row of the page; `None` for an empty page.
+    pub next: Option<Cursor>,
+    /// True when the page was shorter than asked: the scan is done.
+    pub done: bool,
+}
+
+/// One record to create.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    /// The id to create it under (text-id tables), derived deterministically.
+    pub id: Option<String>,
+    /// The idempotency key (stored in the key column of integer-id tables).
+    pub key: String,
+    pub fields: Fields,
+    /// Tried before (its mapping was pending, failed or stale): the record
+    /// may exist already.
+    pub tried: bool,
+}
+
+/// Formats a time the way syncd writes `updated_at`: RFC 3339, UTC,
+/// microseconds, so text columns sort in time order.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Reads a modification time from a column value: RFC 3339 text, a
+/// `YYYY-MM-DD HH:MM:SS[.f]` text (taken as UTC), or Unix seconds.
+pub fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
+    match v {
+        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            .or_else(|| {
+                let s = s.replace('T', " ");
+                chrono::NaiveDateTime::parse_from_str(s.trim_end_matches('Z'), "%Y-%m-%d %H:%M:%S%.f")
+                    .ok()
+                    .map(|n| n.and_utc())
+            }),
+        serde_json::Value::Number(n) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        _ => None,
+    }
+}
+
+/// The id of a row as the engine carries it: text, or an integer as text.
+pub fn id_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_outage_is_told_from_a_refusal() {
+        let query = |source| ConnectorError::Query {
+            system: "s".into(),
+            table: "t".into(),
+            source,
+        };
+        assert!(query(sqlx::Error::PoolTimedOut).is_outage());
+        assert!(query(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())).is_outage());
+        assert!(
+            !query(sqlx::Error::RowNotFound).is_outage(),
+            "a statement's own error is a refusal"
+        );
+        assert!(!query(sqlx::Error::ColumnNotFound("x".into())).is_outage());
+        let gave_up = ConnectorError::Unavailable {
+            system: "api".into(),
+            request: "GET /x".into(),
+            detail: "gave up".into(),
+        };
+        assert!(gave_up.is_outage());
+    }
+
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        for (url, shown) in [
+            (
+                "postgres://postgres:TopSecret@db:5432/x",
+                "postgres://postgres:***@db:5432/x",
+            ),
+            (
+                "postgres://u:p%40ss@db/x?sslmode=require",
+                "postgres://u:***@db/x?sslmode=require",
+            ),
+            (
+                "postgres://db/x?user=u&password=TopSecret",
+                "postgres://db/x?user=u&password=***",
+            ),
+            ("mysql://root@db/x", "mysql://root@db/x"),
+            ("redis://:TopSecret@cache:6379", "redis://:***@cache:6379"),
+            ("sqlite://demo-data/crm.db", "sqlite://demo-data/crm.db"),
+            ("https://api.example/v1?q=a@b:c", "https://api.example/v1?q=a@b:c"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+    }
+
+    #[test]
+    fn times_in_the_formats_tables_use() {
+        let t = DateTime::parse_from_rfc3339("2026-03-01T10:00:00.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for v in [
+            json!("2026-03-01T10:00:00.5Z"),
+            json!("2026-03-01T11:00:00.500+01:00"),
+            json!("2026-03-01 10:00:00.5"),
+            json!("2026-03-01T10:00:00.500000"),
+        ] {
+            assert_eq!(parse_time(&v), Some(t), "{v}");
+        }
+        assert_eq!(parse_time(&json!(0)), Some(DateTime::UNIX_EPOCH));
+        assert_eq!(parse_time(&json!("yesterday")), None);
+        assert_eq!(format_time(t), "2026-03-01T10:00:00.500000Z");
+    }
+}

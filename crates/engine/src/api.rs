@@ -1,0 +1,456 @@
+//! The HTTP API for operators and reviewers (`syncd serve`).
+//!
+//! Every request but `/healthz` carries a bearer token; a token speaks for
+//! one tenant (or is an admin token), and every query is filtered by that
+//! tenant, so another tenant's run or conflict answers 404 exactly like one
+//! that does not exist. Every error is JSON with a 4xx status; a 5xx means
+//! the store itself failed.
+
+use crate::run::RunEvent;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use syncd_core::conflict::decided_values;
+use syncd_core::conflict::{ConflictStatus, ReviewDecision};
+use syncd_core::ids::{EntityScope, TenantId};
+use syncd_core::record::{Fields, Side};
+use syncd_store::{ConflictFilter, Principal, RunFilter, Store, StoreError, TokenCheck};
+use uuid::Uuid;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An API error: a status and a message, sent as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn not_found(what: &str) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::ConflictNotPending { .. }
+            | StoreError::RunTransition { .. }
+            | StoreError::RunChanged { .. }
+            | StoreError::NotResumable { .. } => ApiError(StatusCode::CONFLICT, e.to_string()),
+            StoreError::TooLarge { .. } => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            other => {
+                tracing::error!(error = %other, "store error in the API");
+                ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the store failed; see the server log".into(),
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> ApiError {
+        ApiError(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The server's shared state.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+}
+
+/// The API's routes.
+pub fn router(store: Arc<Store>) -> Router {
+    let api = Router::new()
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(show_run))
+        .route("/api/runs/{id}/cancel", post(cancel_run))
+        .route("/api/runs/{id}/resume", post(resume_run))
+        .route("/api/conflicts", get(list_conflicts))
+        .route("/api/conflicts/{id}", get(show_conflict))
+        .route("/api/conflicts/{id}/resolve", post(resolve_conflict))
+        .route("/api/mappings", get(lookup_mapping))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            AppState { store: store.clone() },
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/review", get(review_page))
+        .route("/review.js", get(review_script))
+        .route("/review.css", get(review_style))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(AppState { store })
+}
+
+/// The review page: static HTML whose script asks for a token and calls
+/// this API, so the page itself holds no data.
+async fn review_page() -> Response {
+    review_file("text/html; charset=utf-8", include_str!("review.html"))
+}
+
+async fn review_script() -> Response {
+    review_file("text/javascript; charset=utf-8", include_str!("review.js"))
+}
+
+async fn review_style() -> Response {
+    review_file("text/css; charset=utf-8", include_str!("review.css"))
+}
+
+/// What the review page allows itself: its own script, style and API, no
+/// inline code, no frames around it (a page that decides conflicts must
+/// not be clickjacked), no referrer.
+const REVIEW_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn review_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, REVIEW_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("unknown token")]
+    Unknown,
+    #[error("token `{prefix}…` was revoked at {at}")]
+    Revoked {
+        prefix: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("token `{prefix}…` expired at {at}")]
+    Expired {
+        prefix: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The [`Principal`] a token speaks for, checked against the stored
+/// hashes; the API's middleware and the operator CLI's `--token` both ask
+/// here.
+pub async fn principal(store: &Store, token: &str) -> Result<Principal, TokenError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    if token.len() > 200 {
+        return Err(TokenError::Unknown);
+    }
+    match store.authenticate(token).await? {
+        TokenCheck::Valid(principal) => Ok(principal),
+        TokenCheck::Unknown => Err(TokenError::Unknown),
+        TokenCheck::Revoked { prefix, at } => Err(TokenError::Revoked { prefix, at }),
+        TokenCheck::Expired { prefix, at } => Err(TokenError::Expired { prefix, at }),
+    }
+}
+
+/// Resolves the bearer token into a [`Principal`] for the handlers.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
+    match principal(&state.store, &token).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(TokenError::Store(e)) => ApiError::from(e).into_response(),
+        Err(e) => ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
+    }
+}
+
+fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found(what))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunQuery {
+    state: Option<String>,
+    integration: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_runs(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<RunQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let state = q.state.map(|v| v.parse().map_err(ApiError::bad)).transpose()?;
+    let runs = s
+        .store
+        .list_runs(&RunFilter {
+            tenant: who.tenant().cloned(),
+            integration: q.integration.map(Into::into),
+            state,
+            limit: q.limit.unwrap_or(50).min(1000),
+        })
+        .await?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn show_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = parse_id(&id, "run")?;
+    let run = s
+        .store
+        .load_run(who.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    let steps = s.store.load_steps(run.id).await?;
+    let pending = s.store.pending_conflicts_of_run(&run.tenant_id, run.id).await?;
+    Ok(Json(
+        json!({ "run": run, "steps": steps, "pending_conflicts": pending }),
+    ))
+}
+
+async fn cancel_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = parse_id(&id, "run")?;
+    let run = s
+        .store
+        .load_run(who.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    let run = s
+        .store
+        .transition_run(&run, RunEvent::Cancel, Some("cancelled through the API"))
+        .await?;
+    Ok(Json(json!({ "run": run })))
+}
+
+/// Hands a run to the workers (202): a suspended run whose conflicts are
+/// all decided, or a planned or interrupted one that no worker holds. The
+/// worker that claims it makes the transition and applies the resolutions.
+async fn resume_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_id(&id, "run")?;
+    let run = s
+        .store
+        .load_run(who.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    s.store.request_resume(&run).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "run": run, "message": "a worker resumes the run" })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictQuery {
+    status: Option<String>,
+    entity: Option<String>,
+    run: Option<Uuid>,
+    limit: Option<u32>,
+}
+
+async fn list_conflicts(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<ConflictQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let status = match q.status.as_deref() {
+        None => Some(ConflictStatus::Pending),
+        Some("all") => None,
+        Some(v) => Some(v.parse().map_err(ApiError::bad)?),
+    };
+    let conflicts = s
+        .store
+        .list_conflicts(&ConflictFilter {
+            tenant: who.tenant().cloned(),
+            status,
+            entity_type: q.entity,
+            run_id: q.run,
+            limit: q.limit.unwrap_or(100).min(1000),
+        })
+        .await?;
+    Ok(Json(json!({ "conflicts": conflicts })))
+}
+
+async fn show_conflict(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = parse_id(&id, "conflict")?;
+    let c = s
+        .store
+        .load_conflict(who.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conflict"))?;
+    Ok(Json(json!({ "conflict": c })))
+}
+
+/// A reviewer's decision: `take` a side, or give `values`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resolve {
+    take: Option<String>,
+    values: Option<Fields>,
+    /// The reviewer's user id.
+    by: String,
+}
+
+async fn resolve_conflict(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Json<Resolve>, JsonRejection>,
+) -> ApiResult {
+    let id = parse_id(&id, "conflict")?;
+    let Json(body) = body?;
+    let decision = match (body.take.as_deref(), body.values) {
+        (Some("source"), None) => ReviewDecision::TakeSource,
+        (Some("target"), None) => ReviewDecision::TakeTarget,
+        (None, Some(values)) => ReviewDecision::Values(values),
+        _ => {
+            return Err(ApiError::bad(
+                "give `take` (source or target) or `values`, not both",
+            ));
+        }
+    };
+    let by = body.by.trim();
+    if by.is_empty() || by.len() > 200 {
+        return Err(ApiError::bad("`by` must be the reviewer's user id"));
+    }
+    let c = s
+        .store
+        .load_conflict(who.tenant(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conflict"))?;
+    let values = decided_values(&c, &decision).map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let resolved = s.store.resolve_conflict(&c, &values, by).await?;
+    Ok(Json(json!({ "conflict": resolved })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingQuery {
+    tenant: Option<String>,
+    integration: String,
+    entity: String,
+    source_id: Option<String>,
+    target_id: Option<String>,
+}
+
+async fn lookup_mapping(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<MappingQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let tenant = match who.confine(q.tenant.map(TenantId)) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(ApiError::bad("admin tokens must name the `tenant`")),
+        Err(_) => return Err(ApiError::not_found("mapping")),
+    };
+    let (side, id) = match (q.source_id, q.target_id) {
+        (Some(id), None) => (Side::Source, id),
+        (None, Some(id)) => (Side::Target, id),
+        _ => return Err(ApiError::bad("give exactly one of `source_id` or `target_id`")),
+    };
+    let scope = EntityScope::new(tenant, q.integration, q.entity);
+    let found = s.store.find_mapping(&scope, side, &id).await?;
+    let m = found.ok_or_else(|| ApiError::not_found("mapping"))?;
+    Ok(Json(json!({ "mapping": m })))
+}
+
+/// Prometheus text: runs by state, pending conflicts, cache counters.
+async fn metrics(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let runs = s
+        .store
+        .list_runs(&RunFilter {
+            tenant: who.tenant().cloned(),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut out = String::from("# TYPE syncd_runs gauge\n");
+    for state in crate::run::RunState::ALL {
+        let n = runs.iter().filter(|r| r.state == state).count();
+        out.push_str(&format!("syncd_runs{{state=\"{state}\"}} {n}\n"));
+    }
+    let pending = s
+        .store
+        .list_conflicts(&ConflictFilter {
+            tenant: who.tenant().cloned(),
+            status: Some(ConflictStatus::Pending),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await?
+        .len();
+    out.push_str(&format!(
+        "# TYPE syncd_conflicts_pending gauge\nsyncd_conflicts_pending {pending}\n"
+    ));
+    let c = s.store.cache().counts();
+    out.push_str(&format!(
+        "# TYPE syncd_cache_hits counter\nsyncd_cache_hits {}\n# TYPE syncd_cache_misses counter\n\
+         syncd_cache_misses {}\n# TYPE syncd_cache_fallbacks counter\nsyncd_cache_fallbacks {}\n",
+        c.hits, c.misses, c.fallbacks
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

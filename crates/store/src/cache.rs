@@ -1,0 +1,536 @@
+//! Read-through cache of ID mappings: Redis when configured, else an
+//! in-process map.
+//!
+//! The cache is never the source of truth. The store writes the database
+//! first and only then updates the cache, and every entry carries the
+//! mapping's version: an entry is replaced only by a newer one, so a slow
+//! read-through fill can never put back a status older than the last
+//! committed transition.
+//!
+//! Redis may go away at any time. Every Redis error turns into "not cached":
+//! the caller falls back to the database and the sync carries on. The first
+//! error of an outage is logged once, each fallback is counted, and keys whose
+//! update was lost during the outage are deleted before the cache is trusted
+//! again.
+
+mod codec;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use syncd_core::ids::EntityScope;
+use syncd_core::mapping::IdMapping;
+use syncd_core::record::Side;
+
+/// How long an entry lives unless replaced.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Keys whose lost updates we remember through an outage; past this many,
+/// the whole cache is bypassed until the entries have expired.
+const MAX_LOST_UPDATES: usize = 10_000;
+
+/// Keys per generation of the in-process cache (it holds at most two).
+const LOCAL_GENERATION: usize = 64 * 1024;
+
+/// Set `KEYS[1]` to `ARGV[2]` (which starts with `<version>|`) unless it
+/// already holds a newer version.
+const SET_IF_NEWER: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^(%d+)|'))
+  if v and v > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Counters an operator can scrape.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Lookups answered by the database because Redis failed.
+    pub fallbacks: AtomicU64,
+}
+
+/// A point-in-time copy of [`CacheStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheCounts {
+    pub hits: u64,
+    pub misses: u64,
+    pub fallbacks: u64,
+}
+
+/// The mapping cache the store reads through.
+pub struct MappingCache {
+    backend: Backend,
+    prefix: String,
+    ttl: Duration,
+    stats: CacheStats,
+}
+
+enum Backend {
+    Disabled,
+    Local(Mutex<LocalCache>),
+    Redis(RedisCache),
+}
+
+struct RedisCache {
+    client: redis::Client,
+    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    last_connect_attempt: Mutex<Option<Instant>>,
+    in_outage: AtomicBool,
+    /// Keys whose post-commit update failed; deleted before the next read.
+    lost: Mutex<HashSet<String>>,
+    /// Set when `lost` overflowed: bypass Redis until entries have expired.
+    bypass_until: Mutex<Option<Instant>>,
+}
+
+/// The in-process cache, in two generations so that the mappings a sync
+/// keeps asking for (the parents its records refer to) stay while new ones
+/// stream through: keys go into `young`; a full `young` becomes `old`,
+/// dropping the old `old`; a hit in `old` moves back into `young`. A
+/// mapping is stored once, shared by its keys.
+#[derive(Default)]
+struct LocalCache {
+    young: HashMap<String, LocalEntry>,
+    old: HashMap<String, LocalEntry>,
+}
+
+/// Expiry and mapping.
+type LocalEntry = (Instant, Arc<IdMapping>);
+
+impl LocalCache {
+    fn get(&mut self, key: &str, now: Instant) -> Option<IdMapping> {
+        if let Some((expires, m)) = self.young.get(key) {
+            return (*expires > now).then(|| IdMapping::clone(m));
+        }
+        let (key, entry) = self.old.remove_entry(key)?;
+        if entry.0 <= now {
+            return None;
+        }
+        let found = IdMapping::clone(&entry.1);
+        self.insert(key, entry);
+        Some(found)
+    }
+
+    fn version(&self, key: &str) -> Option<u64> {
+        self.young
+            .get(key)
+            .or_else(|| self.old.get(key))
+            .map(|(_, m)| m.version)
+    }
+
+    fn insert(&mut self, key: String, entry: LocalEntry) {
+        if self.young.len() >= LOCAL_GENERATION && !self.young.contains_key(&key) {
+            self.old = std::mem::replace(&mut self.young, HashMap::with_capacity(LOCAL_GENERATION));
+        }
+        self.young.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
+}
+
+/// Appends `part` to `key` with the separator escaped, so that tenant `a:b`
+/// and tenant `a` with integration `b` never share a key.
+fn push_escaped(key: &mut String, part: &str) {
+    if !part.contains(['%', ':']) {
+        key.push_str(part);
+        return;
+    }
+    for c in part.chars() {
+        match c {
+            '%' => key.push_str("%25"),
+            ':' => key.push_str("%3A"),
+            c => key.push(c),
+        }
+    }
+}
+
+impl MappingCache {
+    /// No caching: every lookup goes to the database.
+    pub fn disabled() -> MappingCache {
+        MappingCache::with(Backend::Disabled, "syncd")
+    }
+
+    /// An in-process cache: the embedded default.
+    pub fn local() -> MappingCache {
+        MappingCache::with(Backend::Local(Mutex::new(LocalCache::default())), "syncd")
+    }
+
+    /// A Redis cache at `url`, its keys under `prefix`. Connects lazily, so a
+    /// Redis that is down at start is an outage, not a failure.
+    pub fn redis(url: &str, prefix: &str) -> Result<MappingCache, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        Ok(MappingCache::with(
+            Backend::Redis(RedisCache {
+                client,
+                conn: tokio::sync::Mutex::new(None),
+                last_connect_attempt: Mutex::new(None),
+                in_outage: AtomicBool::new(false),
+                lost: Mutex::new(HashSet::new()),
+                bypass_until: Mutex::new(None),
+            }),
+            prefix,
+        ))
+    }
+
+    fn with(backend: Backend, prefix: &str) -> MappingCache {
+        MappingCache {
+            backend,
+            prefix: prefix.to_owned(),
+            ttl: DEFAULT_TTL,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Sets how long entries live.
+    pub fn with_ttl(mut self, ttl: Duration) -> MappingCache {
+        self.ttl = ttl;
+        self
+    }
+
+    /// True unless this cache is [`MappingCache::disabled`].
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.backend, Backend::Disabled)
+    }
+
+    /// The key of the mapping of `id` on `side` within `scope`.
+    pub fn key(&self, scope: &EntityScope, side: Side, id: &str) -> String {
+        let mut key = self.key_head(
+            scope.tenant_id.as_str(),
+            scope.integration_id.as_str(),
+            scope.entity_type.as_str(),
+            side,
+        );
+        push_escaped(&mut key, id);
+        key
+    }
+
+    /// The keys of `ids`, in order: [`MappingCache::key`] of each, with the
+    /// part they share built once.
+    pub fn keys(&self, scope: &EntityScope, side: Side, ids: &[String]) -> Vec<String> {
+        let head = self.key_head(
+            scope.tenant_id.as_str(),
+            scope.integration_id.as_str(),
+            scope.entity_type.as_str(),
+            side,
+        );
+        ids.iter()
+            .map(|id| {
+                let mut key = String::with_capacity(head.len() + id.len());
+                key.push_str(&head);
+                push_escaped(&mut key, id);
+                key
+            })
+            .collect()
+    }
+
+    /// Every key `mapping` is cached under: one per known id.
+    pub fn keys_of(&self, mapping: &IdMapping) -> Vec<String> {
+        let (tenant, integration, entity) = (
+            mapping.tenant_id.as_str(),
+            mapping.integration_id.as_str(),
+            mapping.entity_type.as_str(),
+        );
+        let mut keys = Vec::with_capacity(2);
+        if let Some(id) = &mapping.source_id {
+            let mut key = self.key_head(tenant, integration, entity, Side::Source);
+            push_escaped(&mut key, id);
+            keys.push(key);
+        }
+        if let Some(id) = &mapping.target_id {
+            let mut key = self.key_head(tenant, integration, entity, Side::Target);
+            push_escaped(&mut key, id);
+            keys.push(key);
+        }
+        keys
+    }
+
+    /// `<prefix>:map:<tenant>:<integration>:<entity type>:<s|t>:`, each part
+    /// escaped; the id follows.
+    fn key_head(&self, tenant: &str, integration: &str, entity_type: &str, side: Side) -> String {
+        let mut key = String::with_capacity(
+            self.prefix.len() + tenant.len() + integration.len() + entity_type.len() + 48,
+        );
+        key.push_str(&self.prefix);
+        key.push_str(":map:");
+        for part in [tenant, integration, entity_type] {
+            push_escaped(&mut key, part);
+            key.push(':');
+        }
+        key.push_str(if side == Side::Source { "s:" } else { "t:" });
+        key
+    }
+
+    /// Counters so far.
+    pub fn counts(&self) -> CacheCounts {
+        CacheCounts {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            misses: self.stats.misses.load(Ordering::Relaxed),
+            fallbacks: self.stats.fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Looks up `keys` in one round trip. Returns `None` when the cache
+    /// cannot answer (disabled, or Redis failing): read them all from the
+    /// database.
+    pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<IdMapping>>> {
+        // Redis answers an empty MGET with an error, which would read as an
+        // outage.
+        if keys.is_empty() {
+            return Some(Vec::new());
+        }
+        let found = match &self.backend {
+            Backend::Disabled => return None,
+            Backend::Local(map) => {
+                let now = Instant::now();
+                let mut map = map.lock().expect("cache lock");
+                keys.iter().map(|k| map.get(k, now)).collect::<Vec<_>>()
+            }
+            Backend::Redis(redis) => match redis.get_many(keys).await {
+                Ok(found) => {
+                    self.recovered(redis);
+                    found
+                }
+                Err(e) => {
+                    self.outage(redis, &e);
+                    self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        let hits = found.iter().filter(|m| m.is_some()).count() as u64;
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
+        self.stats
+            .misses
+            .fetch_add(keys.len() as u64 - hits, Ordering::Relaxed);
+        Some(found)
+    }
+
+    /// Stores each mapping under each of its keys, unless a newer version is
+    /// already there. Pipelined: one round trip.
+    pub async fn put_many(&self, mappings: &[IdMapping]) {
+        match &self.backend {
+            Backend::Disabled => {}
+            Backend::Local(map) => {
+                let expires = Instant::now() + self.ttl;
+                let keyed: Vec<(Vec<String>, Arc<IdMapping>)> = mappings
+                    .iter()
+                    .map(|m| (self.keys_of(m), Arc::new(m.clone())))
+                    .collect();
+                let mut map = map.lock().expect("cache lock");
+                for (keys, mapping) in keyed {
+                    for key in keys {
+                        if map.version(&key).is_none_or(|v| v <= mapping.version) {
+                            map.insert(key, (expires, mapping.clone()));
+                        }
+                    }
+                }
+            }
+            Backend::Redis(redis) => {
+                let entries: Vec<(String, &IdMapping)> = mappings
+                    .iter()
+                    .flat_map(|m| self.keys_of(m).into_iter().map(move |k| (k, m)))
+                    .collect();
+                if entries.is_empty() {
+                    return;
+                }
+                if let Err(e) = redis.put_many(&entries, self.ttl).await {
+                    self.outage(redis, &e);
+                    redis.remember_lost(entries.into_iter().map(|(k, _)| k), self.ttl);
+                }
+            }
+        }
+    }
+
+    /// Removes `keys` (ids a mapping no longer has).
+    pub async fn delete_many(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        match &self.backend {
+            Backend::Disabled => {}
+            Backend::Local(map) => {
+                let mut map = map.lock().expect("cache lock");
+                for key in keys {
+                    map.remove(key);
+                }
+            }
+            Backend::Redis(redis) => {
+                if let Err(e) = redis.delete(keys).await {
+                    self.outage(redis, &e);
+                    redis.remember_lost(keys.iter().cloned(), self.ttl);
+                }
+            }
+        }
+    }
+
+    fn outage(&self, redis: &RedisCache, error: &redis::RedisError) {
+        redis.disconnect();
+        if !redis.in_outage.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "redis mapping cache unavailable; reading mappings from the database");
+        }
+    }
+
+    fn recovered(&self, redis: &RedisCache) {
+        if redis.in_outage.swap(false, Ordering::Relaxed) {
+            tracing::info!("redis mapping cache is back");
+        }
+    }
+}
+
+impl RedisCache {
+    /// Forgets the connection after an error, so that the next calls wait
+    /// for a reconnect attempt (at most one a second) instead of each
+    /// retrying on its own and stalling the sync.
+    fn disconnect(&self) {
+        if let Ok(mut conn) = self.conn.try_lock() {
+            *conn = None;
+        }
+    }
+
+    /// A connection, reconnecting at most once a second while Redis is down.
+    async fn connection(&self) -> redis::RedisResult<redis::aio::ConnectionManager> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            return Ok(c.clone());
+        }
+        {
+            let mut last = self.last_connect_attempt.lock().expect("cache lock");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "redis unreachable; next reconnect attempt within a second",
+                )));
+            }
+            *last = Some(Instant::now());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(Duration::from_millis(1000))
+            .set_number_of_retries(0);
+        let manager = redis::aio::ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        *conn = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// Deletes the keys whose updates were lost, before anything is read.
+    async fn repair(&self, conn: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+        if self
+            .bypass_until
+            .lock()
+            .expect("cache lock")
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "redis cache bypassed until entries from before the outage expire",
+            )));
+        }
+        let lost: Vec<String> = self.lost.lock().expect("cache lock").iter().cloned().collect();
+        if !lost.is_empty() {
+            redis::cmd("DEL").arg(&lost).query_async::<()>(conn).await?;
+            let mut set = self.lost.lock().expect("cache lock");
+            for key in &lost {
+                set.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_lost(&self, keys: impl Iterator<Item = String>, ttl: Duration) {
+        let mut lost = self.lost.lock().expect("cache lock");
+        lost.extend(keys);
+        if lost.len() > MAX_LOST_UPDATES {
+            lost.clear();
+            *self.bypass_until.lock().expect("cache lock") = Some(Instant::now() + ttl);
+        }
+    }
+
+    async fn get_many(&self, keys: &[String]) -> redis::RedisResult<Vec<Option<IdMapping>>> {
+        let mut conn = self.connection().await?;
+        self.repair(&mut conn).await?;
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(values
+            .into_iter()
+            // An entry we cannot read is a miss, not an error.
+            .map(|v| codec::decode(&v?))
+            .collect())
+    }
+
+    async fn put_many(&self, entries: &[(String, &IdMapping)], ttl: Duration) -> redis::RedisResult<()> {
+        let mut conn = self.connection().await?;
+        self.repair(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for (key, mapping) in entries {
+            let value = codec::encode(mapping);
+            pipe.cmd("EVAL")
+                .arg(SET_IF_NEWER)
+                .arg(1)
+                .arg(key)
+                .arg(mapping.version)
+                .arg(value)
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> redis::RedisResult<()> {
+        let mut conn = self.connection().await?;
+        self.repair(&mut conn).await?;
+        redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_escape_the_separator() {
+        let cache = MappingCache::disabled();
+        let scope = EntityScope::new("a:b", "c%d", "account");
+        assert_eq!(
+            cache.key(&scope, Side::Source, "x:1"),
+            "syncd:map:a%3Ab:c%25d:account:s:x%3A1"
+        );
+        assert_eq!(
+            cache.key(&scope, Side::Target, "%3A"),
+            "syncd:map:a%3Ab:c%25d:account:t:%253A"
+        );
+        assert_ne!(
+            cache.key(&EntityScope::new("a:b", "c", "e"), Side::Source, "1"),
+            cache.key(&EntityScope::new("a", "b:c", "e"), Side::Source, "1")
+        );
+    }
+
+    #[test]
+    fn batch_keys_and_mapping_keys_match_single_keys() {
+        let cache = MappingCache::disabled();
+        let scope = EntityScope::new("t:1", "i", "order_line");
+        let ids: Vec<String> = ["plain", "with:colon", "100%"].map(String::from).to_vec();
+        let single: Vec<String> = ids.iter().map(|id| cache.key(&scope, Side::Target, id)).collect();
+        assert_eq!(cache.keys(&scope, Side::Target, &ids), single);
+        let m = IdMapping::reserve(
+            uuid::Uuid::new_v4(),
+            scope.clone(),
+            Some("s:1".into()),
+            Some("t%2".into()),
+            "k".into(),
+            chrono::Utc::now(),
+        );
+        assert_eq!(
+            cache.keys_of(&m),
+            vec![
+                cache.key(&scope, Side::Source, "s:1"),
+                cache.key(&scope, Side::Target, "t%2")
+            ]
+        );
+    }
+}
