@@ -951,7 +951,7 @@ async fn postgres_mappings_written_before_scope_numbers_survive_the_upgrade() {
     let Some(schema) = PgSchema::create().await else {
         return;
     };
-    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("migrations/postgres"))
+    let mut before = sqlx::migrate::Migrator::new(std::path::Path::new("crates/store/migrations/postgres"))
         .await
         .expect("read the migrations");
     before.migrations = before

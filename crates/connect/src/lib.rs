@@ -17,7 +17,9 @@ use syncd_core::workflow::{ConnectorKind, EntityDef, SystemDef};
 
 pub use http::HttpConnector;
 pub use sql::SqlConnector;
+pub use syncd_core::record::BadRow;
 pub use syncd_core::redact::redacted;
+pub use syncd_core::references::id_text;
 
 /// Errors of a connector, naming the system and table they happened in.
 #[derive(Debug, thiserror::Error)]
@@ -450,13 +452,6 @@ pub struct Cursor {
     pub id: serde_json::Value,
 }
 
-/// A row that could not be read as a record; it fails alone.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BadRow {
-    pub id: String,
-    pub reason: String,
-}
-
 /// One page of changes.
 #[derive(Clone, Debug, Default)]
 pub struct ChangePage {
@@ -504,15 +499,6 @@ pub fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
                     .map(|n| n.and_utc())
             }),
         serde_json::Value::Number(n) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
-        _ => None,
-    }
-}
-
-/// The id of a row as the engine carries it: text, or an integer as text.
-pub fn id_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
 }

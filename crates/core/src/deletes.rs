@@ -228,6 +228,16 @@ impl FromStr for Gone {
     }
 }
 
+/// A mapping a run found gone on one side, before anything is done about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteCandidate {
+    pub run_id: uuid::Uuid,
+    pub tenant_id: crate::ids::TenantId,
+    pub entity_type: crate::ids::EntityType,
+    pub mapping_id: uuid::Uuid,
+    pub gone: Gone,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,14 @@
 //! a network or a clock: callers pass `now` in. See `ARCHITECTURE.md`.
 
 pub mod conflict;
+pub mod decide;
 pub mod deletes;
 pub mod ids;
 pub mod mapping;
 pub mod plan;
 pub mod record;
 pub mod redact;
+pub mod references;
 pub mod run;
 pub mod schedule;
 pub mod sql;

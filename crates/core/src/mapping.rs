@@ -233,6 +233,23 @@ impl IdMapping {
     }
 }
 
+/// One change to the ID map within a page.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MappingWrite {
+    /// A mapping seen for the first time; must be `pending`.
+    Insert(IdMapping),
+    /// Apply `change` to a mapping as it was read (its status and version
+    /// are what the database must still hold).
+    Transition {
+        current: IdMapping,
+        change: MappingChange,
+    },
+    /// Apply `change` to a mapping held by a reservation (see
+    /// [`Store::reserve`]): not in the ID map yet, so the result is
+    /// inserted. The page settles the reservation in the same commit.
+    Settle { held: IdMapping, change: MappingChange },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,3 +54,10 @@ pub enum Direction {
     OneWay,
     Bidirectional,
 }
+
+/// A row that could not be read as a record; it fails alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BadRow {
+    pub id: String,
+    pub reason: String,
+}

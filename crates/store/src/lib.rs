@@ -27,6 +27,9 @@ use syncd_core::run::StepCheckpoint;
 use syncd_core::run::{PlannedStep, ResumeRefused, RunEvent, RunState, RunTransitionError, StepDirection};
 use uuid::Uuid;
 
+pub use syncd_core::deletes::DeleteCandidate;
+pub use syncd_core::mapping::MappingWrite;
+
 pub use postgres::{CUSTOM_PLANS, PgStore};
 pub use sqlite::SqliteStore;
 
@@ -201,23 +204,6 @@ impl StoreConfig {
     }
 }
 
-/// One change to the ID map within a page.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MappingWrite {
-    /// A mapping seen for the first time; must be `pending`.
-    Insert(IdMapping),
-    /// Apply `change` to a mapping as it was read (its status and version
-    /// are what the database must still hold).
-    Transition {
-        current: IdMapping,
-        change: MappingChange,
-    },
-    /// Apply `change` to a mapping held by a reservation (see
-    /// [`Store::reserve`]): not in the ID map yet, so the result is
-    /// inserted. The page settles the reservation in the same commit.
-    Settle { held: IdMapping, change: MappingChange },
-}
-
 /// Pending mappings a page reserved before it created their records,
 /// kept as one row of their own rather than as rows of the ID map (see
 /// [`Store::reserve`]).
@@ -251,16 +237,6 @@ pub struct PageCommit {
     /// The reservation whose held mappings this page settles: it is
     /// deleted, or the commit fails if it is gone.
     pub settles: Option<Uuid>,
-}
-
-/// A mapping a run found gone on one side, before anything is done about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeleteCandidate {
-    pub run_id: Uuid,
-    pub tenant_id: TenantId,
-    pub entity_type: EntityType,
-    pub mapping_id: Uuid,
-    pub gone: Gone,
 }
 
 /// A `mapped` mapping as a reconciliation pass reads it: the mapping's id

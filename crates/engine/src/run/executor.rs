@@ -15,12 +15,13 @@ use crate::run::{PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, 
 use syncd_connect::{
     BadRow, Connector, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding,
 };
-use syncd_core::conflict::{self, ConflictRecord, ConflictScope, Outcome, ReviewDecision};
-use syncd_core::deletes::{Gone, OnTargetDelete};
+use syncd_core::conflict::{self, ConflictRecord, ReviewDecision};
+use syncd_core::decide::{self, Create, TargetUpdate, key_prefix};
 use syncd_core::ids::{EntityScope, TenantId};
 use syncd_core::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd_core::plan::{DependencyGraph, Plan, PlanError};
 use syncd_core::record::{Direction, Fields, Record, Side};
+use syncd_core::references::{References, id_on};
 use syncd_core::value::Kind;
 
 mod deletes;
@@ -34,9 +35,6 @@ use std::time::Duration;
 use syncd_core::workflow::{DefinitionErrors, EntityDef, Workflow};
 use syncd_store::{Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
 use uuid::Uuid;
-
-/// Namespace of the deterministic ids and idempotency keys of creates.
-const CREATE_NAMESPACE: Uuid = Uuid::from_u128(0x7b6f_59c1_2d1e_4a8e_9a3f_5e0c_8d21_b4a7);
 
 /// Why a run could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -124,21 +122,8 @@ struct EntityTables {
     def: EntityDef,
     source: TableBinding,
     target: TableBinding,
-    /// (CDM field, referenced entity type) of synced reference fields.
-    references: Vec<(String, String)>,
-    /// Whether a reference field's ids are JSON numbers on a side (a
-    /// numeric column, an API with `id_type = "number"`) or text; absent
-    /// when that side does not say.
-    numeric_references: HashMap<(String, Side), bool>,
-}
-
-impl EntityTables {
-    /// Whether a record may refer to another of its own type.
-    fn refers_to_itself(&self) -> bool {
-        self.references
-            .iter()
-            .any(|(_, entity)| entity == self.def.name.as_str())
-    }
+    /// Its reference fields.
+    refs: References,
 }
 
 /// One integration for one tenant, connected and resolved against the real
@@ -203,29 +188,6 @@ fn side_of(direction: StepDirection) -> Side {
     }
 }
 
-/// Fields with their references rewritten to the other system's ids.
-struct Rewritten {
-    fields: Fields,
-    /// Self-references left empty until their target exists.
-    deferred: Vec<String>,
-    /// (field, reason) of references that could not be translated.
-    missing: Vec<(String, String)>,
-}
-
-/// An update bound for the target, before its references are translated.
-struct TargetUpdate {
-    id: String,
-    /// The new fields, references in source ids.
-    fields: Fields,
-    /// The target's current fields, in its own ids.
-    current: Fields,
-    /// The same, references in source ids.
-    current_in_source_ids: Fields,
-    /// The page's confirm transition of this record, whose base follows
-    /// what is really written.
-    confirm: Option<usize>,
-}
-
 /// An update as written to the target.
 struct TargetWrite {
     id: String,
@@ -269,20 +231,6 @@ struct PageWrites {
     updates_target: Vec<TargetUpdate>,
     /// Confirm transitions of the updated and unchanged records.
     confirms: Vec<MappingWrite>,
-}
-
-/// A record to create in the write side of a step.
-struct Create {
-    record: Record,
-    /// Its fields with references in the write side's ids.
-    fields: Fields,
-    /// The base to record once created, in source ids.
-    base: Fields,
-    /// The existing pending, failed or stale mapping, if any.
-    mapping: Option<IdMapping>,
-    key: String,
-    /// The id a text-id record is created under (derived from `key`).
-    id: Uuid,
 }
 
 impl Job {
@@ -677,7 +625,7 @@ impl Job {
         in_flight: &mut Option<InFlight>,
         progress: &mut (dyn FnMut(&StepCounters) + Send),
     ) -> Result<(), RunError> {
-        let sequential = ctx.tables.refers_to_itself();
+        let sequential = ctx.tables.refs.refer_to_itself();
         // The next page, read (and decided, unless it had to wait) while the
         // page before was written.
         let mut next: Option<(ReadPage, Option<Decided>)> = None;
@@ -890,20 +838,6 @@ impl Job {
         Ok(self.store.lookup(&self.scope(entity), from, &ids).await?)
     }
 
-    /// Reference values of `records` by referenced entity.
-    fn reference_values(tables: &EntityTables, records: &[&Fields]) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (field, entity) in &tables.references {
-            let list = out.entry(entity.clone()).or_default();
-            for fields in records {
-                if let Some(id) = fields.get(field).and_then(syncd_connect::id_text) {
-                    list.push(id);
-                }
-            }
-        }
-        out
-    }
-
     /// Translation tables for reference values of `records`, from `from`.
     async fn reference_maps(
         &self,
@@ -912,7 +846,9 @@ impl Job {
         records: &[&Fields],
     ) -> Result<HashMap<String, HashMap<String, IdMapping>>, RunError> {
         // One lookup per referenced entity type, all at once.
-        let lookups = Self::reference_values(tables, records)
+        let lookups = tables
+            .refs
+            .values(records)
             .into_iter()
             .map(|(entity, ids)| async move {
                 let found = self.translate(&entity, from, ids).await?;
@@ -922,140 +858,6 @@ impl Job {
             .await?
             .into_iter()
             .collect())
-    }
-
-    /// `fields` with every reference as its id's text, or `None` when they
-    /// are already: records and bases compare references by id, whatever
-    /// type each system gives its ids.
-    fn ids_as_text(tables: &EntityTables, fields: &Fields) -> Option<Fields> {
-        let numeric = |f: &String| matches!(fields.get(f), Some(Value::Number(_)));
-        if !tables.references.iter().any(|(f, _)| numeric(f)) {
-            return None;
-        }
-        let mut out = fields.clone();
-        for (field, _) in &tables.references {
-            if let Some(v @ Value::Number(_)) = out.get_mut(field) {
-                *v = Value::String(v.to_string());
-            }
-        }
-        Some(out)
-    }
-
-    /// [`ids_as_text`](Self::ids_as_text) of a record.
-    fn record_ids_as_text(tables: &EntityTables, record: Record) -> Record {
-        match Self::ids_as_text(tables, &record.fields) {
-            Some(fields) => Record { fields, ..record },
-            None => record,
-        }
-    }
-
-    /// Types the references of `fields`, bound for `side`, as that side
-    /// holds ids: numbers where its ids are numbers, or, where it does not
-    /// say, where its record (`current`) has a number.
-    fn ids_typed_for(tables: &EntityTables, side: Side, fields: &mut Fields, current: &Fields) {
-        for (field, _) in &tables.references {
-            let Some(Value::String(id)) = fields.get(field) else {
-                continue;
-            };
-            let numeric = tables
-                .numeric_references
-                .get(&(field.clone(), side))
-                .copied()
-                .unwrap_or_else(|| current.get(field).is_some_and(Value::is_number));
-            if numeric
-                && !id.contains(['.', 'e', 'E'])
-                && let Ok(n) = serde_json::from_str::<serde_json::Number>(id)
-            {
-                fields.insert(field.clone(), Value::Number(n));
-            }
-        }
-    }
-
-    /// Rewrites the reference fields of `fields` from ids on `from` to ids on
-    /// the other side. A self-reference whose target has no mapping yet, or
-    /// only a pending one, is left empty (deferred); any other
-    /// untranslatable reference is left as it was and reported as missing.
-    fn rewrite_references(
-        tables: &EntityTables,
-        maps: &HashMap<String, HashMap<String, IdMapping>>,
-        from: Side,
-        fields: &Fields,
-    ) -> Rewritten {
-        let mut out = Rewritten {
-            fields: fields.clone(),
-            deferred: Vec::new(),
-            missing: Vec::new(),
-        };
-        for (field, entity) in &tables.references {
-            let Some(value) = fields.get(field) else { continue };
-            let Some(id) = syncd_connect::id_text(value) else {
-                continue;
-            };
-            let mapping = maps.get(entity).and_then(|m| m.get(&id));
-            let other = mapping
-                .filter(|m| m.status == MappingStatus::Mapped || m.status == MappingStatus::Stale)
-                .and_then(|m| id_on(m, from.other()));
-            match other {
-                Some(other) => {
-                    // An id takes the type ids have in the system it is
-                    // written to (or compared in); where that system does
-                    // not say, the type it had where it came from.
-                    let numeric = tables
-                        .numeric_references
-                        .get(&(field.clone(), from.other()))
-                        .copied()
-                        .unwrap_or(value.is_number());
-                    let translated = match serde_json::from_str::<serde_json::Number>(other) {
-                        Ok(n) if numeric && !other.contains(['.', 'e', 'E']) => Value::Number(n),
-                        _ => Value::String(other.to_owned()),
-                    };
-                    out.fields.insert(field.clone(), translated);
-                }
-                // Pending: reserved on a page that is being done again after
-                // a crash; the first attempt deferred it, so must this one.
-                None if entity == tables.def.name.as_str()
-                    && mapping.is_none_or(|m| m.status == MappingStatus::Pending) =>
-                {
-                    out.fields.insert(field.clone(), Value::Null);
-                    out.deferred.push(field.clone());
-                }
-                None => {
-                    let why = match mapping {
-                        None => "has not been synced".to_owned(),
-                        Some(m) => match &m.last_error {
-                            Some(e) => format!("is {} ({e})", m.status),
-                            None => format!("is {}", m.status),
-                        },
-                    };
-                    out.missing.push((
-                        field.clone(),
-                        format!("missing parent: {field} references {entity} `{id}`, which {why}"),
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// The key and id of creating `stale`'s record anew: derived from the
-    /// mapping and its version, so the new record gets a new id and a repeat
-    /// after a crash (the key is kept in the pending mapping) the same one.
-    fn recreate_key(&self, ctx: &StepCtx<'_>, stale: &IdMapping) -> (String, Uuid) {
-        let name = format!("recreate\u{1f}{}\u{1f}{}", stale.id, stale.version);
-        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
-        (format!("{}{id}", key_prefix(ctx.step.direction)), id)
-    }
-
-    fn create_key(&self, ctx: &StepCtx<'_>, read_id: &str) -> (String, Uuid) {
-        let name = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}",
-            self.workflow.name,
-            self.tenant,
-            ctx.step.entity_type,
-            ctx.step.direction.as_str()
-        );
-        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
-        (format!("{}{id}", key_prefix(ctx.step.direction)), id)
     }
 
     /// Processes one page of records read from `ctx.read`; performs the
@@ -1092,77 +894,43 @@ impl Job {
         let read = ctx.read;
         let write = ctx.write();
         let tables = ctx.tables;
-        counters.read += (records.len() + bad.len() + deleted.len()) as u64;
-        let mut commit = PageCommit::default();
-        // Sized for the page up front: these hold whole records, and
-        // growing them copies each into fresh memory.
-        let mut reserve: Vec<MappingWrite> = Vec::with_capacity(records.len());
-
-        // Rows marked deleted: a mapped one is a deletion for the run's
-        // delete step to act on (after the brake has counted them all).
-        if !deleted.is_empty() {
-            counters.skipped += deleted.len() as u64;
-            let gone = Gone::on(read);
-            let found = self.store.lookup(&ctx.scope, read, &deleted).await?;
-            commit.candidates = found
-                .values()
-                .filter(|m| m.status == MappingStatus::Mapped)
-                .map(|m| self.candidate(ctx, m.id, gone))
-                .collect();
+        for b in &bad {
+            tracing::warn!(id = %b.id, reason = %b.reason, "bad row");
         }
-
-        // Open conflicts, mappings and the translation of the records'
-        // references are independent reads: they go together. (Records
-        // with an open conflict wait for their reviewer; what was read for
-        // them is not used.)
+        // Open conflicts, mappings, the mappings of rows marked deleted and
+        // the translation of the records' references are independent
+        // reads: they go together.
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let mut all_ids = ids.clone();
         all_ids.extend(bad.iter().map(|b| b.id.clone()));
         let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
-        let (open, mut mappings, read_maps) = tokio::try_join!(
+        let (open, mappings, deleted_mappings, read_maps) = tokio::try_join!(
             async { Ok::<_, RunError>(self.store.open_conflicts(&ctx.scope, read, &ids).await?) },
             async { Ok::<_, RunError>(self.store.lookup(&ctx.scope, read, &all_ids).await?) },
+            async {
+                Ok::<_, RunError>(match deleted.is_empty() {
+                    true => HashMap::new(),
+                    false => self.store.lookup(&ctx.scope, read, &deleted).await?,
+                })
+            },
             self.reference_maps(tables, read, &read_fields),
         )?;
-        let records: Vec<Record> = records.into_iter().filter(|r| !open.contains(&r.id)).collect();
-        counters.skipped += open.len() as u64;
 
-        // Rows that cannot be read fail alone.
-        for b in bad {
-            counters.failed += 1;
-            tracing::warn!(id = %b.id, reason = %b.reason, "bad row");
-            match mappings.remove(&b.id) {
-                None if !b.id.is_empty() => {
-                    let mut m = self.new_mapping(ctx, &b.id, self.create_key(ctx, &b.id).0, now);
-                    m.apply(MappingChange::Fail { error: b.reason }, now)
-                        .expect("pending -> failed");
-                    commit.mappings.push(MappingWrite::Insert(m));
-                }
-                Some(m) if m.status == MappingStatus::Pending => {
-                    commit.mappings.push(MappingWrite::Transition {
-                        current: m,
-                        change: MappingChange::Fail { error: b.reason },
-                    })
-                }
-                // A synced record that can no longer be read keeps its
-                // mapping and base; `last_error` says why it was not synced.
-                Some(m) if m.status == MappingStatus::Mapped => {
-                    commit.mappings.push(MappingWrite::Transition {
-                        current: m,
-                        change: MappingChange::Refuse { error: b.reason },
-                    })
-                }
-                _ => {}
+        // Counterparts of mapped records (records waiting for a reviewer
+        // aside), by their id on the write side.
+        let waiting: Vec<Record>;
+        let deciding = match open.is_empty() {
+            true => &records,
+            false => {
+                waiting = records
+                    .iter()
+                    .filter(|r| !open.contains(&r.id))
+                    .cloned()
+                    .collect();
+                &waiting
             }
-        }
-
-        // Counterparts of mapped records, by their id on the write side.
-        let counterpart_ids: Vec<String> = records
-            .iter()
-            .filter_map(|r| mappings.get(&r.id))
-            .filter(|m| m.status == MappingStatus::Mapped || m.status == MappingStatus::Stale)
-            .filter_map(|m| id_on(m, write).map(str::to_owned))
-            .collect();
+        };
+        let counterpart_ids = decide::counterpart_ids(deciding, &mappings, write);
         let found = self
             .connector(write)
             .read_by_ids(self.binding(tables, write), &counterpart_ids)
@@ -1171,337 +939,66 @@ impl Job {
             found.records.into_iter().map(|r| (r.id.clone(), r)).collect();
         // Counterparts that exist but cannot be read: not gone, unreadable.
         let unreadable: HashMap<String, String> = found.bad.into_iter().map(|b| (b.id, b.reason)).collect();
-
-        // Translation tables: read-side references to the write side, and
-        // target records' references into source ids (the space records are
-        // compared and based in).
-        let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
-        let target_records: Vec<&Fields> = match read {
-            Side::Source => counterparts.values().map(|r| &r.fields).collect(),
-            Side::Target => read_fields.clone(),
-        };
-        let target_maps = if read == Side::Target {
-            read_maps.clone()
-        } else {
-            self.reference_maps(tables, Side::Target, &target_records).await?
-        };
-        // A target record in source ids, or `None` when one of its
-        // references points at a record not synced (yet): comparing it then
-        // would read that reference as empty.
-        let source_space = |r: &Record| -> Option<Record> {
-            let rewritten = Self::rewrite_references(tables, &target_maps, Side::Target, &r.fields);
-            (rewritten.deferred.is_empty() && rewritten.missing.is_empty()).then(|| Record {
-                fields: rewritten.fields,
-                ..r.clone()
-            })
-        };
-
-        let strategy = self
-            .workflow
-            .strategy_for(&self.tenant, ctx.step.entity_type.as_str());
-        let direction = self.workflow.direction;
-        let mut actions = Vec::with_capacity(records.len());
-        let mut updates_source: Vec<(String, Fields)> = Vec::new();
-        let mut updates_target: Vec<TargetUpdate> = Vec::new();
-        let mut confirms: Vec<MappingWrite> = Vec::with_capacity(records.len());
-        let policy = &tables.def.deletes;
-        for record in records {
-            let mapping = mappings.remove(&record.id);
-            // A stale mapping whose record shows up in the scan. When both
-            // records exist again (a source deleted and restored, its
-            // target kept or archived; a target restored by hand), they
-            // are re-linked. A source back after its target was deleted,
-            // or one whose target went under `recreate`, is created anew
-            // in the target. Otherwise (`unlink`, the kept or archived
-            // target of a deleted source edited) the mapping stays stale
-            // and nothing is written.
-            let mut relink = false;
-            if let Some(m) = mapping.as_ref().filter(|m| m.status == MappingStatus::Stale) {
-                // (A counterpart that cannot be read exists: it fails below.)
-                let counterpart = id_on(m, write)
-                    .is_some_and(|id| counterparts.contains_key(id) || unreadable.contains_key(id));
-                let gone = Gone::of(m).unwrap_or(Gone::Target);
-                let recreate = read == Side::Source
-                    && match gone {
-                        Gone::Source => !counterpart,
-                        Gone::Target => policy.on_target_delete == OnTargetDelete::Recreate,
-                    };
-                if counterpart {
-                    relink = true;
-                } else if !recreate {
-                    counters.skipped += 1;
-                    continue;
-                }
+        // Target records' references into source ids (the space records
+        // are compared and based in).
+        let target_maps = match read {
+            Side::Target => read_maps.clone(),
+            Side::Source => {
+                let target_records: Vec<&Fields> = counterparts.values().map(|r| &r.fields).collect();
+                self.reference_maps(tables, Side::Target, &target_records).await?
             }
-            match mapping {
-                Some(m) if m.status == MappingStatus::Mapped || relink => {
-                    if let Some(why) = id_on(&m, write).and_then(|id| unreadable.get(id)) {
-                        counters.failed += 1;
-                        if m.status == MappingStatus::Mapped {
-                            commit.mappings.push(MappingWrite::Transition {
-                                change: MappingChange::Refuse { error: why.clone() },
-                                current: m,
-                            });
-                        }
-                        continue;
-                    }
-                    let Some(other) = id_on(&m, write).and_then(|id| counterparts.get(id)) else {
-                        // Gone from the other side: the delete step acts on
-                        // it by the entity's policy, after the brake.
-                        commit.candidates.push(self.candidate(ctx, m.id, Gone::on(write)));
-                        counters.skipped += 1;
-                        continue;
-                    };
-                    let translated = match read {
-                        Side::Source => source_space(other).map(|t| (record.clone(), t)),
-                        Side::Target => source_space(&record).map(|t| (other.clone(), t)),
-                    };
-                    let Some((source, target)) = translated else {
-                        if !last_pass {
-                            // Left for the patch pass, once the referenced
-                            // record is mapped.
-                            counters.postponed += 1;
-                            continue;
-                        }
-                        // Still not: the record waits no more, and says why.
-                        let held = match read {
-                            Side::Source => &other.fields,
-                            Side::Target => &record.fields,
-                        };
-                        let rewritten = Self::rewrite_references(tables, &target_maps, Side::Target, held);
-                        let why =
-                            rewritten
-                                .missing
-                                .into_iter()
-                                .map(|(_, why)| why)
-                                .chain(rewritten.deferred.iter().map(|f| {
-                                    format!("missing parent: {f} references a record not synced yet")
-                                }))
-                                .next()
-                                .unwrap_or_default();
-                        counters.failed += 1;
-                        if m.status == MappingStatus::Mapped {
-                            commit.mappings.push(MappingWrite::Transition {
-                                change: MappingChange::Refuse {
-                                    error: format!("the target record cannot be compared: {why}"),
-                                },
-                                current: m,
-                            });
-                        }
-                        continue;
-                    };
-                    let (source, target) = (
-                        Self::record_ids_as_text(tables, source),
-                        Self::record_ids_as_text(tables, target),
-                    );
-                    let base_as_text = m.base.as_ref().and_then(|b| Self::ids_as_text(tables, b));
-                    let base = base_as_text.as_ref().or(m.base.as_ref());
-                    let resolution =
-                        conflict::resolve(base, &source, &target, direction, strategy, &tables.def.merge);
-                    let conflict = ConflictRecord::from_resolution(
-                        Uuid::new_v4(),
-                        ConflictScope::clone(&ctx.scope),
-                        base,
-                        &source,
-                        &target,
-                        &resolution,
-                        now,
-                    );
-                    // What the store cannot keep (a base or conflict too
-                    // large, a NUL in PostgreSQL) fails the record alone,
-                    // before anything is written.
-                    let entity = &ctx.step.entity_type;
-                    let kept = |what: &str, fields: &Fields| {
-                        self.store
-                            .unkeepable(|| format!("{what} of {entity} `{}`", record.id), fields)
-                    };
-                    let unkeepable = match (&resolution.outcome, &conflict) {
-                        (_, Some(c)) => kept("the source record", &c.source_record.fields)
-                            .or_else(|| kept("the target record", &c.target_record.fields)),
-                        _ => None,
-                    }
-                    .or_else(|| match &resolution.outcome {
-                        Outcome::Write(w) => kept("the base snapshot", &w.base),
-                        _ => None,
-                    });
-                    if let Some(error) = unkeepable {
-                        counters.failed += 1;
-                        if m.status == MappingStatus::Mapped {
-                            commit.mappings.push(MappingWrite::Transition {
-                                current: m,
-                                change: MappingChange::Refuse { error },
-                            });
-                        }
-                        continue;
-                    }
-                    if let Some(mut c) = conflict {
-                        c.run_id = Some(ctx.run_id);
-                        match c.status {
-                            conflict::ConflictStatus::Pending => counters.parked += 1,
-                            conflict::ConflictStatus::Resolved => counters.conflicts += 1,
-                        }
-                        commit.conflicts.push(c);
-                    }
-                    let Outcome::Write(writes) = resolution.outcome else {
-                        continue;
-                    };
+        };
 
-                    if writes.is_noop() && base == Some(&writes.base) && !relink {
-                        counters.unchanged += 1;
-                        continue;
-                    }
-                    if !writes.to_target.is_empty() {
-                        let mut fields = target.fields.clone();
-                        fields.extend(writes.to_target.clone());
-                        let current = match read {
-                            Side::Source => other.fields.clone(),
-                            Side::Target => record.fields.clone(),
-                        };
-                        updates_target.push(TargetUpdate {
-                            id: id_on(&m, Side::Target).unwrap_or_default().to_owned(),
-                            fields,
-                            current,
-                            current_in_source_ids: target.fields.clone(),
-                            confirm: Some(confirms.len()),
-                        });
-                    }
-                    if !writes.to_source.is_empty() {
-                        let mut fields = source.fields.clone();
-                        fields.extend(writes.to_source.clone());
-                        let current = match read {
-                            Side::Source => &record.fields,
-                            Side::Target => &other.fields,
-                        };
-                        Self::ids_typed_for(tables, Side::Source, &mut fields, current);
-                        updates_source.push((id_on(&m, Side::Source).unwrap_or_default().to_owned(), fields));
-                    }
-                    if writes.is_noop() {
-                        counters.unchanged += 1;
-                    } else {
-                        counters.updated += 1;
-                    }
-                    confirms.push(MappingWrite::Transition {
-                        change: MappingChange::Confirm {
-                            source_id: id_on(&m, Side::Source).unwrap_or_default().to_owned(),
-                            target_id: id_on(&m, Side::Target).unwrap_or_default().to_owned(),
-                            base: writes.base,
-                        },
-                        current: m,
-                    });
-                }
-                Some(m)
-                    if m.idempotency_key
-                        .as_deref()
-                        .is_some_and(|k| !k.starts_with(key_prefix(ctx.step.direction))) =>
-                {
-                    // A create of the other direction that is not settled
-                    // yet: that step's retry pass owns it.
-                    counters.skipped += 1;
-                }
-                mapping => {
-                    // New, pending (a create that may have happened) or
-                    // failed (a retry): create in the write side.
-                    let Rewritten {
-                        fields,
-                        deferred,
-                        missing,
-                    } = Self::rewrite_references(tables, &read_maps, read, &record.fields);
-                    let (key, id) = match &mapping {
-                        // A repeat: the key (and id) the first attempt used.
-                        Some(m) if m.status == MappingStatus::Pending => m
-                            .idempotency_key
-                            .as_deref()
-                            .and_then(|k| Some((k.to_owned(), k.get(4..)?.parse().ok()?)))
-                            .unwrap_or_else(|| self.create_key(ctx, &record.id)),
-                        // Created anew: a new id, not the one that was deleted.
-                        Some(m) if m.status == MappingStatus::Stale => self.recreate_key(ctx, m),
-                        _ => self.create_key(ctx, &record.id),
-                    };
-                    let entity = &ctx.step.entity_type;
-                    let oversized = || {
-                        let base = match read {
-                            Side::Source => &record.fields,
-                            Side::Target => &fields,
-                        };
-                        self.store
-                            .unkeepable(|| format!("the base snapshot of {entity} `{}`", record.id), base)
-                    };
-                    if let Some(reason) = missing.into_iter().next().map(|(_, why)| why).or_else(oversized) {
-                        counters.failed += 1;
-                        match mapping {
-                            None => {
-                                let mut m = self.new_mapping(ctx, &record.id, key, now);
-                                m.apply(MappingChange::Fail { error: reason }, now)
-                                    .expect("pending -> failed");
-                                commit.mappings.push(MappingWrite::Insert(m));
-                            }
-                            Some(m) if m.status == MappingStatus::Pending => {
-                                commit.mappings.push(MappingWrite::Transition {
-                                    current: m,
-                                    change: MappingChange::Fail { error: reason },
-                                })
-                            }
-                            Some(_) => {}
-                        }
-                        continue;
-                    }
-                    // The base is in source ids: the source record itself, or
-                    // what is written to the source.
-                    let mut base = match read {
-                        Side::Source => record.fields.clone(),
-                        Side::Target => fields.clone(),
-                    };
-                    for f in &deferred {
-                        base.insert(f.clone(), Value::Null);
-                    }
-                    if !deferred.is_empty() {
-                        counters.deferred += 1;
-                    }
-                    match &mapping {
-                        None => {
-                            let mut m = self.new_mapping(ctx, &record.id, key.clone(), now);
-                            // A text-id record is created under a known id:
-                            // reserve it now, so confirming changes less.
-                            if self.binding(tables, write).id_kind == IdKind::Text {
-                                let id = id.to_string();
-                                match write {
-                                    Side::Target => m.target_id = Some(id),
-                                    Side::Source => m.source_id = Some(id),
-                                }
-                            }
-                            reserve.push(MappingWrite::Insert(m))
-                        }
-                        Some(m) if m.status == MappingStatus::Failed || m.status == MappingStatus::Stale => {
-                            reserve.push(MappingWrite::Transition {
-                                current: m.clone(),
-                                change: MappingChange::Reserve {
-                                    idempotency_key: key.clone(),
-                                },
-                            })
-                        }
-                        _ => {}
-                    }
-                    actions.push(Create {
-                        record,
-                        fields,
-                        base,
-                        mapping,
-                        key,
-                        id,
-                    });
-                }
-            }
-        }
-
+        let page = decide::Page {
+            records,
+            bad,
+            deleted,
+            deleted_mappings,
+            open: open.into_iter().collect(),
+            mappings,
+            read_maps,
+            target_maps,
+            counterparts,
+            unreadable,
+            last_pass,
+            now,
+        };
+        let keepable = |what: &dyn Fn() -> String, fields: &Fields| self.store.unkeepable(what, fields);
+        let d = decide::decide_page(&self.decision_step(ctx), page, &keepable, &mut Uuid::now_v7);
+        *counters += d.counters;
         Ok(PageWrites {
             now,
-            commit,
-            reserve,
-            actions,
-            updates_source,
-            updates_target,
-            confirms,
+            commit: PageCommit {
+                mappings: d.mappings,
+                conflicts: d.conflicts,
+                candidates: d.candidates,
+                ..PageCommit::default()
+            },
+            reserve: d.reserve,
+            actions: d.creates,
+            updates_source: d.updates_source,
+            updates_target: d.updates_target,
+            confirms: d.confirms,
         })
+    }
+
+    /// The step `ctx` as the page decisions see it.
+    fn decision_step<'a>(&'a self, ctx: &'a StepCtx<'_>) -> decide::Step<'a> {
+        decide::Step {
+            integration: self.workflow.name.as_str(),
+            tenant: &self.tenant,
+            run_id: ctx.run_id,
+            scope: &ctx.scope,
+            direction: ctx.step.direction,
+            read: ctx.read,
+            def: &ctx.tables.def,
+            refs: &ctx.tables.refs,
+            strategy: self
+                .workflow
+                .strategy_for(&self.tenant, ctx.step.entity_type.as_str()),
+            sync: self.workflow.direction,
+            write_text_ids: self.binding(ctx.tables, ctx.write()).id_kind == IdKind::Text,
+        }
     }
 
     /// The second half of a page: reserves the pending mappings of its
@@ -1735,7 +1232,7 @@ impl Job {
         Ok(updates
             .iter()
             .map(|u| {
-                let mut rewritten = Self::rewrite_references(tables, &maps, Side::Source, &u.fields);
+                let mut rewritten = tables.refs.rewrite(&maps, Side::Source, &u.fields);
                 let mut kept = Vec::new();
                 for (field, reason) in rewritten.missing {
                     tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
@@ -1743,7 +1240,9 @@ impl Job {
                     rewritten.fields.insert(field.clone(), current);
                     kept.push(field);
                 }
-                Self::ids_typed_for(tables, Side::Target, &mut rewritten.fields, &u.current);
+                tables
+                    .refs
+                    .ids_typed_for(Side::Target, &mut rewritten.fields, &u.current);
                 TargetWrite {
                     id: u.id.clone(),
                     fields: rewritten.fields,
@@ -1752,21 +1251,6 @@ impl Job {
                 }
             })
             .collect())
-    }
-
-    /// A pending mapping of `read_id`, whose create is sent with `key`.
-    fn new_mapping(
-        &self,
-        ctx: &StepCtx<'_>,
-        read_id: &str,
-        key: String,
-        now: chrono::DateTime<Utc>,
-    ) -> IdMapping {
-        let (source_id, target_id) = match ctx.read {
-            Side::Source => (Some(read_id.to_owned()), None),
-            Side::Target => (None, Some(read_id.to_owned())),
-        };
-        IdMapping::reserve(Uuid::now_v7(), ctx.scope.clone(), source_id, target_id, key, now)
     }
 
     /// Writes the resolutions reviewers gave to conflicts of `run` to both
@@ -1819,18 +1303,14 @@ impl Job {
                     let maps = self
                         .reference_maps(tables, Side::Target, &[&target.fields])
                         .await?;
-                    let target_in_source_space = Self::record_ids_as_text(
-                        tables,
-                        Record {
-                            fields: Self::rewrite_references(tables, &maps, Side::Target, &target.fields)
-                                .fields,
-                            ..target.clone()
-                        },
-                    );
+                    let target_in_source_space = tables.refs.record_ids_as_text(Record {
+                        fields: tables.refs.rewrite(&maps, Side::Target, &target.fields).fields,
+                        ..target.clone()
+                    });
                     let source_record = source;
-                    let source = &Self::record_ids_as_text(tables, source_record.clone());
+                    let source = &tables.refs.record_ids_as_text(source_record.clone());
                     let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
-                    let base_as_text = c.base.as_ref().and_then(|b| Self::ids_as_text(tables, b));
+                    let base_as_text = c.base.as_ref().and_then(|b| tables.refs.ids_as_text(b));
                     let base = base_as_text.as_ref().or(c.base.as_ref());
                     let writes = match conflict::apply_review(
                         base,
@@ -1884,7 +1364,9 @@ impl Job {
                     if !writes.to_source.is_empty() {
                         let mut fields = source.fields.clone();
                         fields.extend(writes.to_source.clone());
-                        Self::ids_typed_for(tables, Side::Source, &mut fields, &source_record.fields);
+                        tables
+                            .refs
+                            .ids_typed_for(Side::Source, &mut fields, &source_record.fields);
                         let refused = self
                             .source
                             .update(&tables.source, &[(source.id.clone(), fields)], now)
@@ -2008,23 +1490,6 @@ pub async fn create_run(
     };
     store.create_run(&run, &steps).await?;
     Ok(run)
-}
-
-/// Prefix of the idempotency keys of creates, by step direction.
-fn key_prefix(direction: StepDirection) -> &'static str {
-    match direction {
-        StepDirection::Forward => "fwd:",
-        StepDirection::Backward => "bwd:",
-        StepDirection::Delete => "del:",
-    }
-}
-
-/// A mapping's id on `side`.
-fn id_on(m: &IdMapping, side: Side) -> Option<&str> {
-    match side {
-        Side::Source => m.source_id.as_deref(),
-        Side::Target => m.target_id.as_deref(),
-    }
 }
 
 /// Resolves the fields of an entity on both systems: the field map renames,
@@ -2156,8 +1621,11 @@ async fn bind_entity(
         def: def.clone(),
         source,
         target,
-        references,
-        numeric_references,
+        refs: References {
+            entity: def.name.to_string(),
+            fields: references,
+            numeric: numeric_references,
+        },
     })
 }
 

@@ -248,13 +248,7 @@ impl Job {
 
     /// Mapping `mapping_id` of this step's entity, found gone on one side.
     pub(super) fn candidate(&self, ctx: &StepCtx<'_>, mapping_id: Uuid, gone: Gone) -> DeleteCandidate {
-        DeleteCandidate {
-            run_id: ctx.run_id,
-            tenant_id: self.tenant.clone(),
-            entity_type: ctx.step.entity_type.clone(),
-            mapping_id,
-            gone,
-        }
+        self.decision_step(ctx).candidate(mapping_id, gone)
     }
 
     fn delete_checkpoint(
