@@ -547,6 +547,25 @@ async fn a_wrong_token_stops_the_step_with_one_clear_error_and_no_retries() {
         "{:?}",
         run.error
     );
+    // The step it failed in says so, with the reason; no step is left
+    // looking as if it were still running.
+    let steps = store.load_steps(run.id).await.unwrap();
+    let failed: Vec<_> = steps
+        .iter()
+        .filter(|s| s.state == syncd_engine::run::StepState::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{steps:?}");
+    assert!(
+        failed[0].error.as_deref().unwrap_or_default().contains(said),
+        "{:?}",
+        failed[0]
+    );
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.state == syncd_engine::run::StepState::Running),
+        "{steps:?}"
+    );
 
     // The tenant's own credentials (`auth_env`) take the place of the
     // system's: with $SAAS_TOKEN still revoked, the run succeeds.

@@ -125,6 +125,7 @@ conformance!(
     ready_runs_are_those_of_the_served_integrations,
     reservations_settle_with_their_page_or_become_pending,
     tokens_are_refused_once_revoked_or_expired,
+    ready_runs_are_exactly_those_the_core_calls_ready,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -1049,4 +1050,87 @@ async fn postgres_mappings_written_before_scope_numbers_survive_the_upgrade() {
         .unwrap();
     assert_eq!(found["a-1"].id, row_ids[0]);
     schema.drop().await;
+}
+
+/// "Ready to execute" is defined once, by the core
+/// (`syncd_core::run::ready_to_execute`): each backend's query for the runs
+/// a worker may take agrees with it in every run state, with and without a
+/// conflict waiting for a reviewer, a live lease, and an unconfirmed
+/// mass-deletion hold.
+async fn ready_runs_are_exactly_those_the_core_calls_ready(store: Arc<Store>) {
+    use syncd_core::run::{RunEvent, ready_to_execute};
+    use syncd_store::RunHold;
+    let ttl = std::time::Duration::from_secs(60);
+    let (mut expected, mut integrations) = (Vec::new(), Vec::new());
+    for state in RunState::ALL {
+        let events: &[RunEvent] = match state {
+            RunState::Planned => &[],
+            RunState::Running => &[RunEvent::Start],
+            RunState::Suspended => &[RunEvent::Start, RunEvent::Suspend],
+            RunState::Succeeded => &[RunEvent::Start, RunEvent::Succeed],
+            RunState::Failed => &[RunEvent::Start, RunEvent::Fail],
+            RunState::Cancelled => &[RunEvent::Cancel],
+        };
+        for pending in [false, true] {
+            for leased in [false, true] {
+                for held in [false, true] {
+                    let id = new_run(&store).await;
+                    let mut run = store.load_run(None, id).await.unwrap().unwrap();
+                    if leased {
+                        assert!(store.claim_lease(&run, "worker-1", ttl).await.unwrap());
+                    }
+                    for event in events {
+                        run = store.transition_run(&run, *event, None).await.unwrap();
+                    }
+                    assert_eq!(run.state, state);
+                    if pending {
+                        let mut c = sample_conflict("tenant-a", &format!("s-{id}"));
+                        c.integration_id = run.integration_id.clone();
+                        c.run_id = Some(id);
+                        store
+                            .commit_page(PageCommit {
+                                conflicts: vec![c],
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap();
+                    }
+                    if held {
+                        store
+                            .add_hold(&RunHold {
+                                run_id: id,
+                                tenant_id: "tenant-a".into(),
+                                entity_type: "account".into(),
+                                count: 10,
+                                mapped: 10,
+                                limit: 1,
+                                confirmed_by: None,
+                                confirmed_at: None,
+                                created_at: Utc::now(),
+                            })
+                            .await
+                            .unwrap();
+                    }
+                    integrations.push(run.integration_id.to_string());
+                    if ready_to_execute(state, pending, leased, held) {
+                        expected.push(id);
+                    }
+                }
+            }
+        }
+    }
+    let served: Vec<&str> = integrations.iter().map(String::as_str).collect();
+    let mut ready: Vec<Uuid> = store
+        .runs_to_execute(&served, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    ready.sort();
+    expected.sort();
+    assert_eq!(ready, expected);
+    // Neither leased nor held: planned and running with or without a
+    // pending conflict, suspended without.
+    assert_eq!(ready.len(), 5);
 }

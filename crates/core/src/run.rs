@@ -49,6 +49,10 @@ impl FromStr for StepDirection {
 }
 
 /// Where one step is.
+///
+/// `pending → running → done`, or `failed` when its run fails while the
+/// step executes; a failed step runs again (from its checkpoint) when the
+/// run is resumed. `done` is final.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
@@ -74,15 +78,123 @@ impl FromStr for StepState {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            StepState::Pending,
-            StepState::Running,
-            StepState::Done,
-            StepState::Failed,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-        .ok_or_else(|| format!("unknown step state `{s}`"))
+        StepState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown step state `{s}`"))
+    }
+}
+
+/// What happens to a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepEvent {
+    /// A page of the step committed; the step goes on.
+    Page,
+    /// The step's last page committed.
+    Finish,
+    /// Its run failed while the step executed.
+    Fail,
+    /// Its failed run was resumed.
+    Reopen,
+}
+
+impl StepEvent {
+    /// The state the event leads to.
+    pub fn target(self) -> StepState {
+        match self {
+            StepEvent::Page | StepEvent::Reopen => StepState::Running,
+            StepEvent::Finish => StepState::Done,
+            StepEvent::Fail => StepState::Failed,
+        }
+    }
+}
+
+/// A step event that does not apply in the step's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a {state} step cannot {event:?}")]
+pub struct StepTransitionError {
+    pub state: StepState,
+    pub event: StepEvent,
+}
+
+impl StepState {
+    /// Every state.
+    pub const ALL: [StepState; 4] = [
+        StepState::Pending,
+        StepState::Running,
+        StepState::Done,
+        StepState::Failed,
+    ];
+
+    /// Decides the state after `event`.
+    pub fn on(self, event: StepEvent) -> Result<StepState, StepTransitionError> {
+        use StepEvent::*;
+        use StepState::*;
+        match (self, event) {
+            // A page committed again after a crash, or by a resumed run
+            // whose step failed, goes on from the checkpoint.
+            (Pending | Running | Failed, Page | Finish) | (Running, Fail) | (Failed, Reopen) => {
+                Ok(event.target())
+            }
+            (state, event) => Err(StepTransitionError { state, event }),
+        }
+    }
+
+    /// The states from which `event` leads: what the row must still hold
+    /// for the store to write the event's result.
+    pub fn before(event: StepEvent) -> Vec<StepState> {
+        StepState::ALL
+            .into_iter()
+            .filter(|s| s.on(event).is_ok())
+            .collect()
+    }
+}
+
+/// The passes of a sync step, in order: the retry pass over the mappings a
+/// crash or failure left unsettled, the change scan, then (when some
+/// records waited for a reference) the patch pass over the scanned window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Retry,
+    Scan,
+    Patch,
+    Done,
+}
+
+/// What moves a step from one pass to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhaseEvent {
+    /// The retry pass read a page; `last` when it was not full.
+    Retried { last: bool },
+    /// The scan's last page is written; `waiting` when records of the
+    /// scan were written with an empty reference or left for the patch
+    /// pass.
+    Scanned { waiting: bool },
+    /// The patch pass read a page; `last` at the end of the window.
+    Patched { last: bool },
+}
+
+impl Phase {
+    /// The pass after `event`; an event of another pass leaves it as it is.
+    pub fn on(self, event: PhaseEvent) -> Phase {
+        match (self, event) {
+            (Phase::Retry, PhaseEvent::Retried { last: true }) => Phase::Scan,
+            (Phase::Scan, PhaseEvent::Scanned { waiting: true }) => Phase::Patch,
+            (Phase::Scan, PhaseEvent::Scanned { waiting: false }) => Phase::Done,
+            (Phase::Patch, PhaseEvent::Patched { last: true }) => Phase::Done,
+            (phase, _) => phase,
+        }
+    }
+
+    /// The step state a checkpoint taken in this pass records, and the
+    /// event that leads to it.
+    pub fn step_event(self) -> StepEvent {
+        match self {
+            Phase::Done => StepEvent::Finish,
+            _ => StepEvent::Page,
+        }
     }
 }
 
@@ -268,6 +380,18 @@ impl RunState {
         matches!(self, RunState::Planned | RunState::Running | RunState::Suspended)
     }
 
+    /// Decides the state after `event`, and what persisting it must also
+    /// do to the run's steps.
+    pub fn step(self, event: RunEvent) -> Result<(RunState, Option<StepEvent>), RunTransitionError> {
+        let to = self.on(event)?;
+        let steps = match (self, to) {
+            (RunState::Running, RunState::Failed) => Some(StepEvent::Fail),
+            (RunState::Failed, RunState::Running) => Some(StepEvent::Reopen),
+            _ => None,
+        };
+        Ok((to, steps))
+    }
+
     /// Decides the state after `event`. `Start` on a running run is allowed:
     /// that is a worker taking over a run whose previous worker died.
     pub fn on(self, event: RunEvent) -> Result<RunState, RunTransitionError> {
@@ -298,19 +422,38 @@ pub enum ResumeRefused {
     Executing(String),
     #[error("{0} of its conflicts still wait for a reviewer")]
     PendingConflicts(u64),
+    #[error("the mass-deletion brake holds it: confirm with `syncd runs confirm-deletes {0}` or cancel it")]
+    Held(Uuid),
 }
 
-/// Decides whether an operator may resume a run in `state` that has
-/// `pending` undecided conflicts and whose live lease, if any, `executing`
-/// names the holder of: a suspended run once every conflict is decided, a
-/// planned or interrupted run that no worker holds, and a failed run that
-/// no later run of its integration (`newer`) has followed. The executor
-/// makes the state transition itself ([`RunEvent::Resume`] or
-/// [`RunEvent::Start`]); a failed run is reopened first.
+/// Whether a worker may take up a run now: a planned or interrupted
+/// (running) run, or a suspended one with no conflict left for a reviewer,
+/// that no worker holds a live lease of and no unconfirmed mass-deletion
+/// brake holds. The one definition: each store's query for the runs to
+/// execute is checked against it, state by state, by the conformance tests.
+pub fn ready_to_execute(state: RunState, pending_conflicts: bool, leased: bool, held: bool) -> bool {
+    let waiting = match state {
+        RunState::Planned | RunState::Running => true,
+        RunState::Suspended => !pending_conflicts,
+        RunState::Succeeded | RunState::Failed | RunState::Cancelled => false,
+    };
+    waiting && !leased && !held
+}
+
+/// Decides whether an operator may resume run `run` in `state` that has
+/// `pending` undecided conflicts, whose live lease, if any, `executing`
+/// names the holder of, and which an unconfirmed brake may hold (`held`):
+/// a run [ready to execute](ready_to_execute) once nothing but the
+/// operator's word was missing, and a failed run that no later run of its
+/// integration (`newer`) has followed. The executor makes the state
+/// transition itself ([`RunEvent::Resume`] or [`RunEvent::Start`]); a
+/// failed run is reopened first.
 pub fn may_resume(
+    run: Uuid,
     state: RunState,
     pending: u64,
     executing: Option<&str>,
+    held: bool,
     newer: Option<Uuid>,
 ) -> Result<(), ResumeRefused> {
     if state == RunState::Failed {
@@ -328,6 +471,10 @@ pub fn may_resume(
     if state == RunState::Suspended && pending > 0 {
         return Err(ResumeRefused::PendingConflicts(pending));
     }
+    if held {
+        return Err(ResumeRefused::Held(run));
+    }
+    debug_assert!(ready_to_execute(state, pending > 0, executing.is_some(), held));
     Ok(())
 }
 
@@ -431,11 +578,85 @@ mod tests {
     }
 
     #[test]
+    fn a_done_step_is_final_and_a_failed_one_goes_on_when_resumed() {
+        use StepEvent::*;
+        assert_eq!(StepState::Pending.on(Page), Ok(StepState::Running));
+        assert_eq!(StepState::Running.on(Finish), Ok(StepState::Done));
+        assert_eq!(StepState::Running.on(Fail), Ok(StepState::Failed));
+        assert_eq!(StepState::Failed.on(Reopen), Ok(StepState::Running));
+        assert_eq!(StepState::Failed.on(Page), Ok(StepState::Running));
+        for event in [Page, Finish, Fail, Reopen] {
+            assert!(StepState::Done.on(event).is_err(), "done is final: {event:?}");
+            assert!(!StepState::before(event).contains(&StepState::Done));
+            // Every event leads to one state, from the states `before` says.
+            for state in StepState::ALL {
+                match state.on(event) {
+                    Ok(to) => {
+                        assert_eq!(to, event.target());
+                        assert!(StepState::before(event).contains(&state));
+                    }
+                    Err(_) => assert!(!StepState::before(event).contains(&state)),
+                }
+            }
+        }
+        assert!(
+            StepState::Pending.on(Fail).is_err(),
+            "a step not started does not fail"
+        );
+    }
+
+    #[test]
+    fn a_failing_run_fails_its_running_step_and_a_resume_reopens_it() {
+        assert_eq!(
+            RunState::Running.step(RunEvent::Fail),
+            Ok((RunState::Failed, Some(StepEvent::Fail)))
+        );
+        assert_eq!(
+            RunState::Failed.step(RunEvent::Resume),
+            Ok((RunState::Running, Some(StepEvent::Reopen)))
+        );
+        for (state, event) in [
+            (RunState::Planned, RunEvent::Start),
+            (RunState::Running, RunEvent::Succeed),
+        ] {
+            assert_eq!(state.step(event).unwrap().1, None);
+        }
+    }
+
+    #[test]
+    fn a_step_passes_retry_scan_patch_in_order() {
+        use PhaseEvent::*;
+        assert_eq!(Phase::default(), Phase::Retry);
+        assert_eq!(Phase::Retry.on(Retried { last: false }), Phase::Retry);
+        assert_eq!(Phase::Retry.on(Retried { last: true }), Phase::Scan);
+        assert_eq!(Phase::Scan.on(Scanned { waiting: false }), Phase::Done);
+        assert_eq!(Phase::Scan.on(Scanned { waiting: true }), Phase::Patch);
+        assert_eq!(Phase::Patch.on(Patched { last: false }), Phase::Patch);
+        assert_eq!(Phase::Patch.on(Patched { last: true }), Phase::Done);
+        // No pass goes back, and an event of another pass changes nothing.
+        for event in [
+            Retried { last: true },
+            Scanned { waiting: true },
+            Patched { last: true },
+        ] {
+            assert_eq!(Phase::Done.on(event), Phase::Done);
+        }
+        assert_eq!(Phase::Scan.on(Retried { last: true }), Phase::Scan);
+        assert_eq!(Phase::Done.step_event().target(), StepState::Done);
+        assert_eq!(Phase::Patch.step_event().target(), StepState::Running);
+        // The checkpoint keeps the pass by name.
+        assert_eq!(
+            serde_json::to_value(Phase::Patch).unwrap(),
+            serde_json::json!("patch")
+        );
+    }
+
+    #[test]
     fn who_may_resume() {
         use ResumeRefused::*;
         let check = |state, pending, executing, expected: Result<(), ResumeRefused>| {
             assert_eq!(
-                may_resume(state, pending, executing, None),
+                may_resume(Uuid::nil(), state, pending, executing, false, None),
                 expected,
                 "{state} pending {pending} executing {executing:?}"
             );
@@ -456,9 +677,35 @@ mod tests {
         check(RunState::Failed, 0, None, Ok(()));
         let later = Uuid::nil();
         assert_eq!(
-            may_resume(RunState::Failed, 0, None, Some(later)),
+            may_resume(Uuid::nil(), RunState::Failed, 0, None, false, Some(later)),
             Err(Superseded(later))
         );
+        // A run the brake holds waits for its deletions to be confirmed.
+        let run = Uuid::from_u128(7);
+        assert_eq!(
+            may_resume(run, RunState::Suspended, 0, None, true, None),
+            Err(Held(run))
+        );
+    }
+
+    /// What an operator may resume (but a failed run, which is reopened
+    /// first) is what a worker would take up, in every state.
+    #[test]
+    fn resumable_runs_are_ready_to_execute() {
+        for state in RunState::ALL {
+            for pending in [0, 1] {
+                for executing in [None, Some("w1")] {
+                    for held in [false, true] {
+                        let ready = ready_to_execute(state, pending > 0, executing.is_some(), held);
+                        let may = may_resume(Uuid::nil(), state, pending, executing, held, None).is_ok();
+                        if state != RunState::Failed {
+                            assert_eq!(may, ready, "{state} pending {pending} {executing:?} held {held}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(!ready_to_execute(RunState::Failed, false, false, false));
     }
 
     #[test]

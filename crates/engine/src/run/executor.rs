@@ -11,7 +11,10 @@
 //! re-reads the page from the last checkpoint and finds the records it
 //! created.
 
-use crate::run::{PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
+use crate::run::{
+    Phase, PhaseEvent, PlannedStep, RunEvent, RunState, StepCheckpoint, StepCounters, StepDirection,
+    StepState,
+};
 use syncd_connect::{
     BadRow, Connector, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding,
 };
@@ -24,7 +27,12 @@ use syncd_core::record::{Direction, Fields, Record, Side};
 use syncd_core::references::{References, id_on};
 use syncd_core::value::Kind;
 
+mod bind;
+use bind::bind_entity;
 mod deletes;
+mod pages;
+mod review;
+mod writes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -34,6 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use syncd_core::workflow::{DefinitionErrors, EntityDef, Workflow};
 use syncd_store::{Lease, MappingWrite, PageCommit, RunRow, Store, StoreError, SyncCursor};
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Why a run could not go on.
@@ -150,16 +159,6 @@ struct StepProgress {
     scan: Option<Cursor>,
     /// Patch pass over the scanned window, for deferred self-references.
     patch: Option<Cursor>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Phase {
-    #[default]
-    Retry,
-    Scan,
-    Patch,
-    Done,
 }
 
 /// A step's fixed context.
@@ -454,43 +453,48 @@ impl Job {
             run = self.store.transition_run(&run, RunEvent::Start, None).await?;
         }
         let span = tracing::info_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
-        let _enter = span.enter();
-        // A resolution a system refuses fails the run like any step error,
-        // rather than leave it `running` for a worker to retry at once.
-        let result = match self.execute_steps(&run, lease, lost, progress).await {
-            Ok(()) => self.apply_resolutions(&run, lease).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => {
-                let pending = self.store.pending_conflicts_of_run(&self.tenant, run.id).await?;
-                let event = if pending == 0 {
-                    RunEvent::Succeed
-                } else {
-                    RunEvent::Suspend
-                };
-                Ok(self.store.transition_run(&run, event, None).await?)
-            }
-            Err(e @ (RunError::Cancelled { .. } | RunError::Interrupted { .. })) => Err(e),
-            Err(RunError::Held { hold }) => {
-                tracing::warn!(entity = %hold.entity_type, count = hold.count, "mass deletion held");
-                Ok(self.store.transition_run(&run, RunEvent::Suspend, None).await?)
-            }
-            Err(e @ RunError::Store(StoreError::LeaseLost { .. })) => Err(e),
-            // Decided by the caller: retried, or failed once the budget is
-            // spent.
-            Err(e) if e.is_transient() => Err(e),
-            Err(e) => {
-                tracing::error!(error = %e, "run failed");
-                let current = self.store.load_run(None, run.id).await?.unwrap_or(run);
-                if current.state == RunState::Running {
-                    self.store
-                        .transition_run(&current, RunEvent::Fail, Some(&e.to_string()))
-                        .await?;
+        // (Instrumented, not entered: a guard held across an await would
+        // tag other tasks' events on this thread with the run.)
+        async {
+            // A resolution a system refuses fails the run like any step error,
+            // rather than leave it `running` for a worker to retry at once.
+            let result = match self.execute_steps(&run, lease, lost, progress).await {
+                Ok(()) => self.apply_resolutions(&run, lease).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    let pending = self.store.pending_conflicts_of_run(&self.tenant, run.id).await?;
+                    let event = if pending == 0 {
+                        RunEvent::Succeed
+                    } else {
+                        RunEvent::Suspend
+                    };
+                    Ok(self.store.transition_run(&run, event, None).await?)
                 }
-                Err(e)
+                Err(e @ (RunError::Cancelled { .. } | RunError::Interrupted { .. })) => Err(e),
+                Err(RunError::Held { hold }) => {
+                    tracing::warn!(entity = %hold.entity_type, count = hold.count, "mass deletion held");
+                    Ok(self.store.transition_run(&run, RunEvent::Suspend, None).await?)
+                }
+                Err(e @ RunError::Store(StoreError::LeaseLost { .. })) => Err(e),
+                // Decided by the caller: retried, or failed once the budget is
+                // spent.
+                Err(e) if e.is_transient() => Err(e),
+                Err(e) => {
+                    tracing::error!(error = %e, "run failed");
+                    let current = self.store.load_run(None, run.id).await?.unwrap_or(run);
+                    if current.state == RunState::Running {
+                        self.store
+                            .transition_run(&current, RunEvent::Fail, Some(&e.to_string()))
+                            .await?;
+                    }
+                    Err(e)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn execute_steps(
@@ -520,23 +524,10 @@ impl Job {
                 lease: lease.clone(),
                 lost: lost.clone(),
             };
+            self.store.start_step(run, step).await?;
             let span =
                 tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
-            let _enter = span.enter();
-            if step.direction == StepDirection::Delete {
-                let mut report = |counters: &StepCounters| {
-                    progress(&Progress {
-                        step: i + 1,
-                        steps: steps.len(),
-                        entity_type: step.entity_type.to_string(),
-                        direction: step.direction,
-                        counters: *counters,
-                    })
-                };
-                self.execute_delete_step(&ctx, checkpoint, &mut report).await?;
-                continue;
-            }
-            self.execute_step(&ctx, checkpoint, &mut |counters| {
+            let mut report = |counters: &StepCounters| {
                 progress(&Progress {
                     step: i + 1,
                     steps: steps.len(),
@@ -544,8 +535,19 @@ impl Job {
                     direction: step.direction,
                     counters: *counters,
                 })
-            })
-            .await?;
+            };
+            match step.direction {
+                StepDirection::Delete => {
+                    self.execute_delete_step(&ctx, checkpoint, &mut report)
+                        .instrument(span)
+                        .await?
+                }
+                _ => {
+                    self.execute_step(&ctx, checkpoint, &mut report)
+                        .instrument(span)
+                        .await?
+                }
+            }
         }
         Ok(())
     }
@@ -608,784 +610,6 @@ impl Job {
         // records happened.
         let landed = land(&mut in_flight, progress).await;
         result.and(landed)
-    }
-
-    /// The pages of a step, each read, decided, written and committed in
-    /// turn. In the change scan three pages overlap: while page N is
-    /// written, page N + 1 is read and decided, and the commit of page
-    /// N - 1 runs (see `InFlight`). A page that holds a record of a page
-    /// before it still being written or committed waits for those first,
-    /// so that it finds the mapping as that page leaves it; so do the
-    /// retry and patch passes and a step whose records refer to each other.
-    async fn page_loop(
-        &self,
-        ctx: &StepCtx<'_>,
-        state: &mut StepProgress,
-        counters: &mut StepCounters,
-        in_flight: &mut Option<InFlight>,
-        progress: &mut (dyn FnMut(&StepCounters) + Send),
-    ) -> Result<(), RunError> {
-        let sequential = ctx.tables.refs.refer_to_itself();
-        // The next page, read (and decided, unless it had to wait) while the
-        // page before was written.
-        let mut next: Option<(ReadPage, Option<Decided>)> = None;
-        loop {
-            let (mut page, decided) = match next.take() {
-                // Read while the page before was written: the stop check
-                // (shutdown, lost lease, cancellation) comes before its
-                // writes, as for any page.
-                Some(n) => {
-                    self.check_not_cancelled(ctx).await?;
-                    n
-                }
-                None => {
-                    if state.phase != Phase::Scan || sequential {
-                        land(in_flight, progress).await?;
-                    }
-                    self.check_not_cancelled(ctx).await?;
-                    match self.read_page(ctx, state).await? {
-                        Some(page) => (page, None),
-                        None => return Ok(()),
-                    }
-                }
-            };
-            let (writes, mut delta) = match decided {
-                Some(d) => d,
-                None => {
-                    if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&page.ids)) {
-                        land(in_flight, progress).await?;
-                    }
-                    self.decide(ctx, &mut page).await?
-                }
-            };
-            let overlap = page.phase == Phase::Scan && !page.scan_done && !sequential;
-            let (written, read_next) = if overlap {
-                let write = self.write_page(ctx, writes, &mut delta);
-                let ahead = async {
-                    let Some(mut after) = self.read_page(ctx, state).await? else {
-                        return Ok(None);
-                    };
-                    let busy = |ids: &HashSet<String>| !ids.is_disjoint(&after.ids);
-                    if busy(&page.ids) || in_flight.as_ref().is_some_and(|f| busy(&f.ids)) {
-                        return Ok(Some((after, None)));
-                    }
-                    let decided = self.decide(ctx, &mut after).await?;
-                    Ok::<_, RunError>(Some((after, Some(decided))))
-                };
-                tokio::join!(write, ahead)
-            } else {
-                (self.write_page(ctx, writes, &mut delta).await, Ok(None))
-            };
-            // A page whose writes are done is committed even when reading
-            // the next one failed.
-            let mut commit = written?;
-            *counters += delta;
-            let mut after = page.progress;
-            // Decided once the last page is written: it may defer too.
-            if page.scan_done {
-                after.phase = if counters.deferred > 0 || counters.postponed > 0 {
-                    Phase::Patch
-                } else {
-                    Phase::Done
-                };
-                state.phase = after.phase;
-            }
-            let done = after.phase == Phase::Done;
-            commit.checkpoint = Some(StepCheckpoint {
-                run_id: ctx.run_id,
-                tenant_id: self.tenant.clone(),
-                stage: ctx.step.stage,
-                entity_type: ctx.step.entity_type.clone(),
-                direction: ctx.step.direction,
-                state: if done { StepState::Done } else { StepState::Running },
-                cursor: Some(serde_json::to_value(&after).expect("progress serializes")),
-                counters: *counters,
-                error: None,
-            });
-            commit.sync_cursor = page.sync_cursor;
-            commit.lease = Some(ctx.lease.clone());
-            land(in_flight, progress).await?;
-            *in_flight = Some(InFlight::start(&self.store, commit, page.ids, *counters));
-            next = read_next?;
-            if done {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Decides a page read by `read_page`, with counters of its own.
-    async fn decide(&self, ctx: &StepCtx<'_>, page: &mut ReadPage) -> Result<Decided, RunError> {
-        let mut delta = StepCounters::default();
-        let (records, bad, deleted) = (
-            std::mem::take(&mut page.records),
-            std::mem::take(&mut page.bad),
-            std::mem::take(&mut page.deleted),
-        );
-        // The last look a record gets in this run: the patch pass of the
-        // step after which no other reads its entity (in a bidirectional
-        // integration the backward step reads what the forward step
-        // could not compare).
-        let last_pass = page.phase == Phase::Patch
-            && (ctx.step.direction == StepDirection::Backward
-                || self.workflow.direction == Direction::OneWay);
-        let writes = self
-            .decide_page(ctx, records, bad, deleted, last_pass, &mut delta)
-            .await?;
-        Ok((writes, delta))
-    }
-
-    /// Reads the step's next page (`None` once the step is done) and moves
-    /// `state` past it.
-    async fn read_page(
-        &self,
-        ctx: &StepCtx<'_>,
-        state: &mut StepProgress,
-    ) -> Result<Option<ReadPage>, RunError> {
-        let read_binding = self.binding(ctx.tables, ctx.read);
-        let reader = self.connector(ctx.read);
-        let page_size = self.options.page_size;
-        let phase = state.phase;
-        let mut sync_cursor = None;
-        let mut scan_done = false;
-        let (records, bad, deleted) = match state.phase {
-            Phase::Retry => {
-                let unsettled = self
-                    .store
-                    .unsettled_mappings(&ctx.scope, state.retry_after, page_size)
-                    .await?;
-                state.retry_after = unsettled.last().map(|m| m.id);
-                if unsettled.len() < page_size as usize {
-                    state.phase = Phase::Scan;
-                }
-                let prefix = key_prefix(ctx.step.direction);
-                let ids: Vec<String> = unsettled
-                    .iter()
-                    .filter(|m| {
-                        m.idempotency_key
-                            .as_deref()
-                            .is_some_and(|k| k.starts_with(prefix))
-                    })
-                    .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
-                    .collect();
-                let found = reader.read_by_ids(read_binding, &ids).await?;
-                (found.records, found.bad, Vec::new())
-            }
-            Phase::Scan => {
-                if state.scan.is_none() && state.scan_start.is_none() {
-                    let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
-                    state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
-                    state.scan_start = state.scan.clone();
-                }
-                let page = reader
-                    .read_changes(read_binding, state.scan.as_ref(), page_size)
-                    .await?;
-                if let Some(next) = &page.next {
-                    state.scan = Some(next.clone());
-                    sync_cursor = Some(SyncCursor {
-                        scope: ctx.scope.clone(),
-                        side: ctx.read,
-                        cursor: serde_json::to_value(next).expect("cursors serialize"),
-                    });
-                }
-                scan_done = page.done;
-                (page.records, page.bad, page.deleted)
-            }
-            Phase::Patch => {
-                let from = state.patch.clone().or_else(|| state.scan_start.clone());
-                let page = reader
-                    .read_changes(read_binding, from.as_ref(), page_size)
-                    .await?;
-                if page.next.is_some() {
-                    state.patch = page.next.clone();
-                }
-                if page.done {
-                    state.phase = Phase::Done;
-                }
-                (page.records, page.bad, Vec::new())
-            }
-            Phase::Done => return Ok(None),
-        };
-        let ids: HashSet<String> = records
-            .iter()
-            .map(|r| &r.id)
-            .chain(bad.iter().map(|b| &b.id))
-            .chain(&deleted)
-            .cloned()
-            .collect();
-        Ok(Some(ReadPage {
-            records,
-            bad,
-            deleted,
-            ids,
-            sync_cursor,
-            scan_done,
-            phase,
-            progress: state.clone(),
-        }))
-    }
-
-    /// The ids on `to` of the records of `entity` whose ids on `from` are
-    /// `ids`, for mapped records only; plus every mapping found, by id.
-    async fn translate(
-        &self,
-        entity: &str,
-        from: Side,
-        ids: Vec<String>,
-    ) -> Result<HashMap<String, IdMapping>, RunError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        Ok(self.store.lookup(&self.scope(entity), from, &ids).await?)
-    }
-
-    /// Translation tables for reference values of `records`, from `from`.
-    async fn reference_maps(
-        &self,
-        tables: &EntityTables,
-        from: Side,
-        records: &[&Fields],
-    ) -> Result<HashMap<String, HashMap<String, IdMapping>>, RunError> {
-        // One lookup per referenced entity type, all at once.
-        let lookups = tables
-            .refs
-            .values(records)
-            .into_iter()
-            .map(|(entity, ids)| async move {
-                let found = self.translate(&entity, from, ids).await?;
-                Ok::<_, RunError>((entity, found))
-            });
-        Ok(futures_util::future::try_join_all(lookups)
-            .await?
-            .into_iter()
-            .collect())
-    }
-
-    /// Processes one page of records read from `ctx.read`; performs the
-    /// writes and returns what the page's final transaction must commit.
-    async fn process_page(
-        &self,
-        ctx: &StepCtx<'_>,
-        records: Vec<Record>,
-        bad: Vec<BadRow>,
-        deleted: Vec<String>,
-        counters: &mut StepCounters,
-    ) -> Result<PageCommit, RunError> {
-        let writes = self
-            .decide_page(ctx, records, bad, deleted, false, counters)
-            .await?;
-        self.write_page(ctx, writes, counters).await
-    }
-
-    /// The first half of a page: reads what the records' decisions need
-    /// (mappings, open conflicts, references, counterparts) and decides
-    /// them. Writes nothing, so it can run while the page before is written.
-    /// In the step's `last_pass` a record still waiting for a reference
-    /// fails with the reason instead of waiting on.
-    async fn decide_page(
-        &self,
-        ctx: &StepCtx<'_>,
-        records: Vec<Record>,
-        bad: Vec<BadRow>,
-        deleted: Vec<String>,
-        last_pass: bool,
-        counters: &mut StepCounters,
-    ) -> Result<PageWrites, RunError> {
-        let now = Utc::now();
-        let read = ctx.read;
-        let write = ctx.write();
-        let tables = ctx.tables;
-        for b in &bad {
-            tracing::warn!(id = %b.id, reason = %b.reason, "bad row");
-        }
-        // Open conflicts, mappings, the mappings of rows marked deleted and
-        // the translation of the records' references are independent
-        // reads: they go together.
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        let mut all_ids = ids.clone();
-        all_ids.extend(bad.iter().map(|b| b.id.clone()));
-        let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
-        let (open, mappings, deleted_mappings, read_maps) = tokio::try_join!(
-            async { Ok::<_, RunError>(self.store.open_conflicts(&ctx.scope, read, &ids).await?) },
-            async { Ok::<_, RunError>(self.store.lookup(&ctx.scope, read, &all_ids).await?) },
-            async {
-                Ok::<_, RunError>(match deleted.is_empty() {
-                    true => HashMap::new(),
-                    false => self.store.lookup(&ctx.scope, read, &deleted).await?,
-                })
-            },
-            self.reference_maps(tables, read, &read_fields),
-        )?;
-
-        // Counterparts of mapped records (records waiting for a reviewer
-        // aside), by their id on the write side.
-        let waiting: Vec<Record>;
-        let deciding = match open.is_empty() {
-            true => &records,
-            false => {
-                waiting = records
-                    .iter()
-                    .filter(|r| !open.contains(&r.id))
-                    .cloned()
-                    .collect();
-                &waiting
-            }
-        };
-        let counterpart_ids = decide::counterpart_ids(deciding, &mappings, write);
-        let found = self
-            .connector(write)
-            .read_by_ids(self.binding(tables, write), &counterpart_ids)
-            .await?;
-        let counterparts: HashMap<String, Record> =
-            found.records.into_iter().map(|r| (r.id.clone(), r)).collect();
-        // Counterparts that exist but cannot be read: not gone, unreadable.
-        let unreadable: HashMap<String, String> = found.bad.into_iter().map(|b| (b.id, b.reason)).collect();
-        // Target records' references into source ids (the space records
-        // are compared and based in).
-        let target_maps = match read {
-            Side::Target => read_maps.clone(),
-            Side::Source => {
-                let target_records: Vec<&Fields> = counterparts.values().map(|r| &r.fields).collect();
-                self.reference_maps(tables, Side::Target, &target_records).await?
-            }
-        };
-
-        let page = decide::Page {
-            records,
-            bad,
-            deleted,
-            deleted_mappings,
-            open: open.into_iter().collect(),
-            mappings,
-            read_maps,
-            target_maps,
-            counterparts,
-            unreadable,
-            last_pass,
-            now,
-        };
-        let keepable = |what: &dyn Fn() -> String, fields: &Fields| self.store.unkeepable(what, fields);
-        let d = decide::decide_page(&self.decision_step(ctx), page, &keepable, &mut Uuid::now_v7);
-        *counters += d.counters;
-        Ok(PageWrites {
-            now,
-            commit: PageCommit {
-                mappings: d.mappings,
-                conflicts: d.conflicts,
-                candidates: d.candidates,
-                ..PageCommit::default()
-            },
-            reserve: d.reserve,
-            actions: d.creates,
-            updates_source: d.updates_source,
-            updates_target: d.updates_target,
-            confirms: d.confirms,
-        })
-    }
-
-    /// The step `ctx` as the page decisions see it.
-    fn decision_step<'a>(&'a self, ctx: &'a StepCtx<'_>) -> decide::Step<'a> {
-        decide::Step {
-            integration: self.workflow.name.as_str(),
-            tenant: &self.tenant,
-            run_id: ctx.run_id,
-            scope: &ctx.scope,
-            direction: ctx.step.direction,
-            read: ctx.read,
-            def: &ctx.tables.def,
-            refs: &ctx.tables.refs,
-            strategy: self
-                .workflow
-                .strategy_for(&self.tenant, ctx.step.entity_type.as_str()),
-            sync: self.workflow.direction,
-            write_text_ids: self.binding(ctx.tables, ctx.write()).id_kind == IdKind::Text,
-        }
-    }
-
-    /// The second half of a page: reserves the pending mappings of its
-    /// creates, then creates and updates records in both systems, and
-    /// returns what the page's final transaction must commit.
-    async fn write_page(
-        &self,
-        ctx: &StepCtx<'_>,
-        writes: PageWrites,
-        counters: &mut StepCounters,
-    ) -> Result<PageCommit, RunError> {
-        let PageWrites {
-            now,
-            mut commit,
-            reserve,
-            actions,
-            updates_source,
-            updates_target,
-            mut confirms,
-        } = writes;
-        let (read, write, tables) = (ctx.read, ctx.write(), ctx.tables);
-        // Reserve pending mappings before writing anything. New ones are
-        // held by the reservation (`held`), not in the ID map yet.
-        let mut reserved: HashMap<String, (IdMapping, bool)> = HashMap::with_capacity(reserve.len());
-        if !reserve.is_empty() {
-            let (reservation, stored) = self.store.reserve(&ctx.scope, reserve, &ctx.lease).await?;
-            let held = reservation.map(|r| {
-                commit.settles = Some(r.id);
-                r.held
-            });
-            for (m, held) in held
-                .into_iter()
-                .flatten()
-                .map(|m| (m, true))
-                .chain(stored.into_iter().map(|m| (m, false)))
-            {
-                if let Some(id) = id_on(&m, read) {
-                    reserved.insert(id.to_owned(), (m, held));
-                }
-            }
-        }
-
-        // Creates: text ids are deterministic (a repeat upserts); integer-id
-        // tables are searched for the key of an earlier attempt first.
-        let write_binding = self.binding(tables, write);
-        let mut creates: Vec<((IdMapping, bool), Record, Fields, bool)> = Vec::with_capacity(actions.len());
-        let mut news: Vec<NewRecord> = Vec::with_capacity(actions.len());
-        for action in actions {
-            let Create {
-                record,
-                fields,
-                base,
-                mapping,
-                key,
-                id: uuid,
-            } = action;
-            let tried = mapping.is_some();
-            let current = reserved
-                .remove(&record.id)
-                .or(mapping.map(|m| (m, false)))
-                .expect("a create has a pending mapping");
-            creates.push((current, record, base, tried));
-            news.push(NewRecord {
-                id: (write_binding.id_kind == IdKind::Text).then(|| uuid.to_string()),
-                key,
-                fields,
-                tried,
-            });
-        }
-        // Only a create tried before (its mapping was pending, failed or
-        // stale already) can have happened: look for those.
-        let existing = if write_binding.id_kind == IdKind::Assigned {
-            let keys: Vec<String> = creates
-                .iter()
-                .zip(&news)
-                .filter(|((_, _, _, tried), _)| *tried)
-                .map(|(_, n)| n.key.clone())
-                .collect();
-            self.connector(write).find_by_keys(write_binding, &keys).await?
-        } else {
-            HashMap::new()
-        };
-        // The id of each create, in order.
-        let no_id = || Err(format!("{} returned no id for the create", write.as_str()));
-        let results: Vec<Result<String, String>> = if existing.is_empty() {
-            let mut created = self.connector(write).create(write_binding, &news, now).await?;
-            created.resize_with(news.len(), no_id);
-            created
-        } else {
-            let to_create: Vec<NewRecord> = news
-                .iter()
-                .filter(|n| !existing.contains_key(&n.key))
-                .cloned()
-                .collect();
-            let mut created = self
-                .connector(write)
-                .create(write_binding, &to_create, now)
-                .await?
-                .into_iter();
-            news.iter()
-                .map(|n| match existing.get(&n.key) {
-                    Some(id) => Ok(id.clone()),
-                    None => created.next().unwrap_or_else(no_id),
-                })
-                .collect()
-        };
-        for (((mapping, held), record, base, _), result) in creates.into_iter().zip(results) {
-            let change = match result {
-                Ok(new_id) => {
-                    counters.created += 1;
-                    let (source_id, target_id) = match read {
-                        Side::Source => (record.id.clone(), new_id),
-                        Side::Target => (new_id, record.id.clone()),
-                    };
-                    MappingChange::Confirm {
-                        source_id,
-                        target_id,
-                        base,
-                    }
-                }
-                Err(error) => {
-                    counters.failed += 1;
-                    MappingChange::Fail { error }
-                }
-            };
-            confirms.push(if held {
-                MappingWrite::Settle {
-                    held: mapping,
-                    change,
-                }
-            } else {
-                MappingWrite::Transition {
-                    current: mapping,
-                    change,
-                }
-            });
-        }
-
-        let written = self.to_target_ids(tables, &updates_target).await?;
-        // The base records what the target really holds: an empty deferred
-        // self-reference (patched by the step's patch pass), or the kept
-        // value of a reference that could not be translated.
-        for (update, w) in updates_target.iter().zip(&written) {
-            let Some(MappingWrite::Transition {
-                change: MappingChange::Confirm { base, .. },
-                ..
-            }) = update.confirm.and_then(|i| confirms.get_mut(i))
-            else {
-                continue;
-            };
-            for field in &w.deferred {
-                base.insert(field.clone(), Value::Null);
-            }
-            for field in &w.kept {
-                let kept = update
-                    .current_in_source_ids
-                    .get(field)
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                base.insert(field.clone(), kept);
-            }
-            if !w.deferred.is_empty() {
-                counters.deferred += 1;
-            }
-        }
-        let target_updates: Vec<(String, Fields)> = written.into_iter().map(|w| (w.id, w.fields)).collect();
-        let refused_target = self.target.update(&tables.target, &target_updates, now).await?;
-        let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
-        if !(refused_target.is_empty() && refused_source.is_empty()) {
-            // A record the system refused keeps its mapping and its old
-            // base, so the difference is written again with its next change;
-            // the mapping's `last_error` says why.
-            for (id, reason) in refused_target.iter().chain(&refused_source) {
-                tracing::warn!(record = %id, %reason, "update refused");
-            }
-            let reasons: HashMap<(Side, &str), &str> = refused_target
-                .iter()
-                .map(|(id, why)| ((Side::Target, id.as_str()), why.as_str()))
-                .chain(
-                    refused_source
-                        .iter()
-                        .map(|(id, why)| ((Side::Source, id.as_str()), why.as_str())),
-                )
-                .collect();
-            let mut dropped = 0;
-            for w in confirms.iter_mut() {
-                let MappingWrite::Transition {
-                    change:
-                        MappingChange::Confirm {
-                            source_id, target_id, ..
-                        },
-                    current,
-                } = w
-                else {
-                    continue;
-                };
-                let why = reasons
-                    .get(&(Side::Target, target_id.as_str()))
-                    .map(|why| format!("{} refused the update: {why}", self.target.system()))
-                    .or_else(|| {
-                        reasons
-                            .get(&(Side::Source, source_id.as_str()))
-                            .map(|why| format!("{} refused the update: {why}", self.source.system()))
-                    });
-                if let Some(error) = why {
-                    *w = MappingWrite::Transition {
-                        current: current.clone(),
-                        change: MappingChange::Refuse { error },
-                    };
-                    dropped += 1;
-                }
-            }
-            counters.updated = counters.updated.saturating_sub(dropped);
-            counters.failed += dropped;
-        }
-        commit.mappings.extend(confirms);
-        Ok(commit)
-    }
-
-    /// Rewrites updates bound for the target from source ids to target ids.
-    /// A self-reference whose target is not mapped yet is written empty; any
-    /// other reference that cannot be translated keeps the target's current
-    /// value rather than point nowhere. Both are reported per update.
-    async fn to_target_ids(
-        &self,
-        tables: &EntityTables,
-        updates: &[TargetUpdate],
-    ) -> Result<Vec<TargetWrite>, RunError> {
-        let fields: Vec<&Fields> = updates.iter().map(|u| &u.fields).collect();
-        let maps = self.reference_maps(tables, Side::Source, &fields).await?;
-        Ok(updates
-            .iter()
-            .map(|u| {
-                let mut rewritten = tables.refs.rewrite(&maps, Side::Source, &u.fields);
-                let mut kept = Vec::new();
-                for (field, reason) in rewritten.missing {
-                    tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
-                    let current = u.current.get(&field).cloned().unwrap_or(Value::Null);
-                    rewritten.fields.insert(field.clone(), current);
-                    kept.push(field);
-                }
-                tables
-                    .refs
-                    .ids_typed_for(Side::Target, &mut rewritten.fields, &u.current);
-                TargetWrite {
-                    id: u.id.clone(),
-                    fields: rewritten.fields,
-                    deferred: rewritten.deferred,
-                    kept,
-                }
-            })
-            .collect())
-    }
-
-    /// Writes the resolutions reviewers gave to conflicts of `run` to both
-    /// systems, and records the new base.
-    async fn apply_resolutions(&self, run: &RunRow, lease: &Lease) -> Result<(), RunError> {
-        let resolved = self.store.unapplied_resolutions(run.id).await?;
-        for c in resolved {
-            let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
-                continue;
-            };
-            let scope = self.scope(c.entity_type.as_str());
-            let mapping = self
-                .store
-                .lookup(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
-                .await?
-                .remove(&c.source_record.id);
-            let mut commit = PageCommit {
-                applied_conflicts: vec![c.id],
-                lease: Some(lease.clone()),
-                ..Default::default()
-            };
-            if let Some(m) = mapping.filter(|m| m.status == MappingStatus::Mapped) {
-                let source = self
-                    .source
-                    .read_by_ids(&tables.source, std::slice::from_ref(&c.source_record.id))
-                    .await?;
-                let target = self
-                    .target
-                    .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
-                    .await?;
-                // A record that exists but cannot be read (a value its
-                // side cannot hold) stops the run with the reason; the
-                // decision stays, to be applied once the record is fixed.
-                if let Some((connector, bad)) = source
-                    .bad
-                    .first()
-                    .map(|b| (&self.source, b))
-                    .or(target.bad.first().map(|b| (&self.target, b)))
-                {
-                    return Err(ConnectorError::Config {
-                        system: connector.system().to_owned(),
-                        reason: format!(
-                            "the decision of conflict {} cannot be applied: {} (fix the record, then resume the run)",
-                            c.id, bad.reason
-                        ),
-                    }
-                    .into());
-                }
-                if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
-                    let maps = self
-                        .reference_maps(tables, Side::Target, &[&target.fields])
-                        .await?;
-                    let target_in_source_space = tables.refs.record_ids_as_text(Record {
-                        fields: tables.refs.rewrite(&maps, Side::Target, &target.fields).fields,
-                        ..target.clone()
-                    });
-                    let source_record = source;
-                    let source = &tables.refs.record_ids_as_text(source_record.clone());
-                    let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
-                    let base_as_text = c.base.as_ref().and_then(|b| tables.refs.ids_as_text(b));
-                    let base = base_as_text.as_ref().or(c.base.as_ref());
-                    let writes = match conflict::apply_review(
-                        base,
-                        source,
-                        &target_in_source_space,
-                        self.workflow.direction,
-                        &decision,
-                    ) {
-                        Ok(writes) => writes,
-                        Err(e) => {
-                            // The record changed after it was parked and now
-                            // conflicts in a field the reviewer did not
-                            // decide: park it again, with the current records.
-                            tracing::info!(conflict = %c.id, reason = %e, "record changed since review; parked again");
-                            let changes =
-                                conflict::detect(base, &source.fields, &target_in_source_space.fields);
-                            commit.conflicts.push(ConflictRecord {
-                                id: Uuid::new_v4(),
-                                source_record: source.clone(),
-                                target_record: target_in_source_space.clone(),
-                                conflicting_fields: changes.conflicting,
-                                strategy_applied: conflict::Strategy::Manual,
-                                resolution: None,
-                                status: conflict::ConflictStatus::Pending,
-                                resolved_by: None,
-                                created_at: Utc::now(),
-                                resolved_at: None,
-                                ..c.clone()
-                            });
-                            self.store.commit_page(commit).await?;
-                            continue;
-                        }
-                    };
-                    let now = Utc::now();
-                    if !writes.to_target.is_empty() {
-                        let mut fields = target_in_source_space.fields.clone();
-                        fields.extend(writes.to_target.clone());
-                        let update = TargetUpdate {
-                            id: target.id.clone(),
-                            fields,
-                            current: target.fields.clone(),
-                            current_in_source_ids: target_in_source_space.fields.clone(),
-                            confirm: None,
-                        };
-                        let written = self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
-                        let updates: Vec<(String, Fields)> =
-                            written.into_iter().map(|w| (w.id, w.fields)).collect();
-                        let refused = self.target.update(&tables.target, &updates, now).await?;
-                        refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
-                    }
-                    if !writes.to_source.is_empty() {
-                        let mut fields = source.fields.clone();
-                        fields.extend(writes.to_source.clone());
-                        tables
-                            .refs
-                            .ids_typed_for(Side::Source, &mut fields, &source_record.fields);
-                        let refused = self
-                            .source
-                            .update(&tables.source, &[(source.id.clone(), fields)], now)
-                            .await?;
-                        refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
-                    }
-                    commit.mappings.push(MappingWrite::Transition {
-                        change: MappingChange::Confirm {
-                            source_id: source.id.clone(),
-                            target_id: target.id.clone(),
-                            base: writes.base,
-                        },
-                        current: m,
-                    });
-                }
-            }
-            self.store.commit_page(commit).await?;
-        }
-        Ok(())
     }
 }
 
@@ -1490,159 +714,4 @@ pub async fn create_run(
     };
     store.create_run(&run, &steps).await?;
     Ok(run)
-}
-
-/// Resolves the fields of an entity on both systems: the field map renames,
-/// every other column is a field of the same name, and only fields both
-/// systems have are synced.
-async fn bind_entity(
-    def: &EntityDef,
-    source: &Connector,
-    target: &Connector,
-) -> Result<EntityTables, RunError> {
-    let entity = def.name.as_str();
-    let mut sides = Vec::new();
-    for (connector, pick) in [(source, Side::Source), (target, Side::Target)] {
-        let table = def.table(pick);
-        let columns = connector
-            .columns(def, pick)
-            .await?
-            .ok_or_else(|| ConnectorError::MissingTable {
-                system: connector.system().to_owned(),
-                table: table.to_owned(),
-                entity: entity.to_owned(),
-            })?;
-        if let Some(archive) = def
-            .deletes
-            .archive_column
-            .as_ref()
-            .filter(|_| pick == Side::Target)
-            && !columns.contains_key(archive)
-        {
-            return Err(ConnectorError::MissingColumn {
-                system: connector.system().to_owned(),
-                table: table.to_owned(),
-                column: archive.clone(),
-                entity: entity.to_owned(),
-                field: ", archive_column".into(),
-            }
-            .into());
-        }
-        let mut cdm_to_column: BTreeMap<String, String> = BTreeMap::new();
-        for f in &def.fields {
-            let column = f.native(pick);
-            if !columns.contains_key(column) {
-                return Err(ConnectorError::MissingColumn {
-                    system: connector.system().to_owned(),
-                    table: table.to_owned(),
-                    column: column.to_owned(),
-                    entity: entity.to_owned(),
-                    field: format!(", field `{}`", f.cdm),
-                }
-                .into());
-            }
-            cdm_to_column.insert(f.cdm.clone(), column.to_owned());
-        }
-        let used: HashSet<String> = cdm_to_column.values().cloned().collect();
-        let reserved = [
-            syncd_connect::sql::ID_COLUMN,
-            syncd_connect::sql::UPDATED_AT_COLUMN,
-            def.idempotency_column.as_deref().unwrap_or(""),
-            def.deletes.deleted_column(pick).unwrap_or(""),
-            def.deletes.archive_column.as_deref().unwrap_or(""),
-        ];
-        for column in columns.keys() {
-            if !used.contains(column) && !reserved.contains(&column.as_str()) {
-                cdm_to_column
-                    .entry(column.clone())
-                    .or_insert_with(|| column.clone());
-            }
-        }
-        sides.push((connector, columns, cdm_to_column, pick));
-    }
-    let shared: Vec<String> = sides[0]
-        .2
-        .keys()
-        .filter(|k| sides[1].2.contains_key(*k))
-        .cloned()
-        .collect();
-    // What each column holds, and the kind each field agrees on for both.
-    let class = |i: usize, cdm: &str| {
-        let (connector, columns, map, _) = &sides[i];
-        connector.class_of(&columns[&map[cdm]])
-    };
-    let referenced = |cdm: &str| {
-        def.fields
-            .iter()
-            .find(|f| f.cdm == cdm)
-            .and_then(|f| f.references.as_ref())
-            .map(|r| r.to_string())
-    };
-    // A reference holds ids: typed by the system it is in (below), not
-    // agreed between the two sides.
-    let kinds: HashMap<&str, Kind> = shared
-        .iter()
-        .map(|cdm| match referenced(cdm) {
-            Some(_) => (cdm.as_str(), Kind::Any),
-            None => (cdm.as_str(), Kind::agree(class(0, cdm), class(1, cdm))),
-        })
-        .collect();
-    let mut numeric_references = HashMap::new();
-    for cdm in &shared {
-        let Some(entity) = referenced(cdm) else { continue };
-        for (i, side) in [(0, Side::Source), (1, Side::Target)] {
-            if let Some(numeric) = sides[i].0.numeric_ids(&entity, class(i, cdm)) {
-                numeric_references.insert((cdm.clone(), side), numeric);
-            }
-        }
-    }
-    let mut bindings = Vec::new();
-    for (connector, columns, map, pick) in &sides {
-        let fields = shared
-            .iter()
-            .map(|cdm| FieldColumn {
-                cdm: cdm.clone(),
-                column: map[cdm].clone(),
-                class: connector.class_of(&columns[&map[cdm]]),
-                kind: kinds[cdm.as_str()],
-            })
-            .collect();
-        bindings.push(connector.binding(def, *pick, columns.clone(), fields)?);
-    }
-    let target = bindings.pop().expect("two sides");
-    let source = bindings.pop().expect("two sides");
-    let references = def
-        .fields
-        .iter()
-        .filter(|f| shared.contains(&f.cdm))
-        .filter_map(|f| f.references.as_ref().map(|r| (f.cdm.clone(), r.to_string())))
-        .collect();
-    Ok(EntityTables {
-        def: def.clone(),
-        source,
-        target,
-        refs: References {
-            entity: def.name.to_string(),
-            fields: references,
-            numeric: numeric_references,
-        },
-    })
-}
-
-/// A reviewer's resolution the system refused to store: the run stops with
-/// the system's reason (the conflict stays resolved and is applied again).
-fn refused_resolution(
-    connector: &Connector,
-    entity: &str,
-    refused: Vec<(String, String)>,
-) -> Result<(), RunError> {
-    match refused.into_iter().next() {
-        None => Ok(()),
-        Some((id, reason)) => Err(ConnectorError::Http {
-            system: connector.system().to_owned(),
-            request: format!("update of {entity} `{id}`"),
-            detail: format!("the resolution was refused: {reason}"),
-        }
-        .into()),
-    }
 }

@@ -1,0 +1,412 @@
+//! Reading a table: keyset pages of changes, records by id, presence; rows decoded to exact values.
+
+use super::*;
+
+impl SqlConnector {
+    /// Reads up to `limit` rows changed after `after`, oldest first.
+    pub async fn read_changes(
+        &self,
+        b: &TableBinding,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        let t = ident(&b.table);
+        let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let rows = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let doc = pg_row_document(b);
+                let sql = match after {
+                    None => format!("SELECT {doc} FROM {t} t ORDER BY t.{upd}, t.{id} LIMIT $1"),
+                    Some(_) => format!(
+                        "SELECT {doc} FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})) \
+                         ORDER BY t.{upd}, t.{id} LIMIT $1",
+                        b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
+                    ),
+                };
+                let mut q = sqlx::query(&sql).bind(limit as i64);
+                if let Some(c) = after {
+                    q = q.bind(text_of(&c.updated_at)).bind(text_of(&c.id));
+                }
+                let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                rows.iter()
+                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(self.query_error(&b.table))?
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let cols = self.sqlite_select_list(b);
+                let sql = match after {
+                    None => format!("SELECT {cols} FROM {t} ORDER BY {upd}, {id} LIMIT ?1"),
+                    Some(_) => format!(
+                        "SELECT {cols} FROM {t} WHERE ({upd}, {id}) > (?2, ?3) ORDER BY {upd}, {id} LIMIT ?1"
+                    ),
+                };
+                let mut q = sqlx::query(&sql).bind(limit as i64);
+                if let Some(c) = after {
+                    q = bind_sqlite(bind_sqlite(q, &c.updated_at), &c.id);
+                }
+                let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                rows.iter().map(|r| self.sqlite_row(b, r)).collect()
+            }
+        };
+        let mut page = ChangePage {
+            done: rows.len() < limit as usize,
+            ..Default::default()
+        };
+        for (doc, bad) in rows {
+            // Past every row read, bad ones too: a page that ended on a bad
+            // row would read it again, and a page of bad rows forever.
+            page.next = Some(Cursor {
+                updated_at: doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null),
+                id: doc.get(ID_COLUMN).cloned().unwrap_or(Value::Null),
+            });
+            if let Some(bad) = bad {
+                page.bad.push(bad);
+                continue;
+            }
+            if b.marked_deleted(|c| doc.get(c)) {
+                page.deleted.extend(doc.get(ID_COLUMN).and_then(id_text));
+                continue;
+            }
+            match self.record_of(b, doc, false) {
+                Ok(r) => page.records.push(r),
+                Err(bad) => page.bad.push(bad),
+            }
+        }
+        Ok(page)
+    }
+
+    /// The records with `ids`; ids that do not exist are absent.
+    pub async fn read_by_ids(&self, b: &TableBinding, ids: &[String]) -> Result<ByIds, ConnectorError> {
+        if ids.is_empty() {
+            return Ok(ByIds::default());
+        }
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        let docs: Vec<(Fields, Option<BadRow>)> = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let sql = format!(
+                    "SELECT {} FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[]))",
+                    pg_row_document(b),
+                    b.column_types[ID_COLUMN]
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+                rows.iter()
+                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(self.query_error(&b.table))?
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let cols = self.sqlite_select_list(b);
+                let sql = format!("SELECT {cols} FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1))");
+                let rows = sqlx::query(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+                rows.iter().map(|r| self.sqlite_row(b, r)).collect()
+            }
+        };
+        let mut found = ByIds::default();
+        for (doc, bad) in docs {
+            if let Some(bad) = bad {
+                found.bad.push(bad);
+            } else if !b.marked_deleted(|c| doc.get(c)) {
+                match self.record_of(b, doc, true) {
+                    Ok(r) => found.records.push(r),
+                    Err(bad) => found.bad.push(bad),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Which of `ids` exist and are not marked deleted: one query, reading
+    /// only the id (and the soft-delete column).
+    pub async fn present(&self, b: &TableBinding, ids: &[String]) -> Result<HashSet<String>, ConnectorError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        let mark = b.deleted_column.as_deref().map(ident);
+        let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({m})"));
+                let sql = format!(
+                    "SELECT {id}::text, {mark} FROM {t} WHERE {id} = ANY(CAST($1 AS {}[]))",
+                    b.column_types[ID_COLUMN]
+                );
+                sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let mark = mark.map_or("NULL".into(), |m| format!("json_quote({m})"));
+                let sql = format!(
+                    "SELECT CAST({id} AS TEXT), {mark} FROM {t} \
+                     WHERE {id} IN (SELECT value FROM json_each(?1))"
+                );
+                sqlx::query_as(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(self.query_error(&b.table))?;
+        Ok(rows
+            .into_iter()
+            .filter(|(_, mark)| !mark.as_ref().is_some_and(|m| is_deleted_mark(&m.0)))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Which of `ids` exist and are not marked deleted, for ids that come
+    /// in (about) the table's key order, as a reconciliation pass reads
+    /// them: one range scan of the primary key from the least of `ids` to
+    /// the greatest, as the table orders them, instead of one index descent
+    /// an id. The answer never depends on that order: an id the scan did not
+    /// see (gone, or outside what it read when the orders differ) is asked
+    /// for by [`present`](Self::present). The scan reads at most twice as
+    /// many rows as `ids`, so memory stays bounded however the ids fall.
+    pub async fn present_in_key_order(
+        &self,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<HashSet<String>, ConnectorError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let t = ident(&b.table);
+        let id = ident(ID_COLUMN);
+        let mark = b.deleted_column.as_deref().map(ident);
+        let limit = (ids.len() * 2 + 64) as i64;
+        let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({t}.{m})"));
+                let sql = format!(
+                    "WITH page AS (SELECT unnest(CAST($1 AS {}[])) AS id) \
+                     SELECT {t}.{id}::text, {mark} FROM {t} \
+                     WHERE {t}.{id} >= (SELECT min(id) FROM page) AND {t}.{id} <= (SELECT max(id) FROM page) \
+                     ORDER BY {t}.{id} LIMIT $2",
+                    b.column_types[ID_COLUMN]
+                );
+                sqlx::query_as(&sql).bind(ids).bind(limit).fetch_all(pool).await
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let mark = mark.map_or("NULL".into(), |m| format!("json_quote({t}.{m})"));
+                let sql = format!(
+                    "WITH page AS (SELECT value AS id FROM json_each(?1)) \
+                     SELECT CAST({t}.{id} AS TEXT), {mark} FROM {t} \
+                     WHERE {t}.{id} >= (SELECT min(id) FROM page) AND {t}.{id} <= (SELECT max(id) FROM page) \
+                     ORDER BY {t}.{id} LIMIT ?2"
+                );
+                sqlx::query_as(&sql)
+                    .bind(sqlx::types::Json(self.native_ids(b, ids)))
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(self.query_error(&b.table))?;
+        // The span also holds rows not asked about (records not mapped).
+        let mut unseen: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let mut present = HashSet::with_capacity(ids.len());
+        for (row, mark) in rows {
+            if unseen.remove(row.as_str()) && !mark.as_ref().is_some_and(|m| is_deleted_mark(&m.0)) {
+                present.insert(row);
+            }
+        }
+        let unseen: Vec<String> = unseen.into_iter().map(str::to_owned).collect();
+        present.extend(self.present(b, &unseen).await?);
+        Ok(present)
+    }
+
+    /// A row (all columns, native names) as a record.
+    /// `any_time`: a row whose modification time cannot be read is still
+    /// read (its time the Unix epoch), as a counterpart to compare by value.
+    pub(super) fn record_of(
+        &self,
+        b: &TableBinding,
+        mut doc: Fields,
+        any_time: bool,
+    ) -> Result<Record, BadRow> {
+        let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+        let bad = |reason: String| BadRow {
+            id: id.clone(),
+            reason,
+        };
+        let updated = doc.get(UPDATED_AT_COLUMN).cloned().unwrap_or(Value::Null);
+        let modified_at = parse_time(&updated)
+            .or(any_time.then_some(DateTime::UNIX_EPOCH))
+            .ok_or_else(|| {
+            bad(format!(
+                "system `{}`, table `{}`, row `{id}`: `{UPDATED_AT_COLUMN}` value {updated} is not a time",
+                b.system, b.table
+            ))
+        })?;
+        let mut fields = Fields::new();
+        for f in &b.fields {
+            let raw = doc.remove(&f.column).unwrap_or(Value::Null);
+            let v = value::read(f.kind, f.class, raw).map_err(|why| {
+                bad(format!(
+                    "system `{}`, table `{}`, row `{id}`: entity `{}`, field `{}` (column `{}`): {why}",
+                    b.system, b.table, b.entity, f.cdm, f.column
+                ))
+            })?;
+            fields.insert(f.cdm.clone(), v);
+        }
+        Ok(Record {
+            id,
+            fields,
+            modified_at,
+        })
+    }
+
+    pub(super) fn sqlite_select_list(&self, b: &TableBinding) -> String {
+        sqlite_columns(b)
+            .iter()
+            .map(|c| ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Reads a SQLite row by the runtime type of each value; a BLOB cannot be
+    /// a JSON field value, so its row is bad.
+    /// A row as JSON, and why it cannot be synced if one of its columns
+    /// holds no JSON value (that column is then read as null, so that the
+    /// row's id and modification time are still known).
+    pub(super) fn sqlite_row(&self, b: &TableBinding, row: &SqliteRow) -> (Fields, Option<BadRow>) {
+        let names = sqlite_columns(b);
+        let json_columns: Vec<&str> = b
+            .fields
+            .iter()
+            .filter(|f| f.class == Class::Json)
+            .map(|f| f.column.as_str())
+            .collect();
+        let mut doc = Fields::new();
+        let mut unreadable: Option<String> = None;
+        for (i, name) in names.iter().enumerate() {
+            let raw = match row.try_get_raw(i) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    unreadable.get_or_insert(format!("column `{name}`: {e}"));
+                    doc.insert((*name).to_owned(), Value::Null);
+                    continue;
+                }
+            };
+            let value = if raw.is_null() {
+                Value::Null
+            } else {
+                let read = match raw.type_info().name() {
+                    "INTEGER" => row
+                        .try_get_unchecked::<i64, _>(i)
+                        .map(Value::from)
+                        .map_err(|e| e.to_string()),
+                    "REAL" => row
+                        .try_get_unchecked::<f64, _>(i)
+                        .map(value::float_value)
+                        .map_err(|e| e.to_string()),
+                    "TEXT" => row
+                        .try_get_unchecked::<&[u8], _>(i)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| match std::str::from_utf8(bytes) {
+                            Ok(text) => Ok(text),
+                            Err(e) => Err(format!(
+                                "text is not valid UTF-8 (byte {} of {}: {})",
+                                e.valid_up_to(),
+                                hex_head(bytes),
+                                e
+                            )),
+                        })
+                        .and_then(|text| {
+                            // A JSON column keeps its document as text.
+                            if json_columns.contains(name) {
+                                serde_json::from_str(text).map_err(|e| format!("`{text}` is not JSON: {e}"))
+                            } else {
+                                Ok(Value::String(text.to_owned()))
+                            }
+                        }),
+                    other => Err(format!("it holds a {other} value, which is not JSON")),
+                };
+                match read {
+                    Ok(v) => v,
+                    Err(why) => {
+                        let field = b
+                            .fields
+                            .iter()
+                            .find(|f| f.column == *name)
+                            .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
+                            .unwrap_or_else(|| format!("column `{name}`"));
+                        unreadable.get_or_insert(format!("{field}: {why}"));
+                        Value::Null
+                    }
+                }
+            };
+            doc.insert((*name).to_owned(), value);
+        }
+        let bad = unreadable.map(|why| {
+            let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+            BadRow {
+                reason: format!("system `{}`, table `{}`, row `{id}`: {why}", b.system, b.table),
+                id,
+            }
+        });
+        (doc, bad)
+    }
+}
+
+/// The first bytes of `bytes` in hex, for an error message.
+pub(super) fn hex_head(bytes: &[u8]) -> String {
+    let head: Vec<String> = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > 16 {
+        format!("x'{}…'", head.join(""))
+    } else {
+        format!("x'{}'", head.join(""))
+    }
+}
+
+/// `value ->> ?2, value ->> ?3, ...` reading each column of a `json_each`
+/// row, with the JSON paths to bind (column names are bound, not spliced).
+pub(super) fn sqlite_json_select(columns: &[&str]) -> (String, Vec<String>) {
+    let select = (0..columns.len())
+        .map(|i| format!("value ->> ?{}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let paths = columns
+        .iter()
+        .map(|c| format!("$.\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    (select, paths)
+}
+
+/// The select list that reads a PostgreSQL row `t`: `to_jsonb(t)`, then
+/// for each float column its text when it is zero. `to_jsonb` writes a
+/// float exactly (shortest text that reads back as the same float, and
+/// `NaN` and the infinities as text) except a negative zero, which it
+/// writes `0`; [`pg_row`] puts `-0` back.
+pub(super) fn pg_row_document(b: &TableBinding) -> String {
+    let mut select = "to_jsonb(t)".to_owned();
+    for f in pg_floats(b) {
+        let c = ident(&f.column);
+        select.push_str(&format!(", CASE WHEN t.{c} = 0 THEN t.{c}::text END"));
+    }
+    select
+}
+
+pub(super) fn pg_floats(b: &TableBinding) -> impl Iterator<Item = &FieldColumn> {
+    b.fields.iter().filter(|f| matches!(f.class, Class::Float { .. }))
+}
+
+/// A row selected by [`pg_row_document`] as one document.
+pub(super) fn pg_row(b: &TableBinding, row: &sqlx::postgres::PgRow) -> Result<Fields, sqlx::Error> {
+    let mut doc = row.try_get::<sqlx::types::Json<Fields>, _>(0)?.0;
+    for (i, f) in pg_floats(b).enumerate() {
+        if row.try_get::<Option<&str>, _>(i + 1)? == Some("-0") {
+            doc.insert(f.column.clone(), Value::String("-0".into()));
+        }
+    }
+    Ok(doc)
+}

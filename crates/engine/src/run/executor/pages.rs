@@ -1,0 +1,393 @@
+//! A step's pages: read, decided (by `syncd_core::decide`), written and
+//! committed, with the change scan's pages overlapping.
+
+use super::*;
+
+impl Job {
+    /// The pages of a step, each read, decided, written and committed in
+    /// turn. In the change scan three pages overlap: while page N is
+    /// written, page N + 1 is read and decided, and the commit of page
+    /// N - 1 runs (see `InFlight`). A page that holds a record of a page
+    /// before it still being written or committed waits for those first,
+    /// so that it finds the mapping as that page leaves it; so do the
+    /// retry and patch passes and a step whose records refer to each other.
+    pub(super) async fn page_loop(
+        &self,
+        ctx: &StepCtx<'_>,
+        state: &mut StepProgress,
+        counters: &mut StepCounters,
+        in_flight: &mut Option<InFlight>,
+        progress: &mut (dyn FnMut(&StepCounters) + Send),
+    ) -> Result<(), RunError> {
+        let sequential = ctx.tables.refs.refer_to_itself();
+        // The next page, read (and decided, unless it had to wait) while the
+        // page before was written.
+        let mut next: Option<(ReadPage, Option<Decided>)> = None;
+        loop {
+            let (mut page, decided) = match next.take() {
+                // Read while the page before was written: the stop check
+                // (shutdown, lost lease, cancellation) comes before its
+                // writes, as for any page.
+                Some(n) => {
+                    self.check_not_cancelled(ctx).await?;
+                    n
+                }
+                None => {
+                    if state.phase != Phase::Scan || sequential {
+                        land(in_flight, progress).await?;
+                    }
+                    self.check_not_cancelled(ctx).await?;
+                    match self.read_page(ctx, state).await? {
+                        Some(page) => (page, None),
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let (writes, mut delta) = match decided {
+                Some(d) => d,
+                None => {
+                    if in_flight.as_ref().is_some_and(|f| !f.ids.is_disjoint(&page.ids)) {
+                        land(in_flight, progress).await?;
+                    }
+                    self.decide(ctx, &mut page).await?
+                }
+            };
+            let overlap = page.phase == Phase::Scan && !page.scan_done && !sequential;
+            let (written, read_next) = if overlap {
+                let write = self.write_page(ctx, writes, &mut delta);
+                let ahead = async {
+                    let Some(mut after) = self.read_page(ctx, state).await? else {
+                        return Ok(None);
+                    };
+                    let busy = |ids: &HashSet<String>| !ids.is_disjoint(&after.ids);
+                    if busy(&page.ids) || in_flight.as_ref().is_some_and(|f| busy(&f.ids)) {
+                        return Ok(Some((after, None)));
+                    }
+                    let decided = self.decide(ctx, &mut after).await?;
+                    Ok::<_, RunError>(Some((after, Some(decided))))
+                };
+                tokio::join!(write, ahead)
+            } else {
+                (self.write_page(ctx, writes, &mut delta).await, Ok(None))
+            };
+            // A page whose writes are done is committed even when reading
+            // the next one failed.
+            let mut commit = written?;
+            *counters += delta;
+            let mut after = page.progress;
+            // Decided once the last page is written: it may defer too.
+            if page.scan_done {
+                after.phase = after.phase.on(PhaseEvent::Scanned {
+                    waiting: counters.deferred > 0 || counters.postponed > 0,
+                });
+                state.phase = after.phase;
+            }
+            let done = after.phase == Phase::Done;
+            commit.checkpoint = Some(StepCheckpoint {
+                run_id: ctx.run_id,
+                tenant_id: self.tenant.clone(),
+                stage: ctx.step.stage,
+                entity_type: ctx.step.entity_type.clone(),
+                direction: ctx.step.direction,
+                state: after.phase.step_event().target(),
+                cursor: Some(serde_json::to_value(&after).expect("progress serializes")),
+                counters: *counters,
+                error: None,
+            });
+            commit.sync_cursor = page.sync_cursor;
+            commit.lease = Some(ctx.lease.clone());
+            land(in_flight, progress).await?;
+            *in_flight = Some(InFlight::start(&self.store, commit, page.ids, *counters));
+            next = read_next?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decides a page read by `read_page`, with counters of its own.
+    pub(super) async fn decide(&self, ctx: &StepCtx<'_>, page: &mut ReadPage) -> Result<Decided, RunError> {
+        let mut delta = StepCounters::default();
+        let (records, bad, deleted) = (
+            std::mem::take(&mut page.records),
+            std::mem::take(&mut page.bad),
+            std::mem::take(&mut page.deleted),
+        );
+        // The last look a record gets in this run: the patch pass of the
+        // step after which no other reads its entity (in a bidirectional
+        // integration the backward step reads what the forward step
+        // could not compare).
+        let last_pass = page.phase == Phase::Patch
+            && (ctx.step.direction == StepDirection::Backward
+                || self.workflow.direction == Direction::OneWay);
+        let writes = self
+            .decide_page(ctx, records, bad, deleted, last_pass, &mut delta)
+            .await?;
+        Ok((writes, delta))
+    }
+
+    /// Reads the step's next page (`None` once the step is done) and moves
+    /// `state` past it.
+    pub(super) async fn read_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        state: &mut StepProgress,
+    ) -> Result<Option<ReadPage>, RunError> {
+        let read_binding = self.binding(ctx.tables, ctx.read);
+        let reader = self.connector(ctx.read);
+        let page_size = self.options.page_size;
+        let phase = state.phase;
+        let mut sync_cursor = None;
+        let mut scan_done = false;
+        let (records, bad, deleted) = match state.phase {
+            Phase::Retry => {
+                let unsettled = self
+                    .store
+                    .unsettled_mappings(&ctx.scope, state.retry_after, page_size)
+                    .await?;
+                state.retry_after = unsettled.last().map(|m| m.id);
+                state.phase = state.phase.on(PhaseEvent::Retried {
+                    last: unsettled.len() < page_size as usize,
+                });
+                let prefix = key_prefix(ctx.step.direction);
+                let ids: Vec<String> = unsettled
+                    .iter()
+                    .filter(|m| {
+                        m.idempotency_key
+                            .as_deref()
+                            .is_some_and(|k| k.starts_with(prefix))
+                    })
+                    .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
+                    .collect();
+                let found = reader.read_by_ids(read_binding, &ids).await?;
+                (found.records, found.bad, Vec::new())
+            }
+            Phase::Scan => {
+                if state.scan.is_none() && state.scan_start.is_none() {
+                    let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
+                    state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
+                    state.scan_start = state.scan.clone();
+                }
+                let page = reader
+                    .read_changes(read_binding, state.scan.as_ref(), page_size)
+                    .await?;
+                if let Some(next) = &page.next {
+                    state.scan = Some(next.clone());
+                    sync_cursor = Some(SyncCursor {
+                        scope: ctx.scope.clone(),
+                        side: ctx.read,
+                        cursor: serde_json::to_value(next).expect("cursors serialize"),
+                    });
+                }
+                scan_done = page.done;
+                (page.records, page.bad, page.deleted)
+            }
+            Phase::Patch => {
+                let from = state.patch.clone().or_else(|| state.scan_start.clone());
+                let page = reader
+                    .read_changes(read_binding, from.as_ref(), page_size)
+                    .await?;
+                if page.next.is_some() {
+                    state.patch = page.next.clone();
+                }
+                state.phase = state.phase.on(PhaseEvent::Patched { last: page.done });
+                (page.records, page.bad, Vec::new())
+            }
+            Phase::Done => return Ok(None),
+        };
+        let ids: HashSet<String> = records
+            .iter()
+            .map(|r| &r.id)
+            .chain(bad.iter().map(|b| &b.id))
+            .chain(&deleted)
+            .cloned()
+            .collect();
+        Ok(Some(ReadPage {
+            records,
+            bad,
+            deleted,
+            ids,
+            sync_cursor,
+            scan_done,
+            phase,
+            progress: state.clone(),
+        }))
+    }
+
+    /// The ids on `to` of the records of `entity` whose ids on `from` are
+    /// `ids`, for mapped records only; plus every mapping found, by id.
+    pub(super) async fn translate(
+        &self,
+        entity: &str,
+        from: Side,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, IdMapping>, RunError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self.store.lookup(&self.scope(entity), from, &ids).await?)
+    }
+
+    /// Translation tables for reference values of `records`, from `from`.
+    pub(super) async fn reference_maps(
+        &self,
+        tables: &EntityTables,
+        from: Side,
+        records: &[&Fields],
+    ) -> Result<HashMap<String, HashMap<String, IdMapping>>, RunError> {
+        // One lookup per referenced entity type, all at once.
+        let lookups = tables
+            .refs
+            .values(records)
+            .into_iter()
+            .map(|(entity, ids)| async move {
+                let found = self.translate(&entity, from, ids).await?;
+                Ok::<_, RunError>((entity, found))
+            });
+        Ok(futures_util::future::try_join_all(lookups)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// Processes one page of records read from `ctx.read`; performs the
+    /// writes and returns what the page's final transaction must commit.
+    pub(super) async fn process_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        records: Vec<Record>,
+        bad: Vec<BadRow>,
+        deleted: Vec<String>,
+        counters: &mut StepCounters,
+    ) -> Result<PageCommit, RunError> {
+        let writes = self
+            .decide_page(ctx, records, bad, deleted, false, counters)
+            .await?;
+        self.write_page(ctx, writes, counters).await
+    }
+
+    /// The first half of a page: reads what the records' decisions need
+    /// (mappings, open conflicts, references, counterparts) and decides
+    /// them. Writes nothing, so it can run while the page before is written.
+    /// In the step's `last_pass` a record still waiting for a reference
+    /// fails with the reason instead of waiting on.
+    pub(super) async fn decide_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        records: Vec<Record>,
+        bad: Vec<BadRow>,
+        deleted: Vec<String>,
+        last_pass: bool,
+        counters: &mut StepCounters,
+    ) -> Result<PageWrites, RunError> {
+        let now = Utc::now();
+        let read = ctx.read;
+        let write = ctx.write();
+        let tables = ctx.tables;
+        for b in &bad {
+            tracing::warn!(id = %b.id, reason = %b.reason, "bad row");
+        }
+        // Open conflicts, mappings, the mappings of rows marked deleted and
+        // the translation of the records' references are independent
+        // reads: they go together.
+        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let mut all_ids = ids.clone();
+        all_ids.extend(bad.iter().map(|b| b.id.clone()));
+        let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
+        let (open, mappings, deleted_mappings, read_maps) = tokio::try_join!(
+            async { Ok::<_, RunError>(self.store.open_conflicts(&ctx.scope, read, &ids).await?) },
+            async { Ok::<_, RunError>(self.store.lookup(&ctx.scope, read, &all_ids).await?) },
+            async {
+                Ok::<_, RunError>(match deleted.is_empty() {
+                    true => HashMap::new(),
+                    false => self.store.lookup(&ctx.scope, read, &deleted).await?,
+                })
+            },
+            self.reference_maps(tables, read, &read_fields),
+        )?;
+
+        // Counterparts of mapped records (records waiting for a reviewer
+        // aside), by their id on the write side.
+        let waiting: Vec<Record>;
+        let deciding = match open.is_empty() {
+            true => &records,
+            false => {
+                waiting = records
+                    .iter()
+                    .filter(|r| !open.contains(&r.id))
+                    .cloned()
+                    .collect();
+                &waiting
+            }
+        };
+        let counterpart_ids = decide::counterpart_ids(deciding, &mappings, write);
+        let found = self
+            .connector(write)
+            .read_by_ids(self.binding(tables, write), &counterpart_ids)
+            .await?;
+        let counterparts: HashMap<String, Record> =
+            found.records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        // Counterparts that exist but cannot be read: not gone, unreadable.
+        let unreadable: HashMap<String, String> = found.bad.into_iter().map(|b| (b.id, b.reason)).collect();
+        // Target records' references into source ids (the space records
+        // are compared and based in).
+        let target_maps = match read {
+            Side::Target => read_maps.clone(),
+            Side::Source => {
+                let target_records: Vec<&Fields> = counterparts.values().map(|r| &r.fields).collect();
+                self.reference_maps(tables, Side::Target, &target_records).await?
+            }
+        };
+
+        let page = decide::Page {
+            records,
+            bad,
+            deleted,
+            deleted_mappings,
+            open: open.into_iter().collect(),
+            mappings,
+            read_maps,
+            target_maps,
+            counterparts,
+            unreadable,
+            last_pass,
+            now,
+        };
+        let keepable = |what: &dyn Fn() -> String, fields: &Fields| self.store.unkeepable(what, fields);
+        let d = decide::decide_page(&self.decision_step(ctx), page, &keepable, &mut Uuid::now_v7);
+        *counters += d.counters;
+        Ok(PageWrites {
+            now,
+            commit: PageCommit {
+                mappings: d.mappings,
+                conflicts: d.conflicts,
+                candidates: d.candidates,
+                ..PageCommit::default()
+            },
+            reserve: d.reserve,
+            actions: d.creates,
+            updates_source: d.updates_source,
+            updates_target: d.updates_target,
+            confirms: d.confirms,
+        })
+    }
+
+    /// The step `ctx` as the page decisions see it.
+    pub(super) fn decision_step<'a>(&'a self, ctx: &'a StepCtx<'_>) -> decide::Step<'a> {
+        decide::Step {
+            integration: self.workflow.name.as_str(),
+            tenant: &self.tenant,
+            run_id: ctx.run_id,
+            scope: &ctx.scope,
+            direction: ctx.step.direction,
+            read: ctx.read,
+            def: &ctx.tables.def,
+            refs: &ctx.tables.refs,
+            strategy: self
+                .workflow
+                .strategy_for(&self.tenant, ctx.step.entity_type.as_str()),
+            sync: self.workflow.direction,
+            write_text_ids: self.binding(ctx.tables, ctx.write()).id_kind == IdKind::Text,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Reviewers' resolutions of parked conflicts, written to both systems.
+
+use super::*;
+
+impl Job {
+    /// Writes the resolutions reviewers gave to conflicts of `run` to both
+    /// systems, and records the new base.
+    pub(super) async fn apply_resolutions(&self, run: &RunRow, lease: &Lease) -> Result<(), RunError> {
+        let resolved = self.store.unapplied_resolutions(run.id).await?;
+        for c in resolved {
+            let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
+                continue;
+            };
+            let scope = self.scope(c.entity_type.as_str());
+            let mapping = self
+                .store
+                .lookup(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
+                .await?
+                .remove(&c.source_record.id);
+            let mut commit = PageCommit {
+                applied_conflicts: vec![c.id],
+                lease: Some(lease.clone()),
+                ..Default::default()
+            };
+            if let Some(m) = mapping.filter(|m| m.status == MappingStatus::Mapped) {
+                let source = self
+                    .source
+                    .read_by_ids(&tables.source, std::slice::from_ref(&c.source_record.id))
+                    .await?;
+                let target = self
+                    .target
+                    .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
+                    .await?;
+                // A record that exists but cannot be read (a value its
+                // side cannot hold) stops the run with the reason; the
+                // decision stays, to be applied once the record is fixed.
+                if let Some((connector, bad)) = source
+                    .bad
+                    .first()
+                    .map(|b| (&self.source, b))
+                    .or(target.bad.first().map(|b| (&self.target, b)))
+                {
+                    return Err(ConnectorError::Config {
+                        system: connector.system().to_owned(),
+                        reason: format!(
+                            "the decision of conflict {} cannot be applied: {} (fix the record, then resume the run)",
+                            c.id, bad.reason
+                        ),
+                    }
+                    .into());
+                }
+                if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
+                    let maps = self
+                        .reference_maps(tables, Side::Target, &[&target.fields])
+                        .await?;
+                    let target_in_source_space = tables.refs.record_ids_as_text(Record {
+                        fields: tables.refs.rewrite(&maps, Side::Target, &target.fields).fields,
+                        ..target.clone()
+                    });
+                    let source_record = source;
+                    let source = &tables.refs.record_ids_as_text(source_record.clone());
+                    let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
+                    let base_as_text = c.base.as_ref().and_then(|b| tables.refs.ids_as_text(b));
+                    let base = base_as_text.as_ref().or(c.base.as_ref());
+                    let writes = match conflict::apply_review(
+                        base,
+                        source,
+                        &target_in_source_space,
+                        self.workflow.direction,
+                        &decision,
+                    ) {
+                        Ok(writes) => writes,
+                        Err(e) => {
+                            // The record changed after it was parked and now
+                            // conflicts in a field the reviewer did not
+                            // decide: park it again, with the current records.
+                            tracing::info!(conflict = %c.id, reason = %e, "record changed since review; parked again");
+                            let changes =
+                                conflict::detect(base, &source.fields, &target_in_source_space.fields);
+                            commit.conflicts.push(ConflictRecord {
+                                id: Uuid::new_v4(),
+                                source_record: source.clone(),
+                                target_record: target_in_source_space.clone(),
+                                conflicting_fields: changes.conflicting,
+                                strategy_applied: conflict::Strategy::Manual,
+                                resolution: None,
+                                status: conflict::ConflictStatus::Pending,
+                                resolved_by: None,
+                                created_at: Utc::now(),
+                                resolved_at: None,
+                                ..c.clone()
+                            });
+                            self.store.commit_page(commit).await?;
+                            continue;
+                        }
+                    };
+                    let now = Utc::now();
+                    if !writes.to_target.is_empty() {
+                        let mut fields = target_in_source_space.fields.clone();
+                        fields.extend(writes.to_target.clone());
+                        let update = TargetUpdate {
+                            id: target.id.clone(),
+                            fields,
+                            current: target.fields.clone(),
+                            current_in_source_ids: target_in_source_space.fields.clone(),
+                            confirm: None,
+                        };
+                        let written = self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
+                        let updates: Vec<(String, Fields)> =
+                            written.into_iter().map(|w| (w.id, w.fields)).collect();
+                        let refused = self.target.update(&tables.target, &updates, now).await?;
+                        refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
+                    }
+                    if !writes.to_source.is_empty() {
+                        let mut fields = source.fields.clone();
+                        fields.extend(writes.to_source.clone());
+                        tables
+                            .refs
+                            .ids_typed_for(Side::Source, &mut fields, &source_record.fields);
+                        let refused = self
+                            .source
+                            .update(&tables.source, &[(source.id.clone(), fields)], now)
+                            .await?;
+                        refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
+                    }
+                    commit.mappings.push(MappingWrite::Transition {
+                        change: MappingChange::Confirm {
+                            source_id: source.id.clone(),
+                            target_id: target.id.clone(),
+                            base: writes.base,
+                        },
+                        current: m,
+                    });
+                }
+            }
+            self.store.commit_page(commit).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A reviewer's resolution the system refused to store: the run stops with
+/// the system's reason (the conflict stays resolved and is applied again).
+pub(super) fn refused_resolution(
+    connector: &Connector,
+    entity: &str,
+    refused: Vec<(String, String)>,
+) -> Result<(), RunError> {
+    match refused.into_iter().next() {
+        None => Ok(()),
+        Some((id, reason)) => Err(ConnectorError::Http {
+            system: connector.system().to_owned(),
+            request: format!("update of {entity} `{id}`"),
+            detail: format!("the resolution was refused: {reason}"),
+        }
+        .into()),
+    }
+}

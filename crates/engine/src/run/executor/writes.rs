@@ -1,0 +1,258 @@
+//! A page's writes: the reservation of its creates, then the creates and
+//! updates in both systems, and what its commit records.
+
+use super::*;
+
+impl Job {
+    /// The second half of a page: reserves the pending mappings of its
+    /// creates, then creates and updates records in both systems, and
+    /// returns what the page's final transaction must commit.
+    pub(super) async fn write_page(
+        &self,
+        ctx: &StepCtx<'_>,
+        writes: PageWrites,
+        counters: &mut StepCounters,
+    ) -> Result<PageCommit, RunError> {
+        let PageWrites {
+            now,
+            mut commit,
+            reserve,
+            actions,
+            updates_source,
+            updates_target,
+            mut confirms,
+        } = writes;
+        let (read, write, tables) = (ctx.read, ctx.write(), ctx.tables);
+        // Reserve pending mappings before writing anything. New ones are
+        // held by the reservation (`held`), not in the ID map yet.
+        let mut reserved: HashMap<String, (IdMapping, bool)> = HashMap::with_capacity(reserve.len());
+        if !reserve.is_empty() {
+            let (reservation, stored) = self.store.reserve(&ctx.scope, reserve, &ctx.lease).await?;
+            let held = reservation.map(|r| {
+                commit.settles = Some(r.id);
+                r.held
+            });
+            for (m, held) in held
+                .into_iter()
+                .flatten()
+                .map(|m| (m, true))
+                .chain(stored.into_iter().map(|m| (m, false)))
+            {
+                if let Some(id) = id_on(&m, read) {
+                    reserved.insert(id.to_owned(), (m, held));
+                }
+            }
+        }
+
+        // Creates: text ids are deterministic (a repeat upserts); integer-id
+        // tables are searched for the key of an earlier attempt first.
+        let write_binding = self.binding(tables, write);
+        let mut creates: Vec<((IdMapping, bool), Record, Fields, bool)> = Vec::with_capacity(actions.len());
+        let mut news: Vec<NewRecord> = Vec::with_capacity(actions.len());
+        for action in actions {
+            let Create {
+                record,
+                fields,
+                base,
+                mapping,
+                key,
+                id: uuid,
+            } = action;
+            let tried = mapping.is_some();
+            let current = reserved
+                .remove(&record.id)
+                .or(mapping.map(|m| (m, false)))
+                .expect("a create has a pending mapping");
+            creates.push((current, record, base, tried));
+            news.push(NewRecord {
+                id: (write_binding.id_kind == IdKind::Text).then(|| uuid.to_string()),
+                key,
+                fields,
+                tried,
+            });
+        }
+        // Only a create tried before (its mapping was pending, failed or
+        // stale already) can have happened: look for those.
+        let existing = if write_binding.id_kind == IdKind::Assigned {
+            let keys: Vec<String> = creates
+                .iter()
+                .zip(&news)
+                .filter(|((_, _, _, tried), _)| *tried)
+                .map(|(_, n)| n.key.clone())
+                .collect();
+            self.connector(write).find_by_keys(write_binding, &keys).await?
+        } else {
+            HashMap::new()
+        };
+        // The id of each create, in order.
+        let no_id = || Err(format!("{} returned no id for the create", write.as_str()));
+        let results: Vec<Result<String, String>> = if existing.is_empty() {
+            let mut created = self.connector(write).create(write_binding, &news, now).await?;
+            created.resize_with(news.len(), no_id);
+            created
+        } else {
+            let to_create: Vec<NewRecord> = news
+                .iter()
+                .filter(|n| !existing.contains_key(&n.key))
+                .cloned()
+                .collect();
+            let mut created = self
+                .connector(write)
+                .create(write_binding, &to_create, now)
+                .await?
+                .into_iter();
+            news.iter()
+                .map(|n| match existing.get(&n.key) {
+                    Some(id) => Ok(id.clone()),
+                    None => created.next().unwrap_or_else(no_id),
+                })
+                .collect()
+        };
+        for (((mapping, held), record, base, _), result) in creates.into_iter().zip(results) {
+            let change = match result {
+                Ok(new_id) => {
+                    counters.created += 1;
+                    let (source_id, target_id) = match read {
+                        Side::Source => (record.id.clone(), new_id),
+                        Side::Target => (new_id, record.id.clone()),
+                    };
+                    MappingChange::Confirm {
+                        source_id,
+                        target_id,
+                        base,
+                    }
+                }
+                Err(error) => {
+                    counters.failed += 1;
+                    MappingChange::Fail { error }
+                }
+            };
+            confirms.push(if held {
+                MappingWrite::Settle {
+                    held: mapping,
+                    change,
+                }
+            } else {
+                MappingWrite::Transition {
+                    current: mapping,
+                    change,
+                }
+            });
+        }
+
+        let written = self.to_target_ids(tables, &updates_target).await?;
+        // The base records what the target really holds: an empty deferred
+        // self-reference (patched by the step's patch pass), or the kept
+        // value of a reference that could not be translated.
+        for (update, w) in updates_target.iter().zip(&written) {
+            let Some(MappingWrite::Transition {
+                change: MappingChange::Confirm { base, .. },
+                ..
+            }) = update.confirm.and_then(|i| confirms.get_mut(i))
+            else {
+                continue;
+            };
+            for field in &w.deferred {
+                base.insert(field.clone(), Value::Null);
+            }
+            for field in &w.kept {
+                let kept = update
+                    .current_in_source_ids
+                    .get(field)
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                base.insert(field.clone(), kept);
+            }
+            if !w.deferred.is_empty() {
+                counters.deferred += 1;
+            }
+        }
+        let target_updates: Vec<(String, Fields)> = written.into_iter().map(|w| (w.id, w.fields)).collect();
+        let refused_target = self.target.update(&tables.target, &target_updates, now).await?;
+        let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
+        if !(refused_target.is_empty() && refused_source.is_empty()) {
+            // A record the system refused keeps its mapping and its old
+            // base, so the difference is written again with its next change;
+            // the mapping's `last_error` says why.
+            for (id, reason) in refused_target.iter().chain(&refused_source) {
+                tracing::warn!(record = %id, %reason, "update refused");
+            }
+            let reasons: HashMap<(Side, &str), &str> = refused_target
+                .iter()
+                .map(|(id, why)| ((Side::Target, id.as_str()), why.as_str()))
+                .chain(
+                    refused_source
+                        .iter()
+                        .map(|(id, why)| ((Side::Source, id.as_str()), why.as_str())),
+                )
+                .collect();
+            let mut dropped = 0;
+            for w in confirms.iter_mut() {
+                let MappingWrite::Transition {
+                    change:
+                        MappingChange::Confirm {
+                            source_id, target_id, ..
+                        },
+                    current,
+                } = w
+                else {
+                    continue;
+                };
+                let why = reasons
+                    .get(&(Side::Target, target_id.as_str()))
+                    .map(|why| format!("{} refused the update: {why}", self.target.system()))
+                    .or_else(|| {
+                        reasons
+                            .get(&(Side::Source, source_id.as_str()))
+                            .map(|why| format!("{} refused the update: {why}", self.source.system()))
+                    });
+                if let Some(error) = why {
+                    *w = MappingWrite::Transition {
+                        current: current.clone(),
+                        change: MappingChange::Refuse { error },
+                    };
+                    dropped += 1;
+                }
+            }
+            counters.updated = counters.updated.saturating_sub(dropped);
+            counters.failed += dropped;
+        }
+        commit.mappings.extend(confirms);
+        Ok(commit)
+    }
+
+    /// Rewrites updates bound for the target from source ids to target ids.
+    /// A self-reference whose target is not mapped yet is written empty; any
+    /// other reference that cannot be translated keeps the target's current
+    /// value rather than point nowhere. Both are reported per update.
+    pub(super) async fn to_target_ids(
+        &self,
+        tables: &EntityTables,
+        updates: &[TargetUpdate],
+    ) -> Result<Vec<TargetWrite>, RunError> {
+        let fields: Vec<&Fields> = updates.iter().map(|u| &u.fields).collect();
+        let maps = self.reference_maps(tables, Side::Source, &fields).await?;
+        Ok(updates
+            .iter()
+            .map(|u| {
+                let mut rewritten = tables.refs.rewrite(&maps, Side::Source, &u.fields);
+                let mut kept = Vec::new();
+                for (field, reason) in rewritten.missing {
+                    tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
+                    let current = u.current.get(&field).cloned().unwrap_or(Value::Null);
+                    rewritten.fields.insert(field.clone(), current);
+                    kept.push(field);
+                }
+                tables
+                    .refs
+                    .ids_typed_for(Side::Target, &mut rewritten.fields, &u.current);
+                TargetWrite {
+                    id: u.id.clone(),
+                    fields: rewritten.fields,
+                    deferred: rewritten.deferred,
+                    kept,
+                }
+            })
+            .collect())
+    }
+}

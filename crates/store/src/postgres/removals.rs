@@ -1,0 +1,217 @@
+//! Reconciliation pages, delete candidates and brake holds in the postgres state store.
+
+use super::*;
+
+impl PgStore {
+    pub(crate) async fn mapped_ids_page(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MappedId>, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
+        // One fixed text per side: the column is never built from input.
+        let sql = match side {
+            Side::Source => {
+                "SELECT id, source_id FROM id_mappings \
+                 WHERE scope = $1 AND source_id IS NOT NULL AND ($2::text IS NULL OR source_id > $2) \
+                   AND status = 'mapped' \
+                 ORDER BY source_id LIMIT $3"
+            }
+            Side::Target => {
+                "SELECT id, target_id FROM id_mappings \
+                 WHERE scope = $1 AND target_id IS NOT NULL AND ($2::text IS NULL OR target_id > $2) \
+                   AND status = 'mapped' \
+                 ORDER BY target_id LIMIT $3"
+            }
+        };
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(sql)
+            .bind(number)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(mapping_id, record_id)| MappedId {
+                mapping_id,
+                record_id,
+            })
+            .collect())
+    }
+
+    pub(crate) async fn unverified_page(
+        &self,
+        scope: &EntityScope,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+             WHERE scope = $1 AND status = 'mapped' AND updated_at < $2 \
+             ORDER BY updated_at, id LIMIT $3"
+        ))
+        .bind(number)
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mapping_from_row).collect()
+    }
+
+    pub(crate) async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
+        let Some(number) = self.scope_number(scope, false).await? else {
+            return Ok(0);
+        };
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM id_mappings WHERE scope = $1 AND status = 'mapped'")
+                .bind(number)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n as u64)
+    }
+
+    pub(crate) async fn last_reconciled(
+        &self,
+        scope: &EntityScope,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT reconciled_at FROM reconciles \
+             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3",
+        )
+        .bind(scope.tenant_id.as_str())
+        .bind(scope.integration_id.as_str())
+        .bind(scope.entity_type.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub(crate) async fn count_candidates(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delete_candidates WHERE tenant_id = $1 AND run_id = $2 AND entity_type = $3",
+        )
+        .bind(tenant.as_str())
+        .bind(run_id)
+        .bind(entity.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    pub(crate) async fn candidates_page(
+        &self,
+        tenant: &TenantId,
+        run_id: Uuid,
+        entity: &EntityType,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(IdMapping, Gone)>, StoreError> {
+        let columns = MAPPING_COLUMNS
+            .split(", ")
+            .map(|c| format!("m.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {columns}, c.gone FROM delete_candidates c \
+             JOIN id_mappings m ON m.id = c.mapping_id AND m.tenant_id = c.tenant_id \
+             WHERE c.tenant_id = $1 AND c.run_id = $2 AND c.entity_type = $3 \
+               AND ($4::uuid IS NULL OR c.mapping_id > $4) \
+             ORDER BY c.mapping_id LIMIT $5"
+        ))
+        .bind(tenant.as_str())
+        .bind(run_id)
+        .bind(entity.as_str())
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let gone: &str = row.try_get(14)?;
+                Ok((
+                    mapping_from_row(row)?,
+                    gone.parse().map_err(|e| corrupt("delete_candidates", e))?,
+                ))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn add_hold(&self, h: &RunHold) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_holds (tenant_id, run_id, entity_type, count, mapped, delete_limit, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(h.tenant_id.as_str())
+        .bind(h.run_id)
+        .bind(&h.entity_type)
+        .bind(h.count as i64)
+        .bind(h.mapped as i64)
+        .bind(h.limit as i64)
+        .bind(h.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn run_holds(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {HOLD_COLUMNS} FROM run_holds WHERE run_id = $1 AND ($2::text IS NULL OR tenant_id = $2) \
+             ORDER BY created_at, entity_type"
+        ))
+        .bind(run_id)
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+
+    pub(crate) async fn confirm_deletes(
+        &self,
+        tenant: Option<&TenantId>,
+        run_id: Uuid,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RunHold>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE run_holds SET confirmed_by = $3, confirmed_at = $4 \
+             WHERE run_id = $1 AND ($2::text IS NULL OR tenant_id = $2) AND confirmed_at IS NULL \
+             RETURNING {HOLD_COLUMNS}"
+        ))
+        .bind(run_id)
+        .bind(tenant.map(TenantId::as_str))
+        .bind(by)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+}
+
+pub(super) fn hold_from_row(row: &PgRow) -> Result<RunHold, StoreError> {
+    Ok(RunHold {
+        run_id: row.try_get(0)?,
+        tenant_id: TenantId(row.try_get(1)?),
+        entity_type: row.try_get(2)?,
+        count: row.try_get::<i64, _>(3)? as u64,
+        mapped: row.try_get::<i64, _>(4)? as u64,
+        limit: row.try_get::<i64, _>(5)? as u64,
+        confirmed_by: row.try_get(6)?,
+        confirmed_at: row.try_get(7)?,
+        created_at: row.try_get(8)?,
+    })
+}
