@@ -78,7 +78,11 @@ async fn redis_stopped_mid_run_falls_back_and_recovers() {
         return;
     };
     let proxy = redis_proxy(0).await;
-    let cache = MappingCache::redis(&format!("redis://127.0.0.1:{}", proxy.port), &redis.prefix).unwrap();
+    // The reconnect back-off runs on a clock the test moves.
+    let clock = Arc::new(syncd_core::clock::ManualClock::at(chrono::Utc::now()));
+    let cache = MappingCache::redis(&format!("redis://127.0.0.1:{}", proxy.port), &redis.prefix)
+        .unwrap()
+        .with_clock(clock.clone());
     let store = Arc::new(
         Store::postgres(pg.pool.clone(), cache, DEFAULT_MAX_SNAPSHOT_BYTES)
             .await
@@ -116,7 +120,7 @@ async fn redis_stopped_mid_run_falls_back_and_recovers() {
     // Redis is back: the entry it still holds (pending) is older than the
     // database and must not be served.
     let proxy = redis_proxy(port).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // reconnect back-off
+    clock.advance(std::time::Duration::from_millis(1100)); // past the reconnect back-off
     assert_eq!(status(&store, "a-1").await, MappingStatus::Mapped);
     let hits = store.cache().counts().hits;
     assert_eq!(status(&store, "a-1").await, MappingStatus::Mapped);

@@ -44,6 +44,7 @@ impl Served {
                 ..Options::default()
             },
             poll: Duration::from_millis(250),
+            clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
         };
         let serving = tokio::spawn(async move { worker.serve(shutdown).await });
         let addr = support::http::serve(store.clone()).await;

@@ -57,6 +57,7 @@ pub fn worker(workflows: &Path, poll_ms: u64, worker_id: Option<String>) -> CmdR
             definitions,
             options,
             poll: Duration::from_millis(poll_ms),
+            clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
         };
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

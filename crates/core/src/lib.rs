@@ -7,6 +7,7 @@
 //! and the run state machines ([`run`]). Nothing here reaches a database,
 //! a network or a clock: callers pass `now` in. See `ARCHITECTURE.md`.
 
+pub mod clock;
 pub mod conflict;
 pub mod decide;
 pub mod deletes;

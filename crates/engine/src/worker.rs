@@ -16,9 +16,9 @@
 //! SQLite.
 
 use crate::run::executor::{Job, Options, RunError, create_run};
-use chrono::Utc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use syncd_core::clock::Clock;
 use syncd_core::ids::TenantId;
 use syncd_core::plan::DependencyGraph;
 use syncd_core::schedule::{next_after, schedule_of};
@@ -44,6 +44,9 @@ pub struct Worker {
     pub options: Options,
     /// How long to wait when there is nothing to do.
     pub poll: Duration,
+    /// What schedules fire by ([`SystemClock`](syncd_core::clock::SystemClock)
+    /// but in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Worker {
@@ -55,7 +58,7 @@ impl Worker {
 
     /// Stores the schedules of every definition and tenant.
     pub async fn register_schedules(&self) -> Result<(), StoreError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         for d in &self.definitions {
             for tenant in d.workflow.tenants.keys() {
                 let Some(cron) = schedule_of(&d.workflow, tenant) else {
@@ -74,7 +77,7 @@ impl Worker {
 
     /// Fires the schedules that are due; returns how many runs started.
     pub async fn fire_due(&self) -> Result<usize, RunError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut started = 0;
         for due in self.store.due_schedules(now).await? {
             let Some(d) = self.definition(due.integration_id.as_str()) else {

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use syncd_core::clock::{Clock, SystemClock};
 use syncd_core::ids::EntityScope;
 use syncd_core::mapping::IdMapping;
 use syncd_core::record::Side;
@@ -68,6 +69,8 @@ pub struct MappingCache {
     prefix: String,
     ttl: Duration,
     stats: CacheStats,
+    /// What entries expire by.
+    clock: Arc<dyn Clock>,
 }
 
 enum Backend {
@@ -80,6 +83,8 @@ struct RedisCache {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
     last_connect_attempt: Mutex<Option<Instant>>,
+    /// What the reconnect back-off and the bypass are timed by.
+    clock: Arc<dyn Clock>,
     in_outage: AtomicBool,
     /// Keys whose post-commit update failed; deleted before the next read.
     lost: Mutex<HashSet<String>>,
@@ -171,6 +176,7 @@ impl MappingCache {
                 client,
                 conn: tokio::sync::Mutex::new(None),
                 last_connect_attempt: Mutex::new(None),
+                clock: Arc::new(SystemClock),
                 in_outage: AtomicBool::new(false),
                 lost: Mutex::new(HashSet::new()),
                 bypass_until: Mutex::new(None),
@@ -185,7 +191,17 @@ impl MappingCache {
             prefix: prefix.to_owned(),
             ttl: DEFAULT_TTL,
             stats: CacheStats::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Sets the clock entries expire by (and a Redis cache's back-off).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> MappingCache {
+        if let Backend::Redis(r) = &mut self.backend {
+            r.clock = clock.clone();
+        }
+        self.clock = clock;
+        self
     }
 
     /// Sets how long entries live.
@@ -288,7 +304,7 @@ impl MappingCache {
         let found = match &self.backend {
             Backend::Disabled => return None,
             Backend::Local(map) => {
-                let now = Instant::now();
+                let now = self.clock.instant();
                 let mut map = map.lock().expect("cache lock");
                 keys.iter().map(|k| map.get(k, now)).collect::<Vec<_>>()
             }
@@ -318,7 +334,7 @@ impl MappingCache {
         match &self.backend {
             Backend::Disabled => {}
             Backend::Local(map) => {
-                let expires = Instant::now() + self.ttl;
+                let expires = self.clock.instant() + self.ttl;
                 let keyed: Vec<(Vec<String>, Arc<IdMapping>)> = mappings
                     .iter()
                     .map(|m| (self.keys_of(m), Arc::new(m.clone())))
@@ -402,13 +418,13 @@ impl RedisCache {
         }
         {
             let mut last = self.last_connect_attempt.lock().expect("cache lock");
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            if last.is_some_and(|t| self.clock.instant().duration_since(t) < Duration::from_secs(1)) {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::IoError,
                     "redis unreachable; next reconnect attempt within a second",
                 )));
             }
-            *last = Some(Instant::now());
+            *last = Some(self.clock.instant());
         }
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(500))
@@ -425,7 +441,7 @@ impl RedisCache {
             .bypass_until
             .lock()
             .expect("cache lock")
-            .is_some_and(|t| Instant::now() < t)
+            .is_some_and(|t| self.clock.instant() < t)
         {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::IoError,
@@ -448,7 +464,7 @@ impl RedisCache {
         lost.extend(keys);
         if lost.len() > MAX_LOST_UPDATES {
             lost.clear();
-            *self.bypass_until.lock().expect("cache lock") = Some(Instant::now() + ttl);
+            *self.bypass_until.lock().expect("cache lock") = Some(self.clock.instant() + ttl);
         }
     }
 
@@ -491,6 +507,31 @@ impl RedisCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_local_entry_lives_for_its_ttl_and_not_longer() {
+        let clock = Arc::new(syncd_core::clock::ManualClock::at(chrono::Utc::now()));
+        let cache = MappingCache::local()
+            .with_ttl(Duration::from_secs(60))
+            .with_clock(clock.clone());
+        let scope = EntityScope::new("t", "i", "account");
+        let m = IdMapping::reserve(
+            uuid::Uuid::new_v4(),
+            scope.clone(),
+            Some("s-1".into()),
+            None,
+            "fwd:k".into(),
+            chrono::Utc::now(),
+        );
+        cache.put_many(std::slice::from_ref(&m)).await;
+        let key = vec![cache.key(&scope, Side::Source, "s-1")];
+        let found = |got: Option<Vec<Option<IdMapping>>>| got.unwrap().remove(0);
+        assert_eq!(found(cache.get_many(&key).await), Some(m.clone()));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(found(cache.get_many(&key).await), Some(m), "still fresh");
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(found(cache.get_many(&key).await), None, "expired after its TTL");
+    }
 
     #[test]
     fn keys_escape_the_separator() {

@@ -107,6 +107,7 @@ pub(super) async fn scheduled_runs(
             ..Options::default()
         },
         poll: bench.poll,
+        clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
     };
     let serving = tokio::spawn(async move { worker.serve(shutdown).await });
     let waited = finished_runs(&schema.pool, bench.ticks).await;
