@@ -591,3 +591,150 @@ fn what_the_store_cannot_keep_fails_its_record_before_anything_is_written() {
         ]
     );
 }
+
+mod against_the_oracle {
+    //! Random pages against the convergence oracle (the pure conflict
+    //! engine on each pair of records): whatever the mix of new, mapped,
+    //! gone, waiting and bad records, the page decides each mapped record
+    //! as `conflict::resolve` does, creates each new one with its source
+    //! as base, accounts for every record once, and decides the same page
+    //! the same way twice.
+
+    use super::*;
+    use crate::conflict::Strategy as Resolve;
+    use proptest::prelude::{Just, Strategy, prop_assert, prop_assert_eq, prop_oneof, proptest};
+
+    /// One record of a generated page.
+    #[derive(Clone, Debug)]
+    enum Case {
+        New,
+        /// A mapped record: the base, the source's and the target's values.
+        Mapped {
+            base: u8,
+            source: u8,
+            target: u8,
+        },
+        /// Mapped, its counterpart gone.
+        Gone,
+        /// Waiting for a reviewer.
+        Waiting,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        prop_oneof![
+            Just(Case::New),
+            (0u8..3, 0u8..3, 0u8..3).prop_map(|(base, source, target)| Case::Mapped { base, source, target }),
+            Just(Case::Gone),
+            Just(Case::Waiting),
+        ]
+    }
+
+    fn strategy() -> impl Strategy<Value = Resolve> {
+        proptest::sample::select(Resolve::ALL.to_vec())
+    }
+
+    fn value(v: u8) -> serde_json::Value {
+        json!({"email": format!("v{v}@x")})
+    }
+
+    proptest! {
+        #[test]
+        fn a_page_decides_every_record_as_the_oracle_does(
+            cases in proptest::collection::vec(case(), 0..25),
+            strategy in strategy(),
+            bad in 0usize..3,
+        ) {
+            let mut f = Fixture::new("contact");
+            f.strategy = strategy;
+            let mut page = page(Vec::new());
+            for (i, case) in cases.iter().enumerate() {
+                let (s, t_id) = (format!("c{i}"), format!("t{i}"));
+                match *case {
+                    Case::New => page.records.push(record(&s, value(0), 9)),
+                    Case::Mapped { base, source, target } => {
+                        page.records.push(record(&s, value(source), 9));
+                        page.mappings.insert(s.clone(), f.mapped(&s, &t_id, value(base)));
+                        page.counterparts.insert(t_id.clone(), record(&t_id, value(target), 8));
+                    }
+                    Case::Gone => {
+                        page.records.push(record(&s, value(1), 9));
+                        page.mappings.insert(s.clone(), f.mapped(&s, &t_id, value(0)));
+                    }
+                    Case::Waiting => {
+                        page.records.push(record(&s, value(1), 9));
+                        page.open.insert(s);
+                    }
+                }
+            }
+            for i in 0..bad {
+                page.bad.push(BadRow { id: format!("b{i}"), reason: "unreadable".into() });
+            }
+            let d = f.decide(page.clone());
+            prop_assert_eq!(&f.decide(page.clone()), &d, "the same page decides the same way");
+
+            let mut expected = StepCounters { read: (cases.len() + bad) as u64, failed: bad as u64, ..Default::default() };
+            for (i, case) in cases.iter().enumerate() {
+                let (s, t_id) = (format!("c{i}"), format!("t{i}"));
+                let updated_target = d.updates_target.iter().find(|u| u.id == t_id);
+                let confirmed = d.confirms.iter().find_map(|w| match w {
+                    MappingWrite::Transition { current, change: MappingChange::Confirm { base, .. } }
+                        if current.source_id.as_deref() == Some(s.as_str()) => Some(base),
+                    _ => None,
+                });
+                let created = d.creates.iter().find(|c| c.record.id == s);
+                match *case {
+                    Case::New => {
+                        let c = created.expect("a new record is created");
+                        prop_assert_eq!(&c.base, &fields(value(0)));
+                    }
+                    Case::Gone => {
+                        expected.skipped += 1;
+                        let m = &page.mappings[&s];
+                        prop_assert!(d.candidates.contains(&f.step().candidate(m.id, Gone::Target)));
+                    }
+                    Case::Waiting => expected.skipped += 1,
+                    Case::Mapped { .. } => {
+                        let m = &page.mappings[&s];
+                        let source = &page.records[i];
+                        let target = &page.counterparts[&t_id];
+                        let oracle = conflict::resolve(
+                            m.base.as_ref(), source, target, Direction::Bidirectional, strategy, &f.def.merge,
+                        );
+                        let parked = d.conflicts.iter().any(|c| c.source_record.id == s && c.status == ConflictStatus::Pending);
+                        match oracle.outcome {
+                            Outcome::Park => {
+                                expected.parked += 1;
+                                prop_assert!(parked);
+                                prop_assert!(updated_target.is_none() && confirmed.is_none());
+                            }
+                            Outcome::Write(w) => {
+                                prop_assert!(!parked);
+                                if oracle.strategy_applied.is_some() {
+                                    expected.conflicts += 1;
+                                }
+                                if w.is_noop() && m.base.as_ref() == Some(&w.base) {
+                                    expected.unchanged += 1;
+                                    prop_assert!(confirmed.is_none());
+                                    continue;
+                                }
+                                if w.is_noop() { expected.unchanged += 1 } else { expected.updated += 1 }
+                                prop_assert_eq!(confirmed, Some(&w.base));
+                                match updated_target {
+                                    Some(u) => {
+                                        let mut want = target.fields.clone();
+                                        want.extend(w.to_target.clone());
+                                        prop_assert_eq!(&u.fields, &want);
+                                    }
+                                    None => prop_assert!(w.to_target.is_empty()),
+                                }
+                                let to_source = d.updates_source.iter().find(|(id, _)| *id == s);
+                                prop_assert_eq!(to_source.is_some(), !w.to_source.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(d.counters, expected);
+        }
+    }
+}
