@@ -12,6 +12,8 @@
 
 pub mod cache;
 mod postgres;
+mod rows;
+mod shared;
 mod sqlite;
 
 use crate::cache::MappingCache;

@@ -6,9 +6,10 @@ mod reviews;
 mod runs;
 
 use super::{
-    ConflictFilter, Decided, Lease, MappedId, PageCommit, RESUME_CHANNEL, RunFilter, RunHold, RunRow,
-    Schedule, StoreError, duplicate_or, held_mappings, lost_race,
+    Decided, Lease, MappedId, PageCommit, RESUME_CHANNEL, RunHold, RunRow, StoreError, duplicate_or,
+    held_mappings, lost_race,
 };
+use crate::rows::Dialect;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, types::Json};
@@ -66,6 +67,10 @@ fn mapping_from_row(row: &PgRow) -> Result<IdMapping, StoreError> {
         created_at: row.try_get(12)?,
         updated_at: row.try_get(13)?,
     })
+}
+
+impl PgStore {
+    crate::shared::shared_statements!();
 }
 
 impl PgStore {
@@ -494,38 +499,6 @@ impl PgStore {
 }
 
 impl PgStore {}
-
-const HOLD_COLUMNS: &str =
-    "run_id, tenant_id, entity_type, count, mapped, delete_limit, confirmed_by, confirmed_at, created_at";
-
-const CONFLICT_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, run_id, source_record, \
-     target_record, base, conflicting_fields, strategy_applied, resolution, status, resolved_by, created_at, \
-     resolved_at";
-
-fn conflict_from_row(row: &PgRow) -> Result<ConflictRecord, StoreError> {
-    let status: String = row.try_get("status")?;
-    let strategy: String = row.try_get("strategy_applied")?;
-    Ok(ConflictRecord {
-        id: row.try_get("id")?,
-        tenant_id: TenantId(row.try_get("tenant_id")?),
-        integration_id: IntegrationId(row.try_get("integration_id")?),
-        entity_type: row.try_get::<String, _>("entity_type")?.into(),
-        run_id: row.try_get("run_id")?,
-        source_record: row.try_get::<Json<Record>, _>("source_record")?.0,
-        target_record: row.try_get::<Json<Record>, _>("target_record")?.0,
-        base: row.try_get::<Option<Json<Fields>>, _>("base")?.map(|b| b.0),
-        conflicting_fields: row.try_get::<Json<Vec<String>>, _>("conflicting_fields")?.0,
-        strategy_applied: strategy.parse().map_err(|e: String| corrupt("conflicts", e))?,
-        resolution: row.try_get::<Option<Json<Fields>>, _>("resolution")?.map(|r| r.0),
-        status: status.parse().map_err(|e: String| corrupt("conflicts", e))?,
-        resolved_by: row.try_get("resolved_by")?,
-        created_at: row.try_get("created_at")?,
-        resolved_at: row.try_get("resolved_at")?,
-    })
-}
-
-const RUN_COLUMNS: &str =
-    "id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, finished_at";
 
 /// Inserts conflict records in one statement.
 async fn insert_conflicts(

@@ -8,9 +8,9 @@ mod reviews;
 mod runs;
 
 use super::{
-    ConflictFilter, Decided, Lease, MappedId, PageCommit, RunFilter, RunHold, RunRow, Schedule, StoreError,
-    duplicate_or, held_mappings, lost_race,
+    Decided, Lease, MappedId, PageCommit, RunHold, RunRow, StoreError, duplicate_or, held_mappings, lost_race,
 };
+use crate::rows::Dialect;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
@@ -22,7 +22,7 @@ use syncd_core::conflict::{ConflictRecord, ConflictStatus};
 use syncd_core::deletes::Gone;
 use syncd_core::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use syncd_core::mapping::{IdMapping, MappingStatus};
-use syncd_core::record::{Fields, Record, Side};
+use syncd_core::record::{Fields, Side};
 use syncd_core::run::{PlannedStep, RunState, StepCheckpoint};
 use uuid::Uuid;
 
@@ -239,6 +239,10 @@ impl Drop for ImmediateTx {
             self.conn.close_on_drop();
         }
     }
+}
+
+impl SqliteStore {
+    crate::shared::shared_statements!();
 }
 
 impl SqliteStore {
@@ -618,39 +622,4 @@ impl SqliteStore {
     }
 }
 
-const CONFLICT_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, run_id, source_record, \
-     target_record, base, conflicting_fields, strategy_applied, resolution, status, resolved_by, created_at, \
-     resolved_at";
-
-fn conflict_from_row(row: &SqliteRow) -> Result<ConflictRecord, StoreError> {
-    let status: String = row.try_get("status")?;
-    let strategy: String = row.try_get("strategy_applied")?;
-    let run_id: Option<String> = row.try_get("run_id")?;
-    Ok(ConflictRecord {
-        id: uuid_of(row, "id", "conflicts")?,
-        tenant_id: TenantId(row.try_get("tenant_id")?),
-        integration_id: IntegrationId(row.try_get("integration_id")?),
-        entity_type: row.try_get::<String, _>("entity_type")?.into(),
-        run_id: run_id
-            .map(|r| Uuid::parse_str(&r).map_err(|e| corrupt("conflicts", e)))
-            .transpose()?,
-        source_record: row.try_get::<Json<Record>, _>("source_record")?.0,
-        target_record: row.try_get::<Json<Record>, _>("target_record")?.0,
-        base: row.try_get::<Option<Json<Fields>>, _>("base")?.map(|b| b.0),
-        conflicting_fields: row.try_get::<Json<Vec<String>>, _>("conflicting_fields")?.0,
-        strategy_applied: strategy.parse().map_err(|e: String| corrupt("conflicts", e))?,
-        resolution: row.try_get::<Option<Json<Fields>>, _>("resolution")?.map(|r| r.0),
-        status: status.parse().map_err(|e: String| corrupt("conflicts", e))?,
-        resolved_by: row.try_get("resolved_by")?,
-        created_at: row.try_get("created_at")?,
-        resolved_at: row.try_get("resolved_at")?,
-    })
-}
-
 impl SqliteStore {}
-
-const HOLD_COLUMNS: &str =
-    "run_id, tenant_id, entity_type, count, mapped, delete_limit, confirmed_by, confirmed_at, created_at";
-
-const RUN_COLUMNS: &str =
-    "id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, finished_at";

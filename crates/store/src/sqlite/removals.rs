@@ -78,38 +78,6 @@ impl SqliteStore {
         Ok(n as u64)
     }
 
-    pub(crate) async fn last_reconciled(
-        &self,
-        scope: &EntityScope,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT reconciled_at FROM reconciles \
-             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3",
-        )
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    pub(crate) async fn count_candidates(
-        &self,
-        tenant: &TenantId,
-        run_id: Uuid,
-        entity: &EntityType,
-    ) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM delete_candidates WHERE tenant_id = ?1 AND run_id = ?2 AND entity_type = ?3",
-        )
-        .bind(tenant.as_str())
-        .bind(run_id.to_string())
-        .bind(entity.as_str())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n as u64)
-    }
-
     pub(crate) async fn candidates_page(
         &self,
         tenant: &TenantId,
@@ -147,73 +115,4 @@ impl SqliteStore {
             })
             .collect()
     }
-
-    pub(crate) async fn add_hold(&self, h: &RunHold) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO run_holds \
-                 (tenant_id, run_id, entity_type, count, mapped, delete_limit, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .bind(h.tenant_id.as_str())
-        .bind(h.run_id.to_string())
-        .bind(&h.entity_type)
-        .bind(h.count as i64)
-        .bind(h.mapped as i64)
-        .bind(h.limit as i64)
-        .bind(h.created_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn run_holds(
-        &self,
-        tenant: Option<&TenantId>,
-        run_id: Uuid,
-    ) -> Result<Vec<RunHold>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {HOLD_COLUMNS} FROM run_holds WHERE run_id = ?1 AND (?2 IS NULL OR tenant_id = ?2) \
-             ORDER BY created_at, entity_type"
-        ))
-        .bind(run_id.to_string())
-        .bind(tenant.map(TenantId::as_str))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(hold_from_row).collect()
-    }
-
-    pub(crate) async fn confirm_deletes(
-        &self,
-        tenant: Option<&TenantId>,
-        run_id: Uuid,
-        by: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<RunHold>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "UPDATE run_holds SET confirmed_by = ?3, confirmed_at = ?4 \
-             WHERE run_id = ?1 AND (?2 IS NULL OR tenant_id = ?2) AND confirmed_at IS NULL \
-             RETURNING {HOLD_COLUMNS}"
-        ))
-        .bind(run_id.to_string())
-        .bind(tenant.map(TenantId::as_str))
-        .bind(by)
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(hold_from_row).collect()
-    }
-}
-
-pub(super) fn hold_from_row(row: &SqliteRow) -> Result<RunHold, StoreError> {
-    Ok(RunHold {
-        run_id: uuid_of(row, "run_id", "run_holds")?,
-        tenant_id: TenantId(row.try_get("tenant_id")?),
-        entity_type: row.try_get("entity_type")?,
-        count: row.try_get::<i64, _>("count")? as u64,
-        mapped: row.try_get::<i64, _>("mapped")? as u64,
-        limit: row.try_get::<i64, _>("delete_limit")? as u64,
-        confirmed_by: row.try_get("confirmed_by")?,
-        confirmed_at: row.try_get("confirmed_at")?,
-        created_at: row.try_get("created_at")?,
-    })
 }

@@ -1,0 +1,243 @@
+//! What the two backends read and bind differently, behind one face, so
+//! that every statement they share is written once (in the `Store`'s
+//! modules, expanded for each backend by `on_backend!`): SQL with `$n`
+//! parameters (which SQLite reads too), ids bound through
+//! [`Dialect::id`], and rows decoded through [`Cols`].
+
+use crate::{RunHold, RunRow, StoreError};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::types::Json;
+use syncd_core::conflict::ConflictRecord;
+use syncd_core::ids::{IntegrationId, TenantId};
+use syncd_core::run::StepCheckpoint;
+use uuid::Uuid;
+
+pub(crate) const RUN_COLUMNS: &str =
+    "id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, finished_at";
+
+pub(crate) const HOLD_COLUMNS: &str =
+    "run_id, tenant_id, entity_type, count, mapped, delete_limit, confirmed_by, confirmed_at, created_at";
+
+pub(crate) const CONFLICT_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, run_id, source_record, \
+     target_record, base, conflicting_fields, strategy_applied, resolution, status, resolved_by, created_at, \
+     resolved_at";
+
+pub(crate) const STEP_COLUMNS: &str =
+    "run_id, tenant_id, stage, entity_type, direction, state, cursor, counters, error";
+
+/// A table's row that does not say what syncd wrote.
+pub(crate) fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.to_string(),
+    }
+}
+
+/// The columns of a row, read the same way from either database.
+pub(crate) trait Cols {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    /// Any integer column (PostgreSQL's `int4` and `int8`, SQLite's one).
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError>;
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    fn opt_uuid(&self, col: &str, table: &'static str) -> Result<Option<Uuid>, StoreError>;
+    fn opt_json<T: DeserializeOwned>(&self, col: &str) -> Result<Option<T>, StoreError>;
+
+    fn uuid(&self, col: &str, table: &'static str) -> Result<Uuid, StoreError> {
+        self.opt_uuid(col, table)?
+            .ok_or_else(|| corrupt(table, format!("{col} is NULL")))
+    }
+
+    fn json<T: DeserializeOwned>(&self, col: &str, table: &'static str) -> Result<T, StoreError> {
+        self.opt_json(col)?
+            .ok_or_else(|| corrupt(table, format!("{col} is NULL")))
+    }
+
+    /// A column holding the name of a state or kind.
+    fn parsed<T: std::str::FromStr>(&self, col: &str, table: &'static str) -> Result<T, StoreError>
+    where
+        T::Err: ToString,
+    {
+        self.text(col)?.parse().map_err(|e: T::Err| corrupt(table, e))
+    }
+}
+
+impl Cols for PgRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        match self.try_get::<Option<i64>, _>(col) {
+            Err(sqlx::Error::ColumnDecode { .. }) => Ok(self.try_get::<i32, _>(col)?.into()),
+            other => other?.ok_or_else(|| corrupt("?", format!("{col} is NULL"))),
+        }
+    }
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_uuid(&self, col: &str, _: &'static str) -> Result<Option<Uuid>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_json<T: DeserializeOwned>(&self, col: &str) -> Result<Option<T>, StoreError> {
+        Ok(self.try_get::<Option<Json<T>>, _>(col)?.map(|j| j.0))
+    }
+}
+
+impl Cols for SqliteRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn time(&self, col: &str) -> Result<DateTime<Utc>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    /// SQLite keeps ids as hyphenated text.
+    fn opt_uuid(&self, col: &str, table: &'static str) -> Result<Option<Uuid>, StoreError> {
+        self.try_get::<Option<String>, _>(col)?
+            .map(|text| Uuid::parse_str(&text).map_err(|e| corrupt(table, format!("{col}: {e}"))))
+            .transpose()
+    }
+    fn opt_json<T: DeserializeOwned>(&self, col: &str) -> Result<Option<T>, StoreError> {
+        Ok(self.try_get::<Option<Json<T>>, _>(col)?.map(|j| j.0))
+    }
+}
+
+/// How a backend binds what the two databases keep differently.
+pub(crate) trait Dialect {
+    /// An id as the database keeps it (PostgreSQL: `uuid`; SQLite: text).
+    type Id: Send;
+    fn id(&self, id: Uuid) -> Self::Id;
+    /// A list of texts bound as one parameter (PostgreSQL: `text[]`;
+    /// SQLite: a JSON array).
+    type Texts: Send;
+    fn texts<S: AsRef<str>>(&self, items: &[S]) -> Self::Texts;
+    /// A list of ids bound as one parameter.
+    type Ids: Send;
+    fn ids(&self, ids: &[Uuid]) -> Self::Ids;
+    /// `IN` such a list, bound as `param`.
+    fn in_list(param: &str) -> String;
+}
+
+impl Dialect for crate::PgStore {
+    type Id = Uuid;
+    fn id(&self, id: Uuid) -> Uuid {
+        id
+    }
+    type Texts = Vec<String>;
+    fn texts<S: AsRef<str>>(&self, items: &[S]) -> Vec<String> {
+        items.iter().map(|s| s.as_ref().to_owned()).collect()
+    }
+    type Ids = Vec<Uuid>;
+    fn ids(&self, ids: &[Uuid]) -> Vec<Uuid> {
+        ids.to_vec()
+    }
+    fn in_list(param: &str) -> String {
+        format!("= ANY({param})")
+    }
+}
+
+impl Dialect for crate::SqliteStore {
+    type Id = String;
+    fn id(&self, id: Uuid) -> String {
+        id.to_string()
+    }
+    type Texts = Json<Vec<String>>;
+    fn texts<S: AsRef<str>>(&self, items: &[S]) -> Json<Vec<String>> {
+        Json(items.iter().map(|s| s.as_ref().to_owned()).collect())
+    }
+    type Ids = Json<Vec<String>>;
+    fn ids(&self, ids: &[Uuid]) -> Json<Vec<String>> {
+        Json(ids.iter().map(Uuid::to_string).collect())
+    }
+    fn in_list(param: &str) -> String {
+        format!("IN (SELECT value FROM json_each({param}))")
+    }
+}
+
+/// A run, from [`RUN_COLUMNS`].
+pub(crate) fn run(row: &impl Cols) -> Result<RunRow, StoreError> {
+    Ok(RunRow {
+        id: row.uuid("id", "runs")?,
+        tenant_id: TenantId(row.text("tenant_id")?),
+        integration_id: IntegrationId(row.text("integration_id")?),
+        state: row.parsed("state", "runs")?,
+        plan: row.json("plan", "runs")?,
+        trigger: row.text("trigger")?,
+        error: row.opt_text("error")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+        finished_at: row.opt_time("finished_at")?,
+    })
+}
+
+/// A brake hold, from [`HOLD_COLUMNS`].
+pub(crate) fn hold(row: &impl Cols) -> Result<RunHold, StoreError> {
+    Ok(RunHold {
+        run_id: row.uuid("run_id", "run_holds")?,
+        tenant_id: TenantId(row.text("tenant_id")?),
+        entity_type: row.text("entity_type")?,
+        count: row.int("count")? as u64,
+        mapped: row.int("mapped")? as u64,
+        limit: row.int("delete_limit")? as u64,
+        confirmed_by: row.opt_text("confirmed_by")?,
+        confirmed_at: row.opt_time("confirmed_at")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// A conflict record, from [`CONFLICT_COLUMNS`].
+pub(crate) fn conflict(row: &impl Cols) -> Result<ConflictRecord, StoreError> {
+    const T: &str = "conflicts";
+    Ok(ConflictRecord {
+        id: row.uuid("id", T)?,
+        tenant_id: TenantId(row.text("tenant_id")?),
+        integration_id: IntegrationId(row.text("integration_id")?),
+        entity_type: row.text("entity_type")?.into(),
+        run_id: row.opt_uuid("run_id", T)?,
+        source_record: row.json("source_record", T)?,
+        target_record: row.json("target_record", T)?,
+        base: row.opt_json("base")?,
+        conflicting_fields: row.json("conflicting_fields", T)?,
+        strategy_applied: row.parsed("strategy_applied", T)?,
+        resolution: row.opt_json("resolution")?,
+        status: row.parsed("status", T)?,
+        resolved_by: row.opt_text("resolved_by")?,
+        created_at: row.time("created_at")?,
+        resolved_at: row.opt_time("resolved_at")?,
+    })
+}
+
+/// A step's checkpoint, from [`STEP_COLUMNS`].
+pub(crate) fn step(row: &impl Cols) -> Result<StepCheckpoint, StoreError> {
+    const T: &str = "steps";
+    Ok(StepCheckpoint {
+        run_id: row.uuid("run_id", T)?,
+        tenant_id: TenantId(row.text("tenant_id")?),
+        stage: row.int("stage")? as u32,
+        entity_type: row.text("entity_type")?.into(),
+        direction: row.parsed("direction", T)?,
+        state: row.parsed("state", T)?,
+        cursor: row.opt_json("cursor")?,
+        counters: row.json("counters", T)?,
+        error: row.opt_text("error")?,
+    })
+}
