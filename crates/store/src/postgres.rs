@@ -6,10 +6,10 @@ mod reviews;
 mod runs;
 
 use super::{
-    Decided, Lease, MappedId, PageCommit, RESUME_CHANNEL, RunHold, RunRow, StoreError, duplicate_or,
-    held_mappings, lost_race,
+    Decided, Lease, PageCommit, RESUME_CHANNEL, RunHold, RunRow, StoreError, duplicate_or, held_mappings,
+    lost_race,
 };
-use crate::rows::Dialect;
+use crate::rows::{Dialect, MAPPING_COLUMNS};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Row, types::Json};
@@ -35,9 +35,6 @@ pub struct PgStore {
     /// known: numbers are never reused or changed.
     scopes: Mutex<HashMap<EntityScope, i32>>,
 }
-
-const MAPPING_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
-     idempotency_key, last_error, attempts, version, created_at, updated_at";
 
 fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -70,7 +67,7 @@ fn mapping_from_row(row: &PgRow) -> Result<IdMapping, StoreError> {
 }
 
 impl PgStore {
-    crate::shared::shared_statements!();
+    crate::shared::shared_statements!(sqlx::PgConnection);
 }
 
 impl PgStore {
@@ -97,7 +94,11 @@ impl PgStore {
     /// written, unless `register`, which numbers a new scope. Registering
     /// commits on its own: a number must never be cached from a transaction
     /// that may still roll back.
-    async fn scope_number(&self, scope: &EntityScope, register: bool) -> Result<Option<i32>, StoreError> {
+    pub(crate) async fn scope_number(
+        &self,
+        scope: &EntityScope,
+        register: bool,
+    ) -> Result<Option<i32>, StoreError> {
         if let Some(n) = self.scopes.lock().expect("scope numbers").get(scope) {
             return Ok(Some(*n));
         }
@@ -175,7 +176,7 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        hold_lease(&mut tx, lease, now).await?;
+        Self::hold_lease(&mut tx, lease, now).await?;
         let rows = reservations_of(&mut tx, scope, " FOR UPDATE").await?;
         if rows.is_empty() {
             return Ok(0);
@@ -194,39 +195,6 @@ impl PgStore {
         Ok(added)
     }
 
-    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    pub(super) async fn fetch_mappings(
-        &self,
-        scope: &EntityScope,
-        side: Side,
-        ids: &[String],
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        // One index probe per id (a nested loop over the ids): with
-        // `id = ANY($4)` the planner, on statistics older than a large first
-        // sync, scanned the scope's whole index prefix instead (migration 0002).
-        let column = match side {
-            Side::Source => "source_id",
-            Side::Target => "target_id",
-        };
-        let Some(number) = self.scope_number(scope, false).await? else {
-            return Ok(Vec::new());
-        };
-        let sql = format!(
-            "SELECT m.* FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL \
-             (SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND {column} = k.key OFFSET 0) AS m"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(number)
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(mapping_from_row).collect()
-    }
-
     pub(super) async fn commit_page(
         &self,
         decided: &[Decided],
@@ -239,31 +207,9 @@ impl PgStore {
         let scopes = self.scope_numbers(&inserts).await?;
         let mut tx = self.pool.begin().await?;
         if let Some(lease) = &page.lease {
-            hold_lease(&mut tx, lease, now).await?;
+            Self::hold_lease(&mut tx, lease, now).await?;
         }
-        if let Some(id) = page.settles {
-            let settled = sqlx::query("DELETE FROM reservations WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            if settled.rows_affected() == 0 {
-                return Err(StoreError::ReservationGone { id });
-            }
-        }
-        if let Some(r) = &page.reserve {
-            sqlx::query(
-                "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
-                 VALUES ($1, $2, $3, $4, $5::json, $6)",
-            )
-            .bind(r.id)
-            .bind(r.scope.tenant_id.as_str())
-            .bind(r.scope.integration_id.as_str())
-            .bind(r.scope.entity_type.as_str())
-            .bind(r.rows_json())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        self.settle_and_reserve(&mut tx, page, now).await?;
         if !inserts.is_empty() {
             insert_mappings(&mut tx, &inserts, &scopes, "").await?;
         }
@@ -347,154 +293,9 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        if let Some(scope) = &page.reconciled {
-            sqlx::query(
-                "INSERT INTO reconciles (tenant_id, integration_id, entity_type, reconciled_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, integration_id, entity_type) \
-                 DO UPDATE SET reconciled_at = EXCLUDED.reconciled_at",
-            )
-            .bind(scope.tenant_id.as_str())
-            .bind(scope.integration_id.as_str())
-            .bind(scope.entity_type.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(c) = &page.sync_cursor {
-            sqlx::query(
-                "INSERT INTO sync_cursors (tenant_id, integration_id, entity_type, side, cursor, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (tenant_id, integration_id, entity_type, side) \
-                 DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = EXCLUDED.updated_at",
-            )
-            .bind(c.scope.tenant_id.as_str())
-            .bind(c.scope.integration_id.as_str())
-            .bind(c.scope.entity_type.as_str())
-            .bind(c.side.as_str())
-            .bind(Json(&c.cursor))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(cp) = &page.checkpoint {
-            let written = sqlx::query(&format!(
-                "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, cursor, counters, \
-                     error, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (run_id, entity_type, direction) DO UPDATE SET state = EXCLUDED.state, \
-                     cursor = EXCLUDED.cursor, counters = EXCLUDED.counters, error = EXCLUDED.error, \
-                     updated_at = EXCLUDED.updated_at \
-                 WHERE steps.state IN ({})",
-                super::step_states_before(super::checkpoint_event(cp.state))
-            ))
-            .bind(cp.run_id)
-            .bind(cp.tenant_id.as_str())
-            .bind(cp.stage as i32)
-            .bind(cp.entity_type.as_str())
-            .bind(cp.direction.as_str())
-            .bind(cp.state.as_str())
-            .bind(cp.cursor.as_ref().map(Json))
-            .bind(Json(&cp.counters))
-            .bind(cp.error.as_deref())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if written.rows_affected() != 1 {
-                let state: Option<String> = sqlx::query_scalar(
-                    "SELECT state FROM steps WHERE run_id = $1 AND entity_type = $2 AND direction = $3",
-                )
-                .bind(cp.run_id)
-                .bind(cp.entity_type.as_str())
-                .bind(cp.direction.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-                return Err(super::step_changed(cp, state));
-            }
-        }
+        self.finish_page(&mut tx, page, now).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    pub(super) async fn load_sync_cursor(
-        &self,
-        scope: &EntityScope,
-        side: Side,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
-        let cursor: Option<Json<serde_json::Value>> = sqlx::query_scalar(
-            "SELECT cursor FROM sync_cursors \
-             WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND side = $4",
-        )
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .bind(side.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(cursor.map(|c| c.0))
-    }
-
-    pub(super) async fn unsettled_mappings(
-        &self,
-        scope: &EntityScope,
-        after: Option<Uuid>,
-        limit: u32,
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        let Some(number) = self.scope_number(scope, false).await? else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE scope = $1 AND status <> 'mapped' AND status IN ('pending', 'failed') \
-               AND ($2::uuid IS NULL OR id > $2) \
-             ORDER BY id LIMIT $3"
-        ))
-        .bind(number)
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(mapping_from_row).collect()
-    }
-
-    pub(super) async fn mappings_with_status(
-        &self,
-        scope: &EntityScope,
-        status: MappingStatus,
-        with_error: bool,
-        limit: u32,
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        let Some(number) = self.scope_number(scope, false).await? else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND status = $2 \
-             AND ($4 OR last_error IS NOT NULL) ORDER BY updated_at, id LIMIT $3"
-        ))
-        .bind(number)
-        .bind(status.as_str())
-        .bind(limit as i64)
-        .bind(status != MappingStatus::Mapped || !with_error)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(mapping_from_row).collect()
-    }
-
-    pub(super) async fn mapping_counts(
-        &self,
-        tenant: &TenantId,
-        integration: &IntegrationId,
-    ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT s.entity_type, m.status, count(*) FROM mapping_scopes s JOIN id_mappings m ON m.scope = s.id \
-             WHERE s.tenant_id = $1 AND s.integration_id = $2 GROUP BY 1, 2 ORDER BY 1, 2",
-        )
-        .bind(tenant.as_str())
-        .bind(integration.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(e, s, n)| Ok((e, s.parse().map_err(|e| corrupt("id_mappings", e))?, n as u64)))
-            .collect()
     }
 }
 
@@ -571,43 +372,6 @@ async fn reservations_of(
     .bind(scope.entity_type.as_str())
     .fetch_all(&mut *conn)
     .await?)
-}
-
-/// Fencing: locks our lease row for the transaction, or fails. A share
-/// lock: it holds off a takeover (an update of the row) until we commit, and
-/// the worker's own page commits, which overlap, do not wait for each other.
-async fn hold_lease(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    lease: &Lease,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let held: Option<Uuid> = sqlx::query_scalar(
-        "SELECT run_id FROM run_leases WHERE run_id = $1 AND worker_id = $2 AND expires_at > $3 FOR SHARE",
-    )
-    .bind(lease.run_id)
-    .bind(&lease.worker_id)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await?;
-    match held {
-        Some(_) => Ok(()),
-        None => {
-            // Taken over, or only expired: the message says which.
-            let holder: Option<String> = sqlx::query_scalar(
-                "SELECT worker_id FROM run_leases WHERE run_id = $1 AND worker_id <> $2 AND expires_at > $3",
-            )
-            .bind(lease.run_id)
-            .bind(&lease.worker_id)
-            .bind(now)
-            .fetch_optional(&mut **tx)
-            .await?;
-            Err(StoreError::LeaseLost {
-                run_id: lease.run_id,
-                worker_id: lease.worker_id.clone(),
-                holder,
-            })
-        }
-    }
 }
 
 /// Inserts `rows` into the ID map, each with its scope number; `on_conflict`

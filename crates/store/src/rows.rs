@@ -12,9 +12,12 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::types::Json;
 use syncd_core::conflict::ConflictRecord;
-use syncd_core::ids::{IntegrationId, TenantId};
+use syncd_core::ids::{EntityScope, IntegrationId, TenantId};
 use syncd_core::run::StepCheckpoint;
 use uuid::Uuid;
+
+pub(crate) const MAPPING_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
+     idempotency_key, last_error, attempts, version, created_at, updated_at";
 
 pub(crate) const RUN_COLUMNS: &str =
     "id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, finished_at";
@@ -125,7 +128,10 @@ impl Cols for SqliteRow {
 pub(crate) trait Dialect {
     /// An id as the database keeps it (PostgreSQL: `uuid`; SQLite: text).
     type Id: Send;
-    fn id(&self, id: Uuid) -> Self::Id;
+    fn id_of(id: Uuid) -> Self::Id;
+    fn id(&self, id: Uuid) -> Self::Id {
+        Self::id_of(id)
+    }
     /// A list of texts bound as one parameter (PostgreSQL: `text[]`;
     /// SQLite: a JSON array).
     type Texts: Send;
@@ -135,11 +141,29 @@ pub(crate) trait Dialect {
     fn ids(&self, ids: &[Uuid]) -> Self::Ids;
     /// `IN` such a list, bound as `param`.
     fn in_list(param: &str) -> String;
+    /// How statements name an entity type's mappings (PostgreSQL: by the
+    /// scope's number; SQLite: by its three columns).
+    type Scope: Send;
+    /// `None` while the scope has no mappings (PostgreSQL: no number yet).
+    async fn scope_key(&self, scope: &EntityScope) -> Result<Option<Self::Scope>, StoreError>;
+    /// The condition on `id_mappings`, with the key bound as `param`.
+    fn in_scope(param: &str) -> String;
+    /// The mappings of a scope (`$1`) whose `column` is one of a list of
+    /// ids (`$2`).
+    fn mappings_by_ids(column: &str) -> String;
+    /// (entity type, status, count) of a tenant's (`$1`) integration's
+    /// (`$2`) mappings.
+    const MAPPING_COUNTS: &str;
+    /// Keeps a page's reservation: id, scope (`$1`..`$4`), its mappings as
+    /// JSON text (`$5`), time (`$6`).
+    const INSERT_RESERVATION: &str;
+    /// What a read of a lease row adds to hold it until the commit.
+    const LOCK_SHARE: &str;
 }
 
 impl Dialect for crate::PgStore {
     type Id = Uuid;
-    fn id(&self, id: Uuid) -> Uuid {
+    fn id_of(id: Uuid) -> Uuid {
         id
     }
     type Texts = Vec<String>;
@@ -153,11 +177,33 @@ impl Dialect for crate::PgStore {
     fn in_list(param: &str) -> String {
         format!("= ANY({param})")
     }
+    type Scope = i32;
+    async fn scope_key(&self, scope: &EntityScope) -> Result<Option<i32>, StoreError> {
+        self.scope_number(scope, false).await
+    }
+    fn in_scope(param: &str) -> String {
+        format!("scope = {param}")
+    }
+    /// One index probe per id (a nested loop over the ids): with
+    /// `id = ANY($2)` the planner, on statistics older than a large first
+    /// sync, scanned the scope's whole index prefix instead (migration 0002).
+    fn mappings_by_ids(column: &str) -> String {
+        format!(
+            "SELECT m.* FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL \
+             (SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND {column} = k.key OFFSET 0) AS m"
+        )
+    }
+    const MAPPING_COUNTS: &str = "SELECT s.entity_type, m.status, count(*) \
+         FROM mapping_scopes s JOIN id_mappings m ON m.scope = s.id \
+         WHERE s.tenant_id = $1 AND s.integration_id = $2 GROUP BY 1, 2 ORDER BY 1, 2";
+    const INSERT_RESERVATION: &str = "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
+         VALUES ($1, $2, $3, $4, $5::json, $6)";
+    const LOCK_SHARE: &str = " FOR SHARE";
 }
 
 impl Dialect for crate::SqliteStore {
     type Id = String;
-    fn id(&self, id: Uuid) -> String {
+    fn id_of(id: Uuid) -> String {
         id.to_string()
     }
     type Texts = Json<Vec<String>>;
@@ -171,6 +217,32 @@ impl Dialect for crate::SqliteStore {
     fn in_list(param: &str) -> String {
         format!("IN (SELECT value FROM json_each({param}))")
     }
+    type Scope = Json<[String; 3]>;
+    async fn scope_key(&self, scope: &EntityScope) -> Result<Option<Self::Scope>, StoreError> {
+        Ok(Some(Json([
+            scope.tenant_id.to_string(),
+            scope.integration_id.to_string(),
+            scope.entity_type.to_string(),
+        ])))
+    }
+    fn in_scope(param: &str) -> String {
+        format!(
+            "tenant_id = json_extract({param}, '$[0]') AND integration_id = json_extract({param}, '$[1]') \
+             AND entity_type = json_extract({param}, '$[2]')"
+        )
+    }
+    fn mappings_by_ids(column: &str) -> String {
+        format!(
+            "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE {} AND {column} IN (SELECT value FROM json_each($2))",
+            Self::in_scope("$1")
+        )
+    }
+    const MAPPING_COUNTS: &str = "SELECT entity_type, status, count(*) FROM id_mappings \
+         WHERE tenant_id = $1 AND integration_id = $2 GROUP BY entity_type, status ORDER BY 1, 2";
+    const INSERT_RESERVATION: &str = "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)";
+    /// A write transaction (`BEGIN IMMEDIATE`) already holds the database.
+    const LOCK_SHARE: &str = "";
 }
 
 /// A run, from [`RUN_COLUMNS`].

@@ -8,7 +8,198 @@
 //! `sqlite.rs`.
 
 macro_rules! shared_statements {
-    () => {
+    ($conn:ty) => {
+        pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+            MIGRATOR.run(&self.pool).await?;
+            Ok(())
+        }
+
+        pub(super) async fn load_sync_cursor(
+            &self,
+            scope: &EntityScope,
+            side: Side,
+        ) -> Result<Option<serde_json::Value>, StoreError> {
+            let cursor: Option<Json<serde_json::Value>> = sqlx::query_scalar(
+                "SELECT cursor FROM sync_cursors \
+                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3 AND side = $4",
+            )
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .bind(side.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(cursor.map(|c| c.0))
+        }
+
+        /// Fails a page's commit unless `lease` is still held (read so that
+        /// it stays held until the commit), naming who took it over if
+        /// anyone did.
+        async fn hold_lease(conn: &mut $conn, lease: &Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
+            let held: Option<i32> = sqlx::query_scalar(&format!(
+                "SELECT 1 FROM run_leases WHERE run_id = $1 AND worker_id = $2 AND expires_at > $3{}",
+                Self::LOCK_SHARE
+            ))
+            .bind(<Self as crate::rows::Dialect>::id_of(lease.run_id))
+            .bind(&lease.worker_id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if held.is_some() {
+                return Ok(());
+            }
+            // Taken over, or only expired: the message says which.
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT worker_id FROM run_leases WHERE run_id = $1 AND worker_id <> $2 AND expires_at > $3",
+            )
+            .bind(<Self as crate::rows::Dialect>::id_of(lease.run_id))
+            .bind(&lease.worker_id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Err(StoreError::LeaseLost {
+                run_id: lease.run_id,
+                worker_id: lease.worker_id.clone(),
+                holder,
+            })
+        }
+
+        /// The start of a page's commit: the reservation it settles is
+        /// deleted (the commit fails if it is gone), the one it makes kept.
+        async fn settle_and_reserve(
+            &self,
+            conn: &mut $conn,
+            page: &crate::PageCommit,
+            now: DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            if let Some(id) = page.settles {
+                let settled = sqlx::query("DELETE FROM reservations WHERE id = $1")
+                    .bind(self.id(id))
+                    .execute(&mut *conn)
+                    .await?;
+                if settled.rows_affected() == 0 {
+                    return Err(StoreError::ReservationGone { id });
+                }
+            }
+            if let Some(r) = &page.reserve {
+                sqlx::query(Self::INSERT_RESERVATION)
+                    .bind(self.id(r.id))
+                    .bind(r.scope.tenant_id.as_str())
+                    .bind(r.scope.integration_id.as_str())
+                    .bind(r.scope.entity_type.as_str())
+                    .bind(r.rows_json())
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// A new run's row (its steps are inserted by the backend).
+        async fn insert_run(&self, conn: &mut $conn, run: &RunRow) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO runs (id, tenant_id, integration_id, state, plan, trigger, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(self.id(run.id))
+            .bind(run.tenant_id.as_str())
+            .bind(run.integration_id.as_str())
+            .bind(run.state.as_str())
+            .bind(Json(&run.plan))
+            .bind(&run.trigger)
+            .bind(run.created_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        /// The end of a page's commit: the reconciliation it finished, where
+        /// the change scan stands, and the step's checkpoint.
+        async fn finish_page(&self, conn: &mut $conn, page: &crate::PageCommit, now: DateTime<Utc>) -> Result<(), StoreError> {
+            if let Some(scope) = &page.reconciled {
+                sqlx::query(
+                    "INSERT INTO reconciles (tenant_id, integration_id, entity_type, reconciled_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, integration_id, entity_type) \
+                     DO UPDATE SET reconciled_at = excluded.reconciled_at",
+                )
+                .bind(scope.tenant_id.as_str())
+                .bind(scope.integration_id.as_str())
+                .bind(scope.entity_type.as_str())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            if let Some(c) = &page.sync_cursor {
+                Self::write_sync_cursor(&mut *conn, c, now).await?;
+            }
+            if let Some(cp) = &page.checkpoint {
+                self.write_checkpoint(&mut *conn, cp, now).await?;
+            }
+            Ok(())
+        }
+
+        /// Where a change scan stands, with a page's commit.
+        async fn write_sync_cursor(conn: &mut $conn, c: &crate::SyncCursor, now: DateTime<Utc>) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO sync_cursors (tenant_id, integration_id, entity_type, side, cursor, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (tenant_id, integration_id, entity_type, side) \
+                 DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+            )
+            .bind(c.scope.tenant_id.as_str())
+            .bind(c.scope.integration_id.as_str())
+            .bind(c.scope.entity_type.as_str())
+            .bind(c.side.as_str())
+            .bind(Json(&c.cursor))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
+        /// A step's checkpoint, with a page's commit: only from a state the
+        /// core allows the checkpoint's state from (a done step is final).
+        async fn write_checkpoint(
+            &self,
+            conn: &mut $conn,
+            cp: &StepCheckpoint,
+            now: DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            let written = sqlx::query(&format!(
+                "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, cursor, counters, \
+                     error, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (run_id, entity_type, direction) DO UPDATE SET state = excluded.state, \
+                     cursor = excluded.cursor, counters = excluded.counters, error = excluded.error, \
+                     updated_at = excluded.updated_at \
+                 WHERE steps.state IN ({})",
+                crate::step_states_before(crate::checkpoint_event(cp.state))
+            ))
+            .bind(self.id(cp.run_id))
+            .bind(cp.tenant_id.as_str())
+            .bind(cp.stage as i32)
+            .bind(cp.entity_type.as_str())
+            .bind(cp.direction.as_str())
+            .bind(cp.state.as_str())
+            .bind(cp.cursor.as_ref().map(Json))
+            .bind(Json(&cp.counters))
+            .bind(cp.error.as_deref())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            if written.rows_affected() != 1 {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM steps WHERE run_id = $1 AND entity_type = $2 AND direction = $3")
+                        .bind(self.id(cp.run_id))
+                        .bind(cp.entity_type.as_str())
+                        .bind(cp.direction.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                return Err(crate::step_changed(cp, state));
+            }
+            Ok(())
+        }
+
         pub(crate) async fn load_steps(&self, run_id: Uuid) -> Result<Vec<StepCheckpoint>, StoreError> {
             let rows = sqlx::query(&format!(
                 "SELECT {} FROM steps WHERE run_id = $1 ORDER BY stage, entity_type, direction DESC",
@@ -459,6 +650,227 @@ macro_rules! shared_statements {
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(crate::rows::hold).collect()
+        }
+
+        pub(super) async fn unsettled_mappings(
+            &self,
+            scope: &EntityScope,
+            after: Option<Uuid>,
+            limit: u32,
+        ) -> Result<Vec<IdMapping>, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(Vec::new());
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+                 WHERE {} AND status <> 'mapped' AND status IN ('pending', 'failed') \
+                   AND (CAST($2 AS TEXT) IS NULL OR id > $2) \
+                 ORDER BY id LIMIT $3",
+                Self::in_scope("$1")
+            ))
+            .bind(key)
+            .bind(after.map(|a| self.id(a)))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(mapping_from_row).collect()
+        }
+
+        pub(super) async fn mappings_with_status(
+            &self,
+            scope: &EntityScope,
+            status: MappingStatus,
+            with_error: bool,
+            limit: u32,
+        ) -> Result<Vec<IdMapping>, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(Vec::new());
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE {} AND status = $2 \
+                 AND ($4 OR last_error IS NOT NULL) ORDER BY updated_at, id LIMIT $3",
+                Self::in_scope("$1")
+            ))
+            .bind(key)
+            .bind(status.as_str())
+            .bind(limit as i64)
+            .bind(status != MappingStatus::Mapped || !with_error)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(mapping_from_row).collect()
+        }
+
+        pub(crate) async fn mapped_ids_page(
+            &self,
+            scope: &EntityScope,
+            side: Side,
+            after: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<crate::MappedId>, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(Vec::new());
+            };
+            // The column is one of two fixed names, never built from input.
+            let column = match side {
+                Side::Source => "source_id",
+                Side::Target => "target_id",
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT id, {column} FROM id_mappings \
+                 WHERE {} AND {column} IS NOT NULL AND (CAST($2 AS TEXT) IS NULL OR {column} > $2) \
+                   AND status = 'mapped' \
+                 ORDER BY {column} LIMIT $3",
+                Self::in_scope("$1")
+            ))
+            .bind(key)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            use crate::rows::Cols;
+            rows.iter()
+                .map(|row| {
+                    Ok(crate::MappedId {
+                        mapping_id: row.uuid("id", "id_mappings")?,
+                        record_id: row.text(column)?,
+                    })
+                })
+                .collect()
+        }
+
+        pub(crate) async fn unverified_page(
+            &self,
+            scope: &EntityScope,
+            before: DateTime<Utc>,
+            limit: u32,
+        ) -> Result<Vec<IdMapping>, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(Vec::new());
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+                 WHERE {} AND status = 'mapped' AND updated_at < $2 \
+                 ORDER BY updated_at, id LIMIT $3",
+                Self::in_scope("$1")
+            ))
+            .bind(key)
+            .bind(before)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(mapping_from_row).collect()
+        }
+
+        pub(crate) async fn count_mapped(&self, scope: &EntityScope) -> Result<u64, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(0);
+            };
+            let n: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM id_mappings WHERE {} AND status = 'mapped'",
+                Self::in_scope("$1")
+            ))
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(n as u64)
+        }
+
+        pub(super) async fn fetch_mappings(
+            &self,
+            scope: &EntityScope,
+            side: Side,
+            ids: &[String],
+        ) -> Result<Vec<IdMapping>, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(Vec::new());
+            };
+            let column = match side {
+                Side::Source => "source_id",
+                Side::Target => "target_id",
+            };
+            let rows = sqlx::query(&Self::mappings_by_ids(column))
+                .bind(key)
+                .bind(self.texts(ids))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(mapping_from_row).collect()
+        }
+
+        pub(super) async fn mapping_counts(
+            &self,
+            tenant: &TenantId,
+            integration: &IntegrationId,
+        ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(Self::MAPPING_COUNTS)
+                .bind(tenant.as_str())
+                .bind(integration.as_str())
+                .fetch_all(&self.pool)
+                .await?;
+            rows.into_iter()
+                .map(|(e, s, n)| Ok((e, s.parse().map_err(|e| crate::rows::corrupt("id_mappings", e))?, n as u64)))
+                .collect()
+        }
+
+        pub(crate) async fn candidates_page(
+            &self,
+            tenant: &TenantId,
+            run_id: Uuid,
+            entity: &EntityType,
+            after: Option<Uuid>,
+            limit: u32,
+        ) -> Result<Vec<(IdMapping, Gone)>, StoreError> {
+            let columns = MAPPING_COLUMNS
+                .split(", ")
+                .map(|c| format!("m.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows = sqlx::query(&format!(
+                "SELECT {columns}, c.gone AS gone FROM delete_candidates c \
+                 JOIN id_mappings m ON m.id = c.mapping_id AND m.tenant_id = c.tenant_id \
+                 WHERE c.tenant_id = $1 AND c.run_id = $2 AND c.entity_type = $3 \
+                   AND (CAST($4 AS TEXT) IS NULL OR c.mapping_id > $4) \
+                 ORDER BY c.mapping_id LIMIT $5"
+            ))
+            .bind(tenant.as_str())
+            .bind(self.id(run_id))
+            .bind(entity.as_str())
+            .bind(after.map(|a| self.id(a)))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            use crate::rows::Cols;
+            rows.iter()
+                .map(|row| Ok((mapping_from_row(row)?, row.parsed("gone", "delete_candidates")?)))
+                .collect()
+        }
+
+        /// Records a reviewer's decision on a pending conflict; `false` when
+        /// it is no longer pending. The last decision of a run is announced
+        /// to the workers in the same transaction (where the database can).
+        pub(crate) async fn resolve_conflict(
+            &self,
+            c: &ConflictRecord,
+            resolution: &Fields,
+            by: &str,
+            now: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query(
+                "UPDATE conflicts SET status = 'resolved', resolution = $1, resolved_by = $2, resolved_at = $3 \
+                 WHERE id = $4 AND tenant_id = $5 AND status = 'pending'",
+            )
+            .bind(Json(resolution))
+            .bind(by)
+            .bind(now)
+            .bind(self.id(c.id))
+            .bind(c.tenant_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if let (1, Some(run_id)) = (done.rows_affected(), c.run_id) {
+                Self::announce_if_decided(&mut tx, c, run_id).await?;
+            }
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
         }
 
         pub(crate) async fn insert_token(&self, t: &crate::TokenInfo, hash: &str) -> Result<(), StoreError> {

@@ -8,9 +8,9 @@ mod reviews;
 mod runs;
 
 use super::{
-    Decided, Lease, MappedId, PageCommit, RunHold, RunRow, StoreError, duplicate_or, held_mappings, lost_race,
+    Decided, Lease, PageCommit, RunHold, RunRow, StoreError, duplicate_or, held_mappings, lost_race,
 };
-use crate::rows::Dialect;
+use crate::rows::{Dialect, MAPPING_COLUMNS};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
@@ -32,9 +32,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
 }
-
-const MAPPING_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
-     idempotency_key, last_error, attempts, version, created_at, updated_at";
 
 fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
     StoreError::Corrupt {
@@ -131,42 +128,6 @@ async fn reservations_of(
         .collect()
 }
 
-/// Fencing: the write lock is ours (the transaction began IMMEDIATE), so the
-/// lease cannot move until we commit; fails when it is not ours.
-async fn hold_lease(
-    conn: &mut sqlx::SqliteConnection,
-    lease: &Lease,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let held: Option<String> = sqlx::query_scalar(
-        "SELECT run_id FROM run_leases WHERE run_id = ?1 AND worker_id = ?2 AND expires_at > ?3",
-    )
-    .bind(lease.run_id.to_string())
-    .bind(&lease.worker_id)
-    .bind(now)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match held {
-        Some(_) => Ok(()),
-        None => {
-            // Taken over, or only expired: the message says which.
-            let holder: Option<String> = sqlx::query_scalar(
-                "SELECT worker_id FROM run_leases WHERE run_id = ?1 AND worker_id <> ?2 AND expires_at > ?3",
-            )
-            .bind(lease.run_id.to_string())
-            .bind(&lease.worker_id)
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?;
-            Err(StoreError::LeaseLost {
-                run_id: lease.run_id,
-                worker_id: lease.worker_id.clone(),
-                holder,
-            })
-        }
-    }
-}
-
 /// Inserts `rows` into the ID map in one statement; `or` is empty or
 /// `OR IGNORE`. Returns the number of rows inserted.
 async fn insert_mappings<'a>(
@@ -242,7 +203,7 @@ impl Drop for ImmediateTx {
 }
 
 impl SqliteStore {
-    crate::shared::shared_statements!();
+    crate::shared::shared_statements!(sqlx::SqliteConnection);
 }
 
 impl SqliteStore {
@@ -263,37 +224,6 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    pub(super) async fn fetch_mappings(
-        &self,
-        scope: &EntityScope,
-        side: Side,
-        ids: &[String],
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        let sql = match side {
-            Side::Source => format!(
-                "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE tenant_id = ?1 AND integration_id = ?2 \
-                 AND entity_type = ?3 AND source_id IN (SELECT value FROM json_each(?4))"
-            ),
-            Side::Target => format!(
-                "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE tenant_id = ?1 AND integration_id = ?2 \
-                 AND entity_type = ?3 AND target_id IN (SELECT value FROM json_each(?4))"
-            ),
-        };
-        let rows = sqlx::query(&sql)
-            .bind(scope.tenant_id.as_str())
-            .bind(scope.integration_id.as_str())
-            .bind(scope.entity_type.as_str())
-            .bind(Json(ids))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(mapping_from_row).collect()
-    }
-
     pub(super) async fn commit_page(
         &self,
         decided: &[Decided],
@@ -306,31 +236,9 @@ impl SqliteStore {
         let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
             if let Some(lease) = &page.lease {
-                hold_lease(&mut *conn, lease, now).await?;
+                Self::hold_lease(&mut *conn, lease, now).await?;
             }
-            if let Some(id) = page.settles {
-                let settled = sqlx::query("DELETE FROM reservations WHERE id = ?1")
-                    .bind(id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-                if settled.rows_affected() == 0 {
-                    return Err(StoreError::ReservationGone { id });
-                }
-            }
-            if let Some(r) = &page.reserve {
-                sqlx::query(
-                    "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .bind(r.id.to_string())
-                .bind(r.scope.tenant_id.as_str())
-                .bind(r.scope.integration_id.as_str())
-                .bind(r.scope.entity_type.as_str())
-                .bind(r.rows_json())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            }
+            self.settle_and_reserve(&mut *conn, page, now).await?;
             // One statement per kind of write: SQLite is in process, but each
             // statement still crosses to sqlx's worker thread and back.
             let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
@@ -432,69 +340,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
             }
-            if let Some(scope) = &page.reconciled {
-                sqlx::query(
-                    "INSERT INTO reconciles (tenant_id, integration_id, entity_type, reconciled_at) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant_id, integration_id, entity_type) \
-                     DO UPDATE SET reconciled_at = excluded.reconciled_at",
-                )
-                .bind(scope.tenant_id.as_str())
-                .bind(scope.integration_id.as_str())
-                .bind(scope.entity_type.as_str())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            }
-            if let Some(c) = &page.sync_cursor {
-                sqlx::query(
-                    "INSERT INTO sync_cursors (tenant_id, integration_id, entity_type, side, cursor, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (tenant_id, integration_id, entity_type, side) \
-                     DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-                )
-                .bind(c.scope.tenant_id.as_str())
-                .bind(c.scope.integration_id.as_str())
-                .bind(c.scope.entity_type.as_str())
-                .bind(c.side.as_str())
-                .bind(Json(&c.cursor))
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            }
-            if let Some(cp) = &page.checkpoint {
-                let written = sqlx::query(&format!(
-                    "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, cursor, \
-                         counters, error, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                     ON CONFLICT (run_id, entity_type, direction) DO UPDATE SET state = excluded.state, \
-                         cursor = excluded.cursor, counters = excluded.counters, error = excluded.error, \
-                         updated_at = excluded.updated_at \
-                 WHERE steps.state IN ({})",
-                super::step_states_before(super::checkpoint_event(cp.state))
-                ))
-                .bind(cp.run_id.to_string())
-                .bind(cp.tenant_id.as_str())
-                .bind(cp.stage as i64)
-                .bind(cp.entity_type.as_str())
-                .bind(cp.direction.as_str())
-                .bind(cp.state.as_str())
-                .bind(cp.cursor.as_ref().map(Json))
-                .bind(Json(&cp.counters))
-                .bind(cp.error.as_deref())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                if written.rows_affected() != 1 {
-                    let state: Option<String> =
-                        sqlx::query_scalar("SELECT state FROM steps WHERE run_id = ?1 AND entity_type = ?2 AND direction = ?3")
-                            .bind(cp.run_id.to_string())
-                            .bind(cp.entity_type.as_str())
-                            .bind(cp.direction.as_str())
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                    return Err(super::step_changed(cp, state));
-                }
-            }
+            self.finish_page(&mut *conn, page, now).await?;
             Ok::<(), StoreError>(())
         }
         .await;
@@ -520,7 +366,7 @@ impl SqliteStore {
         let mut tx = ImmediateTx::begin(&self.pool).await?;
         let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
-            hold_lease(&mut *conn, lease, now).await?;
+            Self::hold_lease(&mut *conn, lease, now).await?;
             let rows = reservations_of(&mut *conn, scope).await?;
             if rows.is_empty() {
                 return Ok(0);
@@ -537,88 +383,6 @@ impl SqliteStore {
         }
         .await;
         tx.end(result).await
-    }
-
-    pub(super) async fn load_sync_cursor(
-        &self,
-        scope: &EntityScope,
-        side: Side,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
-        let cursor: Option<Json<serde_json::Value>> = sqlx::query_scalar(
-            "SELECT cursor FROM sync_cursors \
-             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND side = ?4",
-        )
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .bind(side.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(cursor.map(|c| c.0))
-    }
-
-    pub(super) async fn unsettled_mappings(
-        &self,
-        scope: &EntityScope,
-        after: Option<Uuid>,
-        limit: u32,
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 \
-               AND status <> 'mapped' AND status IN ('pending', 'failed') \
-               AND (?4 IS NULL OR id > ?4) \
-             ORDER BY id LIMIT ?5"
-        ))
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .bind(after.map(|a| a.to_string()))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(mapping_from_row).collect()
-    }
-
-    pub(super) async fn mappings_with_status(
-        &self,
-        scope: &EntityScope,
-        status: MappingStatus,
-        with_error: bool,
-        limit: u32,
-    ) -> Result<Vec<IdMapping>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings \
-             WHERE tenant_id = ?1 AND integration_id = ?2 AND entity_type = ?3 AND status = ?4 \
-             AND (?6 OR last_error IS NOT NULL) ORDER BY updated_at, id LIMIT ?5"
-        ))
-        .bind(scope.tenant_id.as_str())
-        .bind(scope.integration_id.as_str())
-        .bind(scope.entity_type.as_str())
-        .bind(status.as_str())
-        .bind(limit as i64)
-        .bind(status != MappingStatus::Mapped || !with_error)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(mapping_from_row).collect()
-    }
-
-    pub(super) async fn mapping_counts(
-        &self,
-        tenant: &TenantId,
-        integration: &IntegrationId,
-    ) -> Result<Vec<(String, MappingStatus, u64)>, StoreError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT entity_type, status, count(*) FROM id_mappings \
-             WHERE tenant_id = ?1 AND integration_id = ?2 GROUP BY entity_type, status ORDER BY 1, 2",
-        )
-        .bind(tenant.as_str())
-        .bind(integration.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(e, s, n)| Ok((e, s.parse().map_err(|e| corrupt("id_mappings", e))?, n as u64)))
-            .collect()
     }
 }
 

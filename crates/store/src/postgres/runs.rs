@@ -40,19 +40,7 @@ impl PgStore {
 
     pub(crate) async fn create_run(&self, run: &RunRow, steps: &[PlannedStep]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO runs (id, tenant_id, integration_id, state, plan, trigger, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-        )
-        .bind(run.id)
-        .bind(run.tenant_id.as_str())
-        .bind(run.integration_id.as_str())
-        .bind(run.state.as_str())
-        .bind(Json(&run.plan))
-        .bind(&run.trigger)
-        .bind(run.created_at)
-        .execute(&mut *tx)
-        .await?;
+        self.insert_run(&mut tx, run).await?;
         let stage: Vec<i32> = steps.iter().map(|s| s.stage as i32).collect();
         let entity: Vec<&str> = steps.iter().map(|s| s.entity_type.as_str()).collect();
         let direction: Vec<&str> = steps.iter().map(|s| s.direction.as_str()).collect();

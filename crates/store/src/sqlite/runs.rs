@@ -5,19 +5,7 @@ use super::*;
 impl SqliteStore {
     pub(crate) async fn create_run(&self, run: &RunRow, steps: &[PlannedStep]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO runs (id, tenant_id, integration_id, state, plan, trigger, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        )
-        .bind(run.id.to_string())
-        .bind(run.tenant_id.as_str())
-        .bind(run.integration_id.as_str())
-        .bind(run.state.as_str())
-        .bind(Json(&run.plan))
-        .bind(&run.trigger)
-        .bind(run.created_at)
-        .execute(&mut *tx)
-        .await?;
+        self.insert_run(&mut tx, run).await?;
         for step in steps {
             sqlx::query(
                 "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, updated_at) \
