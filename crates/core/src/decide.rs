@@ -593,5 +593,92 @@ pub fn decide_page(
     d
 }
 
+/// What a reviewer's decision on a parked conflict does, now that the
+/// records may have changed since it was parked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Review {
+    /// The records changed since and now conflict in a field the reviewer
+    /// did not decide: parked again with the current records.
+    Repark(ConflictRecord),
+    /// The decided values, written to the sides that need them, and the new
+    /// base confirmed.
+    Apply {
+        to_target: Option<TargetUpdate>,
+        /// (source id, fields) of the update of the source.
+        to_source: Option<(String, Fields)>,
+        confirm: MappingWrite,
+    },
+}
+
+/// Decides how the decision on `c` applies to the records as they are now:
+/// `source`, and `target` in its own ids and (`target_in_source_ids`)
+/// with its references in source ids. `mapping` is the pair's mapping.
+#[allow(clippy::too_many_arguments)]
+pub fn decide_review(
+    c: &ConflictRecord,
+    mapping: IdMapping,
+    source: &Record,
+    target: &Record,
+    target_in_source_ids: &Record,
+    refs: &References,
+    sync: Direction,
+    new_id: &mut dyn FnMut() -> Uuid,
+    now: DateTime<Utc>,
+) -> Review {
+    let target_in_source_ids = refs.record_ids_as_text(target_in_source_ids.clone());
+    let source_as_text = refs.record_ids_as_text(source.clone());
+    let decision = conflict::ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
+    let base_as_text = c.base.as_ref().and_then(|b| refs.ids_as_text(b));
+    let base = base_as_text.as_ref().or(c.base.as_ref());
+    let writes = match conflict::apply_review(base, &source_as_text, &target_in_source_ids, sync, &decision) {
+        Ok(writes) => writes,
+        Err(_) => {
+            let changes = conflict::detect(base, &source_as_text.fields, &target_in_source_ids.fields);
+            return Review::Repark(ConflictRecord {
+                id: new_id(),
+                source_record: source_as_text,
+                target_record: target_in_source_ids,
+                conflicting_fields: changes.conflicting,
+                strategy_applied: Strategy::Manual,
+                resolution: None,
+                status: ConflictStatus::Pending,
+                resolved_by: None,
+                created_at: now,
+                resolved_at: None,
+                ..c.clone()
+            });
+        }
+    };
+    let to_target = (!writes.to_target.is_empty()).then(|| {
+        let mut fields = target_in_source_ids.fields.clone();
+        fields.extend(writes.to_target.clone());
+        TargetUpdate {
+            id: target.id.clone(),
+            fields,
+            current: target.fields.clone(),
+            current_in_source_ids: target_in_source_ids.fields.clone(),
+            confirm: None,
+        }
+    });
+    let to_source = (!writes.to_source.is_empty()).then(|| {
+        let mut fields = source_as_text.fields.clone();
+        fields.extend(writes.to_source.clone());
+        refs.ids_typed_for(Side::Source, &mut fields, &source.fields);
+        (source.id.clone(), fields)
+    });
+    Review::Apply {
+        to_target,
+        to_source,
+        confirm: MappingWrite::Transition {
+            change: MappingChange::Confirm {
+                source_id: source.id.clone(),
+                target_id: target.id.clone(),
+                base: writes.base,
+            },
+            current: mapping,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests;

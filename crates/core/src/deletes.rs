@@ -238,6 +238,96 @@ pub struct DeleteCandidate {
     pub gone: Gone,
 }
 
+/// What a page of a delete step does, decided from its candidates, the
+/// ids still present on each side, and the entity's policy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Removals {
+    pub delete_target: Vec<String>,
+    pub archive_target: Vec<String>,
+    pub delete_source: Vec<String>,
+    /// Source ids whose target is created anew (through the sync path).
+    pub recreate: Vec<String>,
+    /// The mappings marked stale, with what was done in their reason.
+    pub transitions: Vec<crate::mapping::MappingWrite>,
+    pub deleted: u64,
+    pub archived: u64,
+    pub stale: u64,
+}
+
+/// Decides a page of delete candidates (their mappings as they are now):
+/// a record gone from the source is deleted, archived or left in the
+/// target, one gone from the target is unlinked, deleted from the source
+/// or created anew, by `policy`. A pair found on both sides again is left
+/// alone; a candidate already acted on before a crash is not acted on
+/// twice (only a re-create not finished yet is taken up again).
+pub fn decide_removals(
+    page: Vec<IdMapping>,
+    sources: &std::collections::HashSet<String>,
+    targets: &std::collections::HashSet<String>,
+    policy: &DeletePolicy,
+) -> Removals {
+    use crate::mapping::{MappingChange, MappingStatus, MappingWrite};
+    let mut r = Removals::default();
+    for m in page {
+        let source_id = m.source_id.clone().unwrap_or_default();
+        let target_id = m.target_id.clone().unwrap_or_default();
+        if m.status != MappingStatus::Mapped {
+            let recreating = m.status == MappingStatus::Pending
+                || (m.status == MappingStatus::Stale && Gone::of(&m) == Some(Gone::Target));
+            if recreating && policy.on_target_delete == OnTargetDelete::Recreate {
+                r.recreate.push(source_id);
+            }
+            continue;
+        }
+        let (has_source, has_target) = (sources.contains(&source_id), targets.contains(&target_id));
+        let (gone, done) = match (has_source, has_target) {
+            (true, true) => continue, // back again: nothing to do
+            (false, _) => match policy.on_source_delete {
+                OnSourceDelete::Delete => {
+                    if has_target {
+                        r.delete_target.push(target_id);
+                    }
+                    r.deleted += 1;
+                    (Gone::Source, "target deleted")
+                }
+                OnSourceDelete::Archive => {
+                    if has_target {
+                        r.archive_target.push(target_id);
+                    }
+                    r.archived += 1;
+                    (Gone::Source, "target archived")
+                }
+                OnSourceDelete::Ignore => {
+                    r.stale += 1;
+                    (Gone::Source, "target kept")
+                }
+            },
+            (true, false) => match policy.on_target_delete {
+                OnTargetDelete::Unlink => {
+                    r.stale += 1;
+                    (Gone::Target, "unlinked, kept for operators")
+                }
+                OnTargetDelete::Propagate => {
+                    r.delete_source.push(source_id);
+                    r.deleted += 1;
+                    (Gone::Target, "source deleted too")
+                }
+                OnTargetDelete::Recreate => {
+                    r.recreate.push(source_id);
+                    (Gone::Target, "re-created")
+                }
+            },
+        };
+        r.transitions.push(MappingWrite::Transition {
+            current: m,
+            change: MappingChange::MarkStale {
+                reason: gone.reason(done),
+            },
+        });
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +373,111 @@ mod tests {
         for v in [json!(true), json!(1), json!("2026-01-01T00:00:00Z"), json!("t")] {
             assert!(is_deleted_mark(&v), "{v}");
         }
+    }
+
+    fn mapped(s: &str, t: &str) -> IdMapping {
+        use crate::mapping::MappingChange;
+        let now = chrono::Utc::now();
+        let scope = crate::ids::EntityScope::new("t", "i", "account");
+        let mut m = IdMapping::reserve(
+            uuid::Uuid::new_v4(),
+            scope,
+            Some(s.into()),
+            None,
+            "fwd:k".into(),
+            now,
+        );
+        m.apply(
+            MappingChange::Confirm {
+                source_id: s.into(),
+                target_id: t.into(),
+                base: Default::default(),
+            },
+            now,
+        )
+        .unwrap();
+        m
+    }
+
+    fn present(ids: &[&str]) -> std::collections::HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn removals_follow_the_policy_for_each_side_gone() {
+        let page = || vec![mapped("s1", "t1"), mapped("s2", "t2"), mapped("s3", "t3")];
+        // s1 gone from the source, t2 from the target, s3/t3 back on both.
+        let (sources, targets) = (present(&["s2", "s3"]), present(&["t1", "t3"]));
+        let default = decide_removals(page(), &sources, &targets, &DeletePolicy::default());
+        assert_eq!(default.delete_target, vec!["t1".to_owned()]);
+        assert!(default.delete_source.is_empty() && default.recreate.is_empty());
+        assert_eq!(
+            (default.deleted, default.stale),
+            (1, 1),
+            "t2's mapping is unlinked"
+        );
+        assert_eq!(
+            default.transitions.len(),
+            2,
+            "the pair back on both sides is left alone"
+        );
+
+        let policy = DeletePolicy {
+            on_source_delete: OnSourceDelete::Archive,
+            on_target_delete: OnTargetDelete::Propagate,
+            ..DeletePolicy::default()
+        };
+        let r = decide_removals(page(), &sources, &targets, &policy);
+        assert_eq!(
+            (r.archive_target, r.delete_source),
+            (vec!["t1".to_owned()], vec!["s2".to_owned()])
+        );
+        assert_eq!((r.archived, r.deleted), (1, 1));
+
+        let policy = DeletePolicy {
+            on_source_delete: OnSourceDelete::Ignore,
+            on_target_delete: OnTargetDelete::Recreate,
+            ..DeletePolicy::default()
+        };
+        let r = decide_removals(page(), &sources, &targets, &policy);
+        assert!(r.delete_target.is_empty() && r.archive_target.is_empty());
+        assert_eq!(r.recreate, vec!["s2".to_owned()]);
+        assert_eq!(r.stale, 1);
+    }
+
+    #[test]
+    fn a_candidate_acted_on_before_a_crash_is_not_acted_on_again() {
+        use crate::mapping::MappingChange;
+        let mut m = mapped("s1", "t1");
+        m.apply(
+            MappingChange::MarkStale {
+                reason: Gone::Source.reason("target deleted"),
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let r = decide_removals(
+            vec![m.clone()],
+            &present(&[]),
+            &present(&[]),
+            &DeletePolicy::default(),
+        );
+        assert_eq!(r, Removals::default());
+        // A re-create the crash interrupted is taken up again.
+        let mut gone = mapped("s2", "t2");
+        gone.apply(
+            MappingChange::MarkStale {
+                reason: Gone::Target.reason("re-created"),
+            },
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let policy = DeletePolicy {
+            on_target_delete: OnTargetDelete::Recreate,
+            ..DeletePolicy::default()
+        };
+        let r = decide_removals(vec![gone], &present(&["s2"]), &present(&[]), &policy);
+        assert_eq!(r.recreate, vec!["s2".to_owned()]);
+        assert!(r.transitions.is_empty());
     }
 }

@@ -738,3 +738,91 @@ mod against_the_oracle {
         }
     }
 }
+
+/// A conflict parked under `manual` over `email`, as `decide_page` parks it.
+fn parked(f: &Fixture) -> (ConflictRecord, IdMapping) {
+    let m = f.mapped("c1", "t1", json!({"email": "a@x", "account_id": null}));
+    let d = f.decide(Page {
+        mappings: by_id(vec![("c1", m.clone())]),
+        counterparts: counterparts(vec![record("t1", json!({"email": "t@x", "account_id": null}), 4)]),
+        ..page(vec![record("c1", json!({"email": "s@x", "account_id": null}), 5)])
+    });
+    (d.conflicts[0].clone(), m)
+}
+
+#[test]
+fn a_reviewers_decision_is_written_to_both_sides_with_the_new_base() {
+    let f = Fixture::new("contact");
+    let (mut c, m) = parked(&f);
+    c.resolution = Some(fields(json!({"email": "r@x"})));
+    let source = record("c1", json!({"email": "s@x", "account_id": null}), 5);
+    let target = record("t1", json!({"email": "t@x", "account_id": null}), 4);
+    let review = decide_review(
+        &c,
+        m,
+        &source,
+        &target,
+        &target,
+        &f.refs,
+        Direction::Bidirectional,
+        &mut Uuid::new_v4,
+        t(40),
+    );
+    let Review::Apply {
+        to_target,
+        to_source,
+        confirm,
+    } = review
+    else {
+        panic!("{review:?}")
+    };
+    assert_eq!(to_target.unwrap().fields["email"], json!("r@x"));
+    assert_eq!(
+        to_source.unwrap(),
+        (
+            "c1".to_owned(),
+            fields(json!({"email": "r@x", "account_id": null}))
+        )
+    );
+    let MappingWrite::Transition {
+        change: MappingChange::Confirm { base, .. },
+        ..
+    } = confirm
+    else {
+        panic!()
+    };
+    assert_eq!(base["email"], json!("r@x"));
+}
+
+#[test]
+fn a_record_changed_since_review_in_an_undecided_field_is_parked_again() {
+    let f = Fixture::new("contact");
+    let (mut c, m) = parked(&f);
+    c.resolution = Some(fields(json!({"email": "r@x"})));
+    // Both sides changed `account_id` since, differently.
+    let source = record("c1", json!({"email": "s@x", "account_id": "a1"}), 6);
+    let target = record("t1", json!({"email": "t@x", "account_id": "a2"}), 6);
+    let review = decide_review(
+        &c,
+        m,
+        &source,
+        &target,
+        &target,
+        &f.refs,
+        Direction::Bidirectional,
+        &mut || Uuid::from_u128(5),
+        t(40),
+    );
+    let Review::Repark(again) = review else {
+        panic!("{review:?}")
+    };
+    assert_eq!(again.id, Uuid::from_u128(5));
+    assert_eq!(again.status, ConflictStatus::Pending);
+    assert!(
+        again.conflicting_fields.contains(&"account_id".to_owned()),
+        "{:?}",
+        again.conflicting_fields
+    );
+    assert_eq!(again.source_record.fields["account_id"], json!("a1"));
+    assert_eq!(again.resolution, None);
+}

@@ -18,7 +18,6 @@ use crate::run::{
 use syncd_connect::{
     BadRow, Connector, ConnectorError, Cursor, FieldColumn, IdKind, NewRecord, TableBinding,
 };
-use syncd_core::conflict::{self, ConflictRecord, ReviewDecision};
 use syncd_core::decide::{self, Create, TargetUpdate, key_prefix};
 use syncd_core::ids::{EntityScope, TenantId};
 use syncd_core::mapping::{IdMapping, MappingChange, MappingStatus};

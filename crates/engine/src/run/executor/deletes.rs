@@ -30,7 +30,7 @@ use crate::run::{PlannedStep, StepCheckpoint, StepCounters, StepDirection, StepS
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use syncd_core::deletes::{Gone, OnSourceDelete, OnTargetDelete};
+use syncd_core::deletes::{Gone, Removals, decide_removals};
 use syncd_core::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd_core::record::Side;
 use syncd_store::{DeleteCandidate, MappingWrite, PageCommit, RunHold};
@@ -316,69 +316,20 @@ impl Job {
             .map(|(m, _)| m.clone())
             .collect();
         let (sources, targets) = self.present(ctx, &still_mapped).await?;
-        let mut delete_target = Vec::new();
-        let mut archive_target = Vec::new();
-        let mut delete_source = Vec::new();
-        let mut recreate = Vec::new();
-        let mut transitions = Vec::new();
-        for (m, _) in page {
-            let source_id = m.source_id.clone().unwrap_or_default();
-            let target_id = m.target_id.clone().unwrap_or_default();
-            if m.status != MappingStatus::Mapped {
-                // Done before a crash, except a re-create not finished yet.
-                let recreating = m.status == MappingStatus::Pending
-                    || (m.status == MappingStatus::Stale && Gone::of(&m) == Some(Gone::Target));
-                if recreating && policy.on_target_delete == OnTargetDelete::Recreate {
-                    recreate.push(source_id);
-                }
-                continue;
-            }
-            let (has_source, has_target) = (sources.contains(&source_id), targets.contains(&target_id));
-            let (gone, done) = match (has_source, has_target) {
-                (true, true) => continue, // back again: nothing to do
-                (false, _) => match policy.on_source_delete {
-                    OnSourceDelete::Delete => {
-                        if has_target {
-                            delete_target.push(target_id);
-                        }
-                        counters.deleted += 1;
-                        (Gone::Source, "target deleted")
-                    }
-                    OnSourceDelete::Archive => {
-                        if has_target {
-                            archive_target.push(target_id);
-                        }
-                        counters.archived += 1;
-                        (Gone::Source, "target archived")
-                    }
-                    OnSourceDelete::Ignore => {
-                        counters.stale += 1;
-                        (Gone::Source, "target kept")
-                    }
-                },
-                (true, false) => match policy.on_target_delete {
-                    OnTargetDelete::Unlink => {
-                        counters.stale += 1;
-                        (Gone::Target, "unlinked, kept for operators")
-                    }
-                    OnTargetDelete::Propagate => {
-                        delete_source.push(source_id);
-                        counters.deleted += 1;
-                        (Gone::Target, "source deleted too")
-                    }
-                    OnTargetDelete::Recreate => {
-                        recreate.push(source_id);
-                        (Gone::Target, "re-created")
-                    }
-                },
-            };
-            transitions.push(MappingWrite::Transition {
-                current: m,
-                change: MappingChange::MarkStale {
-                    reason: gone.reason(done),
-                },
-            });
-        }
+        let pairs = page.into_iter().map(|(m, _)| m).collect();
+        let Removals {
+            delete_target,
+            archive_target,
+            delete_source,
+            recreate,
+            transitions,
+            deleted,
+            archived,
+            stale,
+        } = decide_removals(pairs, &sources, &targets, policy);
+        counters.deleted += deleted;
+        counters.archived += archived;
+        counters.stale += stale;
         self.target.delete(&ctx.tables.target, &delete_target).await?;
         if let Some(column) = &policy.archive_column {
             self.target

@@ -53,84 +53,47 @@ impl Job {
                     let maps = self
                         .reference_maps(tables, Side::Target, &[&target.fields])
                         .await?;
-                    let target_in_source_space = tables.refs.record_ids_as_text(Record {
+                    let target_in_source_ids = Record {
                         fields: tables.refs.rewrite(&maps, Side::Target, &target.fields).fields,
                         ..target.clone()
-                    });
-                    let source_record = source;
-                    let source = &tables.refs.record_ids_as_text(source_record.clone());
-                    let decision = ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
-                    let base_as_text = c.base.as_ref().and_then(|b| tables.refs.ids_as_text(b));
-                    let base = base_as_text.as_ref().or(c.base.as_ref());
-                    let writes = match conflict::apply_review(
-                        base,
-                        source,
-                        &target_in_source_space,
-                        self.workflow.direction,
-                        &decision,
-                    ) {
-                        Ok(writes) => writes,
-                        Err(e) => {
-                            // The record changed after it was parked and now
-                            // conflicts in a field the reviewer did not
-                            // decide: park it again, with the current records.
-                            tracing::info!(conflict = %c.id, reason = %e, "record changed since review; parked again");
-                            let changes =
-                                conflict::detect(base, &source.fields, &target_in_source_space.fields);
-                            commit.conflicts.push(ConflictRecord {
-                                id: Uuid::new_v4(),
-                                source_record: source.clone(),
-                                target_record: target_in_source_space.clone(),
-                                conflicting_fields: changes.conflicting,
-                                strategy_applied: conflict::Strategy::Manual,
-                                resolution: None,
-                                status: conflict::ConflictStatus::Pending,
-                                resolved_by: None,
-                                created_at: Utc::now(),
-                                resolved_at: None,
-                                ..c.clone()
-                            });
-                            self.store.commit_page(commit).await?;
-                            continue;
-                        }
                     };
-                    let now = Utc::now();
-                    if !writes.to_target.is_empty() {
-                        let mut fields = target_in_source_space.fields.clone();
-                        fields.extend(writes.to_target.clone());
-                        let update = TargetUpdate {
-                            id: target.id.clone(),
-                            fields,
-                            current: target.fields.clone(),
-                            current_in_source_ids: target_in_source_space.fields.clone(),
-                            confirm: None,
-                        };
-                        let written = self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
-                        let updates: Vec<(String, Fields)> =
-                            written.into_iter().map(|w| (w.id, w.fields)).collect();
-                        let refused = self.target.update(&tables.target, &updates, now).await?;
-                        refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
+                    let review = decide::decide_review(
+                        &c,
+                        m,
+                        source,
+                        target,
+                        &target_in_source_ids,
+                        &tables.refs,
+                        self.workflow.direction,
+                        &mut Uuid::new_v4,
+                        Utc::now(),
+                    );
+                    match review {
+                        decide::Review::Repark(again) => {
+                            tracing::info!(conflict = %c.id, "record changed since review; parked again");
+                            commit.conflicts.push(again);
+                        }
+                        decide::Review::Apply {
+                            to_target,
+                            to_source,
+                            confirm,
+                        } => {
+                            let now = Utc::now();
+                            if let Some(update) = to_target {
+                                let written =
+                                    self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
+                                let updates: Vec<(String, Fields)> =
+                                    written.into_iter().map(|w| (w.id, w.fields)).collect();
+                                let refused = self.target.update(&tables.target, &updates, now).await?;
+                                refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
+                            }
+                            if let Some(update) = to_source {
+                                let refused = self.source.update(&tables.source, &[update], now).await?;
+                                refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
+                            }
+                            commit.mappings.push(confirm);
+                        }
                     }
-                    if !writes.to_source.is_empty() {
-                        let mut fields = source.fields.clone();
-                        fields.extend(writes.to_source.clone());
-                        tables
-                            .refs
-                            .ids_typed_for(Side::Source, &mut fields, &source_record.fields);
-                        let refused = self
-                            .source
-                            .update(&tables.source, &[(source.id.clone(), fields)], now)
-                            .await?;
-                        refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
-                    }
-                    commit.mappings.push(MappingWrite::Transition {
-                        change: MappingChange::Confirm {
-                            source_id: source.id.clone(),
-                            target_id: target.id.clone(),
-                            base: writes.base,
-                        },
-                        current: m,
-                    });
                 }
             }
             self.store.commit_page(commit).await?;
