@@ -67,6 +67,7 @@ fn mapping_from_row(row: &PgRow) -> Result<IdMapping, StoreError> {
 }
 
 impl PgStore {
+    crate::shared::run_statements!();
     crate::shared::shared_statements!(sqlx::PgConnection);
 }
 

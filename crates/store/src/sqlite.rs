@@ -203,6 +203,7 @@ impl Drop for ImmediateTx {
 }
 
 impl SqliteStore {
+    crate::shared::run_statements!();
     crate::shared::shared_statements!(sqlx::SqliteConnection);
 }
 
