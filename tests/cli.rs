@@ -954,3 +954,73 @@ table = "ledger"
         missing.stderr
     );
 }
+
+/// `syncd check` and `syncd run` refuse a definition whose two tenants
+/// resolve a system to the same database, naming both; with a URL of its
+/// own for the second tenant it passes.
+#[test]
+fn tenants_on_one_database_are_refused_by_check_and_run() {
+    let dir = support::TempDir::new("cli-trap");
+    let db = dir.0.join("same.db");
+    let text = format!(
+        r#"name = "trap"
+source = "crm"
+target = "erp"
+
+[systems.crm]
+connector = "sql"
+url = "sqlite://{db}"
+
+[systems.erp]
+connector = "sql"
+url = "sqlite://{db}"
+
+[[entities]]
+name = "account"
+source_table = "a"
+target_table = "b"
+
+[entities.fields]
+name = "name"
+
+[tenants.acme]
+
+[tenants.globex]
+"#,
+        db = db.display()
+    );
+    let file = dir.0.join("trap.toml");
+    std::fs::write(&file, &text).unwrap();
+    let state = format!("sqlite://{}", dir.0.join("syncd.db").display());
+    for args in [vec!["check"], vec!["run", "--tenant", "acme"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(&args[..1])
+            .arg(&file)
+            .args(&args[1..])
+            .env("SYNCD_DATABASE_URL", &state)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} passed: {stderr}");
+        assert!(
+            stderr.contains("tenants `acme` and `globex` both sync system `crm`"),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("system `erp`"), "{args:?}: {stderr}");
+    }
+    assert!(!db.exists(), "nothing was created or written");
+    let apart = text.replace(
+        "[tenants.globex]\n",
+        &format!(
+            "[tenants.globex]\nurls = {{ crm = \"sqlite://{0}/g-crm.db\", erp = \"sqlite://{0}/g-erp.db\" }}\n",
+            dir.0.display()
+        ),
+    );
+    std::fs::write(&file, apart).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -683,3 +683,72 @@ fn graph_errors_name_the_file() {
     let e = workflow::parse_graph(GRAPH_FILE, "remove = [\"invoice\"]\nedges = []\n").unwrap_err();
     assert_toml_error(&e, GRAPH_FILE, 2, "unknown field `edges`");
 }
+
+/// Two tenants whose copies of a system resolve to one URL would each sync
+/// the other's records as their own: the definition says so, naming both
+/// tenants and the system, unless each has its own URL or the system is
+/// shared on purpose.
+#[test]
+fn two_tenants_on_one_database_are_told_apart_or_refused() {
+    let two = |extra: &str| {
+        valid_with(
+            "[tenants.acme]\n",
+            &format!("[tenants.globex]\n{extra}\n[tenants.acme]\n"),
+        )
+    };
+    let with_url = |text: String| {
+        text.replace(
+            "connector = \"sql\"\n",
+            "connector = \"sql\"\nurl = \"postgres://wh:secret@db/warehouse\"\n",
+        )
+    };
+    let env = |var: &str| (var == "GLOBEX_WH").then(|| "postgres://wh@db/globex".to_owned());
+
+    // Both on the system's own URLs: the warehouse and the shop collide.
+    let wf = Workflow::parse(FILE, &with_url(two(""))).unwrap();
+    let shared = wf.shared_systems(env);
+    let names: Vec<(&str, &str, &str)> = shared
+        .iter()
+        .map(|s| (s.system.as_str(), s.tenants.0.as_str(), s.tenants.1.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("shop", "acme", "globex"), ("warehouse", "acme", "globex")]
+    );
+    let said = wf
+        .tenants_apart(Some(&"globex".into()), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        said.contains("tenants `acme` and `globex` both sync system `warehouse`"),
+        "{said}"
+    );
+    assert!(
+        said.contains("postgres://wh:***@db/warehouse"),
+        "the password is not shown: {said}"
+    );
+    assert!(!said.contains("secret"), "{said}");
+
+    // Each tenant its own warehouse (a URL, or one read from the
+    // environment), the shop shared on purpose: nothing to say.
+    let apart = with_url(two("url_env = { warehouse = \"GLOBEX_WH\" }"))
+        .replace("rate_limit = 10\n", "rate_limit = 10\nshared = true\n");
+    let wf = Workflow::parse(FILE, &apart).unwrap();
+    assert_eq!(wf.shared_systems(env), []);
+    wf.tenants_apart(None, env).unwrap();
+    // A URL that cannot be resolved is that tenant's own error, not a
+    // collision.
+    assert_eq!(wf.shared_systems(|_| None), []);
+}
+
+/// Tenants calling one API with credentials of their own (`auth_env`) are
+/// different accounts of it, not one system shared by mistake.
+#[test]
+fn tenants_with_their_own_api_credentials_are_apart() {
+    let text = valid_with(
+        "[tenants.acme]\n",
+        "[tenants.globex]\nauth_env = { shop = \"GLOBEX_TOKEN\" }\nurls = { warehouse = \"postgres://db/globex\" }\n\n[tenants.acme]\nurls = { warehouse = \"postgres://db/acme\" }\n",
+    );
+    let wf = Workflow::parse(FILE, &text).unwrap();
+    assert_eq!(wf.shared_systems(|_| None), []);
+}

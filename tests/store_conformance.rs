@@ -126,6 +126,7 @@ conformance!(
     reservations_settle_with_their_page_or_become_pending,
     tokens_are_refused_once_revoked_or_expired,
     ready_runs_are_exactly_those_the_core_calls_ready,
+    a_held_run_is_resumed_only_once_its_deletions_are_confirmed,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -1133,4 +1134,49 @@ async fn ready_runs_are_exactly_those_the_core_calls_ready(store: Arc<Store>) {
     // Neither leased nor held: planned and running with or without a
     // pending conflict, suspended without.
     assert_eq!(ready.len(), 5);
+}
+
+/// An operator's resume and the workers agree on a run the mass-deletion
+/// brake holds: neither goes on with it until its deletions are confirmed.
+async fn a_held_run_is_resumed_only_once_its_deletions_are_confirmed(store: Arc<Store>) {
+    use syncd_core::run::{ResumeRefused, RunEvent};
+    use syncd_store::{RunHold, StoreError};
+    let id = new_run(&store).await;
+    let mut run = store.load_run(None, id).await.unwrap().unwrap();
+    for event in [RunEvent::Start, RunEvent::Suspend] {
+        run = store.transition_run(&run, event, None).await.unwrap();
+    }
+    store
+        .add_hold(&RunHold {
+            run_id: id,
+            tenant_id: "tenant-a".into(),
+            entity_type: "account".into(),
+            count: 10,
+            mapped: 10,
+            limit: 1,
+            confirmed_by: None,
+            confirmed_at: None,
+            created_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    let integration = run.integration_id.to_string();
+    match store.check_resume(&run).await {
+        Err(StoreError::NotResumable {
+            source: ResumeRefused::Held(held),
+            ..
+        }) => assert_eq!(held, id),
+        other => panic!("a held run was not refused: {other:?}"),
+    }
+    assert!(
+        store
+            .runs_to_execute(&[integration.as_str()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.confirm_deletes(None, id, "ops").await.unwrap();
+    store.check_resume(&run).await.unwrap();
+    let ready = store.runs_to_execute(&[integration.as_str()], 10).await.unwrap();
+    assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id]);
 }

@@ -380,8 +380,10 @@ async fn run_once(job: &Job, label: &str) -> Result<RunState, String> {
 
 /// Builds the demo in `dir` and runs it.
 pub fn demo(dir: &Path) -> CmdResult {
-    std::fs::create_dir_all(dir).map_err(|e| format!("error: {}: {e}", dir.display()))?;
-    for name in ["crm.db", "erp.db", "syncd.db"] {
+    // The example's second tenant, globex, has systems of its own there.
+    let globex = dir.join("globex");
+    std::fs::create_dir_all(&globex).map_err(|e| format!("error: {}: {e}", globex.display()))?;
+    for name in ["crm.db", "erp.db", "syncd.db", "globex/crm.db", "globex/erp.db"] {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
         }
@@ -397,6 +399,16 @@ pub fn demo(dir: &Path) -> CmdResult {
              orders and order lines, {ERP_ONLY_CUSTOMERS} customers only in the ERP.",
             crm_path.display(),
             erp_path.display()
+        );
+        seed(
+            &open(&globex.join("crm.db")).await?,
+            &open(&globex.join("erp.db")).await?,
+            start,
+        )
+        .await?;
+        println!(
+            "Tenant globex has a CRM and an ERP of its own in {} (the example's `[tenants.globex] urls`).",
+            globex.display()
         );
 
         let mut wf = Workflow::parse("workflows/crm-to-erp.toml", WORKFLOW).map_err(|e| e.to_string())?;

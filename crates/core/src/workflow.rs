@@ -83,6 +83,32 @@ pub struct SystemDef {
     pub url: Option<String>,
     /// How to call it, for HTTP systems.
     pub http: Option<HttpSystem>,
+    /// Tenants may resolve it to the same URL on purpose (`shared = true`):
+    /// something other than the URL keeps their records apart.
+    pub shared: bool,
+}
+
+/// Two tenants whose copies of one system resolve to the same database or
+/// API: each would sync the other's records as its own, and create them
+/// again on the other side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedSystem {
+    pub system: String,
+    /// The URL both resolve to, its password hidden.
+    pub url: String,
+    pub tenants: (TenantId, TenantId),
+}
+
+impl std::fmt::Display for SharedSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tenants `{}` and `{}` both sync system `{}` at {}: each would read the other's records as its own \
+             and create them again (give each tenant its own URL under [tenants.NAME] urls or url_env, or say \
+             `shared = true` under [systems.{}] if the records of each tenant are kept apart in it)",
+            self.tenants.0, self.tenants.1, self.system, self.url, self.system
+        )
+    }
 }
 
 /// How one CDM field is called in each system, and what it references.
@@ -410,6 +436,7 @@ impl Workflow {
                 connector,
                 url: def.url.clone(),
                 http,
+                shared: def.shared,
             })
         };
         let source = system("source", &raw.source);
@@ -668,6 +695,65 @@ impl Workflow {
     /// Where `system` is for `tenant`: the tenant's own URL, else the one in
     /// the environment variable the tenant names, else the system's URL.
     /// `env` reads an environment variable (passed in to keep this pure).
+    /// Pairs of tenants whose copies of a system (not `shared`) resolve to
+    /// the same URL (for an API, with the same credentials: tenants with
+    /// their own `auth_env` are different accounts of it). A URL a tenant
+    /// cannot resolve (a variable not set) is left out: that tenant fails
+    /// on its own when it runs.
+    pub fn shared_systems(&self, env: impl Fn(&str) -> Option<String>) -> Vec<SharedSystem> {
+        let mut found = Vec::new();
+        let systems = [&self.source, &self.target];
+        for system in systems.into_iter().filter(|s| !s.shared) {
+            let mut seen: BTreeMap<String, &TenantId> = BTreeMap::new();
+            for tenant in self.tenants.keys() {
+                let Ok(url) = self.system_url(tenant, system, &env) else {
+                    continue;
+                };
+                let account = self
+                    .tenants
+                    .get(tenant)
+                    .and_then(|t| t.auth_env.get(&system.name))
+                    .map_or(String::new(), |var| format!("\u{1f}{var}"));
+                let place = same_place(&url) + &account;
+                match seen.get(&place) {
+                    Some(first) => found.push(SharedSystem {
+                        system: system.name.clone(),
+                        url: crate::redact::redacted(&url),
+                        tenants: ((*first).clone(), tenant.clone()),
+                    }),
+                    None => {
+                        seen.insert(place, tenant);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// [`shared_systems`](Self::shared_systems) as definition errors (on
+    /// `tenants`), those of `only` when given.
+    pub fn tenants_apart(
+        &self,
+        only: Option<&TenantId>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), DefinitionErrors> {
+        let errors: Vec<DefinitionError> = self
+            .shared_systems(env)
+            .into_iter()
+            .filter(|s| only.is_none_or(|t| s.tenants.0 == *t || s.tenants.1 == *t))
+            .map(|s| DefinitionError {
+                file: self.file.clone(),
+                entity: None,
+                field: Some("tenants".into()),
+                reason: s.to_string(),
+            })
+            .collect();
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(DefinitionErrors(errors)),
+        }
+    }
+
     pub fn system_url(
         &self,
         tenant: &TenantId,
@@ -786,4 +872,14 @@ pub fn parse_graph(file: &str, text: &str) -> Result<DependencyGraph, Definition
         graph.set_dependencies(entity, &deps);
     }
     Ok(graph)
+}
+
+/// A URL as the place it names: without surrounding space, a trailing
+/// slash, or a SQLite path's leading `./`.
+fn same_place(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    match url.strip_prefix("sqlite://") {
+        Some(path) => format!("sqlite://{}", path.trim_start_matches("./")),
+        None => url.to_owned(),
+    }
 }

@@ -195,7 +195,8 @@ impl MappingCache {
         }
     }
 
-    /// Sets the clock entries expire by (and a Redis cache's back-off).
+    /// Sets the clock entries expire by (and a Redis cache's back-off and
+    /// bypass; Redis itself expires its entries on its own clock).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> MappingCache {
         if let Backend::Redis(r) = &mut self.backend {
             r.clock = clock.clone();

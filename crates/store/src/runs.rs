@@ -10,12 +10,19 @@ impl Store {
 
     /// Marks a step of `run` as executing (`pending`, or after a crash
     /// `running`, becomes `running`), so that a failure of the run is
-    /// recorded on it. Refused when the step is done.
-    pub async fn start_step(&self, run: &RunRow, step: &PlannedStep) -> Result<(), StoreError> {
+    /// recorded on it. Fenced by `lease` like a page's commit (a worker
+    /// that lost the run writes nothing); refused when the step is done.
+    pub async fn start_step(
+        &self,
+        run: &RunRow,
+        step: &PlannedStep,
+        lease: &Lease,
+    ) -> Result<(), StoreError> {
         let event = StepEvent::Page;
         let before = step_states_before(event);
         let now = Utc::now();
-        let state = on_backend!(self, b => b.set_step_state(run, step, event.target(), &before, now).await?);
+        let state =
+            on_backend!(self, b => b.set_step_state(run, step, lease, event.target(), &before, now).await?);
         match state {
             None => Ok(()),
             Some(state) => Err(StoreError::StepChanged {

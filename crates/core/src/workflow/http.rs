@@ -104,6 +104,8 @@ pub struct HttpSystem {
 pub(super) struct RawSystem {
     pub(super) connector: String,
     pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) shared: bool,
     auth: Option<RawAuth>,
     rate_limit: Option<f64>,
     timeout: Option<String>,

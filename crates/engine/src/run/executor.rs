@@ -243,6 +243,7 @@ impl Job {
     ) -> Result<Job, RunError> {
         let plan = workflow.graph_within(graph)?.stages()?;
         let env = |var: &str| std::env::var(var).ok();
+        workflow.tenants_apart(Some(&tenant), env)?;
         let url = |system| {
             workflow
                 .system_url(&tenant, system, env)
@@ -523,7 +524,7 @@ impl Job {
                 lease: lease.clone(),
                 lost: lost.clone(),
             };
-            self.store.start_step(run, step).await?;
+            self.store.start_step(run, step, lease).await?;
             let span =
                 tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
             let mut report = |counters: &StepCounters| {

@@ -44,31 +44,39 @@ macro_rules! run_statements {
             rows.iter().map(crate::rows::run).collect()
         }
 
-        /// Moves `step` of `run` to `to` if it is in one of the states
-        /// listed (SQL) in `before`; otherwise returns the state it is in
-        /// (or `missing`).
+        /// Moves `step` of `run` to `to` while `lease` is held, if it is in
+        /// one of the states listed (SQL) in `before` (its row is inserted
+        /// if the run's plan gained the step since it was created);
+        /// otherwise returns the state it is in.
         pub(crate) async fn set_step_state(
             &self,
             run: &RunRow,
             step: &PlannedStep,
+            lease: &Lease,
             to: syncd_core::run::StepState,
             before: &str,
             now: DateTime<Utc>,
         ) -> Result<Option<String>, StoreError> {
+            let mut tx = self.pool.begin().await?;
+            Self::hold_lease(&mut tx, lease, now).await?;
             let moved = sqlx::query(&format!(
-                "UPDATE steps SET state = $1, updated_at = $2 \
-                 WHERE run_id = $3 AND tenant_id = $4 AND entity_type = $5 AND direction = $6 \
-                   AND state IN ({before})"
+                "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (run_id, entity_type, direction) \
+                 DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at \
+                 WHERE steps.state IN ({before})"
             ))
-            .bind(to.as_str())
-            .bind(now)
             .bind(self.id(run.id))
             .bind(run.tenant_id.as_str())
+            .bind(step.stage as i32)
             .bind(step.entity_type.as_str())
             .bind(step.direction.as_str())
-            .execute(&self.pool)
+            .bind(to.as_str())
+            .bind(now)
+            .execute(&mut *tx)
             .await?;
             if moved.rows_affected() == 1 {
+                tx.commit().await?;
                 return Ok(None);
             }
             let state: Option<String> =
@@ -76,7 +84,7 @@ macro_rules! run_statements {
                     .bind(self.id(run.id))
                     .bind(step.entity_type.as_str())
                     .bind(step.direction.as_str())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
             Ok(Some(state.unwrap_or_else(|| "missing".into())))
         }
