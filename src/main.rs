@@ -1,9 +1,5 @@
 //! `syncd`, the command line.
 
-// `syncd bench`'s futures are deeper than the default limit lets a release
-// build lay out.
-#![recursion_limit = "256"]
-
 mod cli;
 mod cmd;
 

@@ -1024,3 +1024,57 @@ name = "name"
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A new user follows the commands the demo prints at its end, verbatim, in
+/// a fresh folder: they decide every parked conflict and finish the run
+/// (the definition they resume with is written by the demo).
+#[test]
+fn the_demos_closing_commands_work_as_printed() {
+    let dir = support::TempDir::new("demo-follow");
+    let demo = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&dir.0)
+        .args(["demo", "--dir", "demo-data"])
+        .env_remove("SYNCD_DATABASE_URL")
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&demo.stdout).into_owned();
+    assert!(demo.status.success(), "{stdout}{}", String::from_utf8_lossy(&demo.stderr));
+    let (_, commands) = stdout
+        .split_once("To decide them and finish the run:")
+        .unwrap_or_else(|| panic!("no closing commands: {stdout}"));
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut resumed = false;
+    for line in commands.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some((key, value)) = line.strip_prefix("export ").and_then(|kv| kv.split_once('=')) {
+            env.push((key.into(), value.into()));
+            continue;
+        }
+        let args = line
+            .strip_prefix("cargo run --release -- ")
+            .unwrap_or_else(|| panic!("not a command a user can paste: {line}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .current_dir(&dir.0)
+            .args(args.split_whitespace())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env_remove("SYNCD_REDIS_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        resumed |= args.starts_with("runs resume");
+    }
+    assert!(resumed, "the commands end with a resume: {commands}");
+    let runs = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args(["runs", "list", "--tenant", "acme"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&runs.stdout);
+    let latest = listed.lines().nth(1).unwrap_or_default();
+    assert!(latest.contains("succeeded"), "{listed}");
+}

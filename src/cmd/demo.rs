@@ -378,8 +378,29 @@ async fn run_once(job: &Job, label: &str) -> Result<RunState, String> {
     Ok(state)
 }
 
+/// Writes the demo's definition (its systems in `dir`) and partner graph to
+/// `dir/workflows`, for `runs resume` and `syncd worker`; returns the folder.
+fn write_definitions(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let workflows = dir.join("workflows");
+    let write = |path: std::path::PathBuf, text: &str| {
+        std::fs::create_dir_all(path.parent().expect("a folder"))
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|e| format!("error: {}: {e}", path.display()))
+    };
+    let here = format!("sqlite://{}/", dir.display());
+    write(
+        workflows.join("crm-to-erp.toml"),
+        &WORKFLOW.replace("sqlite://demo-data/", &here),
+    )?;
+    write(workflows.join("partners/acme-saas.toml"), PARTNER_GRAPH)?;
+    Ok(workflows)
+}
+
 /// Builds the demo in `dir` and runs it.
 pub fn demo(dir: &Path) -> CmdResult {
+    std::fs::create_dir_all(dir).map_err(|e| format!("error: {}: {e}", dir.display()))?;
+    // Absolute, so that the commands printed at the end work from anywhere.
+    let dir = &std::fs::canonicalize(dir).map_err(|e| format!("error: {}: {e}", dir.display()))?;
     // The example's second tenant, globex, has systems of its own there.
     let globex = dir.join("globex");
     std::fs::create_dir_all(&globex).map_err(|e| format!("error: {}: {e}", globex.display()))?;
@@ -471,16 +492,34 @@ pub fn demo(dir: &Path) -> CmdResult {
             );
         }
         if state == RunState::Suspended {
-            let pending = conflicts.iter().find(|c| c.status == ConflictStatus::Pending);
+            let workflows = write_definitions(dir)?;
+            let pending: Vec<_> = conflicts
+                .iter()
+                .filter(|c| c.status == ConflictStatus::Pending)
+                .collect();
+            let run = pending
+                .first()
+                .and_then(|c| c.run_id)
+                .map_or_else(|| "<RUN>".to_owned(), |r| r.to_string());
+            // What a user with nothing but the README runs (the demo's own
+            // command); with syncd installed, `syncd` alone.
+            let syncd = "cargo run --release --";
             println!(
-                "\nThe run is suspended until the parked order conflicts are decided. Try:\n  \
-                 export SYNCD_DATABASE_URL={store_url}\n  \
-                 cargo run -- conflicts list --tenant {TENANT} --status pending\n  \
-                 cargo run -- conflicts show {id}\n  \
-                 cargo run -- conflicts resolve {id} --take target --by you@example.com\n  \
-                 cargo run -- runs resume <RUN> --workflows workflows   (once every conflict is decided)",
-                id = pending.map(|c| c.id.to_string()).unwrap_or_else(|| "<ID>".into()),
+                "\nThe run is suspended until the parked order conflicts are decided. To decide them and \
+                 finish the run:\n  export SYNCD_DATABASE_URL={store_url}\n  \
+                 {syncd} conflicts list --tenant {TENANT} --status pending"
             );
+            if let Some(first) = pending.first() {
+                println!("  {syncd} conflicts show {}", first.id);
+            }
+            for (i, c) in pending.iter().enumerate() {
+                let take = if i == 0 { "target" } else { "source" };
+                println!(
+                    "  {syncd} conflicts resolve {} --take {take} --by you@example.com",
+                    c.id
+                );
+            }
+            println!("  {syncd} runs resume {run} --workflows {}", workflows.display());
         }
         Ok(())
     })

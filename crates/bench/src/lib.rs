@@ -14,10 +14,6 @@
 //! works in a PostgreSQL schema and a Redis key prefix of its own and removes
 //! both when it ends, also when a step fails.
 
-// The scheduler bench's future (a worker serving in-process) is deeper
-// than the default limit lets a release build lay out.
-#![recursion_limit = "256"]
-
 pub mod api;
 pub mod reconcile;
 pub mod sync;

@@ -24,7 +24,7 @@ macro_rules! string_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -76,5 +76,26 @@ impl EntityScope {
             integration_id: integration_id.into(),
             entity_type: entity_type.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listings align their columns with `{:<N}`: ids and names honour it.
+    #[test]
+    fn ids_and_names_fill_the_width_they_are_given() {
+        assert_eq!(format!("[{:<8}]", TenantId::from("acme")), "[acme    ]");
+        assert_eq!(format!("[{:>8}]", EntityType::from("order")), "[   order]");
+        assert_eq!(
+            format!("[{:<12}]", crate::conflict::Strategy::Merge),
+            "[merge       ]"
+        );
+        assert_eq!(format!("[{:<9}]", crate::run::RunState::Failed), "[failed   ]");
+        assert_eq!(
+            format!("[{:<8}]", crate::mapping::MappingStatus::Stale),
+            "[stale   ]"
+        );
     }
 }

@@ -72,7 +72,7 @@ impl MappingStatus {
 
 impl fmt::Display for MappingStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -330,7 +330,10 @@ impl Job {
         let mut fault_since: Option<std::time::Instant> = None;
         let mut read_before = self.records_read(run.id).await;
         loop {
-            let error = match self.execute_once(run.clone(), progress).await {
+            // Boxed: an attempt's future nests every layer below it (steps,
+            // pages, connectors, the store), deeper than the compiler lays
+            // out by default in the crates that await a run.
+            let error = match Box::pin(self.execute_once(run.clone(), progress)).await {
                 Err(e) if e.is_transient() => e,
                 done => return done,
             };
@@ -538,15 +541,13 @@ impl Job {
             };
             match step.direction {
                 StepDirection::Delete => {
-                    self.execute_delete_step(&ctx, checkpoint, &mut report)
-                        .instrument(span)
-                        .await?
+                    Box::pin(
+                        self.execute_delete_step(&ctx, checkpoint, &mut report)
+                            .instrument(span),
+                    )
+                    .await?
                 }
-                _ => {
-                    self.execute_step(&ctx, checkpoint, &mut report)
-                        .instrument(span)
-                        .await?
-                }
+                _ => Box::pin(self.execute_step(&ctx, checkpoint, &mut report).instrument(span)).await?,
             }
         }
         Ok(())
