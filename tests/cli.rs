@@ -1039,7 +1039,11 @@ fn the_demos_closing_commands_work_as_printed() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&demo.stdout).into_owned();
-    assert!(demo.status.success(), "{stdout}{}", String::from_utf8_lossy(&demo.stderr));
+    assert!(
+        demo.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
     let (_, commands) = stdout
         .split_once("To decide them and finish the run:")
         .unwrap_or_else(|| panic!("no closing commands: {stdout}"));
