@@ -8,6 +8,7 @@ use crate::cmd;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use syncd_core::ids::TenantId;
 use syncd_core::plan::DependencyGraph;
 use syncd_core::workflow::{self, DefinitionErrors, Workflow};
 
@@ -37,6 +38,13 @@ enum Command {
     Check {
         /// A workflow definition (workflows/*.toml).
         workflow: PathBuf,
+        /// Also connect to every system of every tenant (or `--tenant`) and
+        /// check tables, columns and rules against them; writes nothing.
+        #[arg(long)]
+        connect: bool,
+        /// With --connect: only this tenant's systems.
+        #[arg(long, requires = "connect")]
+        tenant: Option<String>,
     },
     /// Run a sync now, to its end or to suspension, and print a summary.
     Run {
@@ -388,7 +396,11 @@ pub fn main() -> ExitCode {
             graph: Some(path), ..
         } => plan_graph(&path),
         Command::Plan { .. } => unreachable!("clap requires a workflow or --graph"),
-        Command::Check { workflow } => check(&workflow),
+        Command::Check {
+            workflow,
+            connect,
+            tenant,
+        } => check(&workflow, connect, tenant.map(TenantId::from)),
         Command::Run {
             workflow,
             tenant,
@@ -549,6 +561,17 @@ pub(crate) fn load(
     path: &Path,
     partner: Option<&str>,
 ) -> Result<(Workflow, DependencyGraph), DefinitionErrors> {
+    let (wf, graph) = load_definition(path, partner)?;
+    wf.tenants_apart(None, |var| std::env::var(var).ok())?;
+    Ok((wf, graph))
+}
+
+/// [`load`] without refusing tenants that share a system (`check` reports
+/// that with everything else it finds).
+fn load_definition(
+    path: &Path,
+    partner: Option<&str>,
+) -> Result<(Workflow, DependencyGraph), DefinitionErrors> {
     let file = path.display().to_string();
     let one = |reason: String| {
         DefinitionErrors(vec![workflow::DefinitionError {
@@ -583,29 +606,65 @@ pub(crate) fn load(
         }
     };
     let graph = wf.graph_within(&graph)?;
-    wf.tenants_apart(None, |var| std::env::var(var).ok())?;
     Ok((wf, graph))
 }
 
 fn plan_workflow(path: &Path, partner: Option<&str>) -> Result<(), String> {
-    let (_, graph) = load(path, partner).map_err(|e| e.to_string())?;
+    let (_, graph) = load_definition(path, partner).map_err(|e| e.to_string())?;
     print_plan(&graph)
 }
 
-fn check(path: &Path) -> Result<(), String> {
-    let (wf, graph) = load(path, None).map_err(|e| {
+fn check(path: &Path, connect: bool, tenant: Option<TenantId>) -> Result<(), String> {
+    let errors = |e: DefinitionErrors| {
         let n = e.0.len();
         format!("{e}\n{n} error{} found", if n == 1 { "" } else { "s" })
-    })?;
+    };
+    let (wf, graph) = load_definition(path, None).map_err(errors)?;
     graph
         .stages()
         .map_err(|e| format!("{}: error: {e}", path.display()))?;
+    let env = |var: &str| std::env::var(var).ok();
+    let mut problems: Vec<String> = match wf.tenants_apart(tenant.as_ref(), env) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    };
+    if connect {
+        // Each tenant's systems (a definition without tenants: the systems'
+        // own URLs, as any tenant would use them).
+        let tenants: Vec<TenantId> = match (&tenant, wf.tenants.is_empty()) {
+            (Some(t), _) => vec![t.clone()],
+            (None, false) => wf.tenants.keys().cloned().collect(),
+            (None, true) => vec![TenantId::from("")],
+        };
+        let runtime = cmd::runtime()?;
+        for t in &tenants {
+            let found = runtime.block_on(syncd_engine::run::executor::inspect(&wf, t));
+            let who = match t.as_str() {
+                "" => String::new(),
+                t => format!("tenant `{t}`: "),
+            };
+            problems.extend(found.into_iter().map(|p| format!("{}: {who}{p}", path.display())));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        return Err(format!(
+            "{}\n{n} problem{} found",
+            problems.join("\n"),
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     println!(
-        "{}: ok: integration `{}`, {} entity types, {} tenants",
+        "{}: ok: integration `{}`, {} entity types, {} tenants{}",
         path.display(),
         wf.name,
         wf.entities.len(),
-        wf.tenants.len()
+        wf.tenants.len(),
+        if connect {
+            ", every system reached and checked"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

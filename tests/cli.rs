@@ -1044,6 +1044,22 @@ fn the_demos_closing_commands_work_as_printed() {
         "{stdout}{}",
         String::from_utf8_lossy(&demo.stderr)
     );
+    // The definition it wrote reaches both tenants' systems, apart.
+    let checked = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&dir.0)
+        .args(["check", "--connect", "demo-data/workflows/crm-to-erp.toml"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        said.contains("2 tenants, every system reached and checked"),
+        "{said}"
+    );
     let (_, commands) = stdout
         .split_once("To decide them and finish the run:")
         .unwrap_or_else(|| panic!("no closing commands: {stdout}"));
@@ -1081,4 +1097,94 @@ fn the_demos_closing_commands_work_as_printed() {
     let listed = String::from_utf8_lossy(&runs.stdout);
     let latest = listed.lines().nth(1).unwrap_or_default();
     assert!(latest.contains("succeeded"), "{listed}");
+}
+
+/// `syncd check --connect` reaches every tenant's systems and reports, in
+/// one pass, everything a run would fail on: a missing table, a missing
+/// column, columns whose values cannot meet, a merge rule on a field not
+/// synced, and two tenants on one database — writing nothing.
+#[test]
+fn check_connect_reports_every_problem_at_once() {
+    use support::systems::{Kind, SystemDb};
+    let dir = support::TempDir::new("cli-check-connect");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (crm, erp) = runtime.block_on(async {
+        let crm = SystemDb::create(Kind::Sqlite, &dir, "crm").await.unwrap();
+        let erp = SystemDb::create(Kind::Sqlite, &dir, "erp").await.unwrap();
+        crm.exec(
+            "CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, active BOOLEAN, updated_at TEXT);
+             CREATE TABLE contacts (id TEXT PRIMARY KEY, email TEXT, updated_at TEXT);",
+        )
+        .await;
+        erp.exec("CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT, active INTEGER, updated_at TEXT);")
+            .await;
+        (crm, erp)
+    });
+    let definition = format!(
+        r#"name = "checked"
+source = "crm"
+target = "erp"
+
+[systems.crm]
+connector = "sql"
+url = "{crm}"
+
+[systems.erp]
+connector = "sql"
+url = "{erp}"
+
+[[entities]]
+name = "account"
+source_table = "accounts"
+target_table = "customers"
+
+[entities.fields]
+name = "name"
+active = "active"
+email = {{ source = "name", target = "mail" }}
+
+[entities.merge]
+emali = "source"
+
+[[entities]]
+name = "contact"
+source_table = "contacts"
+target_table = "people"
+
+[tenants.acme]
+
+[tenants.globex]
+"#,
+        crm = crm.url(),
+        erp = erp.url()
+    );
+    let file = dir.0.join("checked.toml");
+    std::fs::write(&file, definition).unwrap();
+    let tables = |url: String| {
+        runtime.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let names: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master ORDER BY name")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            names
+        })
+    };
+    let before = (tables(crm.url()), tables(erp.url()));
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args(["check", "--connect", "--tenant", "acme"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).replace(&dir.0.display().to_string(), "[DIR]");
+    assert_eq!(
+        (tables(crm.url()), tables(erp.url())),
+        before,
+        "nothing was created"
+    );
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_description("syncd check --connect on a definition with one of each problem");
+    settings.bind(|| insta::assert_snapshot!("check_connect", said));
 }

@@ -213,6 +213,21 @@ impl Kind {
     /// one side holds text (or anything), so that text carries numbers,
     /// times and UUIDs exactly; otherwise the source's, and [`write`]
     /// refuses what the target cannot hold.
+    /// Whether fields of kinds `a` and `b` can be synced between each other
+    /// at all (a value may still be refused alone: a time of day into a
+    /// date, a digit too many): the same kind, text or anything on one
+    /// side, numbers, times and dates among themselves.
+    pub fn can_meet(a: Kind, b: Kind) -> bool {
+        use Kind::*;
+        matches!(
+            (a, b),
+            (Any | Text, _)
+                | (_, Any | Text)
+                | (Number | Float, Number | Float)
+                | (Timestamp { .. } | Date, Timestamp { .. } | Date)
+        ) || a == b
+    }
+
     pub fn agree(source: Class, target: Class) -> Kind {
         let (s, t) = (source.kind(), target.kind());
         match (s, t) {

@@ -28,6 +28,7 @@ use syncd_core::value::Kind;
 
 mod bind;
 use bind::bind_entity;
+pub use bind::inspect;
 mod deletes;
 mod pages;
 mod review;

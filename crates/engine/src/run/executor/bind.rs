@@ -139,3 +139,148 @@ pub(super) async fn bind_entity(
         },
     })
 }
+
+/// Every problem `syncd check --connect` finds in `workflow` for `tenant`,
+/// connecting to both systems and reading their tables' columns, writing
+/// nothing: a system out of reach, a missing table or column, columns whose
+/// kinds of value cannot meet, a merge rule on a field that is not synced,
+/// a table the connector cannot bind (no id column, say).
+pub async fn inspect(workflow: &Workflow, tenant: &TenantId) -> Vec<String> {
+    let mut problems = Vec::new();
+    let env = |var: &str| std::env::var(var).ok();
+    let mut connectors = Vec::new();
+    for system in [&workflow.source, &workflow.target] {
+        let system = workflow.system_for(tenant, system);
+        let connected = match workflow.system_url(tenant, &system, env) {
+            Ok(url) => Connector::connect(&system, &url).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match connected {
+            Ok(c) => connectors.push(c),
+            Err(e) => problems.push(e),
+        }
+    }
+    let [source, target] = &connectors[..] else {
+        return problems;
+    };
+    for def in &workflow.entities {
+        inspect_entity(def, source, target, &mut problems).await;
+    }
+    problems
+}
+
+/// [`inspect`] for one entity type.
+async fn inspect_entity(def: &EntityDef, source: &Connector, target: &Connector, problems: &mut Vec<String>) {
+    let entity = def.name.as_str();
+    let mut sides = Vec::new();
+    for (connector, side) in [(source, Side::Source), (target, Side::Target)] {
+        let table = def.table(side);
+        let columns = match connector.columns(def, side).await {
+            Ok(Some(columns)) => columns,
+            Ok(None) => {
+                let missing = ConnectorError::MissingTable {
+                    system: connector.system().to_owned(),
+                    table: table.to_owned(),
+                    entity: entity.to_owned(),
+                };
+                problems.push(missing.to_string());
+                continue;
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let archive = def
+            .deletes
+            .archive_column
+            .as_ref()
+            .filter(|_| side == Side::Target);
+        let wanted = def
+            .fields
+            .iter()
+            .map(|f| (f.native(side).to_owned(), format!(", field `{}`", f.cdm)))
+            .chain(archive.map(|a| (a.clone(), ", archive_column".to_owned())));
+        for (column, field) in wanted {
+            if !columns.contains_key(&column) {
+                let missing = ConnectorError::MissingColumn {
+                    system: connector.system().to_owned(),
+                    table: table.to_owned(),
+                    column,
+                    entity: entity.to_owned(),
+                    field,
+                };
+                problems.push(missing.to_string());
+            }
+        }
+        sides.push((connector, side, columns));
+    }
+    let [(s, _, s_columns), (t, _, t_columns)] = &sides[..] else {
+        return;
+    };
+    // The fields both sides have, as `bind_entity` will sync them.
+    let column = |columns: &BTreeMap<String, String>, side: Side, cdm: &str| {
+        let named = def
+            .fields
+            .iter()
+            .find(|f| f.cdm == cdm)
+            .map(|f| f.native(side).to_owned());
+        named.or_else(|| columns.contains_key(cdm).then(|| cdm.to_owned()))
+    };
+    // Columns of the engine's own (ids, times, markers) are no fields.
+    let reserved = |side: Side| {
+        [
+            Some(syncd_connect::sql::ID_COLUMN),
+            Some(syncd_connect::sql::UPDATED_AT_COLUMN),
+            def.idempotency_column.as_deref(),
+            def.deletes.deleted_column(side),
+            def.deletes.archive_column.as_deref(),
+        ]
+    };
+    let own = |cdm: &String| {
+        def.fields.iter().any(|f| f.cdm == *cdm)
+            || !(reserved(Side::Source).contains(&Some(cdm.as_str()))
+                || reserved(Side::Target).contains(&Some(cdm.as_str())))
+    };
+    let synced: Vec<(String, String, String)> = def
+        .fields
+        .iter()
+        .map(|f| f.cdm.clone())
+        .chain(s_columns.keys().filter(|c| own(c)).cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|cdm| {
+            let sc = column(s_columns, Side::Source, &cdm).filter(|c| s_columns.contains_key(c))?;
+            let tc = column(t_columns, Side::Target, &cdm).filter(|c| t_columns.contains_key(c))?;
+            Some((cdm, sc, tc))
+        })
+        .collect();
+    for (cdm, sc, tc) in &synced {
+        let referenced = def.fields.iter().any(|f| f.cdm == *cdm && f.references.is_some());
+        let (sk, tk) = (
+            s.class_of(&s_columns[sc]).kind(),
+            t.class_of(&t_columns[tc]).kind(),
+        );
+        if !referenced && !Kind::can_meet(sk, tk) {
+            problems.push(format!(
+                "entity `{entity}`, field `{cdm}`: {} column `{sc}` ({}) and {} column `{tc}` ({}) hold different \
+                 kinds of value; every changed record would fail",
+                s.system(),
+                s_columns[sc],
+                t.system(),
+                t_columns[tc]
+            ));
+        }
+    }
+    for rule in def.merge.keys() {
+        if !synced.iter().any(|(cdm, _, _)| cdm == rule) {
+            let mut names: Vec<&str> = synced.iter().map(|(cdm, _, _)| cdm.as_str()).collect();
+            names.sort();
+            problems.push(format!(
+                "entity `{entity}`, field `merge.{rule}`: a merge rule on `{rule}`, which is not a field both \
+                 systems have (synced: {})",
+                names.join(", ")
+            ));
+        }
+    }
+}
