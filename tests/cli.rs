@@ -1188,3 +1188,98 @@ target_table = "people"
     settings.set_description("syncd check --connect on a definition with one of each problem");
     settings.bind(|| insta::assert_snapshot!("check_connect", said));
 }
+
+/// `syncd worker` on the shipped example, as the demo leaves it in a fresh
+/// folder, with the schedule made to tick every second: each tenant's runs
+/// sync that tenant's own databases. Globex's are synced once and stay as
+/// they are over later ticks; acme's (whose run waits for a review) are not
+/// touched by globex's runs: nothing is created twice.
+#[test]
+fn the_worker_on_the_example_keeps_each_tenants_records_apart() {
+    let dir = support::TempDir::new("example-worker");
+    let demo = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&dir.0)
+        .args(["demo", "--dir", "demo-data"])
+        .env_remove("SYNCD_DATABASE_URL")
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    let workflows = dir.0.join("demo-data/workflows");
+    let file = workflows.join("crm-to-erp.toml");
+    let every_second = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("schedule = \"*/15 * * * *\"", "schedule = \"* * * * * *\"");
+    assert!(
+        every_second.contains("\"* * * * * *\""),
+        "the example's schedule line"
+    );
+    std::fs::write(&file, every_second).unwrap();
+    let state = format!("sqlite://{}", dir.0.join("demo-data/syncd.db").display());
+    // Rows of every table of the four databases.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let counts = || -> Vec<(String, i64)> {
+        runtime.block_on(async {
+            let mut out = Vec::new();
+            for db in ["crm", "erp", "globex/crm", "globex/erp"] {
+                let path = dir.0.join(format!("demo-data/{db}.db"));
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                let tables: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                for t in tables {
+                    let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{t}\""))
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                    out.push((format!("{db}.{t}"), n));
+                }
+                pool.close().await;
+            }
+            out
+        })
+    };
+    let serve = |seconds: u64| {
+        let mut worker = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(["worker", "--workflows"])
+            .arg(&workflows)
+            .args(["--poll-ms", "100"])
+            .env("SYNCD_DATABASE_URL", &state)
+            .env_remove("SYNCD_REDIS_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        let _ = Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status();
+        assert!(worker.wait().unwrap().success(), "the worker stops cleanly");
+    };
+    let after_demo = counts();
+    serve(4);
+    let after_first = counts();
+    serve(3);
+    let after_more = counts();
+    let of = |counts: &[(String, i64)], prefix: &str| -> Vec<(String, i64)> {
+        counts
+            .iter()
+            .filter(|(t, _)| t.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    // Acme's databases: as the demo left them.
+    assert_eq!(of(&after_first, "crm."), of(&after_demo, "crm."));
+    assert_eq!(of(&after_first, "erp."), of(&after_demo, "erp."));
+    // Globex's: its ERP got its CRM's records, once.
+    assert_ne!(
+        of(&after_first, "globex/erp."),
+        of(&after_demo, "globex/erp."),
+        "globex was synced"
+    );
+    assert_eq!(after_more, after_first, "later ticks create nothing");
+}
