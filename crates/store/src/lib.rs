@@ -494,6 +494,14 @@ impl Store {
     }
 }
 
+/// What a page's commit writes, as the backends take it: the mapping
+/// changes the core decided, the rest of the page, and when.
+pub(crate) struct PageWrite<'a> {
+    decided: &'a [Decided],
+    page: &'a PageCommit,
+    now: DateTime<Utc>,
+}
+
 /// A run's change of state as the backends write it: conditional on the
 /// state the run was read in, with what the core says it does to the
 /// run's steps (see [`RunState::step`](syncd_core::run::RunState::step)).

@@ -198,7 +198,12 @@ impl Store {
             let keys: Vec<String> = decided.iter().flat_map(|d| self.cache.keys_of(&d.next)).collect();
             self.cache.delete_many(&keys).await;
         }
-        on_backend!(self, b => b.commit_page(&decided, &page, now).await?);
+        on_backend!(self, b => b.commit_page(PageWrite {
+            decided: &decided,
+            page: &page,
+            now
+        })
+        .await?);
         let stored: Vec<IdMapping> = decided.into_iter().map(|d| d.next).collect();
         if self.cache.is_enabled() {
             self.cache.put_many(&stored).await;
@@ -251,7 +256,7 @@ impl Store {
     /// never committed) into `pending` mappings, skipping any whose source
     /// or target id has a mapping by now. Returns how many were added.
     pub async fn settle_leftovers(&self, scope: &EntityScope, lease: &Lease) -> Result<u64, StoreError> {
-        on_backend!(self, b => b.settle_leftovers(scope, lease, Utc::now()).await)
+        on_backend!(self, b => b.settle_leftovers(scope, lease).await)
     }
 
     /// The checkpoint of one step, if it has committed a page.

@@ -6,8 +6,7 @@ mod reviews;
 mod runs;
 
 use super::{
-    Decided, Lease, PageCommit, RESUME_CHANNEL, RunHold, RunRow, StoreError, duplicate_or, held_mappings,
-    lost_race,
+    Decided, Lease, RESUME_CHANNEL, RunHold, RunRow, StoreError, duplicate_or, held_mappings, lost_race,
 };
 use crate::rows::{Dialect, MAPPING_COLUMNS};
 use chrono::{DateTime, Utc};
@@ -174,10 +173,9 @@ impl PgStore {
         &self,
         scope: &EntityScope,
         lease: &Lease,
-        now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        Self::hold_lease(&mut tx, lease, now).await?;
+        Self::hold_lease(&mut tx, lease, Utc::now()).await?;
         let rows = reservations_of(&mut tx, scope, " FOR UPDATE").await?;
         if rows.is_empty() {
             return Ok(0);
@@ -196,12 +194,8 @@ impl PgStore {
         Ok(added)
     }
 
-    pub(super) async fn commit_page(
-        &self,
-        decided: &[Decided],
-        page: &PageCommit,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn commit_page(&self, w: super::PageWrite<'_>) -> Result<(), StoreError> {
+        let super::PageWrite { decided, page, now } = w;
         let (inserts, updates): (Vec<&Decided>, Vec<&Decided>) =
             decided.iter().partition(|d| d.read_version.is_none());
         let inserts: Vec<&IdMapping> = inserts.into_iter().map(|d| &d.next).collect();

@@ -7,9 +7,7 @@ mod removals;
 mod reviews;
 mod runs;
 
-use super::{
-    Decided, Lease, PageCommit, RunHold, RunRow, StoreError, duplicate_or, held_mappings, lost_race,
-};
+use super::{Decided, Lease, RunHold, RunRow, StoreError, duplicate_or, held_mappings, lost_race};
 use crate::rows::{Dialect, MAPPING_COLUMNS};
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
@@ -225,12 +223,8 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
-    pub(super) async fn commit_page(
-        &self,
-        decided: &[Decided],
-        page: &PageCommit,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn commit_page(&self, w: super::PageWrite<'_>) -> Result<(), StoreError> {
+        let super::PageWrite { decided, page, now } = w;
         // BEGIN IMMEDIATE takes the write lock up front, so two writers
         // queue instead of failing on lock upgrade.
         let mut tx = ImmediateTx::begin(&self.pool).await?;
@@ -362,12 +356,11 @@ impl SqliteStore {
         &self,
         scope: &EntityScope,
         lease: &Lease,
-        now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut tx = ImmediateTx::begin(&self.pool).await?;
         let conn: &mut sqlx::SqliteConnection = &mut tx.conn;
         let result = async {
-            Self::hold_lease(&mut *conn, lease, now).await?;
+            Self::hold_lease(&mut *conn, lease, Utc::now()).await?;
             let rows = reservations_of(&mut *conn, scope).await?;
             if rows.is_empty() {
                 return Ok(0);
