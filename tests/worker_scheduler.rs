@@ -199,8 +199,12 @@ async fn missed_ticks_fire_once() {
             .await
             .unwrap(),
     );
-    // The schedule was due ten ticks ago: every worker was down since.
-    let ten_ago = Utc::now() - chrono::Duration::seconds(10);
+    // The schedule was due ten ticks ago: every worker was down since. (On
+    // a clock that stands still: on the system's, a slow machine crossing
+    // into the next second between the two calls below would see one more
+    // tick due, rightly.)
+    let clock = Arc::new(syncd_core::clock::ManualClock::at(Utc::now()));
+    let ten_ago = syncd_core::clock::Clock::now(&*clock) - chrono::Duration::seconds(10);
     store
         .ensure_schedule(&"t1".into(), &"e2e".into(), "* * * * * *", ten_ago)
         .await
@@ -210,7 +214,7 @@ async fn missed_ticks_fire_once() {
         definitions: vec![definition(&toml)],
         options: Options::default(),
         poll: Duration::from_millis(100),
-        clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
+        clock: clock.clone(),
     };
     assert_eq!(worker.fire_due().await.unwrap(), 1, "one catch-up run");
     assert_eq!(worker.fire_due().await.unwrap(), 0, "not ten");
