@@ -1243,7 +1243,18 @@ fn the_worker_on_the_example_keeps_each_tenants_records_apart() {
             out
         })
     };
-    let serve = |seconds: u64| {
+    // Globex's runs that have succeeded so far.
+    let succeeded = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(["runs", "list", "--tenant", "globex"])
+            .env("SYNCD_DATABASE_URL", &state)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).matches("succeeded").count()
+    };
+    // Serves until `done` (checked every quarter second, for a minute at
+    // most), then stops the worker as an operator does.
+    let serve = |done: &dyn Fn() -> bool| {
         let mut worker = Command::new(env!("CARGO_BIN_EXE_syncd"))
             .args(["worker", "--workflows"])
             .arg(&workflows)
@@ -1254,16 +1265,24 @@ fn the_worker_on_the_example_keeps_each_tenants_records_apart() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &worker.id().to_string()])
             .status();
         assert!(worker.wait().unwrap().success(), "the worker stops cleanly");
     };
     let after_demo = counts();
-    serve(4);
+    // Globex's first sync, to its end.
+    serve(&|| succeeded() >= 1);
+    assert!(succeeded() >= 1, "globex's first run succeeded");
     let after_first = counts();
-    serve(3);
+    // Three more ticks' runs.
+    let first = succeeded();
+    serve(&|| succeeded() >= first + 3);
+    assert!(succeeded() >= first + 3, "three more runs");
     let after_more = counts();
     let of = |counts: &[(String, i64)], prefix: &str| -> Vec<(String, i64)> {
         counts
