@@ -1025,12 +1025,9 @@ name = "name"
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A new user follows the commands the demo prints at its end, verbatim, in
-/// a fresh folder: they decide every parked conflict and finish the run
-/// (the definition they resume with is written by the demo).
-#[test]
-fn the_demos_closing_commands_work_as_printed() {
-    let dir = support::TempDir::new("demo-follow");
+/// Runs `syncd demo` in `dir` as a new user does (its default folder
+/// name, no state store of their own); returns what it printed.
+fn demo_in(dir: &support::TempDir) -> String {
     let demo = Command::new(env!("CARGO_BIN_EXE_syncd"))
         .current_dir(&dir.0)
         .args(["demo", "--dir", "demo-data"])
@@ -1044,6 +1041,16 @@ fn the_demos_closing_commands_work_as_printed() {
         "{stdout}{}",
         String::from_utf8_lossy(&demo.stderr)
     );
+    stdout
+}
+
+/// A new user follows the commands the demo prints at its end, verbatim, in
+/// a fresh folder: they decide every parked conflict and finish the run
+/// (the definition they resume with is written by the demo).
+#[test]
+fn the_demos_closing_commands_work_as_printed() {
+    let dir = support::TempDir::new("demo-follow");
+    let stdout = demo_in(&dir);
     // The definition it wrote reaches both tenants' systems, apart.
     let checked = Command::new(env!("CARGO_BIN_EXE_syncd"))
         .current_dir(&dir.0)
@@ -1197,14 +1204,7 @@ target_table = "people"
 #[test]
 fn the_worker_on_the_example_keeps_each_tenants_records_apart() {
     let dir = support::TempDir::new("example-worker");
-    let demo = Command::new(env!("CARGO_BIN_EXE_syncd"))
-        .current_dir(&dir.0)
-        .args(["demo", "--dir", "demo-data"])
-        .env_remove("SYNCD_DATABASE_URL")
-        .env_remove("SYNCD_REDIS_URL")
-        .output()
-        .unwrap();
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+    demo_in(&dir);
     let workflows = dir.0.join("demo-data/workflows");
     let file = workflows.join("crm-to-erp.toml");
     let every_second = std::fs::read_to_string(&file)

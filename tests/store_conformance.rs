@@ -1060,7 +1060,6 @@ async fn postgres_mappings_written_before_scope_numbers_survive_the_upgrade() {
 /// mass-deletion hold.
 async fn ready_runs_are_exactly_those_the_core_calls_ready(store: Arc<Store>) {
     use syncd_core::run::{RunEvent, ready_to_execute};
-    use syncd_store::RunHold;
     let ttl = std::time::Duration::from_secs(60);
     let (mut expected, mut integrations) = (Vec::new(), Vec::new());
     for state in RunState::ALL {
@@ -1097,20 +1096,7 @@ async fn ready_runs_are_exactly_those_the_core_calls_ready(store: Arc<Store>) {
                             .unwrap();
                     }
                     if held {
-                        store
-                            .add_hold(&RunHold {
-                                run_id: id,
-                                tenant_id: "tenant-a".into(),
-                                entity_type: "account".into(),
-                                count: 10,
-                                mapped: 10,
-                                limit: 1,
-                                confirmed_by: None,
-                                confirmed_at: None,
-                                created_at: Utc::now(),
-                            })
-                            .await
-                            .unwrap();
+                        store.add_hold(&unconfirmed_hold(id)).await.unwrap();
                     }
                     integrations.push(run.integration_id.to_string());
                     if ready_to_execute(state, pending, leased, held) {
@@ -1140,26 +1126,13 @@ async fn ready_runs_are_exactly_those_the_core_calls_ready(store: Arc<Store>) {
 /// brake holds: neither goes on with it until its deletions are confirmed.
 async fn a_held_run_is_resumed_only_once_its_deletions_are_confirmed(store: Arc<Store>) {
     use syncd_core::run::{ResumeRefused, RunEvent};
-    use syncd_store::{RunHold, StoreError};
+    use syncd_store::StoreError;
     let id = new_run(&store).await;
     let mut run = store.load_run(None, id).await.unwrap().unwrap();
     for event in [RunEvent::Start, RunEvent::Suspend] {
         run = store.transition_run(&run, event, None).await.unwrap();
     }
-    store
-        .add_hold(&RunHold {
-            run_id: id,
-            tenant_id: "tenant-a".into(),
-            entity_type: "account".into(),
-            count: 10,
-            mapped: 10,
-            limit: 1,
-            confirmed_by: None,
-            confirmed_at: None,
-            created_at: Utc::now(),
-        })
-        .await
-        .unwrap();
+    store.add_hold(&unconfirmed_hold(id)).await.unwrap();
     let integration = run.integration_id.to_string();
     match store.check_resume(&run).await {
         Err(StoreError::NotResumable {
@@ -1179,4 +1152,19 @@ async fn a_held_run_is_resumed_only_once_its_deletions_are_confirmed(store: Arc<
     store.check_resume(&run).await.unwrap();
     let ready = store.runs_to_execute(&[integration.as_str()], 10).await.unwrap();
     assert_eq!(ready.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id]);
+}
+
+/// A mass-deletion hold on `run` nobody has confirmed.
+fn unconfirmed_hold(run: Uuid) -> syncd_store::RunHold {
+    syncd_store::RunHold {
+        run_id: run,
+        tenant_id: "tenant-a".into(),
+        entity_type: "account".into(),
+        count: 10,
+        mapped: 10,
+        limit: 1,
+        confirmed_by: None,
+        confirmed_at: None,
+        created_at: Utc::now(),
+    }
 }
