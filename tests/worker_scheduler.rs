@@ -182,23 +182,29 @@ fn definition(toml: &str) -> Definition {
     }
 }
 
-#[tokio::test]
-async fn missed_ticks_fire_once() {
-    let Some(pg) = PgSchema::create().await else {
-        return;
-    };
-    let dir = TempDir::new("missed");
+/// Empty SQLite systems in a folder of their own (kept while the first
+/// value lives), a one-way definition between them firing every second, and
+/// a PostgreSQL store in `pg`.
+async fn every_second(pg: &PgSchema, name: &str) -> (TempDir, String, Arc<Store>) {
+    let dir = TempDir::new(name);
     let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
     let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
     let toml = scheduled(
         &workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]),
         "* * * * * *",
     );
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let store = Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+        .await
+        .unwrap();
+    (dir, toml, Arc::new(store))
+}
+
+#[tokio::test]
+async fn missed_ticks_fire_once() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let (_dir, toml, store) = every_second(&pg, "missed").await;
     // The schedule was due ten ticks ago: every worker was down since. (On
     // a clock that stands still: on the system's, a slow machine crossing
     // into the next second between the two calls below would see one more
@@ -245,18 +251,7 @@ async fn two_workers_fire_each_tick_of_a_moving_clock_once() {
     let Some(pg) = PgSchema::create().await else {
         return;
     };
-    let dir = TempDir::new("ticks");
-    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
-    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    let toml = scheduled(
-        &workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]),
-        "* * * * * *",
-    );
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let (_dir, toml, store) = every_second(&pg, "ticks").await;
     let clock = Arc::new(ManualClock::at(Utc::now()));
     let worker = |id: &str| Worker {
         store: store.clone(),
