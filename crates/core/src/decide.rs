@@ -204,13 +204,13 @@ impl Step<'_> {
 
 /// The ids on the side written of the records of `records` whose mapping
 /// links them to a record there: the counterparts a page reads.
-pub fn counterpart_ids(
-    records: &[Record],
+pub fn counterpart_ids<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
     mappings: &HashMap<String, IdMapping>,
     write: Side,
 ) -> Vec<String> {
     records
-        .iter()
+        .into_iter()
         .filter_map(|r| mappings.get(&r.id))
         .filter(|m| m.status == MappingStatus::Mapped || m.status == MappingStatus::Stale)
         .filter_map(|m| id_on(m, write).map(str::to_owned))

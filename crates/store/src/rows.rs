@@ -134,8 +134,11 @@ pub(crate) trait Dialect {
     }
     /// A list of texts bound as one parameter (PostgreSQL: `text[]`;
     /// SQLite: a JSON array).
-    type Texts: Send;
-    fn texts<S: AsRef<str>>(&self, items: &[S]) -> Self::Texts;
+    /// (Borrowed: the lookups of every page bind their ids this way.)
+    type Texts<'a>: Send
+    where
+        Self: 'a;
+    fn texts<'a>(&self, items: &'a [String]) -> Self::Texts<'a>;
     /// A list of ids bound as one parameter.
     type Ids: Send;
     fn ids(&self, ids: &[Uuid]) -> Self::Ids;
@@ -166,9 +169,9 @@ impl Dialect for crate::PgStore {
     fn id_of(id: Uuid) -> Uuid {
         id
     }
-    type Texts = Vec<String>;
-    fn texts<S: AsRef<str>>(&self, items: &[S]) -> Vec<String> {
-        items.iter().map(|s| s.as_ref().to_owned()).collect()
+    type Texts<'a> = &'a [String];
+    fn texts<'a>(&self, items: &'a [String]) -> &'a [String] {
+        items
     }
     type Ids = Vec<Uuid>;
     fn ids(&self, ids: &[Uuid]) -> Vec<Uuid> {
@@ -206,9 +209,9 @@ impl Dialect for crate::SqliteStore {
     fn id_of(id: Uuid) -> String {
         id.to_string()
     }
-    type Texts = Json<Vec<String>>;
-    fn texts<S: AsRef<str>>(&self, items: &[S]) -> Json<Vec<String>> {
-        Json(items.iter().map(|s| s.as_ref().to_owned()).collect())
+    type Texts<'a> = Json<&'a [String]>;
+    fn texts<'a>(&self, items: &'a [String]) -> Json<&'a [String]> {
+        Json(items)
     }
     type Ids = Json<Vec<String>>;
     fn ids(&self, ids: &[Uuid]) -> Json<Vec<String>> {

@@ -25,13 +25,12 @@ impl Store {
             on_backend!(self, b => b.set_step_state(run, step, lease, event.target(), &before, now).await?);
         match state {
             None => Ok(()),
-            Some(state) => Err(StoreError::StepChanged {
-                run_id: run.id,
-                entity_type: step.entity_type.to_string(),
-                direction: step.direction.as_str().to_owned(),
-                state,
-                to: event.target(),
-            }),
+            Some(state) => Err(step_changed(
+                run.id,
+                (&step.entity_type, step.direction),
+                event.target(),
+                Some(state),
+            )),
         }
     }
 
@@ -303,13 +302,19 @@ pub(super) fn step_states_before(event: StepEvent) -> String {
         .join(", ")
 }
 
-/// The refusal of a checkpoint the step's row no longer allows.
-pub(super) fn step_changed(cp: &StepCheckpoint, state: Option<String>) -> StoreError {
+/// The refusal of a step write (a checkpoint, a start) the step's row no
+/// longer allows: it is in `state` (or missing), which does not lead to `to`.
+pub(super) fn step_changed(
+    run_id: Uuid,
+    step: (&syncd_core::ids::EntityType, StepDirection),
+    to: StepState,
+    state: Option<String>,
+) -> StoreError {
     StoreError::StepChanged {
-        run_id: cp.run_id,
-        entity_type: cp.entity_type.to_string(),
-        direction: cp.direction.as_str().to_owned(),
+        run_id,
+        entity_type: step.0.to_string(),
+        direction: step.1.as_str().to_owned(),
         state: state.unwrap_or_else(|| "missing".into()),
-        to: cp.state,
+        to,
     }
 }

@@ -199,7 +199,7 @@ macro_rules! shared_statements {
                         .bind(cp.direction.as_str())
                         .fetch_optional(&mut *conn)
                         .await?;
-                return Err(crate::step_changed(cp, state));
+                return Err(crate::step_changed(cp.run_id, (&cp.entity_type, cp.direction), cp.state, state));
             }
             Ok(())
         }

@@ -278,6 +278,7 @@ macro_rules! run_statements {
             now: DateTime<Utc>,
             limit: u32,
         ) -> Result<Vec<RunRow>, StoreError> {
+            let integrations: Vec<String> = integrations.iter().map(|i| i.to_string()).collect();
             let rows = sqlx::query(&format!(
                 "SELECT {} FROM runs r \
                  WHERE (r.state IN ('planned', 'running') \
@@ -293,7 +294,7 @@ macro_rules! run_statements {
             ))
             .bind(now)
             .bind(limit as i64)
-            .bind(self.texts(integrations))
+            .bind(self.texts(&integrations))
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(crate::rows::run).collect()

@@ -11,63 +11,12 @@ pub(super) async fn bind_entity(
     source: &Connector,
     target: &Connector,
 ) -> Result<EntityTables, RunError> {
-    let entity = def.name.as_str();
     let mut sides = Vec::new();
     for (connector, pick) in [(source, Side::Source), (target, Side::Target)] {
-        let table = def.table(pick);
-        let columns = connector
-            .columns(def, pick)
-            .await?
-            .ok_or_else(|| ConnectorError::MissingTable {
-                system: connector.system().to_owned(),
-                table: table.to_owned(),
-                entity: entity.to_owned(),
-            })?;
-        if let Some(archive) = def
-            .deletes
-            .archive_column
-            .as_ref()
-            .filter(|_| pick == Side::Target)
-            && !columns.contains_key(archive)
-        {
-            return Err(ConnectorError::MissingColumn {
-                system: connector.system().to_owned(),
-                table: table.to_owned(),
-                column: archive.clone(),
-                entity: entity.to_owned(),
-                field: ", archive_column".into(),
-            }
-            .into());
-        }
-        let mut cdm_to_column: BTreeMap<String, String> = BTreeMap::new();
-        for f in &def.fields {
-            let column = f.native(pick);
-            if !columns.contains_key(column) {
-                return Err(ConnectorError::MissingColumn {
-                    system: connector.system().to_owned(),
-                    table: table.to_owned(),
-                    column: column.to_owned(),
-                    entity: entity.to_owned(),
-                    field: format!(", field `{}`", f.cdm),
-                }
-                .into());
-            }
-            cdm_to_column.insert(f.cdm.clone(), column.to_owned());
-        }
-        let used: HashSet<String> = cdm_to_column.values().cloned().collect();
-        let reserved = [
-            syncd_connect::sql::ID_COLUMN,
-            syncd_connect::sql::UPDATED_AT_COLUMN,
-            def.idempotency_column.as_deref().unwrap_or(""),
-            def.deletes.deleted_column(pick).unwrap_or(""),
-            def.deletes.archive_column.as_deref().unwrap_or(""),
-        ];
-        for column in columns.keys() {
-            if !used.contains(column) && !reserved.contains(&column.as_str()) {
-                cdm_to_column
-                    .entry(column.clone())
-                    .or_insert_with(|| column.clone());
-            }
+        // The first problem of a side stops the run (`inspect` lists all).
+        let (columns, cdm_to_column, mut missing) = resolve_side(def, connector, pick).await?;
+        if !missing.is_empty() {
+            return Err(missing.remove(0).into());
         }
         sides.push((connector, columns, cdm_to_column, pick));
     }
@@ -140,6 +89,82 @@ pub(super) async fn bind_entity(
     })
 }
 
+/// One side of an entity type: its table's columns (name → type), the
+/// column of each field it has (the field map renames; every other column
+/// but the engine's own is a field of the same name), and the columns the
+/// definition names that it lacks (mapped or archive columns). An error
+/// when the table is missing or cannot be read.
+async fn resolve_side(
+    def: &EntityDef,
+    connector: &Connector,
+    side: Side,
+) -> Result<
+    (
+        BTreeMap<String, String>,
+        BTreeMap<String, String>,
+        Vec<ConnectorError>,
+    ),
+    ConnectorError,
+> {
+    let entity = def.name.as_str();
+    let table = def.table(side);
+    let columns = match connector.columns(def, side).await {
+        Ok(Some(columns)) => columns,
+        Ok(None) => {
+            return Err(ConnectorError::MissingTable {
+                system: connector.system().to_owned(),
+                table: table.to_owned(),
+                entity: entity.to_owned(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let missing = |column: &str, field: String| ConnectorError::MissingColumn {
+        system: connector.system().to_owned(),
+        table: table.to_owned(),
+        column: column.to_owned(),
+        entity: entity.to_owned(),
+        field,
+    };
+    let mut problems = Vec::new();
+    if let Some(archive) = def
+        .deletes
+        .archive_column
+        .as_ref()
+        .filter(|_| side == Side::Target)
+        && !columns.contains_key(archive)
+    {
+        problems.push(missing(archive, ", archive_column".into()));
+    }
+    let mut cdm_to_column: BTreeMap<String, String> = BTreeMap::new();
+    for f in &def.fields {
+        let column = f.native(side);
+        match columns.contains_key(column) {
+            true => cdm_to_column.insert(f.cdm.clone(), column.to_owned()),
+            false => {
+                problems.push(missing(column, format!(", field `{}`", f.cdm)));
+                None
+            }
+        };
+    }
+    let used: HashSet<String> = cdm_to_column.values().cloned().collect();
+    let reserved = [
+        syncd_connect::sql::ID_COLUMN,
+        syncd_connect::sql::UPDATED_AT_COLUMN,
+        def.idempotency_column.as_deref().unwrap_or(""),
+        def.deletes.deleted_column(side).unwrap_or(""),
+        def.deletes.archive_column.as_deref().unwrap_or(""),
+    ];
+    for column in columns.keys() {
+        if !used.contains(column) && !reserved.contains(&column.as_str()) {
+            cdm_to_column
+                .entry(column.clone())
+                .or_insert_with(|| column.clone());
+        }
+    }
+    Ok((columns, cdm_to_column, problems))
+}
+
 /// Every problem `syncd check --connect` finds in `workflow` for `tenant`,
 /// connecting to both systems and reading their tables' columns, writing
 /// nothing: a system out of reach, a missing table or column, columns whose
@@ -172,110 +197,49 @@ pub async fn inspect(workflow: &Workflow, tenant: &TenantId) -> Vec<String> {
 /// [`inspect`] for one entity type.
 async fn inspect_entity(def: &EntityDef, source: &Connector, target: &Connector, problems: &mut Vec<String>) {
     let entity = def.name.as_str();
-    let mut sides = Vec::new();
-    for (connector, side) in [(source, Side::Source), (target, Side::Target)] {
-        let table = def.table(side);
-        let columns = match connector.columns(def, side).await {
-            Ok(Some(columns)) => columns,
-            Ok(None) => {
-                let missing = ConnectorError::MissingTable {
-                    system: connector.system().to_owned(),
-                    table: table.to_owned(),
-                    entity: entity.to_owned(),
-                };
-                problems.push(missing.to_string());
-                continue;
+    let (s, t) = (
+        resolve_side(def, source, Side::Source).await,
+        resolve_side(def, target, Side::Target).await,
+    );
+    let ((s_columns, s_map, s_missing), (t_columns, t_map, t_missing)) = match (s, t) {
+        (Ok(s), Ok(t)) => (s, t),
+        (s, t) => {
+            for side in [s, t] {
+                match side {
+                    Err(e) => problems.push(e.to_string()),
+                    Ok((.., missing)) => problems.extend(missing.iter().map(ToString::to_string)),
+                }
             }
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        let archive = def
-            .deletes
-            .archive_column
-            .as_ref()
-            .filter(|_| side == Side::Target);
-        let wanted = def
-            .fields
-            .iter()
-            .map(|f| (f.native(side).to_owned(), format!(", field `{}`", f.cdm)))
-            .chain(archive.map(|a| (a.clone(), ", archive_column".to_owned())));
-        for (column, field) in wanted {
-            if !columns.contains_key(&column) {
-                let missing = ConnectorError::MissingColumn {
-                    system: connector.system().to_owned(),
-                    table: table.to_owned(),
-                    column,
-                    entity: entity.to_owned(),
-                    field,
-                };
-                problems.push(missing.to_string());
-            }
+            return;
         }
-        sides.push((connector, side, columns));
-    }
-    let [(s, _, s_columns), (t, _, t_columns)] = &sides[..] else {
-        return;
     };
-    // The fields both sides have, as `bind_entity` will sync them.
-    let column = |columns: &BTreeMap<String, String>, side: Side, cdm: &str| {
-        let named = def
+    problems.extend(s_missing.iter().chain(&t_missing).map(ToString::to_string));
+    // The fields both sides have, as `bind_entity` syncs them.
+    let synced: Vec<&String> = s_map.keys().filter(|k| t_map.contains_key(*k)).collect();
+    for cdm in &synced {
+        let referenced = def
             .fields
             .iter()
-            .find(|f| f.cdm == cdm)
-            .map(|f| f.native(side).to_owned());
-        named.or_else(|| columns.contains_key(cdm).then(|| cdm.to_owned()))
-    };
-    // Columns of the engine's own (ids, times, markers) are no fields.
-    let reserved = |side: Side| {
-        [
-            Some(syncd_connect::sql::ID_COLUMN),
-            Some(syncd_connect::sql::UPDATED_AT_COLUMN),
-            def.idempotency_column.as_deref(),
-            def.deletes.deleted_column(side),
-            def.deletes.archive_column.as_deref(),
-        ]
-    };
-    let own = |cdm: &String| {
-        def.fields.iter().any(|f| f.cdm == *cdm)
-            || !(reserved(Side::Source).contains(&Some(cdm.as_str()))
-                || reserved(Side::Target).contains(&Some(cdm.as_str())))
-    };
-    let synced: Vec<(String, String, String)> = def
-        .fields
-        .iter()
-        .map(|f| f.cdm.clone())
-        .chain(s_columns.keys().filter(|c| own(c)).cloned())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter_map(|cdm| {
-            let sc = column(s_columns, Side::Source, &cdm).filter(|c| s_columns.contains_key(c))?;
-            let tc = column(t_columns, Side::Target, &cdm).filter(|c| t_columns.contains_key(c))?;
-            Some((cdm, sc, tc))
-        })
-        .collect();
-    for (cdm, sc, tc) in &synced {
-        let referenced = def.fields.iter().any(|f| f.cdm == *cdm && f.references.is_some());
+            .any(|f| f.cdm == **cdm && f.references.is_some());
+        let (sc, tc) = (&s_map[*cdm], &t_map[*cdm]);
         let (sk, tk) = (
-            s.class_of(&s_columns[sc]).kind(),
-            t.class_of(&t_columns[tc]).kind(),
+            source.class_of(&s_columns[sc]).kind(),
+            target.class_of(&t_columns[tc]).kind(),
         );
         if !referenced && !Kind::can_meet(sk, tk) {
             problems.push(format!(
                 "entity `{entity}`, field `{cdm}`: {} column `{sc}` ({}) and {} column `{tc}` ({}) hold different \
                  kinds of value; every changed record would fail",
-                s.system(),
+                source.system(),
                 s_columns[sc],
-                t.system(),
+                target.system(),
                 t_columns[tc]
             ));
         }
     }
     for rule in def.merge.keys() {
-        if !synced.iter().any(|(cdm, _, _)| cdm == rule) {
-            let mut names: Vec<&str> = synced.iter().map(|(cdm, _, _)| cdm.as_str()).collect();
-            names.sort();
+        if !synced.contains(&rule) {
+            let names: Vec<&str> = synced.iter().map(|cdm| cdm.as_str()).collect();
             problems.push(format!(
                 "entity `{entity}`, field `merge.{rule}`: a merge rule on `{rule}`, which is not a field both \
                  systems have (synced: {})",

@@ -308,18 +308,7 @@ impl Job {
 
         // Counterparts of mapped records (records waiting for a reviewer
         // aside), by their id on the write side.
-        let waiting: Vec<Record>;
-        let deciding = match open.is_empty() {
-            true => &records,
-            false => {
-                waiting = records
-                    .iter()
-                    .filter(|r| !open.contains(&r.id))
-                    .cloned()
-                    .collect();
-                &waiting
-            }
-        };
+        let deciding = records.iter().filter(|r| !open.contains(&r.id));
         let counterpart_ids = decide::counterpart_ids(deciding, &mappings, write);
         let found = self
             .connector(write)
@@ -344,7 +333,7 @@ impl Job {
             bad,
             deleted,
             deleted_mappings,
-            open: open.into_iter().collect(),
+            open,
             mappings,
             read_maps,
             target_maps,
