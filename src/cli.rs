@@ -628,6 +628,15 @@ fn check(path: &Path, connect: bool, tenant: Option<TenantId>) -> Result<(), Str
         Ok(()) => Vec::new(),
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
     };
+    let rules = wf.check_rules();
+    problems.extend(rules.errors.iter().map(ToString::to_string));
+    // Connected, the columns decide (`inspect` reports a rule on a field
+    // that is not synced); without, say what only they could confirm.
+    if !connect {
+        for warning in &rules.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
     if connect {
         // Each tenant's systems (a definition without tenants: the systems'
         // own URLs, as any tenant would use them).
@@ -654,17 +663,18 @@ fn check(path: &Path, connect: bool, tenant: Option<TenantId>) -> Result<(), Str
             if n == 1 { "" } else { "s" }
         ));
     }
+    let warned = match (connect, rules.warnings.len()) {
+        (true, _) => ", every system reached and checked".to_owned(),
+        (false, 0) => String::new(),
+        (false, 1) => ", 1 warning".to_owned(),
+        (false, n) => format!(", {n} warnings"),
+    };
     println!(
-        "{}: ok: integration `{}`, {} entity types, {} tenants{}",
+        "{}: ok: integration `{}`, {} entity types, {} tenants{warned}",
         path.display(),
         wf.name,
         wf.entities.len(),
         wf.tenants.len(),
-        if connect {
-            ", every system reached and checked"
-        } else {
-            ""
-        }
     );
     Ok(())
 }

@@ -1109,7 +1109,8 @@ fn the_demos_closing_commands_work_as_printed() {
 /// `syncd check --connect` reaches every tenant's systems and reports, in
 /// one pass, everything a run would fail on: a missing table, a missing
 /// column, columns whose values cannot meet, a merge rule on a field not
-/// synced, and two tenants on one database — writing nothing.
+/// synced, a table without an id column (that a reference points into),
+/// and two tenants on one database — writing nothing.
 #[test]
 fn check_connect_reports_every_problem_at_once() {
     use support::systems::{Kind, SystemDb};
@@ -1120,11 +1121,15 @@ fn check_connect_reports_every_problem_at_once() {
         let erp = SystemDb::create(Kind::Sqlite, &dir, "erp").await.unwrap();
         crm.exec(
             "CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, active BOOLEAN, updated_at TEXT);
-             CREATE TABLE contacts (id TEXT PRIMARY KEY, email TEXT, updated_at TEXT);",
+             CREATE TABLE contacts (id TEXT PRIMARY KEY, email TEXT, updated_at TEXT);
+             CREATE TABLE orders (id TEXT PRIMARY KEY, account_id TEXT, updated_at TEXT);",
         )
         .await;
-        erp.exec("CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT, active INTEGER, updated_at TEXT);")
-            .await;
+        erp.exec(
+            "CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT, active INTEGER, updated_at TEXT);
+             CREATE TABLE sales (order_no TEXT PRIMARY KEY, account_id TEXT, updated_at TEXT);",
+        )
+        .await;
         (crm, erp)
     });
     let definition = format!(
@@ -1158,6 +1163,13 @@ name = "contact"
 source_table = "contacts"
 target_table = "people"
 
+[[entities]]
+name = "order"
+source_table = "orders"
+target_table = "sales"
+[entities.fields]
+account_id = {{ references = "account" }}
+
 [tenants.acme]
 
 [tenants.globex]
@@ -1189,6 +1201,19 @@ target_table = "people"
         (tables(crm.url()), tables(erp.url())),
         before,
         "nothing was created"
+    );
+    // Without connecting, `check` can only suspect the rule's field.
+    let plain = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let plain = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        plain.contains("warning: ")
+            && plain.contains("`merge.emali`")
+            && plain.contains("did you mean `email`?"),
+        "{plain}"
     );
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path("../snapshots");

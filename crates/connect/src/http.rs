@@ -256,7 +256,7 @@ impl HttpConnector {
         let r = self.resource(entity)?;
         let own = [
             Some(r.id_field.as_str()),
-            Some(r.updated_field.as_str()),
+            r.updated_field.as_deref(),
             r.external_id_field.as_deref(),
         ];
         Ok(r.fields

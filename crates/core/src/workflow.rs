@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 
 mod http;
+mod rules;
 use http::RawSystem;
 pub use http::{HttpAuth, HttpResource, HttpSystem, Pagination};
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod json_server;
 pub mod proxy;
 pub mod saas;
 pub mod systems;

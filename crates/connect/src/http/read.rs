@@ -72,13 +72,17 @@ impl HttpConnector {
     /// The listing key of an item, or why it has none.
     pub(super) fn key_of(r: &HttpResource, item: &Value) -> Result<ListKey, BadRow> {
         let id = item.get(&r.id_field).and_then(id_text);
-        let time = item.get(&r.updated_field).and_then(parse_time);
+        let time = match &r.updated_field {
+            // No update times: every record is as old as any other.
+            None => Ok(DateTime::UNIX_EPOCH),
+            Some(field) => item
+                .get(field)
+                .and_then(parse_time)
+                .ok_or_else(|| format!("field `{field}` holds no readable time")),
+        };
         match (id, time) {
-            (Some(id), Some(t)) => Ok((t, id)),
-            (Some(id), None) => Err(BadRow {
-                id,
-                reason: format!("field `{}` holds no readable time", r.updated_field),
-            }),
+            (Some(id), Ok(t)) => Ok((t, id)),
+            (Some(id), Err(reason)) => Err(BadRow { id, reason }),
             (None, _) => Err(BadRow {
                 id: String::new(),
                 reason: format!("a record without an id in field `{}`", r.id_field),
@@ -123,6 +127,9 @@ impl HttpConnector {
         limit: u32,
     ) -> Result<ChangePage, ConnectorError> {
         let r = self.resource(&b.entity)?;
+        let Some(updated_field) = r.updated_field.as_deref() else {
+            return self.read_whole(b, r, after, limit).await;
+        };
         let pos: Option<ScanPos> = after.map(|c| {
             serde_json::from_value(c.id.clone()).unwrap_or(ScanPos {
                 id: c.id.clone(),
@@ -219,7 +226,7 @@ impl HttpConnector {
                     .is_none_or(|l| compare_keys(&key, l) == Ordering::Greater)
                 {
                     next = Some(Cursor {
-                        updated_at: item.get(&r.updated_field).cloned().unwrap_or(Value::Null),
+                        updated_at: item.get(updated_field).cloned().unwrap_or(Value::Null),
                         id: serde_json::to_value(ScanPos {
                             id: Value::String(key.1.clone()),
                             since: since.clone(),
@@ -292,6 +299,80 @@ impl HttpConnector {
         });
         if page.records.is_empty() && page.deleted.is_empty() && after.is_none() {
             page.next = None;
+        }
+        dedupe(&mut page);
+        Ok(page)
+    }
+
+    /// Reads the next pages of a collection without update times: every
+    /// scan lists it whole, in the order of its `query`, and the engine
+    /// finds what changed by comparing values with the last synced ones. The
+    /// position is the page or cursor token the listing goes on from; a
+    /// finished listing leaves none, so the next scan starts a new one.
+    async fn read_whole(
+        &self,
+        b: &TableBinding,
+        r: &HttpResource,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        let position = |at: Option<Value>| Cursor {
+            updated_at: Value::Null,
+            id: serde_json::to_value(ScanPos {
+                at,
+                ..Default::default()
+            })
+            .expect("positions serialize"),
+        };
+        let mut at = after
+            .and_then(|c| serde_json::from_value::<ScanPos>(c.id.clone()).ok())
+            .and_then(|p| p.at);
+        let mut page = ChangePage::default();
+        let mut previous: Option<String> = None;
+        let mut taken = 0usize;
+        loop {
+            let (items, following) = self.list_page(r, &[], at.as_ref()).await?;
+            let first = items.first().and_then(|i| i.get(&r.id_field)).and_then(id_text);
+            if at.is_some() && first.is_some() && first == previous {
+                return Err(ConnectorError::Http {
+                    system: self.inner.system.clone(),
+                    request: format!("GET {}", r.path),
+                    detail: "the API answered the same page twice: check the collection's `pagination` \
+                             settings against the API's parameters"
+                        .into(),
+                });
+            }
+            previous = first;
+            taken += items.len();
+            for item in &items {
+                let key = match Self::key_of(r, item) {
+                    Ok(k) => k,
+                    Err(bad) => {
+                        page.bad.push(bad);
+                        continue;
+                    }
+                };
+                if b.marked_deleted(|c| item.get(c)) {
+                    page.deleted.push(key.1);
+                } else {
+                    match Self::record_of(b, item, key) {
+                        Ok(record) => page.records.push(record),
+                        Err(bad) => page.bad.push(bad),
+                    }
+                }
+            }
+            match following {
+                None => {
+                    page.done = true;
+                    page.next = Some(position(None));
+                    break;
+                }
+                Some(n) if taken + r.page_size as usize > limit as usize => {
+                    page.next = Some(position(Some(n)));
+                    break;
+                }
+                Some(n) => at = Some(n),
+            }
         }
         dedupe(&mut page);
         Ok(page)

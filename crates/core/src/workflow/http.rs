@@ -59,7 +59,11 @@ pub struct HttpResource {
     /// JSON pointer to the record in a get, create or update answer.
     pub record: String,
     pub id_field: String,
-    pub updated_field: String,
+    /// The field holding a record's last modification time; `None` when the
+    /// API keeps none (`updated_field = ""`): every scan then lists the
+    /// whole collection, and changes are found by comparing values with the
+    /// last synced ones.
+    pub updated_field: Option<String>,
     /// The list parameter that asks for records changed at or after a time.
     pub since_param: String,
     pub pagination: Pagination,
@@ -382,6 +386,18 @@ impl RawResource {
                 None
             }
         };
+        let updated_field = match self.updated_field.as_deref() {
+            Some("") => None,
+            other => Some(other.unwrap_or("updated_at").to_owned()),
+        };
+        if updated_field.is_none() && self.since_param.is_some() {
+            errors.push(
+                None,
+                Some(&format!("{at}.since_param")),
+                "a collection without update times (`updated_field = \"\"`) is listed whole: \
+                 there is no time to ask for changes since",
+            );
+        }
         let page_size = self.page_size.unwrap_or(100);
         if page_size == 0 {
             errors.push(None, Some(&format!("{at}.page_size")), "needs at least 1");
@@ -393,7 +409,7 @@ impl RawResource {
             records: pointer(errors, at, "records", self.records.as_ref(), "/data"),
             record: pointer(errors, at, "record", self.record.as_ref(), "/data"),
             id_field: self.id_field.clone().unwrap_or_else(|| "id".into()),
-            updated_field: self.updated_field.clone().unwrap_or_else(|| "updated_at".into()),
+            updated_field,
             since_param: self.since_param.clone().unwrap_or_else(|| "updated_since".into()),
             pagination,
             page_size: page_size.max(1),

@@ -214,6 +214,16 @@ async fn inspect_entity(def: &EntityDef, source: &Connector, target: &Connector,
         }
     };
     problems.extend(s_missing.iter().chain(&t_missing).map(ToString::to_string));
+    // What the connector needs of a table besides the fields: an id column
+    // (also for the references to it), a change time, a key column.
+    for (connector, side, columns) in [
+        (source, Side::Source, &s_columns),
+        (target, Side::Target, &t_columns),
+    ] {
+        if let Err(e) = connector.binding(def, side, columns.clone(), Vec::new()) {
+            problems.push(e.to_string());
+        }
+    }
     // The fields both sides have, as `bind_entity` syncs them.
     let synced: Vec<&String> = s_map.keys().filter(|k| t_map.contains_key(*k)).collect();
     for cdm in &synced {
