@@ -71,6 +71,7 @@ enum Command {
     },
     /// Serve the HTTP API for operators and reviewers.
     Serve {
+        /// The address to listen on (host:port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: String,
     },
@@ -111,8 +112,10 @@ enum Command {
 enum TokensVerb {
     /// Create a token scoped to one tenant (or an admin token); prints it once.
     Create {
-        #[arg(long, conflicts_with = "admin")]
+        /// The tenant whose objects the token sees (and only those).
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
         tenant: Option<String>,
+        /// A token for every tenant, and for creating and revoking tokens.
         #[arg(long)]
         admin: bool,
         /// Refused after this long (`12h`, `30d`); valid until revoked otherwise.
@@ -129,7 +132,10 @@ enum TokensVerb {
     /// (never the secret).
     List,
     /// Revoke a token, named by its prefix (or id): refused at once.
-    Revoke { name: String },
+    Revoke {
+        /// The token's prefix (`syncd_1a2b3c4d`, as `tokens list` shows it) or id.
+        name: String,
+    },
 }
 
 /// Whose objects an operator verb sees.
@@ -156,20 +162,23 @@ enum RunsVerb {
     List {
         #[command(flatten)]
         access: AccessArgs,
-        /// planned, running, suspended, succeeded, failed or cancelled.
-        #[arg(long)]
+        /// Only runs in this state.
+        #[arg(long, value_parser = ["planned", "running", "suspended", "succeeded", "failed", "cancelled"])]
         state: Option<String>,
+        /// At most this many runs.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// One run with its steps.
     Show {
+        /// The run's id (`runs list` shows them).
         run: String,
         #[command(flatten)]
         access: AccessArgs,
     },
     /// Apply reviewed resolutions and finish a suspended or interrupted run.
     Resume {
+        /// The run's id (`runs list` shows them).
         run: String,
         /// Where the run's workflow definition is.
         #[arg(long, default_value = "workflows")]
@@ -179,6 +188,7 @@ enum RunsVerb {
     },
     /// Cancel an active run.
     Cancel {
+        /// The run's id (`runs list` shows them).
         run: String,
         #[command(flatten)]
         access: AccessArgs,
@@ -186,6 +196,7 @@ enum RunsVerb {
     /// Let a run held by the mass-deletion brake go on and delete what it
     /// counted; a worker (or `runs resume`) then resumes it.
     ConfirmDeletes {
+        /// The run's id (`runs list --state suspended` shows it).
         run: String,
         #[command(flatten)]
         access: AccessArgs,
@@ -201,25 +212,29 @@ enum ConflictsVerb {
     List {
         #[command(flatten)]
         access: AccessArgs,
-        /// pending, resolved or all.
-        #[arg(long, default_value = "pending")]
+        /// Which conflicts: waiting for a decision, decided, or both.
+        #[arg(long, default_value = "pending", value_parser = ["pending", "resolved", "all"])]
         status: String,
+        /// Only conflicts of this entity type.
         #[arg(long)]
         entity: Option<String>,
+        /// At most this many conflicts.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
     /// One conflict: base, source and target side by side.
     Show {
+        /// The conflict's id (`conflicts list` shows them).
         conflict: String,
         #[command(flatten)]
         access: AccessArgs,
     },
     /// Decide a conflict.
     Resolve {
+        /// The conflict's id (`conflicts list` shows them).
         conflict: String,
-        /// Take every conflicting field from `source` or `target`.
-        #[arg(long, conflicts_with = "values")]
+        /// Take every conflicting field from one side.
+        #[arg(long, conflicts_with = "values", value_parser = ["source", "target"])]
         take: Option<String>,
         /// A JSON object of field values.
         #[arg(long)]
@@ -238,8 +253,10 @@ enum ConflictsVerb {
 struct ScopeArgs {
     #[command(flatten)]
     access: AccessArgs,
+    /// The integration's name (`name` in its definition).
     #[arg(long)]
     integration: String,
+    /// The entity type (`account`, `contact`, ...).
     #[arg(long)]
     entity: String,
 }
@@ -250,8 +267,10 @@ enum MappingsVerb {
     Lookup {
         #[command(flatten)]
         scope: ScopeArgs,
+        /// The record's id in the source system.
         #[arg(long, conflicts_with = "target_id", required_unless_present = "target_id")]
         source_id: Option<String>,
+        /// The record's id in the target system.
         #[arg(long)]
         target_id: Option<String>,
     },
@@ -259,8 +278,11 @@ enum MappingsVerb {
     List {
         #[command(flatten)]
         scope: ScopeArgs,
-        #[arg(long)]
+        /// Mappings in this status: creates in flight or cut off, synced,
+        /// failed (with the reason), or stale (gone on one side).
+        #[arg(long, value_parser = ["pending", "mapped", "failed", "stale"])]
         status: String,
+        /// At most this many mappings.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -731,4 +753,32 @@ fn bench_api(bench: syncd_bench::api::ApiBench) -> Result<(), String> {
         .map_err(|e| format!("error: {e}"))?;
     println!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every argument of every verb says what it is in `--help`.
+    #[test]
+    fn every_argument_is_described() {
+        fn walk(command: &clap::Command, path: &str, undescribed: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !["help", "version"].contains(&id) {
+                    undescribed.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() {
+                    undescribed.push(format!("{path} {}", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), undescribed);
+            }
+        }
+        let mut undescribed = Vec::new();
+        walk(&Cli::command(), "syncd", &mut undescribed);
+        assert!(undescribed.is_empty(), "no help for: {undescribed:?}");
+    }
 }
