@@ -63,7 +63,8 @@ impl Setup {
         source.insert("orders", &orders).await;
         let (database_url, state_schema) = match kind {
             Kind::Sqlite => (dir.sqlite_url("state.db"), None),
-            Kind::Postgres => {
+            // MySQL is a system, never the state store.
+            Kind::Postgres | Kind::Mariadb => {
                 let schema = PgSchema::create().await?;
                 (schema.url.clone(), Some(schema))
             }
@@ -564,6 +565,13 @@ async fn sqlite_run_killed_twenty_times_ends_as_if_uninterrupted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_run_killed_five_times_ends_as_if_uninterrupted() {
     survives_kills(Kind::Postgres, 500, 7, 5, "crash-pg").await;
+}
+
+/// MariaDB as source and target (the state in PostgreSQL): ten kills and
+/// more, inside its multi-row inserts and updates too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_run_killed_ten_times_ends_as_if_uninterrupted() {
+    survives_kills(Kind::Mariadb, 1000, 14, 10, "crash-mariadb").await;
 }
 
 /// Two `syncd run` processes started together on `kind` systems and store.

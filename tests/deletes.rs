@@ -47,7 +47,8 @@ impl World {
                 .unwrap(),
                 None,
             ),
-            Kind::Postgres => {
+            // MySQL is a system, never the state store.
+            Kind::Postgres | Kind::Mariadb => {
                 let pg = PgSchema::create().await?;
                 let store =
                     Store::postgres(pg.pool.clone(), MappingCache::local(), DEFAULT_MAX_SNAPSHOT_BYTES)
@@ -137,7 +138,7 @@ async fn source_deletes_reach_the_target(kind: Kind) {
     // 100 orders deleted in the source, by hand, hard.
     world
         .source
-        .exec("DELETE FROM orders WHERE id IN (SELECT id FROM orders ORDER BY id LIMIT 100 OFFSET 2000)")
+        .exec("DELETE FROM orders WHERE id >= 'O-002000' AND id < 'O-002100'")
         .await;
     let deleted: Vec<String> = (2000..2100).map(|i| format!("O-{i:06}")).collect();
     let run = world.sync(&toml).await;
@@ -193,6 +194,11 @@ async fn deleting_100_of_10_000_source_records_deletes_exactly_those_sqlite() {
 #[tokio::test]
 async fn deleting_100_of_10_000_source_records_deletes_exactly_those_postgres() {
     source_deletes_reach_the_target(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn deleting_100_of_10_000_source_records_deletes_exactly_those_mariadb() {
+    source_deletes_reach_the_target(Kind::Mariadb).await;
 }
 
 #[tokio::test]
@@ -763,6 +769,15 @@ async fn present_in_key_order_answers_as_present(kind: Kind) {
              INSERT INTO notes SELECT 'n-' || lpad(i::text, 3, '0'), i % 11 = 0, now()
                  FROM generate_series(1, 300) i WHERE i % 7 <> 0;"
         }
+        Kind::Mariadb => {
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, sync_key VARCHAR(64), deleted BOOLEAN NOT NULL, \
+                                 updated_at DATETIME(6) NOT NULL);
+             INSERT INTO items SELECT seq, NULL, seq % 11 = 0, '2026-01-01 00:00:00' FROM seq_1_to_300
+                 WHERE seq % 7 <> 0;
+             CREATE TABLE notes (id VARCHAR(16) PRIMARY KEY, deleted BOOLEAN NOT NULL, updated_at DATETIME(6) NOT NULL);
+             INSERT INTO notes SELECT CONCAT('n-', LPAD(seq, 3, '0')), seq % 11 = 0, '2026-01-01 00:00:00'
+                 FROM seq_1_to_300 WHERE seq % 7 <> 0;"
+        }
         Kind::Sqlite => {
             "CREATE TABLE items (id INTEGER PRIMARY KEY, sync_key TEXT, deleted INTEGER NOT NULL, \
                                  updated_at TEXT NOT NULL);
@@ -832,4 +847,9 @@ async fn present_in_key_order_answers_as_present_sqlite() {
 #[tokio::test]
 async fn present_in_key_order_answers_as_present_postgres() {
     present_in_key_order_answers_as_present(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn present_in_key_order_answers_as_present_mariadb() {
+    present_in_key_order_answers_as_present(Kind::Mariadb).await;
 }

@@ -221,6 +221,22 @@ async fn postgres_to_postgres_on_postgres_and_redis() {
 }
 
 #[tokio::test]
+async fn mariadb_to_postgres_on_postgres_and_redis() {
+    let Some(state) = StateStore::postgres_redis().await else {
+        return;
+    };
+    let dir = TempDir::new("e2e-my-pg");
+    end_to_end(Kind::Mariadb, Kind::Postgres, state, dir).await;
+}
+
+#[tokio::test]
+async fn sqlite_to_mariadb_with_foreign_keys_on_the_embedded_store() {
+    let dir = TempDir::new("e2e-sqlite-my");
+    let state = StateStore::embedded(&dir).await;
+    end_to_end(Kind::Sqlite, Kind::Mariadb, state, dir).await;
+}
+
+#[tokio::test]
 async fn sqlite_to_postgres_with_foreign_keys_on_the_embedded_store() {
     let dir = TempDir::new("e2e");
     let state = StateStore::embedded(&dir).await;
@@ -229,10 +245,14 @@ async fn sqlite_to_postgres_with_foreign_keys_on_the_embedded_store() {
 
 /// One account edited on both sides under `strategy`; returns the final
 /// (source name, target name) and the conflict record.
-async fn edit_both_sides(strategy: &str, target_later: bool) -> Option<(Value, Value, Value, Value)> {
+async fn edit_both_sides(
+    (source_kind, target_kind): (Kind, Kind),
+    strategy: &str,
+    target_later: bool,
+) -> Option<(Value, Value, Value, Value)> {
     let dir = TempDir::new("strategy");
-    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await?;
-    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await?;
+    let source = SystemDb::with_tables(source_kind, &dir, "source").await?;
+    let target = SystemDb::with_tables(target_kind, &dir, "target").await?;
     source
         .insert(
             "accounts",
@@ -259,17 +279,21 @@ async fn edit_both_sides(strategy: &str, target_later: bool) -> Option<(Value, V
     } else {
         (now + chrono::Duration::seconds(1), now)
     };
-    let fmt = syncd_connect::format_time;
+    // A time as each database takes it in SQL (MariaDB: no `T`, no zone).
+    let fmt = |kind: Kind, t: chrono::DateTime<chrono::Utc>| match kind {
+        Kind::Mariadb => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        _ => syncd_connect::format_time(t),
+    };
     source
         .exec(&format!(
             "UPDATE accounts SET name = 'Acme Source', industry = 'food', updated_at = '{}' WHERE id = 'A-1'",
-            fmt(s_at)
+            fmt(source_kind, s_at)
         ))
         .await;
     target
         .exec(&format!(
             "UPDATE customers SET customer_name = 'Acme Target', updated_at = '{}' WHERE id = '{t_id}'",
-            fmt(t_at)
+            fmt(target_kind, t_at)
         ))
         .await;
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
@@ -334,6 +358,20 @@ async fn edit_both_sides(strategy: &str, target_later: bool) -> Option<(Value, V
 
 #[tokio::test]
 async fn each_strategy_end_to_end() {
+    each_strategy((Kind::Sqlite, Kind::Sqlite)).await;
+}
+
+#[tokio::test]
+async fn each_strategy_end_to_end_mariadb_to_postgres() {
+    each_strategy((Kind::Mariadb, Kind::Postgres)).await;
+}
+
+#[tokio::test]
+async fn each_strategy_end_to_end_postgres_to_mariadb() {
+    each_strategy((Kind::Postgres, Kind::Mariadb)).await;
+}
+
+async fn each_strategy(kinds: (Kind, Kind)) {
     // (strategy, target edited later, expected name on both sides)
     let cases = [
         ("source_wins", true, "Acme Source"),
@@ -344,7 +382,9 @@ async fn each_strategy_end_to_end() {
         ("manual", true, "Acme Reviewed"),
     ];
     for (strategy, target_later, expected) in cases {
-        let (s, t, industries, conflict) = edit_both_sides(strategy, target_later).await.unwrap();
+        let Some((s, t, industries, conflict)) = edit_both_sides(kinds, strategy, target_later).await else {
+            return;
+        };
         assert_eq!(
             (s.as_str(), t.as_str()),
             (Some(expected), Some(expected)),

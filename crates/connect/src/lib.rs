@@ -32,7 +32,7 @@ pub enum ConnectorError {
         source: sqlx::Error,
     },
     #[error(
-        "system `{system}`: unsupported URL `{}` (expected postgres://... or sqlite://...)",
+        "system `{system}`: unsupported URL `{}` (expected postgres://..., mysql://... or sqlite://...)",
         redacted(url)
     )]
     UnsupportedUrl { system: String, url: String },
@@ -216,6 +216,7 @@ impl Connector {
         match self {
             Connector::Sql(SqlConnector::Postgres { .. }) => Class::postgres(type_name),
             Connector::Sql(SqlConnector::Sqlite { .. }) => Class::sqlite(type_name),
+            Connector::Sql(SqlConnector::Mysql { .. }) => Class::mysql(type_name),
             Connector::Http(_) => Class::Any,
         }
     }
@@ -227,9 +228,11 @@ impl Connector {
     pub fn numeric_ids(&self, entity: &str, class: Class) -> Option<bool> {
         match self {
             Connector::Sql(_) => match class {
-                Class::Integer { .. } | Class::Decimal { .. } | Class::Numeric | Class::Float { .. } => {
-                    Some(true)
-                }
+                Class::Integer { .. }
+                | Class::Unsigned { .. }
+                | Class::Decimal { .. }
+                | Class::Numeric
+                | Class::Float { .. } => Some(true),
                 Class::Any | Class::Json => None,
                 _ => Some(false),
             },

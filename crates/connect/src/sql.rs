@@ -1,4 +1,5 @@
-//! The SQL table connector: PostgreSQL and SQLite tables as systems.
+//! The SQL table connector: PostgreSQL, MySQL/MariaDB and SQLite tables as
+//! systems.
 //!
 //! Conventions, so that any existing table can be synced: a primary-key
 //! column `id` (text or integer), a modification-time column `updated_at`
@@ -9,6 +10,7 @@
 //! Table and column names come from the definition and cannot be bound as
 //! parameters; they are always quoted as identifiers. Every value is bound.
 
+mod mysql;
 mod read;
 mod write;
 use read::sqlite_json_select;
@@ -18,6 +20,7 @@ use super::{BadRow, ChangePage, ConnectorError, Cursor, FieldColumn, IdKind, New
 use super::{ByIds, format_time, id_text, parse_time};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::mysql::MySqlPool;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, TypeInfo, ValueRef};
@@ -37,6 +40,7 @@ pub const UPDATED_AT_COLUMN: &str = "updated_at";
 #[derive(Clone)]
 pub enum SqlConnector {
     Postgres { system: String, pool: PgPool },
+    Mysql { system: String, pool: MySqlPool },
     Sqlite { system: String, pool: SqlitePool },
 }
 
@@ -78,6 +82,11 @@ impl SqlConnector {
                 system: system.to_owned(),
                 pool,
             })
+        } else if mysql::is_mysql_url(url) {
+            Ok(SqlConnector::Mysql {
+                system: system.to_owned(),
+                pool: mysql::connect(url).await.map_err(err)?,
+            })
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(err)?
@@ -104,7 +113,9 @@ impl SqlConnector {
     /// The system's name in the definition.
     pub fn system(&self) -> &str {
         match self {
-            SqlConnector::Postgres { system, .. } | SqlConnector::Sqlite { system, .. } => system,
+            SqlConnector::Postgres { system, .. }
+            | SqlConnector::Mysql { system, .. }
+            | SqlConnector::Sqlite { system, .. } => system,
         }
     }
 
@@ -135,6 +146,7 @@ impl SqlConnector {
                     .await
                     .map_err(self.query_error(table))?
             }
+            SqlConnector::Mysql { pool, .. } => return self.mysql_columns(pool, table).await,
         };
         Ok((!rows.is_empty()).then(|| rows.into_iter().collect()))
     }
@@ -204,6 +216,7 @@ impl SqlConnector {
         match self {
             SqlConnector::Postgres { .. } => Dialect::Postgres,
             SqlConnector::Sqlite { .. } => Dialect::Sqlite,
+            SqlConnector::Mysql { .. } => Dialect::Mysql,
         }
     }
 

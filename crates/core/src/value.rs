@@ -37,6 +37,10 @@ pub enum Class {
     Integer {
         bits: u8,
     },
+    /// An unsigned integer of `bits` bits (MySQL's `... UNSIGNED`).
+    Unsigned {
+        bits: u8,
+    },
     /// An exact decimal: `precision` digits, `scale` of them after the
     /// point, when the column limits them; `special` when it also holds
     /// `NaN` and ±`Infinity` (PostgreSQL's unconstrained `numeric`).
@@ -98,6 +102,10 @@ pub enum Dialect {
     Sqlite,
     /// A JSON API: what JSON holds.
     Json,
+    /// MySQL and MariaDB, through bound parameters: a time as
+    /// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC for an instant: the session's time
+    /// zone is UTC), a document as its text; no `NaN` or infinities.
+    Mysql,
 }
 
 impl Class {
@@ -190,13 +198,72 @@ impl Class {
         }
     }
 
+    /// The class of a MySQL or MariaDB column from its `COLUMN_TYPE`
+    /// (`decimal(12,2)`, `bigint(20) unsigned`, `datetime(6)`); `json` is
+    /// also a MariaDB `longtext` checked by `json_valid` (the connector
+    /// says so).
+    pub fn mysql(column_type: &str) -> Class {
+        let t = column_type.to_ascii_lowercase();
+        let (base, args) = match t.split_once('(') {
+            Some((b, rest)) => (b.trim(), rest.split(')').next().unwrap_or("")),
+            None => (t.split_whitespace().next().unwrap_or(""), ""),
+        };
+        let unsigned = t.contains("unsigned");
+        let integer = |bits: u8| match unsigned {
+            true => Class::Unsigned { bits },
+            false => Class::Integer { bits },
+        };
+        let float = |bits: u8| Class::Float {
+            bits,
+            nan: false,
+            negative_zero: false,
+        };
+        match base {
+            "tinyint" if args.trim() == "1" && !unsigned => Class::Boolean,
+            "bool" | "boolean" => Class::Boolean,
+            "tinyint" => integer(8),
+            "smallint" => integer(16),
+            "mediumint" => integer(24),
+            "int" | "integer" => integer(32),
+            "bigint" => integer(64),
+            "decimal" | "numeric" | "dec" | "fixed" => {
+                let mut parts = args.split(',').map(|p| p.trim().parse::<u32>().ok());
+                let precision = parts.next().flatten().unwrap_or(10);
+                let scale = parts.next().flatten().unwrap_or(0);
+                Class::Decimal {
+                    precision: Some(precision),
+                    scale: Some(scale as i32),
+                    special: false,
+                }
+            }
+            "float" => float(32),
+            "double" | "real" => float(64),
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => {
+                Class::Text
+            }
+            "json" => Class::Json,
+            "date" => Class::Date,
+            // Both hold instants: syncd's sessions run in UTC, so a
+            // `DATETIME` is read and written as UTC (as a `TIMESTAMP` is
+            // converted to and from it).
+            "datetime" | "timestamp" => Class::Timestamp {
+                zoned: true,
+                digits: args.trim().parse().unwrap_or(0).min(6),
+            },
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => Class::Bytes,
+            _ => Class::Any,
+        }
+    }
+
     /// The kind of value this class holds.
     pub fn kind(self) -> Kind {
         match self {
             Class::Any => Kind::Any,
             Class::Text => Kind::Text,
             Class::Boolean => Kind::Boolean,
-            Class::Integer { .. } | Class::Decimal { .. } | Class::Numeric => Kind::Number,
+            Class::Integer { .. } | Class::Unsigned { .. } | Class::Decimal { .. } | Class::Numeric => {
+                Kind::Number
+            }
             Class::Float { .. } => Kind::Float,
             Class::Timestamp { zoned, .. } => Kind::Timestamp { zoned },
             Class::Date => Kind::Date,
@@ -480,9 +547,11 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             _ => Ok(v.clone()),
         },
         Class::Any => Ok(v.clone()),
-        // SQLite keeps a document as its text; PostgreSQL takes the
-        // document itself.
-        Class::Json if dialect == Dialect::Sqlite => Ok(Value::String(v.to_string())),
+        // SQLite and MySQL take a document as its text; PostgreSQL takes
+        // the document itself.
+        Class::Json if matches!(dialect, Dialect::Sqlite | Dialect::Mysql) => {
+            Ok(Value::String(v.to_string()))
+        }
         Class::Json => Ok(v.clone()),
         Class::Text => {
             let text = match v {
@@ -515,6 +584,16 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             }
             if !fits {
                 return Err(format!("{text} does not fit a {bits}-bit integer column"));
+            }
+            Ok(number(&text))
+        }
+        Class::Unsigned { bits } => {
+            let text = numeric_text(v).ok_or_else(|| format!("{} is not an integer", describe(v)))?;
+            let fits = text.parse::<u128>().is_ok_and(|u| u < 1u128 << bits);
+            if !fits {
+                return Err(format!(
+                    "{text} does not fit an unsigned {bits}-bit integer column"
+                ));
             }
             Ok(number(&text))
         }
@@ -567,6 +646,9 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             let exact = match text.as_str() {
                 "NaN" if !nan => {
                     return Err("NaN cannot be held by this column (SQLite stores it as NULL)".into());
+                }
+                "Infinity" | "-Infinity" if dialect == Dialect::Mysql => {
+                    return Err(format!("{text} cannot be held by a MySQL float column"));
                 }
                 "NaN" | "Infinity" | "-Infinity" => true,
                 "-0" if !negative_zero => {
@@ -628,6 +710,11 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
                     return Err(format!(
                         "`{s}` has more digits of a second than the column keeps ({digits})"
                     ));
+                }
+                if dialect == Dialect::Mysql {
+                    // `YYYY-MM-DD HH:MM:SS.ffffff`; an instant in UTC, the
+                    // session's time zone.
+                    return Ok(Value::String(format!("{} {}", &t[..10], &t[11..26])));
                 }
                 Ok(Value::String(t))
             }

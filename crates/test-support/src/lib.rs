@@ -42,6 +42,10 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+pub fn mysql_url() -> String {
+    std::env::var("SYNCD_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
 pub fn redis_url() -> String {
     std::env::var("SYNCD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -109,6 +113,57 @@ impl PgSchema {
             .execute(&self.admin)
             .await
             .expect("drop schema");
+    }
+}
+
+/// A MySQL/MariaDB database of its own (`CREATE DATABASE`), dropped again.
+pub struct MyDatabase {
+    pub name: String,
+    pub pool: sqlx::MySqlPool,
+    /// A URL that selects the database, for code that connects itself.
+    pub url: String,
+    admin: sqlx::MySqlPool,
+}
+
+impl MyDatabase {
+    pub async fn create() -> Option<MyDatabase> {
+        let admin = match sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&mysql_url())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return missing("MariaDB/MySQL", e),
+        };
+        let name = format!("syncd_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        let base = mysql_url();
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => format!("{base}/{name}"),
+        };
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("connect");
+        Some(MyDatabase {
+            name,
+            pool,
+            url,
+            admin,
+        })
+    }
+
+    pub async fn drop(self) {
+        self.pool.close().await;
+        sqlx::query(&format!("DROP DATABASE `{}`", self.name))
+            .execute(&self.admin)
+            .await
+            .expect("drop database");
     }
 }
 

@@ -1,10 +1,10 @@
 //! Two real databases to sync in tests: a "CRM" source and an "ERP" target,
-//! on SQLite files or PostgreSQL schemas, with accounts (self-referencing
+//! on SQLite files, PostgreSQL schemas or MariaDB databases, with accounts (self-referencing
 //! parents), contacts and orders, and a workflow definition that connects
 //! them.
 #![allow(dead_code)]
 
-use super::{PgSchema, TempDir};
+use super::{MyDatabase, PgSchema, TempDir};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
@@ -15,12 +15,57 @@ use std::str::FromStr;
 pub enum Kind {
     Sqlite,
     Postgres,
+    Mariadb,
 }
 
 /// One system's database.
 pub enum SystemDb {
     Sqlite { pool: SqlitePool, path: PathBuf },
     Postgres { schema: PgSchema },
+    Mariadb { db: MyDatabase },
+}
+
+const SOURCE_MARIADB: &str = "
+CREATE TABLE accounts (id VARCHAR(64) PRIMARY KEY, name TEXT, industry TEXT, parent_id VARCHAR(64),
+                       updated_at DATETIME(6) NOT NULL, INDEX accounts_changes (updated_at, id));
+CREATE TABLE contacts (id VARCHAR(64) PRIMARY KEY, name TEXT, email TEXT, account_id VARCHAR(64),
+                       updated_at DATETIME(6) NOT NULL, INDEX contacts_changes (updated_at, id));
+CREATE TABLE orders (id VARCHAR(64) PRIMARY KEY, account_id VARCHAR(64), contact_id VARCHAR(64), total DECIMAL(12,2),
+                     status TEXT, updated_at DATETIME(6) NOT NULL, INDEX orders_changes (updated_at, id));
+";
+
+const TARGET_MARIADB: &str = "
+CREATE TABLE customers (id VARCHAR(64) PRIMARY KEY, customer_name TEXT, industry TEXT, parent_id VARCHAR(64),
+                        updated_at DATETIME(6) NOT NULL, INDEX customers_changes (updated_at, id),
+                        FOREIGN KEY (parent_id) REFERENCES customers (id) ON DELETE RESTRICT);
+CREATE TABLE people (id VARCHAR(64) PRIMARY KEY, full_name TEXT, email TEXT, customer_id VARCHAR(64),
+                     updated_at DATETIME(6) NOT NULL, INDEX people_changes (updated_at, id),
+                     FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE RESTRICT);
+CREATE TABLE sales_orders (id VARCHAR(64) PRIMARY KEY, customer_id VARCHAR(64), contact_id VARCHAR(64),
+                           total DECIMAL(12,2), status TEXT, updated_at DATETIME(6) NOT NULL,
+                           INDEX sales_orders_changes (updated_at, id),
+                           FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE RESTRICT,
+                           FOREIGN KEY (contact_id) REFERENCES people (id) ON DELETE RESTRICT);
+";
+
+/// A value for a MariaDB parameter: RFC 3339 times as MariaDB writes them
+/// (`YYYY-MM-DD HH:MM:SS.ffffff`, UTC).
+fn mariadb_value(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| {
+                    t.with_timezone(&chrono::Utc)
+                        .format("%Y-%m-%d %H:%M:%S%.6f")
+                        .to_string()
+                })
+                .unwrap_or_else(|_| s.clone()),
+        ),
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.into()),
+        Value::Number(n) => Some(n.to_string()),
+        other => Some(other.to_string()),
+    }
 }
 
 const SOURCE_SQLITE: &str = "
@@ -88,6 +133,9 @@ impl SystemDb {
             Kind::Postgres => Some(SystemDb::Postgres {
                 schema: PgSchema::create().await?,
             }),
+            Kind::Mariadb => Some(SystemDb::Mariadb {
+                db: MyDatabase::create().await?,
+            }),
         }
     }
 
@@ -99,6 +147,8 @@ impl SystemDb {
             (Kind::Sqlite, _) => TARGET_SQLITE,
             (Kind::Postgres, "source") => SOURCE_PG,
             (Kind::Postgres, _) => TARGET_PG,
+            (Kind::Mariadb, "source") => SOURCE_MARIADB,
+            (Kind::Mariadb, _) => TARGET_MARIADB,
         };
         db.exec(ddl).await;
         Some(db)
@@ -108,6 +158,7 @@ impl SystemDb {
         match self {
             SystemDb::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
             SystemDb::Postgres { schema } => schema.url.clone(),
+            SystemDb::Mariadb { db } => db.url.clone(),
         }
     }
 
@@ -125,6 +176,14 @@ impl SystemDb {
                     .execute(&schema.pool)
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            SystemDb::Mariadb { db } => {
+                for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    sqlx::raw_sql(statement)
+                        .execute(&db.pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+                }
             }
         }
     }
@@ -179,6 +238,26 @@ impl SystemDb {
                     .await
                     .unwrap();
             }
+            SystemDb::Mariadb { db } => {
+                let cols: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
+                for chunk in rows.chunks(500) {
+                    let sql = format!(
+                        "INSERT INTO {table} ({}) VALUES {}",
+                        cols.iter()
+                            .map(|c| format!("`{c}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        vec![format!("({})", vec!["?"; cols.len()].join(", ")); chunk.len()].join(", ")
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for row in chunk {
+                        for c in &cols {
+                            q = q.bind(mariadb_value(&row[c.as_str()]));
+                        }
+                    }
+                    q.execute(&db.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                }
+            }
         }
     }
 
@@ -207,6 +286,23 @@ impl SystemDb {
                         .unwrap();
                 docs.into_iter().map(|d| d.0).collect()
             }
+            SystemDb::Mariadb { db } => {
+                let cols: Vec<String> = sqlx::query_scalar(
+                    "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                )
+                .bind(table)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+                let pairs: Vec<String> = cols.iter().map(|c| format!("'{c}', `{c}`")).collect();
+                let sql = format!(
+                    "SELECT CAST(JSON_OBJECT({}) AS CHAR) FROM {table} ORDER BY id",
+                    pairs.join(", ")
+                );
+                let docs: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&db.pool).await.unwrap();
+                docs.iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+            }
         }
     }
 
@@ -221,6 +317,7 @@ impl SystemDb {
         match self {
             SystemDb::Sqlite { pool, .. } => pool.close().await,
             SystemDb::Postgres { schema } => schema.drop().await,
+            SystemDb::Mariadb { db } => db.drop().await,
         }
     }
 }

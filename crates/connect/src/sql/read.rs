@@ -48,6 +48,7 @@ impl SqlConnector {
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()
             }
+            SqlConnector::Mysql { pool, .. } => self.mysql_changes(pool, b, after, limit).await?,
         };
         let mut page = ChangePage {
             done: rows.len() < limit as usize,
@@ -110,6 +111,7 @@ impl SqlConnector {
                     .map_err(self.query_error(&b.table))?;
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()
             }
+            SqlConnector::Mysql { pool, .. } => self.mysql_read_by_ids(pool, b, ids).await?,
         };
         let mut found = ByIds::default();
         for (doc, bad) in docs {
@@ -135,6 +137,7 @@ impl SqlConnector {
         let id = ident(ID_COLUMN);
         let mark = b.deleted_column.as_deref().map(ident);
         let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
+            SqlConnector::Mysql { pool, .. } => return self.mysql_present(pool, b, ids).await,
             SqlConnector::Postgres { pool, .. } => {
                 let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({m})"));
                 let sql = format!(
@@ -184,6 +187,8 @@ impl SqlConnector {
         let mark = b.deleted_column.as_deref().map(ident);
         let limit = (ids.len() * 2 + 64) as i64;
         let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
+            // One `IN` list a chunk: MySQL finds each id by its key.
+            SqlConnector::Mysql { pool, .. } => return self.mysql_present(pool, b, ids).await,
             SqlConnector::Postgres { pool, .. } => {
                 let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({t}.{m})"));
                 let sql = format!(

@@ -11,6 +11,7 @@ impl SqlConnector {
         let t = ident(&b.table);
         let id = ident(ID_COLUMN);
         match self {
+            SqlConnector::Mysql { pool, .. } => return self.mysql_delete(pool, b, ids).await,
             SqlConnector::Postgres { pool, .. } => {
                 let sql = format!(
                     "DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS {}[]))",
@@ -53,6 +54,7 @@ impl SqlConnector {
         let is_time = column_type.contains("time") || column_type.contains("date");
         let stamp = format_time(now);
         match self {
+            SqlConnector::Mysql { pool, .. } => return self.mysql_archive(pool, b, ids, column, now).await,
             SqlConnector::Postgres { pool, .. } => {
                 let value = if is_time { "CAST($2 AS timestamptz)" } else { "true" };
                 let sql = format!(
@@ -92,6 +94,7 @@ impl SqlConnector {
         }
         let (t, k, id) = (ident(&b.table), ident(key_col), ident(ID_COLUMN));
         let rows: Vec<(String, String)> = match self {
+            SqlConnector::Mysql { pool, .. } => return self.mysql_find_by_keys(pool, b, key_col, keys).await,
             SqlConnector::Postgres { pool, .. } => {
                 sqlx::query_as(&format!(
                     "SELECT {k}::text, {id}::text FROM {t} WHERE {k}::text = ANY($1)"
@@ -163,7 +166,7 @@ impl SqlConnector {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let stamp = Value::String(format_time(now));
+        let stamp = self.stamp(now);
         for (row, r) in rows.iter_mut().zip(records) {
             row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
             if let (Some(id), IdKind::Text) = (&r.id, b.id_kind) {
@@ -172,6 +175,9 @@ impl SqlConnector {
             if let Some(k) = &b.key_column {
                 row.insert(k.clone(), Value::String(r.key.clone()));
             }
+        }
+        if let SqlConnector::Mysql { pool, .. } = self {
+            return self.mysql_create(pool, b, records, &rows).await;
         }
         let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
         let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
@@ -201,7 +207,7 @@ impl SqlConnector {
             (IdKind::Assigned, SqlConnector::Postgres { .. }) => {
                 format!(" RETURNING {key}::text, {id}::text")
             }
-            (IdKind::Assigned, SqlConnector::Sqlite { .. }) => {
+            (IdKind::Assigned, _) => {
                 format!(" RETURNING CAST({key} AS TEXT), CAST({id} AS TEXT)")
             }
         };
@@ -213,7 +219,7 @@ impl SqlConnector {
                     "INSERT INTO {t} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{t}, $1)\
                      {on_conflict}{returning}"
                 ),
-                SqlConnector::Sqlite { .. } => format!(
+                _ => format!(
                     "INSERT INTO {t} ({list}) SELECT {sqlite_select} FROM json_each(?1) WHERE true{on_conflict}\
                      {returning}"
                 ),
@@ -236,6 +242,7 @@ impl SqlConnector {
                         }
                         q.fetch_all(pool).await
                     }
+                    SqlConnector::Mysql { .. } => unreachable!("MySQL inserts by mysql_create"),
                 }
             }
         };
@@ -270,7 +277,7 @@ impl SqlConnector {
         records: &[(String, Fields)],
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, String)>, ConnectorError> {
-        let stamp = Value::String(format_time(now));
+        let stamp = self.stamp(now);
         let mut refused = Vec::new();
         let mut ids: Vec<&str> = Vec::with_capacity(records.len());
         let mut rows: Vec<Fields> = Vec::with_capacity(records.len());
@@ -296,6 +303,7 @@ impl SqlConnector {
         let t = ident(&b.table);
         let id = ident(ID_COLUMN);
         match self {
+            SqlConnector::Mysql { pool, .. } => self.mysql_update(pool, b, &rows).await?,
             SqlConnector::Postgres { pool, .. } => {
                 let set = columns
                     .iter()
@@ -340,6 +348,48 @@ impl SqlConnector {
             }
         }
         Ok(refused)
+    }
+}
+
+impl SqlConnector {
+    /// The modification time a write sets, as this database takes it.
+    fn stamp(&self, now: DateTime<Utc>) -> Value {
+        match self {
+            SqlConnector::Mysql { .. } => mysql::mysql_time(now),
+            _ => Value::String(format_time(now)),
+        }
+    }
+
+    /// Creates `rows` of `records` in MySQL: one multi-row insert (an
+    /// upsert when a record was tried before, or when the plain insert met
+    /// an id already there); integer ids are found again by key.
+    async fn mysql_create(
+        &self,
+        pool: &sqlx::mysql::MySqlPool,
+        b: &TableBinding,
+        records: &[&NewRecord],
+        rows: &[Fields],
+    ) -> Result<Vec<String>, ConnectorError> {
+        let text = b.id_kind == IdKind::Text;
+        let repeat = text && records.iter().any(|r| r.tried);
+        match self.mysql_insert(pool, b, rows, repeat).await {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && text && !repeat => {
+                self.mysql_insert(pool, b, rows, true).await
+            }
+            other => other,
+        }
+        .map_err(self.query_error(&b.table))?;
+        match (b.id_kind, &b.key_column) {
+            (IdKind::Assigned, Some(k)) => {
+                let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();
+                let by_key = self.mysql_find_by_keys(pool, b, k, &keys).await?;
+                Ok(records
+                    .iter()
+                    .map(|r| by_key.get(&r.key).cloned().unwrap_or_default())
+                    .collect())
+            }
+            _ => Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect()),
+        }
     }
 }
 

@@ -1,0 +1,536 @@
+//! MySQL and MariaDB tables: the same conventions as the other databases
+//! (`id`, `updated_at`, every other column a field), in MySQL's SQL:
+//! backquoted identifiers, `?` parameters, multi-row statements (never a
+//! round trip a record), and a session that is strict (a value the column
+//! cannot hold is an error, not a warning) and in UTC.
+//!
+//! Values are read exactly: integers (signed and `UNSIGNED`) and floats by
+//! their binary form, decimals as their text, times and dates formatted by
+//! the server (`DATE_FORMAT`, all six digits of a second), binary strings as
+//! hex, and every other type as the server's text of it.
+
+use super::*;
+use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{Executor, Row};
+
+type MyQuery<'q> = sqlx::query::Query<'q, MySql, MySqlArguments>;
+
+/// The most placeholders syncd puts in one statement (MySQL takes 65,535).
+const MAX_PARAMS: usize = 60_000;
+
+/// Quotes a MySQL identifier: `` a`b `` becomes `` `a``b` ``.
+pub(super) fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A table's name as MySQL reads it: `db.table` is a table of another
+/// database, each part quoted on its own.
+pub(super) fn table(name: &str) -> String {
+    match name.split_once('.') {
+        Some((db, t)) => format!("{}.{}", ident(db), ident(t)),
+        None => ident(name),
+    }
+}
+
+/// Whether `url` names a MySQL or MariaDB database.
+pub(super) fn is_mysql_url(url: &str) -> bool {
+    url.starts_with("mysql://") || url.starts_with("mariadb://")
+}
+
+/// A pool on the database at `url` (`mysql://` or `mariadb://`): strict,
+/// in UTC, utf8mb4.
+pub(super) async fn connect(url: &str) -> Result<MySqlPool, sqlx::Error> {
+    let url = url.replacen("mariadb://", "mysql://", 1);
+    let options = MySqlConnectOptions::from_str(&url)?
+        .charset("utf8mb4")
+        .timezone(Some("+00:00".into()));
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // A value the column cannot hold is an error on every
+                // engine, never a warning and a changed value.
+                conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+}
+
+/// `?, ?, ...`: `n` placeholders.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Binds a JSON value as the MySQL value it stands for: integers as
+/// integers, every other number as its exact text (the server converts
+/// text to a decimal or a double exactly), documents as their text.
+fn bind<'q>(q: MyQuery<'q>, v: &Value, class: Class) -> MyQuery<'q> {
+    match v {
+        Value::Null => q.bind(None::<String>),
+        Value::Bool(b) => q.bind(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => q.bind(i),
+            (_, Some(u)) => q.bind(u),
+            _ => q.bind(n.as_str().to_owned()),
+        },
+        // Bytes travel as `\x` and hex, as PostgreSQL writes them.
+        Value::String(s) if class == Class::Bytes => match s.strip_prefix("\\x").and_then(unhex) {
+            Some(bytes) => q.bind(bytes),
+            None => q.bind(s.clone()),
+        },
+        Value::String(s) => q.bind(s.clone()),
+        other => q.bind(other.to_string()),
+    }
+}
+
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl TableBinding {
+    /// The class of one of the table's columns in MySQL.
+    fn my_class(&self, column: &str) -> Class {
+        self.column_types
+            .get(column)
+            .map(|t| Class::mysql(t))
+            .unwrap_or(Class::Any)
+    }
+}
+
+/// The expression that selects `column` so that [`decode`] reads it
+/// exactly.
+fn select_expr(b: &TableBinding, column: &str) -> String {
+    let c = ident(column);
+    match b.my_class(column) {
+        Class::Timestamp { .. } => format!("DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f')"),
+        Class::Date => format!("DATE_FORMAT({c}, '%Y-%m-%d')"),
+        Class::Bytes => format!("LOWER(HEX({c}))"),
+        Class::Any => format!("CAST({c} AS CHAR)"),
+        _ => c,
+    }
+}
+
+/// The select list of `columns`.
+fn select_list(b: &TableBinding, columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| select_expr(b, c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Column `i` of `row` (selected by [`select_expr`]) as JSON, or why it
+/// cannot be read.
+fn decode(row: &MySqlRow, i: usize, class: Class) -> Result<Value, String> {
+    let raw = row.try_get_raw(i).map_err(|e| e.to_string())?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let type_name = raw.type_info().name().to_owned();
+    let err = |e: sqlx::Error| e.to_string();
+    Ok(match type_name.as_str() {
+        "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
+            Value::from(row.try_get_unchecked::<i64, _>(i).map_err(err)?)
+        }
+        t if t.ends_with("UNSIGNED") => Value::from(row.try_get_unchecked::<u64, _>(i).map_err(err)?),
+        "FLOAT" => {
+            let f = row.try_get_unchecked::<f32, _>(i).map_err(err)?;
+            match value::canonical_number(&f.to_string()) {
+                Some(text) if f.is_finite() => Value::Number(text.parse().map_err(|e| format!("{e}"))?),
+                _ => value::float_value(f64::from(f)),
+            }
+        }
+        "DOUBLE" => value::float_value(row.try_get_unchecked::<f64, _>(i).map_err(err)?),
+        _ => {
+            let bytes = row.try_get_unchecked::<&[u8], _>(i).map_err(err)?;
+            let text = std::str::from_utf8(bytes).map_err(|e| {
+                format!(
+                    "text is not valid UTF-8 (byte {} of {}: {e})",
+                    e.valid_up_to(),
+                    read::hex_head(bytes)
+                )
+            })?;
+            match class {
+                Class::Json => {
+                    serde_json::from_str(text).map_err(|e| format!("`{text}` is not JSON: {e}"))?
+                }
+                Class::Bytes => Value::String(format!("\\x{text}")),
+                // A decimal keeps every digit of its text.
+                Class::Decimal { .. } => match serde_json::from_str::<serde_json::Number>(text) {
+                    Ok(n) => Value::Number(n),
+                    Err(_) => Value::String(text.to_owned()),
+                },
+                _ => Value::String(text.to_owned()),
+            }
+        }
+    })
+}
+
+impl SqlConnector {
+    /// The columns of `table` with their types (a MariaDB `longtext`
+    /// checked by `json_valid` is `json`), or `None` when it does not exist.
+    pub(super) async fn mysql_columns(
+        &self,
+        pool: &MySqlPool,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
+        let (db, t) = match name.split_once('.') {
+            Some((db, t)) => (Some(db), t),
+            None => (None, name),
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+        )
+        .bind(db)
+        .bind(t)
+        .fetch_all(pool)
+        .await
+        .map_err(self.query_error(name))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut columns: BTreeMap<String, String> = rows.into_iter().collect();
+        if columns.values().any(|t| t == "longtext") {
+            // MariaDB's JSON: a longtext with a json_valid check (MySQL has
+            // a type of its own, and no TABLE_NAME here: nothing to find).
+            let checks: Vec<String> = sqlx::query_scalar(
+                "SELECT CAST(CHECK_CLAUSE AS CHAR) FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
+            )
+            .bind(db)
+            .bind(t)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+            for (column, kind) in columns.iter_mut() {
+                if kind == "longtext"
+                    && checks
+                        .iter()
+                        .any(|c| c.contains(&format!("json_valid(`{column}`)")))
+                {
+                    *kind = "json".into();
+                }
+            }
+        }
+        Ok(Some(columns))
+    }
+
+    /// A row of the columns `names`, as the document the engine reads.
+    fn mysql_row(b: &TableBinding, row: &MySqlRow, names: &[&str]) -> (Fields, Option<BadRow>) {
+        let mut doc = Fields::new();
+        let mut unreadable: Option<String> = None;
+        for (i, name) in names.iter().enumerate() {
+            let value = decode(row, i, b.my_class(name)).unwrap_or_else(|why| {
+                let field = b
+                    .fields
+                    .iter()
+                    .find(|f| f.column == *name)
+                    .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
+                    .unwrap_or_else(|| format!("column `{name}`"));
+                unreadable.get_or_insert(format!("{field}: {why}"));
+                Value::Null
+            });
+            doc.insert((*name).to_owned(), value);
+        }
+        let bad = unreadable.map(|why| {
+            let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+            BadRow {
+                reason: format!("system `{}`, table `{}`, row `{id}`: {why}", b.system, b.table),
+                id,
+            }
+        });
+        (doc, bad)
+    }
+
+    /// Up to `limit` rows changed after `after`, by keyset on
+    /// (`updated_at`, `id`), each with why it cannot be read, if so.
+    pub(super) async fn mysql_changes(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<(Fields, Option<BadRow>)>, ConnectorError> {
+        let names = sqlite_columns(b);
+        let (t, id, upd) = (table(&b.table), ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let cols = select_list(b, &names);
+        let sql = match after {
+            None => format!("SELECT {cols} FROM {t} ORDER BY {upd}, {id} LIMIT ?"),
+            Some(_) => format!(
+                "SELECT {cols} FROM {t} WHERE {upd} > ? OR ({upd} = ? AND {id} > ?) ORDER BY {upd}, {id} LIMIT ?"
+            ),
+        };
+        let mut q = sqlx::query(&sql);
+        if let Some(c) = after {
+            let time_class = b.my_class(UPDATED_AT_COLUMN);
+            q = bind(q, &c.updated_at, time_class);
+            q = bind(q, &c.updated_at, time_class);
+            q = bind(q, &c.id, b.my_class(ID_COLUMN));
+        }
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(self.query_error(&b.table))?;
+        Ok(rows.iter().map(|r| Self::mysql_row(b, r, &names)).collect())
+    }
+
+    /// The rows with `ids`, `chunk` at a time: `select` selects the columns
+    /// `names` of the rows whose id is in the list it is given.
+    async fn mysql_by_ids(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        ids: &[String],
+        names: &[&str],
+    ) -> Result<Vec<(Fields, Option<BadRow>)>, ConnectorError> {
+        let (t, id) = (table(&b.table), ident(ID_COLUMN));
+        let cols = select_list(b, names);
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_PARAMS) {
+            let sql = format!("SELECT {cols} FROM {t} WHERE {id} IN ({})", marks(chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for v in self.native_ids(b, chunk) {
+                q = bind(q, &v, Class::Any);
+            }
+            let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+            out.extend(rows.iter().map(|r| Self::mysql_row(b, r, names)));
+        }
+        Ok(out)
+    }
+
+    /// The records with `ids` (every column the binding reads).
+    pub(super) async fn mysql_read_by_ids(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<Vec<(Fields, Option<BadRow>)>, ConnectorError> {
+        self.mysql_by_ids(pool, b, ids, &sqlite_columns(b)).await
+    }
+
+    /// Which of `ids` exist and are not marked deleted.
+    pub(super) async fn mysql_present(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<HashSet<String>, ConnectorError> {
+        let mut names = vec![ID_COLUMN];
+        names.extend(b.deleted_column.as_deref());
+        let rows = self.mysql_by_ids(pool, b, ids, &names).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(doc, _)| !b.marked_deleted(|c| doc.get(c)))
+            .filter_map(|(doc, _)| doc.get(ID_COLUMN).and_then(id_text))
+            .collect())
+    }
+
+    /// Runs `sql` (with an `IN (...)` list of `ids` at `{ids}`) for each
+    /// chunk of `ids`, after the `before` values.
+    async fn mysql_each_chunk(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        sql: &str,
+        before: &[Value],
+        ids: &[String],
+    ) -> Result<(), ConnectorError> {
+        for chunk in ids.chunks(MAX_PARAMS) {
+            let sql = sql.replace("{ids}", &marks(chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for v in before {
+                q = bind(q, v, Class::Any);
+            }
+            for v in self.native_ids(b, chunk) {
+                q = bind(q, &v, Class::Any);
+            }
+            q.execute(pool).await.map_err(self.query_error(&b.table))?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn mysql_delete(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<(), ConnectorError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE {} IN ({{ids}})",
+            table(&b.table),
+            ident(ID_COLUMN)
+        );
+        self.mysql_each_chunk(pool, b, &sql, &[], ids).await
+    }
+
+    /// Marks rows archived: `column` set to true, or to `stamp` when it
+    /// holds times; `updated_at` moves too.
+    pub(super) async fn mysql_archive(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        ids: &[String],
+        column: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), ConnectorError> {
+        let stamp = mysql_time(now);
+        let is_time = matches!(b.my_class(column), Class::Timestamp { .. } | Class::Date);
+        let (value, before) = match is_time {
+            true => ("?", vec![stamp.clone(), stamp]),
+            false => ("TRUE", vec![stamp]),
+        };
+        let sql = format!(
+            "UPDATE {} SET {} = {value}, {} = ? WHERE {} IN ({{ids}})",
+            table(&b.table),
+            ident(column),
+            ident(UPDATED_AT_COLUMN),
+            ident(ID_COLUMN)
+        );
+        self.mysql_each_chunk(pool, b, &sql, &before, ids).await
+    }
+
+    /// Ids of rows created with each of `keys`, by the key column.
+    pub(super) async fn mysql_find_by_keys(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        key_column: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, ConnectorError> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(MAX_PARAMS) {
+            let sql = format!(
+                "SELECT CAST({k} AS CHAR), CAST({id} AS CHAR) FROM {t} WHERE {k} IN ({})",
+                marks(chunk.len()),
+                k = ident(key_column),
+                id = ident(ID_COLUMN),
+                t = table(&b.table)
+            );
+            let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            found.extend(q.fetch_all(pool).await.map_err(self.query_error(&b.table))?);
+        }
+        Ok(found)
+    }
+
+    /// Inserts `rows` (native columns, every row the same ones) in
+    /// multi-row statements; `upsert` overwrites rows whose id is there.
+    pub(super) async fn mysql_insert(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        rows: &[Fields],
+        upsert: bool,
+    ) -> Result<(), sqlx::Error> {
+        let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
+        let classes: Vec<Class> = columns.iter().map(|c| b.my_class(c)).collect();
+        let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let on_duplicate = match upsert {
+            true => format!(
+                " ON DUPLICATE KEY UPDATE {}",
+                columns
+                    .iter()
+                    .filter(|c| **c != ID_COLUMN)
+                    .map(|c| format!("{0} = VALUES({0})", ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            false => String::new(),
+        };
+        let row_marks = format!("({})", marks(columns.len()));
+        for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
+            let sql = format!(
+                "INSERT INTO {} ({list}) VALUES {}{on_duplicate}",
+                table(&b.table),
+                vec![row_marks.as_str(); chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                for (c, class) in columns.iter().zip(&classes) {
+                    q = bind(q, row.get(*c).unwrap_or(&Value::Null), *class);
+                }
+            }
+            q.execute(pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `rows` (each with its native `id`) over the rows with those
+    /// ids: one `UPDATE ... JOIN` of the rows given as a derived table per
+    /// chunk. Rows gone are left gone.
+    pub(super) async fn mysql_update(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        rows: &[Fields],
+    ) -> Result<(), ConnectorError> {
+        let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
+        let classes: Vec<Class> = columns.iter().map(|c| b.my_class(c)).collect();
+        let set = columns
+            .iter()
+            .filter(|c| **c != ID_COLUMN)
+            .map(|c| format!("t.{0} = u.{0}", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let first = columns
+            .iter()
+            .map(|c| format!("? AS {}", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rest = format!(" UNION ALL SELECT {}", marks(columns.len()));
+        for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
+            let sql = format!(
+                "UPDATE {} AS t JOIN (SELECT {first}{}) AS u ON t.{id} = u.{id} SET {set}",
+                table(&b.table),
+                rest.repeat(chunk.len() - 1),
+                id = ident(ID_COLUMN)
+            );
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                for (c, class) in columns.iter().zip(&classes) {
+                    q = bind(q, row.get(*c).unwrap_or(&Value::Null), *class);
+                }
+            }
+            q.execute(pool).await.map_err(self.query_error(&b.table))?;
+        }
+        Ok(())
+    }
+}
+
+/// A time as MySQL takes it: `YYYY-MM-DD HH:MM:SS.ffffff`, in UTC.
+pub(super) fn mysql_time(t: DateTime<Utc>) -> Value {
+    Value::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_part_by_part() {
+        assert_eq!(table("shop.customers"), "`shop`.`customers`");
+        assert_eq!(table("odd`name"), "`odd``name`");
+        assert_eq!(ident("a.b"), "`a.b`");
+    }
+
+    #[test]
+    fn bytes_travel_as_hex() {
+        assert_eq!(unhex("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
