@@ -236,6 +236,58 @@ async fn sqlite_to_mariadb_with_foreign_keys_on_the_embedded_store() {
     end_to_end(Kind::Sqlite, Kind::Mariadb, state, dir).await;
 }
 
+/// Both systems in one PostgreSQL database, in two schemas: the source's
+/// tables named `schema.table`, the target's found through the system's
+/// `schema`; a hard delete is reconciled there too.
+#[tokio::test]
+async fn postgres_tables_in_two_schemas_of_one_database() {
+    let dir = TempDir::new("e2e-schemas");
+    let Some(source) = SystemDb::with_tables(Kind::Postgres, &dir, "source").await else {
+        return;
+    };
+    let Some(target) = SystemDb::with_tables(Kind::Postgres, &dir, "target").await else {
+        return;
+    };
+    let schema = |db: &SystemDb| match db {
+        SystemDb::Postgres { schema } => schema.name.clone(),
+        _ => unreachable!(),
+    };
+    let (crm, erp) = (schema(&source), schema(&target));
+    let (accounts, contacts, orders) = crm_rows(30);
+    source.insert("accounts", &accounts).await;
+    source.insert("contacts", &contacts).await;
+    source.insert("orders", &orders).await;
+    // One URL for both, without a search path.
+    let url = support::postgres_url();
+    let mut toml = workflow_toml("e2e", "bidirectional", &url, &url, &[]);
+    for table in ["accounts", "contacts", "orders"] {
+        toml = toml.replace(
+            &format!("source_table = \"{table}\"\n"),
+            &format!("source_table = \"{crm}.{table}\"\nreconcile_every = \"0s\"\n"),
+        );
+    }
+    toml = toml.replace("[systems.erp]\n", &format!("[systems.erp]\nschema = \"{erp}\"\n"));
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(target.dump("customers").await.len(), 30);
+    assert_eq!(target.dump("people").await.len(), 60);
+    assert_eq!(target.dump("sales_orders").await.len(), 90);
+    let order_map = target_ids(&store, "order", &ids(&orders)).await;
+
+    source.exec("DELETE FROM orders WHERE id = 'O-000007'").await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(writes_of(&store, &run).await, 0);
+    let sales = target.dump("sales_orders").await;
+    assert_eq!(sales.len(), 89);
+    assert!(!sales.iter().any(|o| o["id"] == order_map["O-000007"]));
+    source.drop().await;
+    target.drop().await;
+    state.drop().await;
+}
+
 #[tokio::test]
 async fn sqlite_to_postgres_with_foreign_keys_on_the_embedded_store() {
     let dir = TempDir::new("e2e");

@@ -138,7 +138,9 @@ impl Connector {
     /// environment variable the definition names).
     pub async fn connect(system: &SystemDef, url: &str) -> Result<Connector, ConnectorError> {
         match system.connector {
-            ConnectorKind::Sql => Ok(Connector::Sql(SqlConnector::connect(&system.name, url).await?)),
+            ConnectorKind::Sql => Ok(Connector::Sql(
+                SqlConnector::connect_in(&system.name, url, system.schema.as_deref()).await?,
+            )),
             ConnectorKind::Http => Ok(Connector::Http(HttpConnector::connect(system, url, |var| {
                 std::env::var(var).ok()
             })?)),

@@ -58,9 +58,30 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A table's name as SQL reads it: `schema.table` names a table of another
+/// schema (PostgreSQL) or attached database (SQLite), each part quoted on
+/// its own.
+fn table_ident(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, table)) => format!("{}.{}", ident(schema), ident(table)),
+        None => ident(name),
+    }
+}
+
 impl SqlConnector {
     /// Connects to the database of `system` at `url`.
     pub async fn connect(system: &str, url: &str) -> Result<SqlConnector, ConnectorError> {
+        Self::connect_in(system, url, None).await
+    }
+
+    /// Connects to the database of `system` at `url`, where tables not
+    /// qualified by a schema are looked for in `schema` (PostgreSQL's
+    /// search path, MySQL's default database).
+    pub async fn connect_in(
+        system: &str,
+        url: &str,
+        schema: Option<&str>,
+    ) -> Result<SqlConnector, ConnectorError> {
         let err = |source| ConnectorError::Connect {
             system: system.to_owned(),
             url: url.to_owned(),
@@ -69,9 +90,12 @@ impl SqlConnector {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // Floats as the shortest text that reads back as the same
             // float, whatever the server's default.
-            let options = PgConnectOptions::from_str(url)
+            let mut options = PgConnectOptions::from_str(url)
                 .map_err(err)?
                 .options([syncd_core::sql::CUSTOM_PLANS, ("extra_float_digits", "1")]);
+            if let Some(schema) = schema {
+                options = options.options([("search_path", ident(schema))]);
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
@@ -85,9 +109,17 @@ impl SqlConnector {
         } else if mysql::is_mysql_url(url) {
             Ok(SqlConnector::Mysql {
                 system: system.to_owned(),
-                pool: mysql::connect(url).await.map_err(err)?,
+                pool: mysql::connect(url, schema).await.map_err(err)?,
             })
         } else if url.starts_with("sqlite:") {
+            if let Some(schema) = schema {
+                return Err(ConnectorError::Config {
+                    system: system.to_owned(),
+                    reason: format!(
+                        "`schema = \"{schema}\"` is for PostgreSQL and MySQL: a SQLite file has no schemas"
+                    ),
+                });
+            }
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(err)?
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
@@ -133,15 +165,17 @@ impl SqlConnector {
         let rows: Vec<(String, String)> = match self {
             SqlConnector::Postgres { pool, .. } => sqlx::query_as(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped",
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
             )
-            .bind(table)
+            .bind(table_ident(table))
             .fetch_all(pool)
             .await
             .map_err(self.query_error(table))?,
             SqlConnector::Sqlite { pool, .. } => {
-                sqlx::query_as("SELECT name, upper(type) FROM pragma_table_info(?1)")
-                    .bind(table)
+                let (schema, name) = table.split_once('.').unwrap_or(("main", table));
+                sqlx::query_as("SELECT name, upper(type) FROM pragma_table_info(?1, ?2)")
+                    .bind(name)
+                    .bind(schema)
                     .fetch_all(pool)
                     .await
                     .map_err(self.query_error(table))?

@@ -87,6 +87,9 @@ pub struct SystemDef {
     /// Tenants may resolve it to the same URL on purpose (`shared = true`):
     /// something other than the URL keeps their records apart.
     pub shared: bool,
+    /// Where tables not qualified by a schema are (`schema = "shop"`):
+    /// PostgreSQL's search path, MySQL's database.
+    pub schema: Option<String>,
 }
 
 /// Two tenants whose copies of one system resolve to the same database or
@@ -419,7 +422,16 @@ impl Workflow {
                 parse_connector,
             )?;
             let http = match connector {
-                ConnectorKind::Http => Some(def.parse(&mut errors, name, &entity_names)),
+                ConnectorKind::Http => {
+                    if def.schema.is_some() {
+                        errors.push(
+                            None,
+                            Some(&format!("systems.{name}.schema")),
+                            "`schema` is a setting of SQL systems (an API has collections, not schemas)",
+                        );
+                    }
+                    Some(def.parse(&mut errors, name, &entity_names))
+                }
                 ConnectorKind::Sql => {
                     if def.has_http_settings() {
                         errors.push(
@@ -438,6 +450,7 @@ impl Workflow {
                 url: def.url.clone(),
                 http,
                 shared: def.shared,
+                schema: def.schema.clone(),
             })
         };
         let source = system("source", &raw.source);

@@ -37,13 +37,16 @@ pub(super) fn is_mysql_url(url: &str) -> bool {
     url.starts_with("mysql://") || url.starts_with("mariadb://")
 }
 
-/// A pool on the database at `url` (`mysql://` or `mariadb://`): strict,
-/// in UTC, utf8mb4.
-pub(super) async fn connect(url: &str) -> Result<MySqlPool, sqlx::Error> {
+/// A pool on the database at `url` (`mysql://` or `mariadb://`), or on
+/// database `schema` of that server: strict, in UTC, utf8mb4.
+pub(super) async fn connect(url: &str, schema: Option<&str>) -> Result<MySqlPool, sqlx::Error> {
     let url = url.replacen("mariadb://", "mysql://", 1);
-    let options = MySqlConnectOptions::from_str(&url)?
+    let mut options = MySqlConnectOptions::from_str(&url)?
         .charset("utf8mb4")
         .timezone(Some("+00:00".into()));
+    if let Some(schema) = schema {
+        options = options.database(schema);
+    }
     MySqlPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))

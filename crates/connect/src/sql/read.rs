@@ -10,7 +10,7 @@ impl SqlConnector {
         after: Option<&Cursor>,
         limit: u32,
     ) -> Result<ChangePage, ConnectorError> {
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
         let rows = match self {
             SqlConnector::Postgres { pool, .. } => {
@@ -82,7 +82,7 @@ impl SqlConnector {
         if ids.is_empty() {
             return Ok(ByIds::default());
         }
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         let docs: Vec<(Fields, Option<BadRow>)> = match self {
             SqlConnector::Postgres { pool, .. } => {
@@ -133,7 +133,7 @@ impl SqlConnector {
         if ids.is_empty() {
             return Ok(HashSet::new());
         }
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         let mark = b.deleted_column.as_deref().map(ident);
         let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
@@ -182,7 +182,7 @@ impl SqlConnector {
         if ids.is_empty() {
             return Ok(HashSet::new());
         }
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         let mark = b.deleted_column.as_deref().map(ident);
         let limit = (ids.len() * 2 + 64) as i64;

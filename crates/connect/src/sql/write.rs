@@ -8,7 +8,7 @@ impl SqlConnector {
         if ids.is_empty() {
             return Ok(());
         }
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         match self {
             SqlConnector::Mysql { pool, .. } => return self.mysql_delete(pool, b, ids).await,
@@ -44,7 +44,7 @@ impl SqlConnector {
         if ids.is_empty() {
             return Ok(());
         }
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let (id, upd, col) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN), ident(column));
         let column_type = b
             .column_types
@@ -92,7 +92,7 @@ impl SqlConnector {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let (t, k, id) = (ident(&b.table), ident(key_col), ident(ID_COLUMN));
+        let (t, k, id) = (table_ident(&b.table), ident(key_col), ident(ID_COLUMN));
         let rows: Vec<(String, String)> = match self {
             SqlConnector::Mysql { pool, .. } => return self.mysql_find_by_keys(pool, b, key_col, keys).await,
             SqlConnector::Postgres { pool, .. } => {
@@ -181,7 +181,7 @@ impl SqlConnector {
         }
         let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
         let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         let upsert = match b.id_kind {
             IdKind::Text => format!(
@@ -300,7 +300,7 @@ impl SqlConnector {
             .map(String::as_str)
             .filter(|c| *c != ID_COLUMN)
             .collect();
-        let t = ident(&b.table);
+        let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         match self {
             SqlConnector::Mysql { pool, .. } => self.mysql_update(pool, b, &rows).await?,

@@ -110,6 +110,7 @@ pub(super) struct RawSystem {
     pub(super) url: Option<String>,
     #[serde(default)]
     pub(super) shared: bool,
+    pub(super) schema: Option<String>,
     auth: Option<RawAuth>,
     rate_limit: Option<f64>,
     timeout: Option<String>,
