@@ -763,3 +763,147 @@ async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
     assert!(!error.contains("Hidden"));
     pg.drop().await;
 }
+
+/// `n` accounts' worth of CRM rows of `tenant`: ids prefixed with the
+/// tenant's name, and its name in `tenant_id`.
+fn tenant_rows(tenant: &str, n: usize) -> [Vec<serde_json::Value>; 3] {
+    let (accounts, contacts, orders) = crm_rows(n);
+    [accounts, contacts, orders].map(|rows| {
+        rows.into_iter()
+            .map(|mut row| {
+                for key in ["id", "parent_id", "account_id", "contact_id"] {
+                    if let Some(id) = row.get(key).and_then(|v| v.as_str()) {
+                        row[key] = json!(format!("{tenant}:{id}"));
+                    }
+                }
+                row["tenant_id"] = json!(tenant);
+                row
+            })
+            .collect()
+    })
+}
+
+/// Rows of `table` of each tenant.
+async fn per_tenant(db: &SystemDb, table: &str) -> (usize, usize, usize) {
+    let rows = db.dump(table).await;
+    let of = |t: &str| rows.iter().filter(|r| r["tenant_id"] == t).count();
+    (of("acme"), of("globex"), rows.len())
+}
+
+/// Two tenants in one shared table pair (a MariaDB shop, a PostgreSQL
+/// ERP), kept apart by a tenant column, synced both ways by one worker at
+/// once: each tenant's rows reach only its own target rows, nothing comes
+/// back twice, and a reconciliation of one tenant deletes nothing of the
+/// other's.
+#[tokio::test]
+async fn tenants_sharing_tables_stay_apart_under_a_worker() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("shared-tables");
+    let Some(shop) = SystemDb::with_tables(Kind::Mariadb, &dir, "source").await else {
+        return;
+    };
+    let erp = SystemDb::with_tables(Kind::Postgres, &dir, "target")
+        .await
+        .unwrap();
+    for table in ["accounts", "contacts", "orders"] {
+        shop.exec(&format!(
+            "ALTER TABLE {table} ADD COLUMN tenant_id VARCHAR(32) NOT NULL"
+        ))
+        .await;
+    }
+    for table in ["customers", "people", "sales_orders"] {
+        erp.exec(&format!("ALTER TABLE {table} ADD COLUMN tenant_id text NOT NULL"))
+            .await;
+    }
+    for (tenant, n) in [("acme", 20), ("globex", 30)] {
+        let [accounts, contacts, orders] = tenant_rows(tenant, n);
+        shop.insert("accounts", &accounts).await;
+        shop.insert("contacts", &contacts).await;
+        shop.insert("orders", &orders).await;
+    }
+    let toml = scheduled(
+        &workflow_toml("shared", "bidirectional", &shop.url(), &erp.url(), &[]),
+        "* * * * * *",
+    )
+    .replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\ntenant_column = \"tenant_id\"\n",
+    )
+    .replace("[tenants.t1]\n", "[tenants.acme]\n\n[tenants.globex]\n")
+    .replace("[entities.fields]", "reconcile_every = \"0s\"\n[entities.fields]");
+    std::fs::create_dir_all(dir.0.join("workflows")).unwrap();
+    let file = dir.0.join("workflows/shared.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let store = Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+        .await
+        .unwrap();
+
+    // One worker runs both tenants' schedules, each tick both at once.
+    let worker = spawn_worker(&dir, &pg.url, "worker-shared");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = Vec::new();
+        for tenant in ["acme", "globex"] {
+            let runs = store
+                .list_runs(&RunFilter {
+                    tenant: Some(tenant.into()),
+                    state: Some(RunState::Succeeded),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            done.push(runs.len());
+        }
+        if done.iter().all(|n| *n >= 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "succeeded runs by tenant: {done:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(worker);
+
+    assert_eq!(per_tenant(&erp, "customers").await, (20, 30, 50));
+    assert_eq!(per_tenant(&erp, "people").await, (40, 60, 100));
+    assert_eq!(per_tenant(&erp, "sales_orders").await, (60, 90, 150));
+    // Nothing came back to the shop as new rows of either tenant.
+    assert_eq!(per_tenant(&shop, "accounts").await, (20, 30, 50));
+    assert_eq!(per_tenant(&shop, "orders").await, (60, 90, 150));
+    // Each tenant's records map to target rows of that tenant.
+    let sales = erp.dump("sales_orders").await;
+    for tenant in ["acme", "globex"] {
+        let scope = syncd_core::ids::EntityScope::new(tenant, "shared", "order");
+        let ids: Vec<String> = (0..3).map(|i| format!("{tenant}:O-{i:06}")).collect();
+        let found = store
+            .lookup(&scope, syncd_core::record::Side::Source, &ids)
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 3, "{tenant}");
+        for m in found.values() {
+            let target = m.target_id.as_deref().unwrap();
+            let row = sales.iter().find(|r| r["id"] == target).unwrap();
+            assert_eq!(row["tenant_id"], tenant, "{m:?}");
+        }
+    }
+
+    // One of acme's orders is deleted in the shop: acme's reconciliation
+    // deletes its target row, and nothing of globex's.
+    shop.exec("DELETE FROM orders WHERE id = 'acme:O-000004'").await;
+    let out = dir.0.join("acme.out");
+    let err = dir.0.join("acme.err");
+    let status = support::spawn_syncd_run(&file, "acme", &pg.url, &[], &out, &err)
+        .wait()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    assert_eq!(per_tenant(&erp, "sales_orders").await, (59, 90, 149));
+    assert_eq!(per_tenant(&erp, "customers").await, (20, 30, 50));
+    shop.drop().await;
+    erp.drop().await;
+    pg.drop().await;
+}

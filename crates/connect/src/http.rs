@@ -287,6 +287,7 @@ impl HttpConnector {
             key_column: r.external_id_field.clone(),
             deleted_column,
             column_types: columns,
+            tenant: None,
         })
     }
 

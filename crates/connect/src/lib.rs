@@ -437,6 +437,10 @@ pub struct TableBinding {
     pub deleted_column: Option<String>,
     /// Native column types by name, as the database names them.
     pub(crate) column_types: std::collections::BTreeMap<String, String>,
+    /// The tenant column and this tenant's value in it, when tenants share
+    /// the table: every read, reconciliation, update and delete sees only
+    /// the tenant's rows, and every create sets it.
+    pub tenant: Option<(String, String)>,
 }
 
 impl TableBinding {

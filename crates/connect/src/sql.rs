@@ -58,6 +58,21 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// ` AND <prefix><column> = '<value>'`: a statement's rows restricted to
+/// the tenant's, on a table tenants share (empty otherwise). The value
+/// comes from the definition; it is written as a quoted literal, quotes
+/// doubled (and, for MySQL, backslashes).
+fn tenant_and(b: &TableBinding, prefix: &str, dialect: Dialect) -> String {
+    let Some((column, value)) = &b.tenant else {
+        return String::new();
+    };
+    let (column, value) = match dialect {
+        Dialect::Mysql => (mysql::ident(column), value.replace('\\', "\\\\")),
+        _ => (ident(column), value.clone()),
+    };
+    format!(" AND {prefix}{column} = '{}'", value.replace('\'', "''"))
+}
+
 /// A table's name as SQL reads it: `schema.table` names a table of another
 /// schema (PostgreSQL) or attached database (SQLite), each part quoted on
 /// its own.
@@ -243,6 +258,7 @@ impl SqlConnector {
             },
             deleted_column,
             column_types: columns,
+            tenant: None,
         })
     }
 

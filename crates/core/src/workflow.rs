@@ -21,6 +21,7 @@ use std::str::FromStr;
 
 mod http;
 mod rules;
+mod tenancy;
 use http::RawSystem;
 pub use http::{HttpAuth, HttpResource, HttpSystem, Pagination};
 
@@ -90,6 +91,9 @@ pub struct SystemDef {
     /// Where tables not qualified by a schema are (`schema = "shop"`):
     /// PostgreSQL's search path, MySQL's database.
     pub schema: Option<String>,
+    /// The column every table of the system keeps its tenant in, when
+    /// tenants share its tables.
+    pub tenant_column: Option<String>,
 }
 
 /// Two tenants whose copies of one system resolve to the same database or
@@ -108,8 +112,9 @@ impl std::fmt::Display for SharedSystem {
         write!(
             f,
             "tenants `{}` and `{}` both sync system `{}` at {}: each would read the other's records as its own \
-             and create them again (give each tenant its own URL under [tenants.NAME] urls or url_env, or say \
-             `shared = true` under [systems.{}] if the records of each tenant are kept apart in it)",
+             and create them again (give each tenant its own URL under [tenants.NAME] urls or url_env, keep \
+             their rows apart with `tenant_column`, or say `shared = true` under [systems.{}] if the records \
+             of each tenant are kept apart in it by other means)",
             self.tenants.0, self.tenants.1, self.system, self.url, self.system
         )
     }
@@ -139,6 +144,9 @@ pub struct EntityDef {
     pub idempotency_column: Option<String>,
     /// What happens when its records disappear.
     pub deletes: DeletePolicy,
+    /// The column its table keeps the tenant in, on each side (source,
+    /// target), when tenants share the table; else the system's.
+    pub tenant_column: (Option<String>, Option<String>),
 }
 
 impl FieldMap {
@@ -174,6 +182,9 @@ pub struct TenantDef {
     /// Environment variables holding this tenant's credentials for each HTTP
     /// system, instead of the system's own.
     pub auth_env: BTreeMap<String, String>,
+    /// This tenant's value in the tenant column of each system, by system
+    /// name (the tenant's name when unsaid).
+    pub tenant_values: BTreeMap<String, String>,
 }
 
 /// A validated cron expression and the text it came from.
@@ -268,6 +279,7 @@ struct RawEntity {
     reconcile_every: Option<String>,
     verify_after: Option<String>,
     delete_brake: Option<RawBrake>,
+    tenant_column: Option<RawSides>,
 }
 
 #[derive(Deserialize)]
@@ -315,6 +327,8 @@ struct RawTenant {
     url_env: BTreeMap<String, String>,
     #[serde(default)]
     auth_env: BTreeMap<String, String>,
+    #[serde(default)]
+    tenant_values: BTreeMap<String, String>,
 }
 
 /// Collects errors for one file.
@@ -451,6 +465,7 @@ impl Workflow {
                 http,
                 shared: def.shared,
                 schema: def.schema.clone(),
+                tenant_column: def.tenant_column.clone(),
             })
         };
         let source = system("source", &raw.source);
@@ -524,6 +539,11 @@ impl Workflow {
                 merge,
                 idempotency_column: e.idempotency_column.clone(),
                 deletes,
+                tenant_column: match &e.tenant_column {
+                    None => (None, None),
+                    Some(RawSides::Same(c)) => (Some(c.clone()), Some(c.clone())),
+                    Some(RawSides::Each { source, target }) => (source.clone(), target.clone()),
+                },
             });
         }
 
@@ -556,7 +576,12 @@ impl Workflow {
                     strategies.insert(EntityType::from(entity.as_str()), s);
                 }
             }
-            for system in t.urls.keys().chain(t.url_env.keys()) {
+            for system in t
+                .urls
+                .keys()
+                .chain(t.url_env.keys())
+                .chain(t.tenant_values.keys())
+            {
                 if !raw.systems.contains_key(system) {
                     errors.push(
                         None,
@@ -587,6 +612,7 @@ impl Workflow {
                     urls: t.urls.clone(),
                     url_env: t.url_env.clone(),
                     auth_env: t.auth_env.clone(),
+                    tenant_values: t.tenant_values.clone(),
                 },
             );
         }
@@ -717,7 +743,8 @@ impl Workflow {
     pub fn shared_systems(&self, env: impl Fn(&str) -> Option<String>) -> Vec<SharedSystem> {
         let mut found = Vec::new();
         let systems = [&self.source, &self.target];
-        for system in systems.into_iter().filter(|s| !s.shared) {
+        let apart = |s: &&SystemDef| !s.shared && !self.filters_by_tenant(s);
+        for system in systems.into_iter().filter(apart) {
             let mut seen: BTreeMap<String, &TenantId> = BTreeMap::new();
             for tenant in self.tenants.keys() {
                 let Ok(url) = self.system_url(tenant, system, &env) else {

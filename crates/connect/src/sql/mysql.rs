@@ -268,10 +268,12 @@ impl SqlConnector {
         let names = sqlite_columns(b);
         let (t, id, upd) = (table(&b.table), ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
         let cols = select_list(b, &names);
+        let ta = tenant_and(b, "", Dialect::Mysql);
         let sql = match after {
-            None => format!("SELECT {cols} FROM {t} ORDER BY {upd}, {id} LIMIT ?"),
+            None => format!("SELECT {cols} FROM {t} WHERE TRUE{ta} ORDER BY {upd}, {id} LIMIT ?"),
             Some(_) => format!(
-                "SELECT {cols} FROM {t} WHERE {upd} > ? OR ({upd} = ? AND {id} > ?) ORDER BY {upd}, {id} LIMIT ?"
+                "SELECT {cols} FROM {t} WHERE ({upd} > ? OR ({upd} = ? AND {id} > ?)){ta} \
+                 ORDER BY {upd}, {id} LIMIT ?"
             ),
         };
         let mut q = sqlx::query(&sql);
@@ -302,7 +304,11 @@ impl SqlConnector {
         let cols = select_list(b, names);
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_PARAMS) {
-            let sql = format!("SELECT {cols} FROM {t} WHERE {id} IN ({})", marks(chunk.len()));
+            let sql = format!(
+                "SELECT {cols} FROM {t} WHERE {id} IN ({}){}",
+                marks(chunk.len()),
+                tenant_and(b, "", Dialect::Mysql)
+            );
             let mut q = sqlx::query(&sql);
             for v in self.native_ids(b, chunk) {
                 q = bind(q, &v, Class::Any);
@@ -351,7 +357,7 @@ impl SqlConnector {
         ids: &[String],
     ) -> Result<(), ConnectorError> {
         for chunk in ids.chunks(MAX_PARAMS) {
-            let sql = sql.replace("{ids}", &marks(chunk.len()));
+            let sql = sql.replace("{ids}", &marks(chunk.len())) + &tenant_and(b, "", Dialect::Mysql);
             let mut q = sqlx::query(&sql);
             for v in before {
                 q = bind(q, v, Class::Any);
@@ -415,8 +421,9 @@ impl SqlConnector {
         let mut found = HashMap::new();
         for chunk in keys.chunks(MAX_PARAMS) {
             let sql = format!(
-                "SELECT CAST({k} AS CHAR), CAST({id} AS CHAR) FROM {t} WHERE {k} IN ({})",
+                "SELECT CAST({k} AS CHAR), CAST({id} AS CHAR) FROM {t} WHERE {k} IN ({}){}",
                 marks(chunk.len()),
+                tenant_and(b, "", Dialect::Mysql),
                 k = ident(key_column),
                 id = ident(ID_COLUMN),
                 t = table(&b.table)
@@ -497,9 +504,10 @@ impl SqlConnector {
         let rest = format!(" UNION ALL SELECT {}", marks(columns.len()));
         for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
             let sql = format!(
-                "UPDATE {} AS t JOIN (SELECT {first}{}) AS u ON t.{id} = u.{id} SET {set}",
+                "UPDATE {} AS t JOIN (SELECT {first}{}) AS u ON t.{id} = u.{id}{} SET {set}",
                 table(&b.table),
                 rest.repeat(chunk.len() - 1),
+                tenant_and(b, "t.", Dialect::Mysql),
                 id = ident(ID_COLUMN)
             );
             let mut q = sqlx::query(&sql);
@@ -528,6 +536,31 @@ mod tests {
         assert_eq!(table("shop.customers"), "`shop`.`customers`");
         assert_eq!(table("odd`name"), "`odd``name`");
         assert_eq!(ident("a.b"), "`a.b`");
+    }
+
+    #[test]
+    fn a_tenant_value_is_one_quoted_literal() {
+        let b = TableBinding {
+            system: "shop".into(),
+            entity: "account".into(),
+            table: "accounts".into(),
+            id_kind: IdKind::Text,
+            fields: Vec::new(),
+            key_column: None,
+            deleted_column: None,
+            column_types: BTreeMap::new(),
+            tenant: Some(("tenant_id".into(), r"o'brien\".into())),
+        };
+        assert_eq!(
+            tenant_and(&b, "t.", Dialect::Mysql),
+            r" AND t.`tenant_id` = 'o''brien\\'"
+        );
+        assert_eq!(
+            tenant_and(&b, "", Dialect::Postgres),
+            r#" AND "tenant_id" = 'o''brien\'"#
+        );
+        let shared_by_none = TableBinding { tenant: None, ..b };
+        assert_eq!(tenant_and(&shared_by_none, "", Dialect::Sqlite), "");
     }
 
     #[test]

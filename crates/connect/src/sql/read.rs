@@ -15,10 +15,13 @@ impl SqlConnector {
         let rows = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let doc = pg_row_document(b);
+                let ta = tenant_and(b, "t.", Dialect::Postgres);
                 let sql = match after {
-                    None => format!("SELECT {doc} FROM {t} t ORDER BY t.{upd}, t.{id} LIMIT $1"),
+                    None => {
+                        format!("SELECT {doc} FROM {t} t WHERE true{ta} ORDER BY t.{upd}, t.{id} LIMIT $1")
+                    }
                     Some(_) => format!(
-                        "SELECT {doc} FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})) \
+                        "SELECT {doc} FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})){ta} \
                          ORDER BY t.{upd}, t.{id} LIMIT $1",
                         b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
                     ),
@@ -35,10 +38,11 @@ impl SqlConnector {
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
+                let ta = tenant_and(b, "", Dialect::Sqlite);
                 let sql = match after {
-                    None => format!("SELECT {cols} FROM {t} ORDER BY {upd}, {id} LIMIT ?1"),
+                    None => format!("SELECT {cols} FROM {t} WHERE true{ta} ORDER BY {upd}, {id} LIMIT ?1"),
                     Some(_) => format!(
-                        "SELECT {cols} FROM {t} WHERE ({upd}, {id}) > (?2, ?3) ORDER BY {upd}, {id} LIMIT ?1"
+                        "SELECT {cols} FROM {t} WHERE ({upd}, {id}) > (?2, ?3){ta} ORDER BY {upd}, {id} LIMIT ?1"
                     ),
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
@@ -87,9 +91,10 @@ impl SqlConnector {
         let docs: Vec<(Fields, Option<BadRow>)> = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let sql = format!(
-                    "SELECT {} FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[]))",
+                    "SELECT {} FROM {t} t WHERE t.{id} = ANY(CAST($1 AS {}[])){}",
                     pg_row_document(b),
-                    b.column_types[ID_COLUMN]
+                    b.column_types[ID_COLUMN],
+                    tenant_and(b, "t.", Dialect::Postgres)
                 );
                 let rows = sqlx::query(&sql)
                     .bind(ids)
@@ -103,7 +108,10 @@ impl SqlConnector {
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
-                let sql = format!("SELECT {cols} FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1))");
+                let sql = format!(
+                    "SELECT {cols} FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1)){}",
+                    tenant_and(b, "", Dialect::Sqlite)
+                );
                 let rows = sqlx::query(&sql)
                     .bind(sqlx::types::Json(self.native_ids(b, ids)))
                     .fetch_all(pool)
@@ -141,8 +149,9 @@ impl SqlConnector {
             SqlConnector::Postgres { pool, .. } => {
                 let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({m})"));
                 let sql = format!(
-                    "SELECT {id}::text, {mark} FROM {t} WHERE {id} = ANY(CAST($1 AS {}[]))",
-                    b.column_types[ID_COLUMN]
+                    "SELECT {id}::text, {mark} FROM {t} WHERE {id} = ANY(CAST($1 AS {}[])){}",
+                    b.column_types[ID_COLUMN],
+                    tenant_and(b, "", Dialect::Postgres)
                 );
                 sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
             }
@@ -150,7 +159,8 @@ impl SqlConnector {
                 let mark = mark.map_or("NULL".into(), |m| format!("json_quote({m})"));
                 let sql = format!(
                     "SELECT CAST({id} AS TEXT), {mark} FROM {t} \
-                     WHERE {id} IN (SELECT value FROM json_each(?1))"
+                     WHERE {id} IN (SELECT value FROM json_each(?1)){}",
+                    tenant_and(b, "", Dialect::Sqlite)
                 );
                 sqlx::query_as(&sql)
                     .bind(sqlx::types::Json(self.native_ids(b, ids)))
@@ -186,6 +196,10 @@ impl SqlConnector {
         let id = ident(ID_COLUMN);
         let mark = b.deleted_column.as_deref().map(ident);
         let limit = (ids.len() * 2 + 64) as i64;
+        // A shared table's key spans other tenants' rows too: one probe an id.
+        if b.tenant.is_some() {
+            return self.present(b, ids).await;
+        }
         let rows: Vec<(String, Option<sqlx::types::Json<Value>>)> = match self {
             // One `IN` list a chunk: MySQL finds each id by its key.
             SqlConnector::Mysql { pool, .. } => return self.mysql_present(pool, b, ids).await,

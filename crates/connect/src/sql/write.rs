@@ -14,13 +14,17 @@ impl SqlConnector {
             SqlConnector::Mysql { pool, .. } => return self.mysql_delete(pool, b, ids).await,
             SqlConnector::Postgres { pool, .. } => {
                 let sql = format!(
-                    "DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS {}[]))",
-                    b.column_types[ID_COLUMN]
+                    "DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS {}[])){}",
+                    b.column_types[ID_COLUMN],
+                    tenant_and(b, "", Dialect::Postgres)
                 );
                 sqlx::query(&sql).bind(ids).execute(pool).await.map(|_| ())
             }
             SqlConnector::Sqlite { pool, .. } => {
-                let sql = format!("DELETE FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1))");
+                let sql = format!(
+                    "DELETE FROM {t} WHERE {id} IN (SELECT value FROM json_each(?1)){}",
+                    tenant_and(b, "", Dialect::Sqlite)
+                );
                 sqlx::query(&sql)
                     .bind(sqlx::types::Json(self.native_ids(b, ids)))
                     .execute(pool)
@@ -58,15 +62,18 @@ impl SqlConnector {
             SqlConnector::Postgres { pool, .. } => {
                 let value = if is_time { "CAST($2 AS timestamptz)" } else { "true" };
                 let sql = format!(
-                    "UPDATE {t} SET {col} = {value}, {upd} = CAST($2 AS {}) WHERE {id} = ANY(CAST($1 AS {}[]))",
-                    b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
+                    "UPDATE {t} SET {col} = {value}, {upd} = CAST($2 AS {}) WHERE {id} = ANY(CAST($1 AS {}[])){}",
+                    b.column_types[UPDATED_AT_COLUMN],
+                    b.column_types[ID_COLUMN],
+                    tenant_and(b, "", Dialect::Postgres)
                 );
                 sqlx::query(&sql).bind(ids).bind(&stamp).execute(pool).await.map(|_| ())
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let value = if is_time { "?2" } else { "1" };
                 let sql = format!(
-                    "UPDATE {t} SET {col} = {value}, {upd} = ?2 WHERE {id} IN (SELECT value FROM json_each(?1))"
+                    "UPDATE {t} SET {col} = {value}, {upd} = ?2 WHERE {id} IN (SELECT value FROM json_each(?1)){}",
+                    tenant_and(b, "", Dialect::Sqlite)
                 );
                 sqlx::query(&sql)
                     .bind(sqlx::types::Json(self.native_ids(b, ids)))
@@ -97,7 +104,8 @@ impl SqlConnector {
             SqlConnector::Mysql { pool, .. } => return self.mysql_find_by_keys(pool, b, key_col, keys).await,
             SqlConnector::Postgres { pool, .. } => {
                 sqlx::query_as(&format!(
-                    "SELECT {k}::text, {id}::text FROM {t} WHERE {k}::text = ANY($1)"
+                    "SELECT {k}::text, {id}::text FROM {t} WHERE {k}::text = ANY($1){}",
+                    tenant_and(b, "", Dialect::Postgres)
                 ))
                 .bind(keys)
                 .fetch_all(pool)
@@ -106,7 +114,8 @@ impl SqlConnector {
             SqlConnector::Sqlite { pool, .. } => {
                 sqlx::query_as(&format!(
                     "SELECT CAST({k} AS TEXT), CAST({id} AS TEXT) FROM {t} \
-                     WHERE {k} IN (SELECT value FROM json_each(?1))"
+                     WHERE {k} IN (SELECT value FROM json_each(?1)){}",
+                    tenant_and(b, "", Dialect::Sqlite)
                 ))
                 .bind(sqlx::types::Json(keys))
                 .fetch_all(pool)
@@ -174,6 +183,9 @@ impl SqlConnector {
             }
             if let Some(k) = &b.key_column {
                 row.insert(k.clone(), Value::String(r.key.clone()));
+            }
+            if let Some((column, value)) = &b.tenant {
+                row.insert(column.clone(), Value::String(value.clone()));
             }
         }
         if let SqlConnector::Mysql { pool, .. } = self {
@@ -312,8 +324,9 @@ impl SqlConnector {
                     .join(", ");
                 let sql = format!(
                     "UPDATE {t} AS t SET {set} FROM jsonb_populate_recordset(NULL::{t}, $1) AS r \
-                     WHERE t.{id} = ANY(CAST($2 AS {}[])) AND t.{id} = r.{id}",
-                    b.column_types[ID_COLUMN]
+                     WHERE t.{id} = ANY(CAST($2 AS {}[])) AND t.{id} = r.{id}{}",
+                    b.column_types[ID_COLUMN],
+                    tenant_and(b, "t.", Dialect::Postgres)
                 );
                 sqlx::query(&sql)
                     .bind(sqlx::types::Json(&rows))
@@ -337,8 +350,9 @@ impl SqlConnector {
                     .map(|(e, c)| format!("{e} AS {}", ident(c)))
                     .collect();
                 let sql = format!(
-                    "UPDATE {t} SET {set} FROM (SELECT {} FROM json_each(?1)) AS u WHERE {t}.{id} = u.{id}",
-                    aliased.join(", ")
+                    "UPDATE {t} SET {set} FROM (SELECT {} FROM json_each(?1)) AS u WHERE {t}.{id} = u.{id}{}",
+                    aliased.join(", "),
+                    tenant_and(b, &format!("{t}."), Dialect::Sqlite)
                 );
                 let mut q = sqlx::query(&sql).bind(sqlx::types::Json(&rows));
                 for p in paths {

@@ -111,6 +111,7 @@ pub(super) struct RawSystem {
     #[serde(default)]
     pub(super) shared: bool,
     pub(super) schema: Option<String>,
+    pub(super) tenant_column: Option<String>,
     auth: Option<RawAuth>,
     rate_limit: Option<f64>,
     timeout: Option<String>,

@@ -256,7 +256,8 @@ impl Job {
         let target = Connector::connect(&target, &url(&target)?).await?;
         let mut entities = BTreeMap::new();
         for def in &workflow.entities {
-            let tables = bind_entity(def, &source, &target).await?;
+            let filters = [Side::Source, Side::Target].map(|side| workflow.tenant_filter(&tenant, def, side));
+            let tables = bind_entity(def, &source, &target, filters).await?;
             entities.insert(def.name.to_string(), tables);
         }
         Ok(Job {

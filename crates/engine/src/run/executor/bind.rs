@@ -6,15 +6,23 @@ use super::*;
 /// Resolves the fields of an entity on both systems: the field map renames,
 /// every other column is a field of the same name, and only fields both
 /// systems have are synced.
+///
+/// `filters` (source, target): the tenant column and the tenant's value
+/// in it, on a side whose table tenants share.
 pub(super) async fn bind_entity(
     def: &EntityDef,
     source: &Connector,
     target: &Connector,
+    filters: [Option<(String, String)>; 2],
 ) -> Result<EntityTables, RunError> {
     let mut sides = Vec::new();
-    for (connector, pick) in [(source, Side::Source), (target, Side::Target)] {
+    for (connector, pick, filter) in [
+        (source, Side::Source, &filters[0]),
+        (target, Side::Target, &filters[1]),
+    ] {
         // The first problem of a side stops the run (`inspect` lists all).
-        let (columns, cdm_to_column, mut missing) = resolve_side(def, connector, pick).await?;
+        let tenant_column = filter.as_ref().map(|(c, _)| c.as_str());
+        let (columns, cdm_to_column, mut missing) = resolve_side(def, connector, pick, tenant_column).await?;
         if !missing.is_empty() {
             return Err(missing.remove(0).into());
         }
@@ -57,7 +65,7 @@ pub(super) async fn bind_entity(
         }
     }
     let mut bindings = Vec::new();
-    for (connector, columns, map, pick) in &sides {
+    for ((connector, columns, map, pick), filter) in sides.iter().zip(filters) {
         let fields = shared
             .iter()
             .map(|cdm| FieldColumn {
@@ -67,7 +75,9 @@ pub(super) async fn bind_entity(
                 kind: kinds[cdm.as_str()],
             })
             .collect();
-        bindings.push(connector.binding(def, *pick, columns.clone(), fields)?);
+        let mut binding = connector.binding(def, *pick, columns.clone(), fields)?;
+        binding.tenant = filter;
+        bindings.push(binding);
     }
     let target = bindings.pop().expect("two sides");
     let source = bindings.pop().expect("two sides");
@@ -98,6 +108,7 @@ async fn resolve_side(
     def: &EntityDef,
     connector: &Connector,
     side: Side,
+    tenant_column: Option<&str>,
 ) -> Result<
     (
         BTreeMap<String, String>,
@@ -127,6 +138,11 @@ async fn resolve_side(
         field,
     };
     let mut problems = Vec::new();
+    if let Some(c) = tenant_column
+        && !columns.contains_key(c)
+    {
+        problems.push(missing(c, ", tenant_column".into()));
+    }
     if let Some(archive) = def
         .deletes
         .archive_column
@@ -154,6 +170,7 @@ async fn resolve_side(
         def.idempotency_column.as_deref().unwrap_or(""),
         def.deletes.deleted_column(side).unwrap_or(""),
         def.deletes.archive_column.as_deref().unwrap_or(""),
+        tenant_column.unwrap_or(""),
     ];
     for column in columns.keys() {
         if !used.contains(column) && !reserved.contains(&column.as_str()) {
@@ -189,17 +206,24 @@ pub async fn inspect(workflow: &Workflow, tenant: &TenantId) -> Vec<String> {
         return problems;
     };
     for def in &workflow.entities {
-        inspect_entity(def, source, target, &mut problems).await;
+        let columns =
+            [Side::Source, Side::Target].map(|side| workflow.tenant_filter(tenant, def, side).map(|f| f.0));
+        inspect_entity(def, [source, target], columns, &mut problems).await;
     }
     problems
 }
 
 /// [`inspect`] for one entity type.
-async fn inspect_entity(def: &EntityDef, source: &Connector, target: &Connector, problems: &mut Vec<String>) {
+async fn inspect_entity(
+    def: &EntityDef,
+    [source, target]: [&Connector; 2],
+    tenant_columns: [Option<String>; 2],
+    problems: &mut Vec<String>,
+) {
     let entity = def.name.as_str();
     let (s, t) = (
-        resolve_side(def, source, Side::Source).await,
-        resolve_side(def, target, Side::Target).await,
+        resolve_side(def, source, Side::Source, tenant_columns[0].as_deref()).await,
+        resolve_side(def, target, Side::Target, tenant_columns[1].as_deref()).await,
     );
     let ((s_columns, s_map, s_missing), (t_columns, t_map, t_missing)) = match (s, t) {
         (Ok(s), Ok(t)) => (s, t),
