@@ -305,6 +305,13 @@ enum BenchTarget {
         /// Skip PostgreSQL -> PostgreSQL.
         #[arg(long)]
         no_postgres: bool,
+        /// MariaDB or MySQL server for MariaDB -> PostgreSQL (a database is
+        /// created and dropped) [default: mysql://root@127.0.0.1:3306/test].
+        #[arg(long)]
+        mysql_url: Option<String>,
+        /// Skip MariaDB -> PostgreSQL.
+        #[arg(long)]
+        no_mysql: bool,
     },
     /// Mapping lookups and transitions of the store, against the raw clients.
     Store {
@@ -502,12 +509,16 @@ pub fn main() -> ExitCode {
                     no_sqlite,
                     postgres_url,
                     no_postgres,
+                    mysql_url,
+                    no_mysql,
                 },
         } => bench_sync(syncd_bench::sync::SyncBench {
             records,
             sqlite: !no_sqlite,
             postgres_url: (!no_postgres)
                 .then(|| postgres_url.unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())),
+            mysql_url: (!no_mysql)
+                .then(|| mysql_url.unwrap_or_else(|| "mysql://root@127.0.0.1:3306/test".into())),
         }),
         Command::Bench {
             what:

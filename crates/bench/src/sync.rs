@@ -22,6 +22,37 @@ pub struct SyncBench {
     pub records: usize,
     pub sqlite: bool,
     pub postgres_url: Option<String>,
+    /// A MariaDB (or MySQL) server for MariaDB -> PostgreSQL (a database is
+    /// created and dropped); needs `postgres_url` too.
+    pub mysql_url: Option<String>,
+}
+
+/// The source tables in MariaDB (its `seq_1_to_N` tables seed them).
+const SOURCE_MYSQL: &str = "
+CREATE TABLE accounts (id VARCHAR(16) PRIMARY KEY, name TEXT, industry TEXT, updated_at DATETIME(6) NOT NULL,
+                       INDEX accounts_changes (updated_at, id));
+CREATE TABLE contacts (id VARCHAR(16) PRIMARY KEY, name TEXT, email TEXT, account_id VARCHAR(16),
+                       updated_at DATETIME(6) NOT NULL, INDEX contacts_changes (updated_at, id));
+CREATE TABLE orders (id VARCHAR(16) PRIMARY KEY, account_id VARCHAR(16), contact_id VARCHAR(16), total DOUBLE,
+                     status TEXT, updated_at DATETIME(6) NOT NULL, INDEX orders_changes (updated_at, id));
+";
+
+/// Generates the source rows in MariaDB itself.
+fn seed_mysql(n: usize) -> String {
+    let (a, c, o) = split(n);
+    let pad = |e: &str| format!("LPAD({e}, 8, '0')");
+    let stamp = "TIMESTAMP '2026-01-01 00:00:00' + INTERVAL seq * 1000 MICROSECOND";
+    format!(
+        "INSERT INTO accounts SELECT CONCAT('A', {pa}), CONCAT('Account ', seq), CONCAT('industry ', seq % 7), {stamp} \
+         FROM seq_1_to_{a};
+         INSERT INTO contacts SELECT CONCAT('C', {pa}), CONCAT('Person ', seq), CONCAT('p', seq, '@example.com'), \
+         CONCAT('A', {ca}), {stamp} FROM seq_1_to_{c};
+         INSERT INTO orders SELECT CONCAT('O', {pa}), CONCAT('A', {ca}), CONCAT('C', {oc}), (seq % 1000) + 0.5, 'open', \
+         {stamp} FROM seq_1_to_{o};",
+        pa = pad("seq"),
+        ca = pad(&format!("(seq % {a}) + 1")),
+        oc = pad(&format!("(seq % {c}) + 1")),
+    )
 }
 
 pub(super) const SOURCE: &str = "
@@ -185,6 +216,7 @@ fn seed_sql(n: usize, pg: bool) -> String {
 enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
+    Mysql(sqlx::MySqlPool),
 }
 
 impl Db {
@@ -192,6 +224,15 @@ impl Db {
         match self {
             Db::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
             Db::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Db::Mysql(p) => {
+                for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    sqlx::raw_sql(statement)
+                        .execute(p)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
         }
         .map_err(|e| e.to_string())
     }
@@ -201,6 +242,7 @@ impl Db {
         match self {
             Db::Sqlite(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
             Db::Postgres(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
+            Db::Mysql(p) => sqlx::query_scalar(&sql).fetch_one(p).await,
         }
         .map_err(|e| e.to_string())
     }
@@ -222,6 +264,27 @@ async fn bulk_copy(from: &Db, to: &Db) -> Result<usize, String> {
                         .await
                         .map_err(|e| e.to_string())?;
                     docs.into_iter().map(|d| d.0).collect()
+                }
+                Db::Mysql(p) => {
+                    let pairs: Vec<String> = cols
+                        .iter()
+                        .map(|(s, _)| match *s {
+                            "updated_at" => format!("'{s}', DATE_FORMAT({s}, '%Y-%m-%dT%H:%i:%s.%fZ')"),
+                            _ => format!("'{s}', {s}"),
+                        })
+                        .collect();
+                    let sql = format!(
+                        "SELECT CAST(JSON_OBJECT({}) AS CHAR) FROM {src} WHERE id > ? ORDER BY id LIMIT 1000",
+                        pairs.join(", ")
+                    );
+                    let docs: Vec<String> = sqlx::query_scalar(&sql)
+                        .bind(&after)
+                        .fetch_all(p)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    docs.iter()
+                        .map(|d| serde_json::from_str(d).unwrap_or(Value::Null))
+                        .collect()
                 }
                 Db::Sqlite(p) => {
                     let pairs: Vec<String> = cols.iter().map(|(s, _)| format!("'{s}', {s}")).collect();
@@ -275,6 +338,7 @@ async fn bulk_copy(from: &Db, to: &Db) -> Result<usize, String> {
                     }
                     tx.commit().await.map_err(|e| e.to_string())?;
                 }
+                Db::Mysql(_) => return Err("the bench writes to MariaDB nowhere".into()),
             }
             copied += rows.len();
         }
@@ -322,13 +386,18 @@ async fn measure(
     floor: Db,
     state_url: String,
 ) -> Result<Figures, String> {
-    source.0.exec(SOURCE).await?;
+    match &source.0 {
+        Db::Mysql(_) => {
+            source.0.exec(SOURCE_MYSQL).await?;
+            source.0.exec(&seed_mysql(n)).await?;
+        }
+        db => {
+            db.exec(SOURCE).await?;
+            db.exec(&seed_sql(n, matches!(db, Db::Postgres(_)))).await?;
+        }
+    }
     target.0.exec(TARGET).await?;
     floor.exec(TARGET).await?;
-    source
-        .0
-        .exec(&seed_sql(n, matches!(source.0, Db::Postgres(_))))
-        .await?;
 
     let started = Instant::now();
     let copied = bulk_copy(&source.0, &floor).await?;
@@ -376,6 +445,53 @@ async fn measure(
         floor_secs,
         rerun_secs,
     })
+}
+
+/// MariaDB -> PostgreSQL: the source in a database of its own on the
+/// server at `base`, the target, floor and state in the schemas of
+/// `pools`/`urls` (1, 2, 3).
+async fn mariadb_to_postgres(
+    n: usize,
+    base: &str,
+    pools: &[PgPool],
+    urls: &[String],
+) -> Result<Figures, String> {
+    use sqlx::mysql::MySqlPoolOptions;
+    let admin = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(base)
+        .await
+        .map_err(|e| format!("{base}: {e}"))?;
+    let name = format!("syncd_bench_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+        .execute(&admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => format!("{base}/{name}"),
+    };
+    let result = async {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .map_err(|e| e.to_string())?;
+        measure(
+            "MariaDB -> PostgreSQL",
+            n,
+            (Db::Mysql(pool), url.clone()),
+            (Db::Postgres(pools[1].clone()), urls[1].clone()),
+            Db::Postgres(pools[2].clone()),
+            urls[3].clone(),
+        )
+        .await
+    }
+    .await;
+    let _ = sqlx::query(&format!("DROP DATABASE {name}"))
+        .execute(&admin)
+        .await;
+    result
 }
 
 /// Runs the benchmark and returns the report.
@@ -435,12 +551,28 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
             urls[3].clone(),
         )
         .await;
+        let mysql = match (&result, &bench.mysql_url) {
+            (Ok(_), Some(my)) => {
+                // Fresh target, floor and state schemas for the second pair.
+                for (s, pool) in schemas[1..].iter().zip(&pools[1..]) {
+                    sqlx::raw_sql(&format!("DROP SCHEMA {s} CASCADE; CREATE SCHEMA {s}"))
+                        .execute(pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(mariadb_to_postgres(bench.records, my, &pools, &urls).await)
+            }
+            _ => None,
+        };
         for s in &schemas {
             let _ = sqlx::query(&format!("DROP SCHEMA {s} CASCADE"))
                 .execute(&admin)
                 .await;
         }
         figures.push(result?);
+        if let Some(mysql) = mysql {
+            figures.push(mysql?);
+        }
     }
     let mut out = String::new();
     let _ = writeln!(
