@@ -470,3 +470,167 @@ async fn an_update_the_database_refuses_fails_alone() {
     assert_eq!(Setup::pg_text(&s.target, "amount").await, ["(1)", "(2)", "(5)"]);
     s.drop().await;
 }
+
+const MARIADB_LEDGER: &str = "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, amount DECIMAL(65,30), \
+    big BIGINT UNSIGNED, label TEXT, doc JSON, at DATETIME(6), ratio DOUBLE, updated_at DATETIME(6) NOT NULL)";
+const PG_WIDE_LEDGER: &str = "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, big numeric(21,0), \
+    label text, doc jsonb, at timestamptz, ratio double precision, updated_at timestamptz NOT NULL)";
+
+/// Each ledger row's values as PostgreSQL holds them, comparable with
+/// what MariaDB holds: numbers canonical, the document parsed, the time in
+/// UTC, the double's bits.
+async fn pg_ledger(db: &SystemDb) -> Vec<Vec<String>> {
+    let rows: Vec<(
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+    )> = sqlx::query_as(
+        "SELECT id, amount::text, big::text, label, doc::text, \
+             to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), ratio FROM ledger ORDER BY id",
+    )
+    .fetch_all(db.pg_pool().unwrap())
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, amount, big, label, doc, at, ratio)| {
+            let number = |t: Option<String>| t.map(|t| syncd_core::value::canonical_number(&t).unwrap());
+            let doc = doc.map(|d| serde_json::from_str::<Value>(&d).unwrap().to_string());
+            [
+                Some(id),
+                number(amount),
+                number(big),
+                label,
+                doc,
+                at,
+                ratio.map(|r| format!("{:x}", r.to_bits())),
+            ]
+            .map(|v| v.unwrap_or_else(|| "NULL".into()))
+            .to_vec()
+        })
+        .collect()
+}
+
+/// MariaDB's own types (`DECIMAL(65,30)`, `BIGINT UNSIGNED` at its top,
+/// utf8mb4 text, `JSON`, `DATETIME(6)`, `DOUBLE`) arrive in PostgreSQL
+/// exactly; and the other way, a value MariaDB cannot hold (a 31st
+/// decimal, 2^64) fails its record naming the field while the rest arrive
+/// exactly.
+#[tokio::test]
+async fn mariadb_values_arrive_exactly_and_one_it_cannot_hold_fails_naming_the_field() {
+    let rows = "('r1', '12345678901234567890123456789012345.123456789012345678901234567890', \
+                 18446744073709551615, '😀 naïve ÷ 漢字', '{\"a\": [1, 2.50], \"b\": null}', \
+                 '2026-03-04 05:06:07.123456', 0.1, '2026-01-01 00:00:00'), \
+                ('r2', '-0.000000000000000000000000000001', 0, '', '[]', '1000-01-01 00:00:00', -1.5e300, \
+                 '2026-01-01 00:00:01')";
+    let Some(to_pg) = Setup::new(Kind::Mariadb, MARIADB_LEDGER, Kind::Postgres, PG_WIDE_LEDGER).await else {
+        return;
+    };
+    to_pg
+        .source
+        .exec(&format!("INSERT INTO ledger VALUES {rows}"))
+        .await;
+    to_pg.run(&[]);
+    let minus = format!("{:x}", (-1.5e300f64).to_bits());
+    let expected = vec![
+        vec![
+            "r1",
+            "12345678901234567890123456789012345.12345678901234567890123456789",
+            "18446744073709551615",
+            "😀 naïve ÷ 漢字",
+            r#"{"a":[1,2.50],"b":null}"#,
+            "2026-03-04 05:06:07.123456",
+            "3fb999999999999a",
+        ],
+        vec![
+            "r2",
+            "-0.000000000000000000000000000001",
+            "0",
+            "",
+            "[]",
+            "1000-01-01 00:00:00.000000",
+            minus.as_str(),
+        ],
+    ];
+    let held = pg_ledger(&to_pg.target).await;
+    let target_ids: Vec<&str> = held.iter().map(|r| r[0].as_str()).collect();
+    // Text ids arrive as the target's own uuids: compare the values.
+    assert_eq!(target_ids.len(), 2);
+    let values = |rows: &[Vec<String>]| -> Vec<Vec<String>> {
+        let mut v: Vec<Vec<String>> = rows.iter().map(|r| r[1..].to_vec()).collect();
+        v.sort();
+        v
+    };
+    let expected: Vec<Vec<String>> = expected
+        .into_iter()
+        .map(|r| r.into_iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(values(&held), values(&expected));
+    // Nothing to write again.
+    assert_eq!(to_pg.run(&[]).writes("product"), 0);
+    to_pg.drop().await;
+
+    // PostgreSQL -> MariaDB: r3 has a 31st decimal, r4 is 2^64.
+    let Some(to_my) = Setup::new(Kind::Postgres, PG_WIDE_LEDGER, Kind::Mariadb, MARIADB_LEDGER).await else {
+        return;
+    };
+    to_my
+        .source
+        .exec(
+            "INSERT INTO ledger VALUES \
+             ('r1', 12345678901234567890123456789012345.12345678901234567890123456789, 18446744073709551615, \
+              '😀 naïve ÷ 漢字', '{\"a\": [1, 2.50]}', '2026-03-04 05:06:07.123456+00', 0.1, now()), \
+             ('r3', 0.1234567890123456789012345678901, 1, 'x', NULL, NULL, NULL, now()), \
+             ('r4', 1, 18446744073709551616, 'y', NULL, NULL, NULL, now())",
+        )
+        .await;
+    let ran = to_my.run(&[]);
+    assert_eq!(
+        ran.counter("product", "created"),
+        1,
+        "{}\n{:?}",
+        ran.stdout,
+        to_my.mapping("r1").await.last_error
+    );
+    assert_eq!(ran.counter("product", "failed"), 2, "{}", ran.stdout);
+    let r3 = to_my.mapping("r3").await;
+    assert_eq!(r3.status, MappingStatus::Failed);
+    let why = r3.last_error.unwrap_or_default();
+    assert!(
+        why.contains("field `amount`") && why.contains("31 digits after the point"),
+        "{why}"
+    );
+    let r4 = to_my.mapping("r4").await;
+    let why = r4.last_error.unwrap_or_default();
+    assert!(
+        why.contains("field `big`") && why.contains("unsigned 64-bit"),
+        "{why}"
+    );
+    // What MariaDB holds of r1, read with its own means.
+    let SystemDb::Mariadb { db } = &to_my.target else {
+        unreachable!()
+    };
+    let held: (String, String, String, String, String, f64) = sqlx::query_as(
+        "SELECT CAST(amount AS CHAR), CAST(big AS CHAR), label, CAST(doc AS CHAR), \
+         DATE_FORMAT(at, '%Y-%m-%d %H:%i:%s.%f'), ratio FROM ledger",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        syncd_core::value::canonical_number(&held.0).as_deref(),
+        Some("12345678901234567890123456789012345.12345678901234567890123456789")
+    );
+    assert_eq!(held.1, "18446744073709551615");
+    assert_eq!(held.2, "😀 naïve ÷ 漢字");
+    assert_eq!(
+        serde_json::from_str::<Value>(&held.3).unwrap(),
+        serde_json::from_str::<Value>(r#"{"a": [1, 2.50]}"#).unwrap()
+    );
+    assert_eq!(held.4, "2026-03-04 05:06:07.123456");
+    assert_eq!(held.5.to_bits(), 0.1f64.to_bits());
+    to_my.drop().await;
+}
