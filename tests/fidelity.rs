@@ -476,19 +476,22 @@ const MARIADB_LEDGER: &str = "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, a
 const PG_WIDE_LEDGER: &str = "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, big numeric(21,0), \
     label text, doc jsonb, at timestamptz, ratio double precision, updated_at timestamptz NOT NULL)";
 
+/// id, amount, big, label, doc, at (UTC), ratio.
+type LedgerRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+);
+
 /// Each ledger row's values as PostgreSQL holds them, comparable with
 /// what MariaDB holds: numbers canonical, the document parsed, the time in
 /// UTC, the double's bits.
 async fn pg_ledger(db: &SystemDb) -> Vec<Vec<String>> {
-    let rows: Vec<(
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<f64>,
-    )> = sqlx::query_as(
+    let rows: Vec<LedgerRow> = sqlx::query_as(
         "SELECT id, amount::text, big::text, label, doc::text, \
              to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), ratio FROM ledger ORDER BY id",
     )
