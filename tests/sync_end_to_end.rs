@@ -1080,3 +1080,92 @@ async fn a_record_whose_target_references_an_unsynced_record_fails_with_the_reas
     );
     state.drop().await;
 }
+
+/// Created plus updated, summed over the sync steps of the table `syncd
+/// run` printed.
+fn writes_printed(stdout: &str) -> u64 {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("stage"));
+    let header: Vec<&str> = lines.next().expect("a step table").split_whitespace().collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (created, updated) = (at("created"), at("updated"));
+    lines
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .take_while(|cells| {
+            cells
+                .first()
+                .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|cells| cells[created].parse::<u64>().unwrap() + cells[updated].parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Rows of the target's customers, people and sales orders.
+async fn target_counts(db: &SystemDb) -> (usize, usize, usize) {
+    (
+        db.dump("customers").await.len(),
+        db.dump("people").await.len(),
+        db.dump("sales_orders").await.len(),
+    )
+}
+
+/// The three-stage bidirectional sync through `syncd run`, as an operator
+/// runs it, between `source_kind` and `target_kind`: every record arrives
+/// once, a hard delete is reconciled, and a run without changes writes
+/// nothing.
+async fn through_syncd_run(source_kind: Kind, target_kind: Kind, label: &str) {
+    let dir = TempDir::new(label);
+    let Some(source) = SystemDb::with_tables(source_kind, &dir, "source").await else {
+        return;
+    };
+    let Some(target) = SystemDb::with_tables(target_kind, &dir, "target").await else {
+        return;
+    };
+    let (accounts, contacts, orders) = crm_rows(100);
+    source.insert("accounts", &accounts).await;
+    source.insert("contacts", &contacts).await;
+    source.insert("orders", &orders).await;
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[])
+        .replace("[entities.fields]", "reconcile_every = \"0s\"\n[entities.fields]");
+    let file = dir.0.join("e2e.toml");
+    std::fs::write(&file, toml).unwrap();
+    let state = dir.sqlite_url("state.db");
+    let mut runs = 0;
+    let mut run = || {
+        runs += 1;
+        let (out, err) = (
+            dir.0.join(format!("{runs}.out")),
+            dir.0.join(format!("{runs}.err")),
+        );
+        let status = support::spawn_syncd_run(&file, "t1", &state, &[], &out, &err)
+            .wait()
+            .unwrap();
+        let stdout = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            status.success() && stdout.contains("succeeded"),
+            "{stdout}\n{}",
+            std::fs::read_to_string(&err).unwrap()
+        );
+        support::assert_table_accounted(&stdout);
+        stdout
+    };
+    run();
+    assert_eq!(target_counts(&target).await, (100, 200, 300));
+    source.exec("DELETE FROM orders WHERE id = 'O-000042'").await;
+    run();
+    assert_eq!(target_counts(&target).await, (100, 200, 299));
+    assert_eq!(source.dump("accounts").await.len(), 100, "nothing came back");
+    let printed = run();
+    assert_eq!(writes_printed(&printed), 0, "{printed}");
+    source.drop().await;
+    target.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_to_sqlite_through_syncd_run() {
+    through_syncd_run(Kind::Mariadb, Kind::Sqlite, "run-my-sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_mariadb_through_syncd_run() {
+    through_syncd_run(Kind::Postgres, Kind::Mariadb, "run-pg-my").await;
+}
