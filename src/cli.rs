@@ -17,6 +17,10 @@ use syncd_core::workflow::{self, DefinitionErrors, Workflow};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The state store (`sqlite://...` or `postgres://...`); else
+    /// SYNCD_DATABASE_URL, else sqlite://syncd.db here (said on stderr).
+    #[arg(long, global = true, value_name = "URL")]
+    db: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -386,15 +390,40 @@ fn quiet_on_closed_stdout() {
     }
 }
 
+/// Logs on stderr, filtered by `SYNCD_LOG` (default `warn`, and the
+/// progress of `syncd run` off a terminal, `syncd::progress=info`): one JSON
+/// object a line with `SYNCD_LOG_FORMAT=json` (each with the spans it is
+/// in: the run's id, tenant and integration, the step's entity and
+/// direction), else text, coloured only on a terminal.
+fn init_logs() {
+    use std::io::IsTerminal;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("SYNCD_LOG")
+            .unwrap_or_else(|_| "warn,syncd::progress=info".into())
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    if std::env::var("SYNCD_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_env_filter(filter())
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .init();
+    }
+}
+
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SYNCD_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs();
+    if let Some(db) = cli.db.clone() {
+        cmd::set_db_flag(db);
+    }
     // Verbs that only read and print: a closed stdout (`syncd runs list |
     // head`) ends them quietly, as it ends Unix tools, instead of a panic.
     // (Not the verbs that write, which must report a broken connection.)

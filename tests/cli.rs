@@ -1327,3 +1327,107 @@ fn the_worker_on_the_example_keeps_each_tenants_records_apart() {
     );
     assert_eq!(after_more, after_first, "later ticks create nothing");
 }
+
+/// Where the state is, said aloud when it was not given: the default
+/// store in the current folder is named on stderr (an operator in the
+/// wrong folder would otherwise see "no runs"); `--db` and
+/// `SYNCD_DATABASE_URL` choose it silently.
+#[test]
+fn the_state_store_is_named_when_it_was_not_given() {
+    let dir = TempDir::new();
+    let list = |db: Option<&str>, env: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_syncd"));
+        command
+            .current_dir(&dir.0)
+            .args(["runs", "list"])
+            .env_remove("SYNCD_DATABASE_URL");
+        if let Some(db) = db {
+            command.args(["--db", db]);
+        }
+        if let Some(env) = env {
+            command.env("SYNCD_DATABASE_URL", env);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let said = list(None, None);
+    let here = dir.0.join("syncd.db");
+    assert!(
+        said.contains("state: sqlite://syncd.db (")
+            && said.contains(&here.display().to_string())
+            && said.contains("--db and SYNCD_DATABASE_URL unset"),
+        "{said}"
+    );
+    assert_eq!(said.matches("state:").count(), 1, "said once: {said}");
+    let flagged = dir.0.join("flagged.db");
+    let said = list(Some(&format!("sqlite://{}", flagged.display())), None);
+    assert!(!said.contains("state:"), "{said}");
+    assert!(flagged.exists(), "--db chose the store");
+    let said = list(None, Some("sqlite://from-env.db"));
+    assert!(!said.contains("state:"), "{said}");
+    assert!(dir.0.join("from-env.db").exists());
+}
+
+/// `SYNCD_LOG_FORMAT=json`: every line on stderr is one JSON object, the
+/// run's events carry its id, tenant and integration, and none has a
+/// terminal's colour codes.
+#[test]
+fn json_logs_are_one_object_a_line_and_carry_the_run() {
+    use support::systems::{Kind, SystemDb, crm_rows, workflow_toml};
+    let dir = support::TempDir::new("cli-json-logs");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (source, target) = runtime.block_on(async {
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+        let (accounts, contacts, orders) = crm_rows(10);
+        source.insert("accounts", &accounts).await;
+        source.insert("contacts", &contacts).await;
+        source.insert("orders", &orders).await;
+        (source, target)
+    });
+    let file = dir.0.join("e2e.toml");
+    std::fs::write(
+        &file,
+        workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]),
+    )
+    .unwrap();
+    let db = dir.sqlite_url("state.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .arg("run")
+        .arg(&file)
+        .args(["--tenant", "t1", "--db", &db])
+        .env("SYNCD_LOG", "info")
+        .env("SYNCD_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let run_id = stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "run")
+        .nth(1)
+        .expect("the run id on stdout")
+        .to_owned();
+    let mut with_run = 0;
+    for line in stderr.lines() {
+        assert!(!line.contains('\u{1b}'), "a colour code: {line}");
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+        let spans = event["spans"].as_array().cloned().unwrap_or_default();
+        if let Some(run) = spans.iter().find(|s| s["name"] == "run") {
+            assert_eq!(run["run_id"], run_id.as_str(), "{line}");
+            assert_eq!(run["tenant"], "t1", "{line}");
+            assert_eq!(run["integration"], "e2e", "{line}");
+            with_run += 1;
+        }
+    }
+    assert!(with_run > 0, "no event of the run:\n{stderr}");
+}

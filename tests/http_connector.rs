@@ -1165,3 +1165,57 @@ async fn an_api_down_longer_than_its_retries_is_waited_for() {
     );
     assert_converged(&setup).await;
 }
+
+/// `syncd run` with stderr piped (a log file, CI) writes a progress line
+/// when a step starts and then at least every `SYNCD_PROGRESS_EVERY`
+/// (here 1 s; 10 s by default) of a long step: a run paced to about 8 s
+/// by the API's rate limit shows steps that go on, read count rising.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_off_a_terminal_reports_its_progress_periodically() {
+    let setup = Setup::new(
+        "http-progress",
+        20,
+        api(Faults::default(), None),
+        "rate_limit = 15",
+        "reconcile_every = \"never\"\nverify_after = \"never\"",
+    )
+    .await;
+    let out = std::process::Command::new(support::syncd_bin())
+        .arg("run")
+        .arg(&setup.workflow)
+        .args(["--tenant", TENANT, "--page-size", "5"])
+        .env("SYNCD_DATABASE_URL", &setup.database_url)
+        .env(TOKEN_VAR, TOKEN)
+        .env("SYNCD_PROGRESS_EVERY", "1s")
+        .env_remove("SYNCD_LOG")
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let progress: Vec<&str> = stderr.lines().filter(|l| l.contains("syncd::progress")).collect();
+    // Lines of one step (`[k/n] entity direction`), in order, by read count.
+    let mut by_step: HashMap<String, Vec<u64>> = HashMap::new();
+    for line in &progress {
+        let at = line.find('[').unwrap_or_else(|| panic!("{line}"));
+        let words: Vec<&str> = line[at..].split_whitespace().collect();
+        let step = words[..3].join(" ");
+        let read: u64 = words[4].parse().unwrap_or_else(|_| panic!("{line}"));
+        by_step.entry(step).or_default().push(read);
+    }
+    let periodic = by_step
+        .values()
+        .filter(|reads| {
+            reads.len() >= 2 && reads.windows(2).all(|w| w[0] <= w[1]) && reads.last() > reads.first()
+        })
+        .count();
+    assert!(
+        periodic >= 1,
+        "no step reported its progress more than once:\n{}",
+        progress.join("\n")
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no terminal codes off a terminal:\n{stderr}"
+    );
+}

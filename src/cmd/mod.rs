@@ -82,10 +82,39 @@ pub fn server_runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("error: cannot start the async runtime: {e}"))
 }
 
-/// The store named by `SYNCD_DATABASE_URL` (default `sqlite://syncd.db`),
-/// with the Redis cache of `SYNCD_REDIS_URL` or the in-process one.
+/// The state store `--db` names, for this process.
+static DB_FLAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Takes the state store's URL from `--db` (before any verb opens it).
+pub fn set_db_flag(url: String) {
+    let _ = DB_FLAG.set(url);
+}
+
+/// Where the state is, and how it was chosen: `--db`, else
+/// `SYNCD_DATABASE_URL`, else `sqlite://syncd.db` in the current folder,
+/// which is said on stderr (an operator in the wrong folder would
+/// otherwise see "no runs" in a new, empty store).
+pub fn state_config() -> StoreConfig {
+    let mut config = StoreConfig::from_env();
+    if let Some(url) = DB_FLAG.get() {
+        config.database_url = url.clone();
+    } else if std::env::var_os("SYNCD_DATABASE_URL").is_none() {
+        let here = std::env::current_dir()
+            .map(|d| d.join("syncd.db").display().to_string())
+            .unwrap_or_else(|_| "syncd.db".into());
+        eprintln!(
+            "state: {} ({here}; --db and SYNCD_DATABASE_URL unset)",
+            config.database_url
+        );
+    }
+    config
+}
+
+/// The store named by `--db` or `SYNCD_DATABASE_URL` (default
+/// `sqlite://syncd.db`, said on stderr), with the Redis cache of
+/// `SYNCD_REDIS_URL` or the in-process one.
 pub async fn open_store() -> Result<Arc<Store>, String> {
-    let config = StoreConfig::from_env();
+    let config = state_config();
     let cache = match std::env::var("SYNCD_REDIS_URL") {
         Ok(url) if !url.is_empty() => {
             let prefix = std::env::var("SYNCD_REDIS_PREFIX").unwrap_or_else(|_| "syncd".into());

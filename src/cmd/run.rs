@@ -39,6 +39,17 @@ pub(super) fn retry_for(default: Duration) -> Result<Duration, String> {
     }
 }
 
+/// How often `syncd run` writes a progress line when stderr is not a
+/// terminal: `SYNCD_PROGRESS_EVERY` (`10s` by default).
+fn progress_every() -> Result<Duration, String> {
+    match std::env::var("SYNCD_PROGRESS_EVERY") {
+        Err(_) => Ok(Duration::from_secs(10)),
+        Ok(v) => {
+            syncd_core::deletes::parse_interval(&v).map_err(|e| format!("error: SYNCD_PROGRESS_EVERY: {e}"))
+        }
+    }
+}
+
 /// Runs `workflow` for `tenant`; `Ok` for a run that succeeded or suspended.
 pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
     let (wf, graph) = crate::cli::load(workflow, None).map_err(|e| e.to_string())?;
@@ -80,22 +91,51 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
         run.id, run.integration_id, run.tenant_id
     );
     let tty = std::io::stderr().is_terminal();
+    let every = progress_every()?;
+    // On a terminal, one line rewritten in place; else (a log file, a
+    // pipe) a line when a step starts and at least every 10 s of a step.
+    let mut step_started = (0, std::time::Instant::now());
+    let mut last_line: Option<std::time::Instant> = None;
     let mut report = |p: &Progress| {
+        let now = std::time::Instant::now();
+        if step_started.0 != p.step {
+            step_started = (p.step, now);
+            last_line = None;
+        }
+        let c = &p.counters;
+        let secs = now.duration_since(step_started.1).as_secs_f64();
+        let line = format!(
+            "[{}/{}] {} {}: read {} created {} updated {} conflicts {} failed {} ({:.0} rec/s)",
+            p.step,
+            p.steps,
+            p.entity_type,
+            p.direction.as_str(),
+            c.read,
+            c.created,
+            c.updated,
+            c.conflicts + c.parked,
+            c.failed,
+            if secs > 0.0 { c.read as f64 / secs } else { 0.0 }
+        );
         if tty {
-            let c = &p.counters;
-            eprint!(
-                "\r\x1b[K[{}/{}] {} {}: read {} created {} updated {} conflicts {} failed {}",
-                p.step,
-                p.steps,
-                p.entity_type,
-                p.direction.as_str(),
-                c.read,
-                c.created,
-                c.updated,
-                c.conflicts + c.parked,
-                c.failed
-            );
+            eprint!("\r\x1b[K{line}");
             let _ = std::io::stderr().flush();
+        } else if last_line.is_none_or(|t| now.duration_since(t) >= every) {
+            // A log event (`syncd::progress`, shown at the default level):
+            // text or JSON as the other logs are.
+            tracing::info!(
+                target: "syncd::progress",
+                step = p.step,
+                steps = p.steps,
+                entity = %p.entity_type,
+                direction = p.direction.as_str(),
+                read = c.read,
+                created = c.created,
+                updated = c.updated,
+                failed = c.failed,
+                "{line}"
+            );
+            last_line = Some(now);
         }
     };
     let result = job.execute(run.clone(), &mut report).await;

@@ -461,6 +461,7 @@ impl Job {
         // (Instrumented, not entered: a guard held across an await would
         // tag other tasks' events on this thread with the run.)
         async {
+            tracing::info!(worker = %lease.worker_id, "run executing");
             // A resolution a system refuses fails the run like any step error,
             // rather than leave it `running` for a worker to retry at once.
             let result = match self.execute_steps(&run, lease, lost, progress).await {
@@ -475,7 +476,9 @@ impl Job {
                     } else {
                         RunEvent::Suspend
                     };
-                    Ok(self.store.transition_run(&run, event, None).await?)
+                    let ended = self.store.transition_run(&run, event, None).await?;
+                    tracing::info!(state = %ended.state, pending_conflicts = pending, "run ended");
+                    Ok(ended)
                 }
                 Err(e @ (RunError::Cancelled { .. } | RunError::Interrupted { .. })) => Err(e),
                 Err(RunError::Held { hold }) => {
@@ -532,7 +535,9 @@ impl Job {
             self.store.start_step(run, step, lease).await?;
             let span =
                 tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
+            let mut last = StepCounters::default();
             let mut report = |counters: &StepCounters| {
+                last = *counters;
                 progress(&Progress {
                     step: i + 1,
                     steps: steps.len(),
@@ -545,12 +550,28 @@ impl Job {
                 StepDirection::Delete => {
                     Box::pin(
                         self.execute_delete_step(&ctx, checkpoint, &mut report)
-                            .instrument(span),
+                            .instrument(span.clone()),
                     )
                     .await?
                 }
-                _ => Box::pin(self.execute_step(&ctx, checkpoint, &mut report).instrument(span)).await?,
+                _ => {
+                    Box::pin(
+                        self.execute_step(&ctx, checkpoint, &mut report)
+                            .instrument(span.clone()),
+                    )
+                    .await?
+                }
             }
+            tracing::info!(
+                parent: &span,
+                read = last.read,
+                created = last.created,
+                updated = last.updated,
+                failed = last.failed,
+                conflicts = last.conflicts + last.parked,
+                deleted = last.deleted,
+                "step done"
+            );
         }
         Ok(())
     }
