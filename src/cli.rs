@@ -78,6 +78,10 @@ enum Command {
         /// The address to listen on (host:port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: String,
+        /// Where the definitions of the integrations whose runs may be
+        /// started through the API (`POST /api/runs`) are.
+        #[arg(long, default_value = "workflows")]
+        workflows: PathBuf,
     },
     /// API tokens.
     Tokens {
@@ -88,6 +92,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         verb: RunsVerb,
+    },
+    /// What the workers' schedules fire next.
+    Schedules {
+        #[command(subcommand)]
+        verb: SchedulesVerb,
     },
     /// Review conflicts: list, show, resolve.
     Conflicts {
@@ -207,6 +216,15 @@ enum RunsVerb {
         /// Who confirms, recorded with the hold.
         #[arg(long, default_value = "operator")]
         by: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchedulesVerb {
+    /// Every schedule a worker registered, soonest first, with its next tick.
+    List {
+        #[command(flatten)]
+        access: AccessArgs,
     },
 }
 
@@ -432,6 +450,7 @@ pub fn main() -> ExitCode {
         Command::Plan { .. }
             | Command::Check { .. }
             | Command::Mappings { .. }
+            | Command::Schedules { .. }
             | Command::Runs {
                 verb: RunsVerb::List { .. } | RunsVerb::Show { .. }
             }
@@ -464,6 +483,9 @@ pub fn main() -> ExitCode {
             tenant,
             page_size,
         } => cmd::run::run(&workflow, &tenant, page_size),
+        Command::Schedules {
+            verb: SchedulesVerb::List { access },
+        } => cmd::runs::schedules(access.into()),
         Command::Runs { verb } => match verb {
             RunsVerb::List { access, state, limit } => cmd::runs::list(access.into(), state, limit),
             RunsVerb::Show { run, access } => cmd::runs::show(&run, access.into()),
@@ -509,7 +531,7 @@ pub fn main() -> ExitCode {
             MappingsVerb::List { scope, status, limit } => cmd::mappings::list(scope.into(), &status, limit),
         },
         Command::Demo { dir } => cmd::demo::demo(&dir),
-        Command::Serve { bind } => cmd::serve::serve(&bind),
+        Command::Serve { bind, workflows } => cmd::serve::serve(&bind, &workflows),
         Command::Tokens {
             verb:
                 TokensVerb::Create {

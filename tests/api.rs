@@ -403,3 +403,123 @@ async fn the_review_page_is_served_with_a_strict_policy() {
     assert!(script.contains(r#"sessionStorage.setItem("syncd.token""#));
     assert!(!script.contains(r#"localStorage.setItem("syncd.token""#));
 }
+
+/// `POST /api/runs` plans a run that a worker then executes, confined to
+/// the token's tenant; `GET /api/schedules` says what fires next, of the
+/// token's tenant only.
+#[tokio::test]
+async fn a_run_started_through_the_api_is_executed_by_a_worker() {
+    use support::systems::{Kind, SystemDb, crm_rows, workflow_toml};
+    use syncd_engine::worker::{Definition, Worker};
+    let dir = TempDir::new("api-start");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let (accounts, contacts, orders) = crm_rows(5);
+    source.insert("accounts", &accounts).await;
+    source.insert("contacts", &contacts).await;
+    source.insert("orders", &orders).await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let definition = || Definition {
+        workflow: syncd_core::workflow::Workflow::parse("e2e.toml", &toml).unwrap(),
+        graph: syncd_core::plan::DependencyGraph::builtin_default(),
+    };
+    let store = Arc::new(
+        Store::connect(
+            &StoreConfig::new(dir.sqlite_url("state.db")),
+            MappingCache::local(),
+        )
+        .await
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = syncd_engine::api::router_with(store.clone(), vec![definition()]);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let t1 = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
+    let t2 = store.create_token(&Principal::Tenant("t2".into())).await.unwrap();
+    let admin = store.create_token(&Principal::Admin).await.unwrap();
+    let start = |token: String, body: serde_json::Value| async move {
+        let body = body.to_string();
+        request(addr, "POST", "/api/runs", Some(&token), Some(body.as_bytes())).await
+    };
+
+    // Another tenant's token: the integration does not exist for it.
+    for (token, body) in [
+        (t2.clone(), json!({"integration": "e2e"})),
+        (t1.clone(), json!({"integration": "e2e", "tenant": "t2"})),
+        (t1.clone(), json!({"integration": "nope"})),
+    ] {
+        let (status, reply) = start(token, body.clone()).await;
+        assert_eq!(
+            (status, &reply["error"]),
+            (404, &json!("integration not found")),
+            "{body}"
+        );
+    }
+    let (status, reply) = start(admin.clone(), json!({"integration": "e2e"})).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        store
+            .list_runs(&RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let (status, reply) = start(t1.clone(), json!({"integration": "e2e"})).await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(reply["run"]["state"], "planned");
+    assert_eq!(reply["run"]["trigger"], "api");
+    let run_id: Uuid = serde_json::from_value(reply["run"]["id"].clone()).unwrap();
+    // One at a time: the active run is named.
+    let (status, reply) = start(admin.clone(), json!({"integration": "e2e", "tenant": "t1"})).await;
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains(&run_id.to_string()),
+        "{reply}"
+    );
+
+    let worker = Worker {
+        store: store.clone(),
+        definitions: vec![definition()],
+        options: syncd_engine::run::executor::Options::default(),
+        poll: std::time::Duration::from_millis(50),
+        clock: Arc::new(syncd_core::clock::SystemClock),
+    };
+    assert!(
+        worker.execute_one().await.unwrap(),
+        "the worker takes the planned run"
+    );
+    let run = store.load_run(None, run_id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Succeeded, "{:?}", run.error);
+    assert_eq!(target.dump("customers").await.len(), 5);
+    assert_eq!(target.dump("sales_orders").await.len(), 15);
+
+    // Schedules: each token sees its own tenant's.
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(5);
+    store
+        .ensure_schedule(&"t1".into(), &"e2e".into(), "*/5 * * * *", soon)
+        .await
+        .unwrap();
+    store
+        .ensure_schedule(&"t2".into(), &"other".into(), "0 * * * *", soon)
+        .await
+        .unwrap();
+    let schedules = |token: String| async move {
+        let (status, reply) = request(addr, "GET", "/api/schedules", Some(&token), None).await;
+        assert_eq!(status, 200, "{reply}");
+        reply["schedules"].as_array().unwrap().clone()
+    };
+    let own = schedules(t1).await;
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(
+        (&own[0]["tenant"], &own[0]["integration"]),
+        (&json!("t1"), &json!("e2e"))
+    );
+    assert_eq!(own[0]["cron"], "*/5 * * * *");
+    assert_eq!(own[0]["late_seconds"], 0.0);
+    assert_eq!(schedules(admin).await.len(), 2);
+}

@@ -47,6 +47,36 @@ pub fn list(access: Access, state: Option<String>, limit: u32) -> CmdResult {
     })
 }
 
+/// Prints the schedules the workers keep, soonest first: the next tick,
+/// and how late it is when overdue (no worker firing it).
+pub fn schedules(access: Access) -> CmdResult {
+    runtime()?.block_on(async {
+        let store = open_store().await?;
+        let tenant = access.confine(&store).await?;
+        let schedules = store
+            .list_schedules(tenant.as_ref())
+            .await
+            .map_err(|e| format!("error: {e}"))?;
+        let now = chrono::Utc::now();
+        println!(
+            "{:<12} {:<20} {:<16} {:<20} late",
+            "tenant", "integration", "cron", "next fire (UTC)"
+        );
+        for s in schedules {
+            let late = (now - s.next_fire_at).num_seconds();
+            println!(
+                "{:<12} {:<20} {:<16} {:<20} {}",
+                s.tenant_id,
+                s.integration_id,
+                s.cron,
+                s.next_fire_at.format("%Y-%m-%d %H:%M:%S"),
+                if late > 0 { format!("{late}s") } else { "-".into() }
+            );
+        }
+        Ok(())
+    })
+}
+
 /// Prints one run with its steps and pending conflicts.
 pub fn show(id: &str, access: Access) -> CmdResult {
     let id = parse_id(id)?;

@@ -4,8 +4,16 @@ use super::{CmdResult, open_store, runtime, server_runtime};
 use std::path::Path;
 use syncd_store::Principal;
 
-/// Serves the API on `bind` until SIGTERM or SIGINT.
-pub fn serve(bind: &str) -> CmdResult {
+/// Serves the API on `bind` until SIGTERM or SIGINT; runs of the
+/// definitions in `workflows` may be started through it.
+pub fn serve(bind: &str, workflows: &Path) -> CmdResult {
+    let definitions = match super::worker::definitions(workflows) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}: no run can be started through the API (POST /api/runs)");
+            Vec::new()
+        }
+    };
     server_runtime()?.block_on(async {
         let store = open_store().await?;
         let listener = tokio::net::TcpListener::bind(bind)
@@ -13,7 +21,7 @@ pub fn serve(bind: &str) -> CmdResult {
             .map_err(|e| format!("error: cannot listen on {bind}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("syncd API on http://{addr}");
-        axum::serve(listener, syncd_engine::api::router(store))
+        axum::serve(listener, syncd_engine::api::router_with(store, definitions))
             .with_graceful_shutdown(async {
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("SIGTERM handler");

@@ -9,7 +9,7 @@ use syncd_engine::worker::{Definition, Worker};
 
 /// Loads every valid definition in `dir`; invalid ones are reported and
 /// left out, so one broken file does not stop the others.
-fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
+pub(super) fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("error: {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -6,7 +6,10 @@
 //! that does not exist. Every error is JSON with a 4xx status; a 5xx means
 //! the store itself failed.
 
+mod control;
+
 use crate::run::RunEvent;
+use crate::worker::Definition;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -84,12 +87,24 @@ type ApiResult = Result<Json<Value>, ApiError>;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
+    /// The integrations runs may be started of (`POST /api/runs`).
+    pub definitions: Arc<Vec<Definition>>,
 }
 
-/// The API's routes.
+/// The API's routes, without definitions: runs cannot be started.
 pub fn router(store: Arc<Store>) -> Router {
+    router_with(store, Vec::new())
+}
+
+/// The API's routes; runs of `definitions` may be started through it.
+pub fn router_with(store: Arc<Store>, definitions: Vec<Definition>) -> Router {
+    let state = AppState {
+        store,
+        definitions: Arc::new(definitions),
+    };
     let api = Router::new()
-        .route("/api/runs", get(list_runs))
+        .route("/api/runs", get(list_runs).post(control::start_run))
+        .route("/api/schedules", get(control::list_schedules))
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/runs/{id}/resume", post(resume_run))
@@ -98,10 +113,7 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/api/conflicts/{id}/resolve", post(resolve_conflict))
         .route("/api/mappings", get(lookup_mapping))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(
-            AppState { store: store.clone() },
-            authenticate,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/review", get(review_page))
@@ -110,7 +122,7 @@ pub fn router(store: Arc<Store>) -> Router {
         .merge(api)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { store })
+        .with_state(state)
 }
 
 /// The review page: static HTML whose script asks for a token and calls

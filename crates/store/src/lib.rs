@@ -371,6 +371,20 @@ pub struct Schedule {
     pub next_fire_at: DateTime<Utc>,
 }
 
+impl Schedule {
+    /// Schedules from (tenant, integration, cron, next fire) rows.
+    pub(crate) fn from_rows(rows: Vec<(String, String, String, DateTime<Utc>)>) -> Vec<Schedule> {
+        rows.into_iter()
+            .map(|(t, i, cron, next_fire_at)| Schedule {
+                tenant_id: TenantId(t),
+                integration_id: IntegrationId(i),
+                cron,
+                next_fire_at,
+            })
+            .collect()
+    }
+}
+
 /// Filters for listing runs.
 #[derive(Clone, Debug, Default)]
 pub struct RunFilter {

@@ -254,6 +254,12 @@ impl Store {
         on_backend!(self, b => b.ensure_schedule(tenant, integration, cron, first).await)
     }
 
+    /// Every schedule (of `tenant`, when given), soonest first: what the
+    /// workers will fire next.
+    pub async fn list_schedules(&self, tenant: Option<&TenantId>) -> Result<Vec<Schedule>, StoreError> {
+        on_backend!(self, b => b.list_schedules(tenant).await)
+    }
+
     /// Schedules whose next fire time is at or before `now`.
     pub async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<Schedule>, StoreError> {
         on_backend!(self, b => b.due_schedules(now).await)

@@ -220,15 +220,21 @@ macro_rules! run_statements {
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(t, i, cron, next_fire_at)| crate::Schedule {
-                    tenant_id: TenantId(t),
-                    integration_id: IntegrationId(i),
-                    cron,
-                    next_fire_at,
-                })
-                .collect())
+            Ok(crate::Schedule::from_rows(rows))
+        }
+
+        pub(crate) async fn list_schedules(
+            &self,
+            tenant: Option<&TenantId>,
+        ) -> Result<Vec<crate::Schedule>, StoreError> {
+            let rows: Vec<(String, String, String, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT tenant_id, integration_id, cron, next_fire_at FROM schedules \
+                 WHERE CAST($1 AS TEXT) IS NULL OR tenant_id = $1 ORDER BY next_fire_at, tenant_id, integration_id",
+            )
+            .bind(tenant.map(TenantId::as_str))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(crate::Schedule::from_rows(rows))
         }
 
         pub(crate) async fn fire_schedule(&self, s: &crate::Schedule, next: DateTime<Utc>) -> Result<bool, StoreError> {
