@@ -72,6 +72,9 @@ enum Command {
         /// This worker's name in leases (default: pid and a random suffix).
         #[arg(long)]
         worker_id: Option<String>,
+        /// Also serve /metrics (Prometheus text, no token) on this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<String>,
     },
     /// Serve the HTTP API for operators and reviewers.
     Serve {
@@ -82,6 +85,10 @@ enum Command {
         /// started through the API (`POST /api/runs`) are.
         #[arg(long, default_value = "workflows")]
         workflows: PathBuf,
+        /// Also serve /metrics (Prometheus text, no token) on this address;
+        /// the API's /metrics needs an admin token.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<String>,
     },
     /// API tokens.
     Tokens {
@@ -531,7 +538,11 @@ pub fn main() -> ExitCode {
             MappingsVerb::List { scope, status, limit } => cmd::mappings::list(scope.into(), &status, limit),
         },
         Command::Demo { dir } => cmd::demo::demo(&dir),
-        Command::Serve { bind, workflows } => cmd::serve::serve(&bind, &workflows),
+        Command::Serve {
+            bind,
+            workflows,
+            metrics_bind,
+        } => cmd::serve::serve(&bind, &workflows, metrics_bind.as_deref()),
         Command::Tokens {
             verb:
                 TokensVerb::Create {
@@ -552,7 +563,8 @@ pub fn main() -> ExitCode {
             workflows,
             poll_ms,
             worker_id,
-        } => cmd::worker::worker(&workflows, poll_ms, worker_id),
+            metrics_bind,
+        } => cmd::worker::worker(&workflows, poll_ms, worker_id, metrics_bind.as_deref()),
         Command::Bench {
             what:
                 BenchTarget::Sync {

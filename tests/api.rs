@@ -513,6 +513,18 @@ async fn a_run_started_through_the_api_is_executed_by_a_worker() {
         assert_eq!(status, 200, "{reply}");
         reply["schedules"].as_array().unwrap().clone()
     };
+    // The API's /metrics covers every tenant: an admin token's only.
+    let (status, reply) = request(addr, "GET", "/metrics", Some(&t2), None).await;
+    assert_eq!(status, 403, "{reply}");
+    let (status, reply) = request(addr, "GET", "/metrics", Some(&admin), None).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        reply
+            .as_str()
+            .unwrap()
+            .contains(r#"syncd_runs{state="succeeded"} 1"#),
+        "{reply}"
+    );
     let own = schedules(t1).await;
     assert_eq!(own.len(), 1, "{own:?}");
     assert_eq!(

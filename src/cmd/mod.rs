@@ -110,6 +110,25 @@ pub fn state_config() -> StoreConfig {
     config
 }
 
+/// Serves `/metrics` (no token: Prometheus's listener) on `bind`, in the
+/// background, if given.
+pub async fn serve_metrics(bind: Option<&str>, store: Arc<Store>) -> Result<(), String> {
+    let Some(bind) = bind else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("error: cannot listen on {bind} for metrics: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("metrics on http://{addr}/metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, syncd_engine::api::metrics_router(store)).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
 /// The store named by `--db` or `SYNCD_DATABASE_URL` (default
 /// `sqlite://syncd.db`, said on stderr), with the Redis cache of
 /// `SYNCD_REDIS_URL` or the in-process one.

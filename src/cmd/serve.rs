@@ -6,7 +6,7 @@ use syncd_store::Principal;
 
 /// Serves the API on `bind` until SIGTERM or SIGINT; runs of the
 /// definitions in `workflows` may be started through it.
-pub fn serve(bind: &str, workflows: &Path) -> CmdResult {
+pub fn serve(bind: &str, workflows: &Path, metrics_bind: Option<&str>) -> CmdResult {
     let definitions = match super::worker::definitions(workflows) {
         Ok(d) => d,
         Err(e) => {
@@ -16,6 +16,7 @@ pub fn serve(bind: &str, workflows: &Path) -> CmdResult {
     };
     server_runtime()?.block_on(async {
         let store = open_store().await?;
+        super::serve_metrics(metrics_bind, store.clone()).await?;
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .map_err(|e| format!("error: cannot listen on {bind}: {e}"))?;

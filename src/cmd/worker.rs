@@ -27,7 +27,12 @@ pub(super) fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
 }
 
 /// Serves the definitions in `workflows`.
-pub fn worker(workflows: &Path, poll_ms: u64, worker_id: Option<String>) -> CmdResult {
+pub fn worker(
+    workflows: &Path,
+    poll_ms: u64,
+    worker_id: Option<String>,
+    metrics_bind: Option<&str>,
+) -> CmdResult {
     let definitions = definitions(workflows)?;
     if definitions.is_empty() {
         return Err(format!(
@@ -37,6 +42,7 @@ pub fn worker(workflows: &Path, poll_ms: u64, worker_id: Option<String>) -> CmdR
     }
     server_runtime()?.block_on(async {
         let store = open_store().await?;
+        super::serve_metrics(metrics_bind, store.clone()).await?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let defaults = Options::default();
         let options = Options {

@@ -248,6 +248,42 @@ pub struct StepCounters {
 }
 
 impl StepCounters {
+    /// Each counter by the name the step table and the metrics give it.
+    pub fn named(&self) -> [(&'static str, u64); 14] {
+        let StepCounters {
+            read,
+            created,
+            updated,
+            unchanged,
+            failed,
+            conflicts,
+            parked,
+            skipped,
+            postponed,
+            deferred,
+            deleted,
+            archived,
+            stale,
+            recreated,
+        } = *self;
+        [
+            ("read", read),
+            ("created", created),
+            ("updated", updated),
+            ("unchanged", unchanged),
+            ("failed", failed),
+            ("conflicts", conflicts),
+            ("parked", parked),
+            ("skipped", skipped),
+            ("postponed", postponed),
+            ("deferred", deferred),
+            ("deleted", deleted),
+            ("archived", archived),
+            ("stale", stale),
+            ("recreated", recreated),
+        ]
+    }
+
     /// The sum of the outcomes of a sync step's records; equal to `read`.
     pub fn outcomes(&self) -> u64 {
         self.created

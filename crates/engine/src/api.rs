@@ -427,42 +427,64 @@ async fn lookup_mapping(
     Ok(Json(json!({ "mapping": m })))
 }
 
-/// Prometheus text: runs by state, pending conflicts, cache counters.
+/// `/metrics` on the API: the whole process's metrics, so an admin
+/// token's only (a tenant token gets 403); Prometheus scrapes the
+/// `--metrics-bind` listener instead, which needs no token.
 async fn metrics(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let runs = s
-        .store
-        .list_runs(&RunFilter {
-            tenant: who.tenant().cloned(),
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?;
-    let mut out = String::from("# TYPE syncd_runs gauge\n");
-    for state in crate::run::RunState::ALL {
-        let n = runs.iter().filter(|r| r.state == state).count();
-        out.push_str(&format!("syncd_runs{{state=\"{state}\"}} {n}\n"));
+    if who.tenant().is_some() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "metrics cover every tenant: use an admin token, or the --metrics-bind listener".into(),
+        ));
     }
-    let pending = s
-        .store
-        .list_conflicts(&ConflictFilter {
-            tenant: who.tenant().cloned(),
-            status: Some(ConflictStatus::Pending),
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await?
-        .len();
-    out.push_str(&format!(
-        "# TYPE syncd_conflicts_pending gauge\nsyncd_conflicts_pending {pending}\n"
-    ));
-    let c = s.store.cache().counts();
-    out.push_str(&format!(
-        "# TYPE syncd_cache_hits counter\nsyncd_cache_hits {}\n# TYPE syncd_cache_misses counter\n\
-         syncd_cache_misses {}\n# TYPE syncd_cache_fallbacks counter\nsyncd_cache_fallbacks {}\n",
-        c.hits, c.misses, c.fallbacks
-    ));
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    Ok(metrics_response(&s.store).await?)
+}
+
+/// Sets the gauges a scrape reads from the store (runs by state, counted
+/// by the database; pending conflicts; each schedule's lag) and answers
+/// every metric as Prometheus text.
+pub async fn metrics_response(store: &Store) -> Result<Response, StoreError> {
+    let m = syncd_metrics::metrics();
+    let counted = store.runs_by_state(None).await?;
+    for state in crate::run::RunState::ALL {
+        let n = counted
+            .iter()
+            .find(|(s, _)| *s == state.to_string())
+            .map_or(0, |(_, n)| *n);
+        m.runs
+            .get_or_create(&vec![("state", state.to_string())])
+            .set(n as i64);
+    }
+    m.conflicts_pending
+        .set(store.pending_conflicts(None).await? as i64);
+    let now = chrono::Utc::now();
+    for s in store.list_schedules(None).await? {
+        let late = (now - s.next_fire_at).num_milliseconds().max(0) as f64 / 1000.0;
+        m.schedule_lag
+            .get_or_create(&vec![
+                ("tenant", s.tenant_id.to_string()),
+                ("integration", s.integration_id.to_string()),
+            ])
+            .set(late);
+    }
+    Ok((
+        [(header::CONTENT_TYPE, syncd_metrics::CONTENT_TYPE)],
+        syncd_metrics::text(),
+    )
+        .into_response())
+}
+
+/// A router with `/metrics` only, without tokens: for a listener of its
+/// own (`--metrics-bind`), reachable by Prometheus and not by tenants.
+pub fn metrics_router(store: Arc<Store>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let store = store.clone();
+            async move { metrics_response(&store).await.map_err(ApiError::from) }
+        }),
+    )
 }

@@ -317,6 +317,7 @@ impl MappingCache {
                 Err(e) => {
                     self.outage(redis, &e);
                     self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    cache_event("fallback", 1);
                     return None;
                 }
             },
@@ -326,6 +327,8 @@ impl MappingCache {
         self.stats
             .misses
             .fetch_add(keys.len() as u64 - hits, Ordering::Relaxed);
+        cache_event("hit", hits);
+        cache_event("miss", keys.len() as u64 - hits);
         Some(found)
     }
 
@@ -574,5 +577,15 @@ mod tests {
                 cache.key(&scope, Side::Target, "t%2")
             ]
         );
+    }
+}
+
+/// Counts `n` cache events of a kind (hit, miss, fallback) in the metrics.
+fn cache_event(event: &str, n: u64) {
+    if n > 0 {
+        syncd_metrics::metrics()
+            .cache
+            .get_or_create(&vec![("event", event.to_owned())])
+            .inc_by(n);
     }
 }

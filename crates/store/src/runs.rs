@@ -254,6 +254,17 @@ impl Store {
         on_backend!(self, b => b.ensure_schedule(tenant, integration, cron, first).await)
     }
 
+    /// How many runs (of `tenant`, when given) are in each state, counted
+    /// by the database (`GROUP BY`); states without runs are absent.
+    pub async fn runs_by_state(&self, tenant: Option<&TenantId>) -> Result<Vec<(String, u64)>, StoreError> {
+        on_backend!(self, b => b.runs_by_state(tenant).await)
+    }
+
+    /// How many conflicts (of `tenant`, when given) wait for a reviewer.
+    pub async fn pending_conflicts(&self, tenant: Option<&TenantId>) -> Result<u64, StoreError> {
+        on_backend!(self, b => b.pending_conflicts(tenant).await)
+    }
+
     /// Every schedule (of `tenant`, when given), soonest first: what the
     /// workers will fire next.
     pub async fn list_schedules(&self, tenant: Option<&TenantId>) -> Result<Vec<Schedule>, StoreError> {

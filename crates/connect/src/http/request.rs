@@ -38,8 +38,12 @@ impl HttpConnector {
             request = request.json(b);
         }
         let response = match request.send().await {
-            Ok(response) => response,
+            Ok(response) => {
+                count_request(&inner.system, response.status().as_str());
+                response
+            }
             Err(e) => {
+                count_request(&inner.system, "error");
                 return Ok(Sent::Transient {
                     problem: format!("{e}"),
                     wait: None,
@@ -114,6 +118,10 @@ impl HttpConnector {
         let backoff = backoff.min(Duration::from_secs(30)).mul_f64(0.5 + jitter() / 2.0);
         let wait = wait.map_or(backoff, |w| w + backoff.mul_f64(0.1));
         tracing::debug!(system = %inner.system, request = %format!("{method} {path}"), %problem, ?wait, "retrying");
+        syncd_metrics::metrics()
+            .http_retries
+            .get_or_create(&vec![("system", inner.system.clone())])
+            .inc();
         tokio::time::sleep(wait).await;
         Ok(())
     }
@@ -165,6 +173,18 @@ impl HttpConnector {
         answers.sort_unstable_by_key(|(i, _)| *i);
         answers.into_iter().map(|(_, a)| a).collect()
     }
+}
+
+/// Counts one request to `system` that ended with `status` (a code, or
+/// `error` when no answer came).
+fn count_request(system: &str, status: &str) {
+    syncd_metrics::metrics()
+        .http_requests
+        .get_or_create(&vec![
+            ("system", system.to_owned()),
+            ("status", status.to_owned()),
+        ])
+        .inc();
 }
 
 /// One random number in [0, 1), for jitter.

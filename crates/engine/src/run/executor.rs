@@ -460,6 +460,7 @@ impl Job {
         let span = tracing::info_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
         // (Instrumented, not entered: a guard held across an await would
         // tag other tasks' events on this thread with the run.)
+        let started = std::time::Instant::now();
         async {
             tracing::info!(worker = %lease.worker_id, "run executing");
             // A resolution a system refuses fails the run like any step error,
@@ -477,6 +478,13 @@ impl Job {
                         RunEvent::Suspend
                     };
                     let ended = self.store.transition_run(&run, event, None).await?;
+                    syncd_metrics::metrics()
+                        .run_seconds
+                        .get_or_create(&vec![
+                            ("integration", self.workflow.name.to_string()),
+                            ("state", ended.state.to_string()),
+                        ])
+                        .observe(started.elapsed().as_secs_f64());
                     tracing::info!(state = %ended.state, pending_conflicts = pending, "run ended");
                     Ok(ended)
                 }
@@ -535,8 +543,26 @@ impl Job {
             self.store.start_step(run, step, lease).await?;
             let span =
                 tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
-            let mut last = StepCounters::default();
+            // The step's counters so far (a resumed step's, from its
+            // checkpoint): the metrics count what each page adds.
+            let mut last = checkpoint.map(|c| c.counters).unwrap_or_default();
+            let labels = |outcome: &str| {
+                vec![
+                    ("tenant", self.tenant.to_string()),
+                    ("integration", self.workflow.name.to_string()),
+                    ("entity", step.entity_type.to_string()),
+                    ("direction", step.direction.as_str().to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ]
+            };
+            let records = &syncd_metrics::metrics().records;
+            let started = std::time::Instant::now();
             let mut report = |counters: &StepCounters| {
+                for ((name, now), (_, before)) in counters.named().into_iter().zip(last.named()) {
+                    if now > before {
+                        records.get_or_create(&labels(name)).inc_by(now - before);
+                    }
+                }
                 last = *counters;
                 progress(&Progress {
                     step: i + 1,
@@ -562,6 +588,14 @@ impl Job {
                     .await?
                 }
             }
+            syncd_metrics::metrics()
+                .step_seconds
+                .get_or_create(&vec![
+                    ("integration", self.workflow.name.to_string()),
+                    ("entity", step.entity_type.to_string()),
+                    ("direction", step.direction.as_str().to_owned()),
+                ])
+                .observe(started.elapsed().as_secs_f64());
             tracing::info!(
                 parent: &span,
                 read = last.read,

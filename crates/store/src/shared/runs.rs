@@ -324,6 +324,27 @@ macro_rules! run_statements {
             rows.iter().map(crate::rows::conflict).collect()
         }
 
+        pub(crate) async fn runs_by_state(&self, tenant: Option<&TenantId>) -> Result<Vec<(String, u64)>, StoreError> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT state, count(*) FROM runs WHERE CAST($1 AS TEXT) IS NULL OR tenant_id = $1 GROUP BY state",
+            )
+            .bind(tenant.map(TenantId::as_str))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.into_iter().map(|(s, n)| (s, n as u64)).collect())
+        }
+
+        pub(crate) async fn pending_conflicts(&self, tenant: Option<&TenantId>) -> Result<u64, StoreError> {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM conflicts WHERE status = 'pending' \
+                 AND (CAST($1 AS TEXT) IS NULL OR tenant_id = $1)",
+            )
+            .bind(tenant.map(TenantId::as_str))
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(n as u64)
+        }
+
         pub(crate) async fn pending_conflicts_of_run(&self, tenant: &TenantId, run_id: Uuid) -> Result<u64, StoreError> {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM conflicts WHERE tenant_id = $1 AND run_id = $2 AND status = 'pending'",
