@@ -508,6 +508,16 @@ impl RedisCache {
     }
 }
 
+/// Counts `n` cache events of a kind (hit, miss, fallback) in the metrics.
+fn cache_event(event: &str, n: u64) {
+    if n > 0 {
+        syncd_metrics::metrics()
+            .cache
+            .get_or_create(&vec![("event", event.to_owned())])
+            .inc_by(n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,15 +587,5 @@ mod tests {
                 cache.key(&scope, Side::Target, "t%2")
             ]
         );
-    }
-}
-
-/// Counts `n` cache events of a kind (hit, miss, fallback) in the metrics.
-fn cache_event(event: &str, n: u64) {
-    if n > 0 {
-        syncd_metrics::metrics()
-            .cache
-            .get_or_create(&vec![("event", event.to_owned())])
-            .inc_by(n);
     }
 }
