@@ -1431,3 +1431,65 @@ fn json_logs_are_one_object_a_line_and_carry_the_run() {
     }
     assert!(with_run > 0, "no event of the run:\n{stderr}");
 }
+
+/// `syncd schedules list` says what the workers fire next, soonest first,
+/// and how late an overdue tick is; `--tenant` confines it.
+#[test]
+fn schedules_list_says_what_fires_next() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}", dir.0.join("state.db").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = syncd_store::Store::connect(
+            &syncd_store::StoreConfig::new(&db),
+            syncd_store::cache::MappingCache::disabled(),
+        )
+        .await
+        .unwrap();
+        let now = chrono::Utc::now();
+        store
+            .ensure_schedule(
+                &"acme".into(),
+                &"crm-to-erp".into(),
+                "*/15 * * * *",
+                now - chrono::Duration::seconds(90),
+            )
+            .await
+            .unwrap();
+        store
+            .ensure_schedule(
+                &"globex".into(),
+                &"crm-to-erp".into(),
+                "0 * * * *",
+                now + chrono::Duration::minutes(30),
+            )
+            .await
+            .unwrap();
+    });
+    let all = syncd(&dir.0, &["schedules", "list", "--db", &db]);
+    assert_eq!(all.code, Some(0), "{}", all.stderr);
+    let lines: Vec<&str> = all.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", all.stdout);
+    assert!(lines[0].starts_with("tenant"), "{}", all.stdout);
+    assert!(
+        lines[1].starts_with("acme ") && lines[1].contains("*/15 * * * *"),
+        "{}",
+        all.stdout
+    );
+    let late: u64 = lines[1]
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!((89..=120).contains(&late), "{}", all.stdout);
+    assert!(
+        lines[2].starts_with("globex ") && lines[2].ends_with(" -"),
+        "{}",
+        all.stdout
+    );
+    let one = syncd(&dir.0, &["schedules", "list", "--db", &db, "--tenant", "globex"]);
+    assert_eq!(one.stdout.lines().count(), 2, "{}", one.stdout);
+    assert!(!one.stdout.contains("acme"), "{}", one.stdout);
+}
