@@ -147,6 +147,10 @@ enum TokensVerb {
         /// Create it even though no definition names the tenant.
         #[arg(long)]
         force: bool,
+        /// Who holds it (a reviewer's user id): the API records the
+        /// decisions made with it under this name.
+        #[arg(long)]
+        holder: Option<String>,
     },
     /// Every token: prefix, tenant, created, last used, expiry, revocation
     /// (never the secret).
@@ -551,8 +555,16 @@ pub fn main() -> ExitCode {
                     expires_in,
                     workflows,
                     force,
+                    holder,
                 },
-        } => cmd::serve::create_token(tenant, admin, expires_in.as_deref(), &workflows, force),
+        } => cmd::serve::create_token(
+            tenant,
+            admin,
+            expires_in.as_deref(),
+            &workflows,
+            force,
+            holder.as_deref(),
+        ),
         Command::Tokens {
             verb: TokensVerb::List,
         } => cmd::serve::list_tokens(),

@@ -45,7 +45,12 @@ pub fn create_token(
     expires_in: Option<&str>,
     workflows: &Path,
     force: bool,
+    holder: Option<&str>,
 ) -> CmdResult {
+    let holder = holder.map(str::trim);
+    if holder.is_some_and(|h| h.is_empty() || h.len() > 200) {
+        return Err("error: --holder: a name (a reviewer's user id), at most 200 characters".into());
+    }
     let principal = match (tenant, admin) {
         (Some(t), false) if !t.trim().is_empty() => Principal::Tenant(t.into()),
         (None, true) => Principal::Admin,
@@ -82,7 +87,7 @@ pub fn create_token(
     runtime()?.block_on(async {
         let store = open_store().await?;
         let (token, info) = store
-            .create_token_until(&principal, expires_at)
+            .create_token_for(&principal, expires_at, holder)
             .await
             .map_err(|e| format!("error: {e}"))?;
         println!("{token}");
@@ -128,12 +133,12 @@ pub fn list_tokens() -> CmdResult {
             t.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
         };
         println!(
-            "{:<16} {:<16} {:<20} {:<20} {:<20} {:<20} id",
-            "token", "tenant", "created", "last used", "expires", "revoked"
+            "{:<16} {:<16} {:<20} {:<20} {:<20} {:<20} {:<36} holder",
+            "token", "tenant", "created", "last used", "expires", "revoked", "id"
         );
         for t in tokens {
             println!(
-                "{:<16} {:<16} {:<20} {:<20} {:<20} {:<20} {}",
+                "{:<16} {:<16} {:<20} {:<20} {:<20} {:<20} {:<36} {}",
                 if t.prefix.is_empty() {
                     "-".to_owned()
                 } else {
@@ -144,7 +149,8 @@ pub fn list_tokens() -> CmdResult {
                 time(t.last_used_at),
                 time(t.expires_at),
                 time(t.revoked_at),
-                t.id
+                t.id,
+                t.holder.as_deref().unwrap_or("-")
             );
         }
         Ok(())

@@ -105,6 +105,7 @@ pub fn router_with(store: Arc<Store>, definitions: Vec<Definition>) -> Router {
     let api = Router::new()
         .route("/api/runs", get(list_runs).post(control::start_run))
         .route("/api/schedules", get(control::list_schedules))
+        .route("/api/me", get(me))
         .route("/api/runs/{id}", get(show_run))
         .route("/api/runs/{id}/cancel", post(cancel_run))
         .route("/api/runs/{id}/resume", post(resume_run))
@@ -184,6 +185,16 @@ pub enum TokenError {
 /// hashes; the API's middleware and the operator CLI's `--token` both ask
 /// here.
 pub async fn principal(store: &Store, token: &str) -> Result<Principal, TokenError> {
+    Ok(principal_and_holder(store, token).await?.0)
+}
+
+/// The holder a token names (`tokens create --holder`), for the handlers:
+/// a reviewer's decisions are recorded under it.
+#[derive(Clone, Debug)]
+pub struct Holder(pub Option<String>);
+
+/// [`principal`], with the token's holder.
+async fn principal_and_holder(store: &Store, token: &str) -> Result<(Principal, Option<String>), TokenError> {
     let token = token.trim();
     if token.is_empty() {
         return Err(TokenError::Missing);
@@ -191,11 +202,11 @@ pub async fn principal(store: &Store, token: &str) -> Result<Principal, TokenErr
     if token.len() > 200 {
         return Err(TokenError::Unknown);
     }
-    match store.authenticate(token).await? {
-        TokenCheck::Valid(principal) => Ok(principal),
-        TokenCheck::Unknown => Err(TokenError::Unknown),
-        TokenCheck::Revoked { prefix, at } => Err(TokenError::Revoked { prefix, at }),
-        TokenCheck::Expired { prefix, at } => Err(TokenError::Expired { prefix, at }),
+    match store.check_token(token).await? {
+        (TokenCheck::Valid(principal), holder) => Ok((principal, holder)),
+        (TokenCheck::Unknown, _) => Err(TokenError::Unknown),
+        (TokenCheck::Revoked { prefix, at }, _) => Err(TokenError::Revoked { prefix, at }),
+        (TokenCheck::Expired { prefix, at }, _) => Err(TokenError::Expired { prefix, at }),
     }
 }
 
@@ -208,9 +219,10 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("")
         .to_owned();
-    match principal(&state.store, &token).await {
-        Ok(principal) => {
+    match principal_and_holder(&state.store, &token).await {
+        Ok((principal, holder)) => {
             request.extensions_mut().insert(principal);
+            request.extensions_mut().insert(Holder(holder));
             next.run(request).await
         }
         Err(TokenError::Store(e)) => ApiError::from(e).into_response(),
@@ -336,7 +348,27 @@ async fn list_conflicts(
             limit: q.limit.unwrap_or(100).min(1000),
         })
         .await?;
+    let conflicts: Vec<Value> = conflicts.iter().map(|c| with_context(&s, c)).collect();
     Ok(Json(json!({ "conflicts": conflicts })))
+}
+
+/// A conflict as the API shows it: the record, and the names of the two
+/// systems when this server has the integration's definition.
+fn with_context(s: &AppState, c: &syncd_core::conflict::ConflictRecord) -> Value {
+    let mut v = json!(c);
+    if let Some(d) = s.definitions.iter().find(|d| d.workflow.name == c.integration_id) {
+        v["systems"] = json!({ "source": d.workflow.source.name, "target": d.workflow.target.name });
+    }
+    v
+}
+
+/// `GET /api/me`: what the token speaks for, and who holds it.
+async fn me(Extension(who): Extension<Principal>, Extension(Holder(holder)): Extension<Holder>) -> ApiResult {
+    Ok(Json(json!({
+        "tenant": who.tenant(),
+        "admin": who.tenant().is_none(),
+        "holder": holder,
+    })))
 }
 
 async fn show_conflict(
@@ -350,7 +382,7 @@ async fn show_conflict(
         .load_conflict(who.tenant(), id)
         .await?
         .ok_or_else(|| ApiError::not_found("conflict"))?;
-    Ok(Json(json!({ "conflict": c })))
+    Ok(Json(json!({ "conflict": with_context(&s, &c) })))
 }
 
 /// A reviewer's decision: `take` a side, or give `values`.
@@ -359,13 +391,14 @@ async fn show_conflict(
 struct Resolve {
     take: Option<String>,
     values: Option<Fields>,
-    /// The reviewer's user id.
-    by: String,
+    /// The reviewer's user id; a token that names its holder says it.
+    by: Option<String>,
 }
 
 async fn resolve_conflict(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
+    Extension(Holder(holder)): Extension<Holder>,
     Path(id): Path<String>,
     body: Result<Json<Resolve>, JsonRejection>,
 ) -> ApiResult {
@@ -381,9 +414,20 @@ async fn resolve_conflict(
             ));
         }
     };
-    let by = body.by.trim();
+    let by = match (&holder, body.by.as_deref().map(str::trim)) {
+        (Some(h), Some(by)) if by != h => {
+            return Err(ApiError::bad(format!(
+                "this token is `{h}`'s: its decisions are recorded under that name, not `{by}`"
+            )));
+        }
+        (Some(h), _) => h.as_str(),
+        (None, Some(by)) => by,
+        (None, None) => "",
+    };
     if by.is_empty() || by.len() > 200 {
-        return Err(ApiError::bad("`by` must be the reviewer's user id"));
+        return Err(ApiError::bad(
+            "`by` must be the reviewer's user id (or create the token with --holder)",
+        ));
     }
     let c = s
         .store

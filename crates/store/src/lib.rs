@@ -546,6 +546,9 @@ pub struct TokenInfo {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Who holds it (`tokens create --holder`): the name the API records
+    /// a reviewer's decisions under.
+    pub holder: Option<String>,
 }
 
 type TokenRow = (
@@ -557,6 +560,7 @@ type TokenRow = (
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
 );
 
 impl TokenInfo {
@@ -570,6 +574,7 @@ impl TokenInfo {
             expires_at: r.5,
             revoked_at: r.6,
             last_used_at: r.7,
+            holder: r.8,
         }
     }
 }

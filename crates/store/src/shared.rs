@@ -427,8 +427,8 @@ macro_rules! shared_statements {
 
         pub(crate) async fn insert_token(&self, t: &crate::TokenInfo, hash: &str) -> Result<(), StoreError> {
             sqlx::query(
-                "INSERT INTO api_tokens (id, tenant_id, admin, token_hash, created_at, prefix, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO api_tokens (id, tenant_id, admin, token_hash, created_at, prefix, expires_at, holder) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(self.id(t.id))
             .bind(&t.tenant)
@@ -437,6 +437,7 @@ macro_rules! shared_statements {
             .bind(t.created_at)
             .bind(&t.prefix)
             .bind(t.expires_at)
+            .bind(t.holder.as_deref())
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -444,8 +445,8 @@ macro_rules! shared_statements {
 
         pub(crate) async fn tokens(&self, hash: Option<&str>) -> Result<Vec<crate::TokenInfo>, StoreError> {
             let rows: Vec<crate::TokenRow> = sqlx::query_as(
-                "SELECT CAST(id AS TEXT), prefix, tenant_id, admin, created_at, expires_at, revoked_at, last_used_at \
-                 FROM api_tokens WHERE CAST($1 AS TEXT) IS NULL OR token_hash = $1 ORDER BY created_at, id",
+                "SELECT CAST(id AS TEXT), prefix, tenant_id, admin, created_at, expires_at, revoked_at, last_used_at, \
+                 holder FROM api_tokens WHERE CAST($1 AS TEXT) IS NULL OR token_hash = $1 ORDER BY created_at, id",
             )
             .bind(hash)
             .fetch_all(&self.pool)

@@ -16,6 +16,17 @@ impl Store {
         principal: &Principal,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(String, TokenInfo), StoreError> {
+        self.create_token_for(principal, expires_at, None).await
+    }
+
+    /// [`create_token_until`](Self::create_token_until) for a named
+    /// `holder`, whose name the API records the decisions it makes under.
+    pub async fn create_token_for(
+        &self,
+        principal: &Principal,
+        expires_at: Option<DateTime<Utc>>,
+        holder: Option<&str>,
+    ) -> Result<(String, TokenInfo), StoreError> {
         let token = format!("syncd_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
         let info = TokenInfo {
             id: Uuid::new_v4(),
@@ -26,6 +37,7 @@ impl Store {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            holder: holder.map(str::to_owned),
         };
         on_backend!(self, b => b.insert_token(&info, &token_hash(&token)).await)?;
         Ok((token, info))
@@ -34,16 +46,21 @@ impl Store {
     /// What `token` may do: the principal it speaks for, or why it may not
     /// (unknown, revoked, expired). Notes its use, at most once a minute.
     pub async fn authenticate(&self, token: &str) -> Result<TokenCheck, StoreError> {
+        Ok(self.check_token(token).await?.0)
+    }
+
+    /// [`authenticate`](Self::authenticate), with the token's holder.
+    pub async fn check_token(&self, token: &str) -> Result<(TokenCheck, Option<String>), StoreError> {
         let found = on_backend!(self, b => b.tokens(Some(&token_hash(token))).await)?;
         let Some(t) = found.into_iter().next() else {
-            return Ok(TokenCheck::Unknown);
+            return Ok((TokenCheck::Unknown, None));
         };
         let now = Utc::now();
         if let Some(at) = t.revoked_at {
-            return Ok(TokenCheck::Revoked { prefix: t.prefix, at });
+            return Ok((TokenCheck::Revoked { prefix: t.prefix, at }, None));
         }
         if let Some(at) = t.expires_at.filter(|at| *at <= now) {
-            return Ok(TokenCheck::Expired { prefix: t.prefix, at });
+            return Ok((TokenCheck::Expired { prefix: t.prefix, at }, None));
         }
         if t.last_used_at
             .is_none_or(|at| now - at > chrono::Duration::minutes(1))
@@ -54,10 +71,11 @@ impl Store {
                 tracing::warn!(error = %e, "could not note a token's use");
             }
         }
-        Ok(TokenCheck::Valid(match t.admin {
+        let principal = match t.admin {
             true => Principal::Admin,
             false => Principal::Tenant(TenantId(t.tenant)),
-        }))
+        };
+        Ok((TokenCheck::Valid(principal), t.holder))
     }
 
     /// Every token, oldest first, as stored: never the secret.
