@@ -47,7 +47,11 @@ impl Served {
             clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
         };
         let serving = tokio::spawn(async move { worker.serve(shutdown).await });
-        let addr = support::http::serve(store.clone()).await;
+        let definition = Definition {
+            workflow: Workflow::parse("test.toml", toml).unwrap(),
+            graph: DependencyGraph::builtin_default(),
+        };
+        let addr = support::http::serve_with(store.clone(), vec![definition]).await;
         Served { addr, stop, serving }
     }
 
@@ -93,15 +97,13 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         assert_eq!(conflicts.len(), 1);
         let conflict = &conflicts[0];
         let target_id = target.dump("customers").await[0]["id"].clone();
-        let meta = conflict.find(".meta").await.text().await;
+        let heading = conflict.find("h2").await.text().await;
         assert_eq!(
-            meta,
-            format!(
-                "account · source A-1 · target {} · conflicting: name",
-                target_id.as_str().unwrap()
-            ),
+            heading,
+            format!("account A-1 ↔ {}", target_id.as_str().unwrap()),
             "the conflict's heading"
         );
+        assert_eq!(conflict.find(".meta").await.text().await, "conflicting: name");
         let mut rows = Vec::new();
         for row in conflict.find_all("tbody tr").await {
             let mut cells = Vec::new();
@@ -353,5 +355,337 @@ async fn the_review_page_shows_that_a_revoked_token_is_refused() {
         .saving_artifacts_on_panic("review_page_revoked", check)
         .await;
     browser.quit().await;
+    pg.drop().await;
+}
+
+/// A suspended run of `tenant` t1 on two SQLite systems in `dir`, with one
+/// conflict (`manual`) per account of `names`: each (source's new name,
+/// target's new name) of account `A-i`.
+async fn suspended_with(
+    store: &Arc<Store>,
+    dir: &TempDir,
+    names: &[(&str, &str)],
+) -> (
+    support::systems::SystemDb,
+    support::systems::SystemDb,
+    String,
+    syncd_store::RunRow,
+) {
+    use support::systems::{Kind, SystemDb, sync_once, ts, workflow_toml};
+    let source = SystemDb::with_tables(Kind::Sqlite, dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, dir, "target").await.unwrap();
+    let rows: Vec<Value> = (1..=names.len())
+        .map(|i| json!({"id": format!("A-{i}"), "name": format!("Acme {i}"), "industry": "retail", "updated_at": ts(0)}))
+        .collect();
+    source.insert("accounts", &rows).await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "manual")],
+    );
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let now = syncd_connect::format_time(chrono::Utc::now());
+    let targets = target.dump("customers").await;
+    for (i, (s, t)) in names.iter().enumerate() {
+        let quote = |v: &str| v.replace('\'', "''");
+        source
+            .exec(&format!(
+                "UPDATE accounts SET name = '{}', updated_at = '{now}' WHERE id = 'A-{}'",
+                quote(s),
+                i + 1
+            ))
+            .await;
+        let target_id = targets
+            .iter()
+            .find(|r| r["customer_name"] == format!("Acme {}", i + 1))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        target
+            .exec(&format!(
+                "UPDATE customers SET customer_name = '{}', updated_at = '{now}' WHERE id = '{target_id}'",
+                quote(t)
+            ))
+            .await;
+    }
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, syncd_engine::run::RunState::Suspended);
+    (source, target, toml, run)
+}
+
+/// Three conflicts of one suspended run decided on the page by a reviewer
+/// whose token names them: one takes the source, one the target, one an
+/// edited value. The page then follows the run until a worker has resumed
+/// it and it `succeeded`, and lists the three decisions with who made
+/// them. Readable at 1280×800 and in a narrow window (nothing wider than
+/// the window); every control a labelled button or input.
+#[tokio::test]
+async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("review-three");
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    let (source, target, toml, run) =
+        suspended_with(&store, &dir, &[("S 1", "T 1"), ("S 2", "T 2"), ("S 3", "T 3")]).await;
+    let served = Served::start(&store, &toml).await;
+    let addr = served.addr;
+    let (token, _) = store
+        .create_token_for(&Principal::Tenant("t1".into()), None, Some("reviewer-9"))
+        .await
+        .unwrap();
+
+    let review = async {
+        browser.resize(1280, 800).await;
+        browser.goto(&format!("http://{addr}/review")).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "3 pending").await;
+        browser
+            .find("#whoami")
+            .await
+            .wait_for_text("deciding as reviewer-9 · tenant t1")
+            .await;
+        assert_eq!(
+            browser.find("#reviewer-field").await.property("hidden").await,
+            json!(true),
+            "no user id to type: the token names its holder"
+        );
+        let labelled = browser
+            .script(
+                "return [...document.querySelectorAll('button')].every(b => b.textContent.trim() !== '') && \
+                 [...document.querySelectorAll('input')].every(i => i.getAttribute('aria-label') || i.closest('label'))",
+            )
+            .await;
+        assert_eq!(labelled, json!(true), "every control says what it does");
+        let wide = "return document.documentElement.scrollWidth <= window.innerWidth";
+        assert_eq!(
+            browser.script(wide).await,
+            json!(true),
+            "nothing wider than 1280 px"
+        );
+        browser.resize(420, 800).await;
+        assert_eq!(
+            browser.script(wide).await,
+            json!(true),
+            "nothing wider than a narrow window"
+        );
+        browser.resize(1280, 800).await;
+
+        let sections = browser.find_all("section.conflict").await;
+        assert_eq!(sections.len(), 3);
+        for section in &sections {
+            let run_cell = section.find("dd[data-context=run]").await.text().await;
+            assert_eq!(run_cell, run.id.to_string());
+        }
+        // A-1: the source's value; A-2: the target's; A-3: an edit.
+        let by_heading = |i: usize| format!("account A-{i} ↔");
+        for section in &sections {
+            let heading = section.find("h2").await.text().await;
+            if heading.starts_with(&by_heading(1)) {
+                section.find("button[data-take=source]").await.click().await;
+            } else if heading.starts_with(&by_heading(2)) {
+                section.find("button[data-take=target]").await.click().await;
+            } else {
+                let input = section.find("input[name=name]").await;
+                input.clear().await;
+                input.type_text("Reviewed 3").await;
+                section.find("button[data-take=values]").await.click().await;
+            }
+            section.find(".result").await.wait_for_text("resolved ✓").await;
+        }
+        // The page follows the run: resumed by the worker, then succeeded.
+        let status = browser.find("#run-status").await;
+        let started = Instant::now();
+        loop {
+            let text = status.text().await;
+            if text.ends_with(": succeeded") {
+                assert_eq!(text, format!("Run {}: succeeded", run.id));
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the page shows {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(status.has_class("state-succeeded").await);
+        let link = browser.find("#run-status a").await;
+        assert_eq!(
+            link.property("href").await,
+            json!(format!("http://{addr}/api/runs/{}", run.id))
+        );
+        // Past decisions, with who and when.
+        let decided = browser.find_all("#decided-list li").await;
+        assert_eq!(decided.len(), 3);
+        for li in &decided {
+            let text = li.text().await;
+            assert!(text.contains("— by reviewer-9 at 20"), "{text}");
+        }
+        let texts = {
+            let mut t = Vec::new();
+            for li in &decided {
+                t.push(li.text().await);
+            }
+            t.join("\n")
+        };
+        for expected in [
+            r#"A-1: name = S 1"#,
+            r#"A-2: name = T 2"#,
+            r#"A-3: name = Reviewed 3"#,
+        ] {
+            assert!(texts.contains(expected), "{expected} in {texts}");
+        }
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_three", review)
+        .await;
+
+    // The systems hold the decisions; the store, who made them.
+    let names: Vec<Value> = source
+        .dump("accounts")
+        .await
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("S 1"), json!("T 2"), json!("Reviewed 3")]);
+    let mut held: Vec<Value> = target
+        .dump("customers")
+        .await
+        .iter()
+        .map(|r| r["customer_name"].clone())
+        .collect();
+    held.sort_by_key(|v| v.to_string());
+    assert_eq!(held, [json!("Reviewed 3"), json!("S 1"), json!("T 2")]);
+    let by: Vec<String> = sqlx::query_scalar("SELECT resolved_by FROM conflicts WHERE run_id = $1")
+        .bind(run.id)
+        .fetch_all(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(by, ["reviewer-9"; 3]);
+    browser.quit().await;
+    served.stop().await;
+    pg.drop().await;
+}
+
+/// A conflict whose values are HTML shows them as text, with its context:
+/// tenant, integration, entity, the two systems by name with each side's
+/// record and change time, the strategy that parked it, its run and when.
+#[tokio::test]
+async fn the_review_page_shows_a_conflicts_context_and_its_html_as_text() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("review-context");
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    let hostile_source = r#"<img src=x onerror="window.pwned=1">"#;
+    let hostile_target = "<b>bold</b> & <script>window.pwned=2</script>";
+    let (_source, target, toml, run) =
+        suspended_with(&store, &dir, &[(hostile_source, hostile_target)]).await;
+    let served = Served::start(&store, &toml).await;
+    let addr = served.addr;
+    let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
+    let target_id = target.dump("customers").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let check = async {
+        browser.goto(&format!("http://{addr}/review")).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "1 pending").await;
+        let section = browser.find("section.conflict").await;
+        let context = |key: &'static str| {
+            let section = &section;
+            async move {
+                section
+                    .find(&format!("dd[data-context={key}]"))
+                    .await
+                    .text()
+                    .await
+            }
+        };
+        assert_eq!(context("tenant").await, "t1");
+        assert_eq!(context("integration").await, "e2e");
+        assert_eq!(context("entity").await, "account");
+        assert_eq!(context("strategy").await, "manual");
+        assert_eq!(context("run").await, run.id.to_string());
+        assert!(
+            context("parked").await.ends_with(" UTC"),
+            "{}",
+            context("parked").await
+        );
+        let source_side = context("source").await;
+        assert!(
+            source_side.starts_with("A-1, changed 20") && source_side.ends_with(" UTC"),
+            "{source_side}"
+        );
+        let target_side = context("target").await;
+        assert!(
+            target_side.starts_with(&format!("{target_id}, changed 20")),
+            "{target_side}"
+        );
+        // The systems by name, in the context and the table's header.
+        let labels: Vec<String> = {
+            let mut l = Vec::new();
+            for dt in section.find_all("dt").await {
+                l.push(dt.text().await);
+            }
+            l
+        };
+        assert!(
+            labels.contains(&"crm (source)".to_owned()) && labels.contains(&"erp (target)".to_owned()),
+            "{labels:?}"
+        );
+        let mut header = Vec::new();
+        for th in section.find_all("th").await {
+            header.push(th.text().await);
+        }
+        assert_eq!(
+            header,
+            ["field", "base", "crm (source)", "erp (target)", "decision"]
+        );
+        assert_eq!(
+            section.find("button[data-take=source]").await.text().await,
+            "Take crm (source)"
+        );
+        // The values, as text: no element made of them, no script run.
+        let row = section.find("tr.conflicting").await;
+        let mut cells = Vec::new();
+        for td in row.find_all("td").await {
+            cells.push(td.text().await);
+        }
+        assert_eq!(cells[..4], ["name", "Acme 1", hostile_source, hostile_target]);
+        assert!(section.find_all("img").await.is_empty());
+        assert!(section.find_all("b").await.is_empty());
+        assert!(section.find_all("script").await.is_empty());
+        assert_eq!(
+            browser.script("return window.pwned === undefined").await,
+            json!(true)
+        );
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_context", check)
+        .await;
+    browser.quit().await;
+    served.stop().await;
     pg.drop().await;
 }

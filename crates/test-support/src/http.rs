@@ -71,9 +71,14 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
 
 /// Serves the API (and the review page) of `store` on a free loopback port.
 pub async fn serve(store: Arc<Store>) -> SocketAddr {
+    serve_with(store, Vec::new()).await
+}
+
+/// [`serve`], knowing `definitions` (the systems' names, runs to start).
+pub async fn serve_with(store: Arc<Store>, definitions: Vec<syncd_engine::worker::Definition>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = syncd_engine::api::router(store);
+    let app = syncd_engine::api::router_with(store, definitions);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
 }

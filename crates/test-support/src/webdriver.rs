@@ -199,6 +199,27 @@ impl Browser {
         self.find(css).await.wait_for_text(expected).await;
     }
 
+    /// Runs `script` (a function body; `return` gives its value) in the
+    /// page and answers its value.
+    pub async fn script(&self, script: &str) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// Sets the window's size, as a reviewer's screen or window would be.
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
     /// A PNG of the viewport.
     pub async fn screenshot(&self) -> Vec<u8> {
         let encoded = self.command("GET", "/screenshot", None).await;
@@ -320,6 +341,23 @@ impl Element<'_> {
             assert!(
                 started.elapsed() < WAIT,
                 "after {WAIT:?} the page shows {text:?}, not {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the element's text contains `expected`; panics with
+    /// what it shows after [`WAIT`].
+    pub async fn wait_for_text_containing(&self, expected: &str) {
+        let started = Instant::now();
+        loop {
+            let text = self.text().await;
+            if text.contains(expected) {
+                return;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "after {WAIT:?} the page shows {text:?}, without {expected:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
