@@ -346,6 +346,40 @@ async fn bulk_copy(from: &Db, to: &Db) -> Result<usize, String> {
     Ok(copied)
 }
 
+/// PostgreSQL's own bulk path, the real floor: each table's rows out of
+/// `from` with a binary `COPY ... TO STDOUT`, straight into the empty
+/// tables of `to` with a binary `COPY ... FROM STDIN`. Answers the rows.
+async fn binary_copy(from: &PgPool, to: &PgPool) -> Result<u64, String> {
+    use futures_util::StreamExt;
+    use sqlx::postgres::PgPoolCopyExt;
+    let mut rows = 0;
+    for (src, dst, cols) in COPIES {
+        let read: Vec<&str> = cols.iter().map(|(s, _)| *s).collect();
+        let write: Vec<&str> = cols.iter().map(|(_, d)| *d).collect();
+        let mut out = from
+            .copy_out_raw(&format!(
+                "COPY (SELECT {} FROM {src}) TO STDOUT (FORMAT binary)",
+                read.join(", ")
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut into = to
+            .copy_in_raw(&format!(
+                "COPY {dst} ({}) FROM STDIN (FORMAT binary)",
+                write.join(", ")
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(chunk) = out.next().await {
+            into.send(chunk.map_err(|e| e.to_string())?)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        rows += into.finish().await.map_err(|e| e.to_string())?;
+    }
+    Ok(rows)
+}
+
 /// Peak resident memory of this process so far, in MiB (Linux).
 pub(super) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -375,6 +409,9 @@ struct Figures {
     records: usize,
     sync_secs: f64,
     floor_secs: f64,
+    /// Binary `COPY` out of the source and into an empty copy of the
+    /// target, when both are PostgreSQL.
+    copy_secs: Option<f64>,
     rerun_secs: f64,
 }
 
@@ -384,6 +421,7 @@ async fn measure(
     source: (Db, String),
     target: (Db, String),
     floor: Db,
+    copy: Option<PgPool>,
     state_url: String,
 ) -> Result<Figures, String> {
     match &source.0 {
@@ -399,6 +437,16 @@ async fn measure(
     target.0.exec(TARGET).await?;
     floor.exec(TARGET).await?;
 
+    let copy_secs = match (&source.0, &copy) {
+        (Db::Postgres(from), Some(to)) => {
+            let to_db = Db::Postgres(to.clone());
+            to_db.exec(TARGET).await?;
+            let started = Instant::now();
+            binary_copy(from, to).await?;
+            Some(started.elapsed().as_secs_f64())
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let copied = bulk_copy(&source.0, &floor).await?;
     let floor_secs = started.elapsed().as_secs_f64();
@@ -443,6 +491,7 @@ async fn measure(
         records: copied,
         sync_secs,
         floor_secs,
+        copy_secs,
         rerun_secs,
     })
 }
@@ -483,6 +532,7 @@ async fn mariadb_to_postgres(
             (Db::Mysql(pool), url.clone()),
             (Db::Postgres(pools[1].clone()), urls[1].clone()),
             Db::Postgres(pools[2].clone()),
+            None,
             urls[3].clone(),
         )
         .await
@@ -507,6 +557,7 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
             (sqlite_db(&dir.join("source.db")).await?, url("source.db")),
             (sqlite_db(&dir.join("target.db")).await?, url("target.db")),
             sqlite_db(&dir.join("floor.db")).await?,
+            None,
             url("state.db"),
         )
         .await;
@@ -520,7 +571,7 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
             .await
             .map_err(|e| format!("{base}: {e}"))?;
         let tag = Uuid::new_v4().simple().to_string();
-        let schemas: Vec<String> = ["source", "target", "floor", "state"]
+        let schemas: Vec<String> = ["source", "target", "floor", "state", "copy"]
             .iter()
             .map(|s| format!("syncd_bench_{s}_{tag}"))
             .collect();
@@ -548,13 +599,14 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
             (Db::Postgres(pools[0].clone()), urls[0].clone()),
             (Db::Postgres(pools[1].clone()), urls[1].clone()),
             Db::Postgres(pools[2].clone()),
+            Some(pools[4].clone()),
             urls[3].clone(),
         )
         .await;
         let mysql = match (&result, &bench.mysql_url) {
             (Ok(_), Some(my)) => {
                 // Fresh target, floor and state schemas for the second pair.
-                for (s, pool) in schemas[1..].iter().zip(&pools[1..]) {
+                for (s, pool) in schemas[1..4].iter().zip(&pools[1..4]) {
                     sqlx::raw_sql(&format!("DROP SCHEMA {s} CASCADE; CREATE SCHEMA {s}"))
                         .execute(pool)
                         .await
@@ -577,14 +629,31 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<26} {:>9} {:>9} {:>11} {:>9} {:>11} {:>6} {:>10}",
-        "one-way, 3 stages", "records", "sync s", "sync rec/s", "copy s", "copy rec/s", "ratio", "re-run s"
+        "{:<26} {:>9} {:>9} {:>11} {:>9} {:>11} {:>6} {:>9} {:>11} {:>6} {:>10}",
+        "one-way, 3 stages",
+        "records",
+        "sync s",
+        "sync rec/s",
+        "insert s",
+        "insert r/s",
+        "ratio",
+        "COPY s",
+        "COPY r/s",
+        "ratio",
+        "re-run s"
     );
     for f in &figures {
         let (rate, floor) = (f.records as f64 / f.sync_secs, f.records as f64 / f.floor_secs);
+        let (copy_s, copy_rate, copy_ratio) = match f.copy_secs {
+            Some(s) => {
+                let r = f.records as f64 / s;
+                (format!("{s:.2}"), format!("{r:.0}"), format!("{:.3}", rate / r))
+            }
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         let _ = writeln!(
             out,
-            "{:<26} {:>9} {:>9.2} {:>11.0} {:>9.2} {:>11.0} {:>6.2} {:>10.3}",
+            "{:<26} {:>9} {:>9.2} {:>11.0} {:>9.2} {:>11.0} {:>6.2} {:>9} {:>11} {:>6} {:>10.3}",
             f.label,
             f.records,
             f.sync_secs,
@@ -592,9 +661,17 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
             f.floor_secs,
             floor,
             rate / floor,
+            copy_s,
+            copy_rate,
+            copy_ratio,
             f.rerun_secs
         );
     }
+    let _ = writeln!(
+        out,
+        "insert: a plain client's keyset pages of 1,000, one statement each; \
+         COPY: binary COPY out of the source and into empty tables (PostgreSQL's own bulk path)"
+    );
     if let Some(mib) = peak_rss_mib() {
         let _ = writeln!(out, "peak resident memory of the process: {mib:.0} MiB");
     }
