@@ -433,7 +433,18 @@ async fn a_run_started_through_the_api_is_executed_by_a_worker() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = syncd_engine::api::router_with(store.clone(), vec![definition()]);
+    // An integration that names no tenants: an operator's alone.
+    let untenanted = Definition {
+        workflow: syncd_core::workflow::Workflow::parse(
+            "ops.toml",
+            &toml
+                .replace("name = \"e2e\"", "name = \"ops\"")
+                .replace("[tenants.t1]", ""),
+        )
+        .unwrap(),
+        graph: syncd_core::plan::DependencyGraph::builtin_default(),
+    };
+    let app = syncd_engine::api::router_with(store.clone(), vec![definition(), untenanted]);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let t1 = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
     let t2 = store.create_token(&Principal::Tenant("t2".into())).await.unwrap();
@@ -448,6 +459,7 @@ async fn a_run_started_through_the_api_is_executed_by_a_worker() {
         (t2.clone(), json!({"integration": "e2e"})),
         (t1.clone(), json!({"integration": "e2e", "tenant": "t2"})),
         (t1.clone(), json!({"integration": "nope"})),
+        (t1.clone(), json!({"integration": "ops"})),
     ] {
         let (status, reply) = start(token, body.clone()).await;
         assert_eq!(

@@ -525,6 +525,18 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
             link.property("href").await,
             json!(format!("http://{addr}/api/runs/{}", run.id))
         );
+        // The link shows the run here, with the token (a plain link would
+        // have none).
+        link.click().await;
+        let detail = browser.find("#run-status .run-detail").await;
+        detail
+            .wait_for_text_containing("succeeded · trigger test · pending conflicts 0")
+            .await;
+        assert!(
+            detail.text().await.contains("account forward: done, read 3,"),
+            "{}",
+            detail.text().await
+        );
         // Past decisions, with who and when.
         let decided = browser.find_all("#decided-list li").await;
         assert_eq!(decided.len(), 3);
@@ -547,8 +559,9 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
             assert!(texts.contains(expected), "{expected} in {texts}");
         }
     };
+    // Boxed: the test's future is too large for a test thread's stack.
     browser
-        .saving_artifacts_on_panic("review_page_three", review)
+        .saving_artifacts_on_panic("review_page_three", Box::pin(review))
         .await;
 
     // The systems hold the decisions; the store, who made them.

@@ -857,9 +857,17 @@ async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind:
     let Some(db) = SystemDb::create(kind, &dir, "system").await else {
         return;
     };
-    db.exec(
-        "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, slug TEXT UNIQUE, updated_at TEXT NOT NULL)",
-    )
+    db.exec(match kind {
+        // (MySQL keys need a length; its repeat must not be an upsert on
+        // every unique key, which would overwrite the row of another slug.)
+        Kind::Mariadb => {
+            "CREATE TABLE notes (id VARCHAR(64) PRIMARY KEY, body TEXT, slug VARCHAR(64) UNIQUE, \
+             updated_at DATETIME(6) NOT NULL)"
+        }
+        _ => {
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, slug TEXT UNIQUE, updated_at TEXT NOT NULL)"
+        }
+    })
     .await;
     let system = SqlConnector::connect("system", &db.url()).await.unwrap();
     let columns = system.columns("notes").await.unwrap().unwrap();
@@ -926,6 +934,11 @@ async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(kind:
     );
     drop(system);
     db.drop().await;
+}
+
+#[tokio::test]
+async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing_mariadb() {
+    a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(Kind::Mariadb).await;
 }
 
 #[tokio::test]

@@ -66,11 +66,17 @@ fn tenant_and(b: &TableBinding, prefix: &str, dialect: Dialect) -> String {
     let Some((column, value)) = &b.tenant else {
         return String::new();
     };
-    let (column, value) = match dialect {
-        Dialect::Mysql => (mysql::ident(column), value.replace('\\', "\\\\")),
-        _ => (ident(column), value.clone()),
-    };
-    format!(" AND {prefix}{column} = '{}'", value.replace('\'', "''"))
+    let value = value.replace('\'', "''");
+    match dialect {
+        // Byte for byte: the column's collation may fold case, accents or
+        // trailing spaces, and tenants differing so would see each other.
+        Dialect::Mysql => format!(
+            " AND {prefix}{} = BINARY '{}'",
+            mysql::ident(column),
+            value.replace('\\', "\\\\")
+        ),
+        _ => format!(" AND {prefix}{} = '{value}'", ident(column)),
+    }
 }
 
 /// A table's name as SQL reads it: `schema.table` names a table of another

@@ -617,19 +617,29 @@ impl Workflow {
             );
         }
 
+        if let (Some(source), Some(target)) = (&source, &target) {
+            tenancy::check_sides(&mut errors, source, target, &entities);
+        }
         match (source, target) {
-            (Some(source), Some(target)) if errors.list.is_empty() => Ok(Workflow {
-                file: file.to_owned(),
-                name: raw.name.into(),
-                partner: raw.partner,
-                direction,
-                schedule,
-                strategy,
-                source,
-                target,
-                entities,
-                tenants,
-            }),
+            (Some(source), Some(target)) if errors.list.is_empty() => {
+                let wf = Workflow {
+                    file: file.to_owned(),
+                    name: raw.name.into(),
+                    partner: raw.partner,
+                    direction,
+                    schedule,
+                    strategy,
+                    source,
+                    target,
+                    entities,
+                    tenants,
+                };
+                let found = wf.last_write_without_times();
+                match found.is_empty() {
+                    true => Ok(wf),
+                    false => Err(DefinitionErrors(found)),
+                }
+            }
             _ => Err(DefinitionErrors(errors.list)),
         }
     }

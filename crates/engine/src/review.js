@@ -65,8 +65,38 @@ function el(tag, text, attrs = {}) {
   return e;
 }
 
+// A run's id, as a link that shows the run here (its API address needs the
+// token, which a plain link would not send).
 function runLink(id) {
-  const a = el("a", id, { href: `/api/runs/${id}` });
+  const a = el("a", id, { href: `/api/runs/${id}`, "aria-expanded": "false" });
+  a.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const open = a.nextElementSibling && a.nextElementSibling.classList.contains("run-detail");
+    if (open) {
+      a.nextElementSibling.remove();
+      a.setAttribute("aria-expanded", "false");
+      return;
+    }
+    const detail = el("div", "loading…", { class: "run-detail", role: "region", "aria-label": `run ${id}` });
+    a.after(detail);
+    a.setAttribute("aria-expanded", "true");
+    try {
+      const { run, steps, pending_conflicts } = await api(`/api/runs/${id}`);
+      // (Numbers arrive as exact text: `show` writes them.)
+      const lines = [el("div", `${run.state} · trigger ${run.trigger} · pending conflicts ${show(pending_conflicts)}` +
+        (run.error ? ` · ${run.error}` : ""))];
+      for (const st of steps) {
+        const c = st.counters || {};
+        const n = (k) => show(c[k] === undefined ? 0 : c[k]);
+        lines.push(el("div", `${st.entity_type} ${st.direction}: ${st.state}, read ${n("read")}, ` +
+          `created ${n("created")}, updated ${n("updated")}, failed ${n("failed")}`));
+      }
+      detail.replaceChildren(...lines);
+    } catch (e) {
+      detail.textContent = e.message;
+      detail.className = "run-detail error";
+    }
+  });
   return a;
 }
 

@@ -394,7 +394,8 @@ pub struct RunFilter {
     pub limit: u32,
 }
 
-/// Filters for listing conflicts.
+/// Filters for listing conflicts: oldest first, but resolved ones (when
+/// `status` asks for them) most recently decided first.
 #[derive(Clone, Debug, Default)]
 pub struct ConflictFilter {
     pub tenant: Option<TenantId>,

@@ -54,8 +54,13 @@ pub(super) async fn connect(url: &str, schema: Option<&str>) -> Result<MySqlPool
             Box::pin(async move {
                 // A value the column cannot hold is an error on every
                 // engine, never a warning and a changed value.
-                conn.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
-                    .await?;
+                // Backslashes escape in string literals (the tenant filter
+                // doubles them), whatever the server's default.
+                conn.execute(
+                    "SET SESSION sql_mode = REPLACE(CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), \
+                     'NO_BACKSLASH_ESCAPES', '')",
+                )
+                .await?;
                 Ok(())
             })
         })
@@ -141,11 +146,16 @@ fn decode(row: &MySqlRow, i: usize, class: Class) -> Result<Value, String> {
     }
     let type_name = raw.type_info().name().to_owned();
     let err = |e: sqlx::Error| e.to_string();
+    let integer = matches!(
+        type_name.as_str(),
+        "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR"
+    ) || type_name.ends_with("UNSIGNED");
+    // The column's own type decides the sign (sqlx names any one-wide
+    // TINYINT `BOOLEAN`, signed or not).
+    let unsigned = type_name.ends_with("UNSIGNED") || matches!(class, Class::Unsigned { .. });
     Ok(match type_name.as_str() {
-        "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" | "YEAR" => {
-            Value::from(row.try_get_unchecked::<i64, _>(i).map_err(err)?)
-        }
-        t if t.ends_with("UNSIGNED") => Value::from(row.try_get_unchecked::<u64, _>(i).map_err(err)?),
+        _ if integer && unsigned => Value::from(row.try_get_unchecked::<u64, _>(i).map_err(err)?),
+        _ if integer => Value::from(row.try_get_unchecked::<i64, _>(i).map_err(err)?),
         "FLOAT" => {
             let f = row.try_get_unchecked::<f32, _>(i).map_err(err)?;
             match value::canonical_number(&f.to_string()) {
@@ -329,6 +339,20 @@ impl SqlConnector {
         self.mysql_by_ids(pool, b, ids, &sqlite_columns(b)).await
     }
 
+    /// Which of `ids` exist (of the tenant's rows), marked deleted or not.
+    pub(super) async fn mysql_present_any(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        ids: &[String],
+    ) -> Result<HashSet<String>, ConnectorError> {
+        let rows = self.mysql_by_ids(pool, b, ids, &[ID_COLUMN]).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(doc, _)| doc.get(ID_COLUMN).and_then(id_text))
+            .collect())
+    }
+
     /// Which of `ids` exist and are not marked deleted.
     pub(super) async fn mysql_present(
         &self,
@@ -438,33 +462,20 @@ impl SqlConnector {
     }
 
     /// Inserts `rows` (native columns, every row the same ones) in
-    /// multi-row statements; `upsert` overwrites rows whose id is there.
+    /// multi-row statements.
     pub(super) async fn mysql_insert(
         &self,
         pool: &MySqlPool,
         b: &TableBinding,
         rows: &[Fields],
-        upsert: bool,
     ) -> Result<(), sqlx::Error> {
         let columns: Vec<&str> = rows[0].keys().map(String::as_str).collect();
         let classes: Vec<Class> = columns.iter().map(|c| b.my_class(c)).collect();
         let list = columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-        let on_duplicate = match upsert {
-            true => format!(
-                " ON DUPLICATE KEY UPDATE {}",
-                columns
-                    .iter()
-                    .filter(|c| **c != ID_COLUMN)
-                    .map(|c| format!("{0} = VALUES({0})", ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            false => String::new(),
-        };
         let row_marks = format!("({})", marks(columns.len()));
         for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
             let sql = format!(
-                "INSERT INTO {} ({list}) VALUES {}{on_duplicate}",
+                "INSERT INTO {} ({list}) VALUES {}",
                 table(&b.table),
                 vec![row_marks.as_str(); chunk.len()].join(", ")
             );
@@ -553,7 +564,7 @@ mod tests {
         };
         assert_eq!(
             tenant_and(&b, "t.", Dialect::Mysql),
-            r" AND t.`tenant_id` = 'o''brien\\'"
+            r" AND t.`tenant_id` = BINARY 'o''brien\\'"
         );
         assert_eq!(
             tenant_and(&b, "", Dialect::Postgres),

@@ -374,9 +374,38 @@ impl SqlConnector {
         }
     }
 
-    /// Creates `rows` of `records` in MySQL: one multi-row insert (an
-    /// upsert when a record was tried before, or when the plain insert met
-    /// an id already there); integer ids are found again by key.
+    /// Creates text-id `rows` some of which may exist already: those are
+    /// written over by id, the others inserted.
+    async fn mysql_create_again(
+        &self,
+        pool: &sqlx::mysql::MySqlPool,
+        b: &TableBinding,
+        rows: &[Fields],
+    ) -> Result<(), ConnectorError> {
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get(ID_COLUMN).and_then(id_text))
+            .collect();
+        let there = self.mysql_present_any(pool, b, &ids).await?;
+        let (existing, new): (Vec<Fields>, Vec<Fields>) = rows.iter().cloned().partition(|r| {
+            r.get(ID_COLUMN)
+                .and_then(id_text)
+                .is_some_and(|id| there.contains(&id))
+        });
+        if !existing.is_empty() {
+            self.mysql_update(pool, b, &existing).await?;
+        }
+        if !new.is_empty() {
+            self.mysql_insert(pool, b, &new)
+                .await
+                .map_err(self.query_error(&b.table))?;
+        }
+        Ok(())
+    }
+
+    /// Creates `rows` of `records` in MySQL: one multi-row insert (rows
+    /// already there, after a crash, written over by id); integer ids are
+    /// found again by key.
     async fn mysql_create(
         &self,
         pool: &sqlx::mysql::MySqlPool,
@@ -386,13 +415,23 @@ impl SqlConnector {
     ) -> Result<Vec<String>, ConnectorError> {
         let text = b.id_kind == IdKind::Text;
         let repeat = text && records.iter().any(|r| r.tried);
-        match self.mysql_insert(pool, b, rows, repeat).await {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && text && !repeat => {
-                self.mysql_insert(pool, b, rows, true).await
+        let first = match repeat {
+            true => None,
+            false => Some(self.mysql_insert(pool, b, rows).await),
+        };
+        match first {
+            Some(Ok(())) => {}
+            // A text-id row created before (a create repeated after a
+            // crash): the rows whose id is there are written over by id (a
+            // MySQL upsert would fire on any unique key, and overwrite
+            // another row); the others are inserted, and any other unique
+            // key they break fails them loudly.
+            Some(Err(sqlx::Error::Database(e))) if e.is_unique_violation() && text => {
+                self.mysql_create_again(pool, b, rows).await?
             }
-            other => other,
+            None => self.mysql_create_again(pool, b, rows).await?,
+            Some(Err(e)) => return Err(self.query_error(&b.table)(e)),
         }
-        .map_err(self.query_error(&b.table))?;
         match (b.id_kind, &b.key_column) {
             (IdKind::Assigned, Some(k)) => {
                 let keys: Vec<String> = records.iter().map(|r| r.key.clone()).collect();

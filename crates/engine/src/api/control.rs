@@ -43,7 +43,13 @@ pub(super) async fn start_run(
         .definitions
         .iter()
         .find(|d| d.workflow.name.as_str() == body.integration)
-        .filter(|d| d.workflow.tenants.is_empty() || d.workflow.tenants.contains_key(&tenant))
+        // An integration that names no tenants is an operator's: a tenant
+        // token could otherwise run it, under its own name, on systems
+        // that are not its own.
+        .filter(|d| match d.workflow.tenants.is_empty() {
+            true => who.tenant().is_none(),
+            false => d.workflow.tenants.contains_key(&tenant),
+        })
         .ok_or_else(|| ApiError::not_found("integration"))?;
     let plan = definition
         .workflow

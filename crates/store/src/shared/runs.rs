@@ -361,7 +361,7 @@ macro_rules! run_statements {
                 "SELECT {} FROM conflicts \
                  WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
                    AND (CAST($3 AS TEXT) IS NULL OR entity_type = $3) AND (CAST($4 AS TEXT) IS NULL OR run_id = $4) \
-                 ORDER BY created_at, id LIMIT $5",
+                 ORDER BY CASE WHEN CAST($2 AS TEXT) = 'resolved' THEN resolved_at END DESC, created_at, id LIMIT $5",
                 crate::rows::CONFLICT_COLUMNS
             ))
             .bind(f.tenant.as_ref().map(TenantId::as_str))
