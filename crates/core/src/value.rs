@@ -32,6 +32,9 @@ pub enum Class {
     /// Anything JSON holds, kept as is (API fields, untyped columns).
     Any,
     Text,
+    /// Fixed-width text that drops trailing spaces when read back (MySQL's
+    /// `CHAR(n)`): text ending in a space cannot be held exactly.
+    PaddedText,
     Boolean,
     /// A signed integer of `bits` bits.
     Integer {
@@ -238,9 +241,9 @@ impl Class {
             }
             "float" => float(32),
             "double" | "real" => float(64),
-            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => {
-                Class::Text
-            }
+            // `CHAR(n)` gives its text back without trailing spaces.
+            "char" => Class::PaddedText,
+            "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => Class::Text,
             "json" => Class::Json,
             "date" => Class::Date,
             // Both hold instants: syncd's sessions run in UTC, so a
@@ -259,7 +262,7 @@ impl Class {
     pub fn kind(self) -> Kind {
         match self {
             Class::Any => Kind::Any,
-            Class::Text => Kind::Text,
+            Class::Text | Class::PaddedText => Kind::Text,
             Class::Boolean => Kind::Boolean,
             Class::Integer { .. } | Class::Unsigned { .. } | Class::Decimal { .. } | Class::Numeric => {
                 Kind::Number
@@ -553,7 +556,7 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             Ok(Value::String(v.to_string()))
         }
         Class::Json => Ok(v.clone()),
-        Class::Text => {
+        Class::Text | Class::PaddedText => {
             let text = match v {
                 _ if kind == Kind::Json => v.to_string(),
                 Value::String(s) => s.clone(),
@@ -563,6 +566,12 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             };
             if dialect == Dialect::Postgres && text.contains('\0') {
                 return Err("text holding a NUL character cannot be stored in PostgreSQL text".into());
+            }
+            if native == Class::PaddedText && text.ends_with(' ') {
+                return Err(format!(
+                    "{} ends with a space, which a fixed-width CHAR column drops when it is read back",
+                    describe(&Value::String(text))
+                ));
             }
             Ok(Value::String(text))
         }
@@ -1055,5 +1064,35 @@ mod tests {
             write(Kind::Json, Class::sqlite("JSON"), Dialect::Sqlite, &doc),
             Ok(json!("{\"a\":1.50}"))
         );
+    }
+
+    #[test]
+    fn mysql_columns_hold_what_they_give_back() {
+        let my = |t: &str, v: Value| write(Class::mysql(t).kind(), Class::mysql(t), Dialect::Mysql, &v);
+        assert_eq!(Class::mysql("char(10)"), Class::PaddedText);
+        assert!(my("char(10)", json!("abc ")).unwrap_err().contains("drops"));
+        assert_eq!(my("char(10)", json!("abc")).unwrap(), json!("abc"));
+        assert_eq!(my("varchar(10)", json!("abc ")).unwrap(), json!("abc "));
+        assert_eq!(Class::mysql("tinyint(1)"), Class::Boolean);
+        assert_eq!(Class::mysql("tinyint(1) unsigned"), Class::Unsigned { bits: 8 });
+        assert_eq!(Class::mysql("bigint(20) unsigned"), Class::Unsigned { bits: 64 });
+        assert_eq!(
+            my("bigint(20) unsigned", num("18446744073709551615")).unwrap(),
+            num("18446744073709551615")
+        );
+        assert!(my("bigint(20) unsigned", num("18446744073709551616")).is_err());
+        assert!(my("bigint(20) unsigned", num("-1")).is_err());
+        assert!(my("decimal(65,30)", num("0.1234567890123456789012345678901")).is_err());
+        assert_eq!(
+            my("datetime(6)", json!("2026-03-04T05:06:07.123456Z")).unwrap(),
+            json!("2026-03-04 05:06:07.123456")
+        );
+        assert!(
+            my("datetime", json!("2026-03-04T05:06:07.5Z")).is_err(),
+            "DATETIME keeps no fraction"
+        );
+        assert!(my("double", json!("Infinity")).is_err());
+        assert!(my("double", json!("NaN")).is_err());
+        assert_eq!(my("json", json!({"a": [1, 2]})).unwrap(), json!(r#"{"a":[1,2]}"#));
     }
 }
