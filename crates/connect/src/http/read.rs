@@ -192,13 +192,7 @@ impl HttpConnector {
                 _ => false,
             };
             if repeated {
-                return Err(ConnectorError::Http {
-                    system: self.inner.system.clone(),
-                    request: format!("GET {}", r.path),
-                    detail: "the API answered the same page twice: check the collection's `pagination` \
-                             settings against the API's parameters"
-                        .into(),
-                });
+                return Err(self.same_page_twice(r));
             }
             previous = first;
             for item in &items {
@@ -237,14 +231,7 @@ impl HttpConnector {
                     last = Some(key.clone());
                     advanced = true;
                 }
-                if b.marked_deleted(|c| item.get(c)) {
-                    page.deleted.push(key.1.clone());
-                } else {
-                    match Self::record_of(b, item, key) {
-                        Ok(record) => page.records.push(record),
-                        Err(bad) => page.bad.push(bad),
-                    }
-                }
+                Self::take(b, item, key, &mut page);
                 taken += 1;
                 if taken == limit {
                     // The rest of this API page is read again next time,
@@ -304,6 +291,31 @@ impl HttpConnector {
         Ok(page)
     }
 
+    /// An API that ignores the page or cursor parameter answers the same
+    /// page again and again: the listing stops with this.
+    fn same_page_twice(&self, r: &HttpResource) -> ConnectorError {
+        ConnectorError::Http {
+            system: self.inner.system.clone(),
+            request: format!("GET {}", r.path),
+            detail: "the API answered the same page twice: check the collection's `pagination` \
+                     settings against the API's parameters"
+                .into(),
+        }
+    }
+
+    /// A listed item into `page`: a deletion when it is marked deleted,
+    /// else a record, or a bad row saying why it is not one.
+    fn take(b: &TableBinding, item: &Value, key: ListKey, page: &mut ChangePage) {
+        if b.marked_deleted(|c| item.get(c)) {
+            page.deleted.push(key.1);
+        } else {
+            match Self::record_of(b, item, key) {
+                Ok(record) => page.records.push(record),
+                Err(bad) => page.bad.push(bad),
+            }
+        }
+    }
+
     /// Reads the next pages of a collection without update times: every
     /// scan lists it whole, in the order of its `query`, and the engine
     /// finds what changed by comparing values with the last synced ones. The
@@ -334,13 +346,7 @@ impl HttpConnector {
             let (items, following) = self.list_page(r, &[], at.as_ref()).await?;
             let first = items.first().and_then(|i| i.get(&r.id_field)).and_then(id_text);
             if at.is_some() && first.is_some() && first == previous {
-                return Err(ConnectorError::Http {
-                    system: self.inner.system.clone(),
-                    request: format!("GET {}", r.path),
-                    detail: "the API answered the same page twice: check the collection's `pagination` \
-                             settings against the API's parameters"
-                        .into(),
-                });
+                return Err(self.same_page_twice(r));
             }
             previous = first;
             taken += items.len();
@@ -352,14 +358,7 @@ impl HttpConnector {
                         continue;
                     }
                 };
-                if b.marked_deleted(|c| item.get(c)) {
-                    page.deleted.push(key.1);
-                } else {
-                    match Self::record_of(b, item, key) {
-                        Ok(record) => page.records.push(record),
-                        Err(bad) => page.bad.push(bad),
-                    }
-                }
+                Self::take(b, item, key, &mut page);
             }
             match following {
                 None => {

@@ -245,24 +245,12 @@ impl SqlConnector {
         let mut unreadable: Option<String> = None;
         for (i, name) in names.iter().enumerate() {
             let value = decode(row, i, b.my_class(name)).unwrap_or_else(|why| {
-                let field = b
-                    .fields
-                    .iter()
-                    .find(|f| f.column == *name)
-                    .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
-                    .unwrap_or_else(|| format!("column `{name}`"));
-                unreadable.get_or_insert(format!("{field}: {why}"));
+                unreadable.get_or_insert(format!("{}: {why}", read::column_label(b, name)));
                 Value::Null
             });
             doc.insert((*name).to_owned(), value);
         }
-        let bad = unreadable.map(|why| {
-            let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
-            BadRow {
-                reason: format!("system `{}`, table `{}`, row `{id}`: {why}", b.system, b.table),
-                id,
-            }
-        });
+        let bad = unreadable.map(|why| read::unreadable_row(b, &doc, why));
         (doc, bad)
     }
 

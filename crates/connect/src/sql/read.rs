@@ -353,27 +353,33 @@ impl SqlConnector {
                 match read {
                     Ok(v) => v,
                     Err(why) => {
-                        let field = b
-                            .fields
-                            .iter()
-                            .find(|f| f.column == *name)
-                            .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
-                            .unwrap_or_else(|| format!("column `{name}`"));
-                        unreadable.get_or_insert(format!("{field}: {why}"));
+                        unreadable.get_or_insert(format!("{}: {why}", column_label(b, name)));
                         Value::Null
                     }
                 }
             };
             doc.insert((*name).to_owned(), value);
         }
-        let bad = unreadable.map(|why| {
-            let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
-            BadRow {
-                reason: format!("system `{}`, table `{}`, row `{id}`: {why}", b.system, b.table),
-                id,
-            }
-        });
+        let bad = unreadable.map(|why| unreadable_row(b, &doc, why));
         (doc, bad)
+    }
+}
+
+/// A column in a reason: the entity's field it holds, when it holds one.
+pub(super) fn column_label(b: &TableBinding, name: &str) -> String {
+    b.fields
+        .iter()
+        .find(|f| f.column == name)
+        .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
+        .unwrap_or_else(|| format!("column `{name}`"))
+}
+
+/// The bad row of a document one of whose columns could not be read.
+pub(super) fn unreadable_row(b: &TableBinding, doc: &Fields, why: String) -> BadRow {
+    let id = doc.get(ID_COLUMN).and_then(id_text).unwrap_or_default();
+    BadRow {
+        reason: format!("system `{}`, table `{}`, row `{id}`: {why}", b.system, b.table),
+        id,
     }
 }
 
