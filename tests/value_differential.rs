@@ -169,6 +169,9 @@ fn value(t: Type, kind: Kind) -> BoxedStrategy<V> {
             let mut edges = vec![
                 Just(String::new()).boxed(),
                 Just("it's \"quoted\" \\ ünïcödé 🎉".to_owned()).boxed(),
+                // What COPY's text format escapes: a first load into
+                // PostgreSQL is written by COPY.
+                Just("tab\there\nline\rreturn \\N \\. \\t".to_owned()).boxed(),
                 "\\PC{0,24}".boxed(),
             ];
             // PostgreSQL text holds no NUL; SQLite's does.

@@ -259,6 +259,23 @@ impl SqlConnector {
             }
         };
         let repeat = records.iter().any(|r| r.tried) && !upsert.is_empty();
+        // A page of first creates into PostgreSQL goes in by `COPY`; one
+        // that meets an id already there (a crash between its create and
+        // its commit, not seen as such) is written again as an upsert.
+        if let (SqlConnector::Postgres { pool, .. }, IdKind::Text, false) = (self, b.id_kind, repeat)
+            && let Some(data) = copy_text(b, &columns, &rows)
+        {
+            let sql = format!("COPY {t} ({list}) FROM STDIN");
+            match copy_in(pool, &sql, data).await {
+                Ok(_) => return Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect()),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    tracing::debug!(table = %b.table, "COPY met an id already there; upserting the page");
+                    run(insert(&upsert)).await.map_err(self.query_error(&b.table))?;
+                    return Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect());
+                }
+                Err(e) => return Err(self.query_error(&b.table)(e)),
+            }
+        }
         let returned: Vec<(Option<String>, String)> =
             match run(insert(if repeat { &upsert } else { "" })).await {
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && !upsert.is_empty() && !repeat => {
@@ -465,5 +482,63 @@ pub(super) fn bind_sqlite<'q>(q: SqliteQuery<'q>, v: &Value) -> SqliteQuery<'q> 
         },
         Value::String(s) => q.bind(s.clone()),
         other => q.bind(other.to_string()),
+    }
+}
+
+/// Sends `data` (COPY's text format) by `sql` on a connection of `pool`.
+async fn copy_in(pool: &sqlx::PgPool, sql: &str, data: String) -> Result<u64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn.copy_in_raw(sql).await?;
+    if let Err(e) = copy.send(data.into_bytes()).await {
+        // The server may already have said why it stopped.
+        let _ = copy.abort("syncd: sending the rows failed").await;
+        return Err(e);
+    }
+    copy.finish().await
+}
+
+/// `rows` in COPY's text format, or `None` when a column's type is one
+/// whose text this does not write exactly as the JSON insert would (an
+/// array, or a document into an unknown type): that page is inserted from
+/// JSON instead.
+fn copy_text(b: &TableBinding, columns: &[&str], rows: &[Fields]) -> Option<String> {
+    let classes: Vec<(Class, bool)> = columns
+        .iter()
+        .map(|c| {
+            let t = b.column_types.get(*c).map(String::as_str).unwrap_or("text");
+            (Class::postgres(t), t.ends_with("[]"))
+        })
+        .collect();
+    let mut out = String::with_capacity(rows.len() * 128);
+    for row in rows {
+        for (i, (column, (class, array))) in columns.iter().zip(&classes).enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            match row.get(*column).unwrap_or(&Value::Null) {
+                Value::Null => out.push_str("\\N"),
+                _ if *array => return None,
+                v if *class == Class::Json => copy_escape(&v.to_string(), &mut out),
+                Value::String(s) => copy_escape(s, &mut out),
+                Value::Number(n) => out.push_str(&n.to_string()),
+                Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                Value::Object(_) | Value::Array(_) => return None,
+            }
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
+/// `text` escaped for COPY's text format.
+fn copy_escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
     }
 }
