@@ -574,6 +574,94 @@ async fn mariadb_run_killed_ten_times_ends_as_if_uninterrupted() {
     survives_kills(Kind::Mariadb, 1000, 14, 10, "crash-mariadb").await;
 }
 
+/// Whether a `COPY` sent by a connection named `app` is executing.
+async fn copy_active(store_url: &str, app: &str) -> bool {
+    let pool = sqlx::PgPool::connect(store_url).await.expect("PostgreSQL");
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active' \
+         AND query LIKE 'COPY %'",
+    )
+    .bind(app)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    active > 0
+}
+
+/// The first load into a PostgreSQL target is written by `COPY`: SIGKILLs
+/// that land while a `COPY` of a page is executing (a row trigger makes
+/// each take a while) leave no duplicate and no lost record, and the
+/// records of the killed page are created again by the upsert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_run_killed_inside_copy_ends_as_if_uninterrupted() {
+    let Some(mut setup) = Setup::new(Kind::Postgres, 300, "crash-copy").await else {
+        return;
+    };
+    // The target's connections carry a name of their own, so that this
+    // test sees its own COPY among every test's.
+    let app = format!("syncd-crash-copy-{}", Uuid::new_v4().simple());
+    let target_url = format!("{}&application_name={app}", setup.target.url());
+    let toml = workflow_toml(
+        INTEGRATION,
+        "bidirectional",
+        &setup.source.url(),
+        &target_url,
+        &[],
+    );
+    std::fs::write(&setup.workflow, toml).unwrap();
+    setup
+        .target
+        .exec(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION slow_row();
+             CREATE TRIGGER slow BEFORE INSERT ON people FOR EACH ROW EXECUTE FUNCTION slow_row();
+             CREATE TRIGGER slow BEFORE INSERT ON sales_orders FOR EACH ROW EXECUTE FUNCTION slow_row();",
+        )
+        .await;
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let (mut inside, mut busy) = (0, 0);
+    let run_id = loop {
+        let mut attempt = setup.spawn();
+        let mut killed = false;
+        // Up to three kills, each in a COPY of a page not written before.
+        while inside < 3 && attempt.exited().is_none() {
+            if copy_active(&setup.database_url, &app).await {
+                tokio::time::sleep(Duration::from_millis(rng.range(0, 150))).await;
+                if copy_active(&setup.database_url, &app).await && attempt.exited().is_none() {
+                    attempt.child.kill().expect("SIGKILL syncd");
+                    attempt.wait();
+                    inside += 1;
+                    killed = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if killed {
+            continue;
+        }
+        let status = attempt.wait();
+        if status.success() {
+            break attempt.run_id().expect("the run id on stdout");
+        }
+        let stderr = attempt.stderr();
+        assert!(stderr.contains(BUSY), "exited with {status}:\n{stderr}");
+        busy += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("crash-copy: seed {seed}: {inside} kills inside COPY, {busy} busy restarts");
+    assert_eq!(
+        inside, 3,
+        "seed {seed}: three SIGKILLs landed while a COPY executed"
+    );
+    assert_synced_once(&setup, run_id).await;
+    assert_nothing_left(&mut setup).await;
+    setup.drop().await;
+}
+
 /// Two `syncd run` processes started together on `kind` systems and store.
 async fn two_processes(kind: Kind, n: usize, label: &str) {
     let Some(mut setup) = Setup::new(kind, n, label).await else {

@@ -846,7 +846,7 @@ async fn pages_of_unreadable_rows_move_the_scan_on() {
 
 /// A page of creates into a text-id table that repeats a create (after a
 /// crash) is an upsert, whether its records say they were tried before or
-/// the plain insert meets an id already there: the existing record takes
+/// the plain insert (a `COPY` into PostgreSQL) meets an id already there: the existing record takes
 /// the page's values, the others are created, and nothing is there twice.
 /// A conflict on another unique column is still an error that names the
 /// table.
