@@ -345,6 +345,15 @@ enum BenchTarget {
         /// Skip MariaDB -> PostgreSQL.
         #[arg(long)]
         no_mysql: bool,
+        /// Instead of the pairs: run one sync a tenant through this many
+        /// `syncd worker` processes on the PostgreSQL server, one
+        /// measurement per number (e.g. `1,2,4`), and print the total
+        /// records per second of each.
+        #[arg(long, value_delimiter = ',', value_name = "N,...")]
+        workers: Vec<usize>,
+        /// Tenants for `--workers`, the records split evenly over them.
+        #[arg(long, default_value_t = 8)]
+        tenants: usize,
     },
     /// Mapping lookups and transitions of the store, against the raw clients.
     Store {
@@ -581,11 +590,27 @@ pub fn main() -> ExitCode {
             what:
                 BenchTarget::Sync {
                     records,
+                    postgres_url,
+                    workers,
+                    tenants,
+                    ..
+                },
+        } if !workers.is_empty() => bench_workers(syncd_bench::workers::WorkersBench {
+            records,
+            tenants,
+            workers,
+            postgres_url: postgres_url.unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into()),
+        }),
+        Command::Bench {
+            what:
+                BenchTarget::Sync {
+                    records,
                     no_sqlite,
                     postgres_url,
                     no_postgres,
                     mysql_url,
                     no_mysql,
+                    ..
                 },
         } => bench_sync(syncd_bench::sync::SyncBench {
             records,
@@ -790,6 +815,14 @@ fn check(path: &Path, connect: bool, tenant: Option<TenantId>) -> Result<(), Str
 fn bench_sync(bench: syncd_bench::sync::SyncBench) -> Result<(), String> {
     let report = cmd::runtime()?
         .block_on(syncd_bench::sync::run(&bench))
+        .map_err(|e| format!("error: {e}"))?;
+    print!("{report}");
+    Ok(())
+}
+
+fn bench_workers(bench: syncd_bench::workers::WorkersBench) -> Result<(), String> {
+    let report = cmd::runtime()?
+        .block_on(syncd_bench::workers::run(&bench))
         .map_err(|e| format!("error: {e}"))?;
     print!("{report}");
     Ok(())

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod reconcile;
 pub mod sync;
+pub mod workers;
 
 use chrono::{DateTime, Utc};
 use sqlx::ConnectOptions;

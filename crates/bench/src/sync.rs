@@ -55,7 +55,7 @@ fn seed_mysql(n: usize) -> String {
     )
 }
 
-pub(super) const SOURCE: &str = "
+pub(crate) const SOURCE: &str = "
 CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, industry TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE contacts (id TEXT PRIMARY KEY, name TEXT, email TEXT, account_id TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE orders (id TEXT PRIMARY KEY, account_id TEXT, contact_id TEXT, total REAL, status TEXT,
@@ -65,7 +65,7 @@ CREATE INDEX contacts_changes ON contacts (updated_at, id);
 CREATE INDEX orders_changes ON orders (updated_at, id);
 ";
 
-pub(super) const TARGET: &str = "
+pub(crate) const TARGET: &str = "
 CREATE TABLE customers (id TEXT PRIMARY KEY, customer_name TEXT, industry TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE people (id TEXT PRIMARY KEY, full_name TEXT, email TEXT, customer_id TEXT, updated_at TEXT NOT NULL);
 CREATE TABLE sales_orders (id TEXT PRIMARY KEY, customer_id TEXT, contact_id TEXT, total REAL, status TEXT,
@@ -115,7 +115,8 @@ const COPIES: [(&str, &str, ColumnPairs); 3] = [
     ),
 ];
 
-fn workflow(source: &str, target: &str) -> String {
+/// The bench's definition; `tenants` are its `[tenants.…]` sections.
+pub(crate) fn workflow(source: &str, target: &str, tenants: &str) -> String {
     format!(
         r#"name = "bench"
 direction = "one_way"
@@ -147,21 +148,20 @@ target_table = "sales_orders"
 [entities.fields]
 account_id = {{ source = "account_id", target = "customer_id", references = "account" }}
 contact_id = {{ references = "contact" }}
-[tenants.bench]
-"#
+{tenants}"#
     )
 }
 
 /// Splits `n` records over the three stages: 10% accounts, 30% contacts,
 /// 60% orders.
-fn split(n: usize) -> (usize, usize, usize) {
+pub(crate) fn split(n: usize) -> (usize, usize, usize) {
     let a = (n / 10).max(1);
     let c = (n * 3 / 10).max(1);
     (a, c, n.saturating_sub(a + c).max(1))
 }
 
 /// Generates the source rows in the database itself.
-fn seed_sql(n: usize, pg: bool) -> String {
+pub(crate) fn seed_sql(n: usize, pg: bool) -> String {
     let (a, c, o) = split(n);
     let series = |count: usize, body: &str| {
         if pg {
@@ -456,7 +456,8 @@ async fn measure(
             .await
             .map_err(|e| e.to_string())?,
     );
-    let wf = Workflow::parse("bench.toml", &workflow(&source.1, &target.1)).map_err(|e| e.to_string())?;
+    let wf = Workflow::parse("bench.toml", &workflow(&source.1, &target.1, "[tenants.bench]\n"))
+        .map_err(|e| e.to_string())?;
     let job = Job::prepare(
         store,
         wf,
