@@ -1168,3 +1168,55 @@ fn unconfirmed_hold(run: Uuid) -> syncd_store::RunHold {
         created_at: Utc::now(),
     }
 }
+
+/// The rule ARCHITECTURE.md states for distributing the state tables by
+/// tenant (Citus enforces a unique key only when it includes the
+/// distribution column): every primary key and unique index of the
+/// PostgreSQL store includes `tenant_id`, but on the tables kept whole on
+/// every node (`api_tokens`) and the migrations' own. A migration that adds
+/// a key without it fails here.
+#[tokio::test]
+async fn every_unique_key_of_a_distributed_table_includes_the_tenant() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let store = Store::connect(&StoreConfig::new(&schema.url), MappingCache::disabled())
+        .await
+        .expect("store");
+    let keys: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT t.relname::text, i.relname::text, \
+                array(SELECT a.attname::text FROM unnest(x.indkey[0:x.indnkeyatts - 1]) WITH ORDINALITY AS k(n, o) \
+                      JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.n ORDER BY k.o) \
+         FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = $1 AND x.indisunique ORDER BY 1, 2",
+    )
+    .bind(&schema.name)
+    .fetch_all(&schema.pool)
+    .await
+    .unwrap();
+    let tables: std::collections::BTreeSet<&str> = keys.iter().map(|(t, _, _)| t.as_str()).collect();
+    for table in [
+        "id_mappings",
+        "runs",
+        "steps",
+        "run_leases",
+        "conflicts",
+        "reservations",
+        "mapping_scopes",
+    ] {
+        assert!(tables.contains(table), "{table} has a unique key: {keys:?}");
+    }
+    let without: Vec<String> = keys
+        .iter()
+        .filter(|(table, _, _)| !matches!(table.as_str(), "api_tokens" | "_sqlx_migrations"))
+        .filter(|(_, _, columns)| !columns.iter().any(|c| c == "tenant_id"))
+        .map(|(table, index, columns)| format!("{table}.{index} ({})", columns.join(", ")))
+        .collect();
+    assert!(
+        without.is_empty(),
+        "unique keys without tenant_id, which a table distributed by tenant cannot enforce: {without:?}"
+    );
+    drop(store);
+    schema.drop().await;
+}

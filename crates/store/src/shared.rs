@@ -173,7 +173,7 @@ macro_rules! shared_statements {
                 "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, cursor, counters, \
                      error, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (run_id, entity_type, direction) DO UPDATE SET state = excluded.state, \
+                 ON CONFLICT (run_id, entity_type, direction, tenant_id) DO UPDATE SET state = excluded.state, \
                      cursor = excluded.cursor, counters = excluded.counters, error = excluded.error, \
                      updated_at = excluded.updated_at \
                  WHERE steps.state IN ({})",

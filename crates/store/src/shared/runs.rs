@@ -62,7 +62,7 @@ macro_rules! run_statements {
             let moved = sqlx::query(&format!(
                 "INSERT INTO steps (run_id, tenant_id, stage, entity_type, direction, state, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (run_id, entity_type, direction) \
+                 ON CONFLICT (run_id, entity_type, direction, tenant_id) \
                  DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at \
                  WHERE steps.state IN ({before})"
             ))
@@ -135,7 +135,7 @@ macro_rules! run_statements {
             let done = sqlx::query(
                 "INSERT INTO run_leases (run_id, tenant_id, worker_id, expires_at, heartbeat_at) \
                  VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (run_id) DO UPDATE SET worker_id = excluded.worker_id, \
+                 ON CONFLICT (run_id, tenant_id) DO UPDATE SET worker_id = excluded.worker_id, \
                      expires_at = excluded.expires_at, heartbeat_at = excluded.heartbeat_at \
                  WHERE run_leases.expires_at <= $5 OR run_leases.worker_id = excluded.worker_id",
             )
