@@ -60,6 +60,10 @@ enum Command {
         /// Records per page (each page is one checkpoint).
         #[arg(long, default_value_t = 500)]
         page_size: u32,
+        /// Entity types of one stage synced at once; one when a system or
+        /// the state store is SQLite [default: the number of cores].
+        #[arg(long, value_name = "N")]
+        parallel: Option<usize>,
     },
     /// Fire schedules and execute runs until SIGTERM or SIGINT.
     Worker {
@@ -502,7 +506,8 @@ pub fn main() -> ExitCode {
             workflow,
             tenant,
             page_size,
-        } => cmd::run::run(&workflow, &tenant, page_size),
+            parallel,
+        } => cmd::run::run(&workflow, &tenant, page_size, parallel),
         Command::Schedules {
             verb: SchedulesVerb::List { access },
         } => cmd::runs::schedules(access.into()),

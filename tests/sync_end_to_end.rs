@@ -1182,3 +1182,121 @@ async fn mariadb_to_sqlite_through_syncd_run() {
 async fn postgres_to_mariadb_through_syncd_run() {
     through_syncd_run(Kind::Postgres, Kind::Mariadb, "run-pg-my").await;
 }
+
+/// Entity types of one stage depend on none of each other: their steps run
+/// side by side (`Options::parallel`), pages of one interleaved with the
+/// other's, and every record arrives as it does one step at a time. With a
+/// SQLite system or store (one writer at a time) they go one after the
+/// other whatever `parallel` says.
+async fn the_entity_types_of_one_stage(kind: Kind) {
+    use syncd_engine::run::executor::{Job, Options};
+    let dir = TempDir::new("parallel-stage");
+    let Some(source) = SystemDb::with_tables(kind, &dir, "source").await else {
+        return;
+    };
+    let target = SystemDb::with_tables(kind, &dir, "target").await.unwrap();
+    for db in [&source, &target] {
+        db.exec("CREATE TABLE products (id TEXT PRIMARY KEY, title TEXT, updated_at TEXT NOT NULL)")
+            .await;
+    }
+    let accounts: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("A-{i:03}"), "name": format!("Account {i}"), "industry": "x", "updated_at": ts(i)}))
+        .collect();
+    let products: Vec<Value> = (0..30)
+        .map(|i| json!({"id": format!("P-{i:03}"), "title": format!("Product {i}"), "updated_at": ts(i)}))
+        .collect();
+    source.insert("accounts", &accounts).await;
+    source.insert("products", &products).await;
+    let toml = format!(
+        r#"name = "e2e"
+direction = "bidirectional"
+source = "crm"
+target = "erp"
+
+[systems.crm]
+connector = "sql"
+url = "{}"
+
+[systems.erp]
+connector = "sql"
+url = "{}"
+
+[[entities]]
+name = "account"
+source_table = "accounts"
+target_table = "customers"
+[entities.fields]
+name = {{ source = "name", target = "customer_name" }}
+
+[[entities]]
+name = "product"
+table = "products"
+
+[tenants.t1]
+"#,
+        source.url(),
+        target.url()
+    );
+    let state = match kind {
+        Kind::Sqlite => StateStore::embedded(&dir).await,
+        _ => StateStore::postgres_redis().await.unwrap(),
+    };
+    let store = state.store.clone();
+    for parallel in [2, 1] {
+        let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
+        let graph = syncd_core::plan::DependencyGraph::builtin_default();
+        let options = Options {
+            page_size: 3,
+            parallel,
+            ..Options::default()
+        };
+        let job = Job::prepare(store.clone(), wf, &graph, "t1".into(), options)
+            .await
+            .unwrap();
+        let run = job.start("test").await.unwrap();
+        let mut pages: Vec<String> = Vec::new();
+        let done = job
+            .execute(run, &mut |p| {
+                pages.push(format!("{} {}", p.entity_type, p.direction.as_str()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.state, RunState::Succeeded);
+        support::assert_accounted(&store, done.id).await;
+        if parallel == 2 {
+            // Pages of the two forward steps alternate at least once each way.
+            let forward: Vec<&String> = pages.iter().filter(|p| p.ends_with("forward")).collect();
+            let switches = forward.windows(2).filter(|w| w[0] != w[1]).count();
+            match kind {
+                Kind::Sqlite => assert_eq!(switches, 1, "SQLite: one step, then the other: {pages:?}"),
+                _ => assert!(switches >= 2, "the two steps ran one after the other: {pages:?}"),
+            }
+            assert_eq!(target.dump("customers").await.len(), 30);
+            assert_eq!(target.dump("products").await.len(), 30);
+        } else {
+            // Nothing left to write, one step at a time.
+            assert_eq!(writes_of(&store, &done).await, 0);
+        }
+    }
+    let titles: Vec<Value> = target
+        .dump("products")
+        .await
+        .iter()
+        .map(|r| r["title"].clone())
+        .collect();
+    assert_eq!(titles.len(), 30);
+    assert!(titles.contains(&json!("Product 29")));
+    state.drop().await;
+    source.drop().await;
+    target.drop().await;
+}
+
+#[tokio::test]
+async fn the_entity_types_of_one_stage_sync_side_by_side() {
+    the_entity_types_of_one_stage(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_entity_types_of_one_stage_sync_one_after_the_other_on_sqlite() {
+    the_entity_types_of_one_stage(Kind::Sqlite).await;
+}

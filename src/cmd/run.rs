@@ -51,7 +51,7 @@ fn progress_every() -> Result<Duration, String> {
 }
 
 /// Runs `workflow` for `tenant`; `Ok` for a run that succeeded or suspended.
-pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
+pub fn run(workflow: &Path, tenant: &str, page_size: u32, parallel: Option<usize>) -> CmdResult {
     let (wf, graph) = crate::cli::load(workflow, None).map_err(|e| e.to_string())?;
     let tenant = TenantId::from(tenant);
     if !wf.tenants.is_empty() && !wf.tenants.contains_key(&tenant) {
@@ -67,6 +67,7 @@ pub fn run(workflow: &Path, tenant: &str, page_size: u32) -> CmdResult {
         let defaults = Options::default();
         let options = Options {
             page_size,
+            parallel: parallel.unwrap_or(defaults.parallel).max(1),
             lease_ttl: lease_ttl(defaults.lease_ttl)?,
             retry_for: retry_for(defaults.retry_for)?,
             ..defaults

@@ -147,6 +147,12 @@ impl Connector {
         }
     }
 
+    /// Whether the system is a SQLite file, which takes one writer at a
+    /// time.
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, Connector::Sql(SqlConnector::Sqlite { .. }))
+    }
+
     /// The system's name in the definition.
     pub fn system(&self) -> &str {
         match self {

@@ -102,6 +102,9 @@ pub struct Options {
     /// When it turns true, the run stops after the page in flight, keeps
     /// its checkpoint and gives its lease up (graceful shutdown).
     pub shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Entity types of one stage synced at once; the number of cores by
+    /// default.
+    pub parallel: usize,
 }
 
 impl Default for Options {
@@ -112,6 +115,7 @@ impl Default for Options {
             retry_for: Duration::from_secs(600),
             worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
             shutdown: None,
+            parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -520,93 +524,144 @@ impl Job {
         lost: &Arc<AtomicBool>,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<(), RunError> {
+        use futures_util::{StreamExt, TryStreamExt};
         let checkpoints = self.store.load_steps(run.id).await?;
         let bidirectional = self.workflow.direction == Direction::Bidirectional;
         let steps = crate::run::steps_of(&self.plan, bidirectional);
-        for (i, step) in steps.iter().enumerate() {
-            let checkpoint = checkpoints
-                .iter()
-                .find(|c| c.entity_type == step.entity_type && c.direction == step.direction);
-            if checkpoint.is_some_and(|c| c.state == StepState::Done) {
-                continue;
-            }
-            let tables = &self.entities[step.entity_type.as_str()];
-            let ctx = StepCtx {
-                run_id: run.id,
-                step,
-                tables,
-                scope: self.scope(step.entity_type.as_str()),
-                read: side_of(step.direction),
-                lease: lease.clone(),
-                lost: lost.clone(),
-            };
-            self.store.start_step(run, step, lease).await?;
-            let span =
-                tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
-            // The step's counters so far (a resumed step's, from its
-            // checkpoint): the metrics count what each page adds.
-            let mut last = checkpoint.map(|c| c.counters).unwrap_or_default();
-            let labels = |outcome: &str| {
-                vec![
-                    ("tenant", self.tenant.to_string()),
-                    ("integration", self.workflow.name.to_string()),
-                    ("entity", step.entity_type.to_string()),
-                    ("direction", step.direction.as_str().to_owned()),
-                    ("outcome", outcome.to_owned()),
-                ]
-            };
-            let records = &syncd_metrics::metrics().records;
-            let started = std::time::Instant::now();
-            let mut report = |counters: &StepCounters| {
-                for ((name, now), (_, before)) in counters.named().into_iter().zip(last.named()) {
-                    if now > before {
-                        records.get_or_create(&labels(name)).inc_by(now - before);
+        let progress = std::sync::Mutex::new(progress);
+        // The entity types of one stage depend on none of each other: their
+        // steps run side by side (at most `parallel` at once), each entity's
+        // own steps in order (forward, then backward). Stages, and the
+        // delete steps after them, stay in order.
+        for group in lanes_of(&steps) {
+            let (progress, steps, checkpoints) = (&progress, &steps, &checkpoints);
+            // Boxed, their type erased: a whole run's future is otherwise
+            // deeper than the compiler's trait solver goes.
+            type Lane<'a> =
+                std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunError>> + Send + 'a>>;
+            let lane = |lane: Vec<usize>| -> Lane<'_> {
+                Box::pin(async move {
+                    for i in lane {
+                        let step = &steps[i];
+                        let checkpoint = checkpoints
+                            .iter()
+                            .find(|c| c.entity_type == step.entity_type && c.direction == step.direction);
+                        if checkpoint.is_some_and(|c| c.state == StepState::Done) {
+                            continue;
+                        }
+                        let at = (i, steps.len());
+                        Box::pin(self.run_step(run, (lease, lost), step, at, checkpoint, progress)).await?;
                     }
-                }
-                last = *counters;
-                progress(&Progress {
-                    step: i + 1,
-                    steps: steps.len(),
-                    entity_type: step.entity_type.to_string(),
-                    direction: step.direction,
-                    counters: *counters,
+                    Ok::<(), RunError>(())
                 })
             };
-            match step.direction {
-                StepDirection::Delete => {
-                    Box::pin(
-                        self.execute_delete_step(&ctx, checkpoint, &mut report)
-                            .instrument(span.clone()),
-                    )
-                    .await?
-                }
-                _ => {
-                    Box::pin(
-                        self.execute_step(&ctx, checkpoint, &mut report)
-                            .instrument(span.clone()),
-                    )
-                    .await?
+            futures_util::stream::iter(group.into_iter().map(lane))
+                .buffer_unordered(self.lanes())
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How many steps of a stage may run at once: one when the state store
+    /// or a system is a SQLite file. SQLite takes one writer at a time, and
+    /// a step whose read transaction must become a write after another
+    /// step's commit is refused at once (`SQLITE_BUSY_SNAPSHOT`), not made
+    /// to wait.
+    fn lanes(&self) -> usize {
+        let sqlite =
+            self.store.backend_name() == "sqlite" || self.source.is_sqlite() || self.target.is_sqlite();
+        if sqlite { 1 } else { self.options.parallel.max(1) }
+    }
+
+    /// Runs one step (`at`: its index and the number of steps), reporting
+    /// each page to `progress` and to the metrics.
+    async fn run_step(
+        &self,
+        run: &RunRow,
+        (lease, lost): (&Lease, &Arc<AtomicBool>),
+        step: &PlannedStep,
+        (i, count): (usize, usize),
+        checkpoint: Option<&StepCheckpoint>,
+        progress: &std::sync::Mutex<&mut (dyn FnMut(&Progress) + Send)>,
+    ) -> Result<(), RunError> {
+        let tables = &self.entities[step.entity_type.as_str()];
+        let ctx = StepCtx {
+            run_id: run.id,
+            step,
+            tables,
+            scope: self.scope(step.entity_type.as_str()),
+            read: side_of(step.direction),
+            lease: lease.clone(),
+            lost: lost.clone(),
+        };
+        self.store.start_step(run, step, lease).await?;
+        let span =
+            tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
+        // The step's counters so far (a resumed step's, from its
+        // checkpoint): the metrics count what each page adds.
+        let mut last = checkpoint.map(|c| c.counters).unwrap_or_default();
+        let labels = |outcome: &str| {
+            vec![
+                ("tenant", self.tenant.to_string()),
+                ("integration", self.workflow.name.to_string()),
+                ("entity", step.entity_type.to_string()),
+                ("direction", step.direction.as_str().to_owned()),
+                ("outcome", outcome.to_owned()),
+            ]
+        };
+        let records = &syncd_metrics::metrics().records;
+        let started = std::time::Instant::now();
+        let mut report = |counters: &StepCounters| {
+            for ((name, now), (_, before)) in counters.named().into_iter().zip(last.named()) {
+                if now > before {
+                    records.get_or_create(&labels(name)).inc_by(now - before);
                 }
             }
-            syncd_metrics::metrics()
-                .step_seconds
-                .get_or_create(&vec![
-                    ("integration", self.workflow.name.to_string()),
-                    ("entity", step.entity_type.to_string()),
-                    ("direction", step.direction.as_str().to_owned()),
-                ])
-                .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                parent: &span,
-                read = last.read,
-                created = last.created,
-                updated = last.updated,
-                failed = last.failed,
-                conflicts = last.conflicts + last.parked,
-                deleted = last.deleted,
-                "step done"
-            );
+            last = *counters;
+            let mut progress = progress.lock().expect("progress");
+            progress(&Progress {
+                step: i + 1,
+                steps: count,
+                entity_type: step.entity_type.to_string(),
+                direction: step.direction,
+                counters: *counters,
+            })
+        };
+        match step.direction {
+            StepDirection::Delete => {
+                Box::pin(
+                    self.execute_delete_step(&ctx, checkpoint, &mut report)
+                        .instrument(span.clone()),
+                )
+                .await?
+            }
+            _ => {
+                Box::pin(
+                    self.execute_step(&ctx, checkpoint, &mut report)
+                        .instrument(span.clone()),
+                )
+                .await?
+            }
         }
+        syncd_metrics::metrics()
+            .step_seconds
+            .get_or_create(&vec![
+                ("integration", self.workflow.name.to_string()),
+                ("entity", step.entity_type.to_string()),
+                ("direction", step.direction.as_str().to_owned()),
+            ])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            parent: &span,
+            read = last.read,
+            created = last.created,
+            updated = last.updated,
+            failed = last.failed,
+            conflicts = last.conflicts + last.parked,
+            deleted = last.deleted,
+            "step done"
+        );
         Ok(())
     }
 
@@ -709,6 +764,30 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The steps (by index) in groups that run one after the other: each
+/// stage's sync steps, then each stage's delete steps; within a group, one
+/// lane an entity type, its steps in order, the lanes side by side.
+fn lanes_of(steps: &[PlannedStep]) -> Vec<Vec<Vec<usize>>> {
+    /// (stage, delete steps) and the lanes of its steps.
+    type Group = ((u32, bool), Vec<Vec<usize>>);
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let key = (step.stage, step.direction == StepDirection::Delete);
+        if groups.last().is_none_or(|(k, _)| *k != key) {
+            groups.push((key, Vec::new()));
+        }
+        let lanes = &mut groups.last_mut().expect("a group").1;
+        match lanes
+            .iter_mut()
+            .find(|lane| steps[lane[0]].entity_type == step.entity_type)
+        {
+            Some(lane) => lane.push(i),
+            None => lanes.push(vec![i]),
+        }
+    }
+    groups.into_iter().map(|(_, lanes)| lanes).collect()
 }
 
 /// Waits for the commit in flight, if any, and reports its counters.
