@@ -591,8 +591,10 @@ async fn copy_active(store_url: &str, app: &str) -> bool {
 
 /// The first load into a PostgreSQL target is written by `COPY`: SIGKILLs
 /// that land while a `COPY` of a page is executing (a row trigger makes
-/// each take a while) leave no duplicate and no lost record, and the
-/// records of the killed page are created again by the upsert.
+/// each take a while) leave no duplicate and no lost record. (The killed
+/// page's records were reserved, so the next process writes them by its
+/// retry pass; a COPY that meets an id already there falls back to the
+/// upsert: `a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_run_killed_inside_copy_ends_as_if_uninterrupted() {
     let Some(mut setup) = Setup::new(Kind::Postgres, 300, "crash-copy").await else {

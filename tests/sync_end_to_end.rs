@@ -951,6 +951,67 @@ async fn a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing_postg
     a_create_repeated_after_a_crash_overwrites_and_duplicates_nothing(Kind::Postgres).await;
 }
 
+/// A page of first creates into PostgreSQL goes in by COPY only where COPY
+/// writes what an INSERT would: a table with a rule (which COPY ignores),
+/// a `json` column (the insert checks documents as `jsonb`) and a domain
+/// keep the JSON insert, so the rule fires for every row and the values
+/// are those the insert gives.
+#[tokio::test]
+async fn creates_into_a_table_copy_cannot_write_as_an_insert_would_are_inserted() {
+    use syncd_connect::sql::SqlConnector;
+    use syncd_connect::{FieldColumn, NewRecord};
+    let dir = TempDir::new("copy-or-insert");
+    let Some(db) = SystemDb::create(Kind::Postgres, &dir, "system").await else {
+        return;
+    };
+    db.exec(
+        "CREATE DOMAIN label AS text CHECK (VALUE <> '');
+         CREATE TABLE notes (id text PRIMARY KEY, body text, updated_at text NOT NULL);
+         CREATE TABLE audit (id text);
+         CREATE RULE audited AS ON INSERT TO notes DO ALSO INSERT INTO audit VALUES (NEW.id);
+         CREATE TABLE docs (id text PRIMARY KEY, doc json, updated_at text NOT NULL);
+         CREATE TABLE tags (id text PRIMARY KEY, tag label, updated_at text NOT NULL);
+         CREATE TABLE plain (id text PRIMARY KEY, body text, updated_at text NOT NULL);",
+    )
+    .await;
+    let system = SqlConnector::connect("system", &db.url()).await.unwrap();
+    let now = chrono::Utc::now();
+    for (table, field, value) in [
+        ("notes", "body", json!("hello")),
+        ("docs", "doc", json!({"b": 1, "a": [true, null]})),
+        ("tags", "tag", json!("red")),
+        ("plain", "body", json!("tab\there")),
+    ] {
+        let columns = system.columns(table).await.unwrap().unwrap();
+        let b = system
+            .binding(
+                table,
+                table,
+                columns,
+                vec![FieldColumn::untyped(field, field)],
+                None,
+                None,
+            )
+            .unwrap();
+        let records: Vec<NewRecord> = (0..3)
+            .map(|i| NewRecord {
+                id: Some(format!("{table}-{i}")),
+                key: format!("fwd:{table}-{i}"),
+                fields: json!({ field: value }).as_object().unwrap().clone(),
+                tried: false,
+            })
+            .collect();
+        let created = system.create(&b, &records, now).await.unwrap();
+        assert!(created.iter().all(Result::is_ok), "{table}: {created:?}");
+        let rows = db.dump(table).await;
+        assert_eq!(rows.len(), 3, "{table}");
+        assert!(rows.iter().all(|r| r[field] == value), "{table}: {rows:?}");
+    }
+    assert_eq!(db.dump("audit").await.len(), 3, "the rule fired for every row");
+    drop(system);
+    db.drop().await;
+}
+
 /// A record the target refuses in a page of creates (a trigger here) fails
 /// alone: the page's reservation is settled by its commit with that
 /// mapping `failed` and the reason, the others `mapped`, and no reservation

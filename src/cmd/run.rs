@@ -95,16 +95,15 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
     let every = progress_every()?;
     // On a terminal, one line rewritten in place; else (a log file, a
     // pipe) a line when a step starts and at least every 10 s of a step.
-    let mut step_started = (0, std::time::Instant::now());
-    let mut last_line: Option<std::time::Instant> = None;
+    // By step: when it started and when its last line was logged (the
+    // steps of one stage report in turns).
+    let mut started: std::collections::HashMap<usize, std::time::Instant> = Default::default();
+    let mut logged: std::collections::HashMap<usize, std::time::Instant> = Default::default();
     let mut report = |p: &Progress| {
         let now = std::time::Instant::now();
-        if step_started.0 != p.step {
-            step_started = (p.step, now);
-            last_line = None;
-        }
+        let step_started = *started.entry(p.step).or_insert(now);
         let c = &p.counters;
-        let secs = now.duration_since(step_started.1).as_secs_f64();
+        let secs = now.duration_since(step_started).as_secs_f64();
         let line = format!(
             "[{}/{}] {} {}: read {} created {} updated {} conflicts {} failed {} ({:.0} rec/s)",
             p.step,
@@ -121,7 +120,10 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
         if tty {
             eprint!("\r\x1b[K{line}");
             let _ = std::io::stderr().flush();
-        } else if last_line.is_none_or(|t| now.duration_since(t) >= every) {
+        } else if logged
+            .get(&p.step)
+            .is_none_or(|t| now.duration_since(*t) >= every)
+        {
             // A log event (`syncd::progress`, shown at the default level):
             // text or JSON as the other logs are.
             tracing::info!(
@@ -136,7 +138,7 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
                 failed = c.failed,
                 "{line}"
             );
-            last_line = Some(now);
+            logged.insert(p.step, now);
         }
     };
     let result = job.execute(run.clone(), &mut report).await;

@@ -266,12 +266,21 @@ impl SqlConnector {
             && let Some(data) = copy_text(b, &columns, &rows)
         {
             let sql = format!("COPY {t} ({list}) FROM STDIN");
-            match copy_in(pool, &sql, data).await {
-                Ok(_) => return Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect()),
+            // Spawned: a COPY dropped half-way would leave its connection
+            // owing a reply to the pool.
+            let copied = tokio::spawn(copy_in(pool.clone(), table_ident(&b.table), sql, data)).await;
+            let copied =
+                copied.unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("the COPY task ended: {e}"))));
+            let ids = || records.iter().map(|r| r.id.clone().unwrap_or_default()).collect();
+            match copied {
+                Ok(true) => return Ok(ids()),
+                // Not a plain table (a view, rules, row security): inserted
+                // from JSON below, as before.
+                Ok(false) => {}
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                     tracing::debug!(table = %b.table, "COPY met an id already there; upserting the page");
                     run(insert(&upsert)).await.map_err(self.query_error(&b.table))?;
-                    return Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect());
+                    return Ok(ids());
                 }
                 Err(e) => return Err(self.query_error(&b.table)(e)),
             }
@@ -485,39 +494,58 @@ pub(super) fn bind_sqlite<'q>(q: SqliteQuery<'q>, v: &Value) -> SqliteQuery<'q> 
     }
 }
 
-/// Sends `data` (COPY's text format) by `sql` on a connection of `pool`.
-async fn copy_in(pool: &sqlx::PgPool, sql: &str, data: String) -> Result<u64, sqlx::Error> {
+/// Sends `data` (COPY's text format) by `sql` into `table` on a connection
+/// of `pool`; `false`, sending nothing, when the table is not one COPY
+/// writes as an INSERT would (a view, a table with rules, which COPY
+/// ignores, or with row security, which COPY refuses).
+async fn copy_in(pool: sqlx::PgPool, table: String, sql: String, data: String) -> Result<bool, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let mut copy = conn.copy_in_raw(sql).await?;
+    let plain: Option<bool> = sqlx::query_scalar(
+        "SELECT relkind IN ('r', 'p') AND NOT relhasrules AND NOT relrowsecurity FROM pg_class \
+         WHERE oid = to_regclass($1)",
+    )
+    .bind(&table)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if plain != Some(true) {
+        return Ok(false);
+    }
+    let mut copy = conn.copy_in_raw(&sql).await?;
     if let Err(e) = copy.send(data.into_bytes()).await {
         // The server may already have said why it stopped.
         let _ = copy.abort("syncd: sending the rows failed").await;
         return Err(e);
     }
-    copy.finish().await
+    copy.finish().await.map(|_| true)
 }
 
 /// `rows` in COPY's text format, or `None` when a column's type is one
-/// whose text this does not write exactly as the JSON insert would (an
-/// array, or a document into an unknown type): that page is inserted from
-/// JSON instead.
+/// whose text input this does not know to match the JSON insert's: that
+/// page is inserted from JSON instead.
 fn copy_text(b: &TableBinding, columns: &[&str], rows: &[Fields]) -> Option<String> {
-    let classes: Vec<(Class, bool)> = columns
-        .iter()
-        .map(|c| {
-            let t = b.column_types.get(*c).map(String::as_str).unwrap_or("text");
-            (Class::postgres(t), t.ends_with("[]"))
-        })
-        .collect();
+    // A column of a type whose text input is not what the JSON insert
+    // gives it keeps the page on the JSON insert: an array, a `json`
+    // column (the insert checked the document as `jsonb`, which refuses
+    // what `json` keeps and every later read would fail on), and a type
+    // not known here (a domain over a document would take a string's text
+    // as JSON).
+    let mut classes: Vec<Class> = Vec::with_capacity(columns.len());
+    for c in columns {
+        let t = b.column_types.get(*c)?.as_str();
+        let class = Class::postgres(t);
+        if t.ends_with("[]") || class == Class::Any || (class == Class::Json && t != "jsonb") {
+            return None;
+        }
+        classes.push(class);
+    }
     let mut out = String::with_capacity(rows.len() * 128);
     for row in rows {
-        for (i, (column, (class, array))) in columns.iter().zip(&classes).enumerate() {
+        for (i, (column, class)) in columns.iter().zip(&classes).enumerate() {
             if i > 0 {
                 out.push('\t');
             }
             match row.get(*column).unwrap_or(&Value::Null) {
                 Value::Null => out.push_str("\\N"),
-                _ if *array => return None,
                 v if *class == Class::Json => copy_escape(&v.to_string(), &mut out),
                 Value::String(s) => copy_escape(s, &mut out),
                 Value::Number(n) => out.push_str(&n.to_string()),

@@ -176,6 +176,8 @@ struct StepCtx<'a> {
     lease: Lease,
     /// Set by the heartbeat when the lease could not be renewed.
     lost: Arc<AtomicBool>,
+    /// Set when another step of the stage failed.
+    halt: Arc<AtomicBool>,
 }
 
 impl StepCtx<'_> {
@@ -524,7 +526,7 @@ impl Job {
         lost: &Arc<AtomicBool>,
         progress: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<(), RunError> {
-        use futures_util::{StreamExt, TryStreamExt};
+        use futures_util::StreamExt;
         let checkpoints = self.store.load_steps(run.id).await?;
         let bidirectional = self.workflow.direction == Direction::Bidirectional;
         let steps = crate::run::steps_of(&self.plan, bidirectional);
@@ -534,11 +536,15 @@ impl Job {
         // own steps in order (forward, then backward). Stages, and the
         // delete steps after them, stay in order.
         for group in lanes_of(&steps) {
-            let (progress, steps, checkpoints) = (&progress, &steps, &checkpoints);
+            // The first lane to fail stops the others after their page in
+            // flight (its commit lands); its error is the run's.
+            let halt = Arc::new(AtomicBool::new(false));
+            let failure: std::sync::Mutex<Option<RunError>> = std::sync::Mutex::new(None);
+            let (progress, steps, checkpoints, halt, failure) =
+                (&progress, &steps, &checkpoints, &halt, &failure);
             // Boxed, their type erased: a whole run's future is otherwise
             // deeper than the compiler's trait solver goes.
-            type Lane<'a> =
-                std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunError>> + Send + 'a>>;
+            type Lane<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
             let lane = |lane: Vec<usize>| -> Lane<'_> {
                 Box::pin(async move {
                     for i in lane {
@@ -549,16 +555,29 @@ impl Job {
                         if checkpoint.is_some_and(|c| c.state == StepState::Done) {
                             continue;
                         }
+                        if halt.load(Ordering::Relaxed) {
+                            return;
+                        }
                         let at = (i, steps.len());
-                        Box::pin(self.run_step(run, (lease, lost), step, at, checkpoint, progress)).await?;
+                        let stop = (lease, lost, halt);
+                        if let Err(e) =
+                            Box::pin(self.run_step(run, stop, step, at, checkpoint, progress)).await
+                        {
+                            if !halt.swap(true, Ordering::Relaxed) {
+                                *failure.lock().expect("failure lock") = Some(e);
+                            }
+                            return;
+                        }
                     }
-                    Ok::<(), RunError>(())
                 })
             };
             futures_util::stream::iter(group.into_iter().map(lane))
                 .buffer_unordered(self.lanes())
-                .try_collect::<Vec<()>>()
-                .await?;
+                .collect::<Vec<()>>()
+                .await;
+            if let Some(e) = failure.lock().expect("failure lock").take() {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -579,7 +598,7 @@ impl Job {
     async fn run_step(
         &self,
         run: &RunRow,
-        (lease, lost): (&Lease, &Arc<AtomicBool>),
+        (lease, lost, halt): (&Lease, &Arc<AtomicBool>, &Arc<AtomicBool>),
         step: &PlannedStep,
         (i, count): (usize, usize),
         checkpoint: Option<&StepCheckpoint>,
@@ -594,6 +613,7 @@ impl Job {
             read: side_of(step.direction),
             lease: lease.clone(),
             lost: lost.clone(),
+            halt: halt.clone(),
         };
         self.store.start_step(run, step, lease).await?;
         let span =
@@ -670,6 +690,11 @@ impl Job {
     async fn check_not_cancelled(&self, ctx: &StepCtx<'_>) -> Result<(), RunError> {
         let run_id = ctx.run_id;
         if self.options.shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+            return Err(RunError::Interrupted { run_id });
+        }
+        // Another step of the stage failed: this one stops here too, and
+        // the run fails with that step's error.
+        if ctx.halt.load(Ordering::Relaxed) {
             return Err(RunError::Interrupted { run_id });
         }
         if ctx.lost.load(Ordering::Relaxed) {

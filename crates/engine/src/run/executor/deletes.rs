@@ -359,6 +359,7 @@ impl Job {
                 scope: ctx.scope.clone(),
                 lease: ctx.lease.clone(),
                 lost: ctx.lost.clone(),
+                halt: ctx.halt.clone(),
                 ..*ctx
             };
             let found = self.source.read_by_ids(&ctx.tables.source, &recreate).await?;
