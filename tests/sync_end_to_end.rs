@@ -1361,3 +1361,93 @@ async fn the_entity_types_of_one_stage_sync_side_by_side() {
 async fn the_entity_types_of_one_stage_sync_one_after_the_other_on_sqlite() {
     the_entity_types_of_one_stage(Kind::Sqlite).await;
 }
+
+/// A step of a stage that fails stops the steps beside it after their page
+/// in flight: the run fails with that step's error (not the others'
+/// interruption), and every record the other step wrote has its mapping.
+#[tokio::test]
+async fn a_failing_step_stops_the_steps_beside_it_after_their_page() {
+    use syncd_engine::run::executor::{Job, Options};
+    let dir = TempDir::new("parallel-failure");
+    let Some(source) = SystemDb::with_tables(Kind::Postgres, &dir, "source").await else {
+        return;
+    };
+    let target = SystemDb::with_tables(Kind::Postgres, &dir, "target")
+        .await
+        .unwrap();
+    // The source's products cannot be read: every row divides by zero.
+    source
+        .exec(
+            "CREATE TABLE product_rows (id text PRIMARY KEY, title text, updated_at text NOT NULL);
+             CREATE VIEW products AS SELECT id, title || (1 / (length(id) - length(id)))::text AS title, \
+             updated_at FROM product_rows;",
+        )
+        .await;
+    target
+        .exec("CREATE TABLE products (id text PRIMARY KEY, title text, updated_at text NOT NULL)")
+        .await;
+    let accounts: Vec<Value> = (0..60)
+        .map(|i| json!({"id": format!("A-{i:03}"), "name": format!("Account {i}"), "industry": "x", "updated_at": ts(i)}))
+        .collect();
+    let products: Vec<Value> = (0..6)
+        .map(|i| json!({"id": format!("P-{i:03}"), "title": "x", "updated_at": ts(i)}))
+        .collect();
+    source.insert("accounts", &accounts).await;
+    source.insert("product_rows", &products).await;
+    let toml = format!(
+        r#"name = "e2e"
+source = "crm"
+target = "erp"
+[systems.crm]
+connector = "sql"
+url = "{}"
+[systems.erp]
+connector = "sql"
+url = "{}"
+[[entities]]
+name = "account"
+source_table = "accounts"
+target_table = "customers"
+[entities.fields]
+name = {{ source = "name", target = "customer_name" }}
+[[entities]]
+name = "product"
+table = "products"
+[tenants.t1]
+"#,
+        source.url(),
+        target.url()
+    );
+    let state = StateStore::postgres_redis().await.unwrap();
+    let store = state.store.clone();
+    let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
+    let graph = syncd_core::plan::DependencyGraph::builtin_default();
+    let options = Options {
+        page_size: 3,
+        parallel: 2,
+        retry_for: std::time::Duration::ZERO,
+        ..Options::default()
+    };
+    let job = Job::prepare(store.clone(), wf, &graph, "t1".into(), options)
+        .await
+        .unwrap();
+    let run = job.start("test").await.unwrap();
+    let result = job.execute(run.clone(), &mut |_| {}).await;
+    let ended = store.load_run(None, run.id).await.unwrap().unwrap();
+    assert_eq!(ended.state, RunState::Failed, "{result:?}");
+    let error = ended.error.unwrap_or_default();
+    assert!(error.contains("products"), "the product step's error: {error}");
+    assert!(!error.contains("interrupted"), "{error}");
+    // The account step stopped early, and what it wrote is mapped.
+    let scope = EntityScope::new("t1", "e2e", "account");
+    let mapped = store.count_mapped(&scope).await.unwrap();
+    let written = target.dump("customers").await.len() as u64;
+    assert_eq!(written, mapped, "every account written has its mapping");
+    assert!(
+        written < 60,
+        "the account step went on to the end ({written} written)"
+    );
+    state.drop().await;
+    source.drop().await;
+    target.drop().await;
+}
