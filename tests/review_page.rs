@@ -12,7 +12,7 @@ use syncd_test_support as support;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::systems::{ReviewScenario, suspended_on_review};
+use support::systems::{ReviewScenario, suspended_on_review, suspended_on_reviews};
 use support::webdriver::Browser;
 use support::{PgSchema, TempDir};
 use syncd_core::plan::DependencyGraph;
@@ -360,60 +360,15 @@ async fn the_review_page_shows_that_a_revoked_token_is_refused() {
 
 /// A suspended run of `tenant` t1 on two SQLite systems in `dir`, with one
 /// conflict (`manual`) per account of `names`: each (source's new name,
-/// target's new name) of account `A-i`.
-async fn suspended_with(
-    store: &Arc<Store>,
-    dir: &TempDir,
-    names: &[(&str, &str)],
-) -> (
-    support::systems::SystemDb,
-    support::systems::SystemDb,
-    String,
-    syncd_store::RunRow,
-) {
-    use support::systems::{Kind, SystemDb, sync_once, ts, workflow_toml};
-    let source = SystemDb::with_tables(Kind::Sqlite, dir, "source").await.unwrap();
-    let target = SystemDb::with_tables(Kind::Sqlite, dir, "target").await.unwrap();
-    let rows: Vec<Value> = (1..=names.len())
-        .map(|i| json!({"id": format!("A-{i}"), "name": format!("Acme {i}"), "industry": "retail", "updated_at": ts(0)}))
+/// target's new name) of account `A-i`, synced first as "Acme i".
+async fn suspended_with(store: &Arc<Store>, dir: &TempDir, names: &[(&str, &str)]) -> ReviewScenario {
+    let bases: Vec<String> = (1..=names.len()).map(|i| format!("Acme {i}")).collect();
+    let accounts: Vec<(&str, &str, &str)> = bases
+        .iter()
+        .zip(names)
+        .map(|(base, (s, t))| (base.as_str(), *s, *t))
         .collect();
-    source.insert("accounts", &rows).await;
-    let toml = workflow_toml(
-        "e2e",
-        "bidirectional",
-        &source.url(),
-        &target.url(),
-        &[("account", "manual")],
-    );
-    sync_once(store.clone(), &toml, 100).await.unwrap();
-    let now = syncd_connect::format_time(chrono::Utc::now());
-    let targets = target.dump("customers").await;
-    for (i, (s, t)) in names.iter().enumerate() {
-        let quote = |v: &str| v.replace('\'', "''");
-        source
-            .exec(&format!(
-                "UPDATE accounts SET name = '{}', updated_at = '{now}' WHERE id = 'A-{}'",
-                quote(s),
-                i + 1
-            ))
-            .await;
-        let target_id = targets
-            .iter()
-            .find(|r| r["customer_name"] == format!("Acme {}", i + 1))
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        target
-            .exec(&format!(
-                "UPDATE customers SET customer_name = '{}', updated_at = '{now}' WHERE id = '{target_id}'",
-                quote(t)
-            ))
-            .await;
-    }
-    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
-    assert_eq!(run.state, syncd_engine::run::RunState::Suspended);
-    (source, target, toml, run)
+    suspended_on_reviews(store.clone(), dir, &accounts).await
 }
 
 /// Three conflicts of one suspended run decided on the page by a reviewer
@@ -436,8 +391,12 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
             .await
             .unwrap(),
     );
-    let (source, target, toml, run) =
-        suspended_with(&store, &dir, &[("S 1", "T 1"), ("S 2", "T 2"), ("S 3", "T 3")]).await;
+    let ReviewScenario {
+        source,
+        target,
+        toml,
+        run,
+    } = suspended_with(&store, &dir, &[("S 1", "T 1"), ("S 2", "T 2"), ("S 3", "T 3")]).await;
     let served = Served::start(&store, &toml).await;
     let addr = served.addr;
     let (token, _) = store
@@ -610,8 +569,12 @@ async fn the_review_page_shows_a_conflicts_context_and_its_html_as_text() {
     );
     let hostile_source = r#"<img src=x onerror="window.pwned=1">"#;
     let hostile_target = "<b>bold</b> & <script>window.pwned=2</script>";
-    let (_source, target, toml, run) =
-        suspended_with(&store, &dir, &[(hostile_source, hostile_target)]).await;
+    let ReviewScenario {
+        source: _source,
+        target,
+        toml,
+        run,
+    } = suspended_with(&store, &dir, &[(hostile_source, hostile_target)]).await;
     let served = Served::start(&store, &toml).await;
     let addr = served.addr;
     let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();

@@ -456,14 +456,28 @@ pub struct ReviewScenario {
 /// Builds a [`ReviewScenario`] on two SQLite systems in `dir`: the account
 /// is "Acme S" in the source and "Acme T" in the target.
 pub async fn suspended_on_review(store: std::sync::Arc<syncd_store::Store>, dir: &TempDir) -> ReviewScenario {
+    suspended_on_reviews(store, dir, &[("Acme", "Acme S", "Acme T")]).await
+}
+
+/// Builds a [`ReviewScenario`] on two SQLite systems in `dir` with one
+/// conflict (`manual`) per account of `accounts`: account `A-i` is synced
+/// as its first name, then renamed to the second in the source and to the
+/// third in the target.
+pub async fn suspended_on_reviews(
+    store: std::sync::Arc<syncd_store::Store>,
+    dir: &TempDir,
+    accounts: &[(&str, &str, &str)],
+) -> ReviewScenario {
     let source = SystemDb::with_tables(Kind::Sqlite, dir, "source").await.unwrap();
     let target = SystemDb::with_tables(Kind::Sqlite, dir, "target").await.unwrap();
-    source
-        .insert(
-            "accounts",
-            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
-        )
-        .await;
+    let rows: Vec<Value> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, (base, _, _))| {
+            json!({"id": format!("A-{}", i + 1), "name": base, "industry": "retail", "updated_at": ts(0)})
+        })
+        .collect();
+    source.insert("accounts", &rows).await;
     let toml = workflow_toml(
         "e2e",
         "bidirectional",
@@ -473,16 +487,27 @@ pub async fn suspended_on_review(store: std::sync::Arc<syncd_store::Store>, dir:
     );
     sync_once(store.clone(), &toml, 100).await.unwrap();
     let now = syncd_connect::format_time(chrono::Utc::now());
-    source
-        .exec(&format!(
-            "UPDATE accounts SET name = 'Acme S', updated_at = '{now}'"
-        ))
-        .await;
-    target
-        .exec(&format!(
-            "UPDATE customers SET customer_name = 'Acme T', updated_at = '{now}'"
-        ))
-        .await;
+    let targets = target.dump("customers").await;
+    let quote = |v: &str| v.replace('\'', "''");
+    for (i, (base, s, t)) in accounts.iter().enumerate() {
+        source
+            .exec(&format!(
+                "UPDATE accounts SET name = '{}', updated_at = '{now}' WHERE id = 'A-{}'",
+                quote(s),
+                i + 1
+            ))
+            .await;
+        let target_id = targets.iter().find(|r| r["customer_name"] == *base).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        target
+            .exec(&format!(
+                "UPDATE customers SET customer_name = '{}', updated_at = '{now}' WHERE id = '{target_id}'",
+                quote(t)
+            ))
+            .await;
+    }
     let run = sync_once(store, &toml, 100).await.unwrap();
     assert_eq!(run.state, syncd_engine::run::RunState::Suspended);
     ReviewScenario {
