@@ -1244,33 +1244,26 @@ async fn postgres_to_mariadb_through_syncd_run() {
     through_syncd_run(Kind::Postgres, Kind::Mariadb, "run-pg-my").await;
 }
 
-/// Entity types of one stage depend on none of each other: their steps run
-/// side by side (`Options::parallel`), pages of one interleaved with the
-/// other's, and every record arrives as it does one step at a time. With a
-/// SQLite system or store (one writer at a time) they go one after the
-/// other whatever `parallel` says.
-async fn the_entity_types_of_one_stage(kind: Kind) {
-    use syncd_engine::run::executor::{Job, Options};
-    let dir = TempDir::new("parallel-stage");
-    let Some(source) = SystemDb::with_tables(kind, &dir, "source").await else {
-        return;
-    };
-    let target = SystemDb::with_tables(kind, &dir, "target").await.unwrap();
-    for db in [&source, &target] {
-        db.exec("CREATE TABLE products (id TEXT PRIMARY KEY, title TEXT, updated_at TEXT NOT NULL)")
-            .await;
-    }
-    let accounts: Vec<Value> = (0..30)
+/// `n` source accounts `A-000`, `A-001`, ...
+fn account_rows(n: i64) -> Vec<Value> {
+    (0..n)
         .map(|i| json!({"id": format!("A-{i:03}"), "name": format!("Account {i}"), "industry": "x", "updated_at": ts(i)}))
-        .collect();
-    let products: Vec<Value> = (0..30)
+        .collect()
+}
+
+/// `n` products `P-000`, `P-001`, ...
+fn product_rows(n: i64) -> Vec<Value> {
+    (0..n)
         .map(|i| json!({"id": format!("P-{i:03}"), "title": format!("Product {i}"), "updated_at": ts(i)}))
-        .collect();
-    source.insert("accounts", &accounts).await;
-    source.insert("products", &products).await;
-    let toml = format!(
+        .collect()
+}
+
+/// Accounts and products, one stage of two entity types, from `source` to
+/// `target` (tenant `t1`).
+fn accounts_and_products(direction: &str, source: &SystemDb, target: &SystemDb) -> String {
+    format!(
         r#"name = "e2e"
-direction = "bidirectional"
+direction = "{direction}"
 source = "crm"
 target = "erp"
 
@@ -1297,7 +1290,28 @@ table = "products"
 "#,
         source.url(),
         target.url()
-    );
+    )
+}
+
+/// Entity types of one stage depend on none of each other: their steps run
+/// side by side (`Options::parallel`), pages of one interleaved with the
+/// other's, and every record arrives as it does one step at a time. With a
+/// SQLite system or store (one writer at a time) they go one after the
+/// other whatever `parallel` says.
+async fn the_entity_types_of_one_stage(kind: Kind) {
+    use syncd_engine::run::executor::{Job, Options};
+    let dir = TempDir::new("parallel-stage");
+    let Some(source) = SystemDb::with_tables(kind, &dir, "source").await else {
+        return;
+    };
+    let target = SystemDb::with_tables(kind, &dir, "target").await.unwrap();
+    for db in [&source, &target] {
+        db.exec("CREATE TABLE products (id TEXT PRIMARY KEY, title TEXT, updated_at TEXT NOT NULL)")
+            .await;
+    }
+    source.insert("accounts", &account_rows(30)).await;
+    source.insert("products", &product_rows(30)).await;
+    let toml = accounts_and_products("bidirectional", &source, &target);
     let state = match kind {
         Kind::Sqlite => StateStore::embedded(&dir).await,
         _ => StateStore::postgres_redis().await.unwrap(),
@@ -1386,38 +1400,9 @@ async fn a_failing_step_stops_the_steps_beside_it_after_their_page() {
     target
         .exec("CREATE TABLE products (id text PRIMARY KEY, title text, updated_at text NOT NULL)")
         .await;
-    let accounts: Vec<Value> = (0..60)
-        .map(|i| json!({"id": format!("A-{i:03}"), "name": format!("Account {i}"), "industry": "x", "updated_at": ts(i)}))
-        .collect();
-    let products: Vec<Value> = (0..6)
-        .map(|i| json!({"id": format!("P-{i:03}"), "title": "x", "updated_at": ts(i)}))
-        .collect();
-    source.insert("accounts", &accounts).await;
-    source.insert("product_rows", &products).await;
-    let toml = format!(
-        r#"name = "e2e"
-source = "crm"
-target = "erp"
-[systems.crm]
-connector = "sql"
-url = "{}"
-[systems.erp]
-connector = "sql"
-url = "{}"
-[[entities]]
-name = "account"
-source_table = "accounts"
-target_table = "customers"
-[entities.fields]
-name = {{ source = "name", target = "customer_name" }}
-[[entities]]
-name = "product"
-table = "products"
-[tenants.t1]
-"#,
-        source.url(),
-        target.url()
-    );
+    source.insert("accounts", &account_rows(60)).await;
+    source.insert("product_rows", &product_rows(6)).await;
+    let toml = accounts_and_products("one_way", &source, &target);
     let state = StateStore::postgres_redis().await.unwrap();
     let store = state.store.clone();
     let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
