@@ -61,6 +61,15 @@ impl Served {
     }
 }
 
+/// A browser test's state store: the PostgreSQL schema `pg`, no cache.
+async fn store_in(pg: &PgSchema) -> Arc<Store> {
+    Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
     let Some(browser) = Browser::start().await else {
@@ -70,11 +79,7 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         return;
     };
     let dir = TempDir::new("review-page");
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let store = store_in(&pg).await;
     let ReviewScenario {
         source,
         target,
@@ -224,11 +229,7 @@ table = "ledger"
 "#,
         source.url, target.url
     );
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let store = store_in(&pg).await;
     support::systems::sync_once(store.clone(), &toml, 100)
         .await
         .unwrap();
@@ -319,11 +320,7 @@ async fn the_review_page_shows_that_a_revoked_token_is_refused() {
     let Some(pg) = PgSchema::create().await else {
         return;
     };
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let store = store_in(&pg).await;
     let (token, info) = store
         .create_token_until(&Principal::Tenant("t1".into()), None)
         .await
@@ -386,11 +383,7 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
         return;
     };
     let dir = TempDir::new("review-three");
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let store = store_in(&pg).await;
     let ReviewScenario {
         source,
         target,
@@ -562,11 +555,7 @@ async fn the_review_page_shows_a_conflicts_context_and_its_html_as_text() {
         return;
     };
     let dir = TempDir::new("review-context");
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
+    let store = store_in(&pg).await;
     let hostile_source = r#"<img src=x onerror="window.pwned=1">"#;
     let hostile_target = "<b>bold</b> & <script>window.pwned=2</script>";
     let ReviewScenario {
