@@ -574,6 +574,20 @@ fn references_with_their_edges_plan_within_the_graph() {
     );
 }
 
+/// An entity type the dependency graph does not name is synced (in the
+/// first stage, depending on nothing), not left out of the plan: a run
+/// that skipped it would succeed with nothing of it synced.
+#[test]
+fn an_entity_type_the_graph_does_not_name_is_planned() {
+    let wf = with_references("[[entities]]\nname = \"blob\"\ntable = \"blobs\"\n");
+    let graph = wf.graph_within(&DependencyGraph::builtin_default()).unwrap();
+    assert_eq!(
+        graph.stages().unwrap().to_string(),
+        "stage 1: account, blob\nstage 2: contact\nstage 3: order\n\
+         deferred: account -> account (written first, reference patched once its target exists)\n"
+    );
+}
+
 #[test]
 fn reference_without_an_edge_in_the_graph() {
     // The built-in graph has order -> account but no order -> order.

@@ -883,7 +883,14 @@ impl Workflow {
             return Err(DefinitionErrors(errors.list));
         }
         let keep: BTreeSet<&str> = self.entities.iter().map(|e| e.name.as_str()).collect();
-        Ok(graph.restricted_to(&keep))
+        let mut within = graph.restricted_to(&keep);
+        // An entity type the graph does not name depends on nothing (a
+        // reference of it would have needed an edge, refused above): it is
+        // synced in the first stage, never left out of the plan.
+        for entity in &keep {
+            within.add_entity(entity);
+        }
+        Ok(within)
     }
 }
 
