@@ -45,6 +45,8 @@ async fn reserve(store: &Store, id: &str) -> IdMapping {
         .await
         .unwrap()
         .remove(0)
+        .as_ref()
+        .clone()
 }
 
 async fn transition(store: &Store, current: &IdMapping, change: MappingChange) -> IdMapping {
@@ -59,6 +61,8 @@ async fn transition(store: &Store, current: &IdMapping, change: MappingChange) -
         .await
         .unwrap()
         .remove(0)
+        .as_ref()
+        .clone()
 }
 
 async fn status(store: &Store, id: &str) -> MappingStatus {

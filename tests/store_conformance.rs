@@ -207,6 +207,9 @@ async fn insert(store: &Store, mappings: Vec<IdMapping>) -> Vec<IdMapping> {
         })
         .await
         .expect("insert mappings")
+        .into_iter()
+        .map(Arc::unwrap_or_clone)
+        .collect()
 }
 
 async fn status_of(store: &Store, scope: &EntityScope, source_id: &str) -> Option<MappingStatus> {
@@ -756,7 +759,9 @@ async fn cache_follows_every_committed_transition(store: Arc<Store>) {
             })
             .await
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .as_ref()
+            .clone();
         let seen = store
             .lookup(&s, Side::Source, &ids(&["c-1"]))
             .await

@@ -467,7 +467,9 @@ async fn reserve_all(
                 mappings,
                 ..Default::default()
             })
-            .await?,
+            .await?
+            .into_iter()
+            .map(std::sync::Arc::unwrap_or_clone),
         );
     }
     Ok(pending)

@@ -6,10 +6,11 @@ use crate::mapping::{IdMapping, MappingStatus};
 use crate::record::{Fields, Record, Side};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// The mappings found for reference values, by referenced entity type and
-/// then by the id looked up.
-pub type RefMaps = HashMap<String, HashMap<String, IdMapping>>;
+/// then by the id looked up; shared with the mapping cache, not copied.
+pub type RefMaps = HashMap<String, HashMap<String, Arc<IdMapping>>>;
 
 /// The reference fields of one entity type.
 #[derive(Clone, Debug, Default)]

@@ -99,37 +99,54 @@ struct RedisCache {
 /// mapping is stored once, shared by its keys.
 #[derive(Default)]
 struct LocalCache {
-    young: HashMap<String, LocalEntry>,
-    old: HashMap<String, LocalEntry>,
+    young: LocalMap,
+    old: LocalMap,
 }
+
+/// Keys to entries. foldhash, seeded per map: the keys hold ids from the
+/// systems synced, so the hash must not be one they could collide on
+/// purpose, and SipHash cost more than a tenth of a first load's CPU.
+type LocalMap = HashMap<String, LocalEntry, foldhash::fast::RandomState>;
 
 /// Expiry and mapping.
 type LocalEntry = (Instant, Arc<IdMapping>);
 
 impl LocalCache {
-    fn get(&mut self, key: &str, now: Instant) -> Option<IdMapping> {
+    fn get(&mut self, key: &str, now: Instant) -> Option<Arc<IdMapping>> {
         if let Some((expires, m)) = self.young.get(key) {
-            return (*expires > now).then(|| IdMapping::clone(m));
+            return (*expires > now).then(|| m.clone());
         }
         let (key, entry) = self.old.remove_entry(key)?;
         if entry.0 <= now {
             return None;
         }
-        let found = IdMapping::clone(&entry.1);
+        let found = entry.1.clone();
         self.insert(key, entry);
         Some(found)
     }
 
-    fn version(&self, key: &str) -> Option<u64> {
-        self.young
-            .get(key)
-            .or_else(|| self.old.get(key))
-            .map(|(_, m)| m.version)
+    /// Stores `entry` under `key` unless a newer version is there.
+    fn put(&mut self, key: String, entry: LocalEntry) {
+        if let Some(held) = self.young.get_mut(&key) {
+            if held.1.version <= entry.1.version {
+                *held = entry;
+            }
+            return;
+        }
+        if self
+            .old
+            .get(&key)
+            .is_some_and(|held| held.1.version > entry.1.version)
+        {
+            return;
+        }
+        self.insert(key, entry);
     }
 
     fn insert(&mut self, key: String, entry: LocalEntry) {
         if self.young.len() >= LOCAL_GENERATION && !self.young.contains_key(&key) {
-            self.old = std::mem::replace(&mut self.young, HashMap::with_capacity(LOCAL_GENERATION));
+            let fresh = LocalMap::with_capacity_and_hasher(LOCAL_GENERATION, Default::default());
+            self.old = std::mem::replace(&mut self.young, fresh);
         }
         self.young.insert(key, entry);
     }
@@ -249,21 +266,46 @@ impl MappingCache {
 
     /// Every key `mapping` is cached under: one per known id.
     pub fn keys_of(&self, mapping: &IdMapping) -> Vec<String> {
-        let (tenant, integration, entity) = (
-            mapping.tenant_id.as_str(),
-            mapping.integration_id.as_str(),
-            mapping.entity_type.as_str(),
-        );
-        let mut keys = Vec::with_capacity(2);
-        if let Some(id) = &mapping.source_id {
-            let mut key = self.key_head(tenant, integration, entity, Side::Source);
-            push_escaped(&mut key, id);
-            keys.push(key);
-        }
-        if let Some(id) = &mapping.target_id {
-            let mut key = self.key_head(tenant, integration, entity, Side::Target);
-            push_escaped(&mut key, id);
-            keys.push(key);
+        self.keys_of_each(std::slice::from_ref(mapping))
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// [`MappingCache::keys_of`] of each of `mappings`, with the index of
+    /// the mapping each key is of; the part a scope's keys share is built
+    /// once for a run of mappings of the same scope.
+    pub fn keys_of_each<M: std::borrow::Borrow<IdMapping>>(&self, mappings: &[M]) -> Vec<(String, usize)> {
+        let mut keys = Vec::with_capacity(mappings.len() * 2);
+        let mut heads: Option<(&IdMapping, String, String)> = None;
+        for (i, m) in mappings.iter().enumerate() {
+            let m: &IdMapping = m.borrow();
+            let same = heads.as_ref().is_some_and(|(h, _, _)| {
+                h.tenant_id == m.tenant_id
+                    && h.integration_id == m.integration_id
+                    && h.entity_type == m.entity_type
+            });
+            if !same {
+                let (tenant, integration, entity) = (
+                    m.tenant_id.as_str(),
+                    m.integration_id.as_str(),
+                    m.entity_type.as_str(),
+                );
+                heads = Some((
+                    m,
+                    self.key_head(tenant, integration, entity, Side::Source),
+                    self.key_head(tenant, integration, entity, Side::Target),
+                ));
+            }
+            let (_, source_head, target_head) = heads.as_ref().expect("heads of this scope");
+            for (head, id) in [(source_head, &m.source_id), (target_head, &m.target_id)] {
+                if let Some(id) = id {
+                    let mut key = String::with_capacity(head.len() + id.len());
+                    key.push_str(head);
+                    push_escaped(&mut key, id);
+                    keys.push((key, i));
+                }
+            }
         }
         keys
     }
@@ -296,7 +338,7 @@ impl MappingCache {
     /// Looks up `keys` in one round trip. Returns `None` when the cache
     /// cannot answer (disabled, or Redis failing): read them all from the
     /// database.
-    pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<IdMapping>>> {
+    pub async fn get_many(&self, keys: &[String]) -> Option<Vec<Option<Arc<IdMapping>>>> {
         // Redis answers an empty MGET with an error, which would read as an
         // outage.
         if keys.is_empty() {
@@ -312,7 +354,7 @@ impl MappingCache {
             Backend::Redis(redis) => match redis.get_many(keys).await {
                 Ok(found) => {
                     self.recovered(redis);
-                    found
+                    found.into_iter().map(|m| m.map(Arc::new)).collect()
                 }
                 Err(e) => {
                     self.outage(redis, &e);
@@ -334,28 +376,22 @@ impl MappingCache {
 
     /// Stores each mapping under each of its keys, unless a newer version is
     /// already there. Pipelined: one round trip.
-    pub async fn put_many(&self, mappings: &[IdMapping]) {
+    pub async fn put_many(&self, mappings: &[Arc<IdMapping>]) {
         match &self.backend {
             Backend::Disabled => {}
             Backend::Local(map) => {
                 let expires = self.clock.instant() + self.ttl;
-                let keyed: Vec<(Vec<String>, Arc<IdMapping>)> = mappings
-                    .iter()
-                    .map(|m| (self.keys_of(m), Arc::new(m.clone())))
-                    .collect();
+                let keyed = self.keys_of_each(mappings);
                 let mut map = map.lock().expect("cache lock");
-                for (keys, mapping) in keyed {
-                    for key in keys {
-                        if map.version(&key).is_none_or(|v| v <= mapping.version) {
-                            map.insert(key, (expires, mapping.clone()));
-                        }
-                    }
+                for (key, i) in keyed {
+                    map.put(key, (expires, mappings[i].clone()));
                 }
             }
             Backend::Redis(redis) => {
-                let entries: Vec<(String, &IdMapping)> = mappings
-                    .iter()
-                    .flat_map(|m| self.keys_of(m).into_iter().map(move |k| (k, m)))
+                let entries: Vec<(String, &IdMapping)> = self
+                    .keys_of_each(mappings)
+                    .into_iter()
+                    .map(|(k, i)| (k, &*mappings[i]))
                     .collect();
                 if entries.is_empty() {
                     return;
@@ -529,17 +565,17 @@ mod tests {
             .with_ttl(Duration::from_secs(60))
             .with_clock(clock.clone());
         let scope = EntityScope::new("t", "i", "account");
-        let m = IdMapping::reserve(
+        let m = Arc::new(IdMapping::reserve(
             uuid::Uuid::new_v4(),
             scope.clone(),
             Some("s-1".into()),
             None,
             "fwd:k".into(),
             chrono::Utc::now(),
-        );
+        ));
         cache.put_many(std::slice::from_ref(&m)).await;
         let key = vec![cache.key(&scope, Side::Source, "s-1")];
-        let found = |got: Option<Vec<Option<IdMapping>>>| got.unwrap().remove(0);
+        let found = |got: Option<Vec<Option<Arc<IdMapping>>>>| got.unwrap().remove(0);
         assert_eq!(found(cache.get_many(&key).await), Some(m.clone()));
         clock.advance(Duration::from_secs(59));
         assert_eq!(found(cache.get_many(&key).await), Some(m), "still fresh");
@@ -587,5 +623,84 @@ mod tests {
                 cache.key(&scope, Side::Target, "t%2")
             ]
         );
+        // A batch whose scopes change part-way: each key has its own scope.
+        let other = EntityScope::new("t", "i:1", "order_line");
+        let of = |scope: &EntityScope, s: &str, t: Option<&str>| {
+            IdMapping::reserve(
+                uuid::Uuid::new_v4(),
+                scope.clone(),
+                Some(s.into()),
+                t.map(String::from),
+                "k".into(),
+                chrono::Utc::now(),
+            )
+        };
+        let batch = [
+            of(&scope, "a", Some("b")),
+            of(&other, "c", None),
+            of(&scope, "d", Some("e")),
+        ];
+        let expected: Vec<(String, usize)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(i, m)| cache.keys_of(m).into_iter().map(move |k| (k, i)))
+            .collect();
+        assert_eq!(cache.keys_of_each(&batch), expected);
+        assert_eq!(expected[2].0, cache.key(&other, Side::Source, "c"));
+        assert_eq!(expected[3].0, cache.key(&scope, Side::Source, "d"));
+    }
+
+    #[tokio::test]
+    async fn a_local_entry_is_never_replaced_by_an_older_version() {
+        let cache = MappingCache::local();
+        let scope = EntityScope::new("t", "i", "account");
+        let version = |v: u64, target: &str| {
+            let mut m = IdMapping::reserve(
+                uuid::Uuid::nil(),
+                scope.clone(),
+                Some("s-1".into()),
+                Some(target.into()),
+                "k".into(),
+                chrono::Utc::now(),
+            );
+            m.version = v;
+            Arc::new(m)
+        };
+        let key = cache.key(&scope, Side::Source, "s-1");
+        let held = |cache: &MappingCache| {
+            let Backend::Local(map) = &cache.backend else {
+                unreachable!()
+            };
+            let mut map = map.lock().unwrap();
+            map.get(&key, Instant::now()).map(|m| m.version)
+        };
+        cache.put_many(&[version(2, "t-2")]).await;
+        cache.put_many(&[version(1, "t-1")]).await;
+        assert_eq!(
+            held(&cache),
+            Some(2),
+            "an older version does not replace a newer one"
+        );
+        cache.put_many(&[version(3, "t-3")]).await;
+        assert_eq!(held(&cache), Some(3), "a newer one does");
+        // Pushed into the old generation by other keys, it still wins.
+        let others: Vec<Arc<IdMapping>> = (0..LOCAL_GENERATION)
+            .map(|i| {
+                let mut m = (*version(1, "x")).clone();
+                m.source_id = Some(format!("other-{i}"));
+                m.target_id = None;
+                Arc::new(m)
+            })
+            .collect();
+        cache.put_many(&others).await;
+        {
+            let Backend::Local(map) = &cache.backend else {
+                unreachable!()
+            };
+            let map = map.lock().unwrap();
+            assert!(map.old.contains_key(&key) && !map.young.contains_key(&key));
+        }
+        cache.put_many(&[version(2, "t-2")]).await;
+        assert_eq!(held(&cache), Some(3), "nor from the old generation");
     }
 }

@@ -1,6 +1,7 @@
 //! The ID map through the store: lookups (cache first), page commits decided by the core's mapping lifecycle, reservations, and what the store cannot keep.
 
 use super::*;
+use std::sync::Arc;
 
 impl Store {
     /// The mappings of `ids` (ids on `side`) within `scope`, by id. Ids with
@@ -12,6 +13,23 @@ impl Store {
         side: Side,
         ids: &[String],
     ) -> Result<HashMap<String, IdMapping>, StoreError> {
+        Ok(self
+            .lookup_shared(scope, side, ids)
+            .await?
+            .into_iter()
+            .map(|(id, m)| (id, Arc::unwrap_or_clone(m)))
+            .collect())
+    }
+
+    /// [`Store::lookup`], the mappings shared with the cache rather than
+    /// copied out of it: for readers that only look (reference
+    /// translation reads a parent's status and id, not its base).
+    pub async fn lookup_shared(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+    ) -> Result<HashMap<String, Arc<IdMapping>>, StoreError> {
         let mut found = HashMap::with_capacity(ids.len());
         let cached = if self.cache.is_enabled() {
             self.cache.get_many(&self.cache.keys(scope, side, ids)).await
@@ -36,7 +54,11 @@ impl Store {
         if to_load.is_empty() {
             return Ok(found);
         }
-        let loaded = on_backend!(self, b => b.fetch_mappings(scope, side, to_load).await?);
+        let loaded: Vec<Arc<IdMapping>> =
+            on_backend!(self, b => b.fetch_mappings(scope, side, to_load).await?)
+                .into_iter()
+                .map(Arc::new)
+                .collect();
         if self.cache.is_enabled() {
             self.cache.put_many(&loaded).await;
         }
@@ -157,8 +179,9 @@ impl Store {
 
     /// Commits one page: mapping writes, conflict records and the step
     /// checkpoint in one transaction, then updates the cache. Returns the
-    /// mappings as stored. On any error nothing of the page is written.
-    pub async fn commit_page(&self, page: PageCommit) -> Result<Vec<IdMapping>, StoreError> {
+    /// mappings as stored (shared with the cache, not copied). On any error
+    /// nothing of the page is written.
+    pub async fn commit_page(&self, page: PageCommit) -> Result<Vec<Arc<IdMapping>>, StoreError> {
         Ok(self.commit(page).await?.0)
     }
 
@@ -166,7 +189,7 @@ impl Store {
     pub(super) async fn commit(
         &self,
         mut page: PageCommit,
-    ) -> Result<(Vec<IdMapping>, PageCommit), StoreError> {
+    ) -> Result<(Vec<Arc<IdMapping>>, PageCommit), StoreError> {
         let now = Utc::now();
         let decided = self.decide(std::mem::take(&mut page.mappings), now)?;
         for c in &page.conflicts {
@@ -195,7 +218,13 @@ impl Store {
         // the versions it replaced, which the next attempt would read and
         // then fail to update ("changed concurrently").
         if self.cache.is_enabled() {
-            let keys: Vec<String> = decided.iter().flat_map(|d| self.cache.keys_of(&d.next)).collect();
+            let next: Vec<&IdMapping> = decided.iter().map(|d| &d.next).collect();
+            let keys: Vec<String> = self
+                .cache
+                .keys_of_each(&next)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
             self.cache.delete_many(&keys).await;
         }
         on_backend!(self, b => b.commit_page(PageWrite {
@@ -204,7 +233,7 @@ impl Store {
             now
         })
         .await?);
-        let stored: Vec<IdMapping> = decided.into_iter().map(|d| d.next).collect();
+        let stored: Vec<Arc<IdMapping>> = decided.into_iter().map(|d| Arc::new(d.next)).collect();
         if self.cache.is_enabled() {
             self.cache.put_many(&stored).await;
         }
@@ -249,7 +278,10 @@ impl Store {
                 ..Default::default()
             })
             .await?;
-        Ok((page.reserve, stored))
+        Ok((
+            page.reserve,
+            stored.into_iter().map(Arc::unwrap_or_clone).collect(),
+        ))
     }
 
     /// Turns the reservations of `scope` that no page settled (their page

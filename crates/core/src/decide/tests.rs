@@ -310,7 +310,13 @@ fn references_are_translated_to_the_ids_of_the_side_written() {
     let f = Fixture::new("contact");
     let parent = f.mapped("a1", "71", json!({}));
     let mut read_maps = RefMaps::new();
-    read_maps.insert("account".into(), by_id(vec![("a1", parent)]));
+    read_maps.insert(
+        "account".into(),
+        by_id(vec![("a1", parent)])
+            .into_iter()
+            .map(|(k, m)| (k, std::sync::Arc::new(m)))
+            .collect(),
+    );
     let d = f.decide(Page {
         read_maps,
         ..page(vec![record("c1", json!({"email": "a@x", "account_id": "a1"}), 1)])

@@ -760,7 +760,7 @@ impl Job {
 /// from the checkpoint before, their creates found by their pending
 /// mappings. Dropped, it is aborted, like a crash.
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<Vec<IdMapping>, StoreError>>,
+    task: tokio::task::JoinHandle<Result<Vec<Arc<IdMapping>>, StoreError>>,
     /// The ids, on the side read, of the page's records.
     ids: HashSet<String>,
     counters: StepCounters,

@@ -221,11 +221,11 @@ impl Job {
         entity: &str,
         from: Side,
         ids: Vec<String>,
-    ) -> Result<HashMap<String, IdMapping>, RunError> {
+    ) -> Result<HashMap<String, Arc<IdMapping>>, RunError> {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        Ok(self.store.lookup(&self.scope(entity), from, &ids).await?)
+        Ok(self.store.lookup_shared(&self.scope(entity), from, &ids).await?)
     }
 
     /// Translation tables for reference values of `records`, from `from`.
@@ -234,7 +234,7 @@ impl Job {
         tables: &EntityTables,
         from: Side,
         records: &[&Fields],
-    ) -> Result<HashMap<String, HashMap<String, IdMapping>>, RunError> {
+    ) -> Result<syncd_core::references::RefMaps, RunError> {
         // One lookup per referenced entity type, all at once.
         let lookups = tables
             .refs
