@@ -637,3 +637,97 @@ async fn mariadb_values_arrive_exactly_and_one_it_cannot_hold_fails_naming_the_f
     assert_eq!(held.5.to_bits(), 0.1f64.to_bits());
     to_my.drop().await;
 }
+
+/// A PostgreSQL row is read as one JSON document: by `row_to_json` when
+/// every column of its table is a plain scalar, by `to_jsonb` when the
+/// table has a document column (whose text `row_to_json` would pass
+/// through unnormalized). Both readings must give every value the same:
+/// the same rows, in a table of each kind, read to the same records and
+/// the same unreadable rows.
+#[tokio::test]
+async fn a_postgres_row_reads_the_same_with_or_without_a_document_column() {
+    use syncd_connect::FieldColumn;
+    use syncd_connect::sql::SqlConnector;
+    use syncd_core::value::Class;
+    let dir = TempDir::new("two-readings");
+    let Some(db) = SystemDb::create(Kind::Postgres, &dir, "system").await else {
+        return;
+    };
+    let columns = "id text PRIMARY KEY, d double precision, r real, n numeric, m numeric(38,18), b bigint, \
+                   i integer, s smallint, t text, v varchar(20), c char(5), ok boolean, at timestamptz, \
+                   lt timestamp, day date, u uuid, raw bytea, updated_at timestamptz NOT NULL";
+    db.exec(&format!(
+        "CREATE TABLE plain ({columns}); CREATE TABLE documented ({columns}, doc jsonb);
+         INSERT INTO plain VALUES
+         ('a', 'NaN', 'Infinity', 'NaN', 12345678901234567890.123456789012345678, 9223372036854775807,
+          -2147483648, 32767, E'tab\\there \"q\" \\\\ back \\u00e9 😀 \\u0001', 'x', 'ab', true,
+          '2026-01-01 00:00:00.123456+00', '2026-01-01 00:00:00.000001', '2026-02-28',
+          'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff0a5c', '2026-01-01 00:00:01+00'),
+         ('b', '-0', '-0', 'Infinity', 0.000000000000000001, -9223372036854775808, 0, 0, '', '', '', false,
+          '1970-01-01 00:00:00+00', '0001-01-01 00:00:00', '0001-01-01', '00000000-0000-0000-0000-000000000000',
+          '\\x', '2026-01-01 00:00:02+00'),
+         ('c', 1e300, 3.4e38, '-Infinity', -1.5, 1, 1, 1, '{{\"not\": \"json\"}}', 'v', 'c', true,
+          '2026-06-30 23:59:59.999999+00', '2026-06-30 12:00:00', '2026-06-30', gen_random_uuid(), '\\x7b7d',
+          '2026-01-01 00:00:03+00'),
+         ('d', 0.1, 0.1, 1.50, 1.5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+          '2026-01-01 00:00:04+00'),
+         ('e', 5e-324, 1.17549435e-38, 1e100, -0.000000000000000001, -1, -1, -1, 'line\nbreak', 'ü', 'ß',
+          false, '2026-01-01 00:00:00+05:30', '2026-01-01 00:00:00.5', '2000-02-29',
+          'ffffffff-ffff-ffff-ffff-ffffffffffff', '\\xffffffff', '2026-01-01 00:00:05+00'),
+         ('f', 'Infinity', '-Infinity', 'NaN', 0, 0, 0, 0, 'x', 'x', 'x', true, 'infinity', '-infinity',
+          'infinity', NULL, NULL, '2026-01-01 00:00:06+00');
+         INSERT INTO documented SELECT *, '{{\"k\": 1e2, \"k\": [1.0]}}' FROM plain;"
+    ))
+    .await;
+    let system = SqlConnector::connect("system", &db.url()).await.unwrap();
+    let mut read = Vec::new();
+    for table in ["plain", "documented"] {
+        let types = system.columns(table).await.unwrap().unwrap();
+        let fields: Vec<FieldColumn> = types
+            .iter()
+            .filter(|(c, _)| !["id", "updated_at", "doc"].contains(&c.as_str()))
+            .map(|(c, t)| {
+                let class = Class::postgres(t);
+                FieldColumn {
+                    cdm: c.clone(),
+                    column: c.clone(),
+                    class,
+                    kind: class.kind(),
+                }
+            })
+            .collect();
+        let b = system
+            .binding("ledger", table, types, fields, None, None)
+            .unwrap();
+        let page = system.read_changes(&b, None, 100).await.unwrap();
+        let bad: Vec<(String, String)> = page.bad.into_iter().map(|b| (b.id, b.reason)).collect();
+        read.push((page.records, bad));
+    }
+    let (plain, documented) = (&read[0], &read[1]);
+    assert_eq!(
+        plain.0.len() + plain.1.len(),
+        6,
+        "every row read, as a record or as unreadable"
+    );
+    assert_eq!(
+        plain.1, documented.1,
+        "the same rows are unreadable, for the same reasons"
+    );
+    for (p, d) in plain.0.iter().zip(&documented.0) {
+        assert_eq!(
+            (&p.id, &p.fields),
+            (&d.id, &d.fields),
+            "row {} reads the same",
+            p.id
+        );
+    }
+    assert_eq!(plain.0.len(), documented.0.len());
+    let b = plain.0.iter().find(|r| r.id == "b").expect("row b is readable");
+    assert_eq!(
+        b.fields["d"],
+        Value::String("-0".into()),
+        "a negative zero stays negative"
+    );
+    drop(system);
+    db.drop().await;
+}

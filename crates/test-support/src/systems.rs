@@ -280,7 +280,7 @@ impl SystemDb {
             }
             SystemDb::Postgres { schema } => {
                 let docs: Vec<sqlx::types::Json<Value>> =
-                    sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY id"))
+                    sqlx::query_scalar(&format!("SELECT to_jsonb(t.*) FROM {table} t ORDER BY id"))
                         .fetch_all(&schema.pool)
                         .await
                         .unwrap();
