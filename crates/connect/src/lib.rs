@@ -450,6 +450,23 @@ pub struct TableBinding {
 }
 
 impl TableBinding {
+    /// A binding of table `accounts` of system `shop` with text ids, no
+    /// fields and `column_types`, for unit tests of the statements built.
+    #[cfg(test)]
+    pub(crate) fn accounts(column_types: std::collections::BTreeMap<String, String>) -> TableBinding {
+        TableBinding {
+            system: "shop".into(),
+            entity: "account".into(),
+            table: "accounts".into(),
+            id_kind: IdKind::Text,
+            fields: Vec::new(),
+            key_column: None,
+            deleted_column: None,
+            column_types,
+            tenant: None,
+        }
+    }
+
     /// Whether a record is marked deleted in the soft-delete column;
     /// `value_of` reads one of its fields.
     pub fn marked_deleted<'a>(&self, value_of: impl FnOnce(&str) -> Option<&'a serde_json::Value>) -> bool {

@@ -540,15 +540,8 @@ mod tests {
     #[test]
     fn a_tenant_value_is_one_quoted_literal() {
         let b = TableBinding {
-            system: "shop".into(),
-            entity: "account".into(),
-            table: "accounts".into(),
-            id_kind: IdKind::Text,
-            fields: Vec::new(),
-            key_column: None,
-            deleted_column: None,
-            column_types: BTreeMap::new(),
             tenant: Some(("tenant_id".into(), r"o'brien\".into())),
+            ..TableBinding::accounts(BTreeMap::new())
         };
         assert_eq!(
             tenant_and(&b, "t.", Dialect::Mysql),

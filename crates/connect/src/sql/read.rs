@@ -459,20 +459,14 @@ mod tests {
     /// normalizes a `json` value's text as `jsonb` does.
     #[test]
     fn a_row_is_read_by_row_to_json_only_when_every_column_is_a_known_scalar() {
-        let table = |types: &[&str]| TableBinding {
-            system: "shop".into(),
-            entity: "account".into(),
-            table: "accounts".into(),
-            id_kind: IdKind::Text,
-            fields: Vec::new(),
-            key_column: None,
-            deleted_column: None,
-            column_types: types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (format!("c{i}"), t.to_string()))
-                .collect(),
-            tenant: None,
+        let table = |types: &[&str]| {
+            TableBinding::accounts(
+                types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("c{i}"), t.to_string()))
+                    .collect(),
+            )
         };
         let scalars = [
             "text",
