@@ -144,10 +144,14 @@ impl Step<'_> {
     }
 
     /// The key and id of creating the record read as `read_id`: the same
-    /// for every attempt, so that a repeat after a crash is recognised
-    /// (the first create of a text-id record takes a new time-ordered id
-    /// instead, [`Step::key_of`], and its repeats read the key from its
-    /// reservation).
+    /// for every attempt, so that a repeat after a crash is recognised.
+    /// Derived from the record, not only kept in its reservation: a state
+    /// store restored from a backup (or failed over to a replica that
+    /// lacks the last commits) has lost the mappings and reservations of
+    /// what was created since, and a text id that is the same on the next
+    /// attempt turns those creates into upserts instead of duplicates.
+    /// (Time-ordered ids would make a first load's index inserts cheaper;
+    /// `BENCHMARKS.md` has what they gave and why they are not used.)
     pub fn create_key(&self, read_id: &str) -> (String, Uuid) {
         let name = format!(
             "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}",
@@ -157,11 +161,6 @@ impl Step<'_> {
             self.direction.as_str()
         );
         let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
-        (format!("{}{id}", key_prefix(self.direction)), id)
-    }
-
-    /// The key of creating a record under the new id `id`.
-    pub fn key_of(&self, id: Uuid) -> (String, Uuid) {
         (format!("{}{id}", key_prefix(self.direction)), id)
     }
 
@@ -522,13 +521,6 @@ pub fn decide_page(
                         .unwrap_or_else(|| step.create_key(&record.id)),
                     // Created anew: a new id, not the one that was deleted.
                     Some(m) if m.status == MappingStatus::Stale => step.recreate_key(m),
-                    // The first create of a record in a table with text
-                    // ids: a new time-ordered id (UUIDv7), so that a first
-                    // load appends to the indexes on that id (the table's
-                    // key, the ID map's) instead of writing all over them.
-                    // Its reservation holds the key before anything is
-                    // written, and every repeat takes the key from there.
-                    None if step.write_text_ids => step.key_of(new_id()),
                     _ => step.create_key(&record.id),
                 };
                 let oversized = || {

@@ -248,52 +248,6 @@ fn a_pending_create_is_repeated_with_the_key_of_its_first_attempt() {
     assert!(d.reserve.is_empty(), "a pending mapping is already reserved");
 }
 
-/// A first create into a table with text ids takes a new id from
-/// `new_id` (time-ordered in the engine), one per record in page order,
-/// and reserves it with its key; the key is what a repeat reads back.
-#[test]
-fn first_creates_of_text_ids_take_new_ids_in_page_order_and_reserve_them() {
-    let mut f = Fixture::new("contact");
-    f.text_ids = true;
-    let d = f.decide(page(vec![
-        record("c1", json!({"email": "a@x"}), 1),
-        record("c2", json!({"email": "b@x"}), 2),
-        record("c3", json!({"email": "c@x"}), 3),
-    ]));
-    let ids: Vec<Uuid> = d.creates.iter().map(|c| c.id).collect();
-    assert!(
-        ids.windows(2).all(|w| w[0] < w[1]),
-        "ids rise in page order: {ids:?}"
-    );
-    for c in &d.creates {
-        assert_eq!(c.key, format!("fwd:{}", c.id));
-        assert_ne!(c.key, f.step().create_key(&c.record.id).0);
-    }
-    let reserved: Vec<(Option<String>, Option<String>)> = d
-        .reserve
-        .iter()
-        .map(|w| match w {
-            MappingWrite::Insert(m) => {
-                assert_eq!(
-                    m.idempotency_key.as_deref().map(|k| &k[4..]),
-                    m.target_id.as_deref()
-                );
-                (m.source_id.clone(), m.target_id.clone())
-            }
-            other => panic!("a first create reserves a new mapping, not {other:?}"),
-        })
-        .collect();
-    let expected: Vec<(Option<String>, Option<String>)> = d
-        .creates
-        .iter()
-        .map(|c| (Some(c.record.id.clone()), Some(c.id.to_string())))
-        .collect();
-    assert_eq!(
-        reserved, expected,
-        "each reserved under the id it is created with"
-    );
-}
-
 #[test]
 fn the_other_directions_unsettled_create_is_left_to_its_step() {
     let f = Fixture::new("contact");
