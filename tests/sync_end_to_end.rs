@@ -1490,3 +1490,77 @@ async fn bytes_arrive_exactly_through_copy() {
     source.drop().await;
     target.drop().await;
 }
+
+/// The state store restored from a backup taken before a first load (or
+/// failed over to a replica that lacks its last commits) knows nothing of
+/// what that load created. The next run creates every record again, and
+/// must meet the rows already there under the same ids, as upserts: the
+/// target ends with each record once, under the id it had, and the new
+/// ID map says so. (Ids that were not derived from the record, such as
+/// time-ordered ones, would duplicate the whole load.)
+#[tokio::test]
+async fn a_state_store_restored_to_before_a_first_load_duplicates_nothing() {
+    use syncd_engine::run::executor::{Job, Options};
+    let dir = TempDir::new("restored-state");
+    let Some(source) = SystemDb::with_tables(Kind::Postgres, &dir, "source").await else {
+        return;
+    };
+    let target = SystemDb::with_tables(Kind::Postgres, &dir, "target")
+        .await
+        .unwrap();
+    for db in [&source, &target] {
+        db.exec("CREATE TABLE products (id TEXT PRIMARY KEY, title TEXT, updated_at TEXT NOT NULL)")
+            .await;
+    }
+    source.insert("accounts", &account_rows(30)).await;
+    source.insert("products", &product_rows(30)).await;
+    let toml = accounts_and_products("one_way", &source, &target);
+    let load = |state: Arc<Store>| {
+        let toml = toml.clone();
+        async move {
+            let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
+            let graph = syncd_core::plan::DependencyGraph::builtin_default();
+            let options = Options {
+                page_size: 7,
+                ..Options::default()
+            };
+            let job = Job::prepare(state.clone(), wf, &graph, "t1".into(), options)
+                .await
+                .unwrap();
+            let run = job.start("test").await.unwrap();
+            let done = job.execute(run, &mut |_| {}).await.unwrap();
+            assert_eq!(done.state, RunState::Succeeded);
+            support::assert_accounted(&state, done.id).await;
+        }
+    };
+    let account_ids = ids(&account_rows(30));
+    let product_ids = ids(&product_rows(30));
+    let first = StateStore::postgres_redis().await.unwrap();
+    load(first.store.clone()).await;
+    let customers_before = ids(&target.dump("customers").await);
+    let products_before = ids(&target.dump("products").await);
+    assert_eq!((customers_before.len(), products_before.len()), (30, 30));
+    let mapped_before = (
+        target_ids(&first.store, "account", &account_ids).await,
+        target_ids(&first.store, "product", &product_ids).await,
+    );
+    // The backup was taken before the load: a state store with none of it.
+    let restored = StateStore::postgres_redis().await.unwrap();
+    load(restored.store.clone()).await;
+    assert_eq!(
+        ids(&target.dump("customers").await),
+        customers_before,
+        "each account once, under the id it had"
+    );
+    assert_eq!(ids(&target.dump("products").await), products_before);
+    let mapped_after = (
+        target_ids(&restored.store, "account", &account_ids).await,
+        target_ids(&restored.store, "product", &product_ids).await,
+    );
+    assert_eq!(mapped_after, mapped_before, "the new ID map links the same rows");
+    assert_eq!(mapped_after.0.len(), 30);
+    first.drop().await;
+    restored.drop().await;
+    source.drop().await;
+    target.drop().await;
+}
