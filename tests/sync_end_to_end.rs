@@ -1500,7 +1500,6 @@ async fn bytes_arrive_exactly_through_copy() {
 /// time-ordered ones, would duplicate the whole load.)
 #[tokio::test]
 async fn a_state_store_restored_to_before_a_first_load_duplicates_nothing() {
-    use syncd_engine::run::executor::{Job, Options};
     let dir = TempDir::new("restored-state");
     let Some(source) = SystemDb::with_tables(Kind::Postgres, &dir, "source").await else {
         return;
@@ -1518,19 +1517,8 @@ async fn a_state_store_restored_to_before_a_first_load_duplicates_nothing() {
     let load = |state: Arc<Store>| {
         let toml = toml.clone();
         async move {
-            let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
-            let graph = syncd_core::plan::DependencyGraph::builtin_default();
-            let options = Options {
-                page_size: 7,
-                ..Options::default()
-            };
-            let job = Job::prepare(state.clone(), wf, &graph, "t1".into(), options)
-                .await
-                .unwrap();
-            let run = job.start("test").await.unwrap();
-            let done = job.execute(run, &mut |_| {}).await.unwrap();
+            let done = sync_once(state, &toml, 7).await.unwrap();
             assert_eq!(done.state, RunState::Succeeded);
-            support::assert_accounted(&state, done.id).await;
         }
     };
     let account_ids = ids(&account_rows(30));
