@@ -388,6 +388,39 @@ pub(super) fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user + system) used so far by the processes `/proc` lists
+/// whose command is `comm` (`None`: this process), in seconds (Linux; the
+/// kernel counts it in ticks of 1/100 s). Processes that ended are not
+/// counted.
+pub(super) fn cpu_secs(comm: Option<&str>) -> Option<f64> {
+    let ticks = |stat: &str| -> Option<(String, u64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_owned();
+        // Fields after the command: state is the first, utime the 12th.
+        let mut fields = rest.split_whitespace().skip(11);
+        let user: u64 = fields.next()?.parse().ok()?;
+        let system: u64 = fields.next()?.parse().ok()?;
+        Some((name, user + system))
+    };
+    let total = match comm {
+        None => ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1,
+        Some(comm) => std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter_map(|stat| ticks(&stat))
+            .filter(|(name, _)| name == comm)
+            .map(|(_, t)| t)
+            .sum(),
+    };
+    Some(total as f64 / 100.0)
+}
+
 async fn sqlite_db(path: &std::path::Path) -> Result<Db, String> {
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -413,6 +446,24 @@ struct Figures {
     /// target, when both are PostgreSQL.
     copy_secs: Option<f64>,
     rerun_secs: f64,
+    /// CPU seconds the sync took in this process and in the local
+    /// PostgreSQL server's processes (when it runs on this machine).
+    sync_cpu: Option<(f64, f64)>,
+    /// The same for the binary `COPY`.
+    copy_cpu: Option<(f64, f64)>,
+}
+
+/// CPU seconds of this process and of the local PostgreSQL server's
+/// processes so far.
+fn cpu_now() -> Option<(f64, f64)> {
+    cpu_secs(None).zip(cpu_secs(Some("postgres")))
+}
+
+/// CPU seconds used since `before` (from [`cpu_now`]).
+fn cpu_since(before: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    before
+        .zip(cpu_now())
+        .map(|((own, pg), (own_after, pg_after))| (own_after - own, pg_after - pg))
 }
 
 async fn measure(
@@ -437,15 +488,16 @@ async fn measure(
     target.0.exec(TARGET).await?;
     floor.exec(TARGET).await?;
 
-    let copy_secs = match (&source.0, &copy) {
+    let (copy_secs, copy_cpu) = match (&source.0, &copy) {
         (Db::Postgres(from), Some(to)) => {
             let to_db = Db::Postgres(to.clone());
             to_db.exec(TARGET).await?;
+            let cpu = cpu_now();
             let started = Instant::now();
             binary_copy(from, to).await?;
-            Some(started.elapsed().as_secs_f64())
+            (Some(started.elapsed().as_secs_f64()), cpu_since(cpu))
         }
-        _ => None,
+        _ => (None, None),
     };
     let started = Instant::now();
     let copied = bulk_copy(&source.0, &floor).await?;
@@ -470,10 +522,12 @@ async fn measure(
     )
     .await
     .map_err(|e| e.to_string())?;
+    let cpu = cpu_now();
     let started = Instant::now();
     let run = job.start("bench").await.map_err(|e| e.to_string())?;
     let run = job.execute(run, &mut |_| {}).await.map_err(|e| e.to_string())?;
     let sync_secs = started.elapsed().as_secs_f64();
+    let sync_cpu = cpu_since(cpu);
     let synced = target.0.count("customers").await?
         + target.0.count("people").await?
         + target.0.count("sales_orders").await?;
@@ -494,6 +548,8 @@ async fn measure(
         floor_secs,
         copy_secs,
         rerun_secs,
+        sync_cpu,
+        copy_cpu,
     })
 }
 
@@ -668,6 +724,33 @@ pub async fn run(bench: &SyncBench) -> Result<String, String> {
             f.rerun_secs
         );
     }
+    for f in &figures {
+        let per = |secs: f64| secs * 1e6 / f.records as f64;
+        if let Some((own, server)) = f.sync_cpu {
+            let _ = writeln!(
+                out,
+                "{}: CPU a record, sync: syncd {:.1} us + PostgreSQL {:.1} us ({own:.2} + {server:.2} s in {:.2} s)",
+                f.label,
+                per(own),
+                per(server),
+                f.sync_secs
+            );
+        }
+        if let (Some((own, server)), Some(secs)) = (f.copy_cpu, f.copy_secs) {
+            let _ = writeln!(
+                out,
+                "{}: CPU a row, binary COPY: client {:.1} us + PostgreSQL {:.1} us ({own:.2} + {server:.2} s in {secs:.2} s)",
+                f.label,
+                per(own),
+                per(server),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "CPU: user + system time of this process and of the processes named postgres on this machine \
+         (none when the server runs elsewhere)"
+    );
     let _ = writeln!(
         out,
         "insert: a plain client's keyset pages of 1,000, one statement each; \
