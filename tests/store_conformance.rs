@@ -127,6 +127,7 @@ conformance!(
     tokens_are_refused_once_revoked_or_expired,
     ready_runs_are_exactly_those_the_core_calls_ready,
     a_held_run_is_resumed_only_once_its_deletions_are_confirmed,
+    a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -879,6 +880,70 @@ fn sample_conflict(tenant: &str, source_id: &str) -> ConflictRecord {
         created_at: Utc::now(),
         resolved_at: None,
     }
+}
+
+/// What a first load relies on to skip lookups: a scope is empty only
+/// while none of its mappings (whichever side's id it has), reservations
+/// or pending conflicts exist; another scope's do not count.
+async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(store: Arc<Store>) {
+    let (accounts, contacts, orders, products) = (
+        scope("account"),
+        scope("contact"),
+        scope("order"),
+        scope("product"),
+    );
+    for s in [&accounts, &contacts, &orders, &products] {
+        assert!(store.scope_is_empty(s).await.unwrap(), "{s:?} before anything");
+    }
+    // A mapping with a source id only, and one with a target id only.
+    insert(&store, vec![pending(&contacts, "c-1")]).await;
+    let mut backward = pending(&orders, "o-1");
+    (backward.source_id, backward.target_id) = (None, Some("T-o-1".into()));
+    insert(&store, vec![backward]).await;
+    assert!(!store.scope_is_empty(&contacts).await.unwrap());
+    assert!(!store.scope_is_empty(&orders).await.unwrap());
+    assert!(
+        store.scope_is_empty(&accounts).await.unwrap(),
+        "other scopes' mappings do not count"
+    );
+    // A reservation alone.
+    let run_id = new_run(&store).await;
+    let run = store.load_run(None, run_id).await.unwrap().unwrap();
+    assert!(
+        store
+            .claim_lease(&run, "worker-1", std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let lease = Lease {
+        run_id,
+        worker_id: "worker-1".into(),
+    };
+    let (reservation, _) = store
+        .reserve(
+            &products,
+            vec![MappingWrite::Insert(pending(&products, "p-1"))],
+            &lease,
+        )
+        .await
+        .unwrap();
+    assert!(reservation.is_some());
+    assert!(
+        !store.scope_is_empty(&products).await.unwrap(),
+        "a reservation counts"
+    );
+    // A pending conflict alone (`sample_conflict` is an account's).
+    store
+        .commit_page(PageCommit {
+            conflicts: vec![sample_conflict("tenant-a", "a-1")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        !store.scope_is_empty(&accounts).await.unwrap(),
+        "a pending conflict counts"
+    );
 }
 
 async fn conflicts_are_stored_per_tenant(store: Arc<Store>) {

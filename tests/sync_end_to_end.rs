@@ -1552,3 +1552,65 @@ async fn a_state_store_restored_to_before_a_first_load_duplicates_nothing() {
     source.drop().await;
     target.drop().await;
 }
+
+/// A first load asks the ID map only about the records its step has met
+/// before (its scope was empty when it began). A record met twice in one
+/// scan, as one edited while the scan runs is, is created the first time
+/// and updated with its later values the second: not created again, and
+/// its page's commit does not fail on the mapping already there. The
+/// source is a view that shows account `A-001` twice, the second time
+/// renamed and later, so the scan meets it twice, one record a page.
+#[tokio::test]
+async fn a_record_met_twice_in_a_first_load_is_created_then_updated() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let dir = TempDir::new("met-twice");
+        let Some(source) = SystemDb::with_tables(kind, &dir, "source").await else {
+            return;
+        };
+        let target = SystemDb::with_tables(kind, &dir, "target").await.unwrap();
+        let state = match kind {
+            Kind::Postgres => StateStore::postgres_redis().await.unwrap(),
+            _ => StateStore::embedded(&dir).await,
+        };
+        source.insert("accounts", &account_rows(5)).await;
+        let later = match kind {
+            Kind::Postgres => format!("'{}'::timestamptz", ts(1_000)),
+            _ => format!("'{}'", ts(1_000)),
+        };
+        source
+            .exec(&format!(
+                "ALTER TABLE accounts RENAME TO account_rows;
+                 CREATE VIEW accounts AS
+                     SELECT id, name, industry, parent_id, updated_at FROM account_rows
+                     UNION ALL
+                     SELECT id, 'Account 1, renamed', industry, parent_id, {later} FROM account_rows
+                     WHERE id = 'A-001'"
+            ))
+            .await;
+        let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+        let run = sync_once(state.store.clone(), &toml, 1).await.unwrap();
+        assert_eq!(run.state, RunState::Succeeded, "{kind:?}: {:?}", run.error);
+        let steps = state.store.load_steps(run.id).await.unwrap();
+        let account = steps
+            .iter()
+            .find(|s| s.entity_type.as_str() == "account")
+            .unwrap();
+        assert_eq!(
+            (
+                account.counters.read,
+                account.counters.created,
+                account.counters.updated
+            ),
+            (6, 5, 1),
+            "{kind:?}"
+        );
+        let customers = target.dump("customers").await;
+        assert_eq!(customers.len(), 5, "{kind:?}: {customers:?}");
+        let mapped = target_ids(&state.store, "account", &ids(&account_rows(5))).await;
+        let renamed = by_id(&customers)[&mapped["A-001"]];
+        assert_eq!(renamed["customer_name"], "Account 1, renamed", "{kind:?}");
+        source.drop().await;
+        target.drop().await;
+        state.drop().await;
+    }
+}

@@ -228,6 +228,38 @@ macro_rules! shared_statements {
             rows.iter().map(mapping_from_row).collect()
         }
 
+        /// Whether `scope` holds nothing yet: no mapping (each has an id
+        /// on at least one side, so the two partial id indexes see them
+        /// all), no reservation, no pending conflict.
+        pub(super) async fn scope_is_empty(&self, scope: &EntityScope) -> Result<bool, StoreError> {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM reservations \
+                                WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3) \
+                     OR EXISTS (SELECT 1 FROM conflicts WHERE tenant_id = $1 AND integration_id = $2 \
+                                AND entity_type = $3 AND status = 'pending')",
+            )
+            .bind(scope.tenant_id.as_str())
+            .bind(scope.integration_id.as_str())
+            .bind(scope.entity_type.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+            if held {
+                return Ok(false);
+            }
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(true);
+            };
+            let mapped: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM id_mappings WHERE {s} AND source_id IS NOT NULL) \
+                     OR EXISTS (SELECT 1 FROM id_mappings WHERE {s} AND target_id IS NOT NULL)",
+                s = Self::in_scope("$1")
+            ))
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(!mapped)
+        }
+
         pub(super) async fn mappings_with_status(
             &self,
             scope: &EntityScope,

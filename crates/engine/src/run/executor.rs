@@ -32,6 +32,7 @@ pub use bind::inspect;
 mod deletes;
 mod pages;
 mod review;
+mod seen;
 mod writes;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -178,6 +179,10 @@ struct StepCtx<'a> {
     lost: Arc<AtomicBool>,
     /// Set when another step of the stage failed.
     halt: Arc<AtomicBool>,
+    /// The ids the step has decided, when its scope was empty as it
+    /// began: a record whose id is not among them has no mapping, and is
+    /// not looked up (see `Store::scope_is_empty`).
+    seen: Option<std::sync::Mutex<seen::SeenIds>>,
 }
 
 impl StepCtx<'_> {
@@ -614,6 +619,17 @@ impl Job {
             lease: lease.clone(),
             lost: lost.clone(),
             halt: halt.clone(),
+            seen: None,
+        };
+        // Asked before the step settles leftover reservations: a scope with
+        // any is not empty.
+        let ctx = StepCtx {
+            seen: match step.direction {
+                StepDirection::Delete => None,
+                _ => (self.store.scope_is_empty(&ctx.scope).await?)
+                    .then(|| std::sync::Mutex::new(seen::SeenIds::new())),
+            },
+            ..ctx
         };
         self.store.start_step(run, step, lease).await?;
         let span =

@@ -360,6 +360,7 @@ impl Job {
                 lease: ctx.lease.clone(),
                 lost: ctx.lost.clone(),
                 halt: ctx.halt.clone(),
+                seen: None,
                 ..*ctx
             };
             let found = self.source.read_by_ids(&ctx.tables.source, &recreate).await?;

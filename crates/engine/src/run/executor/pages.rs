@@ -290,17 +290,44 @@ impl Job {
         // Open conflicts, mappings, the mappings of rows marked deleted and
         // the translation of the records' references are independent
         // reads: they go together.
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let mut ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
         let mut all_ids = ids.clone();
         all_ids.extend(bad.iter().map(|b| b.id.clone()));
+        let mut deleted_ids = deleted.clone();
+        if let Some(seen) = &ctx.seen {
+            // A step that began on an empty scope asks only about the ids
+            // it has decided before; it has decided these now.
+            let mut seen = seen.lock().expect("seen ids");
+            for list in [&mut ids, &mut all_ids, &mut deleted_ids] {
+                list.retain(|id| seen.may_hold(id));
+            }
+            for id in records
+                .iter()
+                .map(|r| &r.id)
+                .chain(bad.iter().map(|b| &b.id))
+                .chain(&deleted)
+            {
+                seen.insert(id);
+            }
+        }
         let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
         let (open, mappings, deleted_mappings, read_maps) = tokio::try_join!(
-            async { Ok::<_, RunError>(self.store.open_conflicts(&ctx.scope, read, &ids).await?) },
-            async { Ok::<_, RunError>(self.store.lookup(&ctx.scope, read, &all_ids).await?) },
             async {
-                Ok::<_, RunError>(match deleted.is_empty() {
+                Ok::<_, RunError>(match ids.is_empty() {
+                    true => HashSet::new(),
+                    false => self.store.open_conflicts(&ctx.scope, read, &ids).await?,
+                })
+            },
+            async {
+                Ok::<_, RunError>(match all_ids.is_empty() {
                     true => HashMap::new(),
-                    false => self.store.lookup(&ctx.scope, read, &deleted).await?,
+                    false => self.store.lookup(&ctx.scope, read, &all_ids).await?,
+                })
+            },
+            async {
+                Ok::<_, RunError>(match deleted_ids.is_empty() {
+                    true => HashMap::new(),
+                    false => self.store.lookup(&ctx.scope, read, &deleted_ids).await?,
                 })
             },
             self.reference_maps(tables, read, &read_fields),
