@@ -128,6 +128,7 @@ conformance!(
     ready_runs_are_exactly_those_the_core_calls_ready,
     a_held_run_is_resumed_only_once_its_deletions_are_confirmed,
     a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict,
+    links_read_without_bases_never_stand_in_for_mappings,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -538,6 +539,64 @@ async fn batch_insert_and_lookup_both_ways(store: Arc<Store>) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Duplicate { .. }), "{err}");
+}
+
+/// Reference translation reads parents through `lookup_links`: the same
+/// status and ids as `lookup`; read from the database it comes without the
+/// base snapshot, and is not cached, so a `lookup` after it still has the
+/// base (a decision compares against it).
+async fn links_read_without_bases_never_stand_in_for_mappings(store: Arc<Store>) {
+    let s = scope("account");
+    let stored = insert(&store, (0..3).map(|i| pending(&s, &format!("a-{i}"))).collect()).await;
+    store
+        .commit_page(PageCommit {
+            mappings: vec![confirm(&stored[0], "T-a-0", fields(json!({"name": "Acme"})))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let wanted = ids(&["a-0", "a-1", "nobody"]);
+    for _ in 0..2 {
+        // Out of the cache (if any), so that the links are read from the
+        // database.
+        let mut keys = store.cache().keys(&s, Side::Source, &wanted);
+        keys.extend(store.cache().keys(&s, Side::Target, &ids(&["T-a-0"])));
+        store.cache().delete_many(&keys).await;
+        let links = store.lookup_links(&s, Side::Source, &wanted).await.unwrap();
+        assert_eq!(links["a-0"].base, None, "read without the base");
+        assert_eq!(links.len(), 2, "unknown ids are absent");
+        assert_eq!(
+            (links["a-0"].status, links["a-0"].target_id.as_deref()),
+            (MappingStatus::Mapped, Some("T-a-0"))
+        );
+        assert_eq!(links["a-1"].status, MappingStatus::Pending);
+        let mappings = store.lookup(&s, Side::Source, &wanted).await.unwrap();
+        assert_eq!(mappings["a-0"].base, Some(fields(json!({"name": "Acme"}))));
+        for id in ["a-0", "a-1"] {
+            let (link, mapping) = (&links[id], &mappings[id]);
+            assert_eq!(
+                (
+                    link.id,
+                    link.status,
+                    &link.source_id,
+                    &link.target_id,
+                    link.version
+                ),
+                (
+                    mapping.id,
+                    mapping.status,
+                    &mapping.source_id,
+                    &mapping.target_id,
+                    mapping.version
+                )
+            );
+        }
+    }
+    let by_target = store
+        .lookup_links(&s, Side::Target, &ids(&["T-a-0"]))
+        .await
+        .unwrap();
+    assert_eq!(by_target["T-a-0"].source_id.as_deref(), Some("a-0"));
 }
 
 async fn racing_transitions_have_one_winner(store: Arc<Store>) {

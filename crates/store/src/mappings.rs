@@ -30,6 +30,31 @@ impl Store {
         side: Side,
         ids: &[String],
     ) -> Result<HashMap<String, Arc<IdMapping>>, StoreError> {
+        self.lookup_cached_first(scope, side, ids, true).await
+    }
+
+    /// The mappings of `ids` for what links records (reference
+    /// translation reads each parent's status and ids): from the cache
+    /// as they are, and what the cache does not hold from the database
+    /// without its base snapshot (`base` is `None`), which is then not
+    /// cached, so that no reader that needs the base is ever handed one
+    /// without it.
+    pub async fn lookup_links(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+    ) -> Result<HashMap<String, Arc<IdMapping>>, StoreError> {
+        self.lookup_cached_first(scope, side, ids, false).await
+    }
+
+    async fn lookup_cached_first(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+        with_base: bool,
+    ) -> Result<HashMap<String, Arc<IdMapping>>, StoreError> {
         let mut found = HashMap::with_capacity(ids.len());
         let cached = if self.cache.is_enabled() {
             self.cache.get_many(&self.cache.keys(scope, side, ids)).await
@@ -55,11 +80,11 @@ impl Store {
             return Ok(found);
         }
         let loaded: Vec<Arc<IdMapping>> =
-            on_backend!(self, b => b.fetch_mappings(scope, side, to_load).await?)
+            on_backend!(self, b => b.fetch_mappings(scope, side, to_load, with_base).await?)
                 .into_iter()
                 .map(Arc::new)
                 .collect();
-        if self.cache.is_enabled() {
+        if with_base && self.cache.is_enabled() {
             self.cache.put_many(&loaded).await;
         }
         for m in loaded {

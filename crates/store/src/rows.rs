@@ -19,6 +19,17 @@ use uuid::Uuid;
 pub(crate) const MAPPING_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, source_id, target_id, status, base, \
      idempotency_key, last_error, attempts, version, created_at, updated_at";
 
+/// [`MAPPING_COLUMNS`], or the same with `null` (the dialect's typed NULL)
+/// read as the base.
+fn mapping_columns(with_base: bool, null: &str) -> std::borrow::Cow<'static, str> {
+    match with_base {
+        true => MAPPING_COLUMNS.into(),
+        false => MAPPING_COLUMNS
+            .replace(" base,", &format!(" {null} AS base,"))
+            .into(),
+    }
+}
+
 pub(crate) const RUN_COLUMNS: &str =
     "id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, finished_at";
 
@@ -152,8 +163,8 @@ pub(crate) trait Dialect {
     /// The condition on `id_mappings`, with the key bound as `param`.
     fn in_scope(param: &str) -> String;
     /// The mappings of a scope (`$1`) whose `column` is one of a list of
-    /// ids (`$2`).
-    fn mappings_by_ids(column: &str) -> String;
+    /// ids (`$2`), with their base snapshots or (`with_base` false) without.
+    fn mappings_by_ids(column: &str, with_base: bool) -> String;
     /// (entity type, status, count) of a tenant's (`$1`) integration's
     /// (`$2`) mappings.
     const MAPPING_COUNTS: &str;
@@ -190,10 +201,11 @@ impl Dialect for crate::PgStore {
     /// One index probe per id (a nested loop over the ids): with
     /// `id = ANY($2)` the planner, on statistics older than a large first
     /// sync, scanned the scope's whole index prefix instead (migration 0002).
-    fn mappings_by_ids(column: &str) -> String {
+    fn mappings_by_ids(column: &str, with_base: bool) -> String {
+        let columns = mapping_columns(with_base, "NULL::jsonb");
         format!(
             "SELECT m.* FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL \
-             (SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE scope = $1 AND {column} = k.key OFFSET 0) AS m"
+             (SELECT {columns} FROM id_mappings WHERE scope = $1 AND {column} = k.key OFFSET 0) AS m"
         )
     }
     const MAPPING_COUNTS: &str = "SELECT s.entity_type, m.status, count(*) \
@@ -234,9 +246,10 @@ impl Dialect for crate::SqliteStore {
              AND entity_type = json_extract({param}, '$[2]')"
         )
     }
-    fn mappings_by_ids(column: &str) -> String {
+    fn mappings_by_ids(column: &str, with_base: bool) -> String {
         format!(
-            "SELECT {MAPPING_COLUMNS} FROM id_mappings WHERE {} AND {column} IN (SELECT value FROM json_each($2))",
+            "SELECT {} FROM id_mappings WHERE {} AND {column} IN (SELECT value FROM json_each($2))",
+            mapping_columns(with_base, "NULL"),
             Self::in_scope("$1")
         )
     }

@@ -364,6 +364,7 @@ macro_rules! shared_statements {
             scope: &EntityScope,
             side: Side,
             ids: &[String],
+            with_base: bool,
         ) -> Result<Vec<IdMapping>, StoreError> {
             let Some(key) = self.scope_key(scope).await? else {
                 return Ok(Vec::new());
@@ -372,7 +373,7 @@ macro_rules! shared_statements {
                 Side::Source => "source_id",
                 Side::Target => "target_id",
             };
-            let rows = sqlx::query(&Self::mappings_by_ids(column))
+            let rows = sqlx::query(&Self::mappings_by_ids(column, with_base))
                 .bind(key)
                 .bind(self.texts(ids))
                 .fetch_all(&self.pool)

@@ -214,8 +214,9 @@ impl Job {
         }))
     }
 
-    /// The ids on `to` of the records of `entity` whose ids on `from` are
-    /// `ids`, for mapped records only; plus every mapping found, by id.
+    /// The mappings of the records of `entity` whose ids on `from` are
+    /// `ids`, by id: for their status and ids, as read without their base
+    /// snapshots (`Store::lookup_links`).
     pub(super) async fn translate(
         &self,
         entity: &str,
@@ -225,7 +226,7 @@ impl Job {
         if ids.is_empty() {
             return Ok(HashMap::new());
         }
-        Ok(self.store.lookup_shared(&self.scope(entity), from, &ids).await?)
+        Ok(self.store.lookup_links(&self.scope(entity), from, &ids).await?)
     }
 
     /// Translation tables for reference values of `records`, from `from`.
