@@ -390,33 +390,44 @@ pub(super) fn peak_rss_mib() -> Option<f64> {
 
 /// CPU time (user + system) used so far by the processes `/proc` lists
 /// whose command is `comm` (`None`: this process), in seconds (Linux; the
-/// kernel counts it in ticks of 1/100 s). Processes that ended are not
-/// counted.
+/// kernel counts it in ticks of 1/100 s); `None` when there is none. The
+/// time of children that ended and were waited for counts with their
+/// parent (PostgreSQL's postmaster waits for its backends and workers).
 pub(super) fn cpu_secs(comm: Option<&str>) -> Option<f64> {
     let ticks = |stat: &str| -> Option<(String, u64)> {
         let (head, rest) = stat.rsplit_once(')')?;
         let name = head.split_once('(')?.1.to_owned();
-        // Fields after the command: state is the first, utime the 12th.
-        let mut fields = rest.split_whitespace().skip(11);
-        let user: u64 = fields.next()?.parse().ok()?;
-        let system: u64 = fields.next()?.parse().ok()?;
-        Some((name, user + system))
+        // Fields after the command: state is the first, then utime (the
+        // 12th), stime, cutime and cstime.
+        let times: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        (times.len() == 4).then(|| (name, times.iter().sum()))
     };
-    let total = match comm {
+    let total: u64 = match comm {
         None => ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1,
-        Some(comm) => std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            })
-            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-            .filter_map(|stat| ticks(&stat))
-            .filter(|(name, _)| name == comm)
-            .map(|(_, t)| t)
-            .sum(),
+        Some(comm) => {
+            let found: Vec<u64> = std::fs::read_dir("/proc")
+                .ok()?
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter_map(|stat| ticks(&stat))
+                .filter(|(name, _)| name == comm)
+                .map(|(_, t)| t)
+                .collect();
+            if found.is_empty() {
+                return None;
+            }
+            found.iter().sum()
+        }
     };
     Some(total as f64 / 100.0)
 }
