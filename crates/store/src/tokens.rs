@@ -27,7 +27,11 @@ impl Store {
         expires_at: Option<DateTime<Utc>>,
         holder: Option<&str>,
     ) -> Result<(String, TokenInfo), StoreError> {
-        let token = format!("syncd_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        // 256 bits straight from the operating system's generator (uuid's
+        // v4 ids come from a fast in-process one).
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the operating system's random source");
+        let token = format!("syncd_{}", hex::encode(secret));
         let info = TokenInfo {
             id: Uuid::new_v4(),
             prefix: token[..TOKEN_PREFIX_LEN].to_owned(),
