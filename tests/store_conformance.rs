@@ -943,7 +943,9 @@ fn sample_conflict(tenant: &str, source_id: &str) -> ConflictRecord {
 
 /// What a first load relies on to skip lookups: a scope is empty only
 /// while none of its mappings (whichever side's id it has), reservations
-/// or pending conflicts exist; another scope's do not count.
+/// or pending conflicts exist, and no other run of its integration holds
+/// a live lease (a cancelled run's worker may still be committing);
+/// another scope's, or another integration's, do not count.
 async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(store: Arc<Store>) {
     let (accounts, contacts, orders, products) = (
         scope("account"),
@@ -951,28 +953,64 @@ async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(s
         scope("order"),
         scope("product"),
     );
+    let asking = Uuid::new_v4();
+    let ttl = std::time::Duration::from_secs(60);
     for s in [&accounts, &contacts, &orders, &products] {
-        assert!(store.scope_is_empty(s).await.unwrap(), "{s:?} before anything");
+        assert!(
+            store.scope_is_empty(s, asking).await.unwrap(),
+            "{s:?} before anything"
+        );
     }
+    // A run of the integration whose worker still holds its lease.
+    let other = RunRow {
+        id: Uuid::new_v4(),
+        tenant_id: "tenant-a".into(),
+        integration_id: "crm-to-erp".into(),
+        state: RunState::Planned,
+        plan: json!({"stages": []}),
+        trigger: "manual".into(),
+        error: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        finished_at: None,
+    };
+    store.create_run(&other, &[]).await.unwrap();
+    assert!(store.claim_lease(&other, "worker-0", ttl).await.unwrap());
+    assert!(
+        !store.scope_is_empty(&accounts, asking).await.unwrap(),
+        "another run's live lease counts"
+    );
+    assert!(
+        store.scope_is_empty(&accounts, other.id).await.unwrap(),
+        "the asking run's own lease does not"
+    );
+    let held = Lease {
+        run_id: other.id,
+        worker_id: "worker-0".into(),
+    };
+    store.release_lease(&held).await.unwrap();
+    assert!(
+        store.scope_is_empty(&accounts, asking).await.unwrap(),
+        "a released lease does not count"
+    );
     // A mapping with a source id only, and one with a target id only.
     insert(&store, vec![pending(&contacts, "c-1")]).await;
     let mut backward = pending(&orders, "o-1");
     (backward.source_id, backward.target_id) = (None, Some("T-o-1".into()));
     insert(&store, vec![backward]).await;
-    assert!(!store.scope_is_empty(&contacts).await.unwrap());
-    assert!(!store.scope_is_empty(&orders).await.unwrap());
+    assert!(!store.scope_is_empty(&contacts, asking).await.unwrap());
+    assert!(!store.scope_is_empty(&orders, asking).await.unwrap());
     assert!(
-        store.scope_is_empty(&accounts).await.unwrap(),
+        store.scope_is_empty(&accounts, asking).await.unwrap(),
         "other scopes' mappings do not count"
     );
-    // A reservation alone.
+    // A reservation alone, made under a lease of another integration's run.
     let run_id = new_run(&store).await;
     let run = store.load_run(None, run_id).await.unwrap().unwrap();
+    assert!(store.claim_lease(&run, "worker-1", ttl).await.unwrap());
     assert!(
-        store
-            .claim_lease(&run, "worker-1", std::time::Duration::from_secs(60))
-            .await
-            .unwrap()
+        store.scope_is_empty(&accounts, asking).await.unwrap(),
+        "another integration's lease does not count"
     );
     let lease = Lease {
         run_id,
@@ -988,7 +1026,7 @@ async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(s
         .unwrap();
     assert!(reservation.is_some());
     assert!(
-        !store.scope_is_empty(&products).await.unwrap(),
+        !store.scope_is_empty(&products, asking).await.unwrap(),
         "a reservation counts"
     );
     // A pending conflict alone (`sample_conflict` is an account's).
@@ -1000,7 +1038,7 @@ async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(s
         .await
         .unwrap();
     assert!(
-        !store.scope_is_empty(&accounts).await.unwrap(),
+        !store.scope_is_empty(&accounts, asking).await.unwrap(),
         "a pending conflict counts"
     );
 }

@@ -316,13 +316,14 @@ impl Store {
         on_backend!(self, b => b.settle_leftovers(scope, lease).await)
     }
 
-    /// Whether `scope` holds nothing yet: no mapping, no reservation and no
-    /// pending conflict. A step that finds its scope empty knows that the
-    /// only mappings it can meet are those of records it decided itself
-    /// (one run of an integration at a time, its steps of one entity type
-    /// one after the other), so it need not look up the others.
-    pub async fn scope_is_empty(&self, scope: &EntityScope) -> Result<bool, StoreError> {
-        on_backend!(self, b => b.scope_is_empty(scope).await)
+    /// Whether `scope` holds nothing yet (no mapping, no reservation, no
+    /// pending conflict) and no run of the integration but `run_id` holds
+    /// a live lease. A step of `run_id` that finds its scope empty knows
+    /// that the only mappings it can meet are those of records it decided
+    /// itself (one run of an integration at a time, its steps of one
+    /// entity type one after the other), so it need not look up the others.
+    pub async fn scope_is_empty(&self, scope: &EntityScope, run_id: Uuid) -> Result<bool, StoreError> {
+        on_backend!(self, b => b.scope_is_empty(scope, run_id).await)
     }
 
     /// The checkpoint of one step, if it has committed a page.

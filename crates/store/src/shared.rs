@@ -228,19 +228,27 @@ macro_rules! shared_statements {
             rows.iter().map(mapping_from_row).collect()
         }
 
-        /// Whether `scope` holds nothing yet: no mapping (each has an id
-        /// on at least one side, so the two partial id indexes see them
-        /// all), no reservation, no pending conflict.
-        pub(super) async fn scope_is_empty(&self, scope: &EntityScope) -> Result<bool, StoreError> {
+        /// Whether `scope` holds nothing yet and nothing else may write
+        /// to it: no mapping (each has an id on at least one side, so the
+        /// two partial id indexes see them all), no reservation, no pending
+        /// conflict, and no live lease of a run of the integration other
+        /// than `run_id` (a cancelled run's worker finishes the page it is
+        /// writing before it lets go).
+        pub(super) async fn scope_is_empty(&self, scope: &EntityScope, run_id: Uuid) -> Result<bool, StoreError> {
             let held: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM reservations \
                                 WHERE tenant_id = $1 AND integration_id = $2 AND entity_type = $3) \
                      OR EXISTS (SELECT 1 FROM conflicts WHERE tenant_id = $1 AND integration_id = $2 \
-                                AND entity_type = $3 AND status = 'pending')",
+                                AND entity_type = $3 AND status = 'pending') \
+                     OR EXISTS (SELECT 1 FROM run_leases l JOIN runs r ON r.id = l.run_id \
+                                WHERE l.tenant_id = $1 AND r.tenant_id = $1 AND r.integration_id = $2 \
+                                AND l.run_id <> $4 AND l.expires_at > $5)",
             )
             .bind(scope.tenant_id.as_str())
             .bind(scope.integration_id.as_str())
             .bind(scope.entity_type.as_str())
+            .bind(<Self as crate::rows::Dialect>::id_of(run_id))
+            .bind(Utc::now())
             .fetch_one(&self.pool)
             .await?;
             if held {

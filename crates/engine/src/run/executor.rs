@@ -626,7 +626,7 @@ impl Job {
         let ctx = StepCtx {
             seen: match step.direction {
                 StepDirection::Delete => None,
-                _ => (self.store.scope_is_empty(&ctx.scope).await?)
+                _ => (self.store.scope_is_empty(&ctx.scope, run.id).await?)
                     .then(|| std::sync::Mutex::new(seen::SeenIds::new())),
             },
             ..ctx
