@@ -610,26 +610,24 @@ impl Job {
         progress: &std::sync::Mutex<&mut (dyn FnMut(&Progress) + Send)>,
     ) -> Result<(), RunError> {
         let tables = &self.entities[step.entity_type.as_str()];
+        let scope = self.scope(step.entity_type.as_str());
+        // Asked before the step settles leftover reservations: a scope with
+        // any is not empty.
+        let seen = match step.direction {
+            StepDirection::Delete => None,
+            _ => (self.store.scope_is_empty(&scope, run.id).await?)
+                .then(|| std::sync::Mutex::new(seen::SeenIds::new())),
+        };
         let ctx = StepCtx {
             run_id: run.id,
             step,
             tables,
-            scope: self.scope(step.entity_type.as_str()),
+            scope,
             read: side_of(step.direction),
             lease: lease.clone(),
             lost: lost.clone(),
             halt: halt.clone(),
-            seen: None,
-        };
-        // Asked before the step settles leftover reservations: a scope with
-        // any is not empty.
-        let ctx = StepCtx {
-            seen: match step.direction {
-                StepDirection::Delete => None,
-                _ => (self.store.scope_is_empty(&ctx.scope, run.id).await?)
-                    .then(|| std::sync::Mutex::new(seen::SeenIds::new())),
-            },
-            ..ctx
+            seen,
         };
         self.store.start_step(run, step, lease).await?;
         let span =

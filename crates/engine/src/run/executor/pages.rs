@@ -291,26 +291,22 @@ impl Job {
         // Open conflicts, mappings, the mappings of rows marked deleted and
         // the translation of the records' references are independent
         // reads: they go together.
-        let mut ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        let mut all_ids = ids.clone();
-        all_ids.extend(bad.iter().map(|b| b.id.clone()));
-        let mut deleted_ids = deleted.clone();
-        if let Some(seen) = &ctx.seen {
-            // A step that began on an empty scope asks only about the ids
-            // it has decided before; it has decided these now.
-            let mut seen = seen.lock().expect("seen ids");
-            for list in [&mut ids, &mut all_ids, &mut deleted_ids] {
-                list.retain(|id| seen.may_hold(id));
-            }
-            for id in records
+        // A step that began on an empty scope asks only about the ids it
+        // has decided before; it has decided these now.
+        let (ids, all_ids, deleted_ids) = {
+            let mut seen = ctx.seen.as_ref().map(|s| s.lock().expect("seen ids"));
+            let mut asked = |id: &&String| seen.as_mut().is_none_or(|s| s.insert(id));
+            let ids: Vec<String> = records
                 .iter()
                 .map(|r| &r.id)
-                .chain(bad.iter().map(|b| &b.id))
-                .chain(&deleted)
-            {
-                seen.insert(id);
-            }
-        }
+                .filter(&mut asked)
+                .cloned()
+                .collect();
+            let mut all_ids = ids.clone();
+            all_ids.extend(bad.iter().map(|b| &b.id).filter(&mut asked).cloned());
+            let deleted_ids: Vec<String> = deleted.iter().filter(&mut asked).cloned().collect();
+            (ids, all_ids, deleted_ids)
+        };
         let read_fields: Vec<&Fields> = records.iter().map(|r| &r.fields).collect();
         let (open, mappings, deleted_mappings, read_maps) = tokio::try_join!(
             async {
