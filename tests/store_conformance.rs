@@ -241,10 +241,17 @@ fn checkpoint(run_id: Uuid, cursor: serde_json::Value, read: u64) -> StepCheckpo
 }
 
 async fn new_run(store: &Store) -> Uuid {
+    new_run_of(store, &format!("integration-{}", Uuid::new_v4()))
+        .await
+        .id
+}
+
+/// A planned run of tenant-a's `integration`.
+async fn new_run_of(store: &Store, integration: &str) -> RunRow {
     let run = RunRow {
         id: Uuid::new_v4(),
         tenant_id: "tenant-a".into(),
-        integration_id: format!("integration-{}", Uuid::new_v4()).into(),
+        integration_id: integration.into(),
         state: RunState::Planned,
         plan: json!({"stages": []}),
         trigger: "manual".into(),
@@ -254,7 +261,7 @@ async fn new_run(store: &Store) -> Uuid {
         finished_at: None,
     };
     store.create_run(&run, &[]).await.unwrap();
-    run.id
+    run
 }
 
 /// A worker asks only for runs of the integrations it has definitions for:
@@ -962,19 +969,7 @@ async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(s
         );
     }
     // A run of the integration whose worker still holds its lease.
-    let other = RunRow {
-        id: Uuid::new_v4(),
-        tenant_id: "tenant-a".into(),
-        integration_id: "crm-to-erp".into(),
-        state: RunState::Planned,
-        plan: json!({"stages": []}),
-        trigger: "manual".into(),
-        error: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        finished_at: None,
-    };
-    store.create_run(&other, &[]).await.unwrap();
+    let other = new_run_of(&store, "crm-to-erp").await;
     assert!(store.claim_lease(&other, "worker-0", ttl).await.unwrap());
     assert!(
         !store.scope_is_empty(&accounts, asking).await.unwrap(),
