@@ -129,6 +129,7 @@ conformance!(
     a_held_run_is_resumed_only_once_its_deletions_are_confirmed,
     a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict,
     links_read_without_bases_never_stand_in_for_mappings,
+    a_cancelled_run_commits_nothing_more,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -439,6 +440,108 @@ async fn reservations_settle_with_their_page_or_become_pending(store: Arc<Store>
         matches!(late, StoreError::ReservationGone { id } if id == left.id),
         "{late}"
     );
+    assert_eq!(status_of(&store, &s, "a-2").await, Some(MappingStatus::Pending));
+}
+
+/// Cancelling a run ends its worker's writes even while the worker still
+/// holds the lease: a reservation, a page's commit and a step's start are
+/// each refused as the run's end, and none of them writes anything. (The
+/// commit reads the run's state under the same lock as its lease, so a
+/// cancel waits for a commit in flight instead of landing in its middle.)
+async fn a_cancelled_run_commits_nothing_more(store: Arc<Store>) {
+    use syncd_core::run::{PlannedStep, RunEvent};
+    let s = scope("account");
+    let run = new_run_of(&store, "crm-to-erp").await;
+    let ttl = std::time::Duration::from_secs(60);
+    assert!(store.claim_lease(&run, "worker-1", ttl).await.unwrap());
+    let lease = Lease {
+        run_id: run.id,
+        worker_id: "worker-1".into(),
+    };
+    let run = store.transition_run(&run, RunEvent::Start, None).await.unwrap();
+    let step = PlannedStep {
+        stage: 0,
+        entity_type: "account".into(),
+        direction: StepDirection::Forward,
+    };
+    store.start_step(&run, &step, &lease).await.unwrap();
+    let page = |source_id: &str, read: u64| PageCommit {
+        mappings: vec![MappingWrite::Insert(pending(&s, source_id))],
+        checkpoint: Some(checkpoint(run.id, json!({"after": source_id}), read)),
+        lease: Some(lease.clone()),
+        ..Default::default()
+    };
+    store.commit_page(page("a-1", 1)).await.unwrap();
+    let (before_cancel, _) = store
+        .reserve(&s, vec![MappingWrite::Insert(pending(&s, "a-2"))], &lease)
+        .await
+        .unwrap();
+
+    store
+        .transition_run(&run, RunEvent::Cancel, Some("cancelled by an operator"))
+        .await
+        .unwrap();
+    let ended = |e: &StoreError| matches!(e, StoreError::RunEnded { run_id, state: RunState::Cancelled } if *run_id == run.id);
+    let refused = store.commit_page(page("a-3", 3)).await.unwrap_err();
+    assert!(ended(&refused), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("is cancelled: this worker commits nothing more of it"),
+        "{refused}"
+    );
+    let refused = store
+        .reserve(&s, vec![MappingWrite::Insert(pending(&s, "a-4"))], &lease)
+        .await
+        .unwrap_err();
+    assert!(ended(&refused), "{refused}");
+    let other = PlannedStep {
+        entity_type: "contact".into(),
+        ..step.clone()
+    };
+    let refused = store.start_step(&run, &other, &lease).await.unwrap_err();
+    assert!(ended(&refused), "{refused}");
+
+    assert_eq!(status_of(&store, &s, "a-1").await, Some(MappingStatus::Pending));
+    for id in ["a-3", "a-4"] {
+        assert_eq!(
+            status_of(&store, &s, id).await,
+            None,
+            "{id} was written after the cancel"
+        );
+    }
+    let cp = store
+        .load_checkpoint(run.id, "account", StepDirection::Forward)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.cursor, Some(json!({"after": "a-1"})));
+    assert_eq!(cp.counters.read, 1);
+    assert!(
+        store
+            .load_checkpoint(run.id, "contact", StepDirection::Forward)
+            .await
+            .unwrap()
+            .is_none(),
+        "no step started after the cancel"
+    );
+    // Nor does the page reserved before the cancel settle its reservation:
+    // the reservation stays for the next run of the scope to settle.
+    let reservation = before_cancel.expect("a-2 was reserved");
+    let settling = PageCommit {
+        settles: Some(reservation.id),
+        lease: Some(lease.clone()),
+        ..Default::default()
+    };
+    let refused = store.commit_page(settling).await.unwrap_err();
+    assert!(ended(&refused), "{refused}");
+    let next = new_run_of(&store, "crm-to-erp").await;
+    assert!(store.claim_lease(&next, "worker-2", ttl).await.unwrap());
+    let next_lease = Lease {
+        run_id: next.id,
+        worker_id: "worker-2".into(),
+    };
+    assert_eq!(store.settle_leftovers(&s, &next_lease).await.unwrap(), 1);
     assert_eq!(status_of(&store, &s, "a-2").await, Some(MappingStatus::Pending));
 }
 
@@ -951,7 +1054,7 @@ fn sample_conflict(tenant: &str, source_id: &str) -> ConflictRecord {
 /// What a first load relies on to skip lookups: a scope is empty only
 /// while none of its mappings (whichever side's id it has), reservations
 /// or pending conflicts exist, and no other run of its integration holds
-/// a live lease (a cancelled run's worker may still be committing);
+/// a live lease (a second guard beside the fence on an ended run's commits);
 /// another scope's, or another integration's, do not count.
 async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(store: Arc<Store>) {
     let (accounts, contacts, orders, products) = (

@@ -1614,3 +1614,92 @@ async fn a_record_met_twice_in_a_first_load_is_created_then_updated() {
         state.drop().await;
     }
 }
+
+/// An operator cancels a run while its worker is in the middle of the
+/// accounts: from the moment the cancel returns, nothing more of that run
+/// is committed (not even the page its worker had in flight), the run ends
+/// as cancelled, and the next run finishes the load with every account
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cancelled_mid_step_commits_nothing_after_the_cancel() {
+    use syncd_engine::run::RunEvent;
+    use syncd_engine::run::executor::{Job, Options, RunError};
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let dir = TempDir::new("cancel-mid-step");
+        let Some(source) = SystemDb::with_tables(kind, &dir, "source").await else {
+            return;
+        };
+        let target = SystemDb::with_tables(kind, &dir, "target").await.unwrap();
+        let state = match kind {
+            Kind::Postgres => StateStore::postgres_redis().await.unwrap(),
+            _ => StateStore::embedded(&dir).await,
+        };
+        let accounts = account_rows(60);
+        source.insert("accounts", &accounts).await;
+        let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+        let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
+        let graph = syncd_core::plan::DependencyGraph::builtin_default();
+        let options = Options {
+            page_size: 1,
+            ..Options::default()
+        };
+        let job = Job::prepare(state.store.clone(), wf, &graph, "t1".into(), options)
+            .await
+            .unwrap();
+        let run = job.start("test").await.unwrap();
+        // Once five accounts are committed, another task cancels the run
+        // and counts the mappings there are when the cancel has returned.
+        let (go, cancel) = tokio::sync::oneshot::channel::<()>();
+        let canceller = tokio::spawn({
+            let (store, run, ids) = (state.store.clone(), run.clone(), ids(&accounts));
+            async move {
+                cancel.await.unwrap();
+                let current = store.load_run(None, run.id).await.unwrap().unwrap();
+                store
+                    .transition_run(&current, RunEvent::Cancel, Some("cancelled by an operator"))
+                    .await
+                    .unwrap();
+                target_ids(&store, "account", &ids).await.len()
+            }
+        });
+        let mut go = Some(go);
+        let ended = job
+            .execute(run.clone(), &mut |p| {
+                if p.entity_type == "account"
+                    && p.counters.read >= 5
+                    && let Some(go) = go.take()
+                {
+                    let _ = go.send(());
+                }
+            })
+            .await;
+        assert!(
+            matches!(ended, Err(RunError::Cancelled { run_id }) if run_id == run.id),
+            "{kind:?}: {ended:?}"
+        );
+        let at_cancel = canceller.await.unwrap();
+        let now = target_ids(&state.store, "account", &ids(&accounts)).await.len();
+        assert_eq!(now, at_cancel, "{kind:?}: mappings committed after the cancel");
+        assert!(
+            at_cancel < accounts.len(),
+            "{kind:?}: the run was over before the cancel"
+        );
+        let stored = state.store.load_run(None, run.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, RunState::Cancelled, "{kind:?}");
+
+        let next = sync_once(state.store.clone(), &toml, 7).await.unwrap();
+        assert_eq!(next.state, RunState::Succeeded, "{kind:?}: {:?}", next.error);
+        let customers = target.dump("customers").await;
+        assert_eq!(customers.len(), accounts.len(), "{kind:?}: {customers:?}");
+        let mapped = target_ids(&state.store, "account", &ids(&accounts)).await;
+        assert_eq!(mapped.len(), accounts.len(), "{kind:?}");
+        let rows = by_id(&customers);
+        for a in &accounts {
+            let id = a["id"].as_str().unwrap();
+            assert_eq!(rows[&mapped[id]]["customer_name"], a["name"], "{kind:?}: {id}");
+        }
+        source.drop().await;
+        target.drop().await;
+        state.drop().await;
+    }
+}

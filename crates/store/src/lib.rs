@@ -126,6 +126,10 @@ pub enum StoreError {
         /// The worker that holds the lease now, if another one does.
         holder: Option<String>,
     },
+    /// A page of a run that has ended (an operator cancelled it, say)
+    /// while its worker still held the lease: nothing of it is committed.
+    #[error("run {run_id} is {state}: this worker commits nothing more of it")]
+    RunEnded { run_id: Uuid, state: RunState },
     #[error("conflict {id} is not pending (already resolved, or not this tenant's)")]
     ConflictNotPending { id: Uuid },
     /// The reservation a page was to settle is no longer there: a step

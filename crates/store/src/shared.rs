@@ -36,12 +36,14 @@ macro_rules! shared_statements {
             Ok(cursor.map(|c| c.0))
         }
 
-        /// Fails a page's commit unless `lease` is still held (read so that
-        /// it stays held until the commit), naming who took it over if
-        /// anyone did.
+        /// Fails a page's commit unless `lease` is still held and its run
+        /// has not ended (read so that both stay so until the commit: a
+        /// cancel waits for a commit in flight, and no commit of the run
+        /// lands after it), naming who took the lease over if anyone did.
         async fn hold_lease(conn: &mut $conn, lease: &Lease, now: DateTime<Utc>) -> Result<(), StoreError> {
-            let held: Option<i32> = sqlx::query_scalar(&format!(
-                "SELECT 1 FROM run_leases WHERE run_id = $1 AND worker_id = $2 AND expires_at > $3{}",
+            let held: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT r.state FROM run_leases l JOIN runs r ON r.id = l.run_id AND r.tenant_id = l.tenant_id \
+                 WHERE l.run_id = $1 AND l.worker_id = $2 AND l.expires_at > $3{}",
                 Self::LOCK_SHARE
             ))
             .bind(<Self as crate::rows::Dialect>::id_of(lease.run_id))
@@ -49,7 +51,16 @@ macro_rules! shared_statements {
             .bind(now)
             .fetch_optional(&mut *conn)
             .await?;
-            if held.is_some() {
+            if let Some(state) = held {
+                let state: RunState = state
+                    .parse()
+                    .map_err(|reason| StoreError::Corrupt { table: "runs", reason })?;
+                if !state.is_active() {
+                    return Err(StoreError::RunEnded {
+                        run_id: lease.run_id,
+                        state,
+                    });
+                }
                 return Ok(());
             }
             // Taken over, or only expired: the message says which.
@@ -232,8 +243,8 @@ macro_rules! shared_statements {
         /// to it: no mapping (each has an id on at least one side, so the
         /// two partial id indexes see them all), no reservation, no pending
         /// conflict, and no live lease of a run of the integration other
-        /// than `run_id` (a cancelled run's worker finishes the page it is
-        /// writing before it lets go).
+        /// than `run_id` (a second guard: an ended run's worker, which may
+        /// hold its lease a little longer, has its commits refused).
         pub(super) async fn scope_is_empty(&self, scope: &EntityScope, run_id: Uuid) -> Result<bool, StoreError> {
             let held: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM reservations \

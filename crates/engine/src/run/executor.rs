@@ -56,7 +56,7 @@ pub enum RunError {
     #[error("{0}")]
     Connector(#[from] ConnectorError),
     #[error("{0}")]
-    Store(#[from] StoreError),
+    Store(#[source] StoreError),
     #[error("run {run_id} is being executed by worker `{worker}` (lease until {until}); try again later")]
     Busy {
         run_id: Uuid,
@@ -71,6 +71,20 @@ pub enum RunError {
     /// operator confirms or cancels.
     #[error("{}", hold.reason())]
     Held { hold: Box<syncd_store::RunHold> },
+}
+
+/// A commit refused because the run was cancelled meanwhile is the run's
+/// cancellation, not a fault of the store.
+impl From<StoreError> for RunError {
+    fn from(e: StoreError) -> RunError {
+        match e {
+            StoreError::RunEnded {
+                run_id,
+                state: RunState::Cancelled,
+            } => RunError::Cancelled { run_id },
+            e => RunError::Store(e),
+        }
+    }
 }
 
 impl RunError {
