@@ -1703,3 +1703,132 @@ async fn a_run_cancelled_mid_step_commits_nothing_after_the_cancel() {
         state.drop().await;
     }
 }
+
+/// A target table whose ids the database assigns (an integer key) keeps
+/// each create's key in its `idempotency_column`. A state store restored
+/// from a backup taken before a first load knows nothing of what that load
+/// created: the next run must find those rows by their keys and map them,
+/// not insert every record a second time under new ids. On the three
+/// databases a system can be.
+#[tokio::test]
+async fn an_integer_id_target_after_a_state_store_restore_duplicates_nothing() {
+    for kind in [Kind::Sqlite, Kind::Postgres, Kind::Mariadb] {
+        let dir = TempDir::new("restored-integer-ids");
+        let Some(source) = SystemDb::create(kind, &dir, "source").await else {
+            return;
+        };
+        let target = SystemDb::create(kind, &dir, "target").await.unwrap();
+        let (text, id) = match kind {
+            Kind::Sqlite => ("TEXT", "INTEGER PRIMARY KEY"),
+            Kind::Postgres => ("text", "bigserial PRIMARY KEY"),
+            Kind::Mariadb => ("VARCHAR(120)", "BIGINT AUTO_INCREMENT PRIMARY KEY"),
+        };
+        source
+            .exec(&format!(
+                "CREATE TABLE products (id {text} PRIMARY KEY, title {text}, updated_at {text} NOT NULL)"
+            ))
+            .await;
+        target
+            .exec(&format!(
+                "CREATE TABLE products (id {id}, title {text} CHECK (title <> 'refused'), sync_key {text}, \
+                                        updated_at {text} NOT NULL)"
+            ))
+            .await;
+        let products = product_rows(30);
+        source.insert("products", &products).await;
+        let toml = format!(
+            r#"name = "e2e"
+direction = "one_way"
+source = "crm"
+target = "erp"
+[systems.crm]
+connector = "sql"
+url = "{}"
+[systems.erp]
+connector = "sql"
+url = "{}"
+[[entities]]
+name = "product"
+table = "products"
+idempotency_column = "sync_key"
+[tenants.t1]
+"#,
+            source.url(),
+            target.url()
+        );
+        let load = |store: Arc<Store>| {
+            let toml = toml.clone();
+            async move {
+                let done = sync_once(store, &toml, 7).await.unwrap();
+                assert_eq!(done.state, RunState::Succeeded, "{kind:?}: {:?}", done.error);
+            }
+        };
+        let first = StateStore::embedded(&dir).await;
+        load(first.store.clone()).await;
+        let rows_before = integer_ids(&target.dump("products").await);
+        assert_eq!(rows_before.len(), 30, "{kind:?}");
+        let mapped_before = target_ids(&first.store, "product", &ids(&products)).await;
+        assert_eq!(mapped_before.len(), 30, "{kind:?}");
+
+        // The backup was taken before the load; two records changed since,
+        // one to a title the target refuses.
+        source
+            .exec(&format!(
+                "UPDATE products SET title = 'Product 3, renamed', updated_at = '{0}' WHERE id = 'P-003';
+                 UPDATE products SET title = 'refused', updated_at = '{0}' WHERE id = 'P-004'",
+                ts(1_000)
+            ))
+            .await;
+        let restored = StateStore::postgres_redis().await.unwrap();
+        load(restored.store.clone()).await;
+        let rows = target.dump("products").await;
+        assert_eq!(
+            integer_ids(&rows),
+            rows_before,
+            "{kind:?}: each product once, under the id it had"
+        );
+        // The refused record fails alone, with the reason, and is not
+        // created again.
+        let scope = EntityScope::new("t1", "e2e", "product");
+        let p4 = restored
+            .store
+            .lookup(&scope, Side::Source, &["P-004".to_owned()])
+            .await
+            .unwrap()
+            .remove("P-004")
+            .unwrap();
+        assert_eq!(p4.status, MappingStatus::Failed, "{kind:?}");
+        let why = p4.last_error.unwrap_or_default();
+        assert!(
+            why.contains(&format!(
+                "refused the update of record {}, which an earlier attempt created",
+                mapped_before["P-004"]
+            )),
+            "{kind:?}: {why}"
+        );
+        let others: Vec<String> = ids(&products).into_iter().filter(|id| id != "P-004").collect();
+        let mapped_after = target_ids(&restored.store, "product", &others).await;
+        let mut expected = mapped_before.clone();
+        expected.remove("P-004");
+        assert_eq!(
+            mapped_after, expected,
+            "{kind:?}: the new ID map links the same rows"
+        );
+        let renamed = rows
+            .iter()
+            .find(|r| r["id"].as_i64() == mapped_after["P-003"].parse().ok())
+            .unwrap();
+        assert_eq!(renamed["title"], "Product 3, renamed", "{kind:?}");
+        first.drop().await;
+        restored.drop().await;
+        source.drop().await;
+        target.drop().await;
+    }
+}
+
+/// The ids of `rows` whose ids are integers, as text.
+fn integer_ids(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r["id"].as_i64().expect("an integer id").to_string())
+        .collect()
+}

@@ -303,6 +303,12 @@ impl Connector {
         }
     }
 
+    /// Whether `find_by_keys` asks for many keys at once (one query a
+    /// page), rather than one request a key as an API's search does.
+    pub fn finds_keys_at_once(&self) -> bool {
+        matches!(self, Connector::Sql(_))
+    }
+
     /// Ids of records an earlier attempt created with each of `keys`.
     pub async fn find_by_keys(
         &self,

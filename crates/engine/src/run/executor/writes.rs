@@ -71,13 +71,19 @@ impl Job {
                 tried,
             });
         }
-        // Only a create tried before (its mapping was pending, failed or
-        // stale already) can have happened: look for those.
+        // A create into a table whose ids the system assigns is looked for
+        // by its key first. In a SQL table every create is (one query a
+        // page, through the idempotency column's index where it has one): a
+        // state store restored from a backup has lost the mappings of what
+        // was created since, and only the rows' keys still say which those
+        // were. An API is searched a request a key, so only for a create
+        // tried before (its mapping pending, failed or stale already).
         let existing = if write_binding.id_kind == IdKind::Assigned {
+            let every = self.connector(write).finds_keys_at_once();
             let keys: Vec<String> = creates
                 .iter()
                 .zip(&news)
-                .filter(|((_, _, _, tried), _)| *tried)
+                .filter(|((_, _, _, tried), _)| every || *tried)
                 .map(|(_, n)| n.key.clone())
                 .collect();
             self.connector(write).find_by_keys(write_binding, &keys).await?
@@ -101,9 +107,27 @@ impl Job {
                 .create(write_binding, &to_create, now)
                 .await?
                 .into_iter();
+            // A record found is written with the values decided now: the
+            // attempt that created it may have written older ones.
+            let found: Vec<(String, Fields)> = news
+                .iter()
+                .filter_map(|n| existing.get(&n.key).map(|id| (id.clone(), n.fields.clone())))
+                .collect();
+            let refused: HashMap<String, String> = self
+                .connector(write)
+                .update(write_binding, &found, now)
+                .await?
+                .into_iter()
+                .collect();
             news.iter()
                 .map(|n| match existing.get(&n.key) {
-                    Some(id) => Ok(id.clone()),
+                    Some(id) => match refused.get(id) {
+                        Some(why) => Err(format!(
+                            "{} refused the update of record {id}, which an earlier attempt created: {why}",
+                            write.as_str()
+                        )),
+                        None => Ok(id.clone()),
+                    },
                     None => created.next().unwrap_or_else(no_id),
                 })
                 .collect()
