@@ -1112,8 +1112,9 @@ fn the_demos_closing_commands_work_as_printed() {
 /// `syncd check --connect` reaches every tenant's systems and reports, in
 /// one pass, everything a run would fail on: a missing table, a missing
 /// column, columns whose values cannot meet, a merge rule on a field not
-/// synced, a table without an id column (that a reference points into),
-/// and two tenants on one database — writing nothing.
+/// synced, a table without an id column (that a reference points into), an
+/// idempotency column no index begins with (`parts` has one), and two
+/// tenants on one database — writing nothing.
 #[test]
 fn check_connect_reports_every_problem_at_once() {
     use support::systems::{Kind, SystemDb};
@@ -1125,12 +1126,17 @@ fn check_connect_reports_every_problem_at_once() {
         crm.exec(
             "CREATE TABLE accounts (id TEXT PRIMARY KEY, name TEXT, active BOOLEAN, updated_at TEXT);
              CREATE TABLE contacts (id TEXT PRIMARY KEY, email TEXT, updated_at TEXT);
-             CREATE TABLE orders (id TEXT PRIMARY KEY, account_id TEXT, updated_at TEXT);",
+             CREATE TABLE orders (id TEXT PRIMARY KEY, account_id TEXT, updated_at TEXT);
+             CREATE TABLE items (id TEXT PRIMARY KEY, title TEXT, updated_at TEXT);
+             CREATE TABLE parts (id TEXT PRIMARY KEY, title TEXT, updated_at TEXT);",
         )
         .await;
         erp.exec(
             "CREATE TABLE customers (id TEXT PRIMARY KEY, name TEXT, active INTEGER, updated_at TEXT);
-             CREATE TABLE sales (order_no TEXT PRIMARY KEY, account_id TEXT, updated_at TEXT);",
+             CREATE TABLE sales (order_no TEXT PRIMARY KEY, account_id TEXT, updated_at TEXT);
+             CREATE TABLE items (id INTEGER PRIMARY KEY, title TEXT, sync_key TEXT, updated_at TEXT);
+             CREATE TABLE parts (id INTEGER PRIMARY KEY, title TEXT, sync_key TEXT, updated_at TEXT);
+             CREATE INDEX parts_by_key ON parts (sync_key, id);",
         )
         .await;
         (crm, erp)
@@ -1172,6 +1178,16 @@ source_table = "orders"
 target_table = "sales"
 [entities.fields]
 account_id = {{ references = "account" }}
+
+[[entities]]
+name = "item"
+table = "items"
+idempotency_column = "sync_key"
+
+[[entities]]
+name = "part"
+table = "parts"
+idempotency_column = "sync_key"
 
 [tenants.acme]
 

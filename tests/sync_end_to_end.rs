@@ -1832,3 +1832,53 @@ fn integer_ids(rows: &[Value]) -> Vec<String> {
         .map(|r| r["id"].as_i64().expect("an integer id").to_string())
         .collect()
 }
+
+/// What `syncd check --connect` asks of an integer-id table's idempotency
+/// column, which every page of creates searches: whether an index begins
+/// with it. A whole index on it does, as does one it leads; one where it is
+/// second does not, nor does a partial one (it cannot serve every search).
+#[tokio::test]
+async fn an_idempotency_column_is_searchable_only_through_an_index_it_leads() {
+    use syncd_connect::sql::SqlConnector;
+    for kind in [Kind::Sqlite, Kind::Postgres, Kind::Mariadb] {
+        let dir = TempDir::new("key-index");
+        let Some(db) = SystemDb::create(kind, &dir, "system").await else {
+            return;
+        };
+        let text = if kind == Kind::Mariadb {
+            "VARCHAR(80)"
+        } else {
+            "TEXT"
+        };
+        let partial = if kind == Kind::Mariadb {
+            // MariaDB has no partial indexes: a second column stands in.
+            "CREATE INDEX d_key ON d (other, sync_key)".to_owned()
+        } else {
+            "CREATE INDEX d_key ON d (sync_key) WHERE sync_key IS NOT NULL".to_owned()
+        };
+        for ddl in [
+            format!("CREATE TABLE a (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
+            format!("CREATE TABLE b (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
+            format!("CREATE TABLE c (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
+            format!("CREATE TABLE d (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
+            "CREATE UNIQUE INDEX b_key ON b (sync_key)".to_owned(),
+            "CREATE INDEX c_key ON c (sync_key, other)".to_owned(),
+            partial,
+            "CREATE INDEX a_other ON a (other, sync_key)".to_owned(),
+        ] {
+            db.exec(&ddl).await;
+        }
+        let system = SqlConnector::connect("system", &db.url()).await.unwrap();
+        let mut found = Vec::new();
+        for table in ["a", "b", "c", "d"] {
+            found.push((table, system.leads_an_index(table, "sync_key").await.unwrap()));
+        }
+        assert_eq!(
+            found,
+            [("a", false), ("b", true), ("c", true), ("d", false)],
+            "{kind:?}"
+        );
+        drop(system);
+        db.drop().await;
+    }
+}

@@ -244,8 +244,25 @@ async fn inspect_entity(
         (source, Side::Source, &s_columns),
         (target, Side::Target, &t_columns),
     ] {
-        if let Err(e) = connector.binding(def, side, columns.clone(), Vec::new()) {
-            problems.push(e.to_string());
+        match connector.binding(def, side, columns.clone(), Vec::new()) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(b) => match connector.key_is_searchable(&b).await {
+                Err(e) => problems.push(e.to_string()),
+                Ok(true) => {}
+                Ok(false) => {
+                    let key = b.key_column.as_deref().unwrap_or_default();
+                    problems.push(format!(
+                        "system `{}`: table `{}` (entity `{entity}`) has no index that begins with its \
+                         idempotency column `{key}`: every page of creates searches that column for earlier \
+                         attempts, reading the whole table each time (add one, e.g. CREATE UNIQUE INDEX \
+                         {}_{key} ON {} ({key}))",
+                        connector.system(),
+                        b.table,
+                        b.table.rsplit('.').next().unwrap_or_default(),
+                        b.table
+                    ))
+                }
+            },
         }
     }
     // The fields both sides have, as `bind_entity` syncs them.
