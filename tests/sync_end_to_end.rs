@@ -1882,3 +1882,113 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_it_leads() {
         db.drop().await;
     }
 }
+
+/// The same restore under a bidirectional integration, integer ids on both
+/// sides, two records native to each. The forward step finds the rows it
+/// created by their keys. The rows the backward step created in the source
+/// carry that step's keys, which the forward step does not know for its
+/// own: it reads them as new records and creates copies (a limit the README
+/// states). The backward step then finds its rows by key already mapped to
+/// those copies: each of those records fails alone, naming the copy, and
+/// the run goes on instead of failing on the ID map's unique key.
+#[tokio::test]
+async fn a_bidirectional_restore_reports_the_copies_it_cannot_tell_apart() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let dir = TempDir::new("restored-bidirectional");
+        let Some(source) = SystemDb::create(kind, &dir, "source").await else {
+            return;
+        };
+        let target = SystemDb::create(kind, &dir, "target").await.unwrap();
+        let id = match kind {
+            Kind::Postgres => "bigserial PRIMARY KEY",
+            _ => "INTEGER PRIMARY KEY",
+        };
+        for db in [&source, &target] {
+            db.exec(&format!(
+                "CREATE TABLE products (id {id}, title TEXT, sync_key TEXT, updated_at TEXT NOT NULL)"
+            ))
+            .await;
+        }
+        source
+            .exec(&format!(
+                "INSERT INTO products (title, updated_at) VALUES ('from source 1', '{0}'), ('from source 2', '{0}')",
+                ts(1)
+            ))
+            .await;
+        target
+            .exec(&format!(
+                "INSERT INTO products (title, updated_at) VALUES ('from target 1', '{0}'), ('from target 2', '{0}')",
+                ts(2)
+            ))
+            .await;
+        let toml = format!(
+            r#"name = "e2e"
+direction = "bidirectional"
+source = "crm"
+target = "erp"
+[systems.crm]
+connector = "sql"
+url = "{}"
+[systems.erp]
+connector = "sql"
+url = "{}"
+[[entities]]
+name = "product"
+table = "products"
+idempotency_column = "sync_key"
+[tenants.t1]
+"#,
+            source.url(),
+            target.url()
+        );
+        let first = StateStore::embedded(&dir).await;
+        let done = sync_once(first.store.clone(), &toml, 7).await.unwrap();
+        assert_eq!(done.state, RunState::Succeeded, "{kind:?}: {:?}", done.error);
+        assert_eq!(source.dump("products").await.len(), 4, "{kind:?}");
+        assert_eq!(target.dump("products").await.len(), 4, "{kind:?}");
+
+        let restored = StateStore::postgres_redis().await.unwrap();
+        let done = sync_once(restored.store.clone(), &toml, 7).await.unwrap();
+        assert_eq!(done.state, RunState::Succeeded, "{kind:?}: {:?}", done.error);
+        let steps = restored.store.load_steps(done.id).await.unwrap();
+        let backward = steps
+            .iter()
+            .find(|s| s.direction == syncd_engine::run::StepDirection::Backward)
+            .unwrap();
+        assert_eq!(backward.counters.failed, 2, "{kind:?}: {steps:?}");
+        let target_rows = target.dump("products").await;
+        // The source's own two records were found, not created again; the
+        // two that came from the target were copied (the stated limit).
+        for title in ["from source 1", "from source 2", "from target 1", "from target 2"] {
+            let n = target_rows.iter().filter(|r| r["title"] == title).count();
+            let expected = if title.starts_with("from source") { 1 } else { 2 };
+            assert_eq!(n, expected, "{kind:?}: {title} in {target_rows:?}");
+        }
+        let scope = EntityScope::new("t1", "e2e", "product");
+        let originals: Vec<String> = target_rows
+            .iter()
+            .filter(|r| r["title"].as_str().is_some_and(|t| t.starts_with("from target")))
+            .filter(|r| r["sync_key"].is_null())
+            .map(|r| r["id"].as_i64().unwrap().to_string())
+            .collect();
+        assert_eq!(originals.len(), 2, "{kind:?}");
+        let failed = restored
+            .store
+            .lookup(&scope, Side::Target, &originals)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 2, "{kind:?}");
+        for m in failed.values() {
+            assert_eq!(m.status, MappingStatus::Failed, "{kind:?}");
+            let why = m.last_error.as_deref().unwrap_or_default();
+            assert!(
+                why.contains("holds this record's create key, but is already mapped to target record"),
+                "{kind:?}: {why}"
+            );
+        }
+        first.drop().await;
+        restored.drop().await;
+        source.drop().await;
+        target.drop().await;
+    }
+}

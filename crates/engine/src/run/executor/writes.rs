@@ -90,6 +90,25 @@ impl Job {
         } else {
             HashMap::new()
         };
+        // A row found by its key that the ID map already links to another
+        // record is not taken over. (In a bidirectional integration whose
+        // state store lost its mappings, the other direction's step may have
+        // read that row as a new record, created a copy of it and mapped
+        // the two.) That create fails alone, naming both.
+        let taken: HashMap<String, String> = if existing.is_empty() {
+            HashMap::new()
+        } else {
+            let found: Vec<String> = existing.values().cloned().collect();
+            self.store
+                .lookup(&ctx.scope, write, &found)
+                .await?
+                .into_iter()
+                .map(|(id, m)| {
+                    let other = id_on(&m, read).unwrap_or("(none yet)").to_owned();
+                    (id, other)
+                })
+                .collect()
+        };
         // The id of each create, in order.
         let no_id = || Err(format!("{} returned no id for the create", write.as_str()));
         let results: Vec<Result<String, String>> = if existing.is_empty() {
@@ -112,6 +131,7 @@ impl Job {
             let found: Vec<(String, Fields)> = news
                 .iter()
                 .filter_map(|n| existing.get(&n.key).map(|id| (id.clone(), n.fields.clone())))
+                .filter(|(id, _)| !taken.contains_key(id))
                 .collect();
             let refused: HashMap<String, String> = self
                 .connector(write)
@@ -121,6 +141,14 @@ impl Job {
                 .collect();
             news.iter()
                 .map(|n| match existing.get(&n.key) {
+                    Some(id) if taken.contains_key(id) => Err(format!(
+                        "{} record {id} holds this record's create key, but is already mapped to {} record {}: \
+                         one of the two is a copy of the other, made after the state store lost its mappings \
+                         (remove the copy, or its mapping, and the next run links the other)",
+                        write.as_str(),
+                        read.as_str(),
+                        taken[id]
+                    )),
                     Some(id) => match refused.get(id) {
                         Some(why) => Err(format!(
                             "{} refused the update of record {id}, which an earlier attempt created: {why}",
