@@ -1834,11 +1834,14 @@ fn integer_ids(rows: &[Value]) -> Vec<String> {
 }
 
 /// What `syncd check --connect` asks of an integer-id table's idempotency
-/// column, which every page of creates searches: whether an index begins
-/// with it. A whole index on it does, as does one it leads; one where it is
-/// second does not, nor does a partial one (it cannot serve every search).
+/// column, which every page of creates searches: whether that search can
+/// go through an index (asked of the planner on PostgreSQL and SQLite, of
+/// the catalog on MariaDB). An index that begins with the key serves it,
+/// whole or partial on `key IS NOT NULL`, and so does one that begins with
+/// the tenant column when the table has the tenant's filter; one where the
+/// key comes after another column does not, nor does a full-text one.
 #[tokio::test]
-async fn an_idempotency_column_is_searchable_only_through_an_index_it_leads() {
+async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_it() {
     use syncd_connect::sql::SqlConnector;
     for kind in [Kind::Sqlite, Kind::Postgres, Kind::Mariadb] {
         let dir = TempDir::new("key-index");
@@ -1850,32 +1853,58 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_it_leads() {
         } else {
             "TEXT"
         };
-        let partial = if kind == Kind::Mariadb {
-            // MariaDB has no partial indexes: a second column stands in.
-            "CREATE INDEX d_key ON d (other, sync_key)".to_owned()
-        } else {
-            "CREATE INDEX d_key ON d (sync_key) WHERE sync_key IS NOT NULL".to_owned()
-        };
-        for ddl in [
-            format!("CREATE TABLE a (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
-            format!("CREATE TABLE b (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
-            format!("CREATE TABLE c (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
-            format!("CREATE TABLE d (id INTEGER PRIMARY KEY, sync_key {text}, other {text})"),
+        let mut ddl: Vec<String> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|t| {
+                format!(
+                    "CREATE TABLE {t} (id INTEGER PRIMARY KEY, sync_key {text}, other {text}, \
+                     tenant {text}, updated_at {text})"
+                )
+            })
+            .collect();
+        ddl.extend([
+            "CREATE INDEX a_other ON a (other, sync_key)".to_owned(),
             "CREATE UNIQUE INDEX b_key ON b (sync_key)".to_owned(),
             "CREATE INDEX c_key ON c (sync_key, other)".to_owned(),
-            partial,
-            "CREATE INDEX a_other ON a (other, sync_key)".to_owned(),
-        ] {
-            db.exec(&ddl).await;
+            match kind {
+                Kind::Mariadb => "CREATE FULLTEXT INDEX d_key ON d (sync_key)".to_owned(),
+                _ => "CREATE INDEX d_key ON d (sync_key) WHERE sync_key IS NOT NULL".to_owned(),
+            },
+            "CREATE INDEX e_key ON e (tenant, sync_key)".to_owned(),
+        ]);
+        for statement in ddl {
+            db.exec(&statement).await;
         }
         let system = SqlConnector::connect("system", &db.url()).await.unwrap();
         let mut found = Vec::new();
-        for table in ["a", "b", "c", "d"] {
-            found.push((table, system.leads_an_index(table, "sync_key").await.unwrap()));
+        for (table, tenant) in [
+            ("a", false),
+            ("b", false),
+            ("c", false),
+            ("d", false),
+            ("e", false),
+            ("e", true),
+        ] {
+            let columns = system.columns(table).await.unwrap().unwrap();
+            let mut b = system
+                .binding(table, table, columns, Vec::new(), Some("sync_key".into()), None)
+                .unwrap();
+            if tenant {
+                b.tenant = Some(("tenant".into(), "acme".into()));
+            }
+            found.push((table, tenant, system.key_search_uses_an_index(&b).await.unwrap()));
         }
+        let partial = kind != Kind::Mariadb;
         assert_eq!(
             found,
-            [("a", false), ("b", true), ("c", true), ("d", false)],
+            [
+                ("a", false, false),
+                ("b", false, true),
+                ("c", false, true),
+                ("d", false, partial),
+                ("e", false, false),
+                ("e", true, true)
+            ],
             "{kind:?}"
         );
         drop(system);

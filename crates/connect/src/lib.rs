@@ -183,11 +183,11 @@ impl Connector {
 
     /// Whether creates into `b` can find earlier attempts by their key
     /// without reading the whole table: `false` only for a SQL table whose
-    /// idempotency column no index begins with (an API's search is its own).
+    /// idempotency column no index serves (an API's search is its own).
     pub async fn key_is_searchable(&self, b: &TableBinding) -> Result<bool, ConnectorError> {
-        match (self, &b.key_column) {
-            (Connector::Sql(c), Some(key)) => c.leads_an_index(&b.table, key).await,
-            _ => Ok(true),
+        match self {
+            Connector::Sql(c) => c.key_search_uses_an_index(b).await,
+            Connector::Http(_) => Ok(true),
         }
     }
 

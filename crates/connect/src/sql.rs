@@ -206,54 +206,6 @@ impl SqlConnector {
         Ok((!rows.is_empty()).then(|| rows.into_iter().collect()))
     }
 
-    /// Whether an index of `table` begins with `column`, so that a search
-    /// by that column's values need not read the whole table.
-    pub async fn leads_an_index(&self, table: &str, column: &str) -> Result<bool, ConnectorError> {
-        match self {
-            SqlConnector::Postgres { pool, .. } => sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_index i \
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-                 WHERE i.indrelid = to_regclass($1) AND a.attname = $2 AND i.indpred IS NULL)",
-            )
-            .bind(table_ident(table))
-            .bind(column)
-            .fetch_one(pool)
-            .await
-            .map_err(self.query_error(table)),
-            SqlConnector::Sqlite { pool, .. } => {
-                let (schema, name) = table.split_once('.').unwrap_or(("main", table));
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1, ?2) l \
-                     JOIN pragma_index_info(l.name, ?2) c WHERE c.seqno = 0 AND c.name = ?3 AND NOT l.partial)",
-                )
-                .bind(name)
-                .bind(schema)
-                .bind(column)
-                .fetch_one(pool)
-                .await
-                .map_err(self.query_error(table))
-            }
-            SqlConnector::Mysql { pool, .. } => {
-                let (db, t) = match table.split_once('.') {
-                    Some((db, t)) => (Some(db), t),
-                    None => (None, table),
-                };
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS \
-                     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ? \
-                     AND SEQ_IN_INDEX = 1)",
-                )
-                .bind(db)
-                .bind(t)
-                .bind(column)
-                .fetch_one(pool)
-                .await
-                .map(|found: i64| found != 0)
-                .map_err(self.query_error(table))
-            }
-        }
-    }
-
     /// Resolves a table against its real columns. `fields` are the synced
     /// (CDM name, column) pairs, already checked to exist on both sides.
     pub fn binding(

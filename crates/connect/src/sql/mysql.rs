@@ -449,6 +449,39 @@ impl SqlConnector {
         Ok(found)
     }
 
+    /// Whether an index of `b`'s table begins with `key_col`, or with the
+    /// tenant column and then `key_col` (a full-text index does not
+    /// count): what `mysql_find_by_keys` needs not to read the whole table.
+    pub(super) async fn mysql_key_indexed(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        key_col: &str,
+    ) -> Result<bool, ConnectorError> {
+        let (db, t) = match b.table.split_once('.') {
+            Some((db, t)) => (Some(db), t),
+            None => (None, b.table.as_str()),
+        };
+        let tenant = b.tenant.as_ref().map(|(column, _)| column.as_str());
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS k \
+             WHERE k.TABLE_SCHEMA = COALESCE(?, DATABASE()) AND k.TABLE_NAME = ? AND k.COLUMN_NAME = ? \
+             AND k.INDEX_TYPE <> 'FULLTEXT' \
+             AND (k.SEQ_IN_INDEX = 1 OR (k.SEQ_IN_INDEX = 2 AND EXISTS (\
+                 SELECT 1 FROM information_schema.STATISTICS f \
+                 WHERE f.TABLE_SCHEMA = k.TABLE_SCHEMA AND f.TABLE_NAME = k.TABLE_NAME \
+                 AND f.INDEX_NAME = k.INDEX_NAME AND f.SEQ_IN_INDEX = 1 AND f.COLUMN_NAME = ?))))",
+        )
+        .bind(db)
+        .bind(t)
+        .bind(key_col)
+        .bind(tenant)
+        .fetch_one(pool)
+        .await
+        .map(|found: i64| found != 0)
+        .map_err(self.query_error(&b.table))
+    }
+
     /// Inserts `rows` (native columns, every row the same ones) in
     /// multi-row statements.
     pub(super) async fn mysql_insert(

@@ -99,31 +99,76 @@ impl SqlConnector {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let (t, k, id) = (table_ident(&b.table), ident(key_col), ident(ID_COLUMN));
         let rows: Vec<(String, String)> = match self {
             SqlConnector::Mysql { pool, .. } => return self.mysql_find_by_keys(pool, b, key_col, keys).await,
             SqlConnector::Postgres { pool, .. } => {
-                sqlx::query_as(&format!(
-                    "SELECT {k}::text, {id}::text FROM {t} WHERE {k}::text = ANY($1){}",
-                    tenant_and(b, "", Dialect::Postgres)
-                ))
-                .bind(keys)
-                .fetch_all(pool)
-                .await
+                sqlx::query_as(&key_search(b, key_col, Dialect::Postgres))
+                    .bind(keys)
+                    .fetch_all(pool)
+                    .await
             }
             SqlConnector::Sqlite { pool, .. } => {
-                sqlx::query_as(&format!(
-                    "SELECT CAST({k} AS TEXT), CAST({id} AS TEXT) FROM {t} \
-                     WHERE {k} IN (SELECT value FROM json_each(?1)){}",
-                    tenant_and(b, "", Dialect::Sqlite)
-                ))
-                .bind(sqlx::types::Json(keys))
-                .fetch_all(pool)
-                .await
+                sqlx::query_as(&key_search(b, key_col, Dialect::Sqlite))
+                    .bind(sqlx::types::Json(keys))
+                    .fetch_all(pool)
+                    .await
             }
         }
         .map_err(self.query_error(&b.table))?;
         Ok(rows.into_iter().collect())
+    }
+
+    /// Whether the database can answer `find_by_keys` on `b` through an
+    /// index, rather than by reading the whole table for every page of
+    /// creates: an index whose first column is the key, or whose first is
+    /// the tenant column (when `b` has the tenant's filter) and second the
+    /// key; partial only on `key IS NOT NULL`. SQLite's planner is asked
+    /// about the very search; PostgreSQL's and MySQL's catalogs are.
+    pub async fn key_search_uses_an_index(&self, b: &TableBinding) -> Result<bool, ConnectorError> {
+        let Some(key_col) = &b.key_column else {
+            return Ok(true);
+        };
+        match self {
+            // Its planner would rather read a whole index than the table
+            // when told not to scan, so PostgreSQL is asked its catalog.
+            SqlConnector::Postgres { pool, .. } => sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i \
+                 JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am am ON am.oid = x.relam \
+                 WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND am.amname = 'btree' \
+                 AND (i.indpred IS NULL \
+                      OR pg_get_expr(i.indpred, i.indrelid) = '(' || quote_ident($2) || ' IS NOT NULL)') \
+                 AND ((SELECT attname::text FROM pg_attribute \
+                       WHERE attrelid = i.indrelid AND attnum = i.indkey[0]) = $2 \
+                      OR (i.indnkeyatts > 1 \
+                          AND (SELECT attname::text FROM pg_attribute \
+                               WHERE attrelid = i.indrelid AND attnum = i.indkey[0]) = $3 \
+                          AND (SELECT attname::text FROM pg_attribute \
+                               WHERE attrelid = i.indrelid AND attnum = i.indkey[1]) = $2)))",
+            )
+            .bind(super::table_ident(&b.table))
+            .bind(key_col)
+            .bind(b.tenant.as_ref().map(|(column, _)| column.as_str()))
+            .fetch_one(pool)
+            .await
+            .map_err(self.query_error(&b.table)),
+            SqlConnector::Sqlite { pool, .. } => {
+                let plan: Vec<String> = sqlx::query(&format!(
+                    "EXPLAIN QUERY PLAN {}",
+                    key_search(b, key_col, Dialect::Sqlite)
+                ))
+                .bind(sqlx::types::Json(Vec::<String>::new()))
+                .fetch_all(pool)
+                .await
+                .map_err(self.query_error(&b.table))?
+                .iter()
+                .map(|row| row.try_get::<String, _>("detail").unwrap_or_default())
+                .collect();
+                Ok(!plan
+                    .iter()
+                    .any(|step| step.starts_with("SCAN ") && !step.contains("json_each")))
+            }
+            SqlConnector::Mysql { pool, .. } => self.mysql_key_indexed(pool, b, key_col).await,
+        }
     }
 
     /// Creates `records` (upserting text ids, so a repeat is harmless) and
@@ -568,5 +613,22 @@ fn copy_escape(text: &str, out: &mut String) {
             '\t' => out.push_str("\\t"),
             c => out.push(c),
         }
+    }
+}
+
+/// The search of `find_by_keys` on PostgreSQL (`$1`: the keys as an array)
+/// and SQLite (`?1`: the keys as a JSON array).
+fn key_search(b: &TableBinding, key_col: &str, dialect: Dialect) -> String {
+    let (t, k, id) = (table_ident(&b.table), ident(key_col), ident(ID_COLUMN));
+    match dialect {
+        Dialect::Postgres => format!(
+            "SELECT {k}::text, {id}::text FROM {t} WHERE {k}::text = ANY($1){}",
+            tenant_and(b, "", dialect)
+        ),
+        _ => format!(
+            "SELECT CAST({k} AS TEXT), CAST({id} AS TEXT) FROM {t} \
+             WHERE {k} IN (SELECT value FROM json_each(?1)){}",
+            tenant_and(b, "", dialect)
+        ),
     }
 }

@@ -205,10 +205,10 @@ pub async fn inspect(workflow: &Workflow, tenant: &TenantId) -> Vec<String> {
     let [source, target] = &connectors[..] else {
         return problems;
     };
+    let bidirectional = workflow.direction == Direction::Bidirectional;
     for def in &workflow.entities {
-        let columns =
-            [Side::Source, Side::Target].map(|side| workflow.tenant_filter(tenant, def, side).map(|f| f.0));
-        inspect_entity(def, [source, target], columns, &mut problems).await;
+        let filters = [Side::Source, Side::Target].map(|side| workflow.tenant_filter(tenant, def, side));
+        inspect_entity(def, [source, target], filters, bidirectional, &mut problems).await;
     }
     problems
 }
@@ -217,13 +217,15 @@ pub async fn inspect(workflow: &Workflow, tenant: &TenantId) -> Vec<String> {
 async fn inspect_entity(
     def: &EntityDef,
     [source, target]: [&Connector; 2],
-    tenant_columns: [Option<String>; 2],
+    tenant_filters: [Option<(String, String)>; 2],
+    bidirectional: bool,
     problems: &mut Vec<String>,
 ) {
     let entity = def.name.as_str();
+    let column = |i: usize| tenant_filters[i].as_ref().map(|(column, _)| column.as_str());
     let (s, t) = (
-        resolve_side(def, source, Side::Source, tenant_columns[0].as_deref()).await,
-        resolve_side(def, target, Side::Target, tenant_columns[1].as_deref()).await,
+        resolve_side(def, source, Side::Source, column(0)).await,
+        resolve_side(def, target, Side::Target, column(1)).await,
     );
     let ((s_columns, s_map, s_missing), (t_columns, t_map, t_missing)) = match (s, t) {
         (Ok(s), Ok(t)) => (s, t),
@@ -240,29 +242,39 @@ async fn inspect_entity(
     problems.extend(s_missing.iter().chain(&t_missing).map(ToString::to_string));
     // What the connector needs of a table besides the fields: an id column
     // (also for the references to it), a change time, a key column.
-    for (connector, side, columns) in [
-        (source, Side::Source, &s_columns),
-        (target, Side::Target, &t_columns),
+    for (connector, side, columns, filter) in [
+        (source, Side::Source, &s_columns, &tenant_filters[0]),
+        (target, Side::Target, &t_columns, &tenant_filters[1]),
     ] {
-        match connector.binding(def, side, columns.clone(), Vec::new()) {
+        let b = match connector.binding(def, side, columns.clone(), Vec::new()) {
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+            // Only a side that records are created in searches its keys.
+            Ok(_) if side == Side::Source && !bidirectional => continue,
+            Ok(mut b) => {
+                b.tenant = filter.clone();
+                b
+            }
+        };
+        match connector.key_is_searchable(&b).await {
             Err(e) => problems.push(e.to_string()),
-            Ok(b) => match connector.key_is_searchable(&b).await {
-                Err(e) => problems.push(e.to_string()),
-                Ok(true) => {}
-                Ok(false) => {
-                    let key = b.key_column.as_deref().unwrap_or_default();
-                    problems.push(format!(
-                        "system `{}`: table `{}` (entity `{entity}`) has no index that begins with its \
-                         idempotency column `{key}`: every page of creates searches that column for earlier \
-                         attempts, reading the whole table each time (add one, e.g. CREATE UNIQUE INDEX \
-                         {}_{key} ON {} ({key}))",
+            Ok(true) => {}
+            Ok(false) => {
+                let key = b.key_column.as_deref().unwrap_or_default();
+                problems.push(format!(
+                        "system `{}`: table `{}` (entity `{entity}`) has no index its idempotency column \
+                         `{key}` can be searched by: every page of creates searches that column for earlier \
+                         attempts, reading the whole table each time (add an index that begins with `{key}`{})",
                         connector.system(),
                         b.table,
-                        b.table.rsplit('.').next().unwrap_or_default(),
-                        b.table
+                        match &b.tenant {
+                            Some((column, _)) => format!(", or with `{column}` and then `{key}`"),
+                            None => String::new(),
+                        }
                     ))
-                }
-            },
+            }
         }
     }
     // The fields both sides have, as `bind_entity` syncs them.
