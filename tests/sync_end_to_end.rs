@@ -1839,7 +1839,9 @@ fn integer_ids(rows: &[Value]) -> Vec<String> {
 /// the catalog on MariaDB). An index that begins with the key serves it,
 /// whole or partial on `key IS NOT NULL`, and so does one that begins with
 /// the tenant column when the table has the tenant's filter; one where the
-/// key comes after another column does not, nor does a full-text one.
+/// key comes after another column does not, nor does a full-text one. And
+/// whether the table holds any key of the tenant's, which a first load asks
+/// before it decides to skip those searches.
 #[tokio::test]
 async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_it() {
     use syncd_connect::sql::SqlConnector;
@@ -1894,6 +1896,24 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_i
             }
             found.push((table, tenant, system.key_search_uses_an_index(&b).await.unwrap()));
         }
+        // Before a first load, whether the table holds a key at all.
+        let columns = system.columns("e").await.unwrap().unwrap();
+        let mut e = system
+            .binding("e", "e", columns, Vec::new(), Some("sync_key".into()), None)
+            .unwrap();
+        e.tenant = Some(("tenant".into(), "acme".into()));
+        assert!(!system.holds_keyed_rows(&e).await.unwrap(), "{kind:?}");
+        db.exec("INSERT INTO e (id, tenant, updated_at) VALUES (1, 'acme', 'x')")
+            .await;
+        db.exec("INSERT INTO e (id, sync_key, tenant, updated_at) VALUES (2, 'fwd:1', 'globex', 'x')")
+            .await;
+        assert!(
+            !system.holds_keyed_rows(&e).await.unwrap(),
+            "{kind:?}: another tenant's key"
+        );
+        db.exec("INSERT INTO e (id, sync_key, tenant, updated_at) VALUES (3, 'fwd:2', 'acme', 'x')")
+            .await;
+        assert!(system.holds_keyed_rows(&e).await.unwrap(), "{kind:?}");
         let partial = kind != Kind::Mariadb;
         assert_eq!(
             found,

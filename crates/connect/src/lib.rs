@@ -319,6 +319,15 @@ impl Connector {
         matches!(self, Connector::Sql(_))
     }
 
+    /// Whether any record of `b` may hold an idempotency key (`true` for
+    /// an API, which is not asked).
+    pub async fn holds_keyed_rows(&self, b: &TableBinding) -> Result<bool, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.holds_keyed_rows(b).await,
+            Connector::Http(_) => Ok(true),
+        }
+    }
+
     /// Ids of records an earlier attempt created with each of `keys`.
     pub async fn find_by_keys(
         &self,

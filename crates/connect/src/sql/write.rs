@@ -118,6 +118,45 @@ impl SqlConnector {
         Ok(rows.into_iter().collect())
     }
 
+    /// Whether any row of `b`'s table (the tenant's, where it has a tenant
+    /// column) holds an idempotency key: none does before a first load
+    /// into a table no run has created in. (`true` without a key column.)
+    pub async fn holds_keyed_rows(&self, b: &TableBinding) -> Result<bool, ConnectorError> {
+        let Some(key_col) = &b.key_column else {
+            return Ok(true);
+        };
+        match self {
+            SqlConnector::Postgres { pool, .. } => sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
+                table_ident(&b.table),
+                ident(key_col),
+                tenant_and(b, "", Dialect::Postgres)
+            ))
+            .fetch_one(pool)
+            .await
+            .map_err(self.query_error(&b.table)),
+            SqlConnector::Sqlite { pool, .. } => sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
+                table_ident(&b.table),
+                ident(key_col),
+                tenant_and(b, "", Dialect::Sqlite)
+            ))
+            .fetch_one(pool)
+            .await
+            .map_err(self.query_error(&b.table)),
+            SqlConnector::Mysql { pool, .. } => sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
+                super::mysql::table(&b.table),
+                super::mysql::ident(key_col),
+                tenant_and(b, "", Dialect::Mysql)
+            ))
+            .fetch_one(pool)
+            .await
+            .map(|found: i64| found != 0)
+            .map_err(self.query_error(&b.table)),
+        }
+    }
+
     /// Whether the database can answer `find_by_keys` on `b` through an
     /// index, rather than by reading the whole table for every page of
     /// creates: an index whose first column is the key, or whose first is

@@ -197,6 +197,11 @@ struct StepCtx<'a> {
     /// began: a record whose id is not among them has no mapping, and is
     /// not looked up (see `Store::scope_is_empty`).
     seen: Option<std::sync::Mutex<seen::SeenIds>>,
+    /// Whether the write side may hold rows an earlier attempt created
+    /// that no mapping knows of: every create into a SQL table whose ids
+    /// the database assigns is then looked for by its key. Not so in a
+    /// step that began on an empty scope while that table held no key.
+    search_keys: bool,
 }
 
 impl StepCtx<'_> {
@@ -632,16 +637,24 @@ impl Job {
             _ => (self.store.scope_is_empty(&scope, run.id).await?)
                 .then(|| std::sync::Mutex::new(seen::SeenIds::new())),
         };
+        let read = side_of(step.direction);
+        let search_keys = match (&seen, self.binding(tables, read.other())) {
+            (Some(_), b) if b.id_kind == IdKind::Assigned => {
+                self.connector(read.other()).holds_keyed_rows(b).await?
+            }
+            _ => true,
+        };
         let ctx = StepCtx {
             run_id: run.id,
             step,
             tables,
             scope,
-            read: side_of(step.direction),
+            read,
             lease: lease.clone(),
             lost: lost.clone(),
             halt: halt.clone(),
             seen,
+            search_keys,
         };
         self.store.start_step(run, step, lease).await?;
         let span =

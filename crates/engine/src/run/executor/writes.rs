@@ -77,9 +77,11 @@ impl Job {
         // state store restored from a backup has lost the mappings of what
         // was created since, and only the rows' keys still say which those
         // were. An API is searched a request a key, so only for a create
-        // tried before (its mapping pending, failed or stale already).
+        // tried before (its mapping pending, failed or stale already); so
+        // is a table in a step that began on an empty scope while no row of
+        // the table held a key (`StepCtx::search_keys`).
         let existing = if write_binding.id_kind == IdKind::Assigned {
-            let every = self.connector(write).finds_keys_at_once();
+            let every = ctx.search_keys && self.connector(write).finds_keys_at_once();
             let keys: Vec<String> = creates
                 .iter()
                 .zip(&news)
