@@ -1736,26 +1736,7 @@ async fn an_integer_id_target_after_a_state_store_restore_duplicates_nothing() {
             .await;
         let products = product_rows(30);
         source.insert("products", &products).await;
-        let toml = format!(
-            r#"name = "e2e"
-direction = "one_way"
-source = "crm"
-target = "erp"
-[systems.crm]
-connector = "sql"
-url = "{}"
-[systems.erp]
-connector = "sql"
-url = "{}"
-[[entities]]
-name = "product"
-table = "products"
-idempotency_column = "sync_key"
-[tenants.t1]
-"#,
-            source.url(),
-            target.url()
-        );
+        let toml = keyed_products("one_way", &source, &target);
         let load = |store: Arc<Store>| {
             let toml = toml.clone();
             async move {
@@ -1824,6 +1805,31 @@ idempotency_column = "sync_key"
         source.drop().await;
         target.drop().await;
     }
+}
+
+/// Products from `source` to `target` (tenant `t1`), each create's key
+/// kept in `sync_key`: for tables whose ids the database assigns.
+fn keyed_products(direction: &str, source: &SystemDb, target: &SystemDb) -> String {
+    format!(
+        r#"name = "e2e"
+direction = "{direction}"
+source = "crm"
+target = "erp"
+[systems.crm]
+connector = "sql"
+url = "{}"
+[systems.erp]
+connector = "sql"
+url = "{}"
+[[entities]]
+name = "product"
+table = "products"
+idempotency_column = "sync_key"
+[tenants.t1]
+"#,
+        source.url(),
+        target.url()
+    )
 }
 
 /// The ids of `rows` whose ids are integers, as text.
@@ -1970,26 +1976,7 @@ async fn a_bidirectional_restore_reports_the_copies_it_cannot_tell_apart() {
                 ts(2)
             ))
             .await;
-        let toml = format!(
-            r#"name = "e2e"
-direction = "bidirectional"
-source = "crm"
-target = "erp"
-[systems.crm]
-connector = "sql"
-url = "{}"
-[systems.erp]
-connector = "sql"
-url = "{}"
-[[entities]]
-name = "product"
-table = "products"
-idempotency_column = "sync_key"
-[tenants.t1]
-"#,
-            source.url(),
-            target.url()
-        );
+        let toml = keyed_products("bidirectional", &source, &target);
         let first = StateStore::embedded(&dir).await;
         let done = sync_once(first.store.clone(), &toml, 7).await.unwrap();
         assert_eq!(done.state, RunState::Succeeded, "{kind:?}: {:?}", done.error);

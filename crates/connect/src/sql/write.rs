@@ -125,36 +125,29 @@ impl SqlConnector {
         let Some(key_col) = &b.key_column else {
             return Ok(true);
         };
-        match self {
-            SqlConnector::Postgres { pool, .. } => sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
-                table_ident(&b.table),
-                ident(key_col),
-                tenant_and(b, "", Dialect::Postgres)
-            ))
-            .fetch_one(pool)
-            .await
-            .map_err(self.query_error(&b.table)),
-            SqlConnector::Sqlite { pool, .. } => sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
-                table_ident(&b.table),
-                ident(key_col),
-                tenant_and(b, "", Dialect::Sqlite)
-            ))
-            .fetch_one(pool)
-            .await
-            .map_err(self.query_error(&b.table)),
-            SqlConnector::Mysql { pool, .. } => sqlx::query_scalar(&format!(
+        let sql = match self {
+            SqlConnector::Mysql { .. } => format!(
                 "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
                 super::mysql::table(&b.table),
                 super::mysql::ident(key_col),
                 tenant_and(b, "", Dialect::Mysql)
-            ))
-            .fetch_one(pool)
-            .await
-            .map(|found: i64| found != 0)
-            .map_err(self.query_error(&b.table)),
+            ),
+            _ => format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL{})",
+                table_ident(&b.table),
+                ident(key_col),
+                tenant_and(b, "", self.dialect())
+            ),
+        };
+        match self {
+            SqlConnector::Postgres { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            SqlConnector::Sqlite { pool, .. } => sqlx::query_scalar(&sql).fetch_one(pool).await,
+            SqlConnector::Mysql { pool, .. } => sqlx::query_scalar(&sql)
+                .fetch_one(pool)
+                .await
+                .map(|found: i64| found != 0),
         }
+        .map_err(self.query_error(&b.table))
     }
 
     /// Whether the database can answer `find_by_keys` on `b` through an
