@@ -5,9 +5,10 @@
 # prints the seconds it took. With `restore` last, it times instead the
 # run after that load against an empty state store (as restored from a
 # backup taken before it), which finds every row by its key. Schemas ib_src,
-# ib_dst and ib_state of the database `test` are dropped and made anew.
+# ib_dst and ib_state of the database `test` are made anew and dropped after.
 #   bash benches/integer-ids.sh target/release/syncd yes 100000 [restore]
 set -e
+export PGOPTIONS='-c client_min_messages=warning'
 BIN=$(realpath "$1"); IDX=$2; N=${3:-100000}; MODE=${4:-first}
 P="psql -q -h 127.0.0.1 -U postgres -d test"
 $P -c "DROP SCHEMA IF EXISTS ib_src CASCADE; DROP SCHEMA IF EXISTS ib_dst CASCADE; DROP SCHEMA IF EXISTS ib_state CASCADE; CREATE SCHEMA ib_src; CREATE SCHEMA ib_dst; CREATE SCHEMA ib_state;"
@@ -17,6 +18,7 @@ CREATE TABLE ib_dst.products (id bigserial PRIMARY KEY, title text, sync_key tex
 if [ "$IDX" = yes ]; then $P -c "CREATE UNIQUE INDEX ON ib_dst.products (sync_key)"; fi
 U="postgres://postgres@127.0.0.1:5432/test"
 work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
 cat > "$work/wf.toml" <<TOML
 name = "ib"
 direction = "one_way"
@@ -44,4 +46,4 @@ $BIN --db "$U?options=-c%20search_path%3Dib_state" run wf.toml --tenant t1 > out
 end=$(date +%s.%N)
 rows=$($P -t -c "SELECT count(*) FROM ib_dst.products")
 echo "$BIN $MODE index=$IDX n=$N rows=$rows seconds=$(echo "$end - $start" | bc)"
-rm -rf "$work"
+$P -c "DROP SCHEMA ib_src CASCADE; DROP SCHEMA ib_dst CASCADE; DROP SCHEMA ib_state CASCADE;"

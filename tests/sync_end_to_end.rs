@@ -1841,11 +1841,12 @@ fn integer_ids(rows: &[Value]) -> Vec<String> {
 
 /// What `syncd check --connect` asks of an integer-id table's idempotency
 /// column, which every page of creates searches: whether that search can
-/// go through an index (asked of the planner on PostgreSQL and SQLite, of
-/// the catalog on MariaDB). An index that begins with the key serves it,
+/// go through an index (asked of the planner on SQLite, of the catalog on
+/// PostgreSQL and MariaDB). An index that begins with the key serves it,
 /// whole or partial on `key IS NOT NULL`, and so does one that begins with
 /// the tenant column when the table has the tenant's filter; one where the
-/// key comes after another column does not, nor does a full-text one. And
+/// key comes after another column does not, nor does one on the tenant
+/// column alone, nor a full-text one. And
 /// whether the table holds any key of the tenant's, which a first load asks
 /// before it decides to skip those searches.
 #[tokio::test]
@@ -1861,7 +1862,7 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_i
         } else {
             "TEXT"
         };
-        let mut ddl: Vec<String> = ["a", "b", "c", "d", "e"]
+        let mut ddl: Vec<String> = ["a", "b", "c", "d", "e", "f"]
             .iter()
             .map(|t| {
                 format!(
@@ -1879,6 +1880,7 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_i
                 _ => "CREATE INDEX d_key ON d (sync_key) WHERE sync_key IS NOT NULL".to_owned(),
             },
             "CREATE INDEX e_key ON e (tenant, sync_key)".to_owned(),
+            "CREATE INDEX f_tenant ON f (tenant)".to_owned(),
         ]);
         for statement in ddl {
             db.exec(&statement).await;
@@ -1892,6 +1894,7 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_i
             ("d", false),
             ("e", false),
             ("e", true),
+            ("f", true),
         ] {
             let columns = system.columns(table).await.unwrap().unwrap();
             let mut b = system
@@ -1929,7 +1932,8 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_i
                 ("c", false, true),
                 ("d", false, partial),
                 ("e", false, false),
-                ("e", true, true)
+                ("e", true, true),
+                ("f", true, false)
             ],
             "{kind:?}"
         );
