@@ -1905,6 +1905,18 @@ async fn an_idempotency_column_is_searchable_only_through_an_index_that_serves_i
             }
             found.push((table, tenant, system.key_search_uses_an_index(&b).await.unwrap()));
         }
+        if kind == Kind::Postgres {
+            db.exec(
+                "CREATE TABLE g (id INTEGER PRIMARY KEY, sync_key TEXT, updated_at TEXT);
+                 CREATE INDEX g_key ON g USING hash (sync_key)",
+            )
+            .await;
+            let columns = system.columns("g").await.unwrap().unwrap();
+            let g = system
+                .binding("g", "g", columns, Vec::new(), Some("sync_key".into()), None)
+                .unwrap();
+            assert!(system.key_search_uses_an_index(&g).await.unwrap(), "a hash index");
+        }
         // Before a first load, whether the table holds a key at all.
         let columns = system.columns("e").await.unwrap().unwrap();
         let mut e = system
