@@ -2044,3 +2044,47 @@ async fn a_bidirectional_restore_reports_the_copies_it_cannot_tell_apart() {
         target.drop().await;
     }
 }
+
+/// `syncd check --connect` asks about the idempotency column of every table
+/// records are created in: only the target's in a one-way integration, the
+/// source's too in a bidirectional one. The message names the tenant
+/// column an index may begin with.
+#[tokio::test]
+async fn the_key_index_check_covers_the_sides_records_are_created_in() {
+    use syncd_engine::run::executor::inspect;
+    let dir = TempDir::new("key-index-sides");
+    let source = SystemDb::create(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::create(Kind::Sqlite, &dir, "target").await.unwrap();
+    for db in [&source, &target] {
+        db.exec(
+            "CREATE TABLE products (id INTEGER PRIMARY KEY, title TEXT, sync_key TEXT, \
+             tenant TEXT, updated_at TEXT NOT NULL)",
+        )
+        .await;
+    }
+    target
+        .exec("CREATE INDEX products_key ON products (tenant, sync_key)")
+        .await;
+    for (direction, expected) in [("one_way", 0), ("bidirectional", 1)] {
+        let toml = keyed_products(direction, &source, &target)
+            .replace("[tenants.t1]", "tenant_column = \"tenant\"\n[tenants.t1]");
+        let wf = syncd_core::workflow::Workflow::parse("test.toml", &toml).unwrap();
+        let problems = inspect(&wf, &"t1".into()).await;
+        let about_keys: Vec<&String> = problems
+            .iter()
+            .filter(|p| p.contains("idempotency column"))
+            .collect();
+        assert_eq!(about_keys.len(), expected, "{direction}: {problems:?}");
+        if let Some(problem) = about_keys.first() {
+            assert!(
+                problem.contains("system `crm`: table `products`")
+                    && problem.contains(
+                        "add an index that begins with `sync_key`, or with `tenant` and then `sync_key`"
+                    ),
+                "{problem}"
+            );
+        }
+    }
+    source.drop().await;
+    target.drop().await;
+}
