@@ -25,6 +25,15 @@ pub(super) fn ident(name: &str) -> String {
 
 /// A table's name as MySQL reads it: `db.table` is a table of another
 /// database, each part quoted on its own.
+/// A table's database (when its name gives one: `db.table`) and name, as
+/// `information_schema` keeps them.
+fn db_and_table(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('.') {
+        Some((db, t)) => (Some(db), t),
+        None => (None, name),
+    }
+}
+
 pub(super) fn table(name: &str) -> String {
     match name.split_once('.') {
         Some((db, t)) => format!("{}.{}", ident(db), ident(t)),
@@ -197,10 +206,7 @@ impl SqlConnector {
         pool: &MySqlPool,
         name: &str,
     ) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
-        let (db, t) = match name.split_once('.') {
-            Some((db, t)) => (Some(db), t),
-            None => (None, name),
-        };
+        let (db, t) = db_and_table(name);
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
@@ -458,10 +464,7 @@ impl SqlConnector {
         b: &TableBinding,
         key_col: &str,
     ) -> Result<bool, ConnectorError> {
-        let (db, t) = match b.table.split_once('.') {
-            Some((db, t)) => (Some(db), t),
-            None => (None, b.table.as_str()),
-        };
+        let (db, t) = db_and_table(&b.table);
         let tenant = b.tenant.as_ref().map(|(column, _)| column.as_str());
         sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.STATISTICS k \

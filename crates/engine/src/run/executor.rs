@@ -197,10 +197,11 @@ struct StepCtx<'a> {
     /// began: a record whose id is not among them has no mapping, and is
     /// not looked up (see `Store::scope_is_empty`).
     seen: Option<std::sync::Mutex<seen::SeenIds>>,
-    /// Whether the write side may hold rows an earlier attempt created
-    /// that no mapping knows of: every create into a SQL table whose ids
-    /// the database assigns is then looked for by its key. Not so in a
-    /// step that began on an empty scope while that table held no key.
+    /// Whether every create into a table whose ids the system assigns is
+    /// looked for by its key, not only one tried before: so in a SQL table
+    /// (one query a page), which may hold rows an earlier attempt created
+    /// that no mapping knows of; not in a step that began on an empty
+    /// scope while that table held no key, nor in an API (a request a key).
     search_keys: bool,
 }
 
@@ -638,10 +639,11 @@ impl Job {
                 .then(|| std::sync::Mutex::new(seen::SeenIds::new())),
         };
         let read = side_of(step.direction);
+        let writer = self.connector(read.other());
         let search_keys = match (&seen, self.binding(tables, read.other())) {
-            (Some(_), b) if b.id_kind == IdKind::Assigned => {
-                self.connector(read.other()).holds_keyed_rows(b).await?
-            }
+            // An API is searched a request a key: only for creates tried.
+            _ if !writer.finds_keys_at_once() => false,
+            (Some(_), b) if b.id_kind == IdKind::Assigned => writer.holds_keyed_rows(b).await?,
             _ => true,
         };
         let ctx = StepCtx {

@@ -81,11 +81,10 @@ impl Job {
         // is a table in a step that began on an empty scope while no row of
         // the table held a key (`StepCtx::search_keys`).
         let existing = if write_binding.id_kind == IdKind::Assigned {
-            let every = ctx.search_keys && self.connector(write).finds_keys_at_once();
             let keys: Vec<String> = creates
                 .iter()
                 .zip(&news)
-                .filter(|((_, _, _, tried), _)| every || *tried)
+                .filter(|((_, _, _, tried), _)| ctx.search_keys || *tried)
                 .map(|(_, n)| n.key.clone())
                 .collect();
             self.connector(write).find_by_keys(write_binding, &keys).await?
