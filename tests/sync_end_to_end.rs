@@ -1491,6 +1491,96 @@ async fn bytes_arrive_exactly_through_copy() {
     target.drop().await;
 }
 
+/// Text is not bytes: a `bytea` column given `hello` would store its five
+/// bytes and give back `\x68656c6c6f`, and a bidirectional run would then
+/// write that text back over the source's. Such a record fails alone,
+/// naming the field; text that is bytes in their own form (`\x41`)
+/// arrives as those bytes, and the source keeps its text either way.
+#[tokio::test]
+async fn text_that_is_not_bytes_fails_alone_in_a_bytes_column() {
+    let dir = TempDir::new("text-bytes");
+    let Some(source) = SystemDb::create(Kind::Postgres, &dir, "source").await else {
+        return;
+    };
+    let target = SystemDb::create(Kind::Postgres, &dir, "target").await.unwrap();
+    source
+        .exec("CREATE TABLE notes (id text PRIMARY KEY, data text, updated_at timestamptz NOT NULL)")
+        .await;
+    target
+        .exec("CREATE TABLE notes (id text PRIMARY KEY, data bytea, updated_at timestamptz NOT NULL)")
+        .await;
+    source
+        .exec(
+            "INSERT INTO notes VALUES ('N-1', 'hello', now()), ('N-2', '\\x41', now()), ('N-3', NULL, now())",
+        )
+        .await;
+    let toml = format!(
+        "name = \"e2e\"\nsource = \"a\"\ntarget = \"b\"\ndirection = \"bidirectional\"\n[systems.a]\n\
+         connector = \"sql\"\nurl = \"{}\"\n[systems.b]\nconnector = \"sql\"\nurl = \"{}\"\n[[entities]]\n\
+         name = \"product\"\ntable = \"notes\"\n[tenants.t1]\n",
+        source.url(),
+        target.url()
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    for _ in 0..2 {
+        sync_once(store.clone(), &toml, 100).await.unwrap();
+    }
+    let scope = EntityScope::new("t1", "e2e", "product");
+    let refused = store
+        .lookup(&scope, Side::Source, &["N-1".into()])
+        .await
+        .unwrap()
+        .remove("N-1")
+        .unwrap();
+    assert_eq!(refused.status, MappingStatus::Failed);
+    let why = refused.last_error.unwrap_or_default();
+    assert!(
+        why.contains("field `data`") && why.contains("\"hello\" is not bytes"),
+        "{why}"
+    );
+    let rows = |db: &SystemDb, sql: &'static str| {
+        let pool = match db {
+            SystemDb::Postgres { schema } => schema.pool.clone(),
+            _ => unreachable!(),
+        };
+        async move {
+            sqlx::query_as::<_, (String, Option<String>)>(sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let text = |id: &str, v: Option<&str>| (id.to_owned(), v.map(str::to_owned));
+    assert_eq!(
+        rows(&source, "SELECT id, data FROM notes ORDER BY id").await,
+        vec![
+            text("N-1", Some("hello")),
+            text("N-2", Some("\\x41")),
+            text("N-3", None)
+        ],
+        "the source keeps its text"
+    );
+    assert_eq!(
+        rows(
+            &target,
+            "SELECT id, encode(data, 'hex') FROM notes ORDER BY data NULLS LAST"
+        )
+        .await
+        .len(),
+        2
+    );
+    let bytes = rows(
+        &target,
+        "SELECT encode(data, 'hex'), NULL FROM notes WHERE data IS NOT NULL",
+    )
+    .await;
+    assert_eq!(bytes, vec![text("41", None)]);
+    state.drop().await;
+    source.drop().await;
+    target.drop().await;
+}
+
 /// The state store restored from a backup taken before a first load (or
 /// failed over to a replica that lacks its last commits) knows nothing of
 /// what that load created. The next run creates every record again, and

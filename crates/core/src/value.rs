@@ -745,11 +745,26 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
                 .map_err(|_| format!("`{s}` is not a UUID")),
             other => Err(format!("{} is not a UUID", describe(other))),
         },
+        // Bytes cross the engine as `\x` and lowercase hex, as PostgreSQL
+        // gives a `bytea`. Other text would be stored as its own bytes and
+        // read back as their hex: another value than the one written.
         Class::Bytes => match v {
-            Value::String(_) => Ok(v.clone()),
-            other => Err(format!("{} is not text the column can read", describe(other))),
+            Value::String(s) if is_bytes_text(s) => Ok(v.clone()),
+            other => Err(format!(
+                "{} is not bytes (`\\x` and lowercase hex digits), and the column holds bytes: text written \
+                 into it would be read back as other text",
+                describe(other)
+            )),
         },
     }
+}
+
+/// Whether `s` is bytes as values carry them: `\x`, then lowercase hex
+/// digits in pairs.
+fn is_bytes_text(s: &str) -> bool {
+    s.strip_prefix("\\x").is_some_and(|hex| {
+        hex.len().is_multiple_of(2) && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// Whether SQLite keeps number text exactly (as a 64-bit integer, or as a
@@ -1064,6 +1079,21 @@ mod tests {
             write(Kind::Json, Class::sqlite("JSON"), Dialect::Sqlite, &doc),
             Ok(json!("{\"a\":1.50}"))
         );
+    }
+
+    #[test]
+    fn a_bytes_column_takes_only_bytes() {
+        for class in [Class::postgres("bytea"), Class::mysql("varbinary(16)")] {
+            let w = |v: Value| write(Kind::Bytes, class, Dialect::Postgres, &v);
+            assert_eq!(w(json!("\\x00ff41")).unwrap(), json!("\\x00ff41"));
+            assert_eq!(w(json!("\\x")).unwrap(), json!("\\x"), "no bytes at all");
+            // Stored as their own bytes, these would read back as `\x68…`.
+            for text in ["hello", "\\x0", "\\xzz", "\\x4A", "x41", ""] {
+                let why = w(json!(text)).unwrap_err();
+                assert!(why.contains("is not bytes"), "{text}: {why}");
+            }
+            assert!(w(json!(5)).is_err());
+        }
     }
 
     #[test]
