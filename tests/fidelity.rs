@@ -731,3 +731,77 @@ async fn a_postgres_row_reads_the_same_with_or_without_a_document_column() {
     drop(system);
     db.drop().await;
 }
+
+/// MariaDB stores another value, without an error outside strict mode, for
+/// an `ENUM` or `SET` value that is not one of its members as it gives them
+/// back, a year in two digits, a `BINARY(n)` value shorter than `n` (padded
+/// with zeros) and a `DOUBLE(M,D)` value with more than `D` decimals
+/// (rounded). Each such record fails alone, naming its field, and the
+/// values the columns hold exactly arrive as they are.
+#[tokio::test]
+async fn mariadb_columns_that_would_store_another_value_fail_their_record() {
+    let Some(to_my) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, kind text, tags text, yr text, at time(6), raw bytea, \
+         ratio double precision, updated_at timestamptz NOT NULL)",
+        Kind::Mariadb,
+        "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, kind ENUM('a','b','c'), tags SET('a','b','c'), yr YEAR, \
+         at TIME(6), raw BINARY(2), ratio DOUBLE(10,2), updated_at DATETIME(6) NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    to_my
+        .source
+        .exec(
+            "INSERT INTO ledger VALUES \
+             ('r1', 'b', 'a,c', '2024', '12:34:56.5', '\\x0102', 3.5, now()), \
+             ('r2', '2', 'a', '2024', NULL, NULL, NULL, now()), \
+             ('r3', 'a', 'b,a', '2024', NULL, NULL, NULL, now()), \
+             ('r4', 'a', 'a', '99', NULL, NULL, NULL, now()), \
+             ('r5', 'a', 'a', '2024', NULL, '\\x01', NULL, now()), \
+             ('r6', 'a', 'a', '2024', NULL, NULL, 3.14159, now())",
+        )
+        .await;
+    let ran = to_my.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 5, "{}", ran.stdout);
+    for (id, field, says) in [
+        (
+            "r2",
+            "kind",
+            "`2` is not one of the ENUM's values ('a', 'b', 'c')",
+        ),
+        ("r3", "tags", "`b,a` is not a SET value"),
+        ("r4", "yr", "`99` is not a year from 1901 to 2155"),
+        ("r5", "raw", "1 bytes are not the 2 a BINARY(2) column holds"),
+        (
+            "r6",
+            "ratio",
+            "3.14159 has more digits after the point than the column (double(10,2)) keeps (2)",
+        ),
+    ] {
+        let m = to_my.mapping(id).await;
+        assert_eq!(m.status, MappingStatus::Failed, "{id}");
+        let why = m.last_error.unwrap_or_default();
+        assert!(
+            why.contains(&format!("field `{field}`")) && why.contains(says),
+            "{id}: {why}"
+        );
+    }
+    let SystemDb::Mariadb { db } = &to_my.target else {
+        unreachable!()
+    };
+    let held: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+        "SELECT CAST(kind AS CHAR), CAST(tags AS CHAR), CAST(yr AS CHAR), CAST(at AS CHAR), HEX(raw), \
+         CAST(ratio AS CHAR) FROM ledger",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let expected = ["b", "a,c", "2024", "12:34:56.500000", "0102", "3.50"].map(str::to_owned);
+    assert_eq!(held, vec![expected.into()]);
+    assert_eq!(to_my.run(&[]).writes("product"), 0);
+    to_my.drop().await;
+}

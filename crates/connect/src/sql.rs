@@ -284,7 +284,12 @@ impl SqlConnector {
             .iter()
             .map(|f| {
                 let v = fields.get(&f.cdm).unwrap_or(&Value::Null);
-                let native = value::write(f.kind, f.class, dialect, v).map_err(|why| {
+                let native = value::write(f.kind, f.class, dialect, v)
+                    .and_then(|native| match (self, b.column_types.get(&f.column)) {
+                        (SqlConnector::Mysql { .. }, Some(t)) => mysql::holds(t, &native).map(|()| native),
+                        _ => Ok(native),
+                    })
+                    .map_err(|why| {
                     format!(
                         "entity `{}`, field `{}`: system `{}`, table `{}`, column `{}` cannot hold the value: {why}",
                         b.entity, f.cdm, b.system, b.table, f.column

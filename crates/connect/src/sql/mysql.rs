@@ -114,6 +114,164 @@ fn unhex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Whether a MySQL column of `column_type` gives `v` (as `value::write`
+/// made it for the column's class) back as it is; `Err` says what it would
+/// store instead. Its class cannot say so for an `ENUM`'s or `SET`'s
+/// members, a `YEAR`'s short forms, a `TIME`'s digits of a second, a
+/// `BINARY(n)`'s padding or a `FLOAT(M,D)`'s rounding: MySQL stores another
+/// value for those, without an error outside strict mode.
+pub(super) fn holds(column_type: &str, v: &Value) -> Result<(), String> {
+    let lower = column_type.to_ascii_lowercase();
+    let (base, args) = match lower.split_once('(') {
+        Some((b, rest)) => (b.trim(), rest.rsplit_once(')').map_or(rest, |(a, _)| a)),
+        None => (lower.split_whitespace().next().unwrap_or(""), ""),
+    };
+    let text = match v {
+        Value::Null => return Ok(()),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    };
+    match base {
+        "enum" | "set" => {
+            // Members keep their case: read them from the type as written.
+            let members = quoted_members(column_type.split_once('(').map_or("", |(_, m)| m));
+            let list = members
+                .iter()
+                .map(|m| format!("'{m}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let Value::String(s) = v else {
+                return Err(format!(
+                    "{text} is not one of the {}'s values ({list}): a number picks one by its position",
+                    base.to_ascii_uppercase()
+                ));
+            };
+            if base == "enum" {
+                if members.iter().any(|m| m == s) {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "`{s}` is not one of the ENUM's values ({list}): MySQL would store another (it ignores case \
+                     and trailing spaces, takes a number as a position, and stores '' for the rest)"
+                ));
+            }
+            let mut last = None;
+            for part in s.split(',').filter(|_| !s.is_empty()) {
+                match members.iter().position(|m| m == part) {
+                    Some(i) if last.is_none_or(|l| i > l) => last = Some(i),
+                    _ => {
+                        return Err(format!(
+                            "`{s}` is not a SET value as the column gives it back: its values ({list}), each once, \
+                             in the column's order, joined by commas"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        "year" => {
+            let year = match v {
+                Value::String(s) if s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+                Value::Number(n) => n.as_u64(),
+                _ => None,
+            };
+            match year {
+                Some(1901..=2155) => Ok(()),
+                _ => Err(format!(
+                    "`{text}` is not a year from 1901 to 2155 written with four digits: a YEAR column would store \
+                     another (`99` becomes 1999, `5` becomes 2005)"
+                )),
+            }
+        }
+        "time" => {
+            let digits: usize = args.trim().parse().unwrap_or(0);
+            let Value::String(s) = v else {
+                return Err(format!(
+                    "{text} is not a time of day as `HH:MM:SS`: a TIME column reads a number by its digits"
+                ));
+            };
+            let (clock, fraction) = s.split_once('.').unwrap_or((s, ""));
+            let parts: Vec<&str> = clock.trim_start_matches('-').split(':').collect();
+            let numeric = |p: &str, max: u32| {
+                (2..=3).contains(&p.len())
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u32>().is_ok_and(|n| n <= max)
+            };
+            let well_formed = parts.len() == 3
+                && numeric(parts[0], 838)
+                && parts[1..].iter().all(|p| p.len() == 2 && numeric(p, 59))
+                && fraction.bytes().all(|b| b.is_ascii_digit())
+                && (parts[0] != "838" || (parts[1..] == ["59", "59"] && fraction.bytes().all(|b| b == b'0')));
+            if !well_formed {
+                return Err(format!(
+                    "`{s}` is not a time as `HH:MM:SS` within ±838:59:59, which is what a TIME column holds"
+                ));
+            }
+            if fraction.bytes().skip(digits).any(|b| b != b'0') {
+                return Err(format!(
+                    "`{s}` has more digits of a second than the column keeps ({digits}): MySQL would round it"
+                ));
+            }
+            Ok(())
+        }
+        "binary" => {
+            let width: usize = args.trim().parse().unwrap_or(1);
+            let bytes = text.strip_prefix("\\x").map_or(0, |h| h.len() / 2);
+            if bytes == width {
+                return Ok(());
+            }
+            Err(format!(
+                "{bytes} bytes are not the {width} a BINARY({width}) column holds: MySQL would pad them with zeros"
+            ))
+        }
+        "float" | "double" | "real" if args.contains(',') => {
+            let scale: usize = args
+                .split(',')
+                .nth(1)
+                .and_then(|d| d.trim().parse().ok())
+                .unwrap_or(0);
+            let decimals = text
+                .trim_start_matches('-')
+                .split_once('.')
+                .map_or(0, |(_, f)| f.trim_end_matches('0').len());
+            if text.contains(['e', 'E']) || decimals > scale {
+                return Err(format!(
+                    "{text} has more digits after the point than the column ({lower}) keeps ({scale}): MySQL would \
+                     round it"
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The members of an `ENUM` or `SET` type from what follows its `(`:
+/// quoted, with a quote inside doubled.
+fn quoted_members(list: &str) -> Vec<String> {
+    let mut members = Vec::new();
+    let mut chars = list.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\'' {
+            continue;
+        }
+        let mut member = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.peek() == Some(&'\'') => {
+                    chars.next();
+                    member.push('\'');
+                }
+                '\'' => break,
+                c => member.push(c),
+            }
+        }
+        members.push(member);
+    }
+    members
+}
+
 impl TableBinding {
     /// The class of one of the table's columns in MySQL.
     fn my_class(&self, column: &str) -> Class {
@@ -565,6 +723,59 @@ pub(super) fn mysql_time(t: DateTime<Utc>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_column_holds_only_what_it_gives_back() {
+        let ok = |t: &str, v: Value| holds(t, &v).map_err(|e| format!("{t} {v}: {e}")).unwrap();
+        let no = |t: &str, v: Value| holds(t, &v).expect_err(&format!("{t} {v}"));
+        let e = "enum('a','B','it''s')";
+        for m in ["a", "B", "it's"] {
+            ok(e, json!(m));
+        }
+        ok(e, Value::Null);
+        for bad in ["2", "A", "b", "a ", "", "c"] {
+            assert!(no(e, json!(bad)).contains("not one of the ENUM's values ('a', 'B', 'it's')"));
+        }
+        let set = "set('a','b','c')";
+        for good in ["", "a", "a,c", "a,b,c"] {
+            ok(set, json!(good));
+        }
+        for bad in ["b,a", "a,a", "a,d", "a,", "A"] {
+            assert!(no(set, json!(bad)).contains("not a SET value"), "{bad}");
+        }
+        ok("year", json!(2024));
+        ok("year(4)", json!("1901"));
+        for bad in [json!("99"), json!(5), json!("24"), json!(1900), json!("2156")] {
+            assert!(no("year", bad).contains("four digits"));
+        }
+        ok("time", json!("12:34:56"));
+        ok("time", json!("-838:59:59"));
+        ok("time(6)", json!("12:34:56.5"));
+        ok("time", json!("12:34:56.000"));
+        assert!(
+            no("time", json!("12:34:56.5")).contains("more digits of a second than the column keeps (0)")
+        );
+        assert!(no("time(2)", json!("01:02:03.125")).contains("keeps (2)"));
+        for bad in [
+            json!("839:00:00"),
+            json!("12:60:00"),
+            json!("1:02:03"),
+            json!("noon"),
+            json!(123456),
+        ] {
+            no("time", bad);
+        }
+        ok("binary(2)", json!("\\x0102"));
+        assert!(no("binary(4)", json!("\\x0102")).contains("pad them with zeros"));
+        ok("varbinary(4)", json!("\\x0102"));
+        ok("float(7,4)", json!(1.2346));
+        ok("double(10,2) unsigned", json!(3.5));
+        assert!(no("float(7,4)", json!(1.23456)).contains("keeps (4)"));
+        assert!(no("double(10,2)", json!(1.23456)).contains("round it"));
+        ok("double", json!(1.23456));
+        ok("varchar(8)", json!("anything"));
+    }
 
     #[test]
     fn identifiers_are_quoted_part_by_part() {
