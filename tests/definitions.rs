@@ -766,3 +766,23 @@ fn tenants_with_their_own_api_credentials_are_apart() {
     let wf = Workflow::parse(FILE, &text).unwrap();
     assert_eq!(wf.shared_systems(|_| None), []);
 }
+
+/// How long a system's rows may stay hidden after their time: 60 seconds
+/// unless set, any interval, and an error naming the system when it is not
+/// one.
+#[test]
+fn a_system_says_how_late_its_rows_may_become_visible() {
+    let wf = Workflow::parse(FILE, VALID).unwrap();
+    assert_eq!(wf.source.lookback, workflow::DEFAULT_LOOKBACK);
+    assert_eq!(workflow::DEFAULT_LOOKBACK, std::time::Duration::from_secs(60));
+    let set = valid_with("connector = \"sql\"", "connector = \"sql\"\nlookback = \"15m\"");
+    let wf = Workflow::parse(FILE, &set).unwrap();
+    assert_eq!(wf.target.lookback, std::time::Duration::from_secs(900));
+    check(
+        &valid_with("connector = \"sql\"", "connector = \"sql\"\nlookback = \"soon\""),
+        &[&format!(
+            "{FILE}: field `systems.warehouse.lookback`: `soon` is not an interval (expected a number and ms, s, \
+             m, h or d, e.g. `1d`)"
+        )],
+    );
+}

@@ -737,16 +737,17 @@ async fn a_postgres_row_reads_the_same_with_or_without_a_document_column() {
 /// back, a year in two digits, a `BINARY(n)` value shorter than `n` (padded
 /// with zeros) and a `DOUBLE(M,D)` value with more than `D` decimals
 /// (rounded). Each such record fails alone, naming its field, and the
-/// values the columns hold exactly arrive as they are.
+/// values the columns hold exactly arrive as they are, a `BIT(8)` as the
+/// number it holds (read back as that number, not as its byte).
 #[tokio::test]
 async fn mariadb_columns_that_would_store_another_value_fail_their_record() {
     let Some(to_my) = Setup::new(
         Kind::Postgres,
         "CREATE TABLE ledger (id text PRIMARY KEY, kind text, tags text, yr text, at time(6), raw bytea, \
-         ratio double precision, updated_at timestamptz NOT NULL)",
+         ratio double precision, flags integer, updated_at timestamptz NOT NULL)",
         Kind::Mariadb,
         "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, kind ENUM('a','b','c'), tags SET('a','b','c'), yr YEAR, \
-         at TIME(6), raw BINARY(2), ratio DOUBLE(10,2), updated_at DATETIME(6) NOT NULL)",
+         at TIME(6), raw BINARY(2), ratio DOUBLE(10,2), flags BIT(8), updated_at DATETIME(6) NOT NULL)",
     )
     .await
     else {
@@ -756,17 +757,18 @@ async fn mariadb_columns_that_would_store_another_value_fail_their_record() {
         .source
         .exec(
             "INSERT INTO ledger VALUES \
-             ('r1', 'b', 'a,c', '2024', '12:34:56.5', '\\x0102', 3.5, now()), \
-             ('r2', '2', 'a', '2024', NULL, NULL, NULL, now()), \
-             ('r3', 'a', 'b,a', '2024', NULL, NULL, NULL, now()), \
-             ('r4', 'a', 'a', '99', NULL, NULL, NULL, now()), \
-             ('r5', 'a', 'a', '2024', NULL, '\\x01', NULL, now()), \
-             ('r6', 'a', 'a', '2024', NULL, NULL, 3.14159, now())",
+             ('r1', 'b', 'a,c', '2024', '12:34:56.5', '\\x0102', 3.5, 5, now()), \
+             ('r2', '2', 'a', '2024', NULL, NULL, NULL, NULL, now()), \
+             ('r3', 'a', 'b,a', '2024', NULL, NULL, NULL, NULL, now()), \
+             ('r4', 'a', 'a', '99', NULL, NULL, NULL, NULL, now()), \
+             ('r5', 'a', 'a', '2024', NULL, '\\x01', NULL, NULL, now()), \
+             ('r6', 'a', 'a', '2024', NULL, NULL, 3.14159, NULL, now()), \
+             ('r7', 'a', 'a', '2024', NULL, NULL, NULL, 300, now())",
         )
         .await;
     let ran = to_my.run(&[]);
     assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
-    assert_eq!(ran.counter("product", "failed"), 5, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 6, "{}", ran.stdout);
     for (id, field, says) in [
         (
             "r2",
@@ -793,14 +795,14 @@ async fn mariadb_columns_that_would_store_another_value_fail_their_record() {
     let SystemDb::Mariadb { db } = &to_my.target else {
         unreachable!()
     };
-    let held: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+    let held: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
         "SELECT CAST(kind AS CHAR), CAST(tags AS CHAR), CAST(yr AS CHAR), CAST(at AS CHAR), HEX(raw), \
-         CAST(ratio AS CHAR) FROM ledger",
+         CAST(ratio AS CHAR), CAST(CAST(flags AS UNSIGNED) AS CHAR) FROM ledger",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    let expected = ["b", "a,c", "2024", "12:34:56.500000", "0102", "3.50"].map(str::to_owned);
+    let expected = ["b", "a,c", "2024", "12:34:56.500000", "0102", "3.50", "5"].map(str::to_owned);
     assert_eq!(held, vec![expected.into()]);
     assert_eq!(to_my.run(&[]).writes("product"), 0);
     to_my.drop().await;

@@ -1581,6 +1581,71 @@ async fn text_that_is_not_bytes_fails_alone_in_a_bytes_column() {
     target.drop().await;
 }
 
+/// A row is stamped when its transaction starts (`DEFAULT now()`) and
+/// seen when it commits. A run that reads while such a transaction is open
+/// reads the rows committed after it began, and its cursor passes the
+/// hidden row's time; the next run must still read that row once it is
+/// committed. With `lookback = "0s"` it never would: the run says
+/// succeeded and the row stays behind.
+#[tokio::test]
+async fn a_row_committed_after_a_run_read_past_its_time_arrives_with_the_next_run() {
+    for (lookback, arrives) in [("", true), ("lookback = \"0s\"\n", false)] {
+        let dir = TempDir::new("late-commit");
+        let Some(source) = SystemDb::create(Kind::Postgres, &dir, "source").await else {
+            return;
+        };
+        let target = SystemDb::create(Kind::Postgres, &dir, "target").await.unwrap();
+        for db in [&source, &target] {
+            db.exec("CREATE TABLE notes (id text PRIMARY KEY, body text, updated_at timestamptz NOT NULL DEFAULT now())")
+                .await;
+        }
+        let SystemDb::Postgres { schema } = &source else {
+            unreachable!()
+        };
+        let mut slow = schema.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO notes (id, body) VALUES ('slow', 'committed late')")
+            .execute(&mut *slow)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        source
+            .exec("INSERT INTO notes (id, body) VALUES ('fast', 'committed at once')")
+            .await;
+        let toml = format!(
+            "name = \"e2e\"\nsource = \"a\"\ntarget = \"b\"\n[systems.a]\nconnector = \"sql\"\nurl = \"{}\"\n\
+             {lookback}[systems.b]\nconnector = \"sql\"\nurl = \"{}\"\n[[entities]]\nname = \"product\"\n\
+             table = \"notes\"\n[tenants.t1]\n",
+            source.url(),
+            target.url()
+        );
+        let state = StateStore::embedded(&dir).await;
+        let store = state.store.clone();
+        let first = sync_once(store.clone(), &toml, 100).await.unwrap();
+        assert_eq!(writes_of(&store, &first).await, 1, "only `fast` is visible yet");
+        slow.commit().await.unwrap();
+        let next = sync_once(store.clone(), &toml, 100).await.unwrap();
+        assert_eq!(next.state, RunState::Succeeded);
+        let bodies: Vec<String> = target
+            .dump("notes")
+            .await
+            .iter()
+            .map(|r| r["body"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            bodies.contains(&"committed late".to_owned()),
+            arrives,
+            "{lookback}: {bodies:?}"
+        );
+        // Read again within the lookback, `fast` is unchanged: nothing is
+        // written twice.
+        let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+        assert_eq!(writes_of(&store, &again).await, 0);
+        state.drop().await;
+        source.drop().await;
+        target.drop().await;
+    }
+}
+
 /// The state store restored from a backup taken before a first load (or
 /// failed over to a replica that lacks its last commits) knows nothing of
 /// what that load created. The next run creates every record again, and

@@ -241,6 +241,11 @@ impl Class {
             }
             "float" => float(32),
             "double" | "real" => float(64),
+            // Read as the unsigned number its bits make (the connector
+            // selects it so), written as one.
+            "bit" => Class::Unsigned {
+                bits: args.trim().parse::<u8>().unwrap_or(1).clamp(1, 64),
+            },
             // `CHAR(n)` gives its text back without trailing spaces.
             "char" => Class::PaddedText,
             "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set" => Class::Text,
@@ -445,6 +450,61 @@ fn describe(v: &Value) -> String {
     } else {
         text
     }
+}
+
+/// `at`, a row's `updated_at` as a change scan read it, moved back to
+/// `bound` when it is later: written as `at` is (a `T` or a space, as many
+/// digits of a second, cut rather than rounded, and the same offset or
+/// none), so that a column of text compares it as it does its own values.
+/// `None` when `at` is no later, or is not a time written that way (an
+/// epoch number, a version): then the caller keeps it.
+pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
+    let s = at.as_str()?;
+    let (date, rest) = (s.get(..10)?, s.get(10..)?);
+    let sep = rest.chars().next().filter(|c| *c == 'T' || *c == ' ')?;
+    let clock = rest.get(1..9)?;
+    let after = &rest[9..];
+    let digits = after
+        .strip_prefix('.')
+        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
+    let zone = &after[if digits > 0 { digits + 1 } else { 0 }..];
+    let naive = NaiveDateTime::parse_from_str(&format!("{date}T{clock}"), "%Y-%m-%dT%H:%M:%S").ok()?;
+    let offset = match zone {
+        "" | "Z" | "z" => chrono::FixedOffset::east_opt(0)?,
+        z => {
+            let full = if z.len() == 3 {
+                format!("{z}:00")
+            } else {
+                z.to_owned()
+            };
+            DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{full}"))
+                .ok()?
+                .offset()
+                .to_owned()
+        }
+    };
+    let fraction: u32 = match digits {
+        0 => 0,
+        n => after[1..=n.min(9)].parse::<u32>().ok()? * 10u32.pow(9 - n.min(9) as u32),
+    };
+    let instant = naive.and_utc() - offset_duration(offset) + chrono::Duration::nanoseconds(fraction.into());
+    if instant <= bound {
+        return None;
+    }
+    let local = bound.with_timezone(&offset);
+    let mut text = local.format(&format!("%Y-%m-%d{sep}%H:%M:%S")).to_string();
+    if digits > 0 {
+        let nanos = format!("{:09}", local.timestamp_subsec_nanos());
+        text.push('.');
+        text.push_str(&nanos[..digits.min(9)]);
+        text.extend(std::iter::repeat_n('0', digits.saturating_sub(9)));
+    }
+    text.push_str(zone);
+    Some(Value::String(text))
+}
+
+fn offset_duration(offset: chrono::FixedOffset) -> chrono::Duration {
+    chrono::Duration::seconds(offset.local_minus_utc().into())
 }
 
 /// Converts a value read from a column of class `native` into a field of
@@ -1079,6 +1139,43 @@ mod tests {
             write(Kind::Json, Class::sqlite("JSON"), Dialect::Sqlite, &doc),
             Ok(json!("{\"a\":1.50}"))
         );
+    }
+
+    #[test]
+    fn a_scan_cursor_moves_back_to_the_bound_in_its_own_layout() {
+        let bound = DateTime::parse_from_rfc3339("2026-12-07T09:25:05.150131Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let back = |at: &str| no_later_than(&json!(at), bound).map(|v| v.as_str().unwrap().to_owned());
+        assert_eq!(
+            back("2026-12-07T09:30:00.000001Z").as_deref(),
+            Some("2026-12-07T09:25:05.150131Z")
+        );
+        assert_eq!(
+            back("2026-12-07T09:30:00.5+00:00").as_deref(),
+            Some("2026-12-07T09:25:05.1+00:00"),
+            "cut to the digits it had, never rounded up"
+        );
+        assert_eq!(
+            back("2026-12-07 09:30:00").as_deref(),
+            Some("2026-12-07 09:25:05")
+        );
+        assert_eq!(
+            back("2026-12-07 11:30:00.123456+02").as_deref(),
+            Some("2026-12-07 11:25:05.150131+02"),
+            "in its own offset"
+        );
+        assert_eq!(
+            back("2026-12-07T11:00:00+02:00"),
+            None,
+            "09:00 UTC is before the bound"
+        );
+        assert_eq!(back("2026-12-07T09:25:05.150131Z"), None);
+        assert_eq!(back("2026-12-07T09:25:05.150130Z"), None);
+        for not_a_time in ["12345", "v7", "2026-12-07", "2026-12-07T9:30:00Z"] {
+            assert_eq!(back(not_a_time), None, "{not_a_time}");
+        }
+        assert_eq!(no_later_than(&json!(1_800_000_000), bound), None);
     }
 
     #[test]

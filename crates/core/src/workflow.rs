@@ -94,7 +94,15 @@ pub struct SystemDef {
     /// The column every table of the system keeps its tenant in, when
     /// tenants share its tables.
     pub tenant_column: Option<String>,
+    /// How long after its `updated_at` a row may still become visible (a
+    /// transaction stamps rows when it starts and shows them when it
+    /// commits). The change scan saves no cursor later than this before
+    /// the time it read, so the next run reads that stretch again.
+    pub lookback: std::time::Duration,
 }
+
+/// `lookback` when a system does not set it.
+pub const DEFAULT_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Two tenants whose copies of one system resolve to the same database or
 /// API: each would sync the other's records as its own, and create them
@@ -466,6 +474,14 @@ impl Workflow {
                 shared: def.shared,
                 schema: def.schema.clone(),
                 tenant_column: def.tenant_column.clone(),
+                lookback: errors
+                    .parse(
+                        None,
+                        &format!("systems.{name}.lookback"),
+                        def.lookback.as_deref(),
+                        parse_interval,
+                    )
+                    .unwrap_or(DEFAULT_LOOKBACK),
             })
         };
         let source = system("source", &raw.source);

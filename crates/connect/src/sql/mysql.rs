@@ -286,6 +286,13 @@ impl TableBinding {
 /// exactly.
 fn select_expr(b: &TableBinding, column: &str) -> String {
     let c = ident(column);
+    // A BIT column's value is bytes; its number is what it holds.
+    if b.column_types
+        .get(column)
+        .is_some_and(|t| t.to_ascii_lowercase().starts_with("bit"))
+    {
+        return format!("CAST({c} AS UNSIGNED)");
+    }
     match b.my_class(column) {
         Class::Timestamp { .. } => format!("DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f')"),
         Class::Date => format!("DATE_FORMAT({c}, '%Y-%m-%d')"),

@@ -112,6 +112,7 @@ pub(super) struct RawSystem {
     pub(super) shared: bool,
     pub(super) schema: Option<String>,
     pub(super) tenant_column: Option<String>,
+    pub(super) lookback: Option<String>,
     auth: Option<RawAuth>,
     rate_limit: Option<f64>,
     timeout: Option<String>,

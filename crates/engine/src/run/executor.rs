@@ -203,6 +203,11 @@ struct StepCtx<'a> {
     /// that no mapping knows of; not in a step that began on an empty
     /// scope while that table held no key, nor in an API (a request a key).
     search_keys: bool,
+    /// The records this step's retry pass decided, with the modification
+    /// time each had then. Its scan, which reads again the stretch before
+    /// the saved cursor (the system's lookback), skips one of them that
+    /// has not changed since, rather than decide it twice.
+    retried: std::sync::Mutex<HashMap<String, chrono::DateTime<Utc>>>,
 }
 
 impl StepCtx<'_> {
@@ -657,6 +662,7 @@ impl Job {
             halt: halt.clone(),
             seen,
             search_keys,
+            retried: Default::default(),
         };
         self.store.start_step(run, step, lease).await?;
         let span =

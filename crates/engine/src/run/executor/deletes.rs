@@ -361,6 +361,7 @@ impl Job {
                 lost: ctx.lost.clone(),
                 halt: ctx.halt.clone(),
                 seen: None,
+                retried: Default::default(),
                 ..*ctx
             };
             let found = self.source.read_by_ids(&ctx.tables.source, &recreate).await?;

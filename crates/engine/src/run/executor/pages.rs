@@ -108,11 +108,23 @@ impl Job {
     /// Decides a page read by `read_page`, with counters of its own.
     pub(super) async fn decide(&self, ctx: &StepCtx<'_>, page: &mut ReadPage) -> Result<Decided, RunError> {
         let mut delta = StepCounters::default();
-        let (records, bad, deleted) = (
+        let (mut records, bad, deleted) = (
             std::mem::take(&mut page.records),
             std::mem::take(&mut page.bad),
             std::mem::take(&mut page.deleted),
         );
+        // Read again by the scan, unchanged since the retry pass decided
+        // it: read, and skipped.
+        if page.phase == Phase::Scan {
+            let retried = ctx.retried.lock().expect("retried records");
+            if !retried.is_empty() {
+                let before = records.len();
+                records.retain(|r| retried.get(&r.id) != Some(&r.modified_at));
+                let again = (before - records.len()) as u64;
+                delta.read += again;
+                delta.skipped += again;
+            }
+        }
         // The last look a record gets in this run: the patch pass of the
         // step after which no other reads its entity (in a bidirectional
         // integration the backward step reads what the forward step
@@ -160,6 +172,10 @@ impl Job {
                     .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                     .collect();
                 let found = reader.read_by_ids(read_binding, &ids).await?;
+                ctx.retried
+                    .lock()
+                    .expect("retried records")
+                    .extend(found.records.iter().map(|r| (r.id.clone(), r.modified_at)));
                 (found.records, found.bad, Vec::new())
             }
             Phase::Scan => {
@@ -168,15 +184,24 @@ impl Job {
                     state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
                     state.scan_start = state.scan.clone();
                 }
+                // A row stamped before this read may still be hidden by a
+                // transaction that commits after it: the cursor the next run
+                // starts from is no later than the system's lookback before
+                // this read, so that run reads that stretch again.
+                let bound = Utc::now() - self.workflow.system_on(ctx.read).lookback;
                 let page = reader
                     .read_changes(read_binding, state.scan.as_ref(), page_size)
                     .await?;
                 if let Some(next) = &page.next {
                     state.scan = Some(next.clone());
+                    let mut saved = next.clone();
+                    if let Some(earlier) = syncd_core::value::no_later_than(&saved.updated_at, bound) {
+                        saved.updated_at = earlier;
+                    }
                     sync_cursor = Some(SyncCursor {
                         scope: ctx.scope.clone(),
                         side: ctx.read,
-                        cursor: serde_json::to_value(next).expect("cursors serialize"),
+                        cursor: serde_json::to_value(&saved).expect("cursors serialize"),
                     });
                 }
                 scan_done = page.done;
