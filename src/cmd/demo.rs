@@ -505,6 +505,12 @@ pub fn demo(dir: &Path) -> CmdResult {
             // command); with syncd installed, `syncd` alone.
             let syncd = "cargo run --release --";
             println!(
+                "\nA worker runs both tenants on their schedules, on this state store (another one knows \
+                 nothing of what was synced, and would copy it all again):\n  \
+                 SYNCD_DATABASE_URL={store_url} {syncd} worker --workflows {}",
+                workflows.display()
+            );
+            println!(
                 "\nThe run is suspended until the parked order conflicts are decided. To decide them and \
                  finish the run:\n  export SYNCD_DATABASE_URL={store_url}\n  \
                  {syncd} conflicts list --tenant {TENANT} --status pending"
