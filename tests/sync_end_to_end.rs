@@ -7,7 +7,9 @@ use syncd_test_support as support;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use support::systems::{Kind, SystemDb, crm_rows, sync_once, ts, workflow_toml};
+use support::systems::{
+    Kind, ReviewScenario, SystemDb, crm_rows, suspended_on_review, sync_once, ts, workflow_toml,
+};
 use support::{PgSchema, RedisPrefix, TempDir};
 use syncd_core::ids::EntityScope;
 use syncd_core::mapping::MappingStatus;
@@ -706,6 +708,95 @@ async fn a_record_changed_after_review_is_parked_again_not_failed() {
         source.dump("accounts").await[0]["name"],
         "Acme S",
         "nothing written while parked"
+    );
+    state.drop().await;
+}
+
+/// An operator cancels a run that waits for a review. Its conflict stays
+/// to be decided (its record waits for it, and is skipped by the runs in
+/// between, whose cursor passes the record's later edit); once decided,
+/// the next run of the integration applies the decision, with the edit
+/// made since: nothing is stranded, nothing lost.
+#[tokio::test]
+async fn a_decision_on_a_cancelled_runs_conflict_is_applied_by_the_next_run() {
+    let dir = TempDir::new("cancelled-review");
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let ReviewScenario {
+        source,
+        target,
+        toml,
+        run,
+    } = suspended_on_review(store.clone(), &dir).await;
+    store
+        .transition_run(
+            &run,
+            syncd_engine::run::RunEvent::Cancel,
+            Some("cancelled by an operator"),
+        )
+        .await
+        .unwrap();
+    let now = syncd_connect::format_time(chrono::Utc::now());
+    source
+        .exec(&format!(
+            "UPDATE accounts SET industry = 'food', updated_at = '{now}'"
+        ))
+        .await;
+    let between = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(between.state, RunState::Succeeded);
+    assert_eq!(
+        writes_of(&store, &between).await,
+        0,
+        "the record waits for its review"
+    );
+    let filter = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&filter).await.unwrap().remove(0);
+    assert_eq!(parked.run_id, Some(run.id));
+    let values = json!({"name": "Acme S"}).as_object().unwrap().clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let next = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_ne!(next.id, run.id);
+    assert_eq!(
+        next.state,
+        RunState::Succeeded,
+        "{:?}",
+        store.list_conflicts(&filter).await.unwrap()
+    );
+    let customer = &target.dump("customers").await[0];
+    assert_eq!(
+        (&customer["customer_name"], &customer["industry"]),
+        (&json!("Acme S"), &json!("food")),
+        "the decision and the edit since"
+    );
+    let account = &source.dump("accounts").await[0];
+    assert_eq!(
+        (&account["name"], &account["industry"]),
+        (&json!("Acme S"), &json!("food"))
+    );
+    let applied = store
+        .list_conflicts(&syncd_store::ConflictFilter {
+            tenant: Some("t1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        applied
+            .iter()
+            .all(|c| c.status != syncd_core::conflict::ConflictStatus::Pending)
+    );
+    assert_eq!(
+        writes_of(&store, &sync_once(store.clone(), &toml, 100).await.unwrap()).await,
+        0
     );
     state.drop().await;
 }

@@ -164,17 +164,39 @@ pub fn resolve(id: &str, take: Option<&str>, values: Option<&str>, by: &str, acc
             resolved.id,
             Value::Object(values)
         );
-        if let Some(run_id) = c.run_id {
-            let left = store
-                .pending_conflicts_of_run(&c.tenant_id, run_id)
+        let run = match c.run_id {
+            Some(run_id) => store
+                .load_run(Some(&c.tenant_id), run_id)
                 .await
-                .map_err(|e| format!("error: {e}"))?;
-            if left == 0 {
-                println!(
-                    "run {run_id} has no pending conflicts left: a running `syncd worker` resumes it, \
-                     or `syncd runs resume {run_id}` does here"
-                );
+                .map_err(|e| format!("error: {e}"))?,
+            None => None,
+        };
+        match run {
+            // Its run will not apply the decision: the next run does.
+            Some(run) if !run.state.is_active() => println!(
+                "run {} has ended ({}): the next run of `{}` for tenant `{}` applies this decision",
+                run.id,
+                run.state.as_str(),
+                c.integration_id,
+                c.tenant_id
+            ),
+            Some(run) => {
+                let left = store
+                    .pending_conflicts_of_run(&c.tenant_id, run.id)
+                    .await
+                    .map_err(|e| format!("error: {e}"))?;
+                if left == 0 {
+                    println!(
+                        "run {0} has no pending conflicts left: a running `syncd worker` resumes it, \
+                         or `syncd runs resume {0}` does here",
+                        run.id
+                    );
+                }
             }
+            None => println!(
+                "the next run of `{}` for tenant `{}` applies this decision",
+                c.integration_id, c.tenant_id
+            ),
         }
         Ok(())
     })

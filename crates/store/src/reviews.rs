@@ -63,9 +63,11 @@ impl Store {
         })
     }
 
-    /// Conflicts of `run_id` that a reviewer resolved and that are not yet
-    /// written to the systems.
-    pub async fn unapplied_resolutions(&self, run_id: Uuid) -> Result<Vec<ConflictRecord>, StoreError> {
-        on_backend!(self, b => b.unapplied_resolutions(run_id).await)
+    /// Conflicts that a reviewer resolved and that are not yet written to
+    /// the systems, for `run` to apply: its own, and those of its tenant
+    /// and integration whose run has ended (cancelled, failed, succeeded)
+    /// or is gone, which that run will never apply.
+    pub async fn unapplied_resolutions(&self, run: &RunRow) -> Result<Vec<ConflictRecord>, StoreError> {
+        on_backend!(self, b => b.unapplied_resolutions(run).await)
     }
 }

@@ -501,7 +501,13 @@ impl Job {
             tracing::info!(worker = %lease.worker_id, "run executing");
             // A resolution a system refuses fails the run like any step error,
             // rather than leave it `running` for a worker to retry at once.
-            let result = match self.execute_steps(&run, lease, lost, progress).await {
+            // Decisions its steps would otherwise meet as conflicts again
+            // (those of an ended run) first; those given while it ran, after.
+            let result = match self.apply_resolutions(&run, lease).await {
+                Ok(()) => self.execute_steps(&run, lease, lost, progress).await,
+                Err(e) => Err(e),
+            };
+            let result = match result {
                 Ok(()) => self.apply_resolutions(&run, lease).await,
                 Err(e) => Err(e),
             };

@@ -374,13 +374,19 @@ macro_rules! run_statements {
             rows.iter().map(crate::rows::conflict).collect()
         }
 
-        pub(crate) async fn unapplied_resolutions(&self, run_id: Uuid) -> Result<Vec<ConflictRecord>, StoreError> {
+        pub(crate) async fn unapplied_resolutions(&self, run: &RunRow) -> Result<Vec<ConflictRecord>, StoreError> {
             let rows = sqlx::query(&format!(
-                "SELECT {} FROM conflicts WHERE run_id = $1 AND status = 'resolved' \
-                   AND resolved_by <> 'system' AND applied_at IS NULL ORDER BY resolved_at, id",
+                "SELECT {} FROM conflicts c WHERE c.tenant_id = $2 AND c.integration_id = $3 \
+                   AND c.status = 'resolved' AND c.resolved_by <> 'system' AND c.applied_at IS NULL \
+                   AND (c.run_id = $1 OR c.run_id IS NULL OR NOT EXISTS (SELECT 1 FROM runs r \
+                       WHERE r.id = c.run_id AND r.tenant_id = c.tenant_id \
+                         AND r.state IN ('planned', 'running', 'suspended'))) \
+                 ORDER BY c.resolved_at, c.id",
                 crate::rows::CONFLICT_COLUMNS
             ))
-            .bind(self.id(run_id))
+            .bind(self.id(run.id))
+            .bind(run.tenant_id.as_str())
+            .bind(run.integration_id.as_str())
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(crate::rows::conflict).collect()

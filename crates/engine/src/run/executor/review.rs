@@ -4,9 +4,11 @@ use super::*;
 
 impl Job {
     /// Writes the resolutions reviewers gave to conflicts of `run` to both
-    /// systems, and records the new base.
+    /// systems, and records the new base; and those of an earlier run of
+    /// the integration that ended (a cancelled run leaves its conflicts
+    /// to be decided, and their records wait for that decision).
     pub(super) async fn apply_resolutions(&self, run: &RunRow, lease: &Lease) -> Result<(), RunError> {
-        let resolved = self.store.unapplied_resolutions(run.id).await?;
+        let resolved = self.store.unapplied_resolutions(run).await?;
         for c in resolved {
             let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
                 continue;
