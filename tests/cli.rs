@@ -1513,3 +1513,51 @@ fn schedules_list_says_what_fires_next() {
     assert_eq!(one.stdout.lines().count(), 2, "{}", one.stdout);
     assert!(!one.stdout.contains("acme"), "{}", one.stdout);
 }
+
+/// A definition that names no tenants syncs the same systems for any tenant
+/// name. Once it has run for one, another name (a typo) is refused, naming
+/// the tenant it ran for, and writes nothing; the first goes on running.
+#[test]
+fn a_definition_without_tenants_refuses_a_tenant_it_never_ran_for() {
+    use support::systems::{Kind, SystemDb, ts, workflow_toml};
+    let dir = support::TempDir::new("cli-no-tenants");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (source, target) = runtime.block_on(async {
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+        let row = serde_json::json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)});
+        source.insert("accounts", &[row]).await;
+        (source, target)
+    });
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]);
+    assert_eq!(toml.matches("[tenants.t1]\n").count(), 1);
+    std::fs::create_dir_all(dir.0.join("workflows")).unwrap();
+    std::fs::write(
+        dir.0.join("workflows/e2e.toml"),
+        toml.replace("[tenants.t1]\n", ""),
+    )
+    .unwrap();
+    let db = dir.sqlite_url("state.db");
+    let env = [("SYNCD_DATABASE_URL", db.as_str())];
+    let run = |tenant: &str| syncd_env(&dir.0, &["run", "workflows/e2e.toml", "--tenant", tenant], &env);
+    let first = run("acme");
+    assert_eq!(first.code, Some(0), "{}{}", first.stdout, first.stderr);
+    let typo = run("acmee");
+    assert_eq!(typo.code, Some(1), "{}", typo.stdout);
+    assert!(
+        typo.stderr.contains(
+            "integration `e2e` names no tenants and has run for `acme` only: tenant `acmee` would sync the same \
+             systems again"
+        ),
+        "{}",
+        typo.stderr
+    );
+    let counts = runtime.block_on(async {
+        (
+            source.dump("accounts").await.len(),
+            target.dump("customers").await.len(),
+        )
+    });
+    assert_eq!(counts, (1, 1), "nothing copied");
+    assert_eq!(run("acme").code, Some(0));
+}

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use syncd_core::ids::TenantId;
+use syncd_core::ids::{IntegrationId, TenantId};
 use syncd_engine::run::RunState;
 use syncd_engine::run::executor::{Job, Options, Progress};
 
@@ -64,6 +64,9 @@ pub fn run(workflow: &Path, tenant: &str, page_size: u32, parallel: Option<usize
     }
     runtime()?.block_on(async {
         let store = open_store().await?;
+        if wf.tenants.is_empty() && !wf.tenants_kept_apart() {
+            new_tenant_of_no_tenants(&store, &wf.name, &tenant).await?;
+        }
         let defaults = Options::default();
         let options = Options {
             page_size,
@@ -81,6 +84,48 @@ pub fn run(workflow: &Path, tenant: &str, page_size: u32, parallel: Option<usize
             _ => Ok(()),
         }
     })
+}
+
+/// A definition that names no tenants syncs the same systems for any
+/// tenant name: a name other than the one it has run for (a typo, say)
+/// would take every record for new and copy it. Refused, naming the
+/// tenants it ran for.
+async fn new_tenant_of_no_tenants(
+    store: &syncd_store::Store,
+    integration: &IntegrationId,
+    tenant: &TenantId,
+) -> Result<(), String> {
+    let filter = |tenant: Option<TenantId>, limit: u32| syncd_store::RunFilter {
+        tenant,
+        integration: Some(integration.clone()),
+        limit,
+        ..Default::default()
+    };
+    let error = |e: syncd_store::StoreError| format!("error: {e}");
+    let own = store
+        .list_runs(&filter(Some(tenant.clone()), 1))
+        .await
+        .map_err(error)?;
+    if !own.is_empty() {
+        return Ok(());
+    }
+    let others: std::collections::BTreeSet<String> = store
+        .list_runs(&filter(None, 100))
+        .await
+        .map_err(error)?
+        .into_iter()
+        .map(|r| format!("`{}`", r.tenant_id))
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "error: integration `{integration}` names no tenants and has run for {} only: tenant `{tenant}` would \
+         sync the same systems again as a tenant of its own, taking every record for new and copying it \
+         (a mistyped name?). Run it as that tenant, or name each tenant in `[tenants.NAME]` with its own \
+         `urls` (or a `tenant_column` that keeps their rows apart)",
+        others.into_iter().collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// Starts (or continues) the job's run and prints its summary.

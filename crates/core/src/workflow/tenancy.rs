@@ -85,6 +85,18 @@ impl Workflow {
         Some((column.to_owned(), value))
     }
 
+    /// Whether every table on both sides keeps tenants' rows apart (a
+    /// tenant column), so that tenants the definition does not name may
+    /// share its systems.
+    pub fn tenants_kept_apart(&self) -> bool {
+        let anyone = TenantId::from("");
+        self.entities.iter().all(|e| {
+            [Side::Source, Side::Target]
+                .into_iter()
+                .all(|side| self.tenant_filter(&anyone, e, side).is_some())
+        })
+    }
+
     /// `last_write_wins` (for any tenant, or none) on an entity whose
     /// collection on an API keeps no update times: it could not tell which
     /// side changed last, and would always take the other side's value.
