@@ -1219,3 +1219,69 @@ async fn a_long_run_off_a_terminal_reports_its_progress_periodically() {
         "no terminal codes off a terminal:\n{stderr}"
     );
 }
+
+/// A server that does not implement what it is asked (`501 Not
+/// Implemented`, as Python's `http.server` answers a POST, with an HTML
+/// page) will not implement it later: the step stops at its first answer
+/// with a one-line reason, rather than retry it as a passing fault for the
+/// run's whole retry window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_implement_the_request_stops_the_step_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let page = "<!DOCTYPE HTML>\n<html lang=\"en\">\n  <body>\n    <h1>Error response</h1>\n    \
+                            <p>Error code: 501</p>\n  </body>\n</html>\n";
+                let reply = format!(
+                    "HTTP/1.1 501 Not Implemented\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    let mut setup = Setup::new("not-implemented", 1, api(Faults::default(), None), "", "").await;
+    let good = std::fs::read_to_string(&setup.workflow).unwrap();
+    let pointed = good.replace(&setup.server.url(), &url);
+    assert_ne!(pointed, good);
+    std::fs::write(&setup.workflow, pointed).unwrap();
+    let started = std::time::Instant::now();
+    let failed = setup.run().await;
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let run = setup
+        .store()
+        .await
+        .list_runs(&syncd_store::RunFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("501 Not Implemented") && error.contains("<!DOCTYPE HTML> <html lang=\"en\">"),
+        "{error}"
+    );
+    assert!(!error.contains('\n'), "one line: {error}");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "asked once, not retried"
+    );
+    setup.server.stop().await;
+}

@@ -132,7 +132,14 @@ impl Reply {
             Value::Null => String::new(),
             other => other.to_string(),
         };
-        let text: String = text.chars().take(300).collect();
+        // One line in a log: an HTML error page's whitespace folded.
+        let text: String = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(300)
+            .collect();
         if text.is_empty() {
             self.status.to_string()
         } else {

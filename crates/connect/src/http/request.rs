@@ -83,7 +83,12 @@ impl HttpConnector {
                 detail,
             });
         }
-        if status.is_server_error()
+        // A server that does not implement the method or the protocol
+        // version will not later: that is the definition's, not a fault
+        // to wait out.
+        let unsupported =
+            status == StatusCode::NOT_IMPLEMENTED || status == StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+        if (status.is_server_error() && !unsupported)
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
         {
