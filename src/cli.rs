@@ -738,13 +738,42 @@ fn load_definition(
                         graph_path.display()
                     )));
                 }
-                // A partner without a graph file of its own uses the default.
-                Err(_) => DependencyGraph::builtin_default(),
+                // A partner without a graph file of its own uses the
+                // default, unless other partners here have theirs: then a
+                // missing one is more likely a misspelt name.
+                Err(e) => {
+                    let others = partner_graphs(graph_path.parent().unwrap_or(Path::new(".")));
+                    if !others.is_empty() {
+                        return Err(one(format!(
+                            "cannot read the graph of partner `{name}` at {}: {e}; the partners with a graph \
+                             here are {} (a partner that keeps the default graph needs a file saying \
+                             `extends = \"default\"`)",
+                            graph_path.display(),
+                            others.join(", ")
+                        )));
+                    }
+                    DependencyGraph::builtin_default()
+                }
             }
         }
     };
     let graph = wf.graph_within(&graph)?;
     Ok((wf, graph))
+}
+
+/// The names of the partner graph files in `dir` (`NAME.toml`), sorted.
+fn partner_graphs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".toml").map(|n| format!("`{n}`"))
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn plan_workflow(path: &Path, partner: Option<&str>) -> Result<(), String> {

@@ -245,6 +245,24 @@ fn a_partner_named_in_the_workflow_without_a_graph_file_uses_the_default() {
         run.stdout
             .starts_with("stage 1: account\nstage 2: contact\nstage 3: order\n")
     );
+    // Once other partners here have graphs, a missing one is a misspelt
+    // name until its file says it keeps the default.
+    dir.write("partners/newcorp.toml", "extends = \"default\"\n");
+    let misspelt = syncd(&dir.0, &["check", "integration.toml"]);
+    assert_eq!(misspelt.code, Some(1));
+    assert!(
+        misspelt
+            .stderr
+            .contains("cannot read the graph of partner `newco`")
+            && misspelt
+                .stderr
+                .contains("the partners with a graph here are `newcorp`")
+            && misspelt.stderr.contains("extends = \"default\""),
+        "{}",
+        misspelt.stderr
+    );
+    dir.write("partners/newco.toml", "extends = \"default\"\n");
+    assert_eq!(syncd(&dir.0, &["check", "integration.toml"]).code, Some(0));
 }
 
 #[test]
