@@ -1579,3 +1579,48 @@ fn a_definition_without_tenants_refuses_a_tenant_it_never_ran_for() {
     assert_eq!(counts, (1, 1), "nothing copied");
     assert_eq!(run("acme").code, Some(0));
 }
+
+/// A run the mass-deletion brake holds says so when it ends, with what to
+/// confirm, and does not send the operator to a review that has nothing
+/// in it.
+#[test]
+fn a_run_held_by_the_brake_says_why_it_waits() {
+    use support::systems::{Kind, SystemDb, ts, workflow_toml};
+    let dir = support::TempDir::new("cli-brake");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (source, target) = runtime.block_on(async {
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+        let rows: Vec<serde_json::Value> = (1..=20)
+            .map(|i| serde_json::json!({"id": format!("A-{i}"), "name": "Acme", "industry": "retail", "updated_at": ts(i)}))
+            .collect();
+        source.insert("accounts", &rows).await;
+        (source, target)
+    });
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[])
+        .replace("[entities.fields]", "reconcile_every = \"0s\"\n[entities.fields]");
+    std::fs::write(dir.0.join("e2e.toml"), toml).unwrap();
+    let db = dir.sqlite_url("state.db");
+    let env = [("SYNCD_DATABASE_URL", db.as_str())];
+    let run = || syncd_env(&dir.0, &["run", "e2e.toml", "--tenant", "t1"], &env);
+    assert_eq!(run().code, Some(0));
+    runtime.block_on(source.exec("DELETE FROM accounts"));
+    let held = run();
+    assert_eq!(held.code, Some(0), "{}", held.stderr);
+    assert!(held.stdout.contains("suspended"), "{}", held.stdout);
+    assert!(
+        held.stdout.contains("held: ") && held.stdout.contains("syncd runs confirm-deletes"),
+        "{}",
+        held.stdout
+    );
+    assert!(
+        !held.stdout.contains("conflicts wait for review"),
+        "{}",
+        held.stdout
+    );
+    assert_eq!(
+        runtime.block_on(target.dump("customers")).len(),
+        20,
+        "nothing deleted yet"
+    );
+}

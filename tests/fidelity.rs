@@ -282,6 +282,14 @@ async fn a_value_the_target_cannot_hold_fails_its_record_naming_the_field() {
     let ran = s.run(&[]);
     assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
     assert_eq!(ran.counter("product", "failed"), 3, "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(
+            "records failed: 3 product (forward); why: `syncd mappings list --tenant t1 --integration exact \
+             --entity ENTITY --status failed`"
+        ),
+        "{}",
+        ran.stdout
+    );
     for (id, field, why) in [
         ("b", "amount", "cannot be held exactly by a NUMERIC column"),
         ("c", "ratio", "NaN cannot be held"),

@@ -198,12 +198,47 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
     match result {
         Ok(done) => {
             println!("run {} {}", done.id, done.state);
-            if done.state == RunState::Suspended {
+            // Every record that failed, where an operator finds why.
+            let failed: Vec<String> = steps
+                .iter()
+                .filter(|s| s.counters.failed > 0)
+                .map(|s| {
+                    format!(
+                        "{} {} ({})",
+                        s.counters.failed,
+                        s.entity_type,
+                        s.direction.as_str()
+                    )
+                })
+                .collect();
+            if !failed.is_empty() {
                 println!(
-                    "conflicts wait for review: `syncd conflicts list --tenant {}`, then \
-                     `syncd conflicts resolve ID --take source|target --by YOU` and `syncd runs resume {}`",
-                    done.tenant_id, done.id
+                    "records failed: {}; why: `syncd mappings list --tenant {} --integration {} --entity ENTITY \
+                     --status failed`",
+                    failed.join(", "),
+                    done.tenant_id,
+                    done.integration_id
                 );
+            }
+            if done.state == RunState::Suspended {
+                let holds = store
+                    .run_holds(Some(&done.tenant_id), done.id)
+                    .await
+                    .map_err(|e| format!("error: {e}"))?;
+                let pending = store
+                    .pending_conflicts_of_run(&done.tenant_id, done.id)
+                    .await
+                    .map_err(|e| format!("error: {e}"))?;
+                for hold in holds.iter().filter(|h| h.confirmed_at.is_none()) {
+                    println!("held: {}", hold.reason());
+                }
+                if pending > 0 {
+                    println!(
+                        "{pending} conflicts wait for review: `syncd conflicts list --tenant {}`, then \
+                         `syncd conflicts resolve ID --take source|target --by YOU` and `syncd runs resume {}`",
+                        done.tenant_id, done.id
+                    );
+                }
             }
             Ok(done.state)
         }
