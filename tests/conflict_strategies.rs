@@ -563,6 +563,46 @@ fn a_review_must_name_every_conflicting_field_and_only_fields_of_the_record() {
     assert_eq!(unknown.to_string(), "field `nmae` is not a field of this record");
 }
 
+/// A reviewer's value of another kind than both records hold in that
+/// field (text for a number) is refused when it is given, naming the
+/// field, rather than written to one system and refused by the other.
+#[test]
+fn a_decided_value_of_another_kind_than_the_records_hold_is_refused() {
+    let base = fields(json!({"name": "Acme", "price": 10.5}));
+    let source = record("s-1", json!({"name": "Acme S", "price": 99.99}), "10:05");
+    let target = record("t-1", json!({"name": "Acme T", "price": 10.5}), "10:10");
+    let resolution = conflict::resolve(
+        Some(&base),
+        &source,
+        &target,
+        Direction::Bidirectional,
+        Strategy::Manual,
+        &no_rules(),
+    );
+    let c = ConflictRecord::from_resolution(
+        Uuid::from_u128(9),
+        scope(),
+        Some(&base),
+        &source,
+        &target,
+        &resolution,
+        at("10:15"),
+    )
+    .expect("a conflict was detected");
+    let decide = |values: Value| conflict::decided_values(&c, &ReviewDecision::Values(fields(values)));
+    let why = decide(json!({"name": "Acme", "price": "abc"})).unwrap_err();
+    assert!(
+        why.ends_with("field `price`: \"abc\" is text, and both records hold a number there (e.g. 99.99)"),
+        "{why}"
+    );
+    assert!(decide(json!({"name": "Acme", "price": 88.8})).is_ok());
+    assert!(
+        decide(json!({"name": "Acme", "price": null})).is_ok(),
+        "emptied on purpose"
+    );
+    assert!(decide(json!({"name": 5})).is_err());
+}
+
 // --- conflict records -----------------------------------------------------------------
 
 fn scope() -> ConflictScope {

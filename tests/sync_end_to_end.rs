@@ -801,6 +801,97 @@ async fn a_decision_on_a_cancelled_runs_conflict_is_applied_by_the_next_run() {
     state.drop().await;
 }
 
+/// A reviewer's decision one system cannot hold (a decimal a SQLite
+/// `NUMERIC` column would round) while the other could: neither is
+/// written, and the conflict goes back to review, rather than the decision
+/// landing on one side and failing the run on the other (which every
+/// resume then wrote again).
+#[tokio::test]
+async fn a_decision_one_side_cannot_hold_is_written_to_neither_and_parked_again() {
+    let dir = TempDir::new("unwritable-decision");
+    let source = SystemDb::create(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::create(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .exec("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, price NUMERIC, updated_at TEXT NOT NULL)")
+        .await;
+    target
+        .exec("CREATE TABLE items (id TEXT PRIMARY KEY, name TEXT, price TEXT, updated_at TEXT NOT NULL)")
+        .await;
+    source
+        .exec(&format!(
+            "INSERT INTO items VALUES ('I-1', 'Lamp', 10.5, '{}')",
+            ts(0)
+        ))
+        .await;
+    let toml = format!(
+        "name = \"e2e\"\nsource = \"a\"\ntarget = \"b\"\ndirection = \"bidirectional\"\n\
+         strategy = \"manual\"\n[systems.a]\nconnector = \"sql\"\nurl = \"{}\"\n[systems.b]\n\
+         connector = \"sql\"\nurl = \"{}\"\n[[entities]]\nname = \"product\"\ntable = \"items\"\n\
+         [tenants.t1]\n",
+        source.url(),
+        target.url()
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let now = syncd_connect::format_time(chrono::Utc::now());
+    source
+        .exec(&format!("UPDATE items SET name = 'Lamp S', updated_at = '{now}'"))
+        .await;
+    target
+        .exec(&format!("UPDATE items SET name = 'Lamp T', updated_at = '{now}'"))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Suspended);
+    let pending = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&pending).await.unwrap().remove(0);
+    let exact: Value = serde_json::from_str("0.30000000000000000001").unwrap();
+    let values = json!({"name": "Lamp R", "price": exact})
+        .as_object()
+        .unwrap()
+        .clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let before = (source.dump("items").await, target.dump("items").await);
+    let resumed = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(
+        (resumed.id, resumed.state),
+        (run.id, RunState::Suspended),
+        "{:?}",
+        resumed.error
+    );
+    assert_eq!(
+        (source.dump("items").await, target.dump("items").await),
+        before,
+        "written to neither"
+    );
+    let again = store.list_conflicts(&pending).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].id, parked.id);
+    assert_eq!(again[0].resolution, None);
+    // A decision both can hold is then written to both.
+    let values = json!({"name": "Lamp R", "price": 12.25})
+        .as_object()
+        .unwrap()
+        .clone();
+    store
+        .resolve_conflict(&again[0], &values, "reviewer")
+        .await
+        .unwrap();
+    let done = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(done.state, RunState::Succeeded, "{:?}", done.error);
+    assert_eq!(source.dump("items").await[0]["name"], json!("Lamp R"));
+    assert_eq!(target.dump("items").await[0]["price"], json!("12.25"));
+    state.drop().await;
+}
+
 /// Orders edited again and again while the run reads them: an edited order
 /// comes back in a later page of the same scan, often the very next one,
 /// which the executor works on while the commit of the page before is still

@@ -377,6 +377,16 @@ impl Connector {
     /// system refused, with its reason: a value its column cannot hold, or
     /// one the database refuses (a SQL batch it refuses is written again
     /// one record at a time to find which). An outage is an error.
+    /// Why the system's columns cannot hold `fields` as they are, without
+    /// writing anything (`None` when they can, or when only the system
+    /// itself can tell: an API).
+    pub fn cannot_hold(&self, b: &TableBinding, fields: &Fields) -> Option<String> {
+        match self {
+            Connector::Sql(c) => c.native_fields(b, fields).err(),
+            Connector::Http(_) => None,
+        }
+    }
+
     pub async fn update(
         &self,
         b: &TableBinding,

@@ -278,7 +278,7 @@ impl SqlConnector {
 
     /// CDM fields to native columns, each converted into what its column
     /// holds; `Err` names the first field its column cannot hold exactly.
-    fn native_fields(&self, b: &TableBinding, fields: &Fields) -> Result<Fields, String> {
+    pub(crate) fn native_fields(&self, b: &TableBinding, fields: &Fields) -> Result<Fields, String> {
         let dialect = self.dialect();
         b.fields
             .iter()

@@ -353,6 +353,26 @@ pub enum ReviewError {
     MissingField { field: String },
     #[error("field `{field}` is not a field of this record")]
     UnknownField { field: String },
+    #[error("field `{field}`: {given} is {kind}, and both records hold {held} there (e.g. {example})")]
+    WrongKind {
+        field: String,
+        given: String,
+        kind: &'static str,
+        held: &'static str,
+        example: String,
+    },
+}
+
+/// What kind of JSON value `v` is, with its article.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a document",
+    }
 }
 
 /// Applies a reviewer's decision: conflicting fields take the decided
@@ -518,6 +538,26 @@ pub fn decided_values(c: &ConflictRecord, decision: &ReviewDecision) -> Result<F
     .map_err(|e| format!("error: conflict {}: {e}", c.id))?;
     let mut values = writes.settled;
     if let ReviewDecision::Values(given) = decision {
+        // A value of another kind than both records hold there (text for
+        // a number, say) would be refused by a system, or stored as
+        // another value, only once the decision is written.
+        for (name, v) in given {
+            let (s, t) = (
+                field(&c.source_record.fields, name),
+                field(&c.target_record.fields, name),
+            );
+            let held = json_kind(s);
+            if !v.is_null() && !s.is_null() && held == json_kind(t) && json_kind(v) != held {
+                let wrong = ReviewError::WrongKind {
+                    field: name.clone(),
+                    given: v.to_string(),
+                    kind: json_kind(v),
+                    held,
+                    example: s.to_string(),
+                };
+                return Err(format!("error: conflict {}: {wrong}", c.id));
+            }
+        }
         values.extend(given.clone());
     }
     Ok(values)

@@ -1,6 +1,7 @@
 //! Reviewers' resolutions of parked conflicts, written to both systems.
 
 use super::*;
+use syncd_core::conflict::{ConflictRecord, ConflictStatus};
 
 impl Job {
     /// Writes the resolutions reviewers gave to conflicts of `run` to both
@@ -81,12 +82,47 @@ impl Job {
                             confirm,
                         } => {
                             let now = Utc::now();
-                            if let Some(update) = to_target {
-                                let written =
-                                    self.to_target_ids(tables, std::slice::from_ref(&update)).await?;
-                                let updates: Vec<(String, Fields)> =
-                                    written.into_iter().map(|w| (w.id, w.fields)).collect();
-                                let refused = self.target.update(&tables.target, &updates, now).await?;
+                            let target_updates: Vec<(String, Fields)> = match to_target {
+                                Some(update) => self
+                                    .to_target_ids(tables, std::slice::from_ref(&update))
+                                    .await?
+                                    .into_iter()
+                                    .map(|w| (w.id, w.fields))
+                                    .collect(),
+                                None => Vec::new(),
+                            };
+                            // Neither side is written unless both can hold
+                            // the decision: one written and the other
+                            // refusing would leave the two apart. Such a
+                            // decision goes back to the reviewer.
+                            let cannot = target_updates
+                                .iter()
+                                .find_map(|(_, f)| self.target.cannot_hold(&tables.target, f))
+                                .or_else(|| {
+                                    to_source
+                                        .iter()
+                                        .find_map(|(_, f)| self.source.cannot_hold(&tables.source, f))
+                                });
+                            if let Some(why) = cannot {
+                                tracing::warn!(conflict = %c.id, reason = %why, "the decision cannot be written; parked again for review");
+                                commit.conflicts.push(ConflictRecord {
+                                    id: Uuid::now_v7(),
+                                    run_id: Some(run.id),
+                                    source_record: source.clone(),
+                                    target_record: target_in_source_ids.clone(),
+                                    resolution: None,
+                                    status: ConflictStatus::Pending,
+                                    resolved_by: None,
+                                    created_at: now,
+                                    resolved_at: None,
+                                    ..c.clone()
+                                });
+                                self.store.commit_page(commit).await?;
+                                continue;
+                            }
+                            if !target_updates.is_empty() {
+                                let refused =
+                                    self.target.update(&tables.target, &target_updates, now).await?;
                                 refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
                             }
                             if let Some(update) = to_source {
