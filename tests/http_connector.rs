@@ -1285,3 +1285,48 @@ async fn a_server_that_does_not_implement_the_request_stops_the_step_at_once() {
     );
     setup.server.stop().await;
 }
+
+/// `syncd check --connect` asks the API for one record of each collection:
+/// it says every system was reached only when the API answered, and names
+/// a refused token or a server that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_asks_the_api_itself() {
+    let setup = Setup::new(
+        "check-connect-api",
+        1,
+        api(Faults::default(), None),
+        "retries = 1",
+        "",
+    )
+    .await;
+    let check = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .args(["check", "--connect"])
+            .arg(&setup.workflow)
+            .env(TOKEN_VAR, token)
+            .output()
+            .unwrap()
+    };
+    let ok = check(TOKEN);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("every system reached and checked"),
+        "{}",
+        text(&ok)
+    );
+    let refused = check("not-the-token");
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(
+        said.contains("refused the credentials") && said.contains(TOKEN_VAR),
+        "{said}"
+    );
+    setup.server.stop().await;
+    let gone = check(TOKEN);
+    assert!(!gone.status.success(), "{}", text(&gone));
+    assert!(
+        !String::from_utf8_lossy(&gone.stdout).contains("every system reached"),
+        "{}",
+        text(&gone)
+    );
+}

@@ -251,13 +251,24 @@ async fn inspect_entity(
                 problems.push(e.to_string());
                 continue;
             }
-            // Only a side that records are created in searches its keys.
-            Ok(_) if side == Side::Source && !bidirectional => continue,
             Ok(mut b) => {
                 b.tenant = filter.clone();
                 b
             }
         };
+        // An API is asked for one record of the collection: that reaches
+        // it, and shows the credentials taken, the path right and the
+        // answer readable (a table's columns said as much of a database).
+        if !connector.finds_keys_at_once()
+            && let Err(e) = connector.read_changes(&b, None, 1).await
+        {
+            problems.push(format!("entity `{entity}`: {e}"));
+            continue;
+        }
+        // Only a side that records are created in searches its keys.
+        if side == Side::Source && !bidirectional {
+            continue;
+        }
         match connector.key_is_searchable(&b).await {
             Err(e) => problems.push(e.to_string()),
             Ok(true) => {}
