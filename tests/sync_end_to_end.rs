@@ -892,6 +892,65 @@ async fn a_decision_one_side_cannot_hold_is_written_to_neither_and_parked_again(
     state.drop().await;
 }
 
+/// A SQLite application that stamps its rows as SQLite does
+/// (`datetime('now')`: `2026-12-07 09:25:10`, with a space) edits a row
+/// syncd created (stamped in RFC 3339, with a `T`). Compared as text, a
+/// space orders before a `T`: the edit sorted before the cursor and was
+/// missed while runs said succeeded. The next run finds it, and syncd's own
+/// writes into that table take its layout from then on.
+#[tokio::test]
+async fn an_edit_stamped_as_sqlite_stamps_it_is_not_missed() {
+    let dir = TempDir::new("sqlite-stamps");
+    let source = SystemDb::create(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::create(Kind::Sqlite, &dir, "target").await.unwrap();
+    for db in [&source, &target] {
+        db.exec("CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT, updated_at TEXT NOT NULL)")
+            .await;
+    }
+    source
+        .exec("INSERT INTO notes VALUES ('n1', 'one', datetime('now', '-1 minute')), ('n2', 'two', datetime('now', '-1 minute'))")
+        .await;
+    let toml = format!(
+        "name = \"e2e\"\nsource = \"a\"\ntarget = \"b\"\ndirection = \"bidirectional\"\n[systems.a]\n\
+         connector = \"sql\"\nurl = \"{}\"\n[systems.b]\nconnector = \"sql\"\nurl = \"{}\"\n[[entities]]\n\
+         name = \"product\"\ntable = \"notes\"\n[tenants.t1]\n",
+        source.url(),
+        target.url()
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let stamped = target.dump("notes").await;
+    assert!(
+        stamped
+            .iter()
+            .all(|r| r["updated_at"].as_str().unwrap().contains('T')),
+        "{stamped:?}"
+    );
+    target
+        .exec(
+            "UPDATE notes SET body = 'edited in the target', updated_at = datetime('now') WHERE body = 'one'",
+        )
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let bodies: Vec<Value> = source
+        .dump("notes")
+        .await
+        .iter()
+        .map(|r| r["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec![json!("edited in the target"), json!("two")]);
+    // The source's own writes now take its table's layout.
+    let n1 = source.dump("notes").await.remove(0);
+    assert_eq!(n1["updated_at"].as_str().unwrap().as_bytes()[10], b' ', "{n1}");
+    assert_eq!(
+        writes_of(&store, &sync_once(store.clone(), &toml, 100).await.unwrap()).await,
+        0
+    );
+    state.drop().await;
+}
+
 /// Orders edited again and again while the run reads them: an edited order
 /// comes back in a later page of the same scan, often the very next one,
 /// which the executor works on while the commit of the page before is still

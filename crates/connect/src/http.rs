@@ -295,6 +295,7 @@ impl HttpConnector {
             deleted_column,
             column_types: columns,
             tenant: None,
+            stamp_like: None,
         })
     }
 

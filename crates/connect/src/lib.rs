@@ -377,6 +377,15 @@ impl Connector {
     /// system refused, with its reason: a value its column cannot hold, or
     /// one the database refuses (a SQL batch it refuses is written again
     /// one record at a time to find which). An outage is an error.
+    /// A change time of `b`'s to stamp writes like (see
+    /// [`TableBinding::stamp_like`]).
+    pub async fn stamp_example(&self, b: &TableBinding) -> Result<Option<String>, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.stamp_example(b).await,
+            Connector::Http(_) => Ok(None),
+        }
+    }
+
     /// Why the system's columns cannot hold `fields` as they are, without
     /// writing anything (`None` when they can, or when only the system
     /// itself can tell: an API).
@@ -482,6 +491,10 @@ pub struct TableBinding {
     /// the table: every read, reconciliation, update and delete sees only
     /// the tenant's rows, and every create sets it.
     pub tenant: Option<(String, String)>,
+    /// A change time the table holds as text (SQLite), when one is written
+    /// with a space rather than a `T`: the writes are stamped the same
+    /// way, since text orders a space before a `T`.
+    pub stamp_like: Option<String>,
 }
 
 impl TableBinding {
@@ -499,6 +512,7 @@ impl TableBinding {
             deleted_column: None,
             column_types,
             tenant: None,
+            stamp_like: None,
         }
     }
 

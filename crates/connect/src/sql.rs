@@ -265,6 +265,7 @@ impl SqlConnector {
             deleted_column,
             column_types: columns,
             tenant: None,
+            stamp_like: None,
         })
     }
 

@@ -503,6 +503,47 @@ pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
     Some(Value::String(text))
 }
 
+/// `t` written as `example` writes its time (a `T` or a space, the same
+/// offset, or none for UTC), with microseconds: how a table whose change
+/// times are text is stamped, so that they order as its own. `None` when
+/// `example` is not a time written that way.
+pub fn time_like(example: &str, t: DateTime<Utc>) -> Option<String> {
+    let sep = example.get(10..11).filter(|c| *c == "T" || *c == " ")?;
+    NaiveDateTime::parse_from_str(example.get(..19)?, &format!("%Y-%m-%d{sep}%H:%M:%S")).ok()?;
+    let after = &example[19..];
+    let digits = after
+        .strip_prefix('.')
+        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
+    let zone = &after[if digits > 0 { digits + 1 } else { 0 }..];
+    let offset = match zone {
+        "" | "Z" | "z" => chrono::FixedOffset::east_opt(0)?,
+        z => {
+            let full = if z.len() == 3 {
+                format!("{z}:00")
+            } else {
+                z.to_owned()
+            };
+            DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{full}"))
+                .ok()?
+                .offset()
+                .to_owned()
+        }
+    };
+    let local = t.with_timezone(&offset);
+    Some(format!(
+        "{}{zone}",
+        local.format(&format!("%Y-%m-%d{sep}%H:%M:%S%.6f"))
+    ))
+}
+
+/// `at`, a time as text, written as `example` writes times ([`time_like`]);
+/// `None` when either is not a time.
+pub fn in_layout_of(example: &str, at: &Value) -> Option<Value> {
+    let canonical = canonical_time(at.as_str()?, true)?;
+    let t = DateTime::parse_from_rfc3339(&canonical).ok()?.with_timezone(&Utc);
+    time_like(example, t).map(Value::String)
+}
+
 fn offset_duration(offset: chrono::FixedOffset) -> chrono::Duration {
     chrono::Duration::seconds(offset.local_minus_utc().into())
 }
@@ -1176,6 +1217,30 @@ mod tests {
             assert_eq!(back(not_a_time), None, "{not_a_time}");
         }
         assert_eq!(no_later_than(&json!(1_800_000_000), bound), None);
+    }
+
+    #[test]
+    fn a_stamp_is_written_as_the_table_writes_its_times() {
+        let t = DateTime::parse_from_rfc3339("2026-12-07T09:25:05.150131Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let like = |example: &str| time_like(example, t);
+        assert_eq!(
+            like("2026-12-07 10:00:00").as_deref(),
+            Some("2026-12-07 09:25:05.150131")
+        );
+        assert_eq!(
+            like("2026-01-01T00:00:00.5Z").as_deref(),
+            Some("2026-12-07T09:25:05.150131Z")
+        );
+        assert_eq!(
+            like("2026-01-01 00:00:00+02:00").as_deref(),
+            Some("2026-12-07 11:25:05.150131+02:00")
+        );
+        assert_eq!(like("yesterday"), None);
+        assert_eq!(like("2026-01-01"), None);
+        // Ordered with the table's own times of the same second.
+        assert!(like("x").is_none() && "2026-12-07 09:25:05" < like("2026-12-07 09:25:05").unwrap().as_str());
     }
 
     #[test]

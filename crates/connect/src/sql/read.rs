@@ -47,7 +47,15 @@ impl SqlConnector {
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
-                    q = bind_sqlite(bind_sqlite(q, &c.updated_at), &c.id);
+                    // Compared as text: in the table's own layout when its
+                    // times are written with a space, which orders before
+                    // the `T` of a cursor in RFC 3339 on the same day.
+                    let at = b
+                        .stamp_like
+                        .as_deref()
+                        .and_then(|example| value::in_layout_of(example, &c.updated_at))
+                        .unwrap_or_else(|| c.updated_at.clone());
+                    q = bind_sqlite(bind_sqlite(q, &at), &c.id);
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()

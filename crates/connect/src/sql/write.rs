@@ -258,7 +258,7 @@ impl SqlConnector {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let stamp = self.stamp(now);
+        let stamp = self.stamp(b, now);
         for (row, r) in rows.iter_mut().zip(records) {
             row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
             if let (Some(id), IdKind::Text) = (&r.id, b.id_kind) {
@@ -398,7 +398,7 @@ impl SqlConnector {
         records: &[(String, Fields)],
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, String)>, ConnectorError> {
-        let stamp = self.stamp(now);
+        let stamp = self.stamp(b, now);
         let mut refused = Vec::new();
         let mut ids: Vec<&str> = Vec::with_capacity(records.len());
         let mut rows: Vec<Fields> = Vec::with_capacity(records.len());
@@ -476,11 +476,33 @@ impl SqlConnector {
 
 impl SqlConnector {
     /// The modification time a write sets, as this database takes it.
-    fn stamp(&self, now: DateTime<Utc>) -> Value {
+    fn stamp(&self, b: &TableBinding, now: DateTime<Utc>) -> Value {
         match self {
             SqlConnector::Mysql { .. } => mysql::mysql_time(now),
-            _ => Value::String(format_time(now)),
+            _ => Value::String(
+                b.stamp_like
+                    .as_deref()
+                    .and_then(|example| value::time_like(example, now))
+                    .unwrap_or_else(|| format_time(now)),
+            ),
         }
+    }
+
+    /// A change time of `b`'s that is text written with a space (SQLite;
+    /// see [`TableBinding::stamp_like`]); `None` for other databases and
+    /// tables whose times hold none.
+    pub async fn stamp_example(&self, b: &TableBinding) -> Result<Option<String>, ConnectorError> {
+        let SqlConnector::Sqlite { pool, .. } = self else {
+            return Ok(None);
+        };
+        let upd = ident(UPDATED_AT_COLUMN);
+        sqlx::query_scalar(&format!(
+            "SELECT {upd} FROM {} WHERE typeof({upd}) = 'text' AND substr({upd}, 11, 1) = ' ' LIMIT 1",
+            table_ident(&b.table)
+        ))
+        .fetch_optional(pool)
+        .await
+        .map_err(self.query_error(&b.table))
     }
 
     /// Creates text-id `rows` some of which may exist already: those are
