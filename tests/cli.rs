@@ -1624,3 +1624,31 @@ fn a_run_held_by_the_brake_says_why_it_waits() {
         "nothing deleted yet"
     );
 }
+
+/// A database that refuses the connection is named with the reason, not
+/// with the pool's "timed out" that kept none.
+#[test]
+fn a_refused_connection_says_it_was_refused() {
+    let dir = support::TempDir::new("cli-refused");
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let toml = support::systems::workflow_toml(
+        "e2e",
+        "one_way",
+        &format!("postgres://postgres@127.0.0.1:{closed}/test"),
+        &dir.sqlite_url("target.db"),
+        &[],
+    );
+    std::fs::write(dir.0.join("e2e.toml"), toml).unwrap();
+    let checked = syncd(&dir.0, &["check", "--connect", "e2e.toml"]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    let said = checked.stderr.to_lowercase();
+    assert!(
+        said.contains(&format!("127.0.0.1:{closed}")) && said.contains("refused"),
+        "{}",
+        checked.stderr
+    );
+    assert!(!said.contains("pool timed out"), "{}", checked.stderr);
+}

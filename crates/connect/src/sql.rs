@@ -117,12 +117,25 @@ impl SqlConnector {
             if let Some(schema) = schema {
                 options = options.options([("search_path", ident(schema))]);
             }
-            let pool = PgPoolOptions::new()
+            let pool = match PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await
-                .map_err(err)?;
+            {
+                // The pool tried until its timeout and kept no reason: one
+                // connection of its own says why (refused, no such host, a
+                // password).
+                Err(sqlx::Error::PoolTimedOut) => {
+                    use sqlx::Connection;
+                    Err(sqlx::PgConnection::connect_with(&options)
+                        .await
+                        .err()
+                        .unwrap_or(sqlx::Error::PoolTimedOut))
+                }
+                other => other,
+            }
+            .map_err(err)?;
             Ok(SqlConnector::Postgres {
                 system: system.to_owned(),
                 pool,

@@ -74,10 +74,23 @@ impl PgStore {
     /// Connects a small pool to `url`.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let options = PgConnectOptions::from_str(url)?.options([CUSTOM_PLANS]);
-        let pool = PgPoolOptions::new()
+        let pool = match PgPoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await
+        {
+            // The pool tried until its timeout and kept no reason: one
+            // connection of its own says why (refused, no such host, a
+            // password).
+            Err(sqlx::Error::PoolTimedOut) => {
+                use sqlx::Connection;
+                Err(sqlx::PgConnection::connect_with(&options)
+                    .await
+                    .err()
+                    .unwrap_or(sqlx::Error::PoolTimedOut))
+            }
+            other => other,
+        }?;
         Ok(PgStore::new(pool))
     }
 

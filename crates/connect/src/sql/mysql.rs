@@ -56,7 +56,7 @@ pub(super) async fn connect(url: &str, schema: Option<&str>) -> Result<MySqlPool
     if let Some(schema) = schema {
         options = options.database(schema);
     }
-    MySqlPoolOptions::new()
+    let pool = MySqlPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(|conn, _| {
@@ -73,8 +73,20 @@ pub(super) async fn connect(url: &str, schema: Option<&str>) -> Result<MySqlPool
                 Ok(())
             })
         })
-        .connect_with(options)
-        .await
+        .connect_with(options.clone())
+        .await;
+    match pool {
+        // The pool tried until its timeout and kept no reason: one
+        // connection of its own says why.
+        Err(sqlx::Error::PoolTimedOut) => {
+            use sqlx::Connection;
+            Err(sqlx::MySqlConnection::connect_with(&options)
+                .await
+                .err()
+                .unwrap_or(sqlx::Error::PoolTimedOut))
+        }
+        other => other,
+    }
 }
 
 /// `?, ?, ...`: `n` placeholders.
