@@ -836,12 +836,17 @@ fn check(path: &Path, connect: bool, tenant: Option<TenantId>) -> Result<(), Str
         (false, 1) => ", 1 warning".to_owned(),
         (false, n) => format!(", {n} warnings"),
     };
+    let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    // A definition that names no tenants runs for the tenant it is run as.
+    let tenants = match wf.tenants.len() {
+        0 => "no tenants named (any tenant it is run as)".to_owned(),
+        n => count(n, "tenant", "tenants"),
+    };
     println!(
-        "{}: ok: integration `{}`, {} entity types, {} tenants{warned}",
+        "{}: ok: integration `{}`, {}, {tenants}{warned}",
         path.display(),
         wf.name,
-        wf.entities.len(),
-        wf.tenants.len(),
+        count(wf.entities.len(), "entity type", "entity types"),
     );
     Ok(())
 }
