@@ -1652,3 +1652,43 @@ fn a_refused_connection_says_it_was_refused() {
     );
     assert!(!said.contains("pool timed out"), "{}", checked.stderr);
 }
+
+/// `check --connect` names a reference held in a column of numbers into a
+/// table whose records syncd creates with text ids: every contact would
+/// fail with "is not an integer" once its account had a UUID there.
+#[test]
+fn check_connect_names_a_reference_column_that_cannot_hold_the_ids() {
+    use support::systems::{Kind, SystemDb, workflow_toml};
+    let dir = support::TempDir::new("cli-ref-kinds");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (crm, erp) = runtime.block_on(async {
+        let crm = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let erp = SystemDb::create(Kind::Sqlite, &dir, "erp").await.unwrap();
+        erp.exec(
+            "CREATE TABLE customers (id TEXT PRIMARY KEY, customer_name TEXT, industry TEXT, parent_id TEXT, \
+             updated_at TEXT NOT NULL);
+             CREATE TABLE people (id TEXT PRIMARY KEY, full_name TEXT, email TEXT, customer_id INTEGER, \
+             updated_at TEXT NOT NULL);
+             CREATE TABLE sales_orders (id TEXT PRIMARY KEY, customer_id TEXT, contact_id TEXT, total REAL, \
+             status TEXT, updated_at TEXT NOT NULL);",
+        )
+        .await;
+        (crm, erp)
+    });
+    std::fs::write(
+        dir.0.join("e2e.toml"),
+        workflow_toml("e2e", "one_way", &crm.url(), &erp.url(), &[]),
+    )
+    .unwrap();
+    let checked = syncd(&dir.0, &["check", "--connect", "e2e.toml"]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    assert!(
+        checked.stderr.contains(
+            "entity `contact`, field `account_id`: erp column `customer_id` (INTEGER) holds numbers, but the \
+             `account` records it refers to have text ids there"
+        ),
+        "{}",
+        checked.stderr
+    );
+    assert!(checked.stderr.contains("1 problem found"), "{}", checked.stderr);
+}

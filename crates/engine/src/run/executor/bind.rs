@@ -207,12 +207,61 @@ pub async fn inspect(workflow: &Workflow, tenant: &TenantId) -> Vec<String> {
         return problems;
     };
     let bidirectional = workflow.direction == Direction::Bidirectional;
+    let mut resolved = HashMap::new();
     for def in &workflow.entities {
         let filters = [Side::Source, Side::Target].map(|side| workflow.tenant_filter(tenant, def, side));
-        inspect_entity(def, [source, target], filters, bidirectional, &mut problems).await;
+        if let Some(sides) =
+            inspect_entity(def, [source, target], filters, bidirectional, &mut problems).await
+        {
+            resolved.insert(def.name.as_str(), sides);
+        }
+    }
+    // A reference held in a column of numbers, into a table whose records
+    // syncd creates with text ids (UUIDs): every record with one would
+    // fail. Only the sides records are created in are sure to get them.
+    let created_in = if bidirectional { 0 } else { 1 };
+    for def in &workflow.entities {
+        let Some(sides) = resolved.get(def.name.as_str()) else {
+            continue;
+        };
+        for f in &def.fields {
+            let Some(into) = f
+                .references
+                .as_ref()
+                .and_then(|r| resolved.get(r.as_str()).map(|s| (r, s)))
+            else {
+                continue;
+            };
+            for (i, connector) in [source, target].into_iter().enumerate().skip(created_in) {
+                let (columns, map) = &sides[i];
+                let (referenced, (their_columns, _)) = (into.0, &into.1[i]);
+                let (Some(column), Some(id_type)) = (map.get(&f.cdm), their_columns.get("id")) else {
+                    continue;
+                };
+                let holds_numbers =
+                    connector.numeric_ids(referenced.as_str(), connector.class_of(&columns[column]));
+                let text_ids =
+                    connector.numeric_ids(referenced.as_str(), connector.class_of(id_type)) == Some(false);
+                if holds_numbers == Some(true) && text_ids {
+                    problems.push(format!(
+                        "entity `{}`, field `{}`: {} column `{column}` ({}) holds numbers, but the `{referenced}` \
+                         records it refers to have text ids there (column `id`, {id_type}), which syncd creates \
+                         as UUIDs: every record with this reference would fail",
+                        def.name,
+                        f.cdm,
+                        connector.system(),
+                        columns[column],
+                    ));
+                }
+            }
+        }
     }
     problems
 }
+
+/// An entity type's two sides as `inspect_entity` resolved them: each
+/// side's columns (name → type) and the column of each field.
+type ResolvedSides = [(BTreeMap<String, String>, BTreeMap<String, String>); 2];
 
 /// [`inspect`] for one entity type.
 async fn inspect_entity(
@@ -221,7 +270,7 @@ async fn inspect_entity(
     tenant_filters: [Option<(String, String)>; 2],
     bidirectional: bool,
     problems: &mut Vec<String>,
-) {
+) -> Option<ResolvedSides> {
     let entity = def.name.as_str();
     let column = |i: usize| tenant_filters[i].as_ref().map(|(column, _)| column.as_str());
     let (s, t) = (
@@ -237,7 +286,7 @@ async fn inspect_entity(
                     Ok((.., missing)) => problems.extend(missing.iter().map(ToString::to_string)),
                 }
             }
-            return;
+            return None;
         }
     };
     problems.extend(s_missing.iter().chain(&t_missing).map(ToString::to_string));
@@ -322,4 +371,5 @@ async fn inspect_entity(
             ));
         }
     }
+    Some([(s_columns, s_map), (t_columns, t_map)])
 }
