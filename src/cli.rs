@@ -432,8 +432,9 @@ fn quiet_on_closed_stdout() {
     }
 }
 
-/// Logs on stderr, filtered by `SYNCD_LOG` (default `warn`, and the
-/// progress of `syncd run` off a terminal, `syncd::progress=info`): one JSON
+/// Logs on stderr, filtered by `SYNCD_LOG` (default `warn`, the progress of
+/// `syncd run` off a terminal, `syncd::progress=info`, and what a worker
+/// fires and executes, `syncd_engine::worker=info`): one JSON
 /// object a line with `SYNCD_LOG_FORMAT=json` (each with the spans it is
 /// in: the run's id, tenant and integration, the step's entity and
 /// direction), else text, coloured only on a terminal.
@@ -441,7 +442,7 @@ fn init_logs() {
     use std::io::IsTerminal;
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("SYNCD_LOG")
-            .unwrap_or_else(|_| "warn,syncd::progress=info".into())
+            .unwrap_or_else(|_| "warn,syncd::progress=info,syncd_engine::worker=info".into())
     };
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if std::env::var("SYNCD_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {

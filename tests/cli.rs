@@ -1470,6 +1470,63 @@ fn json_logs_are_one_object_a_line_and_carry_the_run() {
     assert!(with_run > 0, "no event of the run:\n{stderr}");
 }
 
+/// At the default filter a warning of a run (a row it cannot read) names
+/// the run, its tenant and integration, and the step, as the README says.
+#[test]
+fn a_warning_at_the_default_level_carries_its_run() {
+    use support::systems::{Kind, SystemDb, ts, workflow_toml};
+    let dir = support::TempDir::new("cli-warn-spans");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (source, target) = runtime.block_on(async {
+        let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+        let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+        let row = serde_json::json!({"id": "A-blob", "name": "Blob", "industry": "x", "updated_at": ts(1)});
+        source.insert("accounts", &[row]).await;
+        source.exec("UPDATE accounts SET industry = x'00ff'").await;
+        (source, target)
+    });
+    let file = dir.0.join("e2e.toml");
+    std::fs::write(
+        &file,
+        workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]),
+    )
+    .unwrap();
+    let db = dir.sqlite_url("state.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .arg("run")
+        .arg(&file)
+        .args(["--tenant", "t1", "--db", &db])
+        .env_remove("SYNCD_LOG")
+        .env("SYNCD_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    let warned: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["level"] == "WARN")
+        .collect();
+    assert!(!warned.is_empty(), "{stderr}");
+    for event in &warned {
+        let spans = event["spans"].as_array().cloned().unwrap_or_default();
+        let run = spans
+            .iter()
+            .find(|s| s["name"] == "run")
+            .unwrap_or_else(|| panic!("{event}"));
+        assert_eq!(
+            (&run["tenant"], &run["integration"]),
+            (&serde_json::json!("t1"), &serde_json::json!("e2e"))
+        );
+        assert!(run["run_id"].is_string(), "{event}");
+        let step = spans
+            .iter()
+            .find(|s| s["name"] == "step")
+            .unwrap_or_else(|| panic!("{event}"));
+        assert_eq!(step["entity"], "account", "{event}");
+    }
+}
+
 /// `syncd schedules list` says what the workers fire next, soonest first,
 /// and how late an overdue tick is; `--tenant` confines it.
 #[test]

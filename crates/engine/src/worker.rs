@@ -152,8 +152,9 @@ impl Worker {
                 }
                 Err(RunError::Busy { .. }) => continue, // another worker claimed it first
                 Err(RunError::Interrupted { .. }) => return Ok(true),
+                // The executor logged why, within the run's span.
                 Err(e) => {
-                    tracing::error!(run_id = %run.id, error = %e, "run failed");
+                    tracing::info!(run_id = %run.id, state = "failed", error = %e, "run executed");
                     return Ok(true);
                 }
             }

@@ -493,7 +493,9 @@ impl Job {
         if run.state != RunState::Running {
             run = self.store.transition_run(&run, RunEvent::Start, None).await?;
         }
-        let span = tracing::info_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
+        // At warn, as the default filter lets warnings through: a warning
+        // or an error of the run carries its id, tenant and integration.
+        let span = tracing::warn_span!("run", run_id = %run.id, tenant = %self.tenant, integration = %self.workflow.name);
         // (Instrumented, not entered: a guard held across an await would
         // tag other tasks' events on this thread with the run.)
         let started = std::time::Instant::now();
@@ -672,7 +674,7 @@ impl Job {
         };
         self.store.start_step(run, step, lease).await?;
         let span =
-            tracing::info_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
+            tracing::warn_span!("step", entity = %step.entity_type, direction = step.direction.as_str());
         // The step's counters so far (a resumed step's, from its
         // checkpoint): the metrics count what each page adds.
         let mut last = checkpoint.map(|c| c.counters).unwrap_or_default();
