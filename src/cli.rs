@@ -119,7 +119,9 @@ enum Command {
         #[command(subcommand)]
         verb: MappingsVerb,
     },
-    /// Build a CRM and an ERP as SQLite databases and sync them both ways.
+    /// Build a CRM and an ERP as SQLite databases and sync them both ways
+    /// (its state store is its own, DIR/syncd.db: it takes no `--db`, and
+    /// leaves the store SYNCD_DATABASE_URL names alone).
     Demo {
         /// Where the demo databases go.
         #[arg(long, default_value = "demo-data")]
@@ -556,6 +558,13 @@ pub fn main() -> ExitCode {
             }
             MappingsVerb::List { scope, status, limit } => cmd::mappings::list(scope.into(), &status, limit),
         },
+        // A store named for the demo would be taken for the operator's:
+        // the demo rebuilds its own from scratch instead, and says so.
+        Command::Demo { .. } if cli.db.is_some() => Err(
+            "error: the demo keeps its state in a store of its own (DIR/syncd.db, made anew); it takes no \
+             --db"
+                .into(),
+        ),
         Command::Demo { dir } => cmd::demo::demo(&dir),
         Command::Serve {
             bind,

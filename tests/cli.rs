@@ -1749,3 +1749,15 @@ fn check_connect_names_a_reference_column_that_cannot_hold_the_ids() {
     );
     assert!(checked.stderr.contains("1 problem found"), "{}", checked.stderr);
 }
+
+/// The demo keeps its state in a store of its own: given `--db`, it says so
+/// and touches nothing, rather than ignore the flag.
+#[test]
+fn the_demo_takes_no_db() {
+    let dir = support::TempDir::new("cli-demo-db");
+    let db = dir.sqlite_url("mine.db");
+    let refused = syncd(&dir.0, &["--db", &db, "demo"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(refused.stderr.contains("it takes no --db"), "{}", refused.stderr);
+    assert!(!dir.0.join("demo-data").exists() && !dir.0.join("mine.db").exists());
+}
