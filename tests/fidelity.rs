@@ -815,3 +815,39 @@ async fn mariadb_columns_that_would_store_another_value_fail_their_record() {
     assert_eq!(to_my.run(&[]).writes("product"), 0);
     to_my.drop().await;
 }
+
+/// Text longer than a PostgreSQL `varchar(n)` fails its record naming the
+/// field (PostgreSQL's own refusal names no column), and so does text that
+/// is longer only by trailing spaces, which PostgreSQL would cut off
+/// without a word; text that fits arrives as it is.
+#[tokio::test]
+async fn text_longer_than_a_postgres_varchar_fails_naming_the_field() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, label text, updated_at timestamptz NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, label varchar(3), updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('fits', 'abc', now()), ('long', 'abcd', now()), ('spaces', 'ab  ', now())")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 2, "{}", ran.stdout);
+    for id in ["long", "spaces"] {
+        let why = s.mapping(id).await.last_error.unwrap_or_default();
+        assert!(
+            why.contains("field `label`")
+                && why.contains("4 characters are more than the column (character varying(3)) holds (3)"),
+            "{id}: {why}"
+        );
+    }
+    let rows = s.target.dump("ledger").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["label"], "abc");
+    s.drop().await;
+}

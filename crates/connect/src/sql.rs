@@ -301,6 +301,7 @@ impl SqlConnector {
                 let native = value::write(f.kind, f.class, dialect, v)
                     .and_then(|native| match (self, b.column_types.get(&f.column)) {
                         (SqlConnector::Mysql { .. }, Some(t)) => mysql::holds(t, &native).map(|()| native),
+                        (SqlConnector::Postgres { .. }, Some(t)) => pg_holds_text(t, &native).map(|()| native),
                         _ => Ok(native),
                     })
                     .map_err(|why| {
@@ -326,6 +327,28 @@ impl SqlConnector {
 
     fn native_ids(&self, b: &TableBinding, ids: &[String]) -> Vec<Value> {
         ids.iter().map(|id| self.native_id(b, id)).collect()
+    }
+}
+
+/// Whether a PostgreSQL `varchar(n)` or `char(n)` column of `column_type`
+/// (as `format_type` names it) holds text `v` as it is. PostgreSQL refuses
+/// longer text without naming the column, and cuts spaces past `n` off
+/// without a word; both are said here, with the field.
+fn pg_holds_text(column_type: &str, v: &Value) -> Result<(), String> {
+    let Value::String(s) = v else {
+        return Ok(());
+    };
+    let limit = ["character varying(", "character("]
+        .iter()
+        .find_map(|p| column_type.strip_prefix(p))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|n| n.parse::<usize>().ok());
+    match limit {
+        Some(n) if s.chars().count() > n => Err(format!(
+            "{} characters are more than the column ({column_type}) holds ({n})",
+            s.chars().count()
+        )),
+        _ => Ok(()),
     }
 }
 
