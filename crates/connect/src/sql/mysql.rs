@@ -227,6 +227,15 @@ pub(super) fn holds(column_type: &str, v: &Value) -> Result<(), String> {
             }
             Ok(())
         }
+        // Past `n`, MySQL cuts trailing spaces off with a warning only,
+        // whatever the mode.
+        "varchar" | "char" => match (args.trim().parse::<usize>(), v) {
+            (Ok(n), Value::String(s)) if s.chars().count() > n => Err(format!(
+                "{} characters are more than the column ({lower}) holds ({n})",
+                s.chars().count()
+            )),
+            _ => Ok(()),
+        },
         "binary" => {
             let width: usize = args.trim().parse().unwrap_or(1);
             let bytes = text.strip_prefix("\\x").map_or(0, |h| h.len() / 2);
@@ -794,6 +803,12 @@ mod tests {
         assert!(no("double(10,2)", json!(1.23456)).contains("round it"));
         ok("double", json!(1.23456));
         ok("varchar(8)", json!("anything"));
+        ok("varchar(3)", json!("été"));
+        assert!(
+            no("varchar(3)", json!("ab  "))
+                .contains("4 characters are more than the column (varchar(3)) holds (3)")
+        );
+        no("char(2)", json!("abc"));
     }
 
     #[test]
