@@ -851,3 +851,52 @@ async fn text_longer_than_a_postgres_varchar_fails_naming_the_field() {
     assert_eq!(rows[0]["label"], "abc");
     s.drop().await;
 }
+
+/// A `jsonb` document that is a bare number, into a SQLite `JSON` column:
+/// SQLite's NUMERIC affinity would store it as a double and give back
+/// `12345678901234567000`. That record fails naming the field; a number a
+/// double keeps, and any number inside a document, arrive exactly.
+#[tokio::test]
+async fn a_number_document_a_sqlite_json_column_would_round_fails_its_record() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, doc jsonb, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, doc JSON, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('big', '12345678901234567890', now()), ('small', '1.5', now()), \
+             ('inside', '{\"a\": 12345678901234567890}', now())",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 2, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 1, "{}", ran.stdout);
+    let why = s.mapping("big").await.last_error.unwrap_or_default();
+    assert!(
+        why.contains("field `doc`") && why.contains("would store as a double"),
+        "{why}"
+    );
+    let SystemDb::Sqlite { pool, .. } = &s.target else {
+        unreachable!()
+    };
+    let mut held: Vec<(String, String)> = sqlx::query_as("SELECT typeof(doc), CAST(doc AS TEXT) FROM ledger")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            ("real".to_owned(), "1.5".to_owned()),
+            ("text".to_owned(), r#"{"a":12345678901234567890}"#.to_owned())
+        ]
+    );
+    assert_eq!(s.run(&[]).writes("product"), 0);
+    s.drop().await;
+}

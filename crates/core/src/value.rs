@@ -653,9 +653,17 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
         Class::Any => Ok(v.clone()),
         // SQLite and MySQL take a document as its text; PostgreSQL takes
         // the document itself.
-        Class::Json if matches!(dialect, Dialect::Sqlite | Dialect::Mysql) => {
-            Ok(Value::String(v.to_string()))
-        }
+        // A document that is a bare number reads as a number literal to a
+        // SQLite `JSON` column (NUMERIC affinity): stored as an integer or
+        // a double, it must come back the same.
+        Class::Json if dialect == Dialect::Sqlite => match v {
+            Value::Number(n) if !is_exact_in_sqlite(n.as_str()) => Err(format!(
+                "the document {n} is a number a SQLite JSON column would store as a double (its affinity is \
+                 NUMERIC) and give back rounded; declare the column TEXT to keep its text"
+            )),
+            _ => Ok(Value::String(v.to_string())),
+        },
+        Class::Json if dialect == Dialect::Mysql => Ok(Value::String(v.to_string())),
         Class::Json => Ok(v.clone()),
         Class::Text | Class::PaddedText => {
             let text = match v {
@@ -1241,6 +1249,29 @@ mod tests {
         assert_eq!(like("2026-01-01"), None);
         // Ordered with the table's own times of the same second.
         assert!(like("x").is_none() && "2026-12-07 09:25:05" < like("2026-12-07 09:25:05").unwrap().as_str());
+    }
+
+    #[test]
+    fn a_sqlite_json_column_takes_a_number_document_only_if_it_keeps_it() {
+        let w = |v: Value| write(Kind::Json, Class::sqlite("JSON"), Dialect::Sqlite, &v);
+        assert_eq!(w(num("42")).unwrap(), json!("42"));
+        assert_eq!(w(num("1.5")).unwrap(), json!("1.5"));
+        for lost in ["12345678901234567890", "0.1000000000000000000001"] {
+            assert!(
+                w(num(lost)).unwrap_err().contains("would store as a double"),
+                "{lost}"
+            );
+        }
+        assert_eq!(
+            w(json!({"a": 12345678901234567890u64})).unwrap(),
+            json!(r#"{"a":12345678901234567890}"#),
+            "inside a document, text"
+        );
+        assert_eq!(
+            w(json!("12")).unwrap(),
+            json!(r#""12""#),
+            "a string stays quoted text"
+        );
     }
 
     #[test]
