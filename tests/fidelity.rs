@@ -900,3 +900,39 @@ async fn a_number_document_a_sqlite_json_column_would_round_fails_its_record() {
     assert_eq!(s.run(&[]).writes("product"), 0);
     s.drop().await;
 }
+
+/// Text carried into a number column keeps what it says: `01234` (a zip
+/// code, say), `+7`, ` 42 ` and `1e3` would arrive as 1234, 7, 42 and 1000,
+/// and compare equal ever after. Each fails its record naming the field;
+/// `12.50` is the number 12.5 and arrives.
+#[tokio::test]
+async fn text_a_number_column_would_not_give_back_fails_its_record() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, code text, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, code NUMERIC, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('zip', '01234', now()), ('plus', '+7', now()), ('spaced', ' 42 ', now()), \
+             ('exp', '1e3', now()), ('money', '12.50', now())",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 4, "{}", ran.stdout);
+    let why = s.mapping("zip").await.last_error.unwrap_or_default();
+    assert!(
+        why.contains("field `code`") && why.contains("`01234` is text a number would not give back"),
+        "{why}"
+    );
+    let rows = s.target.dump("ledger").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["code"], serde_json::json!(12.5));
+    s.drop().await;
+}

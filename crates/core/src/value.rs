@@ -406,6 +406,17 @@ fn numeric_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Whether number text `s` says nothing its number drops: canonical, or
+/// at most with zeros after the point (`12.50`).
+fn keeps_its_number(s: &str) -> bool {
+    if SPECIALS.contains(&s) || canonical_number(s).as_deref() == Some(s) {
+        return true;
+    }
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let leading_zero = digits.len() > 1 && digits.starts_with('0') && digits.as_bytes()[1].is_ascii_digit();
+    s.trim() == s && !s.starts_with('+') && !digits.contains(['e', 'E']) && !leading_zero
+}
+
 /// A number value (or special float) from its canonical text.
 fn numeric_value(text: &str) -> Value {
     if SPECIALS.contains(&text) {
@@ -573,6 +584,17 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
         }),
         Kind::Number | Kind::Float => match &v {
             Value::Number(_) => numeric_text(&v).map(number_of).ok_or_else(|| too_long(&v)),
+            // Text that is a number only once something it says is
+            // dropped (a leading zero, a sign, spaces, an exponent's form)
+            // would not come back as it was.
+            Value::String(s)
+                if native.kind() == Kind::Text && numeric_text(&v).is_some() && !keeps_its_number(s) =>
+            {
+                Err(format!(
+                    "`{s}` is text a number would not give back (a leading zero, a `+`, spaces or an exponent are \
+                 dropped), and the field is a number on the other side"
+                ))
+            }
             Value::String(s) => numeric_text(&v)
                 .map(number_of)
                 .ok_or_else(|| format!("`{s}` is not a number")),
@@ -1271,6 +1293,22 @@ mod tests {
             w(json!("12")).unwrap(),
             json!(r#""12""#),
             "a string stays quoted text"
+        );
+    }
+
+    #[test]
+    fn text_read_as_a_number_drops_nothing_it_says() {
+        let r = |t: &str| read(Kind::Number, Class::Text, json!(t));
+        assert_eq!(r("12.50").unwrap(), num("12.5"), "the same number");
+        assert_eq!(r("-0.5").unwrap(), num("-0.5"));
+        assert_eq!(r("0").unwrap(), num("0"));
+        for said in ["01234", "-007", "+7", " 42 ", "1e3"] {
+            assert!(r(said).unwrap_err().contains("would not give back"), "{said}");
+        }
+        // What an API or a number column gives is its own business.
+        assert_eq!(
+            read(Kind::Number, Class::Any, json!("01234")).unwrap(),
+            num("1234")
         );
     }
 
