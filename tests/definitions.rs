@@ -786,3 +786,32 @@ fn a_system_says_how_late_its_rows_may_become_visible() {
         )],
     );
 }
+
+/// A SQL system's URL with a scheme syncd does not speak (a typo) is named
+/// by plain `check`, its password hidden, rather than at the first connect.
+#[test]
+fn a_sql_url_with_an_unknown_scheme_is_named() {
+    check(
+        &valid_with(
+            "connector = \"sql\"",
+            "connector = \"sql\"\nurl = \"postgress://erp:secret@db.example/erp\"",
+        ),
+        &[&format!(
+            "{FILE}: field `systems.warehouse.url`: `postgress://erp:***@db.example/erp` is not a database URL \
+             syncd speaks (postgres://, postgresql://, mysql://, mariadb:// or sqlite:)"
+        )],
+    );
+    for good in [
+        "postgres://h/db",
+        "postgresql://h/db",
+        "mysql://h/db",
+        "mariadb://h/db",
+        "sqlite://x.db",
+    ] {
+        let text = valid_with(
+            "connector = \"sql\"",
+            &format!("connector = \"sql\"\nurl = \"{good}\""),
+        );
+        assert!(Workflow::parse(FILE, &text).is_ok(), "{good}");
+    }
+}

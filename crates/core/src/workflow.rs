@@ -101,6 +101,15 @@ pub struct SystemDef {
     pub lookback: std::time::Duration,
 }
 
+/// The URL schemes of the databases a SQL system may be.
+const SQL_SCHEMES: [&str; 5] = [
+    "postgres://",
+    "postgresql://",
+    "mysql://",
+    "mariadb://",
+    "sqlite:",
+];
+
 /// `lookback` when a system does not set it.
 pub const DEFAULT_LOOKBACK: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -461,6 +470,20 @@ impl Workflow {
                             Some(&format!("systems.{name}")),
                             "auth, rate_limit, timeout, retries, backoff, concurrency and entities \
                              are settings of HTTP systems (connector = \"http\")",
+                        );
+                    }
+                    // A misspelt scheme would otherwise wait for `--connect`.
+                    if let Some(url) = &def.url
+                        && !SQL_SCHEMES.iter().any(|scheme| url.starts_with(scheme))
+                    {
+                        errors.push(
+                            None,
+                            Some(&format!("systems.{name}.url")),
+                            format!(
+                                "`{}` is not a database URL syncd speaks (postgres://, postgresql://, mysql://, \
+                                 mariadb:// or sqlite:)",
+                                crate::redact::redacted(url)
+                            ),
                         );
                     }
                     None
