@@ -801,6 +801,69 @@ async fn a_decision_on_a_cancelled_runs_conflict_is_applied_by_the_next_run() {
     state.drop().await;
 }
 
+/// A decision on a cancelled run's conflict that a system refuses (a
+/// trigger here; a constraint in life) waits to be applied, with a warning,
+/// and does not fail the next run, which would fail every run after it:
+/// the other records keep syncing.
+#[tokio::test]
+async fn an_ended_runs_decision_a_system_refuses_does_not_stop_later_runs() {
+    let dir = TempDir::new("refused-ended-review");
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let ReviewScenario {
+        source,
+        target,
+        toml,
+        run,
+    } = suspended_on_review(store.clone(), &dir).await;
+    store
+        .transition_run(&run, syncd_engine::run::RunEvent::Cancel, None)
+        .await
+        .unwrap();
+    target
+        .exec(
+            "CREATE TRIGGER no_long_names BEFORE UPDATE ON customers WHEN length(NEW.customer_name) > 20 \
+             BEGIN SELECT RAISE(ABORT, 'name too long'); END",
+        )
+        .await;
+    let filter = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&filter).await.unwrap().remove(0);
+    let values = json!({"name": "An exceedingly long account name"})
+        .as_object()
+        .unwrap()
+        .clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-2", "name": "Newco", "industry": "retail",
+                "updated_at": syncd_connect::format_time(chrono::Utc::now())})],
+        )
+        .await;
+    let next = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_ne!(next.state, RunState::Failed, "{:?}", next.error);
+    let names: Vec<Value> = target
+        .dump("customers")
+        .await
+        .iter()
+        .map(|r| r["customer_name"].clone())
+        .collect();
+    assert!(names.contains(&json!("Newco")), "{names:?}");
+    assert!(
+        !names.contains(&json!("An exceedingly long account name")),
+        "{names:?}"
+    );
+    state.drop().await;
+}
+
 /// A reviewer's decision one system cannot hold (a decimal a SQLite
 /// `NUMERIC` column would round) while the other could: neither is
 /// written, and the conflict goes back to review, rather than the decision
@@ -910,6 +973,15 @@ async fn an_edit_stamped_as_sqlite_stamps_it_is_not_missed() {
     source
         .exec("INSERT INTO notes VALUES ('n1', 'one', datetime('now', '-1 minute')), ('n2', 'two', datetime('now', '-1 minute'))")
         .await;
+    // More rows of the day than a page holds: the scan's order must be one
+    // the cursor can move through, or it reads the same page again.
+    for i in 0..30 {
+        source
+            .exec(&format!(
+                "INSERT INTO notes VALUES ('m{i:02}', 'more', datetime('now', '-1 minute'))"
+            ))
+            .await;
+    }
     let toml = format!(
         "name = \"e2e\"\nsource = \"a\"\ntarget = \"b\"\ndirection = \"bidirectional\"\n[systems.a]\n\
          connector = \"sql\"\nurl = \"{}\"\n[systems.b]\nconnector = \"sql\"\nurl = \"{}\"\n[[entities]]\n\
@@ -919,7 +991,7 @@ async fn an_edit_stamped_as_sqlite_stamps_it_is_not_missed() {
     );
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
-    sync_once(store.clone(), &toml, 100).await.unwrap();
+    sync_once(store.clone(), &toml, 7).await.unwrap();
     let stamped = target.dump("notes").await;
     assert!(
         stamped
@@ -932,20 +1004,20 @@ async fn an_edit_stamped_as_sqlite_stamps_it_is_not_missed() {
             "UPDATE notes SET body = 'edited in the target', updated_at = datetime('now') WHERE body = 'one'",
         )
         .await;
-    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    let run = sync_once(store.clone(), &toml, 7).await.unwrap();
     assert_eq!(run.state, RunState::Succeeded);
-    let bodies: Vec<Value> = source
-        .dump("notes")
-        .await
-        .iter()
-        .map(|r| r["body"].clone())
-        .collect();
-    assert_eq!(bodies, vec![json!("edited in the target"), json!("two")]);
+    let rows = source.dump("notes").await;
+    let body = |id: &str| rows.iter().find(|r| r["id"] == id).map(|r| r["body"].clone());
+    assert_eq!(
+        (body("n1"), body("n2")),
+        (Some(json!("edited in the target")), Some(json!("two")))
+    );
+    assert_eq!(rows.len(), 32);
     // The source's own writes now take its table's layout.
-    let n1 = source.dump("notes").await.remove(0);
+    let n1 = rows.iter().find(|r| r["id"] == "n1").unwrap().clone();
     assert_eq!(n1["updated_at"].as_str().unwrap().as_bytes()[10], b' ', "{n1}");
     assert_eq!(
-        writes_of(&store, &sync_once(store.clone(), &toml, 100).await.unwrap()).await,
+        writes_of(&store, &sync_once(store.clone(), &toml, 7).await.unwrap()).await,
         0
     );
     state.drop().await;

@@ -128,9 +128,14 @@ impl SqlConnector {
                 // password).
                 Err(sqlx::Error::PoolTimedOut) => {
                     use sqlx::Connection;
-                    Err(sqlx::PgConnection::connect_with(&options)
+                    let once = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        sqlx::PgConnection::connect_with(&options),
+                    );
+                    Err(once
                         .await
-                        .err()
+                        .ok()
+                        .and_then(Result::err)
                         .unwrap_or(sqlx::Error::PoolTimedOut))
                 }
                 other => other,

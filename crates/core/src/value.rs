@@ -547,14 +547,6 @@ pub fn time_like(example: &str, t: DateTime<Utc>) -> Option<String> {
     ))
 }
 
-/// `at`, a time as text, written as `example` writes times ([`time_like`]);
-/// `None` when either is not a time.
-pub fn in_layout_of(example: &str, at: &Value) -> Option<Value> {
-    let canonical = canonical_time(at.as_str()?, true)?;
-    let t = DateTime::parse_from_rfc3339(&canonical).ok()?.with_timezone(&Utc);
-    time_like(example, t).map(Value::String)
-}
-
 fn offset_duration(offset: chrono::FixedOffset) -> chrono::Duration {
     chrono::Duration::seconds(offset.local_minus_utc().into())
 }

@@ -152,9 +152,10 @@ impl Worker {
                 }
                 Err(RunError::Busy { .. }) => continue, // another worker claimed it first
                 Err(RunError::Interrupted { .. }) => return Ok(true),
-                // The executor logged why, within the run's span.
+                // The executor logged a failure within the run's span; this
+                // says the run did not finish, whatever stopped it.
                 Err(e) => {
-                    tracing::info!(run_id = %run.id, state = "failed", error = %e, "run executed");
+                    tracing::warn!(run_id = %run.id, error = %e, "run did not finish");
                     return Ok(true);
                 }
             }

@@ -80,9 +80,14 @@ pub(super) async fn connect(url: &str, schema: Option<&str>) -> Result<MySqlPool
         // connection of its own says why.
         Err(sqlx::Error::PoolTimedOut) => {
             use sqlx::Connection;
-            Err(sqlx::MySqlConnection::connect_with(&options)
+            let once = tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::MySqlConnection::connect_with(&options),
+            );
+            Err(once
                 .await
-                .err()
+                .ok()
+                .and_then(Result::err)
                 .unwrap_or(sqlx::Error::PoolTimedOut))
         }
         other => other,
@@ -189,7 +194,9 @@ pub(super) fn holds(column_type: &str, v: &Value) -> Result<(), String> {
                 _ => None,
             };
             match year {
+                // 0000 is YEAR's own zero, kept as it is.
                 Some(1901..=2155) => Ok(()),
+                Some(0) if text == "0000" => Ok(()),
                 _ => Err(format!(
                     "`{text}` is not a year from 1901 to 2155 written with four digits: a YEAR column would store \
                      another (`99` becomes 1999, `5` becomes 2005)"
@@ -229,13 +236,19 @@ pub(super) fn holds(column_type: &str, v: &Value) -> Result<(), String> {
         }
         // Past `n`, MySQL cuts trailing spaces off with a warning only,
         // whatever the mode.
-        "varchar" | "char" => match (args.trim().parse::<usize>(), v) {
-            (Ok(n), Value::String(s)) if s.chars().count() > n => Err(format!(
-                "{} characters are more than the column ({lower}) holds ({n})",
-                s.chars().count()
-            )),
-            _ => Ok(()),
-        },
+        "varchar" | "char" => {
+            let limit = match args.trim() {
+                "" if base == "char" => Some(1),
+                n => n.parse::<usize>().ok(),
+            };
+            match (limit, v) {
+                (Some(n), Value::String(s)) if s.chars().count() > n => Err(format!(
+                    "{} characters are more than the column ({lower}) holds ({n})",
+                    s.chars().count()
+                )),
+                _ => Ok(()),
+            }
+        }
         "binary" => {
             let width: usize = args.trim().parse().unwrap_or(1);
             let bytes = text.strip_prefix("\\x").map_or(0, |h| h.len() / 2);
@@ -774,6 +787,8 @@ mod tests {
         }
         ok("year", json!(2024));
         ok("year(4)", json!("1901"));
+        ok("year", json!("0000"));
+        no("char", json!("ab"));
         for bad in [json!("99"), json!(5), json!("24"), json!(1900), json!("2156")] {
             assert!(no("year", bad).contains("four digits"));
         }

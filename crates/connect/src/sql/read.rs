@@ -39,22 +39,29 @@ impl SqlConnector {
             SqlConnector::Sqlite { pool, .. } => {
                 let cols = self.sqlite_select_list(b);
                 let ta = tenant_and(b, "", Dialect::Sqlite);
+                // Times are compared as text. A table that holds times
+                // written with a space (`datetime('now')`) as well as with
+                // the `T` of RFC 3339 is ordered as if every space were a
+                // `T`: as they are, a space orders before a `T` on the same
+                // day whatever the time, and the scan would miss (or, with
+                // the cursor rewritten, read again and again) rows.
+                let spaced = b.stamp_like.is_some();
+                let key = match spaced {
+                    true => format!("replace({upd}, ' ', 'T')"),
+                    false => upd.clone(),
+                };
                 let sql = match after {
-                    None => format!("SELECT {cols} FROM {t} WHERE true{ta} ORDER BY {upd}, {id} LIMIT ?1"),
+                    None => format!("SELECT {cols} FROM {t} WHERE true{ta} ORDER BY {key}, {id} LIMIT ?1"),
                     Some(_) => format!(
-                        "SELECT {cols} FROM {t} WHERE ({upd}, {id}) > (?2, ?3){ta} ORDER BY {upd}, {id} LIMIT ?1"
+                        "SELECT {cols} FROM {t} WHERE ({key}, {id}) > (?2, ?3){ta} ORDER BY {key}, {id} LIMIT ?1"
                     ),
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
-                    // Compared as text: in the table's own layout when its
-                    // times are written with a space, which orders before
-                    // the `T` of a cursor in RFC 3339 on the same day.
-                    let at = b
-                        .stamp_like
-                        .as_deref()
-                        .and_then(|example| value::in_layout_of(example, &c.updated_at))
-                        .unwrap_or_else(|| c.updated_at.clone());
+                    let at = match (&c.updated_at, spaced) {
+                        (Value::String(s), true) => Value::String(s.replace(' ', "T")),
+                        (other, _) => other.clone(),
+                    };
                     q = bind_sqlite(bind_sqlite(q, &at), &c.id);
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;

@@ -188,10 +188,31 @@ impl Job {
                 // transaction that commits after it: the cursor the next run
                 // starts from is no later than the system's lookback before
                 // this read, so that run reads that stretch again.
-                let bound = Utc::now() - self.workflow.system_on(ctx.read).lookback;
+                // A second more, for times kept to the second: the bound's
+                // own second may hold rows of smaller id than the cursor's.
+                // (`0s` turns the lookback off.)
+                let lookback = self.workflow.system_on(ctx.read).lookback;
+                let margin = if lookback.is_zero() { 0 } else { 1 };
+                let bound = Utc::now() - lookback - chrono::Duration::seconds(margin);
                 let page = reader
                     .read_changes(read_binding, state.scan.as_ref(), page_size)
                     .await?;
+                // Rows ordered as the table cannot promise (times that do not
+                // compare as they read) would have the scan read the same
+                // page for ever: stopped, saying where.
+                let read_any = !(page.records.is_empty() && page.bad.is_empty() && page.deleted.is_empty());
+                if read_any && page.next.is_some() && page.next == state.scan {
+                    return Err(ConnectorError::Config {
+                        system: reader.system().to_owned(),
+                        reason: format!(
+                            "the change scan of table `{}` does not move past {:?}: its rows do not order by \
+                             (updated_at, id) as they compare",
+                            read_binding.table,
+                            page.next.as_ref().map(|c| (&c.updated_at, &c.id))
+                        ),
+                    }
+                    .into());
+                }
                 if let Some(next) = &page.next {
                     state.scan = Some(next.clone());
                     let mut saved = next.clone();

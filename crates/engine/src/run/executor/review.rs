@@ -11,8 +11,28 @@ impl Job {
     pub(super) async fn apply_resolutions(&self, run: &RunRow, lease: &Lease) -> Result<(), RunError> {
         let resolved = self.store.unapplied_resolutions(run).await?;
         for c in resolved {
+            match self.apply_resolution(lease, &c).await {
+                // An ended run's decision a system refuses, on a record it
+                // cannot read or that has a newer conflict waiting: it stays
+                // to be applied by a later run, and does not stop this one
+                // (which would stop every run of the integration after it).
+                Err(e @ (RunError::Connector(_) | RunError::Store(StoreError::Duplicate { .. })))
+                    if c.run_id != Some(run.id) && !e.is_transient() =>
+                {
+                    tracing::warn!(conflict = %c.id, error = %e,
+                        "the decision on a conflict of an ended run cannot be applied yet; a later run tries again");
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the decision on conflict `c` (see [`Self::apply_resolutions`]).
+    async fn apply_resolution(&self, lease: &Lease, c: &ConflictRecord) -> Result<(), RunError> {
+        {
             let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
-                continue;
+                return Ok(());
             };
             let scope = self.scope(c.entity_type.as_str());
             let mapping = self
@@ -61,7 +81,7 @@ impl Job {
                         ..target.clone()
                     };
                     let review = decide::decide_review(
-                        &c,
+                        c,
                         m,
                         source,
                         target,
@@ -105,11 +125,14 @@ impl Job {
                                 });
                             if let Some(why) = cannot {
                                 tracing::warn!(conflict = %c.id, reason = %why, "the decision cannot be written; parked again for review");
+                                // As a record changed since is parked again:
+                                // under the conflict's run, ids as text.
                                 commit.conflicts.push(ConflictRecord {
                                     id: Uuid::now_v7(),
-                                    run_id: Some(run.id),
-                                    source_record: source.clone(),
-                                    target_record: target_in_source_ids.clone(),
+                                    source_record: tables.refs.record_ids_as_text(source.clone()),
+                                    target_record: tables
+                                        .refs
+                                        .record_ids_as_text(target_in_source_ids.clone()),
                                     resolution: None,
                                     status: ConflictStatus::Pending,
                                     resolved_by: None,
@@ -118,7 +141,7 @@ impl Job {
                                     ..c.clone()
                                 });
                                 self.store.commit_page(commit).await?;
-                                continue;
+                                return Ok(());
                             }
                             if !target_updates.is_empty() {
                                 let refused =
