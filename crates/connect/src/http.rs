@@ -296,6 +296,7 @@ impl HttpConnector {
             column_types: columns,
             tenant: None,
             stamp_like: None,
+            mixed_layouts: false,
         })
     }
 

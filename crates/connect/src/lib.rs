@@ -377,12 +377,12 @@ impl Connector {
     /// system refused, with its reason: a value its column cannot hold, or
     /// one the database refuses (a SQL batch it refuses is written again
     /// one record at a time to find which). An outage is an error.
-    /// A change time of `b`'s to stamp writes like (see
-    /// [`TableBinding::stamp_like`]).
-    pub async fn stamp_example(&self, b: &TableBinding) -> Result<Option<String>, ConnectorError> {
+    /// A change time of `b`'s to stamp writes like, and whether the table
+    /// holds both layouts (see [`TableBinding::stamp_like`]).
+    pub async fn stamp_example(&self, b: &TableBinding) -> Result<(Option<String>, bool), ConnectorError> {
         match self {
             Connector::Sql(c) => c.stamp_example(b).await,
-            Connector::Http(_) => Ok(None),
+            Connector::Http(_) => Ok((None, false)),
         }
     }
 
@@ -495,6 +495,9 @@ pub struct TableBinding {
     /// with a space rather than a `T`: the writes are stamped the same
     /// way, since text orders a space before a `T`.
     pub stamp_like: Option<String>,
+    /// The table holds change times in both layouts (a space and a `T`),
+    /// which its change scan then orders alike.
+    pub mixed_layouts: bool,
 }
 
 impl TableBinding {
@@ -513,6 +516,7 @@ impl TableBinding {
             column_types,
             tenant: None,
             stamp_like: None,
+            mixed_layouts: false,
         }
     }
 

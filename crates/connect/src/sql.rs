@@ -284,6 +284,7 @@ impl SqlConnector {
             column_types: columns,
             tenant: None,
             stamp_like: None,
+            mixed_layouts: false,
         })
     }
 

@@ -196,7 +196,7 @@ pub(super) fn holds(column_type: &str, v: &Value) -> Result<(), String> {
             match year {
                 // 0000 is YEAR's own zero, kept as it is.
                 Some(1901..=2155) => Ok(()),
-                Some(0) if text == "0000" => Ok(()),
+                Some(0) if v.is_number() || text == "0000" => Ok(()),
                 _ => Err(format!(
                     "`{text}` is not a year from 1901 to 2155 written with four digits: a YEAR column would store \
                      another (`99` becomes 1999, `5` becomes 2005)"
@@ -788,6 +788,7 @@ mod tests {
         ok("year", json!(2024));
         ok("year(4)", json!("1901"));
         ok("year", json!("0000"));
+        ok("year", json!(0));
         no("char", json!("ab"));
         for bad in [json!("99"), json!(5), json!("24"), json!(1900), json!("2156")] {
             assert!(no("year", bad).contains("four digits"));

@@ -44,25 +44,22 @@ impl SqlConnector {
                 // the `T` of RFC 3339 is ordered as if every space were a
                 // `T`: as they are, a space orders before a `T` on the same
                 // day whatever the time, and the scan would miss (or, with
-                // the cursor rewritten, read again and again) rows.
-                let spaced = b.stamp_like.is_some();
-                let key = match spaced {
-                    true => format!("replace({upd}, ' ', 'T')"),
-                    false => upd.clone(),
+                // the cursor rewritten, read again and again) rows. That
+                // order has no index: only such a table pays for it.
+                // The cursor goes through the same rewriting as the rows.
+                let (key, at) = match b.mixed_layouts {
+                    true => (format!("replace({upd}, ' ', 'T')"), "replace(?2, ' ', 'T')"),
+                    false => (upd.clone(), "?2"),
                 };
                 let sql = match after {
                     None => format!("SELECT {cols} FROM {t} WHERE true{ta} ORDER BY {key}, {id} LIMIT ?1"),
                     Some(_) => format!(
-                        "SELECT {cols} FROM {t} WHERE ({key}, {id}) > (?2, ?3){ta} ORDER BY {key}, {id} LIMIT ?1"
+                        "SELECT {cols} FROM {t} WHERE ({key}, {id}) > ({at}, ?3){ta} ORDER BY {key}, {id} LIMIT ?1"
                     ),
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
-                    let at = match (&c.updated_at, spaced) {
-                        (Value::String(s), true) => Value::String(s.replace(' ', "T")),
-                        (other, _) => other.clone(),
-                    };
-                    q = bind_sqlite(bind_sqlite(q, &at), &c.id);
+                    q = bind_sqlite(bind_sqlite(q, &c.updated_at), &c.id);
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()

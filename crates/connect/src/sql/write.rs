@@ -489,20 +489,25 @@ impl SqlConnector {
     }
 
     /// A change time of `b`'s that is text written with a space (SQLite;
-    /// see [`TableBinding::stamp_like`]); `None` for other databases and
-    /// tables whose times hold none.
-    pub async fn stamp_example(&self, b: &TableBinding) -> Result<Option<String>, ConnectorError> {
+    /// see [`TableBinding::stamp_like`]), and whether the table also holds
+    /// times written with a `T`; `None` for other databases and tables
+    /// whose times hold none. One pass over the table.
+    pub async fn stamp_example(&self, b: &TableBinding) -> Result<(Option<String>, bool), ConnectorError> {
         let SqlConnector::Sqlite { pool, .. } = self else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let upd = ident(UPDATED_AT_COLUMN);
-        sqlx::query_scalar(&format!(
-            "SELECT {upd} FROM {} WHERE typeof({upd}) = 'text' AND substr({upd}, 11, 1) = ' ' LIMIT 1",
+        let (spaced, t): (Option<String>, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT max(CASE WHEN substr({upd}, 11, 1) = ' ' THEN {upd} END), \
+                    max(substr({upd}, 11, 1) = 'T') \
+             FROM {} WHERE typeof({upd}) = 'text'",
             table_ident(&b.table)
         ))
-        .fetch_optional(pool)
+        .fetch_one(pool)
         .await
-        .map_err(self.query_error(&b.table))
+        .map_err(self.query_error(&b.table))?;
+        let mixed = spaced.is_some() && t == Some(1);
+        Ok((spaced, mixed))
     }
 
     /// Creates text-id `rows` some of which may exist already: those are

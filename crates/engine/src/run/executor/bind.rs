@@ -77,7 +77,7 @@ pub(super) async fn bind_entity(
             .collect();
         let mut binding = connector.binding(def, *pick, columns.clone(), fields)?;
         binding.tenant = filter;
-        binding.stamp_like = connector.stamp_example(&binding).await?;
+        (binding.stamp_like, binding.mixed_layouts) = connector.stamp_example(&binding).await?;
         bindings.push(binding);
     }
     let target = bindings.pop().expect("two sides");

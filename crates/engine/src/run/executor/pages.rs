@@ -200,8 +200,16 @@ impl Job {
                 // Rows ordered as the table cannot promise (times that do not
                 // compare as they read) would have the scan read the same
                 // page for ever: stopped, saying where.
+                // (A SQL keyset is strict; an API's listing may hand back its
+                // position by design, and a page that ends the scan cannot
+                // loop.)
                 let read_any = !(page.records.is_empty() && page.bad.is_empty() && page.deleted.is_empty());
-                if read_any && page.next.is_some() && page.next == state.scan {
+                if reader.finds_keys_at_once()
+                    && !page.done
+                    && read_any
+                    && page.next.is_some()
+                    && page.next == state.scan
+                {
                     return Err(ConnectorError::Config {
                         system: reader.system().to_owned(),
                         reason: format!(

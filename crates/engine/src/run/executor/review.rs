@@ -11,13 +11,17 @@ impl Job {
     pub(super) async fn apply_resolutions(&self, run: &RunRow, lease: &Lease) -> Result<(), RunError> {
         let resolved = self.store.unapplied_resolutions(run).await?;
         for c in resolved {
-            match self.apply_resolution(lease, &c).await {
+            let mut wrote = false;
+            match self.apply_resolution(lease, &c, &mut wrote).await {
                 // An ended run's decision a system refuses, on a record it
                 // cannot read or that has a newer conflict waiting: it stays
                 // to be applied by a later run, and does not stop this one
                 // (which would stop every run of the integration after it).
+                // (Not once a system holds part of it: that stops the run,
+                // as for a run's own decision, rather than leave the two
+                // sides apart while it goes on.)
                 Err(e @ (RunError::Connector(_) | RunError::Store(StoreError::Duplicate { .. })))
-                    if c.run_id != Some(run.id) && !e.is_transient() =>
+                    if c.run_id != Some(run.id) && !e.is_transient() && !wrote =>
                 {
                     tracing::warn!(conflict = %c.id, error = %e,
                         "the decision on a conflict of an ended run cannot be applied yet; a later run tries again");
@@ -29,7 +33,12 @@ impl Job {
     }
 
     /// Applies the decision on conflict `c` (see [`Self::apply_resolutions`]).
-    async fn apply_resolution(&self, lease: &Lease, c: &ConflictRecord) -> Result<(), RunError> {
+    async fn apply_resolution(
+        &self,
+        lease: &Lease,
+        c: &ConflictRecord,
+        wrote: &mut bool,
+    ) -> Result<(), RunError> {
         {
             let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
                 return Ok(());
@@ -147,6 +156,7 @@ impl Job {
                                 let refused =
                                     self.target.update(&tables.target, &target_updates, now).await?;
                                 refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
+                                *wrote = true;
                             }
                             if let Some(update) = to_source {
                                 let refused = self.source.update(&tables.source, &[update], now).await?;
