@@ -470,48 +470,8 @@ fn describe(v: &Value) -> String {
 /// `None` when `at` is no later, or is not a time written that way (an
 /// epoch number, a version): then the caller keeps it.
 pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
-    let s = at.as_str()?;
-    let (date, rest) = (s.get(..10)?, s.get(10..)?);
-    let sep = rest.chars().next().filter(|c| *c == 'T' || *c == ' ')?;
-    let clock = rest.get(1..9)?;
-    let after = &rest[9..];
-    let digits = after
-        .strip_prefix('.')
-        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
-    let zone = &after[if digits > 0 { digits + 1 } else { 0 }..];
-    let naive = NaiveDateTime::parse_from_str(&format!("{date}T{clock}"), "%Y-%m-%dT%H:%M:%S").ok()?;
-    let offset = match zone {
-        "" | "Z" | "z" => chrono::FixedOffset::east_opt(0)?,
-        z => {
-            let full = if z.len() == 3 {
-                format!("{z}:00")
-            } else {
-                z.to_owned()
-            };
-            DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{full}"))
-                .ok()?
-                .offset()
-                .to_owned()
-        }
-    };
-    let fraction: u32 = match digits {
-        0 => 0,
-        n => after[1..=n.min(9)].parse::<u32>().ok()? * 10u32.pow(9 - n.min(9) as u32),
-    };
-    let instant = naive.and_utc() - offset_duration(offset) + chrono::Duration::nanoseconds(fraction.into());
-    if instant <= bound {
-        return None;
-    }
-    let local = bound.with_timezone(&offset);
-    let mut text = local.format(&format!("%Y-%m-%d{sep}%H:%M:%S")).to_string();
-    if digits > 0 {
-        let nanos = format!("{:09}", local.timestamp_subsec_nanos());
-        text.push('.');
-        text.push_str(&nanos[..digits.min(9)]);
-        text.extend(std::iter::repeat_n('0', digits.saturating_sub(9)));
-    }
-    text.push_str(zone);
-    Some(Value::String(text))
+    let (layout, instant) = TextTime::read(at.as_str()?)?;
+    (instant > bound).then(|| Value::String(layout.write(bound, layout.digits)))
 }
 
 /// `t` written as `example` writes its time (a `T` or a space, the same
@@ -519,36 +479,77 @@ pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
 /// times are text is stamped, so that they order as its own. `None` when
 /// `example` is not a time written that way.
 pub fn time_like(example: &str, t: DateTime<Utc>) -> Option<String> {
-    let sep = example.get(10..11).filter(|c| *c == "T" || *c == " ")?;
-    NaiveDateTime::parse_from_str(example.get(..19)?, &format!("%Y-%m-%d{sep}%H:%M:%S")).ok()?;
-    let after = &example[19..];
-    let digits = after
-        .strip_prefix('.')
-        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
-    let zone = &after[if digits > 0 { digits + 1 } else { 0 }..];
-    let offset = match zone {
-        "" | "Z" | "z" => chrono::FixedOffset::east_opt(0)?,
-        z => {
-            let full = if z.len() == 3 {
-                format!("{z}:00")
-            } else {
-                z.to_owned()
-            };
-            DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{full}"))
-                .ok()?
-                .offset()
-                .to_owned()
-        }
-    };
-    let local = t.with_timezone(&offset);
-    Some(format!(
-        "{}{zone}",
-        local.format(&format!("%Y-%m-%d{sep}%H:%M:%S%.6f"))
-    ))
+    let (layout, _) = TextTime::read(example)?;
+    Some(layout.write(t, 6))
 }
 
-fn offset_duration(offset: chrono::FixedOffset) -> chrono::Duration {
-    chrono::Duration::seconds(offset.local_minus_utc().into())
+/// How a time is written as text: `YYYY-MM-DD`, a `T` or a space,
+/// `HH:MM:SS`, `digits` of a second, and a zone as written (`Z`, an offset,
+/// or nothing for UTC).
+struct TextTime<'a> {
+    sep: char,
+    digits: usize,
+    zone: &'a str,
+    offset: chrono::FixedOffset,
+}
+
+impl<'a> TextTime<'a> {
+    /// The layout of `s` and the instant it says.
+    fn read(s: &'a str) -> Option<(TextTime<'a>, DateTime<Utc>)> {
+        let sep = s
+            .get(10..11)
+            .and_then(|c| c.chars().next())
+            .filter(|c| *c == 'T' || *c == ' ')?;
+        let naive = NaiveDateTime::parse_from_str(s.get(..19)?, &format!("%Y-%m-%d{sep}%H:%M:%S")).ok()?;
+        let after = &s[19..];
+        let digits = after
+            .strip_prefix('.')
+            .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
+        let zone = &after[if digits > 0 { digits + 1 } else { 0 }..];
+        let offset = match zone {
+            "" | "Z" | "z" => chrono::FixedOffset::east_opt(0)?,
+            z => {
+                let full = if z.len() == 3 {
+                    format!("{z}:00")
+                } else {
+                    z.to_owned()
+                };
+                *DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{full}"))
+                    .ok()?
+                    .offset()
+            }
+        };
+        let fraction: u32 = match digits {
+            0 => 0,
+            n => after[1..=n.min(9)].parse::<u32>().ok()? * 10u32.pow(9 - n.min(9) as u32),
+        };
+        let utc = naive.and_utc() - chrono::Duration::seconds(offset.local_minus_utc().into())
+            + chrono::Duration::nanoseconds(fraction.into());
+        Some((
+            TextTime {
+                sep,
+                digits,
+                zone,
+                offset,
+            },
+            utc,
+        ))
+    }
+
+    /// `t` in this layout with `digits` of a second, cut rather than
+    /// rounded.
+    fn write(&self, t: DateTime<Utc>, digits: usize) -> String {
+        let local = t.with_timezone(&self.offset);
+        let mut text = local.format(&format!("%Y-%m-%d{}%H:%M:%S", self.sep)).to_string();
+        if digits > 0 {
+            let nanos = format!("{:09}", local.timestamp_subsec_nanos());
+            text.push('.');
+            text.push_str(&nanos[..digits.min(9)]);
+            text.extend(std::iter::repeat_n('0', digits.saturating_sub(9)));
+        }
+        text.push_str(self.zone);
+        text
+    }
 }
 
 /// Converts a value read from a column of class `native` into a field of
