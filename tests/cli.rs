@@ -1761,3 +1761,60 @@ fn the_demo_takes_no_db() {
     assert!(refused.stderr.contains("it takes no --db"), "{}", refused.stderr);
     assert!(!dir.0.join("demo-data").exists() && !dir.0.join("mine.db").exists());
 }
+
+/// `check --connect` names an instant column (`timestamptz`) synced into a
+/// wall-clock one (`timestamp`): every value would be refused there, as
+/// the run that follows shows.
+#[test]
+fn check_connect_names_instants_synced_into_wall_clock_times() {
+    use support::systems::{Kind, SystemDb};
+    let dir = support::TempDir::new("cli-wall-clock");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some((source, target)) = runtime.block_on(async {
+        let source = SystemDb::create(Kind::Postgres, &dir, "source").await?;
+        let target = SystemDb::create(Kind::Postgres, &dir, "target").await?;
+        source
+            .exec(
+                "CREATE TABLE events (id text PRIMARY KEY, at timestamptz, updated_at timestamptz NOT NULL)",
+            )
+            .await;
+        target
+            .exec("CREATE TABLE events (id text PRIMARY KEY, at timestamp, updated_at timestamptz NOT NULL)")
+            .await;
+        source
+            .exec("INSERT INTO events VALUES ('e1', now(), now())")
+            .await;
+        Some((source, target))
+    }) else {
+        return;
+    };
+    let toml = format!(
+        "name = \"e2e\"\nsource = \"a\"\ntarget = \"b\"\n[systems.a]\nconnector = \"sql\"\nurl = \"{}\"\n\
+         [systems.b]\nconnector = \"sql\"\nurl = \"{}\"\n[[entities]]\nname = \"event\"\ntable = \"events\"\n\
+         [tenants.t1]\n",
+        source.url(),
+        target.url()
+    );
+    std::fs::write(dir.0.join("e2e.toml"), toml).unwrap();
+    let checked = syncd(&dir.0, &["check", "--connect", "e2e.toml"]);
+    assert_eq!(checked.code, Some(1), "{}", checked.stdout);
+    assert!(
+        checked.stderr.contains(
+            "entity `event`, field `at`: b column `at` (timestamp without time zone) holds wall-clock times"
+        ),
+        "{}",
+        checked.stderr
+    );
+    let db = dir.sqlite_url("state.db");
+    let ran = syncd(&dir.0, &["--db", &db, "run", "e2e.toml", "--tenant", "t1"]);
+    assert!(
+        ran.stdout.contains("records failed: 1 event (forward)"),
+        "{}{}",
+        ran.stdout,
+        ran.stderr
+    );
+    runtime.block_on(async {
+        source.drop().await;
+        target.drop().await;
+    });
+}

@@ -360,6 +360,25 @@ async fn inspect_entity(
                 t_columns[tc]
             ));
         }
+        // An instant written into a wall-clock column keeps no offset: it
+        // is refused, every one (the other way, a wall-clock time is read
+        // as UTC).
+        let into_wall_clock = match (sk, tk) {
+            (Kind::Timestamp { zoned: true }, Kind::Timestamp { zoned: false }) => {
+                Some((target.system(), tc, &t_columns[tc]))
+            }
+            (Kind::Timestamp { zoned: false }, Kind::Timestamp { zoned: true }) if bidirectional => {
+                Some((source.system(), sc, &s_columns[sc]))
+            }
+            _ => None,
+        };
+        if let Some((system, column, kind)) = into_wall_clock {
+            problems.push(format!(
+                "entity `{entity}`, field `{cdm}`: {system} column `{column}` ({kind}) holds wall-clock times, and \
+                 the other side's holds instants: an instant written there keeps no offset, so every changed \
+                 record would fail (give both columns the same kind of time)"
+            ));
+        }
     }
     for rule in def.merge.keys() {
         if !synced.contains(&rule) {
