@@ -106,7 +106,20 @@ impl Browser {
             "timeouts": {"pageLoad": 15_000, "script": 15_000},
         }}});
         let body = capabilities.to_string();
-        let (status, reply) = request(browser.addr, "POST", "/session", None, Some(body.as_bytes())).await;
+        // Listening is not yet serving: a connection closed without an
+        // answer (status 0) is asked again, for as long as the start may
+        // take; a refusal is final.
+        let (status, reply) = loop {
+            let (status, reply) =
+                request(browser.addr, "POST", "/session", None, Some(body.as_bytes())).await;
+            if status != 0 || started.elapsed() >= WAIT {
+                break (status, reply);
+            }
+            if let Ok(Some(status)) = browser.driver.try_wait() {
+                panic!("chromedriver exited at start ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(status, 200, "chromedriver refused the session: {reply}");
         browser.session = reply["value"]["sessionId"]
             .as_str()
