@@ -39,40 +39,39 @@ impl Job {
         c: &ConflictRecord,
         wrote: &mut bool,
     ) -> Result<(), RunError> {
-        {
-            let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
-                return Ok(());
-            };
-            let scope = self.scope(c.entity_type.as_str());
-            let mapping = self
-                .store
-                .lookup(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
-                .await?
-                .remove(&c.source_record.id);
-            let mut commit = PageCommit {
-                applied_conflicts: vec![c.id],
-                lease: Some(lease.clone()),
-                ..Default::default()
-            };
-            if let Some(m) = mapping.filter(|m| m.status == MappingStatus::Mapped) {
-                let source = self
-                    .source
-                    .read_by_ids(&tables.source, std::slice::from_ref(&c.source_record.id))
-                    .await?;
-                let target = self
-                    .target
-                    .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
-                    .await?;
-                // A record that exists but cannot be read (a value its
-                // side cannot hold) stops the run with the reason; the
-                // decision stays, to be applied once the record is fixed.
-                if let Some((connector, bad)) = source
-                    .bad
-                    .first()
-                    .map(|b| (&self.source, b))
-                    .or(target.bad.first().map(|b| (&self.target, b)))
-                {
-                    return Err(ConnectorError::Config {
+        let Some(tables) = self.entities.get(c.entity_type.as_str()) else {
+            return Ok(());
+        };
+        let scope = self.scope(c.entity_type.as_str());
+        let mapping = self
+            .store
+            .lookup(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
+            .await?
+            .remove(&c.source_record.id);
+        let mut commit = PageCommit {
+            applied_conflicts: vec![c.id],
+            lease: Some(lease.clone()),
+            ..Default::default()
+        };
+        if let Some(m) = mapping.filter(|m| m.status == MappingStatus::Mapped) {
+            let source = self
+                .source
+                .read_by_ids(&tables.source, std::slice::from_ref(&c.source_record.id))
+                .await?;
+            let target = self
+                .target
+                .read_by_ids(&tables.target, std::slice::from_ref(&c.target_record.id))
+                .await?;
+            // A record that exists but cannot be read (a value its
+            // side cannot hold) stops the run with the reason; the
+            // decision stays, to be applied once the record is fixed.
+            if let Some((connector, bad)) = source
+                .bad
+                .first()
+                .map(|b| (&self.source, b))
+                .or(target.bad.first().map(|b| (&self.target, b)))
+            {
+                return Err(ConnectorError::Config {
                         system: connector.system().to_owned(),
                         reason: format!(
                             "the decision of conflict {} cannot be applied: {} (fix the record, then resume the run)",
@@ -80,95 +79,91 @@ impl Job {
                         ),
                     }
                     .into());
-                }
-                if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
-                    let maps = self
-                        .reference_maps(tables, Side::Target, &[&target.fields])
-                        .await?;
-                    let target_in_source_ids = Record {
-                        fields: tables.refs.rewrite(&maps, Side::Target, &target.fields).fields,
-                        ..target.clone()
-                    };
-                    let review = decide::decide_review(
-                        c,
-                        m,
-                        source,
-                        target,
-                        &target_in_source_ids,
-                        &tables.refs,
-                        self.workflow.direction,
-                        &mut Uuid::new_v4,
-                        Utc::now(),
-                    );
-                    match review {
-                        decide::Review::Repark(again) => {
-                            tracing::info!(conflict = %c.id, "record changed since review; parked again");
-                            commit.conflicts.push(again);
+            }
+            if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
+                let maps = self
+                    .reference_maps(tables, Side::Target, &[&target.fields])
+                    .await?;
+                let target_in_source_ids = Record {
+                    fields: tables.refs.rewrite(&maps, Side::Target, &target.fields).fields,
+                    ..target.clone()
+                };
+                let review = decide::decide_review(
+                    c,
+                    m,
+                    source,
+                    target,
+                    &target_in_source_ids,
+                    &tables.refs,
+                    self.workflow.direction,
+                    &mut Uuid::new_v4,
+                    Utc::now(),
+                );
+                match review {
+                    decide::Review::Repark(again) => {
+                        tracing::info!(conflict = %c.id, "record changed since review; parked again");
+                        commit.conflicts.push(again);
+                    }
+                    decide::Review::Apply {
+                        to_target,
+                        to_source,
+                        confirm,
+                    } => {
+                        let now = Utc::now();
+                        let target_updates: Vec<(String, Fields)> = match to_target {
+                            Some(update) => self
+                                .to_target_ids(tables, std::slice::from_ref(&update))
+                                .await?
+                                .into_iter()
+                                .map(|w| (w.id, w.fields))
+                                .collect(),
+                            None => Vec::new(),
+                        };
+                        // Neither side is written unless both can hold
+                        // the decision: one written and the other
+                        // refusing would leave the two apart. Such a
+                        // decision goes back to the reviewer.
+                        let cannot = target_updates
+                            .iter()
+                            .find_map(|(_, f)| self.target.cannot_hold(&tables.target, f))
+                            .or_else(|| {
+                                to_source
+                                    .iter()
+                                    .find_map(|(_, f)| self.source.cannot_hold(&tables.source, f))
+                            });
+                        if let Some(why) = cannot {
+                            tracing::warn!(conflict = %c.id, reason = %why, "the decision cannot be written; parked again for review");
+                            // As a record changed since is parked again:
+                            // under the conflict's run, ids as text.
+                            commit.conflicts.push(ConflictRecord {
+                                id: Uuid::now_v7(),
+                                source_record: tables.refs.record_ids_as_text(source.clone()),
+                                target_record: tables.refs.record_ids_as_text(target_in_source_ids.clone()),
+                                resolution: None,
+                                status: ConflictStatus::Pending,
+                                resolved_by: None,
+                                created_at: now,
+                                resolved_at: None,
+                                ..c.clone()
+                            });
+                            self.store.commit_page(commit).await?;
+                            return Ok(());
                         }
-                        decide::Review::Apply {
-                            to_target,
-                            to_source,
-                            confirm,
-                        } => {
-                            let now = Utc::now();
-                            let target_updates: Vec<(String, Fields)> = match to_target {
-                                Some(update) => self
-                                    .to_target_ids(tables, std::slice::from_ref(&update))
-                                    .await?
-                                    .into_iter()
-                                    .map(|w| (w.id, w.fields))
-                                    .collect(),
-                                None => Vec::new(),
-                            };
-                            // Neither side is written unless both can hold
-                            // the decision: one written and the other
-                            // refusing would leave the two apart. Such a
-                            // decision goes back to the reviewer.
-                            let cannot = target_updates
-                                .iter()
-                                .find_map(|(_, f)| self.target.cannot_hold(&tables.target, f))
-                                .or_else(|| {
-                                    to_source
-                                        .iter()
-                                        .find_map(|(_, f)| self.source.cannot_hold(&tables.source, f))
-                                });
-                            if let Some(why) = cannot {
-                                tracing::warn!(conflict = %c.id, reason = %why, "the decision cannot be written; parked again for review");
-                                // As a record changed since is parked again:
-                                // under the conflict's run, ids as text.
-                                commit.conflicts.push(ConflictRecord {
-                                    id: Uuid::now_v7(),
-                                    source_record: tables.refs.record_ids_as_text(source.clone()),
-                                    target_record: tables
-                                        .refs
-                                        .record_ids_as_text(target_in_source_ids.clone()),
-                                    resolution: None,
-                                    status: ConflictStatus::Pending,
-                                    resolved_by: None,
-                                    created_at: now,
-                                    resolved_at: None,
-                                    ..c.clone()
-                                });
-                                self.store.commit_page(commit).await?;
-                                return Ok(());
-                            }
-                            if !target_updates.is_empty() {
-                                let refused =
-                                    self.target.update(&tables.target, &target_updates, now).await?;
-                                refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
-                                *wrote = true;
-                            }
-                            if let Some(update) = to_source {
-                                let refused = self.source.update(&tables.source, &[update], now).await?;
-                                refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
-                            }
-                            commit.mappings.push(confirm);
+                        if !target_updates.is_empty() {
+                            let refused = self.target.update(&tables.target, &target_updates, now).await?;
+                            refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
+                            *wrote = true;
                         }
+                        if let Some(update) = to_source {
+                            let refused = self.source.update(&tables.source, &[update], now).await?;
+                            refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
+                        }
+                        commit.mappings.push(confirm);
                     }
                 }
             }
-            self.store.commit_page(commit).await?;
         }
+        self.store.commit_page(commit).await?;
         Ok(())
     }
 }
