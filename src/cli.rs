@@ -201,14 +201,14 @@ enum RunsVerb {
     },
     /// One run with its steps.
     Show {
-        /// The run's id (`runs list` shows them).
+        /// The run's id, or its first 4 or more characters (`runs list` shows them).
         run: String,
         #[command(flatten)]
         access: AccessArgs,
     },
     /// Apply reviewed resolutions and finish a suspended or interrupted run.
     Resume {
-        /// The run's id (`runs list` shows them).
+        /// The run's id, or its first 4 or more characters (`runs list` shows them).
         run: String,
         /// Where the run's workflow definition is.
         #[arg(long, default_value = "workflows")]
@@ -218,7 +218,7 @@ enum RunsVerb {
     },
     /// Cancel an active run.
     Cancel {
-        /// The run's id (`runs list` shows them).
+        /// The run's id, or its first 4 or more characters (`runs list` shows them).
         run: String,
         #[command(flatten)]
         access: AccessArgs,
@@ -263,14 +263,14 @@ enum ConflictsVerb {
     },
     /// One conflict: base, source and target side by side.
     Show {
-        /// The conflict's id (`conflicts list` shows them).
+        /// The conflict's id, or its first 4 or more characters (`conflicts list` shows them).
         conflict: String,
         #[command(flatten)]
         access: AccessArgs,
     },
     /// Decide a conflict.
     Resolve {
-        /// The conflict's id (`conflicts list` shows them).
+        /// The conflict's id, or its first 4 or more characters (`conflicts list` shows them).
         conflict: String,
         /// Take every conflicting field from one side.
         #[arg(long, conflicts_with = "values", value_parser = ["source", "target"])]
@@ -319,7 +319,7 @@ enum MappingsVerb {
         scope: ScopeArgs,
         /// Mappings in this status: creates in flight or cut off, synced,
         /// failed (with the reason), or stale (gone on one side).
-        #[arg(long, value_parser = ["pending", "mapped", "failed", "stale"])]
+        #[arg(long, default_value = "failed", value_parser = ["pending", "mapped", "failed", "stale"])]
         status: String,
         /// At most this many mappings.
         #[arg(long, default_value_t = 100)]

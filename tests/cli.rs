@@ -455,6 +455,64 @@ impl Operators {
     }
 }
 
+/// Operators copy the start of an id, as of a git commit: a run or a
+/// conflict is found by its first 4 or more characters when they name one
+/// of those the caller may see, and refused naming why otherwise.
+#[test]
+fn runs_and_conflicts_are_found_by_the_start_of_their_id() {
+    let o = Operators::new();
+    let ((run_a, conflict_a), (run_b, _)) = (&o.a, &o.b);
+    // Both runs' ids start with `5eed`, both conflicts' with `c0f1`: a's
+    // token sees one of each, no token both.
+    let found = [
+        o.with(&o.token_a, &["runs", "show", "5eed"]),
+        o.with(&o.token_a, &["runs", "show", &run_a[..8].to_uppercase()]),
+        o.syncd(&["runs", "show", &run_b[..13]], &[]),
+        o.with(&o.token_a, &["conflicts", "show", "c0f1"]),
+    ];
+    for (run, id) in found.iter().zip([run_a, run_a, run_b, conflict_a]) {
+        assert_eq!((run.code, run.stderr.as_str()), (Some(0), ""), "{}", run.stdout);
+        assert!(run.stdout.contains(id.as_str()), "{}", run.stdout);
+    }
+    let refused = [
+        (
+            o.syncd(&["runs", "show", "5eed"], &[]),
+            "error: more than one run id starts with `5eed`: give more of it",
+        ),
+        (
+            o.syncd(
+                &["conflicts", "resolve", "c0f1", "--take", "source", "--by", "ann"],
+                &[],
+            ),
+            "error: more than one conflict id starts with `c0f1`: give more of it",
+        ),
+        (
+            o.with(&o.token_a, &["runs", "cancel", &run_b[..13]]),
+            &format!("error: no run id starts with `{}`", &run_b[..13]),
+        ),
+        (
+            o.syncd(&["runs", "show", "5ee"], &[]),
+            "error: `5ee` is not a run id (give the whole id, or its first 4 or more characters)",
+        ),
+        (
+            o.syncd(&["conflicts", "show", "c0f1%"], &[]),
+            "error: `c0f1%` is not a conflict id (give the whole id, or its first 4 or more characters)",
+        ),
+    ];
+    for (run, message) in refused {
+        assert_eq!(
+            (run.code, run.stderr.trim_end()),
+            (Some(1), message),
+            "{}",
+            run.stdout
+        );
+    }
+    // Nothing was decided or cancelled by the refused ones.
+    let b = o.syncd(&["runs", "show", run_b], &[]);
+    assert!(b.stdout.contains("state       suspended"), "{}", b.stdout);
+    assert!(b.stdout.contains("pending conflicts: 1"), "{}", b.stdout);
+}
+
 #[test]
 fn a_tenant_token_sees_only_its_tenant_on_the_command_line() {
     let o = Operators::new();

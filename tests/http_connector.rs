@@ -1195,14 +1195,26 @@ async fn a_long_run_off_a_terminal_reports_its_progress_periodically() {
     assert!(out.status.success(), "{stderr}");
     let progress: Vec<&str> = stderr.lines().filter(|l| l.contains("syncd::progress")).collect();
     // Lines of one step (`[k/n] entity direction`), in order, by read count.
+    // A step's first line says it started (its counts would be zeros).
     let mut by_step: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut started = std::collections::HashSet::new();
     for line in &progress {
         let at = line.find('[').unwrap_or_else(|| panic!("{line}"));
         let words: Vec<&str> = line[at..].split_whitespace().collect();
-        let step = words[..3].join(" ");
+        let step = words[..3].join(" ").trim_end_matches(':').to_owned();
+        if words.get(3) == Some(&"started") {
+            assert!(!by_step.contains_key(&step), "started after its counts: {line}");
+            started.insert(step);
+            continue;
+        }
         let read: u64 = words[4].parse().unwrap_or_else(|_| panic!("{line}"));
         by_step.entry(step).or_default().push(read);
     }
+    assert!(
+        by_step.keys().all(|s| started.contains(s)),
+        "a step's counts came without its start:\n{}",
+        progress.join("\n")
+    );
     let periodic = by_step
         .values()
         .filter(|reads| {

@@ -15,8 +15,8 @@ use syncd_core::record::{Fields, Record, Side};
 use syncd_engine::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
 use syncd_store::cache::MappingCache;
 use syncd_store::{
-    DEFAULT_MAX_SNAPSHOT_BYTES, Lease, MappingWrite, PageCommit, Reservation, RunRow, Store, StoreConfig,
-    StoreError,
+    ConflictFilter, DEFAULT_MAX_SNAPSHOT_BYTES, Lease, MappingWrite, PageCommit, Reservation, RunFilter,
+    RunRow, Store, StoreConfig, StoreError,
 };
 use uuid::Uuid;
 
@@ -130,6 +130,7 @@ conformance!(
     a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict,
     links_read_without_bases_never_stand_in_for_mappings,
     a_cancelled_run_commits_nothing_more,
+    runs_and_conflicts_are_listed_by_the_start_of_their_id,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -1139,6 +1140,76 @@ async fn a_scope_is_empty_until_it_holds_a_mapping_a_reservation_or_a_conflict(s
         !store.scope_is_empty(&accounts, asking).await.unwrap(),
         "a pending conflict counts"
     );
+}
+
+/// `runs show 5eed` and `conflicts show c0f1`: the ids whose text starts
+/// with what an operator typed (hyphens included, in any case), no others.
+async fn runs_and_conflicts_are_listed_by_the_start_of_their_id(store: Arc<Store>) {
+    let ids = [
+        0x5eed_0000_0000_4000_8000_0000_0000_0001_u128,
+        0x5eed_0000_0000_4000_8000_0000_0000_0002,
+        0x5eee_0000_0000_4000_8000_0000_0000_0001,
+    ];
+    for (i, id) in ids.into_iter().enumerate() {
+        let run = RunRow {
+            id: Uuid::from_u128(id),
+            tenant_id: "tenant-a".into(),
+            // One active run an integration.
+            integration_id: format!("prefixes-{i}").into(),
+            state: RunState::Planned,
+            plan: json!({"stages": []}),
+            trigger: "manual".into(),
+            error: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            finished_at: None,
+        };
+        store.create_run(&run, &[]).await.unwrap();
+    }
+    let runs = |prefix: &str| {
+        let store = store.clone();
+        let filter = RunFilter {
+            id_prefix: Some(prefix.to_owned()),
+            limit: 10,
+            ..Default::default()
+        };
+        async move {
+            let mut ids: Vec<u128> = store
+                .list_runs(&filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.id.as_u128())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(runs("5eed").await, ids[..2]);
+    assert_eq!(runs("5EED0000-0000-4000-8000-00000000000").await, ids[..2]);
+    assert_eq!(runs("5eed0000-0000-4000-8000-000000000002").await, ids[1..2]);
+    assert_eq!(runs("5ee").await, ids);
+    assert_eq!(runs("5eef").await, Vec::<u128>::new());
+    let mut conflict = sample_conflict("tenant-a", "p-1");
+    conflict.id = Uuid::from_u128(0xc0f1_0000_0000_4000_8000_0000_0000_0001);
+    let mut other = sample_conflict("tenant-a", "p-2");
+    other.id = Uuid::from_u128(0xc0f2_0000_0000_4000_8000_0000_0000_0001);
+    store
+        .commit_page(PageCommit {
+            conflicts: vec![conflict.clone(), other],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let found = store
+        .list_conflicts(&ConflictFilter {
+            id_prefix: Some("C0F1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), [conflict.id]);
 }
 
 async fn conflicts_are_stored_per_tenant(store: Arc<Store>) {

@@ -1,15 +1,10 @@
 //! `syncd conflicts list|show|resolve`: reviewers deciding manual
 //! conflicts.
 
-use super::{Access, CmdResult, open_store, runtime};
+use super::{Access, CmdResult, find_conflict, open_store, runtime};
 use serde_json::Value;
 use syncd_core::conflict::{ConflictRecord, ConflictStatus, ReviewDecision, decided_values};
 use syncd_store::ConflictFilter;
-use uuid::Uuid;
-
-fn parse_id(id: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(id).map_err(|e| format!("error: `{id}` is not a conflict id: {e}"))
-}
 
 /// Prints conflicts, oldest first.
 pub fn list(access: Access, status: Option<String>, entity: Option<String>, limit: u32) -> CmdResult {
@@ -115,11 +110,12 @@ pub fn render(c: &ConflictRecord) -> String {
 
 /// Prints one conflict.
 pub fn show(id: &str, access: Access) -> CmdResult {
-    let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
+        let tenant = access.confine(&store).await?;
+        let id = find_conflict(&store, tenant.as_ref(), id).await?;
         let c = store
-            .load_conflict(access.confine(&store).await?.as_ref(), id)
+            .load_conflict(tenant.as_ref(), id)
             .await
             .map_err(|e| format!("error: {e}"))?
             .ok_or_else(|| format!("error: no conflict {id}"))?;
@@ -131,7 +127,6 @@ pub fn show(id: &str, access: Access) -> CmdResult {
 /// Records a reviewer's decision. `take` is `source` or `target`; `values`
 /// is a JSON object of field values.
 pub fn resolve(id: &str, take: Option<&str>, values: Option<&str>, by: &str, access: Access) -> CmdResult {
-    let id = parse_id(id)?;
     let decision = match (take, values) {
         (Some("source"), None) => ReviewDecision::TakeSource,
         (Some("target"), None) => ReviewDecision::TakeTarget,
@@ -149,6 +144,7 @@ pub fn resolve(id: &str, take: Option<&str>, values: Option<&str>, by: &str, acc
     runtime()?.block_on(async {
         let store = open_store().await?;
         let tenant = access.confine(&store).await?;
+        let id = find_conflict(&store, tenant.as_ref(), id).await?;
         let c = store
             .load_conflict(tenant.as_ref(), id)
             .await

@@ -132,6 +132,70 @@ pub async fn serve_metrics(bind: Option<&str>, store: Arc<Store>) -> Result<(), 
 /// The store named by `--db` or `SYNCD_DATABASE_URL` (default
 /// `sqlite://syncd.db`, said on stderr), with the Redis cache of
 /// `SYNCD_REDIS_URL` or the in-process one.
+/// `text` as the start of a `what`'s id: at least 4 characters, each a hex
+/// digit or a hyphen, as `runs list` and `conflicts list` print them.
+fn id_prefix(text: &str, what: &str) -> Result<String, String> {
+    match text.len() >= 4 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        true => Ok(text.to_ascii_lowercase()),
+        false => Err(format!(
+            "error: `{text}` is not a {what} id (give the whole id, or its first 4 or more characters)"
+        )),
+    }
+}
+
+/// The one id of `found` (the `what`s whose id starts with `text`).
+fn the_one(text: &str, what: &str, found: &[uuid::Uuid]) -> Result<uuid::Uuid, String> {
+    match found {
+        [id] => Ok(*id),
+        [] => Err(format!("error: no {what} id starts with `{text}`")),
+        _ => Err(format!(
+            "error: more than one {what} id starts with `{text}`: give more of it"
+        )),
+    }
+}
+
+/// The run an operator named by its whole id or by the start of it.
+pub async fn find_run(store: &Store, tenant: Option<&TenantId>, text: &str) -> Result<uuid::Uuid, String> {
+    if let Ok(id) = uuid::Uuid::parse_str(text) {
+        return Ok(id);
+    }
+    let runs = store
+        .list_runs(&syncd_store::RunFilter {
+            tenant: tenant.cloned(),
+            id_prefix: Some(id_prefix(text, "run")?),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("error: {e}"))?;
+    the_one(text, "run", &runs.iter().map(|r| r.id).collect::<Vec<_>>())
+}
+
+/// The conflict a reviewer named by its whole id or by the start of it.
+pub async fn find_conflict(
+    store: &Store,
+    tenant: Option<&TenantId>,
+    text: &str,
+) -> Result<uuid::Uuid, String> {
+    if let Ok(id) = uuid::Uuid::parse_str(text) {
+        return Ok(id);
+    }
+    let conflicts = store
+        .list_conflicts(&syncd_store::ConflictFilter {
+            tenant: tenant.cloned(),
+            id_prefix: Some(id_prefix(text, "conflict")?),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("error: {e}"))?;
+    the_one(
+        text,
+        "conflict",
+        &conflicts.iter().map(|c| c.id).collect::<Vec<_>>(),
+    )
+}
+
 pub async fn open_store() -> Result<Arc<Store>, String> {
     let config = state_config();
     let cache = match std::env::var("SYNCD_REDIS_URL") {

@@ -149,19 +149,32 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
         let step_started = *started.entry(p.step).or_insert(now);
         let c = &p.counters;
         let secs = now.duration_since(step_started).as_secs_f64();
-        let line = format!(
-            "[{}/{}] {} {}: read {} created {} updated {} conflicts {} failed {} ({:.0} rec/s)",
-            p.step,
-            p.steps,
-            p.entity_type,
-            p.direction.as_str(),
-            c.read,
-            c.created,
-            c.updated,
-            c.conflicts + c.parked,
-            c.failed,
-            if secs > 0.0 { c.read as f64 / secs } else { 0.0 }
-        );
+        // Off a terminal a step's first line comes as it starts: its
+        // counts would all be zeros (the table at the end has the last).
+        let first = !tty && !logged.contains_key(&p.step) && c.read == 0;
+        let line = if first {
+            format!(
+                "[{}/{}] {} {}: started",
+                p.step,
+                p.steps,
+                p.entity_type,
+                p.direction.as_str()
+            )
+        } else {
+            format!(
+                "[{}/{}] {} {}: read {} created {} updated {} conflicts {} failed {} ({:.0} rec/s)",
+                p.step,
+                p.steps,
+                p.entity_type,
+                p.direction.as_str(),
+                c.read,
+                c.created,
+                c.updated,
+                c.conflicts + c.parked,
+                c.failed,
+                if secs > 0.0 { c.read as f64 / secs } else { 0.0 }
+            )
+        };
         if tty {
             eprint!("\r\x1b[K{line}");
             let _ = std::io::stderr().flush();

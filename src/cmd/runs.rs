@@ -1,16 +1,11 @@
 //! `syncd runs list|show|resume|cancel`: operators watching and steering
 //! runs.
 
-use super::{Access, CmdResult, open_store, runtime, steps_table};
+use super::{Access, CmdResult, find_run, open_store, runtime, steps_table};
 use std::path::{Path, PathBuf};
 use syncd_engine::run::executor::{Job, Options};
 use syncd_engine::run::{RunEvent, RunState};
 use syncd_store::RunFilter;
-use uuid::Uuid;
-
-fn parse_id(id: &str) -> Result<Uuid, String> {
-    Uuid::parse_str(id).map_err(|e| format!("error: `{id}` is not a run id: {e}"))
-}
 
 /// Prints runs, newest first.
 pub fn list(access: Access, state: Option<String>, limit: u32) -> CmdResult {
@@ -79,10 +74,10 @@ pub fn schedules(access: Access) -> CmdResult {
 
 /// Prints one run with its steps and pending conflicts.
 pub fn show(id: &str, access: Access) -> CmdResult {
-    let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
         let tenant = access.confine(&store).await?;
+        let id = find_run(&store, tenant.as_ref(), id).await?;
         let run = store
             .load_run(tenant.as_ref(), id)
             .await
@@ -136,10 +131,10 @@ pub fn show(id: &str, access: Access) -> CmdResult {
 
 /// Confirms the deletions a held run counted.
 pub fn confirm_deletes(id: &str, access: Access, by: &str) -> CmdResult {
-    let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
         let tenant = access.confine(&store).await?;
+        let id = find_run(&store, tenant.as_ref(), id).await?;
         let run = store
             .load_run(tenant.as_ref(), id)
             .await
@@ -168,7 +163,12 @@ pub fn confirm_deletes(id: &str, access: Access, by: &str) -> CmdResult {
 
 /// Finds the definition of integration `name` among `dir/*.toml`.
 pub fn find_workflow(dir: &Path, name: &str) -> Result<PathBuf, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("error: {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        format!(
+            "error: {}: {e}; name the folder of definitions with --workflows",
+            dir.display()
+        )
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -194,10 +194,10 @@ pub fn find_workflow(dir: &Path, name: &str) -> Result<PathBuf, String> {
 /// an interrupted one) here and now: applies reviewed resolutions and
 /// finishes it. Refused like the API's resume.
 pub fn resume(id: &str, workflows: &Path, access: Access) -> CmdResult {
-    let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
         let tenant = access.confine(&store).await?;
+        let id = find_run(&store, tenant.as_ref(), id).await?;
         let run = store
             .load_run(tenant.as_ref(), id)
             .await
@@ -230,10 +230,10 @@ pub fn resume(id: &str, workflows: &Path, access: Access) -> CmdResult {
 
 /// Cancels an active run.
 pub fn cancel(id: &str, access: Access) -> CmdResult {
-    let id = parse_id(id)?;
     runtime()?.block_on(async {
         let store = open_store().await?;
         let tenant = access.confine(&store).await?;
+        let id = find_run(&store, tenant.as_ref(), id).await?;
         let run = store
             .load_run(tenant.as_ref(), id)
             .await

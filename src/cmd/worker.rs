@@ -11,7 +11,12 @@ use syncd_engine::worker::{Definition, Worker};
 /// left out, so one broken file does not stop the others.
 pub(super) fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("error: {}: {e}", dir.display()))?
+        .map_err(|e| {
+            format!(
+                "error: {}: {e}; name the folder of definitions with --workflows",
+                dir.display()
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();

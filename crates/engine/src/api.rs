@@ -256,6 +256,7 @@ async fn list_runs(
             integration: q.integration.map(Into::into),
             state,
             limit: q.limit.unwrap_or(50).min(1000),
+            id_prefix: None,
         })
         .await?;
     Ok(Json(json!({ "runs": runs })))
@@ -346,6 +347,7 @@ async fn list_conflicts(
             entity_type: q.entity,
             run_id: q.run,
             limit: q.limit.unwrap_or(100).min(1000),
+            id_prefix: None,
         })
         .await?;
     let conflicts: Vec<Value> = conflicts.iter().map(|c| with_context(&s, c)).collect();

@@ -395,6 +395,8 @@ pub struct RunFilter {
     pub tenant: Option<TenantId>,
     pub integration: Option<IntegrationId>,
     pub state: Option<RunState>,
+    /// Runs whose id, as text (lowercase, with hyphens), starts with this.
+    pub id_prefix: Option<String>,
     pub limit: u32,
 }
 
@@ -406,6 +408,8 @@ pub struct ConflictFilter {
     pub status: Option<ConflictStatus>,
     pub entity_type: Option<String>,
     pub run_id: Option<Uuid>,
+    /// Conflicts whose id, as text (lowercase, with hyphens), starts with this.
+    pub id_prefix: Option<String>,
     pub limit: u32,
 }
 

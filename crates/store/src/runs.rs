@@ -161,8 +161,8 @@ impl Store {
                 .list_runs(&RunFilter {
                     tenant: Some(run.tenant_id.clone()),
                     integration: Some(run.integration_id.clone()),
-                    state: None,
                     limit: 1,
+                    ..Default::default()
                 })
                 .await?
                 .into_iter()

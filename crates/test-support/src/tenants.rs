@@ -18,12 +18,18 @@ fn fields(v: Value) -> Fields {
     v.as_object().unwrap().clone()
 }
 
-/// Seeds tenants `a` and `b`; returns (run id, conflict id) of each.
+/// A random id whose text starts with `prefix` (4 hex digits).
+fn id_starting(prefix: u16) -> Uuid {
+    Uuid::from_u128(u128::from(prefix) << 112 | Uuid::new_v4().as_u128() & ((1 << 112) - 1))
+}
+
+/// Seeds tenants `a` and `b`; returns (run id, conflict id) of each. The
+/// two runs' ids start with `5eed`, the two conflicts' with `c0f1`.
 pub async fn seed(store: &Store) -> [(Uuid, Uuid); 2] {
     let mut ids = Vec::new();
     for tenant in ["a", "b"] {
         let run = RunRow {
-            id: Uuid::new_v4(),
+            id: id_starting(0x5eed),
             tenant_id: tenant.into(),
             integration_id: "crm-to-erp".into(),
             state: RunState::Suspended,
@@ -36,7 +42,7 @@ pub async fn seed(store: &Store) -> [(Uuid, Uuid); 2] {
         };
         store.create_run(&run, &[]).await.unwrap();
         let conflict = ConflictRecord {
-            id: Uuid::new_v4(),
+            id: id_starting(0xc0f1),
             tenant_id: tenant.into(),
             integration_id: "crm-to-erp".into(),
             entity_type: "order".into(),

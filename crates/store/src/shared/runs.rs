@@ -32,6 +32,7 @@ macro_rules! run_statements {
                  WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1) \
                    AND (CAST($2 AS TEXT) IS NULL OR integration_id = $2) \
                    AND (CAST($3 AS TEXT) IS NULL OR state = $3) \
+                   AND (CAST($5 AS TEXT) IS NULL OR CAST(id AS TEXT) LIKE $5) \
                  ORDER BY created_at DESC, id LIMIT $4",
                 crate::rows::RUN_COLUMNS
             ))
@@ -39,6 +40,7 @@ macro_rules! run_statements {
             .bind(f.integration.as_ref().map(IntegrationId::as_str))
             .bind(f.state.map(RunState::as_str))
             .bind(f.limit as i64)
+            .bind(f.id_prefix.as_deref().map(crate::rows::starts_with))
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(crate::rows::run).collect()
@@ -361,6 +363,7 @@ macro_rules! run_statements {
                 "SELECT {} FROM conflicts \
                  WHERE (CAST($1 AS TEXT) IS NULL OR tenant_id = $1) AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
                    AND (CAST($3 AS TEXT) IS NULL OR entity_type = $3) AND (CAST($4 AS TEXT) IS NULL OR run_id = $4) \
+                   AND (CAST($6 AS TEXT) IS NULL OR CAST(id AS TEXT) LIKE $6) \
                  ORDER BY CASE WHEN CAST($2 AS TEXT) = 'resolved' THEN resolved_at END DESC, created_at, id LIMIT $5",
                 crate::rows::CONFLICT_COLUMNS
             ))
@@ -369,6 +372,7 @@ macro_rules! run_statements {
             .bind(f.entity_type.as_deref())
             .bind(f.run_id.map(|r| self.id(r)))
             .bind(f.limit as i64)
+            .bind(f.id_prefix.as_deref().map(crate::rows::starts_with))
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(crate::rows::conflict).collect()
