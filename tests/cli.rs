@@ -1876,3 +1876,56 @@ fn check_connect_names_instants_synced_into_wall_clock_times() {
         target.drop().await;
     });
 }
+
+/// A definition copied beside its original and not renamed: the worker
+/// served one of the two without a word, and the copy's schedule and
+/// systems never ran. It now says which file it leaves out, and why.
+#[test]
+fn a_worker_names_a_second_definition_of_the_same_integration() {
+    let dir = TempDir::new();
+    let text = workflow("").replace(
+        "[systems.crm]\nconnector = \"sql\"",
+        "[systems.crm]\nconnector = \"sql\"\nurl = \"sqlite://crm.db\"",
+    );
+    let text = text.replace(
+        "[systems.erp]\nconnector = \"sql\"",
+        "[systems.erp]\nconnector = \"sql\"\nurl = \"sqlite://erp.db\"",
+    );
+    dir.write("workflows/crm-to-erp.toml", &text)
+        .write("workflows/crm-to-erp-copy.toml", &text);
+    let state = format!("sqlite://{}/state.db", dir.0.display());
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&dir.0)
+        .args(["worker", "--workflows", "workflows", "--poll-ms", "100"])
+        .env("SYNCD_DATABASE_URL", &state)
+        .env_remove("SYNCD_REDIS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its output up to the line that says what it serves, then what it
+    // said on stderr.
+    let mut stdout = std::io::BufReader::new(worker.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while !seen.contains("serving") {
+        line.clear();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut seen).unwrap();
+    assert!(
+        seen.contains(
+            "error: workflows/crm-to-erp.toml: integration `crm-to-erp` is already defined by \
+             workflows/crm-to-erp-copy.toml: left out (give it a name of its own)"
+        ),
+        "{seen}"
+    );
+    assert!(seen.contains("serving 1 integration(s) from workflows"), "{seen}");
+}

@@ -242,8 +242,32 @@ fn http_systems_say_where_each_entity_lives_and_keep_secrets_out() {
             "[systems.warehouse]\nconnector = \"sql\"\nrate_limit = 5\n",
         ),
         &[&format!(
-            "{FILE}: field `systems.warehouse`: auth, rate_limit, timeout, retries, backoff, concurrency and \
-             entities are settings of HTTP systems (connector = \"http\")"
+            "{FILE}: field `systems.warehouse`: auth, rate_limit, timeout, retries, backoff, concurrency, \
+             numbers and entities are settings of HTTP systems (connector = \"http\")"
+        )],
+    );
+    // How the API keeps numbers: as doubles unless said.
+    let numbers = |text: &str| {
+        let wf = Workflow::parse(FILE, text).unwrap();
+        wf.system_for(&"acme".into(), &wf.source)
+            .http
+            .unwrap()
+            .exact_numbers
+    };
+    assert!(!numbers(VALID));
+    assert!(!numbers(&valid_with(
+        "rate_limit = 10",
+        "rate_limit = 10\nnumbers = \"double\""
+    )));
+    assert!(numbers(&valid_with(
+        "rate_limit = 10",
+        "rate_limit = 10\nnumbers = \"exact\""
+    )));
+    check(
+        &valid_with("rate_limit = 10", "rate_limit = 10\nnumbers = \"decimal\""),
+        &[&format!(
+            "{FILE}: field `systems.shop.numbers`: `decimal` is not how an API keeps numbers: \"double\" (the \
+             default: numbers a double would change are refused) or \"exact\" (every number as sent)"
         )],
     );
 }

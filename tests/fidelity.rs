@@ -84,9 +84,15 @@ table = "ledger"
     }
 
     fn run(&self, env: &[(&str, &str)]) -> Ran {
+        self.run_with(&[], env)
+    }
+
+    /// `syncd run` with more `args` (`--page-size 2`).
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Ran {
         let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
             .current_dir(&self.dir.0)
             .args(["run", "exact.toml", "--tenant", "t1"])
+            .args(args)
             .env("SYNCD_DATABASE_URL", self.dir.sqlite_url("state.db"))
             .env_remove("SYNCD_REDIS_URL")
             .envs(env.iter().copied())
@@ -284,8 +290,8 @@ async fn a_value_the_target_cannot_hold_fails_its_record_naming_the_field() {
     assert_eq!(ran.counter("product", "failed"), 3, "{}", ran.stdout);
     assert!(
         ran.stdout.contains(
-            "records failed: 3 product (forward); why: `syncd mappings list --tenant t1 --integration exact \
-             --entity ENTITY --status failed`"
+            "records failed: 3 product (forward); why:\n  \
+             syncd mappings list --tenant t1 --integration exact --entity product --status failed\n"
         ),
         "{}",
         ran.stdout
@@ -934,5 +940,200 @@ async fn text_a_number_column_would_not_give_back_fails_its_record() {
     let rows = s.target.dump("ledger").await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["code"], serde_json::json!(12.5));
+    s.drop().await;
+}
+
+/// Rows whose `updated_at` is NULL (or PostgreSQL's `infinity`) have no
+/// place in a scan by time. A page that ended on one ended the scan (NULLs
+/// order first in MariaDB and SQLite) or left a cursor no later run got
+/// past (`infinity`, or NULL last in PostgreSQL); one inserted later was
+/// never read. Every run said succeeded. They are now read on every run
+/// and compared by value, and every other row is still read.
+#[tokio::test]
+async fn rows_without_a_time_are_read_on_every_run_and_do_not_stop_the_scan() {
+    let hour_ago = syncd_connect::format_time(chrono::Utc::now() - chrono::Duration::hours(1));
+    let cases = [
+        (
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz)",
+            "now() - interval '1 hour'",
+            "now()",
+        ),
+        (
+            Kind::Mariadb,
+            "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, name TEXT, updated_at DATETIME(6) NULL)",
+            "utc_timestamp(6) - interval 1 hour",
+            "utc_timestamp(6)",
+        ),
+        (
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)",
+            &format!("'{hour_ago}'") as &str,
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        ),
+    ];
+    for (kind, ddl, earlier, now) in cases {
+        let Some(s) = Setup::new(
+            kind,
+            ddl,
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)",
+        )
+        .await
+        else {
+            continue;
+        };
+        let mut rows = vec![
+            format!("('n1', 'null 1', NULL)"),
+            format!("('n2', 'null 2', NULL)"),
+            format!("('v1', 'timed 1', {earlier})"),
+            format!("('v2', 'timed 2', {earlier})"),
+            format!("('v3', 'timed 3', {earlier})"),
+        ];
+        if kind == Kind::Postgres {
+            rows.push("('i1', 'infinite', 'infinity')".into());
+        }
+        s.source
+            .exec(&format!(
+                "INSERT INTO ledger (id, name, updated_at) VALUES {}",
+                rows.join(", ")
+            ))
+            .await;
+        let names = async || {
+            let mut names: Vec<String> = s
+                .target
+                .dump("ledger")
+                .await
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        // Pages of 2: one ends on the second NULL row.
+        let first = s.run_with(&["--page-size", "2"], &[]);
+        assert_eq!(
+            first.counter("product", "created"),
+            rows.len() as u64,
+            "{kind:?}: {}",
+            first.stdout
+        );
+        assert_eq!(
+            first.counter("product", "failed"),
+            0,
+            "{kind:?}: {}",
+            first.stdout
+        );
+
+        // A timed edit, a new row without a time, an edit of one without.
+        s.source
+            .exec(&format!(
+                "UPDATE ledger SET name = 'timed 1 edited', updated_at = {now} WHERE id = 'v1'"
+            ))
+            .await;
+        s.source
+            .exec("INSERT INTO ledger (id, name, updated_at) VALUES ('n3', 'null 3', NULL)")
+            .await;
+        s.source
+            .exec("UPDATE ledger SET name = 'null 1 edited' WHERE id = 'n1'")
+            .await;
+        let second = s.run_with(&["--page-size", "2"], &[]);
+        assert_eq!(
+            second.counter("product", "created"),
+            1,
+            "{kind:?}: {}",
+            second.stdout
+        );
+        assert_eq!(
+            second.counter("product", "updated"),
+            2,
+            "{kind:?}: {}",
+            second.stdout
+        );
+        let mut expected = vec![
+            "null 1 edited",
+            "null 2",
+            "null 3",
+            "timed 1 edited",
+            "timed 2",
+            "timed 3",
+        ];
+        if kind == Kind::Postgres {
+            expected.push("infinite");
+        }
+        expected.sort();
+        assert_eq!(names().await, expected, "{kind:?}");
+
+        // Read again, unchanged: nothing written.
+        let third = s.run_with(&["--page-size", "2"], &[]);
+        assert_eq!(third.writes("product"), 0, "{kind:?}: {}", third.stdout);
+        assert!(
+            third.counter("product", "read") >= 3,
+            "{kind:?}: {}",
+            third.stdout
+        );
+        s.drop().await;
+    }
+}
+
+/// A column the target loses under a run (renamed by a DBA) is not one
+/// record's fault: each update of the page was failed alone, kept its old
+/// base and was never written again, while the next run read nothing. The
+/// step now stops, naming the column, and a resume once the column is back
+/// writes the page.
+#[tokio::test]
+async fn a_column_gone_under_a_run_stops_the_step_and_a_resume_writes_the_page() {
+    let ddl = "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, ddl).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'first', now()), ('b', 'first', now()), ('c', 'first', now())")
+        .await;
+    s.run(&[]);
+    // What PostgreSQL answers an update naming a column it no longer has.
+    s.target
+        .exec(
+            "CREATE FUNCTION gone() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE EXCEPTION 'column \"name\" of relation \"ledger\" does not exist' USING ERRCODE = 'undefined_column'; \
+             END $$; \
+             CREATE TRIGGER gone BEFORE UPDATE ON ledger FOR EACH ROW EXECUTE FUNCTION gone()",
+        )
+        .await;
+    s.source
+        .exec("UPDATE ledger SET name = 'second', updated_at = now()")
+        .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&s.dir.0)
+        .args(["run", "exact.toml", "--tenant", "t1"])
+        .env("SYNCD_DATABASE_URL", s.dir.sqlite_url("state.db"))
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("failed")
+            && (stdout.contains("column \"name\"") || stderr.contains("column \"name\"")),
+        "{stdout}{stderr}"
+    );
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split_whitespace().next()))
+        .unwrap()
+        .to_owned();
+    s.target.exec("DROP TRIGGER gone ON ledger").await;
+    s.syncd(&["runs", "resume", &run, "--workflows", "."]);
+    let names: Vec<String> = s
+        .target
+        .dump("ledger")
+        .await
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["second", "second", "second"]);
     s.drop().await;
 }

@@ -426,3 +426,115 @@ async fn a_crm_and_json_server_converge_both_ways_and_a_second_run_writes_nothin
     assert_eq!(setup.snapshot().await, before);
     setup.crm.drop().await;
 }
+
+/// json-server reads JSON numbers as JavaScript does, as doubles: it stored
+/// `9007199254740993` as `9007199254740992`, and the next read of it looked
+/// like an edit made there, synced back over the CRM's exact value, in a
+/// run that said succeeded. A number a double would change now fails its
+/// record before anything is sent; the rest sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_json_server_would_round_fail_their_record_and_are_never_sent() {
+    let dir = TempDir::new("rest-numbers");
+    let Some(crm) = SystemDb::create(Kind::Postgres, &dir, "source").await else {
+        return;
+    };
+    crm.exec(
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, updated_at timestamptz NOT NULL);
+         INSERT INTO ledger VALUES ('fits', 12.50, now()), ('big', 9007199254740993, now()),
+             ('wide', 12345678901234567890.123456789, now())",
+    )
+    .await;
+    let Some(mut rest) = JsonServer::start(&json!({"ledger": []})).await else {
+        return;
+    };
+    let workflow = dir.0.join("ledger.toml");
+    std::fs::write(
+        &workflow,
+        format!(
+            r#"name = "ledger"
+direction = "bidirectional"
+source = "crm"
+target = "rest"
+
+[systems.crm]
+connector = "sql"
+url = "{}"
+
+[systems.rest]
+connector = "http"
+url = "{}"
+backoff = "20ms"
+entities.entry = {{ path = "/ledger", records = "", record = "", updated_field = "", id_type = "number", page_param = "_page", size_param = "_limit", query = {{ _sort = "id" }}, external_id_field = "sync_key" }}
+
+[[entities]]
+name = "entry"
+source_table = "ledger"
+target_table = "ledger"
+reconcile_every = "0s"
+[entities.fields]
+amount = "amount"
+
+[tenants.{TENANT}]
+"#,
+            crm.url(),
+            rest.url()
+        ),
+    )
+    .unwrap();
+    let database_url = dir.sqlite_url("state.db");
+    for run in 1..=2 {
+        let before = rest.mark().await;
+        let out = std::process::Command::new(support::syncd_bin())
+            .arg("run")
+            .arg(&workflow)
+            .args(["--tenant", TENANT])
+            .env("SYNCD_DATABASE_URL", &database_url)
+            .env_remove("SYNCD_REDIS_URL")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("succeeded"),
+            "run {run}: {stdout}"
+        );
+        support::assert_table_accounted(&stdout);
+        let after = rest.mark().await;
+        let sent = rest.requests_between(before, after);
+        // The first run creates the one that fits; nothing else is sent.
+        assert_eq!(sent.writes(), if run == 1 { 1 } else { 0 }, "run {run}: {sent:?}");
+        let records = rest.records("ledger").await;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0]["amount"], json!(12.5));
+        let amounts: Vec<String> = sqlx::query_scalar("SELECT amount::text FROM ledger ORDER BY id")
+            .fetch_all(crm.pg_pool().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            amounts,
+            ["9007199254740993", "12.50", "12345678901234567890.123456789"]
+        );
+    }
+    let store = Store::connect(&StoreConfig::new(&database_url), MappingCache::disabled())
+        .await
+        .unwrap();
+    let scope = EntityScope::new(TENANT, "ledger", "entry");
+    let found = store
+        .lookup(&scope, Side::Source, &["big".into(), "wide".into()])
+        .await
+        .unwrap();
+    for (id, n) in [
+        ("big", "9007199254740993"),
+        ("wide", "12345678901234567890.123456789"),
+    ] {
+        let m = &found[id];
+        assert_eq!(m.status, MappingStatus::Failed, "{id}");
+        let why = m.last_error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains(&format!(
+                "field `amount` (`amount`): {n} is not kept by an API that reads numbers as doubles"
+            )),
+            "{why}"
+        );
+    }
+    crm.drop().await;
+}

@@ -639,6 +639,86 @@ async fn a_record_moved_under_a_parent_created_in_the_same_page_keeps_its_parent
     state.drop().await;
 }
 
+async fn failed_of(store: &Store, run: &syncd_store::RunRow) -> u64 {
+    store
+        .load_steps(run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.counters.failed)
+        .sum()
+}
+
+/// A self-reference to a record that exists nowhere (a dangling parent in
+/// the source) cannot be written: the record is created without it, then
+/// fails with the reason in its last pass, instead of being written with
+/// an empty parent on every run while the run says all is well.
+#[tokio::test]
+async fn a_self_reference_to_a_record_that_exists_nowhere_fails_its_record() {
+    let dir = TempDir::new("dangling");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[
+                json!({"id": "A-1", "name": "Orphan", "industry": "x", "parent_id": "A-gone", "updated_at": ts(0)}),
+                json!({"id": "A-2", "name": "Child", "industry": "x", "parent_id": "A-1", "updated_at": ts(1)}),
+            ],
+        )
+        .await;
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let scope = EntityScope::new("t1", "e2e", "account");
+    let reason = "missing parent: parent_id references account `A-gone`, which has not been synced";
+    let last_error = || async {
+        let m = store.lookup(&scope, Side::Source, &["A-1".into()]).await.unwrap();
+        m["A-1"].last_error.clone()
+    };
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(failed_of(&store, &run).await, 1);
+    assert_eq!(last_error().await.as_deref(), Some(reason));
+    let ids = target_ids(&store, "account", &["A-1".into(), "A-2".into()]).await;
+    let customer = async |id: &str| {
+        let all = target.dump("customers").await;
+        all.into_iter().find(|c| c["id"] == json!(ids[id])).unwrap()
+    };
+    assert_eq!(customer("A-2").await["parent_id"], json!(ids["A-1"]));
+    assert_eq!(customer("A-1").await["parent_id"], Value::Null);
+    let a1 = source
+        .dump("accounts")
+        .await
+        .into_iter()
+        .find(|a| a["id"] == "A-1")
+        .unwrap();
+    assert_eq!(a1["parent_id"], "A-gone", "the source keeps its value");
+
+    // Nothing changed: nothing is written again.
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &again).await, 0);
+    let stamp = customer("A-1").await["updated_at"].clone();
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &again).await, 0);
+    assert_eq!(customer("A-1").await["updated_at"], stamp, "not rewritten");
+
+    // Its other changes still arrive; the parent still fails it, loudly.
+    source
+        .exec(&format!(
+            "UPDATE accounts SET name = 'Orphan 2', updated_at = '{}' WHERE id = 'A-1'",
+            syncd_connect::format_time(chrono::Utc::now())
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(customer("A-1").await["customer_name"], "Orphan 2");
+    assert_eq!(customer("A-1").await["parent_id"], Value::Null);
+    assert_eq!(failed_of(&store, &run).await, 1);
+    assert_eq!(last_error().await.as_deref(), Some(reason));
+    state.drop().await;
+}
+
 #[tokio::test]
 async fn a_record_changed_after_review_is_parked_again_not_failed() {
     let dir = TempDir::new("repark");

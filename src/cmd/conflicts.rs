@@ -150,7 +150,7 @@ pub fn resolve(id: &str, take: Option<&str>, values: Option<&str>, by: &str, acc
             .await
             .map_err(|e| format!("error: {e}"))?
             .ok_or_else(|| format!("error: no conflict {id}"))?;
-        let values = decided_values(&c, &decision)?;
+        let values = decided_values(&c, &decision).map_err(|e| format!("error: {e}"))?;
         let resolved = store
             .resolve_conflict(&c, &values, by)
             .await

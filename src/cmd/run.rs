@@ -225,13 +225,20 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
                 })
                 .collect();
             if !failed.is_empty() {
-                println!(
-                    "records failed: {}; why: `syncd mappings list --tenant {} --integration {} --entity ENTITY \
-                     --status failed`",
-                    failed.join(", "),
-                    done.tenant_id,
-                    done.integration_id
-                );
+                // One command an entity, ready to paste.
+                let mut entities: Vec<&str> = steps
+                    .iter()
+                    .filter(|s| s.counters.failed > 0)
+                    .map(|s| s.entity_type.as_str())
+                    .collect();
+                entities.dedup();
+                println!("records failed: {}; why:", failed.join(", "));
+                for entity in entities {
+                    println!(
+                        "  syncd mappings list --tenant {} --integration {} --entity {entity} --status failed",
+                        done.tenant_id, done.integration_id
+                    );
+                }
             }
             if done.state == RunState::Suspended {
                 let holds = store

@@ -95,12 +95,20 @@ pub fn show(id: &str, access: Access) -> CmdResult {
         if let Some(e) = &run.error {
             println!("error       {e}");
         }
-        if let Some((worker, until)) = store
+        match store
             .lease_holder(run.id)
             .await
             .map_err(|e| format!("error: {e}"))?
         {
-            println!("lease       {worker} until {until}");
+            Some((worker, until)) => println!("lease       {worker} until {until}"),
+            // Its process is gone (killed, or its machine): nothing moves
+            // it on until someone does.
+            None if run.state == RunState::Running => println!(
+                "lease       none: no process is executing it; a worker serving its definition continues it, \
+                 or `syncd runs resume {} --workflows DIR` does here",
+                run.id
+            ),
+            None => {}
         }
         let steps = store
             .load_steps(run.id)
@@ -239,6 +247,12 @@ pub fn cancel(id: &str, access: Access) -> CmdResult {
             .await
             .map_err(|e| format!("error: {e}"))?
             .ok_or_else(|| format!("error: no run {id}"))?;
+        if !run.state.is_active() {
+            return Err(format!(
+                "error: run {id} has ended ({}): there is nothing to cancel",
+                run.state
+            ));
+        }
         let run = store
             .transition_run(&run, RunEvent::Cancel, Some("cancelled by an operator"))
             .await

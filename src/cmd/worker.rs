@@ -22,9 +22,25 @@ pub(super) fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
         .collect();
     files.sort();
     let mut out = Vec::new();
+    // By integration name: the file that defined it first.
+    let mut named: std::collections::HashMap<String, std::path::PathBuf> = Default::default();
     for file in files {
         match crate::cli::load(&file, None) {
-            Ok((workflow, graph)) => out.push(Definition { workflow, graph }),
+            Ok((workflow, graph)) => {
+                let name = workflow.name.as_str().to_owned();
+                if let Some(first) = named.get(&name) {
+                    // A copy left beside its original would otherwise be
+                    // served in its place, or not at all, without a word.
+                    eprintln!(
+                        "error: {}: integration `{name}` is already defined by {}: left out (give it a name of its own)",
+                        file.display(),
+                        first.display()
+                    );
+                    continue;
+                }
+                named.insert(name, file);
+                out.push(Definition { workflow, graph })
+            }
             Err(e) => eprintln!("{e}\n{}: left out", file.display()),
         }
     }

@@ -104,6 +104,32 @@ impl ConnectorError {
     }
 }
 
+impl ConnectorError {
+    /// Whether the database says a table or column the statement names does
+    /// not exist (altered under a run): the schema's or the definition's
+    /// fault, to stop the step on, never one record's (a record failed for
+    /// it would not be written again until it changes).
+    pub fn is_schema_fault(&self) -> bool {
+        let ConnectorError::Query {
+            source: sqlx::Error::Database(db),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        match db.code().as_deref() {
+            // PostgreSQL's undefined column and table; MySQL's (by SQLSTATE).
+            Some("42703" | "42P01" | "42S22" | "42S02") => true,
+            _ => {
+                let m = db.message();
+                m.starts_with("no such column")
+                    || m.starts_with("no such table")
+                    || m.contains("has no column named")
+            }
+        }
+    }
+}
+
 /// Whether a database client's error is a passing fault (the server out
 /// of reach, restarting, or too busy), not a refusal of the statement.
 pub fn transient_sql(e: &sqlx::Error) -> bool {
@@ -223,6 +249,24 @@ impl Connector {
         match self {
             Connector::Sql(c) => c.read_changes(b, after, limit).await,
             Connector::Http(c) => c.read_changes(b, after, limit).await,
+        }
+    }
+
+    /// Reads up to `limit` records whose change time cannot be read, by id
+    /// after `after` (see [`SqlConnector::read_untimed`]). An API's records
+    /// without a time are its change scan's own.
+    pub async fn read_untimed(
+        &self,
+        b: &TableBinding,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        match self {
+            Connector::Sql(c) => c.read_untimed(b, after, limit).await,
+            Connector::Http(_) => Ok(ChangePage {
+                done: true,
+                ..ChangePage::default()
+            }),
         }
     }
 
@@ -354,15 +398,15 @@ impl Connector {
             Connector::Sql(c) => match c.create(b, records, now).await {
                 Ok(ids) => Ok(ids),
                 // Only what the database refuses can be a record's fault;
-                // an outage is the step's.
-                Err(e) if e.is_outage() => Err(e),
+                // an outage, or a table or column gone, is the step's.
+                Err(e) if e.is_outage() || e.is_schema_fault() => Err(e),
                 Err(batch_error) if records.len() > 1 => {
                     tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
                     let mut out = Vec::with_capacity(records.len());
                     for r in records {
                         out.push(match c.create(b, std::slice::from_ref(r), now).await {
                             Ok(mut one) => one.remove(0),
-                            Err(e) if e.is_outage() => return Err(e),
+                            Err(e) if e.is_outage() || e.is_schema_fault() => return Err(e),
                             Err(e) => Err(e.to_string()),
                         });
                     }
@@ -388,11 +432,12 @@ impl Connector {
 
     /// Why the system's columns cannot hold `fields` as they are, without
     /// writing anything (`None` when they can, or when only the system
-    /// itself can tell: an API).
+    /// itself can tell; an API: a number a double would change, unless it
+    /// keeps numbers exactly).
     pub fn cannot_hold(&self, b: &TableBinding, fields: &Fields) -> Option<String> {
         match self {
             Connector::Sql(c) => c.native_fields(b, fields).err(),
-            Connector::Http(_) => None,
+            Connector::Http(c) => c.cannot_hold(b, fields),
         }
     }
 
@@ -406,15 +451,15 @@ impl Connector {
             Connector::Sql(c) => match c.update(b, records, now).await {
                 // A statement the database refuses (a constraint, a type):
                 // found record by record, so that it fails alone. An
-                // outage stops the step instead.
-                Err(e) if e.is_outage() => Err(e),
+                // outage, or a table or column gone, stops the step instead.
+                Err(e) if e.is_outage() || e.is_schema_fault() => Err(e),
                 Err(e @ ConnectorError::Query { .. }) if records.len() > 1 => {
                     tracing::warn!(error = %e, "batch update failed; retrying one by one");
                     let mut refused = Vec::new();
                     for r in records {
                         match c.update(b, std::slice::from_ref(r), now).await {
                             Ok(more) => refused.extend(more),
-                            Err(e) if e.is_outage() => return Err(e),
+                            Err(e) if e.is_outage() || e.is_schema_fault() => return Err(e),
                             Err(e @ ConnectorError::Query { .. }) => {
                                 refused.push((r.0.clone(), e.to_string()))
                             }

@@ -62,6 +62,14 @@ fn ident(name: &str) -> String {
 /// the tenant's, on a table tenants share (empty otherwise). The value
 /// comes from the definition; it is written as a quoted literal, quotes
 /// doubled (and, for MySQL, backslashes).
+/// Whether a PostgreSQL table's `updated_at` may hold `infinity` or
+/// `-infinity` (a time or date type), which no scan by time can pass.
+fn pg_has_infinity(b: &TableBinding) -> bool {
+    b.column_types
+        .get(UPDATED_AT_COLUMN)
+        .is_some_and(|t| t.starts_with("timestamp") || t == "date")
+}
+
 fn tenant_and(b: &TableBinding, prefix: &str, dialect: Dialect) -> String {
     let Some((column, value)) = &b.tenant else {
         return String::new();

@@ -535,7 +535,7 @@ pub fn decided_values(c: &ConflictRecord, decision: &ReviewDecision) -> Result<F
         Direction::Bidirectional,
         decision,
     )
-    .map_err(|e| format!("error: conflict {}: {e}", c.id))?;
+    .map_err(|e| format!("conflict {}: {e}", c.id))?;
     let mut values = writes.settled;
     if let ReviewDecision::Values(given) = decision {
         // A value of another kind than both records hold there (text for
@@ -555,7 +555,7 @@ pub fn decided_values(c: &ConflictRecord, decision: &ReviewDecision) -> Result<F
                     held,
                     example: s.to_string(),
                 };
-                return Err(format!("error: conflict {}: {wrong}", c.id));
+                return Err(format!("conflict {}: {wrong}", c.id));
             }
         }
         values.extend(given.clone());

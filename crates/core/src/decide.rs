@@ -135,6 +135,10 @@ pub struct Decision {
     pub updates_target: Vec<TargetUpdate>,
     /// Confirm transitions of the updated and unchanged records.
     pub confirms: Vec<MappingWrite>,
+    /// Decided in the step's last pass: a self-reference still not mapped
+    /// when an update is written fails its record instead of being written
+    /// empty again.
+    pub last_pass: bool,
 }
 
 impl Step<'_> {
@@ -224,6 +228,13 @@ pub fn counterpart_ids<'a>(
         .collect()
 }
 
+/// Why a record whose self-reference `field` (holding `id`, on the side
+/// read) is still not mapped in the step's last pass fails.
+pub fn unsynced_parent(field: &str, entity: &str, id: Option<&Value>) -> String {
+    let id = id.and_then(crate::references::id_text).unwrap_or_default();
+    format!("missing parent: {field} references {entity} `{id}`, which has not been synced")
+}
+
 /// Decides a page of a sync step: see the [module](self) documentation.
 /// `keepable` says what the state store cannot keep; `new_id` gives the ids
 /// of new mappings and conflict records.
@@ -250,7 +261,10 @@ pub fn decide_page(
     let read = step.read;
     let write = step.write();
     let refs = step.refs;
-    let mut d = Decision::default();
+    let mut d = Decision {
+        last_pass,
+        ..Decision::default()
+    };
     let counters = &mut d.counters;
     counters.read += (records.len() + bad.len() + deleted.len()) as u64;
     // Sized for the page up front: these hold whole records, and growing
@@ -530,7 +544,19 @@ pub fn decide_page(
                     };
                     keepable(&|| format!("the base snapshot of {entity} `{}`", record.id), base)
                 };
-                if let Some(reason) = missing.into_iter().next().map(|(_, why)| why).or_else(oversized) {
+                // In the last pass a self-reference still not mapped will not
+                // be: written empty it would say the record has no parent.
+                let unresolved = || {
+                    let field = deferred.first().filter(|_| last_pass)?;
+                    Some(unsynced_parent(field, entity.as_str(), record.fields.get(field)))
+                };
+                if let Some(reason) = missing
+                    .into_iter()
+                    .next()
+                    .map(|(_, why)| why)
+                    .or_else(unresolved)
+                    .or_else(oversized)
+                {
                     counters.failed += 1;
                     match mapping {
                         None => d.mappings.push(MappingWrite::Insert(step.failed_mapping(

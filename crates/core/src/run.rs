@@ -151,13 +151,16 @@ impl StepState {
 }
 
 /// The passes of a sync step, in order: the retry pass over the mappings a
-/// crash or failure left unsettled, the change scan, then (when some
-/// records waited for a reference) the patch pass over the scanned window.
+/// crash or failure left unsettled, the rows whose change time cannot be
+/// read (read on every run: no cursor can say whether they changed), the
+/// change scan, then (when some records waited for a reference) the patch
+/// pass over the scanned window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     #[default]
     Retry,
+    Untimed,
     Scan,
     Patch,
     Done,
@@ -168,6 +171,9 @@ pub enum Phase {
 pub enum PhaseEvent {
     /// The retry pass read a page; `last` when it was not full.
     Retried { last: bool },
+    /// The pass over rows without a change time read a page; `last` when
+    /// it was the last.
+    ReadUntimed { last: bool },
     /// The scan's last page is written; `waiting` when records of the
     /// scan were written with an empty reference or left for the patch
     /// pass.
@@ -180,7 +186,8 @@ impl Phase {
     /// The pass after `event`; an event of another pass leaves it as it is.
     pub fn on(self, event: PhaseEvent) -> Phase {
         match (self, event) {
-            (Phase::Retry, PhaseEvent::Retried { last: true }) => Phase::Scan,
+            (Phase::Retry, PhaseEvent::Retried { last: true }) => Phase::Untimed,
+            (Phase::Untimed, PhaseEvent::ReadUntimed { last: true }) => Phase::Scan,
             (Phase::Scan, PhaseEvent::Scanned { waiting: true }) => Phase::Patch,
             (Phase::Scan, PhaseEvent::Scanned { waiting: false }) => Phase::Done,
             (Phase::Patch, PhaseEvent::Patched { last: true }) => Phase::Done,
@@ -660,11 +667,13 @@ mod tests {
     }
 
     #[test]
-    fn a_step_passes_retry_scan_patch_in_order() {
+    fn a_step_passes_retry_untimed_scan_patch_in_order() {
         use PhaseEvent::*;
         assert_eq!(Phase::default(), Phase::Retry);
         assert_eq!(Phase::Retry.on(Retried { last: false }), Phase::Retry);
-        assert_eq!(Phase::Retry.on(Retried { last: true }), Phase::Scan);
+        assert_eq!(Phase::Retry.on(Retried { last: true }), Phase::Untimed);
+        assert_eq!(Phase::Untimed.on(ReadUntimed { last: false }), Phase::Untimed);
+        assert_eq!(Phase::Untimed.on(ReadUntimed { last: true }), Phase::Scan);
         assert_eq!(Phase::Scan.on(Scanned { waiting: false }), Phase::Done);
         assert_eq!(Phase::Scan.on(Scanned { waiting: true }), Phase::Patch);
         assert_eq!(Phase::Patch.on(Patched { last: false }), Phase::Patch);
@@ -672,12 +681,14 @@ mod tests {
         // No pass goes back, and an event of another pass changes nothing.
         for event in [
             Retried { last: true },
+            ReadUntimed { last: true },
             Scanned { waiting: true },
             Patched { last: true },
         ] {
             assert_eq!(Phase::Done.on(event), Phase::Done);
         }
         assert_eq!(Phase::Scan.on(Retried { last: true }), Phase::Scan);
+        assert_eq!(Phase::Scan.on(ReadUntimed { last: true }), Phase::Scan);
         assert_eq!(Phase::Done.step_event().target(), StepState::Done);
         assert_eq!(Phase::Patch.step_event().target(), StepState::Running);
         // The checkpoint keeps the pass by name.

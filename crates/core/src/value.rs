@@ -903,6 +903,24 @@ fn is_exact_in_sqlite(text: &str) -> bool {
                 .is_ok_and(|f| f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(&c)))
 }
 
+/// The first number in `v` (itself, or inside a document) that a double
+/// would not give back as the same number: `-0`, beyond 2^53, more digits
+/// than a double keeps, or out of its range.
+pub fn beyond_double(v: &Value) -> Option<&serde_json::Number> {
+    match v {
+        Value::Number(n) => {
+            let c = canonical_number(n.as_str())?;
+            let kept = c.parse::<f64>().is_ok_and(|f| {
+                f.is_finite() && canonical_number(&f.to_string()).as_deref() == Some(c.as_str())
+            });
+            (!kept || c == "-0").then_some(n)
+        }
+        Value::Array(items) => items.iter().find_map(beyond_double),
+        Value::Object(map) => map.values().find_map(beyond_double),
+        _ => None,
+    }
+}
+
 /// `v` in canonical form, whatever its kind: numbers canonical, the rest
 /// as they are.
 pub fn canonical(v: Value) -> Value {
@@ -916,6 +934,38 @@ mod tests {
 
     fn num(s: &str) -> Value {
         serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_number_beyond_a_double_is_found_wherever_it_is() {
+        for kept in [
+            "0",
+            "12.5",
+            "12.50",
+            "0.1",
+            "-3",
+            "9007199254740992",
+            "1e21",
+            "1e-7",
+            "123456789.123456",
+        ] {
+            assert_eq!(beyond_double(&num(kept)), None, "{kept}");
+        }
+        for lost in [
+            "9007199254740993",
+            "12345678901234567890.123456789",
+            "0.10000000000000000001",
+            "1e400",
+            "-0",
+        ] {
+            assert!(beyond_double(&num(lost)).is_some(), "{lost}");
+        }
+        let doc = json!({"a": [1, {"b": num("9007199254740993")}], "c": "9007199254740993"});
+        assert_eq!(
+            beyond_double(&doc).map(|n| n.to_string()),
+            Some("9007199254740993".to_owned())
+        );
+        assert_eq!(beyond_double(&json!({"c": "9007199254740993", "d": [1.5]})), None);
     }
 
     #[test]

@@ -468,7 +468,7 @@ impl Workflow {
                         errors.push(
                             None,
                             Some(&format!("systems.{name}")),
-                            "auth, rate_limit, timeout, retries, backoff, concurrency and entities \
+                            "auth, rate_limit, timeout, retries, backoff, concurrency, numbers and entities \
                              are settings of HTTP systems (connector = \"http\")",
                         );
                     }

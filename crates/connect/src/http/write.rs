@@ -11,6 +11,25 @@ impl HttpConnector {
             .collect()
     }
 
+    /// Why the API cannot be sent `fields` as they are: a number a double
+    /// would change, unless the system keeps numbers exactly (see
+    /// `HttpSystem::exact_numbers`). Nothing is sent then: stored rounded,
+    /// the value would come back as an edit and be synced over the original.
+    pub fn cannot_hold(&self, b: &TableBinding, fields: &Fields) -> Option<String> {
+        if self.inner.settings.exact_numbers {
+            return None;
+        }
+        b.fields.iter().find_map(|f| {
+            let n = fields.get(&f.cdm).and_then(syncd_core::value::beyond_double)?;
+            Some(format!(
+                "system `{}`: entity `{}`, field `{}` (`{}`): {n} is not kept by an API that reads numbers as \
+                 doubles (JSON's interoperable range, RFC 8259); set `numbers = \"exact\"` on the system if it \
+                 keeps every number as sent",
+                self.inner.system, b.entity, f.cdm, f.column
+            ))
+        })
+    }
+
     /// The id of the record created earlier with `key`, found by the
     /// external-id field.
     pub(super) async fn find_key(
@@ -87,6 +106,9 @@ impl HttpConnector {
         r: &HttpResource,
         new: &NewRecord,
     ) -> Result<Result<String, String>, ConnectorError> {
+        if let Some(why) = self.cannot_hold(b, &new.fields) {
+            return Ok(Err(why));
+        }
         let mut body = Self::body_of(b, &new.fields);
         if let Some(field) = &r.external_id_field {
             body.insert(field.clone(), Value::String(new.key.clone()));
@@ -166,6 +188,9 @@ impl HttpConnector {
                     .map(|(id, fields)| {
                         let method = method.clone();
                         async move {
+                            if let Some(why) = self.cannot_hold(b, fields) {
+                                return Ok(Some((id.clone(), why)));
+                            }
                             let path = Self::item_path(r, id);
                             let mut body = Self::body_of(b, fields);
                             if put {

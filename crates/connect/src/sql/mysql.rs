@@ -472,8 +472,12 @@ impl SqlConnector {
         let (t, id, upd) = (table(&b.table), ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
         let cols = select_list(b, &names);
         let ta = tenant_and(b, "", Dialect::Mysql);
+        // Rows whose `updated_at` is NULL (ordered first) are read by
+        // `mysql_untimed`: a cursor on one would end the scan there.
         let sql = match after {
-            None => format!("SELECT {cols} FROM {t} WHERE TRUE{ta} ORDER BY {upd}, {id} LIMIT ?"),
+            None => {
+                format!("SELECT {cols} FROM {t} WHERE {upd} IS NOT NULL{ta} ORDER BY {upd}, {id} LIMIT ?")
+            }
             Some(_) => format!(
                 "SELECT {cols} FROM {t} WHERE ({upd} > ? OR ({upd} = ? AND {id} > ?)){ta} \
                  ORDER BY {upd}, {id} LIMIT ?"
@@ -485,6 +489,37 @@ impl SqlConnector {
             q = bind(q, &c.updated_at, time_class);
             q = bind(q, &c.updated_at, time_class);
             q = bind(q, &c.id, b.my_class(ID_COLUMN));
+        }
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+            .map_err(self.query_error(&b.table))?;
+        Ok(rows.iter().map(|r| Self::mysql_row(b, r, &names)).collect())
+    }
+
+    /// Up to `limit` rows whose `updated_at` is NULL, by id after `after`
+    /// (see `read_untimed`).
+    pub(super) async fn mysql_untimed(
+        &self,
+        pool: &MySqlPool,
+        b: &TableBinding,
+        after: Option<&Value>,
+        limit: u32,
+    ) -> Result<Vec<(Fields, Option<BadRow>)>, ConnectorError> {
+        let names = sqlite_columns(b);
+        let (t, id, upd) = (table(&b.table), ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let cols = select_list(b, &names);
+        let ta = tenant_and(b, "", Dialect::Mysql);
+        let from = if after.is_some() {
+            format!(" AND {id} > ?")
+        } else {
+            String::new()
+        };
+        let sql = format!("SELECT {cols} FROM {t} WHERE {upd} IS NULL{from}{ta} ORDER BY {id} LIMIT ?");
+        let mut q = sqlx::query(&sql);
+        if let Some(a) = after {
+            q = bind(q, a, b.my_class(ID_COLUMN));
         }
         let rows = q
             .bind(i64::from(limit))

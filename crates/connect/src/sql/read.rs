@@ -16,12 +16,21 @@ impl SqlConnector {
             SqlConnector::Postgres { pool, .. } => {
                 let doc = pg_row_document(b);
                 let ta = tenant_and(b, "t.", Dialect::Postgres);
+                // Rows without a time (NULL, or a time type's infinities)
+                // are read by `read_untimed`: in the scan, a cursor on one
+                // would end it, or stop every later run's scan there.
+                let timed = match pg_has_infinity(b) {
+                    true => format!(" AND t.{upd} > '-infinity' AND t.{upd} < 'infinity'"),
+                    false => format!(" AND t.{upd} IS NOT NULL"),
+                };
                 let sql = match after {
                     None => {
-                        format!("SELECT {doc} FROM {t} t WHERE true{ta} ORDER BY t.{upd}, t.{id} LIMIT $1")
+                        format!(
+                            "SELECT {doc} FROM {t} t WHERE true{timed}{ta} ORDER BY t.{upd}, t.{id} LIMIT $1"
+                        )
                     }
                     Some(_) => format!(
-                        "SELECT {doc} FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})){ta} \
+                        "SELECT {doc} FROM {t} t WHERE (t.{upd}, t.{id}) > (CAST($2 AS {}), CAST($3 AS {})){timed}{ta} \
                          ORDER BY t.{upd}, t.{id} LIMIT $1",
                         b.column_types[UPDATED_AT_COLUMN], b.column_types[ID_COLUMN]
                     ),
@@ -51,10 +60,15 @@ impl SqlConnector {
                     true => (format!("replace({upd}, ' ', 'T')"), "replace(?2, ' ', 'T')"),
                     false => (upd.clone(), "?2"),
                 };
+                // Rows without a time (NULL, or a BLOB) are read by
+                // `read_untimed`.
+                let timed = format!(" AND {upd} IS NOT NULL AND typeof({upd}) <> 'blob'");
                 let sql = match after {
-                    None => format!("SELECT {cols} FROM {t} WHERE true{ta} ORDER BY {key}, {id} LIMIT ?1"),
+                    None => {
+                        format!("SELECT {cols} FROM {t} WHERE true{timed}{ta} ORDER BY {key}, {id} LIMIT ?1")
+                    }
                     Some(_) => format!(
-                        "SELECT {cols} FROM {t} WHERE ({key}, {id}) > ({at}, ?3){ta} ORDER BY {key}, {id} LIMIT ?1"
+                        "SELECT {cols} FROM {t} WHERE ({key}, {id}) > ({at}, ?3){timed}{ta} ORDER BY {key}, {id} LIMIT ?1"
                     ),
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
@@ -66,6 +80,83 @@ impl SqlConnector {
             }
             SqlConnector::Mysql { pool, .. } => self.mysql_changes(pool, b, after, limit).await?,
         };
+        Ok(self.change_page(b, rows, limit, false))
+    }
+
+    /// Reads up to `limit` rows whose change time cannot be read (NULL,
+    /// or a value no scan by time can pass: PostgreSQL's infinities, a
+    /// SQLite BLOB), by id after `after`. No cursor can tell whether such a
+    /// row changed: every run reads them all and compares them by value.
+    /// Each is a record as of the Unix epoch (the oldest time a conflict
+    /// can weigh).
+    pub async fn read_untimed(
+        &self,
+        b: &TableBinding,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<ChangePage, ConnectorError> {
+        let t = table_ident(&b.table);
+        let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let after_id = after.map(|a| Value::String(a.to_owned()));
+        let rows = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let doc = pg_row_document(b);
+                let ta = tenant_and(b, "t.", Dialect::Postgres);
+                let untimed = match pg_has_infinity(b) {
+                    true => format!("(t.{upd} IS NULL OR t.{upd} IN ('infinity', '-infinity'))"),
+                    false => format!("t.{upd} IS NULL"),
+                };
+                let from = match after {
+                    None => String::new(),
+                    Some(_) => format!(" AND t.{id} > CAST($2 AS {})", b.column_types[ID_COLUMN]),
+                };
+                let sql =
+                    format!("SELECT {doc} FROM {t} t WHERE {untimed}{from}{ta} ORDER BY t.{id} LIMIT $1");
+                let mut q = sqlx::query(&sql).bind(limit as i64);
+                if let Some(a) = &after_id {
+                    q = q.bind(text_of(a));
+                }
+                let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                rows.iter()
+                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(self.query_error(&b.table))?
+            }
+            SqlConnector::Sqlite { pool, .. } => {
+                let cols = self.sqlite_select_list(b);
+                let ta = tenant_and(b, "", Dialect::Sqlite);
+                let from = match after {
+                    None => "",
+                    Some(_) => " AND CAST({id} AS TEXT) > ?2",
+                }
+                .replace("{id}", &id);
+                // Ids compare as text: the one order a text cursor keeps.
+                let sql = format!(
+                    "SELECT {cols} FROM {t} WHERE ({upd} IS NULL OR typeof({upd}) = 'blob'){from}{ta} \
+                     ORDER BY CAST({id} AS TEXT) LIMIT ?1"
+                );
+                let mut q = sqlx::query(&sql).bind(limit as i64);
+                if let Some(a) = after {
+                    q = q.bind(a.to_owned());
+                }
+                let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                rows.iter().map(|r| self.sqlite_row(b, r)).collect()
+            }
+            SqlConnector::Mysql { pool, .. } => self.mysql_untimed(pool, b, after_id.as_ref(), limit).await?,
+        };
+        Ok(self.change_page(b, rows, limit, true))
+    }
+
+    /// A page of rows read in order: records, bad rows and rows marked
+    /// deleted, and the position after the last. `any_time`: see
+    /// [`record_of`](Self::record_of).
+    fn change_page(
+        &self,
+        b: &TableBinding,
+        rows: Vec<(Fields, Option<BadRow>)>,
+        limit: u32,
+        any_time: bool,
+    ) -> ChangePage {
         let mut page = ChangePage {
             done: rows.len() < limit as usize,
             ..Default::default()
@@ -85,12 +176,12 @@ impl SqlConnector {
                 page.deleted.extend(doc.get(ID_COLUMN).and_then(id_text));
                 continue;
             }
-            match self.record_of(b, doc, false) {
+            match self.record_of(b, doc, any_time) {
                 Ok(r) => page.records.push(r),
                 Err(bad) => page.bad.push(bad),
             }
         }
-        Ok(page)
+        page
     }
 
     /// The records with `ids`; ids that do not exist are absent.

@@ -97,6 +97,12 @@ pub struct HttpSystem {
     pub backoff: Duration,
     /// Requests in flight at once.
     pub concurrency: usize,
+    /// Whether the API keeps every JSON number exactly (`numbers =
+    /// "exact"`). By default (`"double"`) it is taken to read numbers as
+    /// doubles, as JavaScript and most JSON parsers do (RFC 8259 promises
+    /// no more): a number a double would change is refused before it is
+    /// sent, instead of stored rounded and synced back over the original.
+    pub exact_numbers: bool,
     /// By entity type.
     pub resources: BTreeMap<String, HttpResource>,
 }
@@ -119,6 +125,7 @@ pub(super) struct RawSystem {
     retries: Option<u32>,
     backoff: Option<String>,
     concurrency: Option<usize>,
+    numbers: Option<String>,
     #[serde(default)]
     entities: BTreeMap<String, RawResource>,
 }
@@ -186,6 +193,7 @@ impl RawSystem {
             || self.retries.is_some()
             || self.backoff.is_some()
             || self.concurrency.is_some()
+            || self.numbers.is_some()
             || !self.entities.is_empty()
     }
 
@@ -244,6 +252,21 @@ impl RawSystem {
         if self.concurrency == Some(0) {
             errors.push(None, Some(&format!("{at}.concurrency")), "needs at least 1");
         }
+        let exact_numbers = match self.numbers.as_deref() {
+            None | Some("double") => false,
+            Some("exact") => true,
+            Some(other) => {
+                errors.push(
+                    None,
+                    Some(&format!("{at}.numbers")),
+                    format!(
+                        "`{other}` is not how an API keeps numbers: \"double\" (the default: numbers a double \
+                         would change are refused) or \"exact\" (every number as sent)"
+                    ),
+                );
+                false
+            }
+        };
         let mut resources = BTreeMap::new();
         for (entity, raw) in &self.entities {
             if !entities.contains(&entity.as_str()) {
@@ -277,6 +300,7 @@ impl RawSystem {
             retries: self.retries.unwrap_or(8),
             backoff,
             concurrency: self.concurrency.unwrap_or(8).max(1),
+            exact_numbers,
             resources,
         }
     }

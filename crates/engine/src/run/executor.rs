@@ -173,6 +173,9 @@ struct StepProgress {
     phase: Phase,
     /// Retry pass: the last unsettled mapping handled.
     retry_after: Option<Uuid>,
+    /// Rows without a change time: the id of the last one read.
+    #[serde(default)]
+    untimed: Option<String>,
     /// Change scan: where the scan started and where it is.
     scan_start: Option<Cursor>,
     scan: Option<Cursor>,
@@ -227,7 +230,7 @@ fn side_of(direction: StepDirection) -> Side {
 struct TargetWrite {
     id: String,
     fields: Fields,
-    /// Self-references written empty until their target exists.
+    /// Self-references whose target is not mapped yet (also in `kept`).
     deferred: Vec<String>,
     /// References that kept the target's value.
     kept: Vec<String>,
@@ -266,6 +269,8 @@ struct PageWrites {
     updates_target: Vec<TargetUpdate>,
     /// Confirm transitions of the updated and unchanged records.
     confirms: Vec<MappingWrite>,
+    /// Decided in the step's last pass (see `Decision::last_pass`).
+    last_pass: bool,
 }
 
 impl Job {

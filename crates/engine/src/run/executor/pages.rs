@@ -115,7 +115,7 @@ impl Job {
         );
         // Read again by the scan, unchanged since the retry pass decided
         // it: read, and skipped.
-        if page.phase == Phase::Scan {
+        if page.phase == Phase::Scan || page.phase == Phase::Untimed {
             let retried = ctx.retried.lock().expect("retried records");
             if !retried.is_empty() {
                 let before = records.len();
@@ -148,6 +148,34 @@ impl Job {
         let read_binding = self.binding(ctx.tables, ctx.read);
         let reader = self.connector(ctx.read);
         let page_size = self.options.page_size;
+        // Rows without a change time, read by id on every run; a table
+        // without such rows goes on to the scan in the same page.
+        let mut untimed = None;
+        if state.phase == Phase::Untimed {
+            let page = reader
+                .read_untimed(read_binding, state.untimed.as_deref(), page_size)
+                .await?;
+            if let Some(next) = page
+                .next
+                .as_ref()
+                .and_then(|c| syncd_core::references::id_text(&c.id))
+            {
+                state.untimed = Some(next);
+            }
+            let n = page.records.len() + page.bad.len() + page.deleted.len();
+            if n > 0 {
+                tracing::warn!(
+                    system = reader.system(),
+                    table = %read_binding.table,
+                    rows = n,
+                    "rows without a time in `updated_at` (NULL, or one no scan can pass): read on every run, \
+                     their changes found by comparing values"
+                );
+                untimed = Some(page);
+            } else {
+                state.phase = state.phase.on(PhaseEvent::ReadUntimed { last: page.done });
+            }
+        }
         let phase = state.phase;
         let mut sync_cursor = None;
         let mut scan_done = false;
@@ -178,10 +206,20 @@ impl Job {
                     .extend(found.records.iter().map(|r| (r.id.clone(), r.modified_at)));
                 (found.records, found.bad, Vec::new())
             }
+            Phase::Untimed => {
+                let page = untimed.expect("an untimed page with rows");
+                state.phase = state.phase.on(PhaseEvent::ReadUntimed { last: page.done });
+                (page.records, page.bad, page.deleted)
+            }
             Phase::Scan => {
                 if state.scan.is_none() && state.scan_start.is_none() {
                     let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
-                    state.scan = saved.and_then(|c| serde_json::from_value(c).ok());
+                    // A cursor saved on a row without a time (before such
+                    // rows were read apart) would end every scan there:
+                    // the scan starts over once instead.
+                    state.scan = saved
+                        .and_then(|c| serde_json::from_value::<Cursor>(c).ok())
+                        .filter(|c| !(c.updated_at.is_null() || c.updated_at == "infinity"));
                     state.scan_start = state.scan.clone();
                 }
                 // A row stamped before this read may still be hidden by a
@@ -436,6 +474,7 @@ impl Job {
             updates_source: d.updates_source,
             updates_target: d.updates_target,
             confirms: d.confirms,
+            last_pass: d.last_pass,
         })
     }
 

@@ -21,6 +21,7 @@ impl Job {
             updates_source,
             updates_target,
             mut confirms,
+            last_pass,
         } = writes;
         let (read, write, tables) = (ctx.read, ctx.write(), ctx.tables);
         // Reserve pending mappings before writing anything. New ones are
@@ -193,21 +194,40 @@ impl Job {
             });
         }
 
-        let written = self.to_target_ids(tables, &updates_target).await?;
+        let mut written = self.to_target_ids(tables, &updates_target).await?;
         // The base records what the target really holds: an empty deferred
         // self-reference (patched by the step's patch pass), or the kept
-        // value of a reference that could not be translated.
+        // value of a reference that could not be translated. In the last
+        // pass a self-reference still not mapped will not be: the update is
+        // not written (empty, it would say the record has no parent, and be
+        // written again every run) and the record fails, saying why.
+        let mut unresolved = HashSet::new();
         for (update, w) in updates_target.iter().zip(&written) {
-            let Some(MappingWrite::Transition {
+            let Some(confirm) = update.confirm.and_then(|i| confirms.get_mut(i)) else {
+                continue;
+            };
+            if last_pass && let Some(field) = w.deferred.first() {
+                let MappingWrite::Transition { current, .. } = confirm else {
+                    continue;
+                };
+                let error =
+                    decide::unsynced_parent(field, ctx.scope.entity_type.as_str(), update.fields.get(field));
+                *confirm = MappingWrite::Transition {
+                    current: current.clone(),
+                    change: MappingChange::Refuse { error },
+                };
+                unresolved.insert(w.id.clone());
+                counters.updated = counters.updated.saturating_sub(1);
+                counters.failed += 1;
+                continue;
+            }
+            let MappingWrite::Transition {
                 change: MappingChange::Confirm { base, .. },
                 ..
-            }) = update.confirm.and_then(|i| confirms.get_mut(i))
+            } = confirm
             else {
                 continue;
             };
-            for field in &w.deferred {
-                base.insert(field.clone(), Value::Null);
-            }
             for field in &w.kept {
                 let kept = update
                     .current_in_source_ids
@@ -220,6 +240,17 @@ impl Job {
                 counters.deferred += 1;
             }
         }
+        // An update that would write what the target holds already (its
+        // change kept back, as above) is not written: it would only move
+        // the record's time, and the other direction would read it again.
+        for (update, w) in updates_target.iter().zip(&written) {
+            if !unresolved.contains(&w.id) && w.fields.iter().all(|(k, v)| update.current.get(k) == Some(v)) {
+                unresolved.insert(w.id.clone());
+                counters.updated = counters.updated.saturating_sub(1);
+                counters.unchanged += 1;
+            }
+        }
+        written.retain(|w| !unresolved.contains(&w.id));
         let target_updates: Vec<(String, Fields)> = written.into_iter().map(|w| (w.id, w.fields)).collect();
         let refused_target = self.target.update(&tables.target, &target_updates, now).await?;
         let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
@@ -275,9 +306,10 @@ impl Job {
     }
 
     /// Rewrites updates bound for the target from source ids to target ids.
-    /// A self-reference whose target is not mapped yet is written empty; any
-    /// other reference that cannot be translated keeps the target's current
-    /// value rather than point nowhere. Both are reported per update.
+    /// A reference that cannot be translated keeps the target's current
+    /// value rather than point nowhere or be emptied: a self-reference whose
+    /// target is not mapped yet (deferred: the patch pass writes it once it
+    /// is), or any other. Both are reported per update.
     pub(super) async fn to_target_ids(
         &self,
         tables: &EntityTables,
@@ -290,6 +322,11 @@ impl Job {
             .map(|u| {
                 let mut rewritten = tables.refs.rewrite(&maps, Side::Source, &u.fields);
                 let mut kept = Vec::new();
+                for field in &rewritten.deferred {
+                    let current = u.current.get(field).cloned().unwrap_or(Value::Null);
+                    rewritten.fields.insert(field.clone(), current);
+                    kept.push(field.clone());
+                }
                 for (field, reason) in rewritten.missing {
                     tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
                     let current = u.current.get(&field).cloned().unwrap_or(Value::Null);
