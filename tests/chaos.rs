@@ -397,3 +397,84 @@ async fn a_run_waits_forty_seconds_for_its_target_database() {
     scenario.finished(child, &out, &err, &target, records).await;
     scenario.writes_nothing_again().await;
 }
+
+/// A target down for longer than the run's retry budget: the run fails,
+/// and its error says why in the database's own words (the pool that timed
+/// out kept no reason) and how to go on. Once the target is back, `runs
+/// resume` finishes the run from its checkpoints with every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_target_stays_down_fails_saying_why_and_resumes_once_it_is_back() {
+    let dir = TempDir::new("chaos-down");
+    let Some(home) = Instance::start(&dir.0, "home") else {
+        return;
+    };
+    let Some(erp) = Instance::start(&dir.0, "erp") else {
+        return;
+    };
+    let (mut scenario, target, records) = setup("chaos-down-run", &home, &erp).await;
+    scenario.runs += 1;
+    let (out, err) = (scenario.dir.0.join("down.out"), scenario.dir.0.join("down.err"));
+    let mut child = support::spawn_syncd_run(
+        &scenario.workflow,
+        "t1",
+        &scenario.state_url,
+        &[("SYNCD_RETRY_FOR", "5s"), ("SYNCD_LOG", "warn")],
+        &out,
+        &err,
+    );
+    wait_for_progress(&mut child, &scenario.state_url, 6_000).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before the target went down"
+    );
+    erp.ctl(&["stop", "-m", "fast"]);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        std::fs::read_to_string(&out).unwrap(),
+        std::fs::read_to_string(&err).unwrap()
+    );
+    assert!(!status.success(), "{printed}");
+    let run_id = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("run ").and_then(|r| r.split_whitespace().next()))
+        .unwrap()
+        .to_owned();
+    let shown = Command::new(support::syncd_bin())
+        .args(["runs", "show", &run_id])
+        .env("SYNCD_DATABASE_URL", &scenario.state_url)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.contains("state       failed"), "{shown}");
+    assert!(
+        shown.contains("system `erp`: ") && shown.to_lowercase().contains("connection refused"),
+        "the database's own reason: {shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "once it is back, `syncd runs resume {run_id}` goes on from the last checkpoint"
+        )),
+        "{shown}"
+    );
+    erp.ctl(&["start"]);
+    let resumed = Command::new(support::syncd_bin())
+        .args(["runs", "resume", &run_id, "--workflows"])
+        .arg(&scenario.dir.0)
+        .env("SYNCD_DATABASE_URL", &scenario.state_url)
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success() && said.contains("succeeded"), "{said}");
+    let mut held = 0;
+    for table in ["customers", "people", "sales_orders"] {
+        held += sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&target)
+            .await
+            .unwrap() as usize;
+    }
+    assert_eq!(held, records, "every record once");
+}

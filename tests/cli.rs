@@ -1878,8 +1878,9 @@ fn check_connect_names_instants_synced_into_wall_clock_times() {
 }
 
 /// A definition copied beside its original and not renamed: the worker
-/// served one of the two without a word, and the copy's schedule and
-/// systems never ran. It now says which file it leaves out, and why.
+/// served one of the two without a word (the copy, which sorts first),
+/// and the other's schedule and systems never ran. It now serves the file
+/// named after the integration and says which one it leaves out, and why.
 #[test]
 fn a_worker_names_a_second_definition_of_the_same_integration() {
     let dir = TempDir::new();
@@ -1922,8 +1923,8 @@ fn a_worker_names_a_second_definition_of_the_same_integration() {
     std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut seen).unwrap();
     assert!(
         seen.contains(
-            "error: workflows/crm-to-erp.toml: integration `crm-to-erp` is already defined by \
-             workflows/crm-to-erp-copy.toml: left out (give it a name of its own)"
+            "error: workflows/crm-to-erp-copy.toml: integration `crm-to-erp` is already defined by \
+             workflows/crm-to-erp.toml: left out (give it a name of its own)"
         ),
         "{seen}"
     );

@@ -1137,3 +1137,62 @@ async fn a_column_gone_under_a_run_stops_the_step_and_a_resume_writes_the_page()
     assert_eq!(names, ["second", "second", "second"]);
     s.drop().await;
 }
+
+/// Rows without a time get the patch pass too: a child created before its
+/// parent in the same untimed page has its parent written in the same run,
+/// and one whose parent exists nowhere fails naming it, instead of waiting
+/// (counted unchanged) for ever.
+#[tokio::test]
+async fn rows_without_a_time_have_their_parents_patched_or_fail_naming_them() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, parent_id text, updated_at timestamptz)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, parent_id TEXT, updated_at TEXT)",
+    )
+    .await
+    else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let definition = std::fs::read_to_string(&path).unwrap().replace(
+        "name = \"product\"\ntable = \"ledger\"\n",
+        "name = \"account\"\ntable = \"ledger\"\n[entities.fields]\nparent_id = { references = \"account\" }\n",
+    );
+    std::fs::write(&path, definition).unwrap();
+    // Ordered by id: the child `c` comes before its parent `p`.
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('c', 'child', 'p', NULL), ('d', 'dangling', 'nowhere', NULL), \
+             ('p', 'parent', NULL, NULL)",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("account", "created"), 3, "{}", ran.stdout);
+    assert_eq!(ran.counter("account", "failed"), 1, "{}", ran.stdout);
+    let rows = s.target.dump("ledger").await;
+    let by_name = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    assert_eq!(
+        by_name("child")["parent_id"],
+        by_name("parent")["id"],
+        "patched in the same run"
+    );
+    assert_eq!(by_name("dangling")["parent_id"], Value::Null);
+    let store = Store::connect(
+        &StoreConfig::new(s.dir.sqlite_url("state.db")),
+        MappingCache::local(),
+    )
+    .await
+    .unwrap();
+    let scope = EntityScope::new("t1", "exact", "account");
+    let d = store
+        .find_mapping(&scope, syncd_core::record::Side::Source, "d")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.last_error.as_deref(),
+        Some("missing parent: parent_id references account `nowhere`, which has not been synced")
+    );
+    s.drop().await;
+}

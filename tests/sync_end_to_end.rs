@@ -639,12 +639,18 @@ async fn a_record_moved_under_a_parent_created_in_the_same_page_keeps_its_parent
     state.drop().await;
 }
 
+/// Records failed by the run's forward step of `account`. (Its backward
+/// step reads the same record again when the target's copy changed, or
+/// is within the lookback, and fails it too.)
 async fn failed_of(store: &Store, run: &syncd_store::RunRow) -> u64 {
     store
         .load_steps(run.id)
         .await
         .unwrap()
         .iter()
+        .filter(|s| {
+            s.entity_type.as_str() == "account" && s.direction == syncd_engine::run::StepDirection::Forward
+        })
         .map(|s| s.counters.failed)
         .sum()
 }
@@ -2635,4 +2641,49 @@ async fn the_key_index_check_covers_the_sides_records_are_created_in() {
     }
     source.drop().await;
     target.drop().await;
+}
+
+/// A synced record whose only change is a parent that exists nowhere, in a
+/// bidirectional run: the target keeps its parent and the record fails
+/// naming the new one, in the forward step's own patch pass (the backward
+/// step never reads a target record nothing was written to).
+#[tokio::test]
+async fn a_parent_only_change_to_a_record_that_exists_nowhere_fails_the_record() {
+    let dir = TempDir::new("dangling-move");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[
+                json!({"id": "A-1", "name": "Parent", "industry": "x", "updated_at": ts(0)}),
+                json!({"id": "A-2", "name": "Child", "industry": "x", "parent_id": "A-1", "updated_at": ts(1)}),
+            ],
+        )
+        .await;
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]);
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(failed_of(&store, &run).await, 0);
+    let ids = target_ids(&store, "account", &["A-1".into(), "A-2".into()]).await;
+    source
+        .exec(&format!(
+            "UPDATE accounts SET parent_id = 'A-gone', updated_at = '{}' WHERE id = 'A-2'",
+            syncd_connect::format_time(chrono::Utc::now())
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    assert_eq!(failed_of(&store, &run).await, 1);
+    let scope = EntityScope::new("t1", "e2e", "account");
+    let m = store.lookup(&scope, Side::Source, &["A-2".into()]).await.unwrap();
+    assert_eq!(
+        m["A-2"].last_error.as_deref(),
+        Some("missing parent: parent_id references account `A-gone`, which has not been synced")
+    );
+    let customers = target.dump("customers").await;
+    let a2 = customers.iter().find(|c| c["id"] == json!(ids["A-2"])).unwrap();
+    assert_eq!(a2["parent_id"], json!(ids["A-1"]), "the target keeps its parent");
+    state.drop().await;
 }

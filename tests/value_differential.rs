@@ -460,10 +460,11 @@ fn sql_system(role: &str, url: &str) -> String {
     format!("[systems.{role}]\nconnector = \"sql\"\nurl = \"{url}\"\n")
 }
 
+/// The API (`support::saas`) keeps JSON numbers exactly, as it says.
 fn api_system(role: &str, url: &str) -> String {
     let fields: Vec<String> = COLUMNS.map(|c| format!("\"{}\"", c.0)).to_vec();
     format!(
-        "[systems.{role}]\nconnector = \"http\"\nurl = \"{url}\"\nbackoff = \"10ms\"\n\
+        "[systems.{role}]\nconnector = \"http\"\nurl = \"{url}\"\nbackoff = \"10ms\"\nnumbers = \"exact\"\n\
          entities.product = {{ path = \"/ledger\", pagination = \"cursor\", external_id_field = \"external_id\", \
          fields = [{}] }}\n",
         fields.join(", ")

@@ -129,9 +129,6 @@ pub async fn serve_metrics(bind: Option<&str>, store: Arc<Store>) -> Result<(), 
     Ok(())
 }
 
-/// The store named by `--db` or `SYNCD_DATABASE_URL` (default
-/// `sqlite://syncd.db`, said on stderr), with the Redis cache of
-/// `SYNCD_REDIS_URL` or the in-process one.
 /// `text` as the start of a `what`'s id: at least 4 characters, each a hex
 /// digit or a hyphen, as `runs list` and `conflicts list` print them.
 fn id_prefix(text: &str, what: &str) -> Result<String, String> {
@@ -196,6 +193,9 @@ pub async fn find_conflict(
     )
 }
 
+/// The store named by `--db` or `SYNCD_DATABASE_URL` (default
+/// `sqlite://syncd.db`, said on stderr), with the Redis cache of
+/// `SYNCD_REDIS_URL` or the in-process one.
 pub async fn open_store() -> Result<Arc<Store>, String> {
     let config = state_config();
     let cache = match std::env::var("SYNCD_REDIS_URL") {

@@ -226,12 +226,12 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
                 .collect();
             if !failed.is_empty() {
                 // One command an entity, ready to paste.
-                let mut entities: Vec<&str> = steps
-                    .iter()
-                    .filter(|s| s.counters.failed > 0)
-                    .map(|s| s.entity_type.as_str())
-                    .collect();
-                entities.dedup();
+                let mut entities: Vec<&str> = Vec::new();
+                for s in steps.iter().filter(|s| s.counters.failed > 0) {
+                    if !entities.contains(&s.entity_type.as_str()) {
+                        entities.push(s.entity_type.as_str());
+                    }
+                }
                 println!("records failed: {}; why:", failed.join(", "));
                 for entity in entities {
                     println!(

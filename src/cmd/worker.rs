@@ -21,30 +21,37 @@ pub(super) fn definitions(dir: &Path) -> Result<Vec<Definition>, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    let mut out = Vec::new();
-    // By integration name: the file that defined it first.
-    let mut named: std::collections::HashMap<String, std::path::PathBuf> = Default::default();
+    let mut loaded: Vec<(std::path::PathBuf, Definition)> = Vec::new();
     for file in files {
         match crate::cli::load(&file, None) {
-            Ok((workflow, graph)) => {
-                let name = workflow.name.as_str().to_owned();
-                if let Some(first) = named.get(&name) {
-                    // A copy left beside its original would otherwise be
-                    // served in its place, or not at all, without a word.
-                    eprintln!(
-                        "error: {}: integration `{name}` is already defined by {}: left out (give it a name of its own)",
-                        file.display(),
-                        first.display()
-                    );
-                    continue;
-                }
-                named.insert(name, file);
-                out.push(Definition { workflow, graph })
-            }
+            Ok((workflow, graph)) => loaded.push((file, Definition { workflow, graph })),
             Err(e) => eprintln!("{e}\n{}: left out", file.display()),
         }
     }
-    Ok(out)
+    // One definition an integration: a copy left beside its original would
+    // otherwise be served in its place, or not at all, without a word. The
+    // file named after the integration wins, else the first.
+    let named_after = |f: &std::path::Path, name: &str| f.file_stem().is_some_and(|s| s == name);
+    let mut out: Vec<(std::path::PathBuf, Definition)> = Vec::new();
+    for (file, d) in loaded {
+        let name = d.workflow.name.as_str().to_owned();
+        match out.iter_mut().find(|(_, o)| o.workflow.name.as_str() == name) {
+            None => out.push((file, d)),
+            Some(kept) => {
+                let takes_over = named_after(&file, &name) && !named_after(&kept.0, &name);
+                let left = match takes_over {
+                    true => std::mem::replace(kept, (file, d)).0,
+                    false => file,
+                };
+                eprintln!(
+                    "error: {}: integration `{name}` is already defined by {}: left out (give it a name of its own)",
+                    left.display(),
+                    kept.0.display()
+                );
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(_, d)| d).collect())
 }
 
 /// Serves the definitions in `workflows`.

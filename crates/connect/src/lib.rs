@@ -105,11 +105,13 @@ impl ConnectorError {
 }
 
 impl ConnectorError {
-    /// Whether the database says a table or column the statement names does
-    /// not exist (altered under a run): the schema's or the definition's
-    /// fault, to stop the step on, never one record's (a record failed for
-    /// it would not be written again until it changes).
-    pub fn is_schema_fault(&self) -> bool {
+    /// Whether the database says that `b`'s table, or one of the columns
+    /// `b` names, does not exist (altered under a run): the schema's or
+    /// the definition's fault, to stop the step on, never one record's (a
+    /// record failed for it would not be written again until it changes).
+    /// Another relation missing (a trigger's, a partition an out-of-range
+    /// row would go to) is the record's.
+    pub fn is_schema_fault(&self, b: &TableBinding) -> bool {
         let ConnectorError::Query {
             source: sqlx::Error::Database(db),
             ..
@@ -117,15 +119,34 @@ impl ConnectorError {
         else {
             return false;
         };
+        let m = db.message();
+        // The table's name, or a column's, as each database quotes it:
+        // PostgreSQL `"name"`, MySQL `'t.name'`, SQLite `no such column: name`.
+        let mentions = |n: &str| {
+            m.contains(&format!("\"{n}\""))
+                || m.contains(&format!("'{n}'"))
+                || m.contains(&format!(".{n}'"))
+                || m.ends_with(&format!(": {n}"))
+                || m.ends_with(&format!("column named {n}"))
+        };
+        let table = b.table.rsplit('.').next().unwrap_or(&b.table).trim_matches('"');
+        let names_ours = || {
+            mentions(table)
+                || [sql::ID_COLUMN, sql::UPDATED_AT_COLUMN].into_iter().any(mentions)
+                || b.fields.iter().any(|f| mentions(&f.column))
+                || b.deleted_column.as_deref().is_some_and(mentions)
+        };
         match db.code().as_deref() {
             // PostgreSQL's undefined column and table; MySQL's (by SQLSTATE).
-            Some("42703" | "42P01" | "42S22" | "42S02") => true,
-            _ => {
-                let m = db.message();
-                m.starts_with("no such column")
+            Some("42703" | "42P01" | "42S22" | "42S02") => names_ours(),
+            // SQLite (its generic error code) says so in words only.
+            Some("1") => {
+                (m.starts_with("no such column")
                     || m.starts_with("no such table")
-                    || m.contains("has no column named")
+                    || m.contains("has no column named"))
+                    && names_ours()
             }
+            _ => false,
         }
     }
 }
@@ -184,6 +205,17 @@ impl Connector {
         match self {
             Connector::Sql(c) => c.system(),
             Connector::Http(c) => c.system(),
+        }
+    }
+
+    /// Why a connection to the system cannot be made now (refused, no such
+    /// host, a password), by one connection of its own outside the pool: a
+    /// pool that timed out keeps no reason. `None` when it connects, or for
+    /// an API (its errors say why themselves).
+    pub async fn why_unreachable(&self) -> Option<String> {
+        match self {
+            Connector::Sql(c) => c.why_unreachable().await,
+            Connector::Http(_) => None,
         }
     }
 
@@ -258,7 +290,7 @@ impl Connector {
     pub async fn read_untimed(
         &self,
         b: &TableBinding,
-        after: Option<&str>,
+        after: Option<&serde_json::Value>,
         limit: u32,
     ) -> Result<ChangePage, ConnectorError> {
         match self {
@@ -399,14 +431,14 @@ impl Connector {
                 Ok(ids) => Ok(ids),
                 // Only what the database refuses can be a record's fault;
                 // an outage, or a table or column gone, is the step's.
-                Err(e) if e.is_outage() || e.is_schema_fault() => Err(e),
+                Err(e) if e.is_outage() || e.is_schema_fault(b) => Err(e),
                 Err(batch_error) if records.len() > 1 => {
                     tracing::warn!(error = %batch_error, "batch create failed; retrying one by one");
                     let mut out = Vec::with_capacity(records.len());
                     for r in records {
                         out.push(match c.create(b, std::slice::from_ref(r), now).await {
                             Ok(mut one) => one.remove(0),
-                            Err(e) if e.is_outage() || e.is_schema_fault() => return Err(e),
+                            Err(e) if e.is_outage() || e.is_schema_fault(b) => return Err(e),
                             Err(e) => Err(e.to_string()),
                         });
                     }
@@ -452,14 +484,14 @@ impl Connector {
                 // A statement the database refuses (a constraint, a type):
                 // found record by record, so that it fails alone. An
                 // outage, or a table or column gone, stops the step instead.
-                Err(e) if e.is_outage() || e.is_schema_fault() => Err(e),
+                Err(e) if e.is_outage() || e.is_schema_fault(b) => Err(e),
                 Err(e @ ConnectorError::Query { .. }) if records.len() > 1 => {
                     tracing::warn!(error = %e, "batch update failed; retrying one by one");
                     let mut refused = Vec::new();
                     for r in records {
                         match c.update(b, std::slice::from_ref(r), now).await {
                             Ok(more) => refused.extend(more),
-                            Err(e) if e.is_outage() || e.is_schema_fault() => return Err(e),
+                            Err(e) if e.is_outage() || e.is_schema_fault(b) => return Err(e),
                             Err(e @ ConnectorError::Query { .. }) => {
                                 refused.push((r.0.clone(), e.to_string()))
                             }

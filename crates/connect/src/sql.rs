@@ -44,6 +44,34 @@ pub enum SqlConnector {
     Sqlite { system: String, pool: SqlitePool },
 }
 
+impl SqlConnector {
+    /// See [`Connector::why_unreachable`](crate::Connector::why_unreachable).
+    pub async fn why_unreachable(&self) -> Option<String> {
+        use sqlx::Connection;
+        let wait = Duration::from_secs(10);
+        let failed = match self {
+            SqlConnector::Postgres { pool, .. } => {
+                let options = pool.connect_options();
+                tokio::time::timeout(wait, sqlx::PgConnection::connect_with(&options))
+                    .await
+                    .map(|r| r.err())
+            }
+            SqlConnector::Mysql { pool, .. } => {
+                let options = pool.connect_options();
+                tokio::time::timeout(wait, sqlx::MySqlConnection::connect_with(&options))
+                    .await
+                    .map(|r| r.err())
+            }
+            SqlConnector::Sqlite { .. } => return None,
+        };
+        match failed {
+            Ok(None) => None,
+            Ok(Some(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no connection within {}s", wait.as_secs())),
+        }
+    }
+}
+
 /// The columns a SQLite read selects, in order: id, time, the fields, and
 /// the soft-delete column when there is one.
 fn sqlite_columns(b: &TableBinding) -> Vec<&str> {
@@ -58,10 +86,6 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// ` AND <prefix><column> = '<value>'`: a statement's rows restricted to
-/// the tenant's, on a table tenants share (empty otherwise). The value
-/// comes from the definition; it is written as a quoted literal, quotes
-/// doubled (and, for MySQL, backslashes).
 /// Whether a PostgreSQL table's `updated_at` may hold `infinity` or
 /// `-infinity` (a time or date type), which no scan by time can pass.
 fn pg_has_infinity(b: &TableBinding) -> bool {
@@ -70,6 +94,10 @@ fn pg_has_infinity(b: &TableBinding) -> bool {
         .is_some_and(|t| t.starts_with("timestamp") || t == "date")
 }
 
+/// ` AND <prefix><column> = '<value>'`: a statement's rows restricted to
+/// the tenant's, on a table tenants share (empty otherwise). The value
+/// comes from the definition; it is written as a quoted literal, quotes
+/// doubled (and, for MySQL, backslashes).
 fn tenant_and(b: &TableBinding, prefix: &str, dialect: Dialect) -> String {
     let Some((column, value)) = &b.tenant else {
         return String::new();

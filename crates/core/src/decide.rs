@@ -84,6 +84,11 @@ pub struct Page {
     /// The step's last pass: a record still waiting for a reference fails
     /// with the reason instead of waiting on.
     pub last_pass: bool,
+    /// The step's patch pass: a self-reference this step writes that is
+    /// still not mapped will not be in this run (its parent would have been
+    /// created by this step's scan), so its record fails instead of being
+    /// written without it again.
+    pub patching: bool,
     pub now: DateTime<Utc>,
 }
 
@@ -135,10 +140,9 @@ pub struct Decision {
     pub updates_target: Vec<TargetUpdate>,
     /// Confirm transitions of the updated and unchanged records.
     pub confirms: Vec<MappingWrite>,
-    /// Decided in the step's last pass: a self-reference still not mapped
-    /// when an update is written fails its record instead of being written
-    /// empty again.
-    pub last_pass: bool,
+    /// Decided in the step's patch pass (see [`Page::patching`]): an
+    /// update whose self-reference is still not mapped fails its record.
+    pub patching: bool,
 }
 
 impl Step<'_> {
@@ -229,7 +233,7 @@ pub fn counterpart_ids<'a>(
 }
 
 /// Why a record whose self-reference `field` (holding `id`, on the side
-/// read) is still not mapped in the step's last pass fails.
+/// read) is still not mapped in the step's patch pass fails.
 pub fn unsynced_parent(field: &str, entity: &str, id: Option<&Value>) -> String {
     let id = id.and_then(crate::references::id_text).unwrap_or_default();
     format!("missing parent: {field} references {entity} `{id}`, which has not been synced")
@@ -256,13 +260,14 @@ pub fn decide_page(
         counterparts,
         unreadable,
         last_pass,
+        patching,
         now,
     } = page;
     let read = step.read;
     let write = step.write();
     let refs = step.refs;
     let mut d = Decision {
-        last_pass,
+        patching,
         ..Decision::default()
     };
     let counters = &mut d.counters;
@@ -544,10 +549,10 @@ pub fn decide_page(
                     };
                     keepable(&|| format!("the base snapshot of {entity} `{}`", record.id), base)
                 };
-                // In the last pass a self-reference still not mapped will not
-                // be: written empty it would say the record has no parent.
+                // In the patch pass a self-reference still not mapped will
+                // not be: written empty it would say the record has no parent.
                 let unresolved = || {
-                    let field = deferred.first().filter(|_| last_pass)?;
+                    let field = deferred.first().filter(|_| patching)?;
                     Some(unsynced_parent(field, entity.as_str(), record.fields.get(field)))
                 };
                 if let Some(reason) = missing

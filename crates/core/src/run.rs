@@ -217,8 +217,8 @@ impl fmt::Display for StepState {
 /// equals [`outcomes`](Self::outcomes): `created`, `updated`, `unchanged`,
 /// `parked`, `failed`, `skipped` and `postponed`. `conflicts` and
 /// `deferred` say more about some of those records (a conflict a strategy
-/// settled is also updated or unchanged; a record written with an empty
-/// self-reference is also created or updated).
+/// settled is also updated or unchanged; a record whose self-reference
+/// waits for its parent is also created, updated or unchanged).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StepCounters {
@@ -241,8 +241,9 @@ pub struct StepCounters {
     /// Left for the step's patch pass: it references a record not synced
     /// yet.
     pub postponed: u64,
-    /// Self-references written empty, to be patched once their target
-    /// exists (of the created and updated).
+    /// Self-references whose parent is not mapped yet, patched by the
+    /// step's patch pass: created empty, or an update that keeps the
+    /// target's (of the created, updated and unchanged).
     pub deferred: u64,
     /// Records deleted because their counterpart was deleted.
     pub deleted: u64,

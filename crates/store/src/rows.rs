@@ -135,13 +135,13 @@ impl Cols for SqliteRow {
     }
 }
 
-/// How a backend binds what the two databases keep differently.
 /// A `LIKE` pattern for texts that start with `prefix`, which may only
 /// hold what an id's text holds (hex digits and hyphens; callers check).
 pub(crate) fn starts_with(prefix: &str) -> String {
     format!("{}%", prefix.to_ascii_lowercase())
 }
 
+/// How a backend binds what the two databases keep differently.
 pub(crate) trait Dialect {
     /// An id as the database keeps it (PostgreSQL: `uuid`; SQLite: text).
     type Id: Send;

@@ -92,12 +92,11 @@ impl SqlConnector {
     pub async fn read_untimed(
         &self,
         b: &TableBinding,
-        after: Option<&str>,
+        after: Option<&Value>,
         limit: u32,
     ) -> Result<ChangePage, ConnectorError> {
         let t = table_ident(&b.table);
         let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
-        let after_id = after.map(|a| Value::String(a.to_owned()));
         let rows = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let doc = pg_row_document(b);
@@ -113,7 +112,7 @@ impl SqlConnector {
                 let sql =
                     format!("SELECT {doc} FROM {t} t WHERE {untimed}{from}{ta} ORDER BY t.{id} LIMIT $1");
                 let mut q = sqlx::query(&sql).bind(limit as i64);
-                if let Some(a) = &after_id {
+                if let Some(a) = after {
                     q = q.bind(text_of(a));
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
@@ -137,12 +136,12 @@ impl SqlConnector {
                 );
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(a) = after {
-                    q = q.bind(a.to_owned());
+                    q = q.bind(id_text(a).unwrap_or_default());
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()
             }
-            SqlConnector::Mysql { pool, .. } => self.mysql_untimed(pool, b, after_id.as_ref(), limit).await?,
+            SqlConnector::Mysql { pool, .. } => self.mysql_untimed(pool, b, after, limit).await?,
         };
         Ok(self.change_page(b, rows, limit, true))
     }

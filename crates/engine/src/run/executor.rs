@@ -173,14 +173,21 @@ struct StepProgress {
     phase: Phase,
     /// Retry pass: the last unsettled mapping handled.
     retry_after: Option<Uuid>,
-    /// Rows without a change time: the id of the last one read.
+    /// Rows without a change time: the id of the last one read (as read:
+    /// a number stays one, for the database to compare as it orders).
     #[serde(default)]
-    untimed: Option<String>,
+    untimed: Option<serde_json::Value>,
     /// Change scan: where the scan started and where it is.
     scan_start: Option<Cursor>,
     scan: Option<Cursor>,
     /// Patch pass over the scanned window, for deferred self-references.
     patch: Option<Cursor>,
+    /// Patch pass: the window is done, the rows without a time are read
+    /// again; the id of the last one read.
+    #[serde(default)]
+    patch_untimed: bool,
+    #[serde(default)]
+    patch_untimed_after: Option<serde_json::Value>,
 }
 
 /// A step's fixed context.
@@ -269,8 +276,8 @@ struct PageWrites {
     updates_target: Vec<TargetUpdate>,
     /// Confirm transitions of the updated and unchanged records.
     confirms: Vec<MappingWrite>,
-    /// Decided in the step's last pass (see `Decision::last_pass`).
-    last_pass: bool,
+    /// Decided in the step's patch pass (see `Decision::patching`).
+    patching: bool,
 }
 
 impl Job {
@@ -394,7 +401,26 @@ impl Job {
                 if let Ok(Some(current)) = self.store.load_run(None, run.id).await
                     && current.state == RunState::Running
                 {
-                    let why = format!("{error} (still after retrying for {}s)", spent.as_secs());
+                    // A pool that timed out says nothing of why: each
+                    // system is asked once, outside its pool.
+                    let mut reasons = Vec::new();
+                    if error.to_string().contains("pool timed out") {
+                        for c in [&self.source, &self.target] {
+                            if let Some(why) = c.why_unreachable().await {
+                                reasons.push(format!("system `{}`: {why}", c.system()));
+                            }
+                        }
+                    }
+                    let cause = match reasons.is_empty() {
+                        true => String::new(),
+                        false => format!(" ({})", reasons.join("; ")),
+                    };
+                    let why = format!(
+                        "{error}{cause} (still after retrying for {}s; once it is back, `syncd runs resume {}` \
+                         goes on from the last checkpoint)",
+                        spent.as_secs(),
+                        run.id
+                    );
                     let _ = self
                         .store
                         .transition_run(&current, RunEvent::Fail, Some(&why))

@@ -132,8 +132,9 @@ impl Job {
         let last_pass = page.phase == Phase::Patch
             && (ctx.step.direction == StepDirection::Backward
                 || self.workflow.direction == Direction::OneWay);
+        let patching = page.phase == Phase::Patch;
         let writes = self
-            .decide_page(ctx, records, bad, deleted, last_pass, &mut delta)
+            .decide_page(ctx, records, bad, deleted, (last_pass, patching), &mut delta)
             .await?;
         Ok((writes, delta))
     }
@@ -153,14 +154,10 @@ impl Job {
         let mut untimed = None;
         if state.phase == Phase::Untimed {
             let page = reader
-                .read_untimed(read_binding, state.untimed.as_deref(), page_size)
+                .read_untimed(read_binding, state.untimed.as_ref(), page_size)
                 .await?;
-            if let Some(next) = page
-                .next
-                .as_ref()
-                .and_then(|c| syncd_core::references::id_text(&c.id))
-            {
-                state.untimed = Some(next);
+            if let Some(next) = &page.next {
+                state.untimed = Some(next.id.clone());
             }
             let n = page.records.len() + page.bad.len() + page.deleted.len();
             if n > 0 {
@@ -274,13 +271,25 @@ impl Job {
                 scan_done = page.done;
                 (page.records, page.bad, page.deleted)
             }
-            Phase::Patch => {
+            // The scanned window again, then the rows without a time (read
+            // by id, as the untimed pass read them).
+            Phase::Patch if !state.patch_untimed => {
                 let from = state.patch.clone().or_else(|| state.scan_start.clone());
                 let page = reader
                     .read_changes(read_binding, from.as_ref(), page_size)
                     .await?;
                 if page.next.is_some() {
                     state.patch = page.next.clone();
+                }
+                state.patch_untimed = page.done;
+                (page.records, page.bad, Vec::new())
+            }
+            Phase::Patch => {
+                let page = reader
+                    .read_untimed(read_binding, state.patch_untimed_after.as_ref(), page_size)
+                    .await?;
+                if let Some(next) = &page.next {
+                    state.patch_untimed_after = Some(next.id.clone());
                 }
                 state.phase = state.phase.on(PhaseEvent::Patched { last: page.done });
                 (page.records, page.bad, Vec::new())
@@ -354,7 +363,7 @@ impl Job {
         counters: &mut StepCounters,
     ) -> Result<PageCommit, RunError> {
         let writes = self
-            .decide_page(ctx, records, bad, deleted, false, counters)
+            .decide_page(ctx, records, bad, deleted, (false, false), counters)
             .await?;
         self.write_page(ctx, writes, counters).await
     }
@@ -362,15 +371,17 @@ impl Job {
     /// The first half of a page: reads what the records' decisions need
     /// (mappings, open conflicts, references, counterparts) and decides
     /// them. Writes nothing, so it can run while the page before is written.
-    /// In the step's `last_pass` a record still waiting for a reference
-    /// fails with the reason instead of waiting on.
+    /// In the step's last pass a record still waiting for a reference
+    /// fails with the reason instead of waiting on; in its patch pass, one
+    /// whose self-reference is still not mapped (`(last_pass, patching)`;
+    /// see `decide::Page`).
     pub(super) async fn decide_page(
         &self,
         ctx: &StepCtx<'_>,
         records: Vec<Record>,
         bad: Vec<BadRow>,
         deleted: Vec<String>,
-        last_pass: bool,
+        (last_pass, patching): (bool, bool),
         counters: &mut StepCounters,
     ) -> Result<PageWrites, RunError> {
         let now = Utc::now();
@@ -456,6 +467,7 @@ impl Job {
             counterparts,
             unreadable,
             last_pass,
+            patching,
             now,
         };
         let keepable = |what: &dyn Fn() -> String, fields: &Fields| self.store.unkeepable(what, fields);
@@ -474,7 +486,7 @@ impl Job {
             updates_source: d.updates_source,
             updates_target: d.updates_target,
             confirms: d.confirms,
-            last_pass: d.last_pass,
+            patching: d.patching,
         })
     }
 

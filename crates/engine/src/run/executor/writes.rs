@@ -21,7 +21,7 @@ impl Job {
             updates_source,
             updates_target,
             mut confirms,
-            last_pass,
+            patching,
         } = writes;
         let (read, write, tables) = (ctx.read, ctx.write(), ctx.tables);
         // Reserve pending mappings before writing anything. New ones are
@@ -195,23 +195,30 @@ impl Job {
         }
 
         let mut written = self.to_target_ids(tables, &updates_target).await?;
-        // The base records what the target really holds: an empty deferred
-        // self-reference (patched by the step's patch pass), or the kept
-        // value of a reference that could not be translated. In the last
-        // pass a self-reference still not mapped will not be: the update is
-        // not written (empty, it would say the record has no parent, and be
-        // written again every run) and the record fails, saying why.
+        // The source ids of the records whose source is written too.
+        let mut source_written: HashSet<String> = updates_source.iter().map(|(id, _)| id.clone()).collect();
+        // The base records what the target really holds: the kept value of
+        // a reference that could not be translated, or of a self-reference
+        // not mapped yet (the step's patch pass writes it once it is). In
+        // the patch pass a self-reference still not mapped will not be in
+        // this run: nothing of the record is written (the reference written
+        // empty would say it has no parent) and it fails, saying why.
         let mut unresolved = HashSet::new();
         for (update, w) in updates_target.iter().zip(&written) {
             let Some(confirm) = update.confirm.and_then(|i| confirms.get_mut(i)) else {
                 continue;
             };
-            if last_pass && let Some(field) = w.deferred.first() {
-                let MappingWrite::Transition { current, .. } = confirm else {
-                    continue;
-                };
+            let MappingWrite::Transition {
+                current,
+                change: MappingChange::Confirm { base, source_id, .. },
+            } = confirm
+            else {
+                continue;
+            };
+            if patching && let Some(field) = w.deferred.first() {
                 let error =
                     decide::unsynced_parent(field, ctx.scope.entity_type.as_str(), update.fields.get(field));
+                source_written.remove(source_id.as_str());
                 *confirm = MappingWrite::Transition {
                     current: current.clone(),
                     change: MappingChange::Refuse { error },
@@ -221,13 +228,6 @@ impl Job {
                 counters.failed += 1;
                 continue;
             }
-            let MappingWrite::Transition {
-                change: MappingChange::Confirm { base, .. },
-                ..
-            } = confirm
-            else {
-                continue;
-            };
             for field in &w.kept {
                 let kept = update
                     .current_in_source_ids
@@ -240,18 +240,37 @@ impl Job {
                 counters.deferred += 1;
             }
         }
-        // An update that would write what the target holds already (its
-        // change kept back, as above) is not written: it would only move
-        // the record's time, and the other direction would read it again.
+        // A target write of what the target holds already (its change kept
+        // back, as above) is not made: it would only move the record's
+        // time, and the other direction would read it again. The record is
+        // unchanged unless its source is written.
         for (update, w) in updates_target.iter().zip(&written) {
-            if !unresolved.contains(&w.id) && w.fields.iter().all(|(k, v)| update.current.get(k) == Some(v)) {
-                unresolved.insert(w.id.clone());
+            if unresolved.contains(&w.id) || !w.fields.iter().all(|(k, v)| update.current.get(k) == Some(v)) {
+                continue;
+            }
+            unresolved.insert(w.id.clone());
+            let to_source = update
+                .confirm
+                .and_then(|i| confirms.get(i))
+                .is_some_and(|c| match c {
+                    MappingWrite::Transition {
+                        change: MappingChange::Confirm { source_id, .. },
+                        ..
+                    } => source_written.contains(source_id.as_str()),
+                    _ => false,
+                });
+            if !to_source {
                 counters.updated = counters.updated.saturating_sub(1);
                 counters.unchanged += 1;
             }
         }
         written.retain(|w| !unresolved.contains(&w.id));
         let target_updates: Vec<(String, Fields)> = written.into_iter().map(|w| (w.id, w.fields)).collect();
+        // A record failed above has nothing written, on either side.
+        let updates_source: Vec<(String, Fields)> = updates_source
+            .into_iter()
+            .filter(|(id, _)| source_written.contains(id))
+            .collect();
         let refused_target = self.target.update(&tables.target, &target_updates, now).await?;
         let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
         if !(refused_target.is_empty() && refused_source.is_empty()) {
