@@ -1196,3 +1196,103 @@ async fn rows_without_a_time_have_their_parents_patched_or_fail_naming_them() {
     );
     s.drop().await;
 }
+
+/// A column renamed after a run bound its table, as each database reports
+/// it to syncd's own statements (PostgreSQL names the column of the row it
+/// was given, `r.name`): the step's fault, on every database, for updates
+/// and creates alike. A record's own fault (a check it breaks) is still
+/// its alone.
+#[tokio::test]
+async fn a_column_renamed_after_binding_is_the_steps_fault_on_every_database() {
+    use syncd_connect::sql::SqlConnector;
+    use syncd_connect::{Connector, FieldColumn, NewRecord};
+    let dir = TempDir::new("renamed");
+    for kind in [Kind::Postgres, Kind::Mariadb, Kind::Sqlite] {
+        let Some(db) = SystemDb::create(kind, &dir, "renamed").await else {
+            continue;
+        };
+        let ddl = match kind {
+            Kind::Mariadb => {
+                "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, name TEXT, code VARCHAR(8) CHECK (code <> 'bad'), \
+                 updated_at DATETIME(6) NOT NULL)"
+            }
+            _ => {
+                "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, code TEXT CHECK (code <> 'bad'), updated_at TEXT NOT NULL)"
+            }
+        };
+        let ddl = match kind {
+            Kind::Postgres => ddl.replace("updated_at TEXT", "updated_at timestamptz"),
+            _ => ddl.to_owned(),
+        };
+        db.exec(&ddl).await;
+        db.exec("INSERT INTO ledger (id, name, code, updated_at) VALUES ('a', 'first', 'x', '2026-01-01 00:00:00')")
+            .await;
+        let system = SqlConnector::connect("erp", &db.url()).await.unwrap();
+        let types = system.columns("ledger").await.unwrap().unwrap();
+        let connector = Connector::Sql(system);
+        let fields: Vec<FieldColumn> = ["name", "code"]
+            .into_iter()
+            .map(|c| {
+                let class = connector.class_of(&types[c]);
+                FieldColumn {
+                    cdm: c.into(),
+                    column: c.into(),
+                    class,
+                    kind: class.kind(),
+                }
+            })
+            .collect();
+        let Connector::Sql(sql) = &connector else {
+            unreachable!()
+        };
+        let b = sql
+            .binding("product", "ledger", types, fields, None, None)
+            .unwrap();
+        let fields = |name: &str, code: &str| {
+            serde_json::json!({"name": name, "code": code})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let now = chrono::Utc::now();
+        // A record's own fault: refused alone.
+        let refused = connector
+            .update(&b, &[("a".into(), fields("second", "bad"))], now)
+            .await
+            .unwrap();
+        assert_eq!(refused.len(), 1, "{kind:?}: {refused:?}");
+        db.exec("ALTER TABLE ledger RENAME COLUMN name TO label").await;
+        let update = connector
+            .update(&b, &[("a".into(), fields("second", "x"))], now)
+            .await;
+        match update {
+            Err(e) => assert!(e.is_schema_fault(&b), "{kind:?}: {e}"),
+            Ok(refused) => panic!("{kind:?}: refused as the record's fault: {refused:?}"),
+        }
+        let new = NewRecord {
+            id: Some("b".into()),
+            key: "k".into(),
+            fields: fields("new", "x"),
+            tried: false,
+        };
+        match connector
+            .create(
+                &b,
+                &[
+                    new.clone(),
+                    NewRecord {
+                        id: Some("c".into()),
+                        ..new
+                    },
+                ],
+                now,
+            )
+            .await
+        {
+            Err(e) => assert!(e.is_schema_fault(&b), "{kind:?}: {e}"),
+            Ok(created) => panic!("{kind:?}: failed as the records' fault: {created:?}"),
+        }
+        drop(connector);
+        db.drop().await;
+    }
+}

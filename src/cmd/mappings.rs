@@ -89,6 +89,10 @@ pub fn list(scope: Scope, status: &str, limit: u32) -> CmdResult {
             );
         }
         print(&list);
+        if list.len() >= limit as usize {
+            // An operator counting failures must not take a page for all.
+            eprintln!("(the first {limit}; there may be more: --limit N lists more)");
+        }
         Ok(())
     })
 }

@@ -106,11 +106,11 @@ impl ConnectorError {
 
 impl ConnectorError {
     /// Whether the database says that `b`'s table, or one of the columns
-    /// `b` names, does not exist (altered under a run): the schema's or
-    /// the definition's fault, to stop the step on, never one record's (a
-    /// record failed for it would not be written again until it changes).
-    /// Another relation missing (a trigger's, a partition an out-of-range
-    /// row would go to) is the record's.
+    /// it had when the run bound it, does not exist (altered under a run):
+    /// the schema's or the definition's fault, to stop the step on, never
+    /// one record's (a record failed for it would not be written again
+    /// until it changes). A missing relation or column of another name (a
+    /// trigger's) is the record's.
     pub fn is_schema_fault(&self, b: &TableBinding) -> bool {
         let ConnectorError::Query {
             source: sqlx::Error::Database(db),
@@ -121,21 +121,19 @@ impl ConnectorError {
         };
         let m = db.message();
         // The table's name, or a column's, as each database quotes it:
-        // PostgreSQL `"name"`, MySQL `'t.name'`, SQLite `no such column: name`.
+        // PostgreSQL `"name"` (and `r.name` for a column of a row it was
+        // given), MySQL `'t.name'`, SQLite `no such column: name`.
         let mentions = |n: &str| {
             m.contains(&format!("\"{n}\""))
                 || m.contains(&format!("'{n}'"))
                 || m.contains(&format!(".{n}'"))
+                || m.contains(&format!(".{n} "))
                 || m.ends_with(&format!(": {n}"))
                 || m.ends_with(&format!("column named {n}"))
         };
         let table = b.table.rsplit('.').next().unwrap_or(&b.table).trim_matches('"');
-        let names_ours = || {
-            mentions(table)
-                || [sql::ID_COLUMN, sql::UPDATED_AT_COLUMN].into_iter().any(mentions)
-                || b.fields.iter().any(|f| mentions(&f.column))
-                || b.deleted_column.as_deref().is_some_and(mentions)
-        };
+        let names_ours =
+            || mentions(table) || mentions(&b.table) || b.column_types.keys().any(|c| mentions(c));
         match db.code().as_deref() {
             // PostgreSQL's undefined column and table; MySQL's (by SQLSTATE).
             Some("42703" | "42P01" | "42S22" | "42S02") => names_ours(),
