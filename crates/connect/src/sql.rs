@@ -287,6 +287,23 @@ impl SqlConnector {
         {
             return Err(missing(c));
         }
+        // A SQLite column without a type (or declared BLOB) keeps `9` and
+        // `'9'` as two values: a row whose id is the number is never found
+        // by its id's text, and the delete step would take it for gone.
+        if matches!(self, SqlConnector::Sqlite { .. }) {
+            let declared = id_type.trim().to_ascii_uppercase();
+            if declared.is_empty() || declared.contains("BLOB") {
+                return Err(ConnectorError::Config {
+                    system: self.system().to_owned(),
+                    reason: format!(
+                        "table `{table}`: its `{ID_COLUMN}` column has {} type, so SQLite keeps the number 9 and \
+                         the text '9' as different ids and syncd cannot find its rows by id; declare it TEXT \
+                         (or INTEGER) (entity `{entity}`)",
+                        if declared.is_empty() { "no" } else { "a BLOB" }
+                    ),
+                });
+            }
+        }
         let id_kind = if id_type.contains("INT") || id_type.contains("int") || id_type == "serial" {
             IdKind::Assigned
         } else {

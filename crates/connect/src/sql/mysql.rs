@@ -472,14 +472,14 @@ impl SqlConnector {
         let (t, id, upd) = (table(&b.table), ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
         let cols = select_list(b, &names);
         let ta = tenant_and(b, "", Dialect::Mysql);
-        // Rows whose `updated_at` is NULL (ordered first) are read by
-        // `mysql_untimed`: a cursor on one would end the scan there.
+        // Rows whose `updated_at` is NULL or a zero date (ordered first)
+        // are read by `mysql_untimed`: a cursor on one would end the scan
+        // there, and one written later would never be reached.
+        let timed = untimed_condition(b, false);
         let sql = match after {
-            None => {
-                format!("SELECT {cols} FROM {t} WHERE {upd} IS NOT NULL{ta} ORDER BY {upd}, {id} LIMIT ?")
-            }
+            None => format!("SELECT {cols} FROM {t} WHERE {timed}{ta} ORDER BY {upd}, {id} LIMIT ?"),
             Some(_) => format!(
-                "SELECT {cols} FROM {t} WHERE ({upd} > ? OR ({upd} = ? AND {id} > ?)){ta} \
+                "SELECT {cols} FROM {t} WHERE ({upd} > ? OR ({upd} = ? AND {id} > ?)) AND {timed}{ta} \
                  ORDER BY {upd}, {id} LIMIT ?"
             ),
         };
@@ -498,8 +498,8 @@ impl SqlConnector {
         Ok(rows.iter().map(|r| Self::mysql_row(b, r, &names)).collect())
     }
 
-    /// Up to `limit` rows whose `updated_at` is NULL, by id after `after`
-    /// (see `read_untimed`).
+    /// Up to `limit` rows whose `updated_at` is NULL or a zero date, by id
+    /// after `after` (see `read_untimed`).
     pub(super) async fn mysql_untimed(
         &self,
         pool: &MySqlPool,
@@ -508,7 +508,7 @@ impl SqlConnector {
         limit: u32,
     ) -> Result<Vec<(Fields, Option<BadRow>)>, ConnectorError> {
         let names = sqlite_columns(b);
-        let (t, id, upd) = (table(&b.table), ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let (t, id) = (table(&b.table), ident(ID_COLUMN));
         let cols = select_list(b, &names);
         let ta = tenant_and(b, "", Dialect::Mysql);
         let from = if after.is_some() {
@@ -516,7 +516,8 @@ impl SqlConnector {
         } else {
             String::new()
         };
-        let sql = format!("SELECT {cols} FROM {t} WHERE {upd} IS NULL{from}{ta} ORDER BY {id} LIMIT ?");
+        let untimed = untimed_condition(b, true);
+        let sql = format!("SELECT {cols} FROM {t} WHERE {untimed}{from}{ta} ORDER BY {id} LIMIT ?");
         let mut q = sqlx::query(&sql);
         if let Some(a) = after {
             q = bind(q, a, b.my_class(ID_COLUMN));
@@ -794,6 +795,24 @@ impl SqlConnector {
 /// A time as MySQL takes it: `YYYY-MM-DD HH:MM:SS.ffffff`, in UTC.
 pub(super) fn mysql_time(t: DateTime<Utc>) -> Value {
     Value::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+}
+
+/// The rows of `b` whose `updated_at` has a place in a scan by time
+/// (`untimed`: those that do not): not NULL, and in a date or time column
+/// not a zero date (`0000-00-00`, which MariaDB's default mode accepts and
+/// orders before every real one).
+fn untimed_condition(b: &TableBinding, untimed: bool) -> String {
+    let upd = ident(UPDATED_AT_COLUMN);
+    let dated = b.column_types.get(UPDATED_AT_COLUMN).is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        ["datetime", "timestamp", "date"].iter().any(|p| t.starts_with(p))
+    });
+    match (dated, untimed) {
+        (true, false) => format!("{upd} >= '0001-01-01'"),
+        (true, true) => format!("({upd} IS NULL OR {upd} < '0001-01-01')"),
+        (false, false) => format!("{upd} IS NOT NULL"),
+        (false, true) => format!("{upd} IS NULL"),
+    }
 }
 
 #[cfg(test)]
