@@ -439,9 +439,9 @@ async fn numbers_json_server_would_round_fail_their_record_and_are_never_sent() 
         return;
     };
     crm.exec(
-        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, updated_at timestamptz NOT NULL);
-         INSERT INTO ledger VALUES ('fits', 12.50, now()), ('big', 9007199254740993, now()),
-             ('wide', 12345678901234567890.123456789, now())",
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, doc jsonb, updated_at timestamptz NOT NULL);
+         INSERT INTO ledger VALUES ('fits', 12.50, '{\"x\": 1e21, \"y\": [12.50]}', '2026-01-01T00:00:00Z'),
+             ('big', 9007199254740993, NULL, now()), ('wide', 12345678901234567890.123456789, NULL, now())",
     )
     .await;
     let Some(mut rest) = JsonServer::start(&json!({"ledger": []})).await else {
@@ -473,6 +473,7 @@ target_table = "ledger"
 reconcile_every = "0s"
 [entities.fields]
 amount = "amount"
+doc = "doc"
 
 [tenants.{TENANT}]
 "#,
@@ -512,6 +513,22 @@ amount = "amount"
         assert_eq!(
             amounts,
             ["9007199254740993", "12.50", "12345678901234567890.123456789"]
+        );
+        // The document json-server writes back as `1e+21` and `12.5` holds
+        // the same numbers: nothing is written back to the CRM.
+        assert_eq!(records[0]["doc"]["y"], json!([12.5]), "{records:?}");
+        let fits: (String, String) =
+            sqlx::query_as("SELECT doc::text, updated_at::text FROM ledger WHERE id = 'fits'")
+                .fetch_one(crm.pg_pool().unwrap())
+                .await
+                .unwrap();
+        assert_eq!(
+            fits,
+            (
+                "{\"x\": 1000000000000000000000, \"y\": [12.50]}".into(),
+                "2026-01-01 00:00:00+00".into()
+            ),
+            "run {run}"
         );
     }
     let store = Store::connect(&StoreConfig::new(&database_url), MappingCache::disabled())

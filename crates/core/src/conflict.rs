@@ -25,6 +25,7 @@
 
 use crate::ids::{EntityScope, EntityType, IntegrationId, TenantId};
 use crate::record::{Direction, Fields, Record, Side};
+use crate::value::same;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -156,8 +157,8 @@ pub fn detect(base: Option<&Fields>, source: &Fields, target: &Fields) -> Change
     for name in field_names(base, source, target) {
         let (s, t) = (field(source, name), field(target, name));
         let (source_changed, target_changed) = match base {
-            Some(base) => (s != field(base, name), t != field(base, name)),
-            None => (s != t, s != t),
+            Some(base) => (!same(s, field(base, name)), !same(t, field(base, name))),
+            None => (!same(s, t), !same(s, t)),
         };
         if source_changed {
             changes.source_changed.push(name.to_owned());
@@ -165,7 +166,7 @@ pub fn detect(base: Option<&Fields>, source: &Fields, target: &Fields) -> Change
         if target_changed {
             changes.target_changed.push(name.to_owned());
         }
-        if source_changed && target_changed && s != t {
+        if source_changed && target_changed && !same(s, t) {
             changes.conflicting.push(name.to_owned());
         }
     }
@@ -255,12 +256,12 @@ fn settle(
         if conflicting {
             writes.settled.insert(name.to_owned(), merged.clone());
         }
-        if &merged != t {
+        if !same(&merged, t) {
             writes.to_target.insert(name.to_owned(), merged.clone());
         }
         match direction {
             Direction::Bidirectional => {
-                if &merged != s {
+                if !same(&merged, s) {
                     writes.to_source.insert(name.to_owned(), merged.clone());
                 }
                 writes.base.insert(name.to_owned(), merged);

@@ -921,6 +921,39 @@ pub fn beyond_double(v: &Value) -> Option<&serde_json::Number> {
     }
 }
 
+/// Whether `a` and `b` are one value: equal, or documents whose numbers
+/// differ only in how they are written (`1e21` and
+/// `1000000000000000000000`, `12.50` and `12.5`), as two systems may write
+/// them (a REST peer in JavaScript the first, PostgreSQL's `jsonb` the
+/// second). Documents are kept as read and written as they are; only
+/// comparing them looks through the numbers' form.
+pub fn same(a: &Value, b: &Value) -> bool {
+    a == b
+        || match (a, b) {
+            (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_)) => {
+                canonical_numbers(a.clone()) == canonical_numbers(b.clone())
+            }
+            _ => false,
+        }
+}
+
+/// The numbers inside document `v` in canonical form (those too long to
+/// write out, and `-0`, as they are); the rest as it is.
+fn canonical_numbers(v: Value) -> Value {
+    match v {
+        Value::Number(ref n) if is_canonical(n.as_str()) || n.as_str() == "-0" => v,
+        Value::Number(_) => match numeric_text(&v) {
+            Some(text) => numeric_value(&text),
+            None => v,
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical_numbers).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, canonical_numbers(v))).collect())
+        }
+        other => other,
+    }
+}
+
 /// `v` in canonical form, whatever its kind: numbers canonical, the rest
 /// as they are.
 pub fn canonical(v: Value) -> Value {
@@ -934,6 +967,26 @@ mod tests {
 
     fn num(s: &str) -> Value {
         serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn documents_whose_numbers_differ_only_in_form_are_the_same() {
+        let doc = json!({"x": num("1e21"), "y": [num("12.50"), {"z": num("1.0")}], "s": "1e21", "n": null});
+        let other = json!({"x": num("1000000000000000000000"), "y": [num("12.5"), {"z": num("1")}], "s": "1e21", "n": null});
+        assert!(same(&doc, &other));
+        // Kept as read: only the comparison looks through the form.
+        assert_eq!(read(Kind::Json, Class::Json, doc.clone()), Ok(doc.clone()));
+        for different in [
+            json!({"x": num("1e21"), "y": [num("12.51"), {"z": num("1.0")}], "s": "1e21", "n": null}),
+            json!({"x": num("1e21"), "y": [num("12.50"), {"z": num("1.0")}], "s": "1000000000000000000000", "n": null}),
+            json!([num("12.50")]),
+        ] {
+            assert!(!same(&doc, &different), "{different}");
+        }
+        assert!(
+            !same(&num("12.50"), &num("12.5")),
+            "numbers outside documents are canonical as read"
+        );
     }
 
     #[test]
