@@ -1316,36 +1316,48 @@ async fn a_column_renamed_after_binding_is_the_steps_fault_on_every_database() {
 /// before anything is written.
 #[tokio::test]
 async fn a_sqlite_id_column_without_a_type_is_refused_before_anything_is_written() {
-    let Some(s) = Setup::new(
-        Kind::Sqlite,
-        "CREATE TABLE ledger (id PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
-        Kind::Sqlite,
-        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
-    )
-    .await
-    else {
-        return;
-    };
-    s.source
-        .exec("INSERT INTO ledger VALUES (9, 'nine', '2026-01-01T00:00:00Z'), ('t1', 'text', '2026-01-01T00:00:01Z')")
-        .await;
-    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
-        .current_dir(&s.dir.0)
-        .args(["run", "exact.toml", "--tenant", "t1"])
-        .env("SYNCD_DATABASE_URL", s.dir.sqlite_url("state.db"))
-        .env_remove("SYNCD_REDIS_URL")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(
-            "system `src`: table `ledger`: its `id` column has no type, so SQLite keeps the number 9 and the \
-             text '9' as different ids and syncd cannot find its rows by id; declare it TEXT (or INTEGER) \
-             (entity `product`)"
+    let cases = [
+        (
+            "CREATE TABLE ledger (id PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
+            "no",
         ),
-        "{stderr}"
-    );
-    assert!(s.target.dump("ledger").await.is_empty(), "nothing written");
-    s.drop().await;
+        (
+            "CREATE TABLE ledger (id ANY PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL) STRICT",
+            "the ANY",
+        ),
+    ];
+    for (ddl, what) in cases {
+        let Some(s) = Setup::new(
+            Kind::Sqlite,
+            ddl,
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
+        )
+        .await
+        else {
+            return;
+        };
+        s.source
+            .exec("INSERT INTO ledger VALUES (9, 'nine', '2026-01-01T00:00:00Z'), ('t1', 'text', '2026-01-01T00:00:01Z')")
+            .await;
+        let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+            .current_dir(&s.dir.0)
+            .args(["run", "exact.toml", "--tenant", "t1"])
+            .env("SYNCD_DATABASE_URL", s.dir.sqlite_url("state.db"))
+            .env_remove("SYNCD_REDIS_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "system `src`: table `ledger`: its `id` column has {what} type, so SQLite keeps the number 9 and \
+                 the text '9' as different ids and syncd cannot find its rows by id; declare it TEXT (or \
+                 INTEGER) (entity `product`)"
+            )),
+            "{stderr}"
+        );
+        assert!(s.target.dump("ledger").await.is_empty(), "nothing written");
+        s.drop().await;
+    }
 }

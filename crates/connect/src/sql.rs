@@ -292,14 +292,23 @@ impl SqlConnector {
         // by its id's text, and the delete step would take it for gone.
         if matches!(self, SqlConnector::Sqlite { .. }) {
             let declared = id_type.trim().to_ascii_uppercase();
-            if declared.is_empty() || declared.contains("BLOB") {
+            // SQLite's affinity rules: INT first, then text, then BLOB (or
+            // none); a STRICT table's `ANY` keeps values as given too.
+            let texty = ["CHAR", "CLOB", "TEXT"].iter().any(|t| declared.contains(t));
+            let blob =
+                declared.is_empty() || (declared.contains("BLOB") && !declared.contains("INT") && !texty);
+            if blob || declared == "ANY" {
                 return Err(ConnectorError::Config {
                     system: self.system().to_owned(),
                     reason: format!(
                         "table `{table}`: its `{ID_COLUMN}` column has {} type, so SQLite keeps the number 9 and \
                          the text '9' as different ids and syncd cannot find its rows by id; declare it TEXT \
                          (or INTEGER) (entity `{entity}`)",
-                        if declared.is_empty() { "no" } else { "a BLOB" }
+                        if declared.is_empty() {
+                            "no".to_owned()
+                        } else {
+                            format!("the {declared}")
+                        }
                     ),
                 });
             }

@@ -930,7 +930,10 @@ pub fn beyond_double(v: &Value) -> Option<&serde_json::Number> {
 pub fn same(a: &Value, b: &Value) -> bool {
     a == b
         || match (a, b) {
-            (Value::Object(_), Value::Object(_)) | (Value::Array(_), Value::Array(_)) => {
+            // A document that is a bare number, read as it was written.
+            (Value::Object(_), Value::Object(_))
+            | (Value::Array(_), Value::Array(_))
+            | (Value::Number(_), Value::Number(_)) => {
                 canonical_numbers(a.clone()) == canonical_numbers(b.clone())
             }
             _ => false,
@@ -941,10 +944,11 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// write out, and `-0`, as they are); the rest as it is.
 fn canonical_numbers(v: Value) -> Value {
     match v {
-        Value::Number(ref n) if is_canonical(n.as_str()) || n.as_str() == "-0" => v,
+        Value::Number(ref n) if is_canonical(n.as_str()) => v,
+        // A negative zero (`-0.0`) stays a number, and apart from `0`.
         Value::Number(_) => match numeric_text(&v) {
-            Some(text) => numeric_value(&text),
-            None => v,
+            Some(text) if text != "-0" => numeric_value(&text),
+            _ => v,
         },
         Value::Array(items) => Value::Array(items.into_iter().map(canonical_numbers).collect()),
         Value::Object(map) => {
@@ -983,10 +987,12 @@ mod tests {
         ] {
             assert!(!same(&doc, &different), "{different}");
         }
-        assert!(
-            !same(&num("12.50"), &num("12.5")),
-            "numbers outside documents are canonical as read"
-        );
+        // A document that is a bare number, as read.
+        assert!(same(&num("12.50"), &num("12.5")));
+        assert!(!same(&num("12.50"), &num("12.51")));
+        // A negative zero stays a number, and apart from a string or `0`.
+        assert!(!same(&json!([num("-0.0")]), &json!(["-0"])));
+        assert!(!same(&json!([num("-0.0")]), &json!([0])));
     }
 
     #[test]

@@ -808,7 +808,7 @@ fn untimed_condition(b: &TableBinding, untimed: bool) -> String {
         ["datetime", "timestamp", "date"].iter().any(|p| t.starts_with(p))
     });
     match (dated, untimed) {
-        (true, false) => format!("{upd} >= '0001-01-01'"),
+        (true, false) => format!("{upd} IS NOT NULL AND {upd} >= '0001-01-01'"),
         (true, true) => format!("({upd} IS NULL OR {upd} < '0001-01-01')"),
         (false, false) => format!("{upd} IS NOT NULL"),
         (false, true) => format!("{upd} IS NULL"),
