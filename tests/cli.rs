@@ -1930,3 +1930,48 @@ fn a_worker_names_a_second_definition_of_the_same_integration() {
     );
     assert!(seen.contains("serving 1 integration(s) from workflows"), "{seen}");
 }
+
+/// A run left `running` by a process that is gone (killed, or its machine)
+/// holds no lease: `runs show` says so and how to continue it, where it
+/// used to show a run that looked alive.
+#[test]
+fn runs_show_says_when_no_process_is_executing_a_running_run() {
+    use syncd_store::{RunRow, Store, StoreConfig};
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}/state.db", dir.0.display());
+    let id = uuid::Uuid::new_v4();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::connect(&StoreConfig::new(&db), syncd_store::cache::MappingCache::local())
+            .await
+            .unwrap();
+        let now = chrono::Utc::now();
+        let run = RunRow {
+            id,
+            tenant_id: "t1".into(),
+            integration_id: "crm-to-erp".into(),
+            state: syncd_engine::run::RunState::Running,
+            plan: serde_json::json!({"stages": []}),
+            trigger: "manual".into(),
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        store.create_run(&run, &[]).await.unwrap();
+    });
+    let shown = syncd_env(
+        &dir.0,
+        &["runs", "show", &id.to_string()],
+        &[("SYNCD_DATABASE_URL", &db)],
+    );
+    assert_eq!(shown.code, Some(0), "{}", shown.stderr);
+    assert!(shown.stdout.contains("state       running"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains(&format!(
+            "lease       none: no process is executing it; a worker serving its definition continues it, or \
+             `syncd runs resume {id} --workflows DIR` does here"
+        )),
+        "{}",
+        shown.stdout
+    );
+}
