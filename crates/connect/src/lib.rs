@@ -102,9 +102,7 @@ impl ConnectorError {
             _ => false,
         }
     }
-}
 
-impl ConnectorError {
     /// Whether the database says that `b`'s table, or one of the columns
     /// it had when the run bound it, does not exist (altered under a run):
     /// the schema's or the definition's fault, to stop the step on, never

@@ -158,7 +158,10 @@ pub fn detect(base: Option<&Fields>, source: &Fields, target: &Fields) -> Change
         let (s, t) = (field(source, name), field(target, name));
         let (source_changed, target_changed) = match base {
             Some(base) => (!same(s, field(base, name)), !same(t, field(base, name))),
-            None => (!same(s, t), !same(s, t)),
+            None => {
+                let differ = !same(s, t);
+                (differ, differ)
+            }
         };
         if source_changed {
             changes.source_changed.push(name.to_owned());
