@@ -86,12 +86,61 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Whether a PostgreSQL table's `updated_at` may hold `infinity` or
-/// `-infinity` (a time or date type), which no scan by time can pass.
-fn pg_has_infinity(b: &TableBinding) -> bool {
-    b.column_types
+/// The rows of `b` that have a place in a scan by (`updated_at`, `id`),
+/// or (`untimed`) those that have none and are read by id on every run
+/// instead (`read_untimed`): NULL, and what no keyset can pass, which is
+/// PostgreSQL's `infinity` and `-infinity` in a time or date column, a
+/// MariaDB zero date (`0000-00-00`, which its default mode accepts and
+/// orders before every real time) and a SQLite BLOB. Each condition is
+/// the other's complement. `prefix` qualifies the column (`t.`).
+fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: bool) -> String {
+    let column_type = b
+        .column_types
         .get(UPDATED_AT_COLUMN)
-        .is_some_and(|t| t.starts_with("timestamp") || t == "date")
+        .map(|t| t.to_ascii_lowercase());
+    let dated = |kinds: &[&str]| {
+        column_type
+            .as_deref()
+            .is_some_and(|t| kinds.iter().any(|k| t.starts_with(k)))
+    };
+    let (upd, beyond) = match dialect {
+        Dialect::Postgres => {
+            let upd = format!("{prefix}{}", ident(UPDATED_AT_COLUMN));
+            let infinite = column_type
+                .as_deref()
+                .is_some_and(|t| t.starts_with("timestamp") || t == "date");
+            let beyond = infinite.then(|| {
+                (
+                    format!("{upd} > '-infinity' AND {upd} < 'infinity'"),
+                    format!("{upd} IN ('infinity', '-infinity')"),
+                )
+            });
+            (upd, beyond)
+        }
+        Dialect::Mysql => {
+            let upd = format!("{prefix}{}", mysql::ident(UPDATED_AT_COLUMN));
+            let beyond = dated(&["datetime", "timestamp", "date"])
+                .then(|| (format!("{upd} >= '0001-01-01'"), format!("{upd} < '0001-01-01'")));
+            (upd, beyond)
+        }
+        // SQLite.
+        _ => {
+            let upd = format!("{prefix}{}", ident(UPDATED_AT_COLUMN));
+            let beyond = Some((
+                format!("typeof({upd}) <> 'blob'"),
+                format!("typeof({upd}) = 'blob'"),
+            ));
+            (upd, beyond)
+        }
+    };
+    match (beyond, untimed) {
+        // PostgreSQL's range excludes NULL by itself.
+        (Some((timed, _)), false) if dialect == Dialect::Postgres => timed,
+        (Some((timed, _)), false) => format!("{upd} IS NOT NULL AND {timed}"),
+        (Some((_, beyond)), true) => format!("({upd} IS NULL OR {beyond})"),
+        (None, false) => format!("{upd} IS NOT NULL"),
+        (None, true) => format!("{upd} IS NULL"),
+    }
 }
 
 /// ` AND <prefix><column> = '<value>'`: a statement's rows restricted to

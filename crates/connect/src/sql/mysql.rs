@@ -475,7 +475,7 @@ impl SqlConnector {
         // Rows whose `updated_at` is NULL or a zero date (ordered first)
         // are read by `mysql_untimed`: a cursor on one would end the scan
         // there, and one written later would never be reached.
-        let timed = untimed_condition(b, false);
+        let timed = time_condition(b, Dialect::Mysql, "", false);
         let sql = match after {
             None => format!("SELECT {cols} FROM {t} WHERE {timed}{ta} ORDER BY {upd}, {id} LIMIT ?"),
             Some(_) => format!(
@@ -516,7 +516,7 @@ impl SqlConnector {
         } else {
             String::new()
         };
-        let untimed = untimed_condition(b, true);
+        let untimed = time_condition(b, Dialect::Mysql, "", true);
         let sql = format!("SELECT {cols} FROM {t} WHERE {untimed}{from}{ta} ORDER BY {id} LIMIT ?");
         let mut q = sqlx::query(&sql);
         if let Some(a) = after {
@@ -795,24 +795,6 @@ impl SqlConnector {
 /// A time as MySQL takes it: `YYYY-MM-DD HH:MM:SS.ffffff`, in UTC.
 pub(super) fn mysql_time(t: DateTime<Utc>) -> Value {
     Value::String(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-}
-
-/// The rows of `b` whose `updated_at` has a place in a scan by time
-/// (`untimed`: those that do not): not NULL, and in a date or time column
-/// not a zero date (`0000-00-00`, which MariaDB's default mode accepts and
-/// orders before every real one).
-fn untimed_condition(b: &TableBinding, untimed: bool) -> String {
-    let upd = ident(UPDATED_AT_COLUMN);
-    let dated = b.column_types.get(UPDATED_AT_COLUMN).is_some_and(|t| {
-        let t = t.to_ascii_lowercase();
-        ["datetime", "timestamp", "date"].iter().any(|p| t.starts_with(p))
-    });
-    match (dated, untimed) {
-        (true, false) => format!("{upd} IS NOT NULL AND {upd} >= '0001-01-01'"),
-        (true, true) => format!("({upd} IS NULL OR {upd} < '0001-01-01')"),
-        (false, false) => format!("{upd} IS NOT NULL"),
-        (false, true) => format!("{upd} IS NULL"),
-    }
 }
 
 #[cfg(test)]

@@ -19,10 +19,7 @@ impl SqlConnector {
                 // Rows without a time (NULL, or a time type's infinities)
                 // are read by `read_untimed`: in the scan, a cursor on one
                 // would end it, or stop every later run's scan there.
-                let timed = match pg_has_infinity(b) {
-                    true => format!(" AND t.{upd} > '-infinity' AND t.{upd} < 'infinity'"),
-                    false => format!(" AND t.{upd} IS NOT NULL"),
-                };
+                let timed = format!(" AND {}", time_condition(b, Dialect::Postgres, "t.", false));
                 let sql = match after {
                     None => {
                         format!(
@@ -62,7 +59,7 @@ impl SqlConnector {
                 };
                 // Rows without a time (NULL, or a BLOB) are read by
                 // `read_untimed`.
-                let timed = format!(" AND {upd} IS NOT NULL AND typeof({upd}) <> 'blob'");
+                let timed = format!(" AND {}", time_condition(b, Dialect::Sqlite, "", false));
                 let sql = match after {
                     None => {
                         format!("SELECT {cols} FROM {t} WHERE true{timed}{ta} ORDER BY {key}, {id} LIMIT ?1")
@@ -96,15 +93,12 @@ impl SqlConnector {
         limit: u32,
     ) -> Result<ChangePage, ConnectorError> {
         let t = table_ident(&b.table);
-        let (id, upd) = (ident(ID_COLUMN), ident(UPDATED_AT_COLUMN));
+        let id = ident(ID_COLUMN);
         let rows = match self {
             SqlConnector::Postgres { pool, .. } => {
                 let doc = pg_row_document(b);
                 let ta = tenant_and(b, "t.", Dialect::Postgres);
-                let untimed = match pg_has_infinity(b) {
-                    true => format!("(t.{upd} IS NULL OR t.{upd} IN ('infinity', '-infinity'))"),
-                    false => format!("t.{upd} IS NULL"),
-                };
+                let untimed = time_condition(b, Dialect::Postgres, "t.", true);
                 let from = match after {
                     None => String::new(),
                     Some(_) => format!(" AND t.{id} > CAST($2 AS {})", b.column_types[ID_COLUMN]),
@@ -131,8 +125,9 @@ impl SqlConnector {
                 .replace("{id}", &id);
                 // Ids compare as text: the one order a text cursor keeps.
                 let sql = format!(
-                    "SELECT {cols} FROM {t} WHERE ({upd} IS NULL OR typeof({upd}) = 'blob'){from}{ta} \
-                     ORDER BY CAST({id} AS TEXT) LIMIT ?1"
+                    "SELECT {cols} FROM {t} WHERE {}{from}{ta} \
+                     ORDER BY CAST({id} AS TEXT) LIMIT ?1",
+                    time_condition(b, Dialect::Sqlite, "", true)
                 );
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(a) = after {
