@@ -319,6 +319,16 @@ impl Snapshot {
     /// `fields` of a row on `side` with references in source ids, the space
     /// the engine compares and bases records in.
     fn in_source_ids(&self, e: &EntityDef, side: Side, fields: &Fields) -> Fields {
+        self.translated(e, side, fields, true)
+    }
+
+    /// As [`Self::in_source_ids`], but an unmapped reference keeps the
+    /// target's id, as the engine leaves one it cannot translate.
+    fn as_engine_translates(&self, e: &EntityDef, side: Side, fields: &Fields) -> Fields {
+        self.translated(e, side, fields, false)
+    }
+
+    fn translated(&self, e: &EntityDef, side: Side, fields: &Fields, mark_unmapped: bool) -> Fields {
         let mut out = fields.clone();
         if side == Side::Source {
             return out;
@@ -333,7 +343,10 @@ impl Snapshot {
                     .get(&(entity, Side::Target, id.to_owned()))
                     .filter(|m| matches!(m.status, MappingStatus::Mapped | MappingStatus::Stale))
                     .and_then(|m| m.source_id.clone())
-                    .unwrap_or_else(|| format!("<unmapped target {entity} `{id}`>"));
+                    .unwrap_or_else(|| match mark_unmapped {
+                        true => format!("<unmapped target {entity} `{id}`>"),
+                        false => id.to_owned(),
+                    });
                 out.insert(f.cdm.to_owned(), Value::String(source_id));
             }
         }
@@ -947,6 +960,33 @@ impl World {
                         .row(e.name, Side::Target, t)
                         .expect("reviewed target row");
                     let tgt_fields = after.in_source_ids(e, Side::Target, &tgt.fields);
+                    // A decided field either side changed since it was
+                    // parked: back to the reviewer, nothing written. (As
+                    // the engine sees it before the run's steps.)
+                    let null = Value::Null;
+                    let tgt_now = before_call.as_engine_translates(e, Side::Target, &tgt.fields);
+                    let moved = c.resolution.iter().flat_map(|r| r.keys()).any(|f| {
+                        !syncd_core::value::same(
+                            src.fields.get(f).unwrap_or(&null),
+                            c.source_record.fields.get(f).unwrap_or(&null),
+                        ) || !syncd_core::value::same(
+                            tgt_now.get(f).unwrap_or(&null),
+                            c.target_record.fields.get(f).unwrap_or(&null),
+                        )
+                    });
+                    if moved {
+                        for (side, id) in [(Side::Source, s), (Side::Target, t)] {
+                            assert_eq!(
+                                after.row(e.name, side, id),
+                                before_call.row(e.name, side, id),
+                                "{at}: {label}: a decided field changed since it was parked, yet its {} row was \
+                                 written",
+                                side.as_str()
+                            );
+                        }
+                        expect_parked.insert((e.name, s.clone()));
+                        continue;
+                    }
                     let writes = conflict::apply_review(
                         c.base.as_ref(),
                         &src.record(s, src.fields.clone()),

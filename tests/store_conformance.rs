@@ -609,6 +609,31 @@ async fn batch_insert_and_lookup_both_ways(store: Arc<Store>) {
         10,
         "all mapped ones, refused or not"
     );
+    // Read again after a step's scan by the runs that began after it was
+    // refused, and only it.
+    let refused_at = refused[0].updated_at;
+    let again = |before| {
+        let store = store.clone();
+        let s = s.clone();
+        async move { store.refused_before(&s, before, None, 100).await.unwrap() }
+    };
+    let later = again(refused_at + chrono::Duration::seconds(1)).await;
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].source_id.as_deref(), Some("a-1"));
+    assert!(
+        again(refused_at).await.is_empty(),
+        "a run begun before the refusal decided it"
+    );
+    let past = store
+        .refused_before(
+            &s,
+            refused_at + chrono::Duration::seconds(1),
+            Some(later[0].id),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(past.is_empty());
 
     let wanted = ids(&["a-0", "a-9", "a-10", "a-49", "nobody"]);
     let by_source = store.lookup(&s, Side::Source, &wanted).await.unwrap();

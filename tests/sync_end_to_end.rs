@@ -673,7 +673,12 @@ async fn a_self_reference_to_a_record_that_exists_nowhere_fails_its_record() {
             ],
         )
         .await;
-    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]);
+    // Without a lookback: no later scan reads a record again unless it
+    // changed.
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]).replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\nlookback = \"0s\"\n",
+    );
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     let scope = EntityScope::new("t1", "e2e", "account");
@@ -722,6 +727,25 @@ async fn a_self_reference_to_a_record_that_exists_nowhere_fails_its_record() {
     assert_eq!(customer("A-1").await["parent_id"], Value::Null);
     assert_eq!(failed_of(&store, &run).await, 1);
     assert_eq!(last_error().await.as_deref(), Some(reason));
+
+    // The parent appears; the record, unchanged since, is not forgotten:
+    // read again after the scan that creates its parent, it is written.
+    let now = syncd_connect::format_time(chrono::Utc::now());
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-gone", "name": "Parent", "industry": "x", "updated_at": now})],
+        )
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let ids = target_ids(&store, "account", &["A-gone".into()]).await;
+    assert_eq!(customer("A-1").await["parent_id"], json!(ids["A-gone"]));
+    assert_eq!(last_error().await, None);
+    assert_eq!(failed_of(&store, &run).await, 0);
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &again).await, 0);
+    assert_eq!(failed_of(&store, &again).await, 0);
     state.drop().await;
 }
 
@@ -795,6 +819,75 @@ async fn a_record_changed_after_review_is_parked_again_not_failed() {
         "Acme S",
         "nothing written while parked"
     );
+    state.drop().await;
+}
+
+/// The source edits the field a conflict waits on, after it was parked:
+/// the reviewer's "take the source" chose the value it held then. Applied,
+/// it wrote that older value back over the source's later edit, and the
+/// run said succeeded; the conflict goes back to the reviewer instead,
+/// with the values both systems hold now.
+#[tokio::test]
+async fn a_decided_field_edited_since_it_was_parked_goes_back_to_the_reviewer() {
+    let dir = TempDir::new("repark-decided");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": ts(0)})],
+        )
+        .await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "manual")],
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let edit = |sql: &str| sql.replace("NOW", &syncd_connect::format_time(chrono::Utc::now()));
+    source
+        .exec(&edit("UPDATE accounts SET name = 'Acme S', updated_at = 'NOW'"))
+        .await;
+    target
+        .exec(&edit(
+            "UPDATE customers SET customer_name = 'Acme T', updated_at = 'NOW'",
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Suspended);
+    let filter = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&filter).await.unwrap().remove(0);
+    source
+        .exec(&edit("UPDATE accounts SET name = 'Acme S2', updated_at = 'NOW'"))
+        .await;
+    // What `conflicts resolve --take source` decides: the parked value.
+    let values = json!({"name": "Acme S"}).as_object().unwrap().clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let resumed = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(resumed.state, RunState::Suspended, "back to the reviewer");
+    let again = store.list_conflicts(&filter).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].conflicting_fields, ["name"]);
+    assert_eq!(again[0].source_record.fields["name"], "Acme S2");
+    assert_eq!(again[0].target_record.fields["name"], "Acme T");
+    assert_eq!(
+        source.dump("accounts").await[0]["name"],
+        "Acme S2",
+        "the later edit is kept"
+    );
+    assert_eq!(target.dump("customers").await[0]["customer_name"], "Acme T");
     state.drop().await;
 }
 
@@ -2685,5 +2778,109 @@ async fn a_parent_only_change_to_a_record_that_exists_nowhere_fails_the_record()
     let customers = target.dump("customers").await;
     let a2 = customers.iter().find(|c| c["id"] == json!(ids["A-2"])).unwrap();
     assert_eq!(a2["parent_id"], json!(ids["A-1"]), "the target keeps its parent");
+    state.drop().await;
+}
+
+/// A record moved to a parent whose create failed: the update fails too,
+/// naming the parent, instead of being written with its old parent and
+/// recorded as in step (it was then never written again, while every run
+/// said succeeded). Once the parent is created, the next run writes it.
+#[tokio::test]
+async fn a_record_moved_to_a_parent_that_failed_is_written_once_the_parent_is() {
+    let dir = TempDir::new("moved-to-failed");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let now = || syncd_connect::format_time(chrono::Utc::now());
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()})],
+        )
+        .await;
+    source
+        .insert(
+            "contacts",
+            &[json!({"id": "C-1", "name": "Ann", "email": "a@x", "account_id": "A-1", "updated_at": now()})],
+        )
+        .await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]).replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\nlookback = \"0s\"\n",
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let person = async || target.dump("people").await.into_iter().next().unwrap();
+    let ids = target_ids(&store, "account", &["A-1".into()]).await;
+    assert_eq!(person().await["customer_id"], json!(ids["A-1"]));
+
+    // The ERP refuses the new account; the contact moves to it.
+    target
+        .exec(
+            "CREATE TRIGGER short_names BEFORE INSERT ON customers WHEN length(NEW.customer_name) >= 10 \
+             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
+        )
+        .await;
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-3", "name": "Gamma Corporation", "industry": "x", "updated_at": now()})],
+        )
+        .await;
+    source
+        .exec(&format!(
+            "UPDATE contacts SET account_id = 'A-3', updated_at = '{}' WHERE id = 'C-1'",
+            now()
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let contacts = EntityScope::new("t1", "e2e", "contact");
+    let error = async || {
+        let m = store
+            .lookup(&contacts, Side::Source, &["C-1".into()])
+            .await
+            .unwrap();
+        m["C-1"].last_error.clone()
+    };
+    let failed = |run: &syncd_store::RunRow| {
+        let store = store.clone();
+        let id = run.id;
+        async move {
+            store
+                .load_steps(id)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|s| s.entity_type.as_str() == "contact")
+                .fold((0, 0), |(f, u), s| {
+                    (f + s.counters.failed, u + s.counters.updated)
+                })
+        }
+    };
+    let why = error().await.expect("the contact fails");
+    assert!(
+        why.starts_with("missing parent: account_id references account `A-3`, which is failed"),
+        "{why}"
+    );
+    assert_eq!(failed(&run).await, (1, 0));
+    assert_eq!(person().await["customer_id"], json!(ids["A-1"]), "not moved yet");
+
+    // Again with nothing changed: still failed, and counted.
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(failed(&run).await, (1, 0));
+
+    // The ERP takes it now: the account is created, then the contact moved.
+    target.exec("DROP TRIGGER short_names").await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Succeeded);
+    let ids = target_ids(&store, "account", &["A-3".into()]).await;
+    assert_eq!(person().await["customer_id"], json!(ids["A-3"]));
+    assert_eq!(error().await, None);
+    assert_eq!(failed(&run).await, (0, 1));
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &again).await, 0);
+    assert_eq!(failed(&again).await, (0, 0));
     state.drop().await;
 }

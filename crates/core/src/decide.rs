@@ -470,7 +470,9 @@ pub fn decide_page(
                     continue;
                 };
 
-                if writes.is_noop() && base == Some(&writes.base) && !relink {
+                // A mapping that keeps an error (an update refused, a parent
+                // missing) is confirmed once the two agree, which clears it.
+                if writes.is_noop() && base == Some(&writes.base) && !relink && m.last_error.is_none() {
                     counters.unchanged += 1;
                     continue;
                 }
@@ -636,7 +638,8 @@ pub fn decide_page(
 #[derive(Clone, Debug, PartialEq)]
 pub enum Review {
     /// The records changed since and now conflict in a field the reviewer
-    /// did not decide: parked again with the current records.
+    /// did not decide, or changed in a field they did decide: parked again
+    /// with the current records.
     Repark(ConflictRecord),
     /// The decided values, written to the sides that need them, and the new
     /// base confirmed.
@@ -668,15 +671,48 @@ pub fn decide_review(
     let decision = conflict::ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
     let base_as_text = c.base.as_ref().and_then(|b| refs.ids_as_text(b));
     let base = base_as_text.as_ref().or(c.base.as_ref());
-    let writes = match conflict::apply_review(base, &source_as_text, &target_in_source_ids, sync, &decision) {
-        Ok(writes) => writes,
-        Err(_) => {
+    // A decided field either side changed since it was parked: the
+    // reviewer decided between values one of the systems no longer holds
+    // (taking the source's would undo its later edit), so the decision
+    // goes back to them with the records as they are now.
+    let null = Value::Null;
+    let held = |fields: &Fields, name: &str| fields.get(name).unwrap_or(&null).clone();
+    let moved: Vec<String> = match &c.resolution {
+        Some(decided) => decided
+            .keys()
+            .filter(|f| {
+                !crate::value::same(
+                    &held(&source_as_text.fields, f),
+                    &held(&c.source_record.fields, f),
+                ) || !crate::value::same(
+                    &held(&target_in_source_ids.fields, f),
+                    &held(&c.target_record.fields, f),
+                )
+            })
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let applied = match moved.is_empty() {
+        true => conflict::apply_review(base, &source_as_text, &target_in_source_ids, sync, &decision).ok(),
+        false => None,
+    };
+    let writes = match applied {
+        Some(writes) => writes,
+        None => {
             let changes = conflict::detect(base, &source_as_text.fields, &target_in_source_ids.fields);
+            let mut conflicting = changes.conflicting;
+            for f in moved {
+                if !conflicting.contains(&f) {
+                    conflicting.push(f);
+                }
+            }
+            conflicting.sort();
             return Review::Repark(ConflictRecord {
                 id: new_id(),
                 source_record: source_as_text,
                 target_record: target_in_source_ids,
-                conflicting_fields: changes.conflicting,
+                conflicting_fields: conflicting,
                 strategy_applied: Strategy::Manual,
                 resolution: None,
                 status: ConflictStatus::Pending,

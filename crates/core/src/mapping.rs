@@ -150,7 +150,7 @@ pub enum MappingChange {
     MarkStale { reason: String },
     /// The other system refused to take an update (`mapped → mapped`): the
     /// base stays what both last agreed on, so the difference is written
-    /// again with the record's next change, and `last_error` says why.
+    /// again by the next run's retry pass, and `last_error` says why.
     Refuse { error: String },
 }
 

@@ -154,7 +154,9 @@ impl StepState {
 /// crash or failure left unsettled, the rows whose change time cannot be
 /// read (read on every run: no cursor can say whether they changed), the
 /// change scan, then (when some records waited for a reference) the patch
-/// pass over the scanned window.
+/// pass over the scanned window, then the synced records whose last change
+/// was refused (by a system, or for a reference not synced), read again
+/// until they are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -163,6 +165,7 @@ pub enum Phase {
     Untimed,
     Scan,
     Patch,
+    Refused,
     Done,
 }
 
@@ -180,6 +183,9 @@ pub enum PhaseEvent {
     Scanned { waiting: bool },
     /// The patch pass read a page; `last` at the end of the window.
     Patched { last: bool },
+    /// The pass over refused records read a page; `last` when it was not
+    /// full.
+    ReadRefused { last: bool },
 }
 
 impl Phase {
@@ -189,8 +195,9 @@ impl Phase {
             (Phase::Retry, PhaseEvent::Retried { last: true }) => Phase::Untimed,
             (Phase::Untimed, PhaseEvent::ReadUntimed { last: true }) => Phase::Scan,
             (Phase::Scan, PhaseEvent::Scanned { waiting: true }) => Phase::Patch,
-            (Phase::Scan, PhaseEvent::Scanned { waiting: false }) => Phase::Done,
-            (Phase::Patch, PhaseEvent::Patched { last: true }) => Phase::Done,
+            (Phase::Scan, PhaseEvent::Scanned { waiting: false }) => Phase::Refused,
+            (Phase::Patch, PhaseEvent::Patched { last: true }) => Phase::Refused,
+            (Phase::Refused, PhaseEvent::ReadRefused { last: true }) => Phase::Done,
             (phase, _) => phase,
         }
     }
@@ -668,23 +675,26 @@ mod tests {
     }
 
     #[test]
-    fn a_step_passes_retry_untimed_scan_patch_in_order() {
+    fn a_step_passes_retry_untimed_scan_patch_refused_in_order() {
         use PhaseEvent::*;
         assert_eq!(Phase::default(), Phase::Retry);
         assert_eq!(Phase::Retry.on(Retried { last: false }), Phase::Retry);
         assert_eq!(Phase::Retry.on(Retried { last: true }), Phase::Untimed);
         assert_eq!(Phase::Untimed.on(ReadUntimed { last: false }), Phase::Untimed);
         assert_eq!(Phase::Untimed.on(ReadUntimed { last: true }), Phase::Scan);
-        assert_eq!(Phase::Scan.on(Scanned { waiting: false }), Phase::Done);
+        assert_eq!(Phase::Scan.on(Scanned { waiting: false }), Phase::Refused);
         assert_eq!(Phase::Scan.on(Scanned { waiting: true }), Phase::Patch);
         assert_eq!(Phase::Patch.on(Patched { last: false }), Phase::Patch);
-        assert_eq!(Phase::Patch.on(Patched { last: true }), Phase::Done);
+        assert_eq!(Phase::Patch.on(Patched { last: true }), Phase::Refused);
+        assert_eq!(Phase::Refused.on(ReadRefused { last: false }), Phase::Refused);
+        assert_eq!(Phase::Refused.on(ReadRefused { last: true }), Phase::Done);
         // No pass goes back, and an event of another pass changes nothing.
         for event in [
             Retried { last: true },
             ReadUntimed { last: true },
             Scanned { waiting: true },
             Patched { last: true },
+            ReadRefused { last: true },
         ] {
             assert_eq!(Phase::Done.on(event), Phase::Done);
         }

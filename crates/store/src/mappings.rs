@@ -340,8 +340,10 @@ impl Store {
             .find(|s| s.entity_type.as_str() == entity_type && s.direction == direction))
     }
 
-    /// Pending or failed mappings of `scope` after `after` (by id), for the
-    /// retry pass at the start of a step.
+    /// Pending or failed mappings of `scope` after `after` (by id), and
+    /// mapped ones whose last update a system refused (`last_error`), for
+    /// the retry pass at the start of a step (through the partial index
+    /// `id_mappings_retry`, whose predicate this query repeats).
     pub async fn unsettled_mappings(
         &self,
         scope: &EntityScope,
@@ -349,6 +351,21 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<IdMapping>, StoreError> {
         on_backend!(self, b => b.unsettled_mappings(scope, after, limit).await)
+    }
+
+    /// `mapped` mappings of `scope` with a `last_error` (a change a system
+    /// refused, a reference that could not be written) last written before
+    /// `before`, after `after` (by id): for the pass after a step's scan,
+    /// which reads their records again until they are written. `before`
+    /// is the run's start, so that what the run itself decided is left.
+    pub async fn refused_before(
+        &self,
+        scope: &EntityScope,
+        before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<IdMapping>, StoreError> {
+        on_backend!(self, b => b.refused_before(scope, before, after, limit).await)
     }
 
     /// The mapping of one record, for operators: from the ID map, or else

@@ -239,6 +239,32 @@ macro_rules! shared_statements {
             rows.iter().map(mapping_from_row).collect()
         }
 
+        pub(super) async fn refused_before(
+            &self,
+            scope: &EntityScope,
+            before: DateTime<Utc>,
+            after: Option<Uuid>,
+            limit: u32,
+        ) -> Result<Vec<IdMapping>, StoreError> {
+            let Some(key) = self.scope_key(scope).await? else {
+                return Ok(Vec::new());
+            };
+            let rows = sqlx::query(&format!(
+                "SELECT {MAPPING_COLUMNS} FROM id_mappings \
+                 WHERE {} AND status = 'mapped' AND last_error IS NOT NULL AND updated_at < $4 \
+                   AND (CAST($2 AS TEXT) IS NULL OR id > $2) \
+                 ORDER BY id LIMIT $3",
+                Self::in_scope("$1")
+            ))
+            .bind(key)
+            .bind(after.map(|a| self.id(a)))
+            .bind(limit as i64)
+            .bind(before)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(mapping_from_row).collect()
+        }
+
         /// Whether `scope` holds nothing yet and nothing else may write
         /// to it: no mapping (each has an id on at least one side, so the
         /// two partial id indexes see them all), no reservation, no pending

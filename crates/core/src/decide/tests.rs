@@ -832,3 +832,52 @@ fn a_record_changed_since_review_in_an_undecided_field_is_parked_again() {
     assert_eq!(again.source_record.fields["account_id"], json!("a1"));
     assert_eq!(again.resolution, None);
 }
+
+/// The reviewer took the source's `s@x`; the source then changed it again
+/// (or the target did): applying the decision would write a value one side
+/// no longer holds over its later edit, so it goes back to the reviewer.
+#[test]
+fn a_decided_field_changed_since_it_was_parked_goes_back_to_the_reviewer() {
+    let f = Fixture::new("contact");
+    for (source_email, target_email) in [("later@x", "t@x"), ("s@x", "later@x")] {
+        let (mut c, m) = parked(&f);
+        c.resolution = Some(fields(json!({"email": "s@x"})));
+        let source = record("c1", json!({"email": source_email, "account_id": null}), 6);
+        let target = record("t1", json!({"email": target_email, "account_id": null}), 6);
+        let review = decide_review(
+            &c,
+            m,
+            &source,
+            &target,
+            &target,
+            &f.refs,
+            Direction::Bidirectional,
+            &mut || Uuid::from_u128(7),
+            t(40),
+        );
+        let Review::Repark(again) = review else {
+            panic!("{source_email} {target_email}: {review:?}")
+        };
+        assert_eq!(again.conflicting_fields, ["email"]);
+        assert_eq!(again.source_record.fields["email"], json!(source_email));
+        assert_eq!(again.target_record.fields["email"], json!(target_email));
+        assert_eq!(again.resolution, None);
+    }
+    // Unchanged since: applied.
+    let (mut c, m) = parked(&f);
+    c.resolution = Some(fields(json!({"email": "s@x"})));
+    let source = record("c1", json!({"email": "s@x", "account_id": null}), 5);
+    let target = record("t1", json!({"email": "t@x", "account_id": null}), 4);
+    let review = decide_review(
+        &c,
+        m,
+        &source,
+        &target,
+        &target,
+        &f.refs,
+        Direction::Bidirectional,
+        &mut Uuid::new_v4,
+        t(40),
+    );
+    assert!(matches!(review, Review::Apply { .. }), "{review:?}");
+}

@@ -188,6 +188,9 @@ struct StepProgress {
     patch_untimed: bool,
     #[serde(default)]
     patch_untimed_after: Option<serde_json::Value>,
+    /// Refused records: the last mapping read again.
+    #[serde(default)]
+    refused_after: Option<Uuid>,
 }
 
 /// A step's fixed context.
@@ -218,6 +221,9 @@ struct StepCtx<'a> {
     /// the saved cursor (the system's lookback), skips one of them that
     /// has not changed since, rather than decide it twice.
     retried: std::sync::Mutex<HashMap<String, chrono::DateTime<Utc>>>,
+    /// When the run began: a refused record whose mapping was written
+    /// since was decided by this run, and is not read again by it.
+    run_started: chrono::DateTime<Utc>,
 }
 
 impl StepCtx<'_> {
@@ -241,6 +247,9 @@ struct TargetWrite {
     deferred: Vec<String>,
     /// References that kept the target's value.
     kept: Vec<String>,
+    /// Why a reference to another entity's record cannot be written (it
+    /// is not mapped): the update fails.
+    missing: Option<String>,
 }
 
 /// A page read from the side a step reads (see `Job::read_page`).
@@ -702,6 +711,7 @@ impl Job {
             seen,
             search_keys,
             retried: Default::default(),
+            run_started: run.created_at,
         };
         self.store.start_step(run, step, lease).await?;
         let span =

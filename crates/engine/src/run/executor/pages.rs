@@ -129,10 +129,12 @@ impl Job {
         // step after which no other reads its entity (in a bidirectional
         // integration the backward step reads what the forward step
         // could not compare).
-        let last_pass = page.phase == Phase::Patch
+        // (Refused records, read again after the patch pass, are decided
+        // as it decides: nothing follows them in this step either.)
+        let patching = matches!(page.phase, Phase::Patch | Phase::Refused);
+        let last_pass = patching
             && (ctx.step.direction == StepDirection::Backward
                 || self.workflow.direction == Direction::OneWay);
-        let patching = page.phase == Phase::Patch;
         let writes = self
             .decide_page(ctx, records, bad, deleted, (last_pass, patching), &mut delta)
             .await?;
@@ -293,6 +295,25 @@ impl Job {
                 }
                 state.phase = state.phase.on(PhaseEvent::Patched { last: page.done });
                 (page.records, page.bad, Vec::new())
+            }
+            // Synced records whose last change was refused (by a system,
+            // or for a reference not synced) before this run: read again
+            // until they are written or agree again.
+            Phase::Refused => {
+                let refused = self
+                    .store
+                    .refused_before(&ctx.scope, ctx.run_started, state.refused_after, page_size)
+                    .await?;
+                state.refused_after = refused.last().map(|m| m.id).or(state.refused_after);
+                state.phase = state.phase.on(PhaseEvent::ReadRefused {
+                    last: refused.len() < page_size as usize,
+                });
+                let ids: Vec<String> = refused
+                    .iter()
+                    .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
+                    .collect();
+                let found = reader.read_by_ids(read_binding, &ids).await?;
+                (found.records, found.bad, Vec::new())
             }
             Phase::Done => return Ok(None),
         };

@@ -198,11 +198,16 @@ impl Job {
         // The source ids of the records whose source is written too.
         let mut source_written: HashSet<String> = updates_source.iter().map(|(id, _)| id.clone()).collect();
         // The base records what the target really holds: the kept value of
-        // a reference that could not be translated, or of a self-reference
-        // not mapped yet (the step's patch pass writes it once it is). In
-        // the patch pass a self-reference still not mapped will not be in
-        // this run: nothing of the record is written (the reference written
-        // empty would say it has no parent) and it fails, saying why.
+        // a self-reference not mapped yet (the step's patch pass writes it
+        // once it is). In the patch pass a self-reference still not mapped
+        // will not be in this run: nothing of the record is written (the
+        // reference written empty would say it has no parent) and it fails,
+        // saying why. So does an update whose reference to another entity
+        // cannot be translated (its record failed, or was never synced), in
+        // any pass, as a create would: written with the old reference, it
+        // would be recorded as in step, and never written again. Its
+        // mapping keeps the error, and each run reads it again after its
+        // scan until the reference can be written.
         let mut unresolved = HashSet::new();
         for (update, w) in updates_target.iter().zip(&written) {
             let Some(confirm) = update.confirm.and_then(|i| confirms.get_mut(i)) else {
@@ -215,9 +220,15 @@ impl Job {
             else {
                 continue;
             };
-            if patching && let Some(field) = w.deferred.first() {
-                let error =
-                    decide::unsynced_parent(field, ctx.scope.entity_type.as_str(), update.fields.get(field));
+            let refusal = w.missing.clone().or_else(|| {
+                let field = w.deferred.first().filter(|_| patching)?;
+                Some(decide::unsynced_parent(
+                    field,
+                    ctx.scope.entity_type.as_str(),
+                    update.fields.get(field),
+                ))
+            });
+            if let Some(error) = refusal {
                 source_written.remove(source_id.as_str());
                 *confirm = MappingWrite::Transition {
                     current: current.clone(),
@@ -275,7 +286,7 @@ impl Job {
         let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
         if !(refused_target.is_empty() && refused_source.is_empty()) {
             // A record the system refused keeps its mapping and its old
-            // base, so the difference is written again with its next change;
+            // base, so the difference is written again by the next run's retry pass;
             // the mapping's `last_error` says why.
             for (id, reason) in refused_target.iter().chain(&refused_source) {
                 tracing::warn!(record = %id, %reason, "update refused");
@@ -346,11 +357,15 @@ impl Job {
                     rewritten.fields.insert(field.clone(), current);
                     kept.push(field.clone());
                 }
+                // Never written untranslated: kept as the target holds it
+                // (a sync update then fails; see `write_page`).
+                let mut missing = None;
                 for (field, reason) in rewritten.missing {
                     tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
                     let current = u.current.get(&field).cloned().unwrap_or(Value::Null);
                     rewritten.fields.insert(field.clone(), current);
                     kept.push(field);
+                    missing.get_or_insert(reason);
                 }
                 tables
                     .refs
@@ -360,6 +375,7 @@ impl Job {
                     fields: rewritten.fields,
                     deferred: rewritten.deferred,
                     kept,
+                    missing,
                 }
             })
             .collect())
