@@ -469,12 +469,19 @@ async fn an_update_the_database_refuses_fails_alone() {
         return;
     };
     // Without a lookback: no later scan reads a record again unless it
-    // changed.
+    // changed. Verified on every run (whose confirm once cleared the
+    // error the refused pass reads them by).
     let path = s.dir.0.join("exact.toml");
-    let definition = std::fs::read_to_string(&path).unwrap().replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    );
+    let definition = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "connector = \"sql\"\n",
+            "connector = \"sql\"\nlookback = \"0s\"\n",
+        )
+        .replace(
+            "table = \"ledger\"\n",
+            "table = \"ledger\"\nverify_after = \"0s\"\nreconcile_every = \"never\"\n",
+        );
     std::fs::write(&path, definition).unwrap();
     s.source
         .exec("INSERT INTO ledger VALUES ('a', 1, now()), ('b', 2, now()), ('c', 3, now())")

@@ -980,6 +980,56 @@ async fn a_decision_on_a_cancelled_runs_conflict_is_applied_by_the_next_run() {
     state.drop().await;
 }
 
+/// A record deleted in the source while its conflict waits for a reviewer
+/// (its run cancelled) waits with it: the target copy is not deleted under
+/// the pending conflict. Once the conflict is decided (moot: the source is
+/// gone), the next run removes it.
+#[tokio::test]
+async fn a_record_deleted_while_its_conflict_waits_is_removed_after_the_review() {
+    let dir = TempDir::new("delete-under-review");
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let ReviewScenario {
+        source,
+        target,
+        toml,
+        run,
+    } = suspended_on_review(store.clone(), &dir).await;
+    store
+        .transition_run(&run, syncd_engine::run::RunEvent::Cancel, Some("cancelled"))
+        .await
+        .unwrap();
+    source.exec("DELETE FROM accounts WHERE id = 'A-1'").await;
+    let toml = toml.replacen(
+        "[entities.fields]",
+        "reconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 500 }\n[entities.fields]",
+        1,
+    );
+    let between = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(between.state, RunState::Succeeded);
+    assert_eq!(target.dump("customers").await.len(), 1, "waits for the review");
+    let filter = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&filter).await.unwrap().remove(0);
+    let values = json!({"name": "Acme T"}).as_object().unwrap().clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let next = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(next.state, RunState::Succeeded);
+    assert!(store.list_conflicts(&filter).await.unwrap().is_empty());
+    assert!(
+        target.dump("customers").await.is_empty(),
+        "removed after the review"
+    );
+    state.drop().await;
+}
+
 /// A decision on a cancelled run's conflict that a system refuses (a
 /// trigger here; a constraint in life) waits to be applied, with a warning,
 /// and does not fail the next run, which would fail every run after it:
@@ -2882,5 +2932,180 @@ async fn a_record_moved_to_a_parent_that_failed_is_written_once_the_parent_is() 
     let again = sync_once(store.clone(), &toml, 100).await.unwrap();
     assert_eq!(writes_of(&store, &again).await, 0);
     assert_eq!(failed(&again).await, (0, 0));
+    state.drop().await;
+}
+
+/// A conflict a strategy settles for a record whose write is then refused
+/// was not applied: it is not recorded. (Each run's refused pass settles it
+/// again; a conflict row was added, as resolved, by every run.) Once the
+/// target takes the write, it is recorded once.
+#[tokio::test]
+async fn a_settled_conflict_whose_write_is_refused_is_recorded_once_it_is_written() {
+    let dir = TempDir::new("refused-conflict");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let now = || syncd_connect::format_time(chrono::Utc::now());
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()})],
+        )
+        .await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "last_write_wins")],
+    )
+    .replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\nlookback = \"0s\"\n",
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    target
+        .exec(
+            "CREATE TRIGGER short_names BEFORE UPDATE ON customers WHEN length(NEW.customer_name) >= 10 \
+             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
+        )
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE customers SET customer_name = 'Acme T', updated_at = '{}'",
+            now()
+        ))
+        .await;
+    source
+        .exec(&format!(
+            "UPDATE accounts SET name = 'Acme Source Ltd', updated_at = '{}'",
+            now()
+        ))
+        .await;
+    let conflicts = async || {
+        let filter = syncd_store::ConflictFilter {
+            tenant: Some("t1".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        store.list_conflicts(&filter).await.unwrap()
+    };
+    for _ in 0..3 {
+        let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+        assert_eq!(run.state, RunState::Succeeded);
+        assert!(failed_of(&store, &run).await >= 1);
+        assert_eq!(conflicts().await.len(), 0, "not applied: not recorded");
+        assert_eq!(target.dump("customers").await[0]["customer_name"], "Acme T");
+    }
+    target.exec("DROP TRIGGER short_names").await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(failed_of(&store, &run).await, 0);
+    assert_eq!(
+        target.dump("customers").await[0]["customer_name"],
+        "Acme Source Ltd"
+    );
+    assert_eq!(source.dump("accounts").await[0]["name"], "Acme Source Ltd");
+    let recorded = conflicts().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        recorded[0].resolution.as_ref().unwrap()["name"],
+        "Acme Source Ltd"
+    );
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(writes_of(&store, &again).await, 0);
+    assert_eq!(conflicts().await.len(), 1);
+    state.drop().await;
+}
+
+/// A reviewer decides a reference to a record the target does not hold
+/// (its create failed): the decision cannot be written as decided. It was
+/// written with the target's old reference under a base that recorded the
+/// new one, and the next run wrote the old one back into the source. It
+/// goes back to the reviewer, with nothing written.
+#[tokio::test]
+async fn a_decided_reference_to_a_record_not_synced_goes_back_to_the_reviewer() {
+    let dir = TempDir::new("review-missing-ref");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let now = || syncd_connect::format_time(chrono::Utc::now());
+    source
+        .insert(
+            "accounts",
+            &[
+                json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()}),
+                json!({"id": "A-2", "name": "Beta", "industry": "x", "updated_at": now()}),
+            ],
+        )
+        .await;
+    source
+        .insert(
+            "contacts",
+            &[json!({"id": "C-1", "name": "Ann", "email": "a@x", "account_id": "A-1", "updated_at": now()})],
+        )
+        .await;
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("contact", "manual")],
+    )
+    .replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\nlookback = \"0s\"\n",
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    let ids = target_ids(&store, "account", &["A-1".into(), "A-2".into()]).await;
+    // The source moves the contact to a new account the ERP refuses; the
+    // ERP moves it to A-2.
+    target
+        .exec(
+            "CREATE TRIGGER short_names BEFORE INSERT ON customers WHEN length(NEW.customer_name) >= 10 \
+             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
+        )
+        .await;
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-3", "name": "Gamma Corporation", "industry": "x", "updated_at": now()})],
+        )
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE people SET customer_id = '{}', updated_at = '{}'",
+            ids["A-2"],
+            now()
+        ))
+        .await;
+    source
+        .exec(&format!(
+            "UPDATE contacts SET account_id = 'A-3', updated_at = '{}'",
+            now()
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Suspended);
+    let filter = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        status: Some(syncd_core::conflict::ConflictStatus::Pending),
+        limit: 10,
+        ..Default::default()
+    };
+    let parked = store.list_conflicts(&filter).await.unwrap().remove(0);
+    assert_eq!(parked.conflicting_fields, ["account_id"]);
+    let values = json!({"account_id": "A-3"}).as_object().unwrap().clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let resumed = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(resumed.state, RunState::Suspended, "back to the reviewer");
+    let again = store.list_conflicts(&filter).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(source.dump("contacts").await[0]["account_id"], "A-3");
+    assert_eq!(target.dump("people").await[0]["customer_id"], json!(ids["A-2"]));
     state.drop().await;
 }

@@ -150,7 +150,8 @@ pub enum MappingChange {
     MarkStale { reason: String },
     /// The other system refused to take an update (`mapped → mapped`): the
     /// base stays what both last agreed on, so the difference is written
-    /// again by the next run's retry pass, and `last_error` says why.
+    /// again by the next run's refused pass (after its scan), and
+    /// `last_error` says why.
     Refuse { error: String },
 }
 

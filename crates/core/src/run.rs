@@ -245,8 +245,10 @@ pub struct StepCounters {
     /// on it), it is marked deleted, its mapping stays stale, or the other
     /// direction's step is creating it.
     pub skipped: u64,
-    /// Left for the step's patch pass: it references a record not synced
-    /// yet.
+    /// Left for a later pass: it references a record not synced yet (the
+    /// step's patch pass takes it again; the backward step, in a
+    /// bidirectional integration; or, for one read in the refused pass,
+    /// the next run's).
     pub postponed: u64,
     /// Self-references whose parent is not mapped yet, patched by the
     /// step's patch pass: created empty, or an update that keeps the

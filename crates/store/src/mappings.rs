@@ -340,10 +340,8 @@ impl Store {
             .find(|s| s.entity_type.as_str() == entity_type && s.direction == direction))
     }
 
-    /// Pending or failed mappings of `scope` after `after` (by id), and
-    /// mapped ones whose last update a system refused (`last_error`), for
-    /// the retry pass at the start of a step (through the partial index
-    /// `id_mappings_retry`, whose predicate this query repeats).
+    /// Pending or failed mappings of `scope` after `after` (by id), for the
+    /// retry pass at the start of a step.
     pub async fn unsettled_mappings(
         &self,
         scope: &EntityScope,

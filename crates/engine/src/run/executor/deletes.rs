@@ -163,10 +163,16 @@ impl Job {
                         let has_source = m.source_id.as_ref().is_some_and(|id| sources.contains(id));
                         let has_target = m.target_id.as_ref().is_some_and(|id| targets.contains(id));
                         if has_source && has_target {
-                            let change = MappingChange::Confirm {
-                                source_id: m.source_id.clone().unwrap_or_default(),
-                                target_id: m.target_id.clone().unwrap_or_default(),
-                                base: m.base.clone().unwrap_or_default(),
+                            // Verified, and still out of step when it was:
+                            // the error stays for the refused pass of the
+                            // next run (a confirm would clear it).
+                            let change = match &m.last_error {
+                                Some(error) => MappingChange::Refuse { error: error.clone() },
+                                None => MappingChange::Confirm {
+                                    source_id: m.source_id.clone().unwrap_or_default(),
+                                    target_id: m.target_id.clone().unwrap_or_default(),
+                                    base: m.base.clone().unwrap_or_default(),
+                                },
                             };
                             commit
                                 .mappings
@@ -310,6 +316,28 @@ impl Job {
     ) -> Result<(), RunError> {
         let policy = &ctx.tables.def.deletes;
         let now = Utc::now();
+        // A record whose conflict waits for a reviewer waits with it, its
+        // removal too: found again by a run after the decision.
+        let sources: Vec<String> = page.iter().filter_map(|(m, _)| m.source_id.clone()).collect();
+        let waiting = match sources.is_empty() {
+            true => HashSet::new(),
+            false => {
+                self.store
+                    .open_conflicts(&ctx.scope, Side::Source, &sources)
+                    .await?
+            }
+        };
+        let page: Vec<(IdMapping, Gone)> = page
+            .into_iter()
+            .filter(|(m, _)| {
+                let wait = m.source_id.as_ref().is_some_and(|id| waiting.contains(id));
+                if wait {
+                    tracing::warn!(mapping = %m.id, source_id = ?m.source_id,
+                        "not removed: its record waits for the review of a conflict");
+                }
+                !wait
+            })
+            .collect();
         let still_mapped: Vec<IdMapping> = page
             .iter()
             .filter(|(m, _)| m.status == MappingStatus::Mapped)

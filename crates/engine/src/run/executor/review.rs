@@ -110,22 +110,36 @@ impl Job {
                         confirm,
                     } => {
                         let now = Utc::now();
-                        let target_updates: Vec<(String, Fields)> = match to_target {
-                            Some(update) => self
-                                .to_target_ids(tables, std::slice::from_ref(&update))
-                                .await?
-                                .into_iter()
-                                .map(|w| (w.id, w.fields))
-                                .collect(),
-                            None => Vec::new(),
+                        let (written, decided) = match to_target {
+                            Some(update) => (
+                                self.to_target_ids(tables, std::slice::from_ref(&update)).await?,
+                                update.fields,
+                            ),
+                            None => (Vec::new(), Fields::new()),
                         };
+                        // A decided reference the target cannot be given
+                        // (its record is not synced): written, it would
+                        // keep the target's old one under a base that
+                        // says the new one.
+                        let unwritable = written.iter().find_map(|w| {
+                            w.missing.clone().or_else(|| {
+                                w.kept.first().map(|f| {
+                                    decide::unsynced_parent(f, c.entity_type.as_str(), decided.get(f))
+                                })
+                            })
+                        });
+                        let target_updates: Vec<(String, Fields)> =
+                            written.into_iter().map(|w| (w.id, w.fields)).collect();
                         // Neither side is written unless both can hold
                         // the decision: one written and the other
                         // refusing would leave the two apart. Such a
                         // decision goes back to the reviewer.
-                        let cannot = target_updates
-                            .iter()
-                            .find_map(|(_, f)| self.target.cannot_hold(&tables.target, f))
+                        let cannot = unwritable
+                            .or_else(|| {
+                                target_updates
+                                    .iter()
+                                    .find_map(|(_, f)| self.target.cannot_hold(&tables.target, f))
+                            })
                             .or_else(|| {
                                 to_source
                                     .iter()

@@ -2,6 +2,7 @@
 //! updates in both systems, and what its commit records.
 
 use super::*;
+use syncd_core::conflict::ConflictStatus;
 
 impl Job {
     /// The second half of a page: reserves the pending mappings of its
@@ -286,7 +287,7 @@ impl Job {
         let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
         if !(refused_target.is_empty() && refused_source.is_empty()) {
             // A record the system refused keeps its mapping and its old
-            // base, so the difference is written again by the next run's retry pass;
+            // base, so the difference is written again by the next run's refused pass;
             // the mapping's `last_error` says why.
             for (id, reason) in refused_target.iter().chain(&refused_source) {
                 tracing::warn!(record = %id, %reason, "update refused");
@@ -330,6 +331,27 @@ impl Job {
             }
             counters.updated = counters.updated.saturating_sub(dropped);
             counters.failed += dropped;
+        }
+        // A conflict a strategy settled for a record then refused was not
+        // applied: not recorded (its refused pass would record it again on
+        // every run until the record is written).
+        let refused: HashSet<&str> = confirms
+            .iter()
+            .filter_map(|w| match w {
+                MappingWrite::Transition {
+                    current,
+                    change: MappingChange::Refuse { .. },
+                } => current.source_id.as_deref(),
+                _ => None,
+            })
+            .collect();
+        if !refused.is_empty() {
+            let before = commit.conflicts.len();
+            commit.conflicts.retain(|c| {
+                c.status != ConflictStatus::Resolved || !refused.contains(c.source_record.id.as_str())
+            });
+            let unapplied = (before - commit.conflicts.len()) as u64;
+            counters.conflicts = counters.conflicts.saturating_sub(unapplied);
         }
         commit.mappings.extend(confirms);
         Ok(commit)
