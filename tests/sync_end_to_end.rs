@@ -983,7 +983,8 @@ async fn a_decision_on_a_cancelled_runs_conflict_is_applied_by_the_next_run() {
 /// A record deleted in the source while its conflict waits for a reviewer
 /// (its run cancelled) waits with it: the target copy is not deleted under
 /// the pending conflict. Once the conflict is decided (moot: the source is
-/// gone), the next run removes it.
+/// gone), the run that would apply the decision removes it instead, with
+/// no reconciliation due.
 #[tokio::test]
 async fn a_record_deleted_while_its_conflict_waits_is_removed_after_the_review() {
     let dir = TempDir::new("delete-under-review");
@@ -1000,12 +1001,22 @@ async fn a_record_deleted_while_its_conflict_waits_is_removed_after_the_review()
         .await
         .unwrap();
     source.exec("DELETE FROM accounts WHERE id = 'A-1'").await;
-    let toml = toml.replacen(
+    // Without a lookback, so that no scan reads the target copy again.
+    let toml = toml.replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\nlookback = \"0s\"\n",
+    );
+    let reconciling = toml.replacen(
         "[entities.fields]",
         "reconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 500 }\n[entities.fields]",
         1,
     );
-    let between = sync_once(store.clone(), &toml, 100).await.unwrap();
+    let toml = toml.replacen(
+        "[entities.fields]",
+        "reconcile_every = \"never\"\ndelete_brake = { percent = 100, max = 500 }\n[entities.fields]",
+        1,
+    );
+    let between = sync_once(store.clone(), &reconciling, 100).await.unwrap();
     assert_eq!(between.state, RunState::Succeeded);
     assert_eq!(target.dump("customers").await.len(), 1, "waits for the review");
     let filter = syncd_store::ConflictFilter {
@@ -3107,5 +3118,89 @@ async fn a_decided_reference_to_a_record_not_synced_goes_back_to_the_reviewer() 
     assert_eq!(again.len(), 1);
     assert_eq!(source.dump("contacts").await[0]["account_id"], "A-3");
     assert_eq!(target.dump("people").await[0]["customer_id"], json!(ids["A-2"]));
+    state.drop().await;
+}
+
+/// A conflict a merge settles with a write to each side, one of which the
+/// target refuses: the source holds the settled values, so the conflict is
+/// recorded (it was, in part, applied), and only once.
+#[tokio::test]
+async fn a_settled_conflict_written_to_one_side_only_is_recorded() {
+    let dir = TempDir::new("half-written-conflict");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    let now = || syncd_connect::format_time(chrono::Utc::now());
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()})],
+        )
+        .await;
+    // Names from the source, industries from the newer side (the target).
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "merge")],
+    )
+    .replace(
+        "connector = \"sql\"\n",
+        "connector = \"sql\"\nlookback = \"0s\"\n",
+    )
+    .replacen(
+        "parent_id = { references = \"account\" }\n",
+        "parent_id = { references = \"account\" }\n[entities.merge]\nname = \"source\"\n",
+        1,
+    );
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    target
+        .exec(
+            "CREATE TRIGGER short_names BEFORE UPDATE ON customers WHEN length(NEW.customer_name) >= 10 \
+             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
+        )
+        .await;
+    source
+        .exec(&format!(
+            "UPDATE accounts SET name = 'Acme Source Ltd', industry = 'food', updated_at = '{}'",
+            now()
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE customers SET customer_name = 'Acme T', industry = 'defence', updated_at = '{}'",
+            now()
+        ))
+        .await;
+    let conflicts = async || {
+        let filter = syncd_store::ConflictFilter {
+            tenant: Some("t1".into()),
+            limit: 100,
+            ..Default::default()
+        };
+        store.list_conflicts(&filter).await.unwrap()
+    };
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert!(failed_of(&store, &run).await >= 1);
+    assert_eq!(
+        source.dump("accounts").await[0]["industry"],
+        "defence",
+        "written to the source"
+    );
+    assert_eq!(
+        target.dump("customers").await[0]["customer_name"],
+        "Acme T",
+        "refused by the target"
+    );
+    let recorded = conflicts().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].resolution.as_ref().unwrap()["industry"], "defence");
+    // Read again by the refused pass: the name still fails; no new record
+    // of a conflict nothing more of was applied.
+    let again = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert!(failed_of(&store, &again).await >= 1);
+    assert_eq!(conflicts().await.len(), 1);
     state.drop().await;
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use syncd_core::conflict::{ConflictRecord, ConflictStatus};
+use syncd_core::deletes::Gone;
 
 impl Job {
     /// Writes the resolutions reviewers gave to conflicts of `run` to both
@@ -79,6 +80,25 @@ impl Job {
                         ),
                     }
                     .into());
+            }
+            // One side gone since (deleted, or marked deleted): the
+            // decision is moot, and the record was left for it by the
+            // delete steps in between; this run's delete step removes it.
+            let gone = match (source.records.is_empty(), target.records.is_empty()) {
+                (true, false) => Some(Gone::Source),
+                (false, true) => Some(Gone::Target),
+                _ => None,
+            };
+            if let Some(gone) = gone {
+                tracing::warn!(conflict = %c.id, side = ?gone,
+                    "the decision is not applied: its record is gone from one side since; the run's delete step acts on it");
+                commit.candidates.push(syncd_core::deletes::DeleteCandidate {
+                    run_id: lease.run_id,
+                    tenant_id: self.tenant.clone(),
+                    entity_type: c.entity_type.clone(),
+                    mapping_id: m.id,
+                    gone,
+                });
             }
             if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
                 let maps = self

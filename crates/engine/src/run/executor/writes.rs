@@ -332,16 +332,37 @@ impl Job {
             counters.updated = counters.updated.saturating_sub(dropped);
             counters.failed += dropped;
         }
-        // A conflict a strategy settled for a record then refused was not
-        // applied: not recorded (its refused pass would record it again on
-        // every run until the record is written).
+        // A conflict a strategy settled for a record then refused on both
+        // sides (or not written at all) was not applied: not recorded (the
+        // refused pass would record it again on every run until the record
+        // is written). Once either side holds the settled values it is.
+        let landed_source: HashSet<&str> = updates_source
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !refused_source.iter().any(|(r, _)| r == id))
+            .collect();
+        let landed_target: HashSet<&str> = target_updates
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !refused_target.iter().any(|(r, _)| r == id))
+            .collect();
         let refused: HashSet<&str> = confirms
             .iter()
             .filter_map(|w| match w {
                 MappingWrite::Transition {
                     current,
                     change: MappingChange::Refuse { .. },
-                } => current.source_id.as_deref(),
+                } => {
+                    let written = current
+                        .source_id
+                        .as_deref()
+                        .is_some_and(|id| landed_source.contains(id))
+                        || current
+                            .target_id
+                            .as_deref()
+                            .is_some_and(|id| landed_target.contains(id));
+                    (!written).then_some(current.source_id.as_deref()).flatten()
+                }
                 _ => None,
             })
             .collect();
