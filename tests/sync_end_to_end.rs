@@ -675,10 +675,8 @@ async fn a_self_reference_to_a_record_that_exists_nowhere_fails_its_record() {
         .await;
     // Without a lookback: no later scan reads a record again unless it
     // changed.
-    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[]).replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    );
+    let toml = workflow_toml("e2e", "bidirectional", &source.url(), &target.url(), &[])
+        .replace(CONNECTOR, NO_LOOKBACK);
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     let scope = EntityScope::new("t1", "e2e", "account");
@@ -1002,10 +1000,7 @@ async fn a_record_deleted_while_its_conflict_waits_is_removed_after_the_review()
         .unwrap();
     source.exec("DELETE FROM accounts WHERE id = 'A-1'").await;
     // Without a lookback, so that no scan reads the target copy again.
-    let toml = toml.replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    );
+    let toml = toml.replace(CONNECTOR, NO_LOOKBACK);
     let reconciling = toml.replacen(
         "[entities.fields]",
         "reconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 500 }\n[entities.fields]",
@@ -2851,23 +2846,20 @@ async fn a_record_moved_to_a_parent_that_failed_is_written_once_the_parent_is() 
     let dir = TempDir::new("moved-to-failed");
     let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
     let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    let now = || syncd_connect::format_time(chrono::Utc::now());
     source
         .insert(
             "accounts",
-            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()})],
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now_text()})],
         )
         .await;
     source
         .insert(
             "contacts",
-            &[json!({"id": "C-1", "name": "Ann", "email": "a@x", "account_id": "A-1", "updated_at": now()})],
+            &[json!({"id": "C-1", "name": "Ann", "email": "a@x", "account_id": "A-1", "updated_at": now_text()})],
         )
         .await;
-    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]).replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    );
+    let toml =
+        workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]).replace(CONNECTOR, NO_LOOKBACK);
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
@@ -2877,22 +2869,17 @@ async fn a_record_moved_to_a_parent_that_failed_is_written_once_the_parent_is() 
     assert_eq!(person().await["customer_id"], json!(ids["A-1"]));
 
     // The ERP refuses the new account; the contact moves to it.
-    target
-        .exec(
-            "CREATE TRIGGER short_names BEFORE INSERT ON customers WHEN length(NEW.customer_name) >= 10 \
-             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
-        )
-        .await;
+    refuse_long_customer_names(&target, "INSERT").await;
     source
         .insert(
             "accounts",
-            &[json!({"id": "A-3", "name": "Gamma Corporation", "industry": "x", "updated_at": now()})],
+            &[json!({"id": "A-3", "name": "Gamma Corporation", "industry": "x", "updated_at": now_text()})],
         )
         .await;
     source
         .exec(&format!(
             "UPDATE contacts SET account_id = 'A-3', updated_at = '{}' WHERE id = 'C-1'",
-            now()
+            now_text()
         ))
         .await;
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
@@ -2955,11 +2942,10 @@ async fn a_settled_conflict_whose_write_is_refused_is_recorded_once_it_is_writte
     let dir = TempDir::new("refused-conflict");
     let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
     let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    let now = || syncd_connect::format_time(chrono::Utc::now());
     source
         .insert(
             "accounts",
-            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()})],
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now_text()})],
         )
         .await;
     let toml = workflow_toml(
@@ -2969,39 +2955,24 @@ async fn a_settled_conflict_whose_write_is_refused_is_recorded_once_it_is_writte
         &target.url(),
         &[("account", "last_write_wins")],
     )
-    .replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    );
+    .replace(CONNECTOR, NO_LOOKBACK);
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     sync_once(store.clone(), &toml, 100).await.unwrap();
-    target
-        .exec(
-            "CREATE TRIGGER short_names BEFORE UPDATE ON customers WHEN length(NEW.customer_name) >= 10 \
-             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
-        )
-        .await;
+    refuse_long_customer_names(&target, "UPDATE").await;
     target
         .exec(&format!(
             "UPDATE customers SET customer_name = 'Acme T', updated_at = '{}'",
-            now()
+            now_text()
         ))
         .await;
     source
         .exec(&format!(
             "UPDATE accounts SET name = 'Acme Source Ltd', updated_at = '{}'",
-            now()
+            now_text()
         ))
         .await;
-    let conflicts = async || {
-        let filter = syncd_store::ConflictFilter {
-            tenant: Some("t1".into()),
-            limit: 100,
-            ..Default::default()
-        };
-        store.list_conflicts(&filter).await.unwrap()
-    };
+    let conflicts = async || all_conflicts(&store).await;
     for _ in 0..3 {
         let run = sync_once(store.clone(), &toml, 100).await.unwrap();
         assert_eq!(run.state, RunState::Succeeded);
@@ -3039,20 +3010,19 @@ async fn a_decided_reference_to_a_record_not_synced_goes_back_to_the_reviewer() 
     let dir = TempDir::new("review-missing-ref");
     let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
     let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    let now = || syncd_connect::format_time(chrono::Utc::now());
     source
         .insert(
             "accounts",
             &[
-                json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()}),
-                json!({"id": "A-2", "name": "Beta", "industry": "x", "updated_at": now()}),
+                json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now_text()}),
+                json!({"id": "A-2", "name": "Beta", "industry": "x", "updated_at": now_text()}),
             ],
         )
         .await;
     source
         .insert(
             "contacts",
-            &[json!({"id": "C-1", "name": "Ann", "email": "a@x", "account_id": "A-1", "updated_at": now()})],
+            &[json!({"id": "C-1", "name": "Ann", "email": "a@x", "account_id": "A-1", "updated_at": now_text()})],
         )
         .await;
     let toml = workflow_toml(
@@ -3062,39 +3032,31 @@ async fn a_decided_reference_to_a_record_not_synced_goes_back_to_the_reviewer() 
         &target.url(),
         &[("contact", "manual")],
     )
-    .replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    );
+    .replace(CONNECTOR, NO_LOOKBACK);
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     sync_once(store.clone(), &toml, 100).await.unwrap();
     let ids = target_ids(&store, "account", &["A-1".into(), "A-2".into()]).await;
     // The source moves the contact to a new account the ERP refuses; the
     // ERP moves it to A-2.
-    target
-        .exec(
-            "CREATE TRIGGER short_names BEFORE INSERT ON customers WHEN length(NEW.customer_name) >= 10 \
-             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
-        )
-        .await;
+    refuse_long_customer_names(&target, "INSERT").await;
     source
         .insert(
             "accounts",
-            &[json!({"id": "A-3", "name": "Gamma Corporation", "industry": "x", "updated_at": now()})],
+            &[json!({"id": "A-3", "name": "Gamma Corporation", "industry": "x", "updated_at": now_text()})],
         )
         .await;
     target
         .exec(&format!(
             "UPDATE people SET customer_id = '{}', updated_at = '{}'",
             ids["A-2"],
-            now()
+            now_text()
         ))
         .await;
     source
         .exec(&format!(
             "UPDATE contacts SET account_id = 'A-3', updated_at = '{}'",
-            now()
+            now_text()
         ))
         .await;
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
@@ -3129,11 +3091,10 @@ async fn a_settled_conflict_written_to_one_side_only_is_recorded() {
     let dir = TempDir::new("half-written-conflict");
     let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
     let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    let now = || syncd_connect::format_time(chrono::Utc::now());
     source
         .insert(
             "accounts",
-            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now()})],
+            &[json!({"id": "A-1", "name": "Acme", "industry": "x", "updated_at": now_text()})],
         )
         .await;
     // Names from the source, industries from the newer side (the target).
@@ -3144,10 +3105,7 @@ async fn a_settled_conflict_written_to_one_side_only_is_recorded() {
         &target.url(),
         &[("account", "merge")],
     )
-    .replace(
-        "connector = \"sql\"\n",
-        "connector = \"sql\"\nlookback = \"0s\"\n",
-    )
+    .replace(CONNECTOR, NO_LOOKBACK)
     .replacen(
         "parent_id = { references = \"account\" }\n",
         "parent_id = { references = \"account\" }\n[entities.merge]\nname = \"source\"\n",
@@ -3156,32 +3114,20 @@ async fn a_settled_conflict_written_to_one_side_only_is_recorded() {
     let state = StateStore::embedded(&dir).await;
     let store = state.store.clone();
     sync_once(store.clone(), &toml, 100).await.unwrap();
-    target
-        .exec(
-            "CREATE TRIGGER short_names BEFORE UPDATE ON customers WHEN length(NEW.customer_name) >= 10 \
-             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END",
-        )
-        .await;
+    refuse_long_customer_names(&target, "UPDATE").await;
     source
         .exec(&format!(
             "UPDATE accounts SET name = 'Acme Source Ltd', industry = 'food', updated_at = '{}'",
-            now()
+            now_text()
         ))
         .await;
     target
         .exec(&format!(
             "UPDATE customers SET customer_name = 'Acme T', industry = 'defence', updated_at = '{}'",
-            now()
+            now_text()
         ))
         .await;
-    let conflicts = async || {
-        let filter = syncd_store::ConflictFilter {
-            tenant: Some("t1".into()),
-            limit: 100,
-            ..Default::default()
-        };
-        store.list_conflicts(&filter).await.unwrap()
-    };
+    let conflicts = async || all_conflicts(&store).await;
     let run = sync_once(store.clone(), &toml, 100).await.unwrap();
     assert!(failed_of(&store, &run).await >= 1);
     assert_eq!(
@@ -3203,4 +3149,36 @@ async fn a_settled_conflict_written_to_one_side_only_is_recorded() {
     assert!(failed_of(&store, &again).await >= 1);
     assert_eq!(conflicts().await.len(), 1);
     state.drop().await;
+}
+
+/// A definition's systems without a lookback: `.replace(CONNECTOR,
+/// NO_LOOKBACK)`, so that no scan reads a record again unless it changed.
+const CONNECTOR: &str = "connector = \"sql\"\n";
+const NO_LOOKBACK: &str = "connector = \"sql\"\nlookback = \"0s\"\n";
+
+/// Now, as the test tables stamp `updated_at`.
+fn now_text() -> String {
+    syncd_connect::format_time(chrono::Utc::now())
+}
+
+/// Every conflict of tenant `t1`.
+async fn all_conflicts(store: &Store) -> Vec<syncd_core::conflict::ConflictRecord> {
+    let filter = syncd_store::ConflictFilter {
+        tenant: Some("t1".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    store.list_conflicts(&filter).await.unwrap()
+}
+
+/// The target refuses a customer name of 10 characters or more on `event`
+/// (`INSERT` or `UPDATE`), as a constraint would; `DROP TRIGGER
+/// short_names` mends it.
+async fn refuse_long_customer_names(target: &SystemDb, event: &str) {
+    target
+        .exec(&format!(
+            "CREATE TRIGGER short_names BEFORE {event} ON customers WHEN length(NEW.customer_name) >= 10 \
+             BEGIN SELECT RAISE(ABORT, 'customer_name too long'); END"
+        ))
+        .await;
 }
