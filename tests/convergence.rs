@@ -965,16 +965,28 @@ impl World {
                     // the engine sees it before the run's steps.)
                     let null = Value::Null;
                     let tgt_now = before_call.as_engine_translates(e, Side::Target, &tgt.fields);
-                    let moved = c.resolution.iter().flat_map(|r| r.keys()).any(|f| {
-                        !syncd_core::value::same(
-                            src.fields.get(f).unwrap_or(&null),
-                            c.source_record.fields.get(f).unwrap_or(&null),
-                        ) || !syncd_core::value::same(
-                            tgt_now.get(f).unwrap_or(&null),
-                            c.target_record.fields.get(f).unwrap_or(&null),
-                        )
-                    });
-                    if moved {
+                    let now_on = |fields: &Fields, f: &str| fields.get(f).unwrap_or(&null).clone();
+                    let moved: Vec<&String> = c
+                        .resolution
+                        .iter()
+                        .flat_map(|r| r.keys())
+                        .filter(|f| {
+                            !syncd_core::value::same(
+                                &now_on(&src.fields, f),
+                                &now_on(&c.source_record.fields, f),
+                            ) || !syncd_core::value::same(
+                                &now_on(&tgt_now, f),
+                                &now_on(&c.target_record.fields, f),
+                            )
+                        })
+                        .collect();
+                    // One both sides now hold alike leaves the decision.
+                    let agreed: Vec<&String> = moved
+                        .iter()
+                        .copied()
+                        .filter(|f| syncd_core::value::same(&now_on(&src.fields, f), &now_on(&tgt_now, f)))
+                        .collect();
+                    if moved.len() > agreed.len() {
                         for (side, id) in [(Side::Source, s), (Side::Target, t)] {
                             assert_eq!(
                                 after.row(e.name, side, id),
@@ -992,7 +1004,14 @@ impl World {
                         &src.record(s, src.fields.clone()),
                         &tgt.record(t, tgt_fields),
                         Direction::Bidirectional,
-                        &ReviewDecision::Values(c.resolution.clone().unwrap_or_default()),
+                        &ReviewDecision::Values(
+                            c.resolution
+                                .iter()
+                                .flatten()
+                                .filter(|(f, _)| !agreed.contains(f))
+                                .map(|(f, v)| (f.clone(), v.clone()))
+                                .collect(),
+                        ),
                     )
                     .unwrap_or_else(|err| panic!("{at}: {label}: review no longer applies: {err}"));
                     newly_reviewed.push(((e.name, s.clone()), writes.base.clone()));

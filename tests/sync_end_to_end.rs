@@ -1036,6 +1036,80 @@ async fn a_record_deleted_while_its_conflict_waits_is_removed_after_the_review()
     state.drop().await;
 }
 
+/// The same on the usual path: the run suspended on the conflict is
+/// resumed once it is decided, its delete steps done long before. The
+/// next run removes the record (its mapping names why), with no
+/// reconciliation due, instead of it staying until one is.
+#[tokio::test]
+async fn a_record_deleted_while_its_run_waits_for_review_is_removed_by_the_next_run() {
+    let dir = TempDir::new("delete-under-review-resumed");
+    let state = StateStore::embedded(&dir).await;
+    let store = state.store.clone();
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    source
+        .insert(
+            "accounts",
+            &[json!({"id": "A-1", "name": "Acme", "industry": "retail", "updated_at": now_text()})],
+        )
+        .await;
+    // No lookback (no scan reads the target copy again) and no
+    // reconciliation.
+    let toml = workflow_toml(
+        "e2e",
+        "bidirectional",
+        &source.url(),
+        &target.url(),
+        &[("account", "manual")],
+    )
+    .replace(CONNECTOR, NO_LOOKBACK)
+    .replacen(
+        "[entities.fields]",
+        "reconcile_every = \"never\"\ndelete_brake = { percent = 100, max = 500 }\n[entities.fields]",
+        1,
+    );
+    sync_once(store.clone(), &toml, 100).await.unwrap();
+    source
+        .exec(&format!(
+            "UPDATE accounts SET name = 'Acme S', updated_at = '{}'",
+            now_text()
+        ))
+        .await;
+    target
+        .exec(&format!(
+            "UPDATE customers SET customer_name = 'Acme T', updated_at = '{}'",
+            now_text()
+        ))
+        .await;
+    let run = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!(run.state, RunState::Suspended);
+    source.exec("DELETE FROM accounts WHERE id = 'A-1'").await;
+    let parked = all_conflicts(&store).await.remove(0);
+    let values = json!({"name": "Acme S"}).as_object().unwrap().clone();
+    store
+        .resolve_conflict(&parked, &values, "reviewer")
+        .await
+        .unwrap();
+    let resumed = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_eq!((resumed.id, resumed.state), (run.id, RunState::Succeeded));
+    let next = sync_once(store.clone(), &toml, 100).await.unwrap();
+    assert_ne!(next.id, run.id);
+    assert!(
+        target.dump("customers").await.is_empty(),
+        "removed by the next run"
+    );
+    let m = store
+        .lookup(
+            &EntityScope::new("t1", "e2e", "account"),
+            Side::Source,
+            &["A-1".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(m["A-1"].status, MappingStatus::Stale);
+    state.drop().await;
+}
+
 /// A decision on a cancelled run's conflict that a system refuses (a
 /// trigger here; a constraint in life) waits to be applied, with a warning,
 /// and does not fail the next run, which would fail every run after it:

@@ -693,6 +693,25 @@ pub fn decide_review(
             .collect(),
         None => Vec::new(),
     };
+    // A moved field both sides now hold alike was settled by those edits:
+    // it keeps that value, and leaves the decision; the rest of the
+    // decision still applies.
+    let (agreed, moved): (Vec<String>, Vec<String>) = moved.into_iter().partition(|f| {
+        crate::value::same(
+            &held(&source_as_text.fields, f),
+            &held(&target_in_source_ids.fields, f),
+        )
+    });
+    let decision = match &decision {
+        conflict::ReviewDecision::Values(values) if !agreed.is_empty() => conflict::ReviewDecision::Values(
+            values
+                .iter()
+                .filter(|(f, _)| !agreed.contains(f))
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => decision,
+    };
     let applied = match moved.is_empty() {
         true => conflict::apply_review(base, &source_as_text, &target_in_source_ids, sync, &decision).ok(),
         false => None,

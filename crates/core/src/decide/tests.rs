@@ -881,3 +881,42 @@ fn a_decided_field_changed_since_it_was_parked_goes_back_to_the_reviewer() {
     );
     assert!(matches!(review, Review::Apply { .. }), "{review:?}");
 }
+
+/// Both sides changed the decided field since, to the same value: those
+/// edits settled it, and the rest of the decision applies.
+#[test]
+fn a_decided_field_both_sides_now_hold_alike_is_left_as_they_hold_it() {
+    let f = Fixture::new("contact");
+    let (mut c, m) = parked(&f);
+    c.resolution = Some(fields(json!({"email": "s@x"})));
+    let source = record("c1", json!({"email": "same@x", "account_id": null}), 6);
+    let target = record("t1", json!({"email": "same@x", "account_id": null}), 6);
+    let review = decide_review(
+        &c,
+        m,
+        &source,
+        &target,
+        &target,
+        &f.refs,
+        Direction::Bidirectional,
+        &mut Uuid::new_v4,
+        t(40),
+    );
+    let Review::Apply {
+        to_target,
+        to_source,
+        confirm,
+    } = review
+    else {
+        panic!("{review:?}")
+    };
+    assert!(to_target.is_none() && to_source.is_none(), "nothing to write");
+    let MappingWrite::Transition {
+        change: MappingChange::Confirm { base, .. },
+        ..
+    } = confirm
+    else {
+        panic!()
+    };
+    assert_eq!(base["email"], json!("same@x"));
+}

@@ -313,7 +313,21 @@ impl Job {
                     .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                     .collect();
                 let found = reader.read_by_ids(read_binding, &ids).await?;
-                (found.records, found.bad, Vec::new())
+                // Not there any more (deleted, or marked deleted): gone
+                // from the side read, for the delete step, as the scan
+                // finds a row marked deleted.
+                let present: HashSet<&str> = found
+                    .records
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .chain(found.bad.iter().map(|b| b.id.as_str()))
+                    .collect();
+                let gone: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !present.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                (found.records, found.bad, gone)
             }
             Phase::Done => return Ok(None),
         };

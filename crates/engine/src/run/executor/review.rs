@@ -92,6 +92,21 @@ impl Job {
             if let Some(gone) = gone {
                 tracing::warn!(conflict = %c.id, side = ?gone,
                     "the decision is not applied: its record is gone from one side since; the run's delete step acts on it");
+                // And, should this run's delete steps be done already (a
+                // suspended run resumed), the next run's refused pass finds
+                // it gone.
+                commit.mappings.push(MappingWrite::Transition {
+                    current: m.clone(),
+                    change: MappingChange::Refuse {
+                        error: format!(
+                            "gone from the {} while its conflict waited for review: removed by the delete step",
+                            match gone {
+                                Gone::Source => "source",
+                                Gone::Target => "target",
+                            }
+                        ),
+                    },
+                });
                 commit.candidates.push(syncd_core::deletes::DeleteCandidate {
                     run_id: lease.run_id,
                     tenant_id: self.tenant.clone(),
@@ -116,7 +131,7 @@ impl Job {
                     &target_in_source_ids,
                     &tables.refs,
                     self.workflow.direction,
-                    &mut Uuid::new_v4,
+                    &mut Uuid::now_v7,
                     Utc::now(),
                 );
                 match review {

@@ -404,7 +404,7 @@ impl Job {
                 // (a sync update then fails; see `write_page`).
                 let mut missing = None;
                 for (field, reason) in rewritten.missing {
-                    tracing::warn!(target_id = %u.id, %reason, "reference kept as it is in the target");
+                    tracing::warn!(target_id = %u.id, %reason, "reference not mapped: the update is not written, and fails naming it");
                     let current = u.current.get(&field).cloned().unwrap_or(Value::Null);
                     rewritten.fields.insert(field.clone(), current);
                     kept.push(field);
