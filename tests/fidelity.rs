@@ -524,6 +524,66 @@ async fn an_update_the_database_refuses_fails_alone() {
     s.drop().await;
 }
 
+/// A write the database skips without an error (a trigger that drops it:
+/// PostgreSQL's `RETURN NULL`, SQLite's `RAISE(IGNORE)`; or a row deleted
+/// since it was read) updates no row. It was counted updated, and its
+/// mapping recorded values the target never took: every later run said
+/// succeeded. It fails, saying so, and is written once the target takes it.
+#[tokio::test]
+async fn an_update_no_row_took_fails_its_record() {
+    let pg = "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)";
+    let lite = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let skip_pg = "CREATE FUNCTION silent() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                   IF NEW.name = 'silent' THEN RETURN NULL; END IF; RETURN NEW; END $$; \
+                   CREATE TRIGGER silent BEFORE UPDATE ON ledger FOR EACH ROW EXECUTE FUNCTION silent()";
+    let skip_lite = "CREATE TRIGGER silent BEFORE UPDATE ON ledger WHEN NEW.name = 'silent' \
+                     BEGIN SELECT RAISE(IGNORE); END";
+    for (kind, ddl, skip) in [(Kind::Postgres, pg, skip_pg), (Kind::Sqlite, lite, skip_lite)] {
+        let Some(s) = Setup::new(Kind::Postgres, pg, kind, ddl).await else {
+            return;
+        };
+        let path = s.dir.0.join("exact.toml");
+        let definition = std::fs::read_to_string(&path).unwrap().replace(
+            "connector = \"sql\"\n",
+            "connector = \"sql\"\nlookback = \"0s\"\n",
+        );
+        std::fs::write(&path, definition).unwrap();
+        s.source
+            .exec("INSERT INTO ledger VALUES ('a', 'one', now()), ('b', 'two', now())")
+            .await;
+        s.run(&[]);
+        s.target.exec(skip).await;
+        s.source
+            .exec("UPDATE ledger SET name = 'silent', updated_at = now()")
+            .await;
+        let ran = s.run(&[]);
+        assert_eq!(ran.counter("product", "failed"), 2, "{kind:?}: {}", ran.stdout);
+        assert_eq!(ran.counter("product", "updated"), 0, "{kind:?}: {}", ran.stdout);
+        let error = s.mapping("a").await.last_error.unwrap_or_default();
+        assert!(error.contains("no row was updated"), "{kind:?}: {error}");
+        s.target
+            .exec(match kind {
+                Kind::Sqlite => "DROP TRIGGER silent",
+                _ => "DROP TRIGGER silent ON ledger",
+            })
+            .await;
+        let mended = s.run(&[]);
+        assert_eq!(
+            mended.counter("product", "updated"),
+            2,
+            "{kind:?}: {}",
+            mended.stdout
+        );
+        assert_eq!(
+            mended.counter("product", "failed"),
+            0,
+            "{kind:?}: {}",
+            mended.stdout
+        );
+        s.drop().await;
+    }
+}
+
 const MARIADB_LEDGER: &str = "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, amount DECIMAL(65,30), \
     big BIGINT UNSIGNED, label TEXT, doc JSON, at DATETIME(6), ratio DOUBLE, updated_at DATETIME(6) NOT NULL)";
 const PG_WIDE_LEDGER: &str = "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, big numeric(21,0), \

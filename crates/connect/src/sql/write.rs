@@ -433,16 +433,20 @@ impl SqlConnector {
                     .join(", ");
                 let sql = format!(
                     "UPDATE {t} AS t SET {set} FROM jsonb_populate_recordset(NULL::{t}, $1) AS r \
-                     WHERE t.{id} = ANY(CAST($2 AS {}[])) AND t.{id} = r.{id}{}",
+                     WHERE t.{id} = ANY(CAST($2 AS {}[])) AND t.{id} = r.{id}{} RETURNING to_jsonb(t.{id})",
                     b.column_types[ID_COLUMN],
                     tenant_and(b, "t.", Dialect::Postgres)
                 );
-                sqlx::query(&sql)
+                let updated: Vec<Value> = sqlx::query_scalar::<_, sqlx::types::Json<Value>>(&sql)
                     .bind(sqlx::types::Json(&rows))
                     .bind(&ids)
-                    .execute(pool)
+                    .fetch_all(pool)
                     .await
-                    .map_err(self.query_error(&b.table))?;
+                    .map_err(self.query_error(&b.table))?
+                    .into_iter()
+                    .map(|j| j.0)
+                    .collect();
+                refused.extend(not_updated(&ids, updated.iter().filter_map(id_text)));
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let set = columns
@@ -459,19 +463,40 @@ impl SqlConnector {
                     .map(|(e, c)| format!("{e} AS {}", ident(c)))
                     .collect();
                 let sql = format!(
-                    "UPDATE {t} SET {set} FROM (SELECT {} FROM json_each(?1)) AS u WHERE {t}.{id} = u.{id}{}",
+                    "UPDATE {t} SET {set} FROM (SELECT {} FROM json_each(?1)) AS u WHERE {t}.{id} = u.{id}{} \
+                     RETURNING CAST({t}.{id} AS TEXT)",
                     aliased.join(", "),
                     tenant_and(b, &format!("{t}."), Dialect::Sqlite)
                 );
-                let mut q = sqlx::query(&sql).bind(sqlx::types::Json(&rows));
+                let mut q = sqlx::query_scalar::<_, Option<String>>(&sql).bind(sqlx::types::Json(&rows));
                 for p in paths {
                     q = q.bind(p);
                 }
-                q.execute(pool).await.map_err(self.query_error(&b.table))?;
+                let updated = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+                refused.extend(not_updated(&ids, updated.into_iter().flatten()));
             }
         }
         Ok(refused)
     }
+}
+
+/// The ids of `ids` the database did not say it updated: the row is gone
+/// since it was read, or a trigger skipped its write (PostgreSQL's `RETURN
+/// NULL`, SQLite's `RAISE(IGNORE)`). Each is refused, so that its mapping
+/// keeps the error and its old base instead of recording a write that was
+/// not made.
+fn not_updated(ids: &[&str], updated: impl Iterator<Item = String>) -> Vec<(String, String)> {
+    let updated: std::collections::HashSet<String> = updated.collect();
+    ids.iter()
+        .filter(|id| !updated.contains(**id))
+        .map(|id| {
+            (
+                (*id).to_owned(),
+                "no row was updated: the row is gone since it was read, or a trigger skipped the write"
+                    .to_owned(),
+            )
+        })
+        .collect()
 }
 
 impl SqlConnector {
