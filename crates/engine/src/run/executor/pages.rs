@@ -315,18 +315,23 @@ impl Job {
                 let found = reader.read_by_ids(read_binding, &ids).await?;
                 // Not there any more (deleted, or marked deleted): gone
                 // from the side read, for the delete step, as the scan
-                // finds a row marked deleted.
+                // finds a row marked deleted. (A SQL table answers by id
+                // as it holds them; an API's record may echo its id in
+                // another form, and is left to reconciliation.)
                 let present: HashSet<&str> = found
                     .records
                     .iter()
                     .map(|r| r.id.as_str())
                     .chain(found.bad.iter().map(|b| b.id.as_str()))
                     .collect();
-                let gone: Vec<String> = ids
-                    .iter()
-                    .filter(|id| !present.contains(id.as_str()))
-                    .cloned()
-                    .collect();
+                let gone: Vec<String> = match reader.finds_keys_at_once() {
+                    true => ids
+                        .iter()
+                        .filter(|id| !present.contains(id.as_str()))
+                        .cloned()
+                        .collect(),
+                    false => Vec::new(),
+                };
                 (found.records, found.bad, gone)
             }
             Phase::Done => return Ok(None),
