@@ -584,6 +584,36 @@ async fn an_update_no_row_took_fails_its_record() {
     }
 }
 
+/// A `char(n)` id shorter than `n` is read with its padding, which the
+/// mapping keeps; reconciliation asked PostgreSQL for it as `id::text`,
+/// which drops the padding, took the record for gone and deleted its copy
+/// in the other system.
+#[tokio::test]
+async fn a_padded_char_id_is_not_taken_for_gone_by_reconciliation() {
+    let ddl = "CREATE TABLE ledger (id char(5) PRIMARY KEY, name text, updated_at timestamptz NOT NULL)";
+    let target = "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, target).await else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let definition = std::fs::read_to_string(&path).unwrap().replace(
+        "table = \"ledger\"\n",
+        "table = \"ledger\"\nreconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 500 }\n",
+    );
+    std::fs::write(&path, definition).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('ab', 'short', now()), ('abcde', 'full', now())")
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.counter("product", "created"), 2, "{}", first.stdout);
+    for _ in 0..2 {
+        s.run(&[]);
+        assert_eq!(Setup::pg_text(&s.target, "name").await, ["(full)", "(short)"]);
+        assert_eq!(s.mapping("ab   ").await.status, MappingStatus::Mapped);
+    }
+    s.drop().await;
+}
+
 const MARIADB_LEDGER: &str = "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, amount DECIMAL(65,30), \
     big BIGINT UNSIGNED, label TEXT, doc JSON, at DATETIME(6), ratio DOUBLE, updated_at DATETIME(6) NOT NULL)";
 const PG_WIDE_LEDGER: &str = "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, big numeric(21,0), \

@@ -246,11 +246,15 @@ impl SqlConnector {
             SqlConnector::Postgres { pool, .. } => {
                 let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({m})"));
                 let sql = format!(
-                    "SELECT {id}::text, {mark} FROM {t} WHERE {id} = ANY(CAST($1 AS {}[])){}",
+                    "SELECT to_jsonb({id}), {mark} FROM {t} WHERE {id} = ANY(CAST($1 AS {}[])){}",
                     b.column_types[ID_COLUMN],
                     tenant_and(b, "", Dialect::Postgres)
                 );
-                sqlx::query_as(&sql).bind(ids).fetch_all(pool).await
+                sqlx::query_as(&sql)
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+                    .map(as_read_ids)
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let mark = mark.map_or("NULL".into(), |m| format!("json_quote({m})"));
@@ -304,12 +308,17 @@ impl SqlConnector {
                 let mark = mark.map_or("NULL::jsonb".into(), |m| format!("to_jsonb({t}.{m})"));
                 let sql = format!(
                     "WITH page AS (SELECT unnest(CAST($1 AS {}[])) AS id) \
-                     SELECT {t}.{id}::text, {mark} FROM {t} \
+                     SELECT to_jsonb({t}.{id}), {mark} FROM {t} \
                      WHERE {t}.{id} >= (SELECT min(id) FROM page) AND {t}.{id} <= (SELECT max(id) FROM page) \
                      ORDER BY {t}.{id} LIMIT $2",
                     b.column_types[ID_COLUMN]
                 );
-                sqlx::query_as(&sql).bind(ids).bind(limit).fetch_all(pool).await
+                sqlx::query_as(&sql)
+                    .bind(ids)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map(as_read_ids)
             }
             SqlConnector::Sqlite { pool, .. } => {
                 let mark = mark.map_or("NULL".into(), |m| format!("json_quote({t}.{m})"));
@@ -469,6 +478,16 @@ pub(super) fn column_label(b: &TableBinding, name: &str) -> String {
         .find(|f| f.column == name)
         .map(|f| format!("entity `{}`, field `{}` (column `{name}`)", b.entity, f.cdm))
         .unwrap_or_else(|| format!("column `{name}`"))
+}
+
+/// PostgreSQL ids as a document gives them, in the text the read path
+/// makes of them (`id_text`): `id::text` drops a `char(n)` id's padding,
+/// which the mapping keeps, and such a record looked gone.
+type PgPresent = (sqlx::types::Json<Value>, Option<sqlx::types::Json<Value>>);
+fn as_read_ids(rows: Vec<PgPresent>) -> Vec<(String, Option<sqlx::types::Json<Value>>)> {
+    rows.into_iter()
+        .map(|(id, mark)| (id_text(&id.0).unwrap_or_default(), mark))
+        .collect()
 }
 
 /// The bad row of a document one of whose columns could not be read.
