@@ -668,7 +668,6 @@ pub fn decide_review(
 ) -> Review {
     let target_in_source_ids = refs.record_ids_as_text(target_in_source_ids.clone());
     let source_as_text = refs.record_ids_as_text(source.clone());
-    let decision = conflict::ReviewDecision::Values(c.resolution.clone().unwrap_or_default());
     let base_as_text = c.base.as_ref().and_then(|b| refs.ids_as_text(b));
     let base = base_as_text.as_ref().or(c.base.as_ref());
     // A decided field either side changed since it was parked: the
@@ -702,16 +701,14 @@ pub fn decide_review(
             &held(&target_in_source_ids.fields, f),
         )
     });
-    let decision = match &decision {
-        conflict::ReviewDecision::Values(values) if !agreed.is_empty() => conflict::ReviewDecision::Values(
-            values
-                .iter()
-                .filter(|(f, _)| !agreed.contains(f))
-                .map(|(f, v)| (f.clone(), v.clone()))
-                .collect(),
-        ),
-        _ => decision,
-    };
+    let decision = conflict::ReviewDecision::Values(
+        c.resolution
+            .iter()
+            .flatten()
+            .filter(|(f, _)| !agreed.contains(f))
+            .map(|(f, v)| (f.clone(), v.clone()))
+            .collect(),
+    );
     let applied = match moved.is_empty() {
         true => conflict::apply_review(base, &source_as_text, &target_in_source_ids, sync, &decision).ok(),
         false => None,

@@ -85,12 +85,12 @@ impl Job {
             // decision is moot, and the record was left for it by the
             // delete steps in between; this run's delete step removes it.
             let gone = match (source.records.is_empty(), target.records.is_empty()) {
-                (true, false) => Some(Gone::Source),
-                (false, true) => Some(Gone::Target),
+                (true, false) => Some(Side::Source),
+                (false, true) => Some(Side::Target),
                 _ => None,
             };
-            if let Some(gone) = gone {
-                tracing::warn!(conflict = %c.id, side = ?gone,
+            if let Some(side) = gone {
+                tracing::warn!(conflict = %c.id, side = side.as_str(),
                     "the decision is not applied: its record is gone from one side since; the run's delete step acts on it");
                 // And, should this run's delete steps be done already (a
                 // suspended run resumed), the next run's refused pass finds
@@ -100,10 +100,7 @@ impl Job {
                     change: MappingChange::Refuse {
                         error: format!(
                             "gone from the {} while its conflict waited for review: removed by the delete step",
-                            match gone {
-                                Gone::Source => "source",
-                                Gone::Target => "target",
-                            }
+                            side.as_str()
                         ),
                     },
                 });
@@ -112,7 +109,7 @@ impl Job {
                     tenant_id: self.tenant.clone(),
                     entity_type: c.entity_type.clone(),
                     mapping_id: m.id,
-                    gone,
+                    gone: Gone::on(side),
                 });
             }
             if let (Some(source), Some(target)) = (source.records.first(), target.records.first()) {
