@@ -391,6 +391,33 @@ pub fn float_value(f: f64) -> Value {
     }
 }
 
+/// A float column's number as every reader here gives it: the shortest
+/// text that reads back as the same float, by Rust's rule where two such
+/// texts are equally near (`-1391674849710224.25` is `…224.3` here, and
+/// `-1.3916748497102242e+15` in PostgreSQL's output). Without it the same
+/// float read from PostgreSQL and from SQLite would be two values. A value
+/// that is not a finite number of that width is returned as it is.
+pub fn float_column_value(v: Value, bits: u8) -> Value {
+    let Value::Number(n) = &v else { return v };
+    let text = if bits == 32 {
+        n.as_str()
+            .parse::<f32>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| f.to_string())
+    } else {
+        n.as_str()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| f.to_string())
+    };
+    match text.as_deref().and_then(canonical_number) {
+        Some(text) => numeric_value(&text),
+        None => v,
+    }
+}
+
 /// Floats JSON has no number for, carried as text: a JSON `-0` is read
 /// back as `0` by many (PostgreSQL's `jsonb` among them).
 const SPECIALS: [&str; 4] = ["NaN", "Infinity", "-Infinity", "-0"];

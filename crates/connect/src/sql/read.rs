@@ -561,6 +561,8 @@ pub(super) fn pg_row(b: &TableBinding, row: &sqlx::postgres::PgRow) -> Result<Fi
     for (i, f) in pg_floats(b).enumerate() {
         if row.try_get::<Option<&str>, _>(i + 1)? == Some("-0") {
             doc.insert(f.column.clone(), Value::String("-0".into()));
+        } else if let (Some(v), Class::Float { bits, .. }) = (doc.get_mut(&f.column), &f.class) {
+            *v = value::float_column_value(v.take(), *bits);
         }
     }
     Ok(doc)
