@@ -439,9 +439,9 @@ async fn numbers_json_server_would_round_fail_their_record_and_are_never_sent() 
         return;
     };
     crm.exec(
-        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, doc jsonb, updated_at timestamptz NOT NULL);
-         INSERT INTO ledger VALUES ('fits', 12.50, '{\"x\": 1e21, \"y\": [12.50]}', '2026-01-01T00:00:00Z'),
-             ('big', 9007199254740993, NULL, now()), ('wide', 12345678901234567890.123456789, NULL, now())",
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, doc jsonb, ratio float8, updated_at timestamptz NOT NULL);
+         INSERT INTO ledger VALUES ('fits', 12.50, '{\"x\": 1e21, \"y\": [12.50]}', -1391674849710224.25, '2026-01-01T00:00:00Z'),
+             ('big', 9007199254740993, NULL, NULL, now()), ('wide', 12345678901234567890.123456789, NULL, NULL, now())",
     )
     .await;
     let Some(mut rest) = JsonServer::start(&json!({"ledger": []})).await else {
@@ -474,6 +474,7 @@ reconcile_every = "0s"
 [entities.fields]
 amount = "amount"
 doc = "doc"
+ratio = "ratio"
 
 [tenants.{TENANT}]
 "#,
@@ -517,8 +518,15 @@ doc = "doc"
         // The document json-server writes back as `1e+21` and `12.5` holds
         // the same numbers: nothing is written back to the CRM.
         assert_eq!(records[0]["doc"]["y"], json!([12.5]), "{records:?}");
-        let fits: (String, String) =
-            sqlx::query_as("SELECT doc::text, updated_at::text FROM ledger WHERE id = 'fits'")
+        // A double between two shortest texts: json-server prints the one,
+        // syncd the other; the same double on both sides, nothing refused.
+        assert_eq!(
+            records[0]["ratio"].to_string(),
+            "-1391674849710224.2",
+            "{records:?}"
+        );
+        let fits: (String, String, f64) =
+            sqlx::query_as("SELECT doc::text, updated_at::text, ratio FROM ledger WHERE id = 'fits'")
                 .fetch_one(crm.pg_pool().unwrap())
                 .await
                 .unwrap();
@@ -526,7 +534,8 @@ doc = "doc"
             fits,
             (
                 "{\"x\": 1000000000000000000000, \"y\": [12.50]}".into(),
-                "2026-01-01 00:00:00+00".into()
+                "2026-01-01 00:00:00+00".into(),
+                -1_391_674_849_710_224.3
             ),
             "run {run}"
         );
@@ -536,9 +545,17 @@ doc = "doc"
         .unwrap();
     let scope = EntityScope::new(TENANT, "ledger", "entry");
     let found = store
-        .lookup(&scope, Side::Source, &["big".into(), "wide".into()])
+        .lookup(
+            &scope,
+            Side::Source,
+            &["big".into(), "wide".into(), "fits".into()],
+        )
         .await
         .unwrap();
+    assert_eq!(
+        (found["fits"].status, found["fits"].last_error.as_deref()),
+        (MappingStatus::Mapped, None)
+    );
     for (id, n) in [
         ("big", "9007199254740993"),
         ("wide", "12345678901234567890.123456789"),

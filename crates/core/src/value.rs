@@ -418,6 +418,79 @@ pub fn float_column_value(v: Value, bits: u8) -> Value {
     }
 }
 
+/// `v` with each number (itself, or inside a document) that names a double
+/// lying exactly between two shortest texts given as syncd prints it: for
+/// `-1391674849710224.25`, JavaScript and PostgreSQL print `…224.2` and
+/// Rust `…224.3`; read from a system that keeps doubles, both are the one
+/// value. Every other number is left as it is (`9007199254740993` reads as
+/// the double `…992`, but no printer of doubles writes it, and changing it
+/// would round it).
+pub fn as_double_prints(v: Value) -> Value {
+    match v {
+        Value::Number(ref n) => match canonical_number(n.as_str()) {
+            Some(text) => match other_of_tie(&text) {
+                Some(ours) => numeric_value(&ours),
+                None => v,
+            },
+            None => v,
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(as_double_prints).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, as_double_prints(v))).collect()),
+        other => other,
+    }
+}
+
+/// Rust's shortest text of the double `text` names, when `text` is the
+/// other text of a tie: the double's exact value ends in a 5 one digit
+/// past both, which round it down and up.
+fn other_of_tie(text: &str) -> Option<String> {
+    let f = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
+    let ours = canonical_number(&f.to_string())?;
+    if ours == text {
+        return None;
+    }
+    // The exact value: a double has at most 1,074 digits after the point.
+    let (exact, exp) = significand(&canonical_number(&format!("{:.1100}", f.abs()))?);
+    let down = exact.strip_suffix('5').filter(|d| !d.is_empty())?;
+    let up = increment(down);
+    let carried = up.len() > down.len();
+    let candidates = [
+        trimmed(down.to_owned(), exp),
+        trimmed(up, exp + i32::from(carried)),
+    ];
+    let unsigned = |t: &str| significand(t.trim_start_matches('-'));
+    (candidates.contains(&unsigned(text)) && candidates.contains(&unsigned(&ours))).then_some(ours)
+}
+
+/// A non-negative number's digits without leading or trailing zeros, and
+/// where they start: `("12", -1)` for `0.0120`, `("12", 2)` for `12`.
+fn significand(text: &str) -> (String, i32) {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let all = format!("{int}{frac}");
+    let lead = all.len() - all.trim_start_matches('0').len();
+    let digits = all.trim_matches('0').to_owned();
+    (digits, int.len() as i32 - lead as i32)
+}
+
+fn trimmed(digits: String, exp: i32) -> (String, i32) {
+    (digits.trim_end_matches('0').to_owned(), exp)
+}
+
+/// Decimal digits plus one in the last place (`"199"` → `"200"`, `"99"` →
+/// `"100"`).
+fn increment(digits: &str) -> String {
+    let mut out: Vec<u8> = digits.bytes().collect();
+    for d in out.iter_mut().rev() {
+        if *d == b'9' {
+            *d = b'0';
+        } else {
+            *d += 1;
+            return String::from_utf8(out).expect("digits");
+        }
+    }
+    format!("1{}", String::from_utf8(out).expect("digits"))
+}
+
 /// Floats JSON has no number for, carried as text: a JSON `-0` is read
 /// back as `0` by many (PostgreSQL's `jsonb` among them).
 const SPECIALS: [&str; 4] = ["NaN", "Infinity", "-Infinity", "-0"];
@@ -993,6 +1066,27 @@ pub fn canonical(v: Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    /// The other text of a tie reads as syncd's; no other number changes.
+    #[test]
+    fn only_the_other_text_of_a_tie_is_read_as_syncds() {
+        let read = |v: serde_json::Value| super::as_double_prints(v);
+        // (serde_json keeps a number's text: arbitrary_precision.)
+        let tie: serde_json::Value = serde_json::from_str(r#"{"x": [-1391674849710224.2]}"#).unwrap();
+        assert_eq!(read(tie).to_string(), r#"{"x":[-1391674849710224.3]}"#);
+        for kept in [
+            "-1391674849710224.3",
+            "9007199254740993",
+            "0.1",
+            "0.10000000000000001",
+            "12.50",
+            "-0",
+            "1e400",
+        ] {
+            let v: serde_json::Value = serde_json::from_str(kept).unwrap();
+            assert_eq!(read(v.clone()), v, "{kept}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -91,11 +91,20 @@ impl HttpConnector {
     }
 
     /// An item as a record, each field converted to its kind; a value
-    /// that is not of its field's kind makes the item bad.
-    pub(super) fn record_of(b: &TableBinding, item: &Value, key: ListKey) -> Result<Record, BadRow> {
+    /// that is not of its field's kind makes the item bad. An API that
+    /// keeps numbers as doubles may print one of a double's two shortest
+    /// texts where syncd prints the other: its numbers are read as syncd
+    /// prints them (`value::as_double_prints`).
+    pub(super) fn record_of(&self, b: &TableBinding, item: &Value, key: ListKey) -> Result<Record, BadRow> {
+        let exact = self.inner.settings.exact_numbers;
         let mut fields = Fields::new();
         for f in &b.fields {
             let raw = item.get(&f.column).cloned().unwrap_or(Value::Null);
+            let raw = if exact {
+                raw
+            } else {
+                syncd_core::value::as_double_prints(raw)
+            };
             let v = syncd_core::value::read(f.kind, f.class, raw).map_err(|why| BadRow {
                 id: key.1.clone(),
                 reason: format!(
@@ -231,7 +240,7 @@ impl HttpConnector {
                     last = Some(key.clone());
                     advanced = true;
                 }
-                Self::take(b, item, key, &mut page);
+                self.take(b, item, key, &mut page);
                 taken += 1;
                 if taken == limit {
                     // The rest of this API page is read again next time,
@@ -305,11 +314,11 @@ impl HttpConnector {
 
     /// A listed item into `page`: a deletion when it is marked deleted,
     /// else a record, or a bad row saying why it is not one.
-    fn take(b: &TableBinding, item: &Value, key: ListKey, page: &mut ChangePage) {
+    fn take(&self, b: &TableBinding, item: &Value, key: ListKey, page: &mut ChangePage) {
         if b.marked_deleted(|c| item.get(c)) {
             page.deleted.push(key.1);
         } else {
-            match Self::record_of(b, item, key) {
+            match self.record_of(b, item, key) {
                 Ok(record) => page.records.push(record),
                 Err(bad) => page.bad.push(bad),
             }
@@ -358,7 +367,7 @@ impl HttpConnector {
                         continue;
                     }
                 };
-                Self::take(b, item, key, &mut page);
+                self.take(b, item, key, &mut page);
             }
             match following {
                 None => {
@@ -426,7 +435,7 @@ impl HttpConnector {
                     continue;
                 }
             };
-            match Self::record_of(b, &item, key) {
+            match self.record_of(b, &item, key) {
                 Ok(record) => found.records.push(record),
                 Err(bad) => found.bad.push(bad),
             }
