@@ -1490,3 +1490,141 @@ async fn a_sqlite_id_column_without_a_type_is_refused_before_anything_is_written
         s.drop().await;
     }
 }
+
+/// PostgreSQL column types whose input functions change a value without a
+/// word: a domain over `numeric(12,2)` (checked as its base type), `time(0)`
+/// (rounds the second), `name` (cuts at 63 bytes), `"char"` (keeps one
+/// byte), an `interval` limited to seconds and `money` (round). Each record
+/// a column would change fails alone naming the column; the one that fits
+/// is written.
+#[tokio::test]
+async fn postgres_types_that_change_values_quietly_fail_their_records() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric, tm time, label text, ch text, iv interval, \
+         cash numeric, updated_at timestamptz NOT NULL)",
+        Kind::Postgres,
+        "CREATE DOMAIN cents AS numeric(12,2); \
+         CREATE TABLE ledger (id text PRIMARY KEY, amount cents, tm time(0), label name, ch \"char\", \
+         iv interval second(0), cash money, updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger (id, amount, tm, label, ch, iv, cash, updated_at) VALUES \
+             ('fits', 1.23, '10:00:01', 'short', 'h', NULL, NULL, now()), \
+             ('amount', 1.2345, NULL, NULL, NULL, NULL, NULL, now()), \
+             ('tm', NULL, '10:00:00.7', NULL, NULL, NULL, NULL, now()), \
+             ('label', NULL, NULL, repeat('L', 70) || 'END', NULL, NULL, NULL, now()), \
+             ('ch', NULL, NULL, NULL, 'hello', NULL, NULL, now()), \
+             ('iv', NULL, NULL, NULL, NULL, '1.6 seconds', NULL, now()), \
+             ('cash', NULL, NULL, NULL, NULL, NULL, 7.7777, now())",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(
+        (
+            ran.counter("product", "created"),
+            ran.counter("product", "failed")
+        ),
+        (1, 6),
+        "{}",
+        ran.stdout
+    );
+    for (id, why) in [
+        (
+            "amount",
+            "1.2345 has 4 digits after the point; the column (numeric(12,2)) keeps 2",
+        ),
+        (
+            "tm",
+            "10:00:00.7 has 1 digits of a second; the column (time(0) without time zone) keeps 0",
+        ),
+        ("label", "73 bytes are more than the column (name) holds (63)"),
+        ("ch", "5 bytes are more than the column (\"char\") holds (1)"),
+        ("iv", "the column (interval second(0)) rounds an interval"),
+        ("cash", "a `money` column rounds"),
+    ] {
+        let m = s.mapping(id).await;
+        let error = m.last_error.as_deref().unwrap_or_default();
+        assert!(
+            m.status == MappingStatus::Failed && error.contains(why),
+            "{id}: {m:?}"
+        );
+    }
+    assert_eq!(
+        Setup::pg_text(&s.target, "amount, tm, label, ch").await,
+        ["(1.23,10:00:01,short,h)"]
+    );
+    s.drop().await;
+}
+
+/// A target column altered after the run bound it (`numeric(12,4)` to
+/// `numeric(12,2)`, which rounds what it is given): the run fails naming
+/// the column, and nothing of the page is recorded as synced; a resume,
+/// bound to the column as it is, fails the record that no longer fits and
+/// writes the one that does.
+#[tokio::test]
+async fn a_column_altered_under_a_run_records_nothing_of_the_page() {
+    let ddl =
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric(12,4), updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, ddl).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 1.2345, now()), ('b', 2.5, now())")
+        .await;
+    let toml = std::fs::read_to_string(s.dir.0.join("exact.toml")).unwrap();
+    let workflow = syncd_core::workflow::Workflow::parse("exact.toml", &toml).unwrap();
+    let store = std::sync::Arc::new(
+        Store::connect(
+            &StoreConfig::new(s.dir.sqlite_url("state.db")),
+            MappingCache::local(),
+        )
+        .await
+        .unwrap(),
+    );
+    let job = syncd_engine::run::executor::Job::prepare(
+        store.clone(),
+        workflow,
+        &syncd_core::plan::DependencyGraph::builtin_default(),
+        "t1".into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    // Bound; then altered before anything is written.
+    s.target
+        .exec("ALTER TABLE ledger ALTER amount TYPE numeric(12,2)")
+        .await;
+    let run = job.start("test").await.unwrap();
+    let run_id = run.id.to_string();
+    let error = match job.execute(run, &mut |_| {}).await {
+        Err(e) => e.to_string(),
+        Ok(done) => format!("{:?}: {:?}", done.state, done.error),
+    };
+    assert!(
+        error.contains("column `amount` changed under the run (bound as numeric(12,4), now numeric(12,2))"),
+        "{error}"
+    );
+    for id in ["a", "b"] {
+        let m = s.mapping(id).await;
+        assert_ne!(m.status, MappingStatus::Mapped, "{id}: {m:?}");
+    }
+    s.syncd(&["runs", "resume", &run_id, "--workflows", "."]);
+    let a = s.mapping("a").await;
+    assert!(
+        a.status == MappingStatus::Failed
+            && a.last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("1.2345 has 4 digits after the point"),
+        "{a:?}"
+    );
+    let b = s.mapping("b").await;
+    assert_eq!(b.status, MappingStatus::Mapped, "{b:?}");
+    s.drop().await;
+}

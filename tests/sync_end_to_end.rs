@@ -1014,6 +1014,18 @@ async fn a_record_deleted_while_its_conflict_waits_is_removed_after_the_review()
     let between = sync_once(store.clone(), &reconciling, 100).await.unwrap();
     assert_eq!(between.state, RunState::Succeeded);
     assert_eq!(target.dump("customers").await.len(), 1, "waits for the review");
+    // Counted in the delete step's table, as skipped.
+    let steps = store.load_steps(between.id).await.unwrap();
+    let delete = steps
+        .iter()
+        .find(|s| s.entity_type.as_str() == "account" && s.direction.as_str() == "delete")
+        .unwrap();
+    assert_eq!(
+        (delete.counters.skipped, delete.counters.deleted),
+        (1, 0),
+        "{:?}",
+        delete.counters
+    );
     let filter = syncd_store::ConflictFilter {
         tenant: Some("t1".into()),
         status: Some(syncd_core::conflict::ConflictStatus::Pending),

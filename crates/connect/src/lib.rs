@@ -60,6 +60,16 @@ pub enum ConnectorError {
         table: String,
         entity: String,
     },
+    #[error(
+        "system `{system}`, table `{table}`: {change}: what the page wrote may have been converted to the new \
+         type, so none of it is recorded as synced; resume the run to write the page again against the column as it is"
+    )]
+    ColumnChanged {
+        system: String,
+        table: String,
+        /// Which column, bound as what, is what now.
+        change: String,
+    },
     #[error("system `{system}`, table `{table}`: {source}")]
     Query {
         system: String,
@@ -233,6 +243,41 @@ impl Connector {
                 c.columns(def.name.as_str(), &named).map(Some)
             }
         }
+    }
+
+    /// That the columns of `b` a write gives values to still have the
+    /// types they were bound with. A column altered while a run writes
+    /// (`numeric(12,4)` to `numeric(12,2)`, `datetime(6)` to
+    /// `datetime(0)`) has the database convert each value the checks made
+    /// for the old type let through, without a word: the page that met it
+    /// must not be recorded as synced. An API's fields have no types.
+    pub async fn still_bound(&self, b: &TableBinding) -> Result<(), ConnectorError> {
+        let Connector::Sql(c) = self else {
+            return Ok(());
+        };
+        let now = c.columns(&b.table).await?.unwrap_or_default();
+        let written = b
+            .fields
+            .iter()
+            .map(|f| f.column.as_str())
+            .chain(b.key_column.as_deref())
+            .chain(b.deleted_column.as_deref());
+        for column in written {
+            let (Some(was), is) = (b.column_types.get(column), now.get(column)) else {
+                continue;
+            };
+            if is != Some(was) {
+                return Err(ConnectorError::ColumnChanged {
+                    system: b.system.clone(),
+                    table: b.table.clone(),
+                    change: format!(
+                        "column `{column}` changed under the run (bound as {was}, now {})",
+                        is.map_or("gone", String::as_str)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether creates into `b` can find earlier attempts by their key

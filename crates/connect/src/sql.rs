@@ -288,8 +288,14 @@ impl SqlConnector {
     pub async fn columns(&self, table: &str) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
         let rows: Vec<(String, String)> = match self {
             SqlConnector::Postgres { pool, .. } => sqlx::query_as(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                // A domain's column by the domain's base type (and a
+                // domain over a domain by the last): what its values are.
+                "WITH RECURSIVE c(name, t, m) AS ( \
+                   SELECT a.attname::text, a.atttypid, a.atttypmod FROM pg_attribute a \
+                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                   UNION ALL \
+                   SELECT c.name, d.typbasetype, d.typtypmod FROM c JOIN pg_type d ON d.oid = c.t AND d.typtype = 'd') \
+                 SELECT c.name, format_type(c.t, c.m) FROM c JOIN pg_type y ON y.oid = c.t AND y.typtype <> 'd'",
             )
             .bind(table_ident(table))
             .fetch_all(pool)
@@ -418,7 +424,7 @@ impl SqlConnector {
                 let native = value::write(f.kind, f.class, dialect, v)
                     .and_then(|native| match (self, b.column_types.get(&f.column)) {
                         (SqlConnector::Mysql { .. }, Some(t)) => mysql::holds(t, &native).map(|()| native),
-                        (SqlConnector::Postgres { .. }, Some(t)) => pg_holds_text(t, &native).map(|()| native),
+                        (SqlConnector::Postgres { .. }, Some(t)) => pg_holds(t, &native).map(|()| native),
                         _ => Ok(native),
                     })
                     .map_err(|why| {
@@ -447,14 +453,62 @@ impl SqlConnector {
     }
 }
 
-/// Whether a PostgreSQL `varchar(n)` or `char(n)` column of `column_type`
-/// (as `format_type` names it) holds text `v` as it is. PostgreSQL refuses
-/// longer text without naming the column, and cuts spaces past `n` off
-/// without a word; both are said here, with the field.
-fn pg_holds_text(column_type: &str, v: &Value) -> Result<(), String> {
+/// Whether a PostgreSQL column of `column_type` (as `format_type` names
+/// it, a domain by its base type) holds `v` as it is, where its input
+/// function would change it without a word or without naming the column:
+/// text longer than `varchar(n)`/`char(n)` (refused unnamed; spaces past
+/// `n` cut off), a `name` past 63 bytes and a `"char"` past one (cut off),
+/// more digits of a second than `time(p)` keeps (rounded); an `interval`
+/// limited by fields or digits (rounded, or parts dropped) and `money`
+/// (rounded to the locale's cents) are not written at all.
+fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
+    if v.is_null() {
+        return Ok(());
+    }
+    if column_type == "money" {
+        return Err(
+            "a `money` column rounds to its locale's currency digits, and reads back as formatted \
+                    text: syncd does not write one; use `numeric`"
+                .into(),
+        );
+    }
+    if column_type.starts_with("interval ") {
+        return Err(format!(
+            "the column ({column_type}) rounds an interval or drops parts of it, which syncd cannot check; \
+             use a plain `interval` column"
+        ));
+    }
     let Value::String(s) = v else {
         return Ok(());
     };
+    let bytes = match column_type {
+        "name" => Some(63),
+        "\"char\"" => Some(1),
+        _ => None,
+    };
+    if let Some(n) = bytes.filter(|n| s.len() > *n) {
+        return Err(format!(
+            "{} bytes are more than the column ({column_type}) holds ({n}); it would cut the rest off",
+            s.len()
+        ));
+    }
+    if let Some(p) = column_type
+        .strip_prefix("time(")
+        .and_then(|rest| rest.split_once(')'))
+        .and_then(|(p, _)| p.parse::<usize>().ok())
+    {
+        // `10:00:00.70+02`: the digits after the point, before any offset.
+        let digits = s
+            .split_once('.')
+            .map(|(_, f)| f.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .unwrap_or_default();
+        let digits = digits.trim_end_matches('0').len();
+        if digits > p {
+            return Err(format!(
+                "{s} has {digits} digits of a second; the column ({column_type}) keeps {p}"
+            ));
+        }
+    }
     let limit = ["character varying(", "character("]
         .iter()
         .find_map(|p| column_type.strip_prefix(p))

@@ -327,6 +327,7 @@ impl Job {
                     .await?
             }
         };
+        let candidates = page.len();
         let page: Vec<(IdMapping, Gone)> = page
             .into_iter()
             .filter(|(m, _)| {
@@ -338,6 +339,7 @@ impl Job {
                 !wait
             })
             .collect();
+        counters.skipped += (candidates - page.len()) as u64;
         let still_mapped: Vec<IdMapping> = page
             .iter()
             .filter(|(m, _)| m.status == MappingStatus::Mapped)

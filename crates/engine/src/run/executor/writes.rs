@@ -73,6 +73,7 @@ impl Job {
                 tried,
             });
         }
+        let creating = !news.is_empty();
         // A create into a table whose ids the system assigns is looked for
         // by its key first. In a SQL table every create is (one query a
         // page, through the idempotency column's index where it has one): a
@@ -283,6 +284,8 @@ impl Job {
             .into_iter()
             .filter(|(id, _)| source_written.contains(id))
             .collect();
+        let wrote_target = !target_updates.is_empty() || (creating && write == Side::Target);
+        let wrote_source = !updates_source.is_empty() || (creating && write == Side::Source);
         let refused_target = self.target.update(&tables.target, &target_updates, now).await?;
         let refused_source = self.source.update(&tables.source, &updates_source, now).await?;
         if !(refused_target.is_empty() && refused_source.is_empty()) {
@@ -375,6 +378,14 @@ impl Job {
             counters.conflicts = counters.conflicts.saturating_sub(unapplied);
         }
         commit.mappings.extend(confirms);
+        // Nothing of the page is recorded if a column it wrote changed
+        // type under it (the database then converted what it was given).
+        if wrote_target {
+            self.target.still_bound(&tables.target).await?;
+        }
+        if wrote_source {
+            self.source.still_bound(&tables.source).await?;
+        }
         Ok(commit)
     }
 
