@@ -1121,6 +1121,13 @@ async fn rows_without_a_time_are_read_on_every_run_and_do_not_stop_the_scan() {
         ];
         if kind == Kind::Postgres {
             rows.push("('i1', 'infinite', 'infinity')".into());
+            // A year syncd does not read as a time, which orders last.
+            rows.push("('y1', 'year 10000', '10000-01-01T00:00:00Z')".into());
+        }
+        // Text that is no time (a `DEFAULT 'now'` mistake), which orders
+        // after every time.
+        if kind == Kind::Sqlite {
+            rows.push("('w1', 'not a time', 'now')".into());
         }
         // A zero date, as MariaDB's default mode accepts it.
         if kind == Kind::Mariadb {
@@ -1197,7 +1204,10 @@ async fn rows_without_a_time_are_read_on_every_run_and_do_not_stop_the_scan() {
             "timed 3",
         ];
         if kind == Kind::Postgres {
-            expected.push("infinite");
+            expected.extend(["infinite", "year 10000"]);
+        }
+        if kind == Kind::Sqlite {
+            expected.push("not a time");
         }
         if kind == Kind::Mariadb {
             expected.extend(["zero date", "zero date 2"]);
@@ -1626,5 +1636,35 @@ async fn a_column_altered_under_a_run_records_nothing_of_the_page() {
     );
     let b = s.mapping("b").await;
     assert_eq!(b.status, MappingStatus::Mapped, "{b:?}");
+    s.drop().await;
+}
+
+/// Change times kept as Unix seconds get the lookback too: an edit stamped
+/// with the second the scan stopped at, on a row of smaller id (as a
+/// transaction committed late leaves it), is read by the next run.
+#[tokio::test]
+async fn an_edit_in_the_last_second_of_an_epoch_cursor_is_read() {
+    let ddl = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at INTEGER)";
+    let Some(s) = Setup::new(Kind::Sqlite, ddl, Kind::Sqlite, ddl).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', unixepoch() - 3600), ('c', 'c0', unixepoch())")
+        .await;
+    s.run(&[]);
+    s.source
+        .exec("UPDATE ledger SET name = 'a1', updated_at = (SELECT updated_at FROM ledger WHERE id = 'c') WHERE id = 'a'")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "updated"), 1, "{}", ran.stdout);
+    let mut names: Vec<String> = s
+        .target
+        .dump("ledger")
+        .await
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a1", "c0"]);
     s.drop().await;
 }

@@ -89,10 +89,13 @@ fn ident(name: &str) -> String {
 /// The rows of `b` that have a place in a scan by (`updated_at`, `id`),
 /// or (`untimed`) those that have none and are read by id on every run
 /// instead (`read_untimed`): NULL, and what no keyset can pass, which is
-/// PostgreSQL's `infinity` and `-infinity` in a time or date column, a
-/// MariaDB zero date (`0000-00-00`, which its default mode accepts and
-/// orders before every real time) and a SQLite BLOB. Each condition is
-/// the other's complement. `prefix` qualifies the column (`t.`).
+/// PostgreSQL's `infinity` and `-infinity` in a time or date column and a
+/// year past 9999 or before 1 (syncd reads neither as a time), a MariaDB
+/// zero date (`0000-00-00`, which its default mode accepts and orders
+/// before every real time), a SQLite BLOB, and text that does not start as
+/// a time does (`now`, in SQLite or a PostgreSQL text column: it orders
+/// after every time). Each condition is the other's complement. `prefix`
+/// qualifies the column (`t.`).
 fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: bool) -> String {
     let column_type = b
         .column_types
@@ -106,15 +109,26 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
     let (upd, beyond) = match dialect {
         Dialect::Postgres => {
             let upd = format!("{prefix}{}", ident(UPDATED_AT_COLUMN));
-            let infinite = column_type
+            let dated = column_type
                 .as_deref()
                 .is_some_and(|t| t.starts_with("timestamp") || t == "date");
-            let beyond = infinite.then(|| {
-                (
-                    format!("{upd} > '-infinity' AND {upd} < 'infinity'"),
-                    format!("{upd} IN ('infinity', '-infinity')"),
-                )
-            });
+            let texts = column_type
+                .as_deref()
+                .is_some_and(|t| t == "text" || t.starts_with("character"));
+            // Years past 9999 and before 1 (and the infinities) are beyond
+            // what syncd reads as a time: a cursor there would stay past
+            // every later row.
+            let beyond = if dated {
+                Some((
+                    format!("{upd} >= '0001-01-01' AND {upd} < '10000-01-01'"),
+                    format!("{upd} < '0001-01-01' OR {upd} >= '10000-01-01'"),
+                ))
+            } else if texts {
+                let time = format!("{upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}'");
+                Some((time.clone(), format!("NOT ({time})")))
+            } else {
+                None
+            };
             (upd, beyond)
         }
         Dialect::Mysql => {
@@ -126,10 +140,13 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
         // SQLite.
         _ => {
             let upd = format!("{prefix}{}", ident(UPDATED_AT_COLUMN));
-            let beyond = Some((
-                format!("typeof({upd}) <> 'blob'"),
-                format!("typeof({upd}) = 'blob'"),
-            ));
+            // A number, or text that starts as a time does (not a BLOB,
+            // nor text such as `now`, which orders after every time).
+            let time = format!(
+                "(typeof({upd}) IN ('integer', 'real') OR (typeof({upd}) = 'text' AND \
+                 {upd} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'))"
+            );
+            let beyond = Some((time.clone(), format!("NOT {time}")));
             (upd, beyond)
         }
     };

@@ -567,9 +567,16 @@ fn describe(v: &Value) -> String {
 /// `bound` when it is later: written as `at` is (a `T` or a space, as many
 /// digits of a second, cut rather than rounded, and the same offset or
 /// none), so that a column of text compares it as it does its own values.
-/// `None` when `at` is no later, or is not a time written that way (an
-/// epoch number, a version): then the caller keeps it.
+/// Unix seconds (as a change time is read from a number) stay a number.
+/// `None` when `at` is no later, or is not a time written either way (a
+/// number past year 9999 in seconds, milliseconds say, or a version): then
+/// the caller keeps it.
 pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
+    if let Some(seconds) = at.as_i64() {
+        let last_second = 253_402_300_799; // 9999-12-31T23:59:59Z
+        return (seconds > bound.timestamp() && seconds <= last_second)
+            .then(|| Value::from(bound.timestamp()));
+    }
     let (layout, instant) = TextTime::read(at.as_str()?)?;
     (instant > bound).then(|| Value::String(layout.write(bound, layout.digits)))
 }
@@ -1469,7 +1476,14 @@ mod tests {
         for not_a_time in ["12345", "v7", "2026-12-07", "2026-12-07T9:30:00Z"] {
             assert_eq!(back(not_a_time), None, "{not_a_time}");
         }
-        assert_eq!(no_later_than(&json!(1_800_000_000), bound), None);
+        // Unix seconds stay seconds; milliseconds (past year 9999 read as
+        // seconds) are kept, as a version would be.
+        assert_eq!(
+            no_later_than(&json!(1_800_000_000), bound),
+            Some(json!(bound.timestamp()))
+        );
+        assert_eq!(no_later_than(&json!(1_700_000_000), bound), None);
+        assert_eq!(no_later_than(&json!(1_800_000_000_000_i64), bound), None);
     }
 
     #[test]
