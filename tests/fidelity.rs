@@ -1668,3 +1668,60 @@ async fn an_edit_in_the_last_second_of_an_epoch_cursor_is_read() {
     assert_eq!(names, ["a1", "c0"]);
     s.drop().await;
 }
+
+/// Writes are stamped as the table stamps its own rows, so that an edit
+/// the application makes later orders after them: Unix seconds in a SQLite
+/// `INTEGER` column (text would order after every number), a SQLite text
+/// time with an offset of its own, and a PostgreSQL text column written
+/// with a space (a `T` orders after it).
+#[tokio::test]
+async fn writes_are_stamped_as_the_table_stamps_its_rows() {
+    let source = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)";
+    let cases = [
+        (
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at INTEGER DEFAULT (unixepoch()))",
+            "INSERT INTO ledger (id, name) VALUES ('own', 'own')",
+            "SELECT typeof(updated_at) || ':' || (updated_at > unixepoch() - 600) FROM ledger WHERE id <> 'own'",
+            "integer:1",
+        ),
+        (
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)",
+            "INSERT INTO ledger VALUES ('own', 'own', strftime('%Y-%m-%dT%H:%M:%S-05:00', 'now', '-5 hours'))",
+            "SELECT substr(updated_at, 11, 1) || substr(updated_at, -6) FROM ledger WHERE id <> 'own'",
+            "T-05:00",
+        ),
+        (
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at text)",
+            "INSERT INTO ledger VALUES ('own', 'own', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'))",
+            "SELECT substr(updated_at, 11, 1) || (updated_at > to_char(now() AT TIME ZONE 'UTC' - interval '10 minutes', \
+             'YYYY-MM-DD HH24:MI:SS'))::text FROM ledger WHERE id <> 'own'",
+            " true",
+        ),
+    ];
+    for (kind, ddl, own, stamps, expected) in cases {
+        let Some(s) = Setup::new(Kind::Sqlite, source, kind, ddl).await else {
+            continue;
+        };
+        s.target.exec(own).await;
+        s.source
+            .exec("INSERT INTO ledger VALUES ('a', 'a', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+            .await;
+        let ran = s.run(&[]);
+        assert_eq!(ran.counter("product", "created"), 1, "{kind:?}: {}", ran.stdout);
+        let got: Vec<String> = match kind {
+            Kind::Postgres => sqlx::query_scalar(stamps)
+                .fetch_all(s.target.pg_pool().unwrap())
+                .await
+                .unwrap(),
+            _ => sqlx::query_scalar(stamps)
+                .fetch_all(s.target.sqlite_pool().unwrap())
+                .await
+                .unwrap(),
+        };
+        assert_eq!(got, [expected], "{kind:?}");
+        s.drop().await;
+    }
+}

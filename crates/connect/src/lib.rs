@@ -490,10 +490,6 @@ impl Connector {
         }
     }
 
-    /// Writes `fields` to each existing record; answers the records the
-    /// system refused, with its reason: a value its column cannot hold, or
-    /// one the database refuses (a SQL batch it refuses is written again
-    /// one record at a time to find which). An outage is an error.
     /// A change time of `b`'s to stamp writes like, and whether the table
     /// holds both layouts (see [`TableBinding::stamp_like`]).
     pub async fn stamp_example(&self, b: &TableBinding) -> Result<(Option<String>, bool), ConnectorError> {
@@ -514,6 +510,10 @@ impl Connector {
         }
     }
 
+    /// Writes `fields` to each existing record; answers the records the
+    /// system refused, with its reason: a value its column cannot hold, or
+    /// one the database refuses (a SQL batch it refuses is written again
+    /// one record at a time to find which). An outage is an error.
     pub async fn update(
         &self,
         b: &TableBinding,
@@ -609,9 +609,11 @@ pub struct TableBinding {
     /// the table: every read, reconciliation, update and delete sees only
     /// the tenant's rows, and every create sets it.
     pub tenant: Option<(String, String)>,
-    /// A change time the table holds as text (SQLite), when one is written
-    /// with a space rather than a `T`: the writes are stamped the same
-    /// way, since text orders a space before a `T`.
+    /// A change time the table holds, that writes are stamped like, so
+    /// that they order among the table's own: text (SQLite, or a
+    /// PostgreSQL text column) with a space rather than a `T` (text orders
+    /// a space before a `T`), or an offset of its own; or Unix seconds
+    /// (digits only), which SQLite orders before any text.
     pub stamp_like: Option<String>,
     /// The table holds change times in both layouts (a space and a `T`),
     /// which its change scan then orders alike.

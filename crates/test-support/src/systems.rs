@@ -306,6 +306,13 @@ impl SystemDb {
         }
     }
 
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match self {
+            SystemDb::Sqlite { pool, .. } => Some(pool),
+            _ => None,
+        }
+    }
+
     pub fn pg_pool(&self) -> Option<&PgPool> {
         match self {
             SystemDb::Postgres { schema } => Some(&schema.pool),

@@ -537,39 +537,77 @@ fn not_updated(ids: &[&str], updated: impl Iterator<Item = String>) -> Vec<(Stri
 }
 
 impl SqlConnector {
-    /// The modification time a write sets, as this database takes it.
+    /// The modification time a write sets, as this database takes it, and
+    /// as the table writes its own (`TableBinding::stamp_like`).
     fn stamp(&self, b: &TableBinding, now: DateTime<Utc>) -> Value {
-        match self {
-            SqlConnector::Mysql { .. } => mysql::mysql_time(now),
-            _ => Value::String(
-                b.stamp_like
-                    .as_deref()
+        match (self, b.stamp_like.as_deref()) {
+            (SqlConnector::Mysql { .. }, _) => mysql::mysql_time(now),
+            (_, Some(seconds)) if seconds.parse::<i64>().is_ok() => Value::from(now.timestamp()),
+            (_, example) => Value::String(
+                example
                     .and_then(|example| value::time_like(example, now))
                     .unwrap_or_else(|| format_time(now)),
             ),
         }
     }
 
-    /// A change time of `b`'s that is text written with a space (SQLite;
-    /// see [`TableBinding::stamp_like`]), and whether the table also holds
-    /// times written with a `T`; `None` for other databases and tables
-    /// whose times hold none. One pass over the table.
+    /// A change time of `b`'s to stamp writes like (see
+    /// [`TableBinding::stamp_like`]): the latest written with a space, else
+    /// the latest text time, else the latest number when the table holds
+    /// no text time (a SQLite `INTEGER` column of `unixepoch()`, or an
+    /// empty one declared so); and whether the table holds times written
+    /// with a space and with a `T`. `None` where syncd's own layout is the
+    /// table's: a time column, or a table without times. One pass over the
+    /// table.
     pub async fn stamp_example(&self, b: &TableBinding) -> Result<(Option<String>, bool), ConnectorError> {
-        let SqlConnector::Sqlite { pool, .. } = self else {
-            return Ok((None, false));
-        };
         let upd = ident(UPDATED_AT_COLUMN);
-        let (spaced, t): (Option<String>, Option<i64>) = sqlx::query_as(&format!(
-            "SELECT max(CASE WHEN substr({upd}, 11, 1) = ' ' THEN {upd} END), \
-                    max(substr({upd}, 11, 1) = 'T') \
-             FROM {} WHERE typeof({upd}) = 'text'",
-            table_ident(&b.table)
-        ))
-        .fetch_one(pool)
-        .await
-        .map_err(self.query_error(&b.table))?;
-        let mixed = spaced.is_some() && t == Some(1);
-        Ok((spaced, mixed))
+        let time = "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ]*'";
+        let (spaced, t, text, number): (Option<String>, Option<bool>, Option<String>, Option<i64>) =
+            match self {
+                SqlConnector::Sqlite { pool, .. } => sqlx::query_as(&format!(
+                    "SELECT max(CASE WHEN substr({upd}, 11, 1) = ' ' THEN {upd} END), \
+                        max(substr({upd}, 11, 1) = 'T'), \
+                        max(CASE WHEN {upd} GLOB {time} THEN {upd} END), \
+                        max(CASE WHEN typeof({upd}) = 'integer' THEN {upd} END) \
+                 FROM {} WHERE typeof({upd}) IN ('text', 'integer')",
+                    table_ident(&b.table)
+                ))
+                .fetch_one(pool)
+                .await
+                .map_err(self.query_error(&b.table))?,
+                SqlConnector::Postgres { pool, .. }
+                    if b.column_types
+                        .get(UPDATED_AT_COLUMN)
+                        .is_some_and(|t| t == "text" || t.starts_with("character")) =>
+                {
+                    let (spaced, text): (Option<String>, Option<String>) = sqlx::query_as(&format!(
+                        "SELECT max({upd}) FILTER (WHERE {upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} '), \
+                            max({upd}) FILTER (WHERE {upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ]') \
+                     FROM {}",
+                        table_ident(&b.table)
+                    ))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(self.query_error(&b.table))?;
+                    // (A PostgreSQL table of both layouts is read as it orders.)
+                    (spaced, None, text, None)
+                }
+                _ => return Ok((None, false)),
+            };
+        let mixed = spaced.is_some() && t == Some(true);
+        let declared_seconds = matches!(self, SqlConnector::Sqlite { .. })
+            && b.column_types
+                .get(UPDATED_AT_COLUMN)
+                .is_some_and(|t| t.contains("INT"));
+        let seconds = number.map(|n| n.to_string());
+        let example = match declared_seconds {
+            // A column declared as integers keeps its numbers (the text an
+            // earlier version stamped there orders after them all), and
+            // an empty one is stamped with numbers.
+            true => seconds.or(spaced).or(text).or_else(|| Some("0".to_owned())),
+            false => spaced.or(text).or(seconds),
+        };
+        Ok((example, mixed))
     }
 
     /// Creates text-id `rows` some of which may exist already: those are
