@@ -39,6 +39,19 @@ impl Ran {
     fn writes(&self, entity: &str) -> u64 {
         self.counter(entity, "created") + self.counter(entity, "updated")
     }
+
+    /// Records created and updated by every sync step of `entity`, both
+    /// directions.
+    fn writes_both_ways(&self, entity: &str) -> u64 {
+        let mut lines = self.stdout.lines().skip_while(|l| !l.starts_with("stage"));
+        let header: Vec<&str> = lines.next().expect("a step table").split_whitespace().collect();
+        let at = |c: &str| header.iter().position(|h| *h == c).unwrap();
+        lines
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|r| r.get(1) == Some(&entity) && r.get(2) != Some(&"delete"))
+            .map(|r| r[at("created")].parse::<u64>().unwrap() + r[at("updated")].parse::<u64>().unwrap())
+            .sum()
+    }
 }
 
 /// A folder with a definition and the embedded state store, as an operator
@@ -1724,4 +1737,41 @@ async fn writes_are_stamped_as_the_table_stamps_its_rows() {
         assert_eq!(got, [expected], "{kind:?}");
         s.drop().await;
     }
+}
+
+/// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
+/// `10:30:00.500000` is one value: synced both ways, runs with no edits
+/// write nothing (they wrote both sides on every run).
+#[tokio::test]
+async fn a_time_of_day_reads_alike_from_postgresql_and_mariadb() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, at time, updated_at timestamptz NOT NULL)",
+        Kind::Mariadb,
+        "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, at TIME(6), updated_at DATETIME(6) NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let both = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+    std::fs::write(&path, both).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', '10:30:00', now()), ('b', '10:30:00.5', now()), ('c', NULL, now())")
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.counter("product", "created"), 3, "{}", first.stdout);
+    for run in 2..=3 {
+        let again = s.run(&[]);
+        assert_eq!(
+            again.writes_both_ways("product"),
+            0,
+            "run {run}: {}",
+            again.stdout
+        );
+    }
+    s.drop().await;
 }

@@ -213,9 +213,11 @@ impl SqlConnector {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // Floats as the shortest text that reads back as the same
             // float, whatever the server's default.
-            let mut options = PgConnectOptions::from_str(url)
-                .map_err(err)?
-                .options([syncd_core::sql::CUSTOM_PLANS, ("extra_float_digits", "1")]);
+            let mut options = PgConnectOptions::from_str(url).map_err(err)?.options([
+                syncd_core::sql::CUSTOM_PLANS,
+                ("extra_float_digits", "1"),
+                ("intervalstyle", "postgres"),
+            ]);
             if let Some(schema) = schema {
                 options = options.options([("search_path", ident(schema))]);
             }

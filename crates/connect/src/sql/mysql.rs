@@ -331,6 +331,18 @@ fn select_expr(b: &TableBinding, column: &str) -> String {
         Class::Timestamp { .. } => format!("DATE_FORMAT({c}, '%Y-%m-%d %H:%i:%s.%f')"),
         Class::Date => format!("DATE_FORMAT({c}, '%Y-%m-%d')"),
         Class::Bytes => format!("LOWER(HEX({c}))"),
+        // A TIME as PostgreSQL writes a time: `10:30:00.5`, not
+        // `10:30:00.500000` (the same time, read alike on both sides).
+        Class::Any
+            if b.column_types.get(column).is_some_and(|t| {
+                t.to_ascii_lowercase().starts_with("time") && !t.to_ascii_lowercase().starts_with("times")
+            }) =>
+        {
+            format!(
+                "CASE WHEN LOCATE('.', CAST({c} AS CHAR)) > 0 \
+                 THEN TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST({c} AS CHAR))) ELSE CAST({c} AS CHAR) END"
+            )
+        }
         Class::Any => format!("CAST({c} AS CHAR)"),
         _ => c,
     }
