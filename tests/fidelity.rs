@@ -1775,3 +1775,86 @@ async fn a_time_of_day_reads_alike_from_postgresql_and_mariadb() {
     }
     s.drop().await;
 }
+
+/// Runs the definition of `s` once through `store` (a process of its own,
+/// with its own in-process mapping cache).
+async fn run_through(s: &Setup, store: &std::sync::Arc<Store>) -> syncd_store::RunRow {
+    let toml = std::fs::read_to_string(s.dir.0.join("exact.toml")).unwrap();
+    let workflow = syncd_core::workflow::Workflow::parse("exact.toml", &toml).unwrap();
+    let job = syncd_engine::run::executor::Job::prepare(
+        store.clone(),
+        workflow,
+        &syncd_core::plan::DependencyGraph::builtin_default(),
+        "t1".into(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let run = job.start("test").await.unwrap();
+    job.execute(run, &mut |_| {}).await.unwrap()
+}
+
+/// Two processes on one state store, each with its mapping cache (a worker
+/// and an operator's `syncd run`, each with its in-process cache; or two
+/// with Redis under two prefixes, as after a lost update): a mapping the
+/// other changed is read as the store holds it. A worker that cached a
+/// record's create as failed skipped every later edit of it as "not
+/// settled yet", while each run said succeeded.
+#[tokio::test]
+async fn a_mapping_another_process_changed_is_read_as_the_store_holds_it() {
+    another_process_changed_a_mapping([MappingCache::local(), MappingCache::local()]).await;
+    let (Some(a), Some(b)) = (
+        support::RedisPrefix::create().await,
+        support::RedisPrefix::create().await,
+    ) else {
+        return;
+    };
+    let redis = |p: &support::RedisPrefix| MappingCache::redis(&support::redis_url(), &p.prefix).unwrap();
+    another_process_changed_a_mapping([redis(&a), redis(&b)]).await;
+}
+
+async fn another_process_changed_a_mapping([worker, operator]: [MappingCache; 2]) {
+    let ddl = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, status TEXT, updated_at TEXT)";
+    let Some(s) = Setup::new(Kind::Sqlite, ddl, Kind::Sqlite, ddl).await else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let definition = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"")
+        .replace(
+            "connector = \"sql\"\n",
+            "connector = \"sql\"\nlookback = \"0s\"\n",
+        );
+    std::fs::write(&path, definition).unwrap();
+    let process = |cache| async {
+        std::sync::Arc::new(
+            Store::connect(&StoreConfig::new(s.dir.sqlite_url("state.db")), cache)
+                .await
+                .unwrap(),
+        )
+    };
+    let (worker, operator) = (process(worker).await, process(operator).await);
+    s.target
+        .exec("CREATE TRIGGER not_yet BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'not yet'); END")
+        .await;
+    s.source
+        .exec("INSERT INTO ledger VALUES ('s1', 'one', 'open', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+        .await;
+    run_through(&s, &worker).await;
+    assert_eq!(s.mapping("s1").await.status, MappingStatus::Failed);
+    s.target.exec("DROP TRIGGER not_yet").await;
+    run_through(&s, &operator).await;
+    assert_eq!(s.mapping("s1").await.status, MappingStatus::Mapped);
+    s.target
+        .exec("UPDATE ledger SET status = 'closed', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+        .await;
+    let done = run_through(&s, &worker).await;
+    assert_eq!(done.state, syncd_core::run::RunState::Succeeded);
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM ledger")
+        .fetch_all(s.source.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["closed"], "the target's edit reaches the source");
+    s.drop().await;
+}

@@ -174,6 +174,18 @@ fn push_escaped(key: &mut String, part: &str) {
 }
 
 impl MappingCache {
+    /// Empties the in-process cache (Redis is shared, and kept). A run
+    /// starts with it empty: between two runs of an integration, another
+    /// process (a `syncd run`, another worker) may have changed mappings
+    /// this process holds; during a run the run's lease keeps them to it.
+    pub fn forget_local(&self) {
+        if let Backend::Local(local) = &self.backend {
+            let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+            local.young.clear();
+            local.old.clear();
+        }
+    }
+
     /// No caching: every lookup goes to the database.
     pub fn disabled() -> MappingCache {
         MappingCache::with(Backend::Disabled, "syncd")

@@ -21,6 +21,46 @@ impl Store {
             .collect())
     }
 
+    /// Empties the in-process mapping cache (see
+    /// [`MappingCache::forget_local`]).
+    pub fn forget_local_cache(&self) {
+        self.cache.forget_local();
+    }
+
+    /// The mappings of `ids` as the database holds them now (one query),
+    /// which then refresh the cache: for what a decision rests on (a
+    /// page's records, a reviewer's decision). A cached entry can be older
+    /// than the database: another process (a worker with its own
+    /// in-process cache, a `syncd run`, one with another Redis prefix)
+    /// changed the mapping, an update was lost while Redis was away, or
+    /// the store was restored from a backup. Acting on it would skip a
+    /// record that is mapped, or settle a conflict on an old base.
+    pub async fn lookup_current(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+    ) -> Result<HashMap<String, IdMapping>, StoreError> {
+        let loaded: Vec<Arc<IdMapping>> =
+            on_backend!(self, b => b.fetch_mappings(scope, side, ids, true).await?)
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        if self.cache.is_enabled() {
+            self.cache.put_many(&loaded).await;
+        }
+        Ok(loaded
+            .into_iter()
+            .filter_map(|m| {
+                let id = match side {
+                    Side::Source => m.source_id.clone(),
+                    Side::Target => m.target_id.clone(),
+                }?;
+                Some((id, Arc::unwrap_or_clone(m)))
+            })
+            .collect())
+    }
+
     /// [`Store::lookup`], the mappings shared with the cache rather than
     /// copied out of it: for readers that only look (reference
     /// translation reads a parent's status and id, not its base).
@@ -374,7 +414,11 @@ impl Store {
         side: Side,
         id: &str,
     ) -> Result<Option<IdMapping>, StoreError> {
-        if let Some(m) = self.lookup(scope, side, &[id.to_owned()]).await?.remove(id) {
+        if let Some(m) = self
+            .lookup_current(scope, side, &[id.to_owned()])
+            .await?
+            .remove(id)
+        {
             return Ok(Some(m));
         }
         let rows = on_backend!(self, b => b.reservations(scope).await)?;

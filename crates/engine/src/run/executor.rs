@@ -384,6 +384,9 @@ impl Job {
         // A transient fault pauses the run: it goes on from its last
         // checkpoint, as after a crash, until `retry_for` is spent on one
         // spell of faults (an attempt that got further ends the spell).
+        // What this process cached of the ID map before this run, another
+        // may have changed since.
+        self.store.forget_local_cache();
         let mut run = run;
         let mut attempt: u32 = 0;
         let mut fault_since: Option<std::time::Instant> = None;

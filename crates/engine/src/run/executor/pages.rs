@@ -461,13 +461,13 @@ impl Job {
             async {
                 Ok::<_, RunError>(match all_ids.is_empty() {
                     true => HashMap::new(),
-                    false => self.store.lookup(&ctx.scope, read, &all_ids).await?,
+                    false => self.store.lookup_current(&ctx.scope, read, &all_ids).await?,
                 })
             },
             async {
                 Ok::<_, RunError>(match deleted_ids.is_empty() {
                     true => HashMap::new(),
-                    false => self.store.lookup(&ctx.scope, read, &deleted_ids).await?,
+                    false => self.store.lookup_current(&ctx.scope, read, &deleted_ids).await?,
                 })
             },
             self.reference_maps(tables, read, &read_fields),

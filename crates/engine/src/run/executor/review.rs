@@ -46,7 +46,7 @@ impl Job {
         let scope = self.scope(c.entity_type.as_str());
         let mapping = self
             .store
-            .lookup(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
+            .lookup_current(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
             .await?
             .remove(&c.source_record.id);
         let mut commit = PageCommit {
