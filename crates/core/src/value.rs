@@ -538,11 +538,17 @@ fn canonical_time(s: &str, zoned: bool) -> Option<String> {
     if fraction.iter().skip(6).any(|d| *d != b'0') {
         return None;
     }
+    // A leap second (`23:59:60`), which chrono reads and no database here
+    // keeps (PostgreSQL takes it for the next minute): not a time here.
+    let leap = |nanos: u32| nanos >= 1_000_000_000;
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         // A wall-clock time does not hold the offset: not one here.
-        return zoned.then(|| t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+        return (zoned && !leap(chrono::Timelike::nanosecond(&t)))
+            .then(|| t.with_timezone(&Utc).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
     }
-    let naive = NaiveDateTime::parse_from_str(&s.replacen(' ', "T", 1), "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    let naive = NaiveDateTime::parse_from_str(&s.replacen(' ', "T", 1), "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .filter(|t| !leap(chrono::Timelike::nanosecond(t)))?;
     Some(if zoned {
         naive.and_utc().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
     } else {
@@ -1308,6 +1314,17 @@ mod tests {
                 Class::postgres("timestamp(3) with time zone"),
                 json!("2024-01-05T10:30:00.123456Z"),
                 "keeps (3)",
+            ),
+            // A leap second: PostgreSQL would store the next minute.
+            (
+                Class::postgres("timestamp with time zone"),
+                json!("2016-12-31T23:59:60Z"),
+                "not a time",
+            ),
+            (
+                Class::postgres("timestamp without time zone"),
+                json!("2024-01-05 10:30:60"),
+                "not a",
             ),
             (
                 Class::postgres("timestamp without time zone"),
