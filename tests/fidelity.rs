@@ -1592,9 +1592,29 @@ async fn postgres_types_that_change_values_quietly_fail_their_records() {
 /// writes the one that does.
 #[tokio::test]
 async fn a_column_altered_under_a_run_records_nothing_of_the_page() {
+    let cases = [
+        (
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric(12,4), updated_at timestamptz NOT NULL)",
+            "ALTER TABLE ledger ALTER amount TYPE numeric(12,2)",
+            "(bound as numeric(12,4), now numeric(12,2))",
+        ),
+        (
+            Kind::Mariadb,
+            "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, amount DECIMAL(12,4), updated_at DATETIME(6) NOT NULL)",
+            "ALTER TABLE ledger MODIFY amount DECIMAL(12,2)",
+            "(bound as decimal(12,4), now decimal(12,2))",
+        ),
+    ];
+    for (kind, target_ddl, alter, change) in cases {
+        column_altered_under_a_run(kind, target_ddl, alter, change).await;
+    }
+}
+
+async fn column_altered_under_a_run(kind: Kind, target_ddl: &str, alter: &str, change: &str) {
     let ddl =
         "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric(12,4), updated_at timestamptz NOT NULL)";
-    let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, ddl).await else {
+    let Some(s) = Setup::new(Kind::Postgres, ddl, kind, target_ddl).await else {
         return;
     };
     s.source
@@ -1620,9 +1640,7 @@ async fn a_column_altered_under_a_run_records_nothing_of_the_page() {
     .await
     .unwrap();
     // Bound; then altered before anything is written.
-    s.target
-        .exec("ALTER TABLE ledger ALTER amount TYPE numeric(12,2)")
-        .await;
+    s.target.exec(alter).await;
     let run = job.start("test").await.unwrap();
     let run_id = run.id.to_string();
     let error = match job.execute(run, &mut |_| {}).await {
@@ -1630,8 +1648,8 @@ async fn a_column_altered_under_a_run_records_nothing_of_the_page() {
         Ok(done) => format!("{:?}: {:?}", done.state, done.error),
     };
     assert!(
-        error.contains("column `amount` changed under the run (bound as numeric(12,4), now numeric(12,2))"),
-        "{error}"
+        error.contains(&format!("column `amount` changed under the run {change}")),
+        "{kind:?}: {error}"
     );
     for id in ["a", "b"] {
         let m = s.mapping(id).await;
