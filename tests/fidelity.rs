@@ -1876,3 +1876,43 @@ async fn another_process_changed_a_mapping([worker, operator]: [MappingCache; 2]
     assert_eq!(statuses, ["closed"], "the target's edit reaches the source");
     s.drop().await;
 }
+
+/// A field synced from now on (a column added to the target that the
+/// source has) reaches the records synced before, not only those that
+/// change later: the next run reads every record again, once.
+#[tokio::test]
+async fn a_field_added_later_reaches_every_record_synced_before() {
+    let Some(s) = Setup::new(
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, email TEXT, updated_at TEXT)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('a', 'Ada', 'ada@x', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')), \
+             ('b', 'Bob', 'bob@x', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour'))",
+        )
+        .await;
+    assert_eq!(s.run(&[]).counter("product", "created"), 2);
+    s.target.exec("ALTER TABLE ledger ADD COLUMN email TEXT").await;
+    let widened = s.run(&[]);
+    assert_eq!(widened.counter("product", "updated"), 2, "{}", widened.stdout);
+    let mut emails: Vec<String> = s
+        .target
+        .dump("ledger")
+        .await
+        .iter()
+        .map(|r| r["email"].as_str().unwrap_or("(none)").to_owned())
+        .collect();
+    emails.sort();
+    assert_eq!(emails, ["ada@x", "bob@x"]);
+    // Once: the run after reads nothing again.
+    let after = s.run(&[]);
+    assert_eq!(after.counter("product", "read"), 0, "{}", after.stdout);
+    s.drop().await;
+}

@@ -213,10 +213,27 @@ impl Job {
             Phase::Scan => {
                 if state.scan.is_none() && state.scan_start.is_none() {
                     let saved = self.store.load_sync_cursor(&ctx.scope, ctx.read).await?;
+                    // A field synced since the cursor was saved (added to
+                    // the definition, or to a table) is in no record synced
+                    // before: the scan starts over once, so that every
+                    // record gets it, not only those that change later.
+                    let fields = synced_fields(ctx);
+                    let widened = saved
+                        .as_ref()
+                        .and_then(|c| c.get(CURSOR_FIELDS))
+                        .is_some_and(|was| *was != fields);
+                    if widened {
+                        tracing::info!(
+                            entity = %ctx.step.entity_type,
+                            table = %read_binding.table,
+                            "the fields synced changed since the last run: every record is read again"
+                        );
+                    }
                     // A cursor saved on a row without a time (before such
                     // rows were read apart) would end every scan there:
                     // the scan starts over once instead.
                     state.scan = saved
+                        .filter(|_| !widened)
                         .and_then(|c| serde_json::from_value::<Cursor>(c).ok())
                         .filter(|c| !(c.updated_at.is_null() || c.updated_at == "infinity"));
                     state.scan_start = state.scan.clone();
@@ -264,10 +281,12 @@ impl Job {
                     if let Some(earlier) = syncd_core::value::no_later_than(&saved.updated_at, bound) {
                         saved.updated_at = earlier;
                     }
+                    let mut cursor = serde_json::to_value(&saved).expect("cursors serialize");
+                    cursor[CURSOR_FIELDS] = synced_fields(ctx);
                     sync_cursor = Some(SyncCursor {
                         scope: ctx.scope.clone(),
                         side: ctx.read,
-                        cursor: serde_json::to_value(&saved).expect("cursors serialize"),
+                        cursor,
                     });
                 }
                 scan_done = page.done;
@@ -548,4 +567,29 @@ impl Job {
             write_text_ids: self.binding(ctx.tables, ctx.write()).id_kind == IdKind::Text,
         }
     }
+}
+
+/// Where a saved sync cursor keeps the fields synced when it was saved.
+const CURSOR_FIELDS: &str = "fields";
+
+/// The fields a step syncs, as `field=read column>write column` in field
+/// order: what a saved cursor is compared with.
+fn synced_fields(ctx: &StepCtx<'_>) -> serde_json::Value {
+    let (read, write) = match ctx.read {
+        syncd_core::record::Side::Source => (&ctx.tables.source, &ctx.tables.target),
+        syncd_core::record::Side::Target => (&ctx.tables.target, &ctx.tables.source),
+    };
+    let column = |b: &syncd_connect::TableBinding, cdm: &str| {
+        b.fields
+            .iter()
+            .find(|f| f.cdm == cdm)
+            .map(|f| f.column.clone())
+            .unwrap_or_default()
+    };
+    serde_json::Value::from(
+        read.fields
+            .iter()
+            .map(|f| format!("{}={}>{}", f.cdm, f.column, column(write, &f.cdm)))
+            .collect::<Vec<_>>(),
+    )
 }
