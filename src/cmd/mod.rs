@@ -271,7 +271,7 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
     if deletes.iter().any(|s| s.counters != Default::default()) {
         let _ = writeln!(
             out,
-            "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>6}",
+            "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>6} {:>7}",
             "stage",
             "entity",
             "deletes",
@@ -281,13 +281,14 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
             "archived",
             "stale",
             "recreated",
-            "failed"
+            "failed",
+            "skipped"
         );
         for s in deletes {
             let c = &s.counters;
             let _ = writeln!(
                 out,
-                "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>6}",
+                "{:<5} {:<12} {:<9} {:<8} {:>7} {:>7} {:>8} {:>7} {:>9} {:>6} {:>7}",
                 s.stage,
                 s.entity_type.as_str(),
                 "",
@@ -297,7 +298,8 @@ pub fn steps_table(steps: &[StepCheckpoint]) -> String {
                 c.archived,
                 c.stale,
                 c.recreated,
-                c.failed
+                c.failed,
+                c.skipped
             );
         }
     }

@@ -92,9 +92,9 @@ fn ident(name: &str) -> String {
 /// PostgreSQL's `infinity` and `-infinity` in a time or date column and a
 /// year past 9999 or before 1 (syncd reads neither as a time), a MariaDB
 /// zero date (`0000-00-00`, which its default mode accepts and orders
-/// before every real time), a SQLite BLOB, and text that does not start as
-/// a time does (`now`, in SQLite or a PostgreSQL text column: it orders
-/// after every time). Each condition is the other's complement. `prefix`
+/// before every real time), a SQLite BLOB or real, and text that does not
+/// start as a time does, `YYYY-MM-DD HH:MM:SS` (`now` or a bare date, in
+/// SQLite or a PostgreSQL text column: it orders after every time). Each condition is the other's complement. `prefix`
 /// qualifies the column (`t.`).
 fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: bool) -> String {
     let column_type = b
@@ -124,7 +124,9 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
                     format!("{upd} < '0001-01-01' OR {upd} >= '10000-01-01'"),
                 ))
             } else if texts {
-                let time = format!("{upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}'");
+                let time = format!(
+                    "{upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}'"
+                );
                 Some((time.clone(), format!("NOT ({time})")))
             } else {
                 None
@@ -140,11 +142,12 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
         // SQLite.
         _ => {
             let upd = format!("{prefix}{}", ident(UPDATED_AT_COLUMN));
-            // A number, or text that starts as a time does (not a BLOB,
-            // nor text such as `now`, which orders after every time).
+            // Unix seconds, or text that starts as a time does (not a
+            // BLOB, a real, a bare date, nor text such as `now`, which
+            // orders after every time).
             let time = format!(
-                "(typeof({upd}) IN ('integer', 'real') OR (typeof({upd}) = 'text' AND \
-                 {upd} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'))"
+                "(typeof({upd}) = 'integer' OR (typeof({upd}) = 'text' AND \
+                 {upd} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*'))"
             );
             let beyond = Some((time.clone(), format!("NOT {time}")));
             (upd, beyond)
@@ -491,14 +494,21 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
                 .into(),
         );
     }
-    if column_type.starts_with("interval ") {
+    if column_type.starts_with("interval") && column_type != "interval" {
         return Err(format!(
             "the column ({column_type}) rounds an interval or drops parts of it, which syncd cannot check; \
              use a plain `interval` column"
         ));
     }
-    let Value::String(s) = v else {
-        return Ok(());
+    let text;
+    let s = match v {
+        Value::String(s) => s,
+        // A number goes in by its text (`42` into a `"char"` is `'4'`).
+        Value::Number(n) => {
+            text = n.to_string();
+            &text
+        }
+        _ => return Ok(()),
     };
     let bytes = match column_type {
         "name" => Some(63),
@@ -511,11 +521,15 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
             s.len()
         ));
     }
-    if let Some(p) = column_type
-        .strip_prefix("time(")
-        .and_then(|rest| rest.split_once(')'))
-        .and_then(|(p, _)| p.parse::<usize>().ok())
-    {
+    // A time or an interval keeps microseconds, or its `p` digits.
+    let kept = match column_type {
+        "time without time zone" | "time with time zone" | "interval" => Some(6),
+        _ => column_type
+            .strip_prefix("time(")
+            .and_then(|rest| rest.split_once(')'))
+            .and_then(|(p, _)| p.parse::<usize>().ok()),
+    };
+    if let Some(p) = kept {
         // `10:00:00.70+02`: the digits after the point, before any offset.
         let digits = s
             .split_once('.')
@@ -543,3 +557,52 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+#[cfg(test)]
+mod tests {
+    use super::pg_holds;
+    use serde_json::json;
+
+    /// What PostgreSQL's input functions would change without a word is
+    /// refused with the column's type; what they keep passes.
+    #[test]
+    fn pg_holds_refuses_what_a_column_would_change_quietly() {
+        let refused = [
+            ("interval(3)", json!("1 day 02:03:04.1234"), "rounds an interval"),
+            ("interval second(0)", json!("00:00:01"), "rounds an interval"),
+            ("money", json!(7.5), "money"),
+            ("\"char\"", json!(42), "2 bytes"),
+            ("\"char\"", json!("hé"), "3 bytes"),
+            ("name", json!("x".repeat(64)), "64 bytes"),
+            (
+                "time(0) with time zone",
+                json!("10:00:00.5+02"),
+                "1 digits of a second",
+            ),
+            ("time without time zone", json!("10:00:00.1234567"), "7 digits"),
+            ("interval", json!("00:00:01.1234567"), "7 digits"),
+            ("character(3)", json!("abcd"), "holds (3)"),
+            ("character varying(3)", json!(1234), "holds (3)"),
+        ];
+        for (column, v, why) in refused {
+            let got = pg_holds(column, &v);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{column} {v}: {got:?}"
+            );
+        }
+        let kept = [
+            ("interval", json!("1 day 02:03:04.123456")),
+            ("\"char\"", json!("h")),
+            ("name", json!("x".repeat(63))),
+            ("time(3) without time zone", json!("10:00:00.120")),
+            ("time without time zone", json!("10:00:00")),
+            ("character varying(3)", json!("abc")),
+            ("money", json!(null)),
+            ("text", json!(12.5)),
+        ];
+        for (column, v) in kept {
+            assert_eq!(pg_holds(column, &v), Ok(()), "{column} {v}");
+        }
+    }
+}

@@ -229,13 +229,21 @@ impl Job {
                             "the fields synced changed since the last run: every record is read again"
                         );
                     }
-                    // A cursor saved on a row without a time (before such
-                    // rows were read apart) would end every scan there:
-                    // the scan starts over once instead.
+                    // A cursor an earlier version saved on a row without a
+                    // time it can read (NULL, `infinity`, `now`, a year
+                    // past 9999: such rows are read apart now), or as text
+                    // where the table's times are Unix seconds, would end
+                    // every scan there: the scan starts over once instead.
+                    let seconds = read_binding
+                        .stamp_like
+                        .as_deref()
+                        .is_some_and(|s| s.parse::<i64>().is_ok());
+                    let sql = reader.finds_keys_at_once();
                     state.scan = saved
                         .filter(|_| !widened)
                         .and_then(|c| serde_json::from_value::<Cursor>(c).ok())
-                        .filter(|c| !(c.updated_at.is_null() || c.updated_at == "infinity"));
+                        .filter(|c| !(c.updated_at.is_null() || c.updated_at == "infinity"))
+                        .filter(|c| !(sql && left_behind(&c.updated_at, seconds)));
                     state.scan_start = state.scan.clone();
                 }
                 // A row stamped before this read may still be hidden by a
@@ -592,4 +600,19 @@ fn synced_fields(ctx: &StepCtx<'_>) -> serde_json::Value {
             .map(|f| format!("{}={}>{}", f.cdm, f.column, column(write, &f.cdm)))
             .collect::<Vec<_>>(),
     )
+}
+
+/// Whether a SQL scan's saved `updated_at` is one the scan no longer
+/// reaches (see `sql::time_condition`): text that does not start as a date
+/// does (`now`, a year past 9999), or text where the table's times are
+/// Unix seconds (`seconds`), which orders after every number.
+fn left_behind(at: &serde_json::Value, seconds: bool) -> bool {
+    let Some(text) = at.as_str() else {
+        return false;
+    };
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let dated =
+        digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7) && b.get(7) == Some(&b'-') && digits(8..10);
+    seconds || !dated
 }

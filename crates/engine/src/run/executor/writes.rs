@@ -104,7 +104,7 @@ impl Job {
         } else {
             let found: Vec<String> = existing.values().cloned().collect();
             self.store
-                .lookup(&ctx.scope, write, &found)
+                .lookup_current(&ctx.scope, write, &found)
                 .await?
                 .into_iter()
                 .map(|(id, m)| {
