@@ -153,6 +153,44 @@ table = "ledger"
             .unwrap_or_else(|| panic!("a mapping for {id}"))
     }
 
+    /// The target's values of text `column`, sorted (`(none)` for NULL).
+    async fn target_texts(&self, column: &str) -> Vec<String> {
+        let mut texts: Vec<String> = self
+            .target
+            .dump("ledger")
+            .await
+            .iter()
+            .map(|r| r[column].as_str().unwrap_or("(none)").to_owned())
+            .collect();
+        texts.sort();
+        texts
+    }
+
+    /// A job of the definition through `store` (a process of its own, with
+    /// its own mapping cache), its tables bound.
+    async fn job(&self, store: &std::sync::Arc<Store>) -> syncd_engine::run::executor::Job {
+        let toml = std::fs::read_to_string(self.dir.0.join("exact.toml")).unwrap();
+        let workflow = syncd_core::workflow::Workflow::parse("exact.toml", &toml).unwrap();
+        syncd_engine::run::executor::Job::prepare(
+            store.clone(),
+            workflow,
+            &syncd_core::plan::DependencyGraph::builtin_default(),
+            "t1".into(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The embedded state store, as a process of its own opens it.
+    async fn store(&self, cache: MappingCache) -> std::sync::Arc<Store> {
+        std::sync::Arc::new(
+            Store::connect(&StoreConfig::new(self.dir.sqlite_url("state.db")), cache)
+                .await
+                .unwrap(),
+        )
+    }
+
     /// `columns` of every row, as PostgreSQL's text of the row (exactly
     /// what it holds), in order. (Target ids are the target's own.)
     async fn pg_text(db: &SystemDb, columns: &str) -> Vec<String> {
@@ -1152,17 +1190,6 @@ async fn rows_without_a_time_are_read_on_every_run_and_do_not_stop_the_scan() {
                 rows.join(", ")
             ))
             .await;
-        let names = async || {
-            let mut names: Vec<String> = s
-                .target
-                .dump("ledger")
-                .await
-                .iter()
-                .map(|r| r["name"].as_str().unwrap().to_owned())
-                .collect();
-            names.sort();
-            names
-        };
         // Pages of 2: one ends on the second NULL row.
         let first = s.run_with(&["--page-size", "2"], &[]);
         assert_eq!(
@@ -1226,7 +1253,7 @@ async fn rows_without_a_time_are_read_on_every_run_and_do_not_stop_the_scan() {
             expected.extend(["zero date", "zero date 2"]);
         }
         expected.sort();
-        assert_eq!(names().await, expected, "{kind:?}");
+        assert_eq!(s.target_texts("name").await, expected, "{kind:?}");
 
         // Read again, unchanged: nothing written.
         let third = s.run_with(&["--page-size", "2"], &[]);
@@ -1620,25 +1647,7 @@ async fn column_altered_under_a_run(kind: Kind, target_ddl: &str, alter: &str, c
     s.source
         .exec("INSERT INTO ledger VALUES ('a', 1.2345, now()), ('b', 2.5, now())")
         .await;
-    let toml = std::fs::read_to_string(s.dir.0.join("exact.toml")).unwrap();
-    let workflow = syncd_core::workflow::Workflow::parse("exact.toml", &toml).unwrap();
-    let store = std::sync::Arc::new(
-        Store::connect(
-            &StoreConfig::new(s.dir.sqlite_url("state.db")),
-            MappingCache::local(),
-        )
-        .await
-        .unwrap(),
-    );
-    let job = syncd_engine::run::executor::Job::prepare(
-        store.clone(),
-        workflow,
-        &syncd_core::plan::DependencyGraph::builtin_default(),
-        "t1".into(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let job = s.job(&s.store(MappingCache::local()).await).await;
     // Bound; then altered before anything is written.
     s.target.exec(alter).await;
     let run = job.start("test").await.unwrap();
@@ -1688,15 +1697,7 @@ async fn an_edit_in_the_last_second_of_an_epoch_cursor_is_read() {
         .await;
     let ran = s.run(&[]);
     assert_eq!(ran.counter("product", "updated"), 1, "{}", ran.stdout);
-    let mut names: Vec<String> = s
-        .target
-        .dump("ledger")
-        .await
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["a1", "c0"]);
+    assert_eq!(s.target_texts("name").await, ["a1", "c0"]);
     s.drop().await;
 }
 
@@ -1794,20 +1795,9 @@ async fn a_time_of_day_reads_alike_from_postgresql_and_mariadb() {
     s.drop().await;
 }
 
-/// Runs the definition of `s` once through `store` (a process of its own,
-/// with its own in-process mapping cache).
+/// Runs the definition of `s` once through `store`.
 async fn run_through(s: &Setup, store: &std::sync::Arc<Store>) -> syncd_store::RunRow {
-    let toml = std::fs::read_to_string(s.dir.0.join("exact.toml")).unwrap();
-    let workflow = syncd_core::workflow::Workflow::parse("exact.toml", &toml).unwrap();
-    let job = syncd_engine::run::executor::Job::prepare(
-        store.clone(),
-        workflow,
-        &syncd_core::plan::DependencyGraph::builtin_default(),
-        "t1".into(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let job = s.job(store).await;
     let run = job.start("test").await.unwrap();
     job.execute(run, &mut |_| {}).await.unwrap()
 }
@@ -1845,14 +1835,7 @@ async fn another_process_changed_a_mapping([worker, operator]: [MappingCache; 2]
             "connector = \"sql\"\nlookback = \"0s\"\n",
         );
     std::fs::write(&path, definition).unwrap();
-    let process = |cache| async {
-        std::sync::Arc::new(
-            Store::connect(&StoreConfig::new(s.dir.sqlite_url("state.db")), cache)
-                .await
-                .unwrap(),
-        )
-    };
-    let (worker, operator) = (process(worker).await, process(operator).await);
+    let (worker, operator) = (s.store(worker).await, s.store(operator).await);
     s.target
         .exec("CREATE TRIGGER not_yet BEFORE INSERT ON ledger BEGIN SELECT RAISE(ABORT, 'not yet'); END")
         .await;
@@ -1902,15 +1885,7 @@ async fn a_field_added_later_reaches_every_record_synced_before() {
     s.target.exec("ALTER TABLE ledger ADD COLUMN email TEXT").await;
     let widened = s.run(&[]);
     assert_eq!(widened.counter("product", "updated"), 2, "{}", widened.stdout);
-    let mut emails: Vec<String> = s
-        .target
-        .dump("ledger")
-        .await
-        .iter()
-        .map(|r| r["email"].as_str().unwrap_or("(none)").to_owned())
-        .collect();
-    emails.sort();
-    assert_eq!(emails, ["ada@x", "bob@x"]);
+    assert_eq!(s.target_texts("email").await, ["ada@x", "bob@x"]);
     // Once: the run after reads nothing again.
     let after = s.run(&[]);
     assert_eq!(after.counter("product", "read"), 0, "{}", after.stdout);
