@@ -92,9 +92,9 @@ fn ident(name: &str) -> String {
 /// PostgreSQL's `infinity` and `-infinity` in a time or date column and a
 /// year past 9999 or before 1 (syncd reads neither as a time), a MariaDB
 /// zero date (`0000-00-00`, which its default mode accepts and orders
-/// before every real time), a SQLite BLOB or real, and text that does not
-/// start as a time does, `YYYY-MM-DD HH:MM:SS` (`now` or a bare date, in
-/// SQLite or a PostgreSQL text column: it orders after every time). Each condition is the other's complement. `prefix`
+/// before every real time), a SQLite BLOB or real, and SQLite text that
+/// does not start as a time does, `YYYY-MM-DD HH:MM:SS` (`now`, which
+/// orders after every time, or a bare date). Each condition is the other's complement. `prefix`
 /// qualifies the column (`t.`).
 fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: bool) -> String {
     let column_type = b
@@ -112,9 +112,6 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
             let dated = column_type
                 .as_deref()
                 .is_some_and(|t| t.starts_with("timestamp") || t == "date");
-            let texts = column_type
-                .as_deref()
-                .is_some_and(|t| t == "text" || t.starts_with("character"));
             // Years past 9999 and before 1 (and the infinities) are beyond
             // what syncd reads as a time: a cursor there would stay past
             // every later row.
@@ -123,12 +120,11 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
                     format!("{upd} >= '0001-01-01' AND {upd} < '10000-01-01'"),
                     format!("{upd} < '0001-01-01' OR {upd} >= '10000-01-01'"),
                 ))
-            } else if texts {
-                let time = format!(
-                    "{upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}'"
-                );
-                Some((time.clone(), format!("NOT ({time})")))
             } else {
+                // (A text column is scanned whole: a condition on its
+                // text had the planner sort the table for every page. A
+                // cursor left on text that is no time starts the next
+                // scan over: `left_behind`, in the engine's pages.)
                 None
             };
             (upd, beyond)

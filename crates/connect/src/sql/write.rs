@@ -580,15 +580,19 @@ impl SqlConnector {
                         .get(UPDATED_AT_COLUMN)
                         .is_some_and(|t| t == "text" || t.starts_with("character")) =>
                 {
-                    let (spaced, text): (Option<String>, Option<String>) = sqlx::query_as(&format!(
-                        "SELECT max({upd}) FILTER (WHERE {upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}} '), \
-                            max({upd}) FILTER (WHERE {upd} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ]') \
-                     FROM {}",
+                    // The latest few in the column's order (its index), the
+                    // first of them that is a time: not a pass over the table.
+                    let latest: Vec<String> = sqlx::query_scalar(&format!(
+                        "SELECT {upd} FROM {} WHERE {upd} IS NOT NULL ORDER BY {upd} DESC LIMIT 32",
                         table_ident(&b.table)
                     ))
-                    .fetch_one(pool)
+                    .fetch_all(pool)
                     .await
                     .map_err(self.query_error(&b.table))?;
+                    let text = latest
+                        .into_iter()
+                        .find(|t| value::time_like(t, chrono::Utc::now()).is_some());
+                    let spaced = text.clone().filter(|t| t.get(10..11) == Some(" "));
                     // (A PostgreSQL table of both layouts is read as it orders.)
                     (spaced, None, text, None)
                 }
