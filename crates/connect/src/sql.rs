@@ -92,9 +92,8 @@ fn ident(name: &str) -> String {
 /// PostgreSQL's `infinity` and `-infinity` in a time or date column and a
 /// year past 9999 or before 1 (syncd reads neither as a time), a MariaDB
 /// zero date (`0000-00-00`, which its default mode accepts and orders
-/// before every real time), a SQLite BLOB or real, and SQLite text that
-/// does not start as a time does, `YYYY-MM-DD HH:MM:SS` (`now`, which
-/// orders after every time, or a bare date). Each condition is the other's complement. `prefix`
+/// before every real time), a SQLite BLOB, and SQLite text that does not
+/// start with a digit (`now`, which orders after every time). Each condition is the other's complement. `prefix`
 /// qualifies the column (`t.`).
 fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: bool) -> String {
     let column_type = b
@@ -138,14 +137,17 @@ fn time_condition(b: &TableBinding, dialect: Dialect, prefix: &str, untimed: boo
         // SQLite.
         _ => {
             let upd = format!("{prefix}{}", ident(UPDATED_AT_COLUMN));
-            // Unix seconds, or text that starts as a time does (not a
-            // BLOB, a real, a bare date, nor text such as `now`, which
-            // orders after every time).
-            let time = format!(
-                "(typeof({upd}) = 'integer' OR (typeof({upd}) = 'text' AND \
-                 {upd} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*'))"
-            );
-            let beyond = Some((time.clone(), format!("NOT {time}")));
+            // A number, or text that starts with a digit (not a BLOB, nor
+            // text such as `now`, which orders after every time). SQLite
+            // orders every number before any text and text before any
+            // BLOB, and compares text by its bytes: one range of the
+            // column's index, and a test of the type below it.
+            // (The second is the first's complement for a value that is
+            // not NULL, written as ranges the index serves.)
+            let beyond = Some((
+                format!("({upd} < ':' AND NOT ({upd} < '0' AND typeof({upd}) = 'text'))"),
+                format!("{upd} >= ':' OR ({upd} < '0' AND typeof({upd}) = 'text')"),
+            ));
             (upd, beyond)
         }
     };

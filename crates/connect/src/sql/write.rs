@@ -552,58 +552,73 @@ impl SqlConnector {
     }
 
     /// A change time of `b`'s to stamp writes like (see
-    /// [`TableBinding::stamp_like`]): the latest written with a space, else
-    /// the latest text time, else the latest number when the table holds
-    /// no text time (a SQLite `INTEGER` column of `unixepoch()`, or an
-    /// empty one declared so); and whether the table holds times written
-    /// with a space and with a `T`. `None` where syncd's own layout is the
-    /// table's: a time column, or a table without times. One pass over the
-    /// table.
+    /// [`TableBinding::stamp_like`]): in SQLite the latest written with a
+    /// space (one pass over the table), else a text time of a few of its
+    /// values, else a number of them (a SQLite `INTEGER` column of
+    /// `unixepoch()`, or an empty one declared so); in a PostgreSQL text
+    /// column a time of a few of its values; and whether the table holds
+    /// times written with a space and with a `T`.
+    /// `None` where syncd's own layout is the table's: a time column, or a
+    /// table without times.
     pub async fn stamp_example(&self, b: &TableBinding) -> Result<(Option<String>, bool), ConnectorError> {
         let upd = ident(UPDATED_AT_COLUMN);
-        let time = "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][T ]*'";
-        let (spaced, t, text, number): (Option<String>, Option<bool>, Option<String>, Option<i64>) =
-            match self {
-                SqlConnector::Sqlite { pool, .. } => sqlx::query_as(&format!(
+        // A few of the column's values (neither a pass over the table nor
+        // a sort of it), with their SQLite types.
+        let sample = |sql: String| async move {
+            let rows: Vec<(String, String)> = match self {
+                SqlConnector::Sqlite { pool, .. } => sqlx::query_as(&sql).fetch_all(pool).await,
+                SqlConnector::Postgres { pool, .. } => sqlx::query_as(&sql).fetch_all(pool).await,
+                SqlConnector::Mysql { .. } => Ok(Vec::new()),
+            }
+            .map_err(self.query_error(&b.table))?;
+            let text = rows
+                .iter()
+                .find(|(v, kind)| kind == "text" && value::time_like(v, chrono::Utc::now()).is_some())
+                .map(|(v, _)| v.clone());
+            let number = rows
+                .iter()
+                .find(|(_, kind)| kind == "integer")
+                .map(|(v, _)| v.clone());
+            Ok::<_, ConnectorError>((text, number))
+        };
+        let table = table_ident(&b.table);
+        let (spaced, t, text, number) = match self {
+            SqlConnector::Sqlite { pool, .. } => {
+                let (spaced, t): (Option<String>, Option<bool>) = sqlx::query_as(&format!(
                     "SELECT max(CASE WHEN substr({upd}, 11, 1) = ' ' THEN {upd} END), \
-                        max(substr({upd}, 11, 1) = 'T'), \
-                        max(CASE WHEN {upd} GLOB {time} THEN {upd} END), \
-                        max(CASE WHEN typeof({upd}) = 'integer' THEN {upd} END) \
-                 FROM {} WHERE typeof({upd}) IN ('text', 'integer')",
-                    table_ident(&b.table)
+                            max(substr({upd}, 11, 1) = 'T') \
+                     FROM {table} WHERE typeof({upd}) = 'text'"
                 ))
                 .fetch_one(pool)
                 .await
-                .map_err(self.query_error(&b.table))?,
-                SqlConnector::Postgres { pool, .. }
-                    if b.column_types
-                        .get(UPDATED_AT_COLUMN)
-                        .is_some_and(|t| t == "text" || t.starts_with("character")) =>
-                {
-                    // The latest few in the column's order (its index), the
-                    // first of them that is a time: not a pass over the table.
-                    let latest: Vec<String> = sqlx::query_scalar(&format!(
-                        "SELECT {upd} FROM {} WHERE {upd} IS NOT NULL ORDER BY {upd} DESC LIMIT 32",
-                        table_ident(&b.table)
-                    ))
-                    .fetch_all(pool)
-                    .await
-                    .map_err(self.query_error(&b.table))?;
-                    let text = latest
-                        .into_iter()
-                        .find(|t| value::time_like(t, chrono::Utc::now()).is_some());
-                    let spaced = text.clone().filter(|t| t.get(10..11) == Some(" "));
-                    // (A PostgreSQL table of both layouts is read as it orders.)
-                    (spaced, None, text, None)
-                }
-                _ => return Ok((None, false)),
-            };
+                .map_err(self.query_error(&b.table))?;
+                let (text, number) = sample(format!(
+                    "SELECT CAST({upd} AS TEXT), typeof({upd}) FROM {table} WHERE {upd} IS NOT NULL LIMIT 32"
+                ))
+                .await?;
+                (spaced, t, text, number)
+            }
+            SqlConnector::Postgres { .. }
+                if b.column_types
+                    .get(UPDATED_AT_COLUMN)
+                    .is_some_and(|t| t == "text" || t.starts_with("character")) =>
+            {
+                let (text, _) = sample(format!(
+                    "SELECT {upd}, 'text' FROM {table} WHERE {upd} IS NOT NULL LIMIT 32"
+                ))
+                .await?;
+                let spaced = text.clone().filter(|t| t.get(10..11) == Some(" "));
+                // (A PostgreSQL table of both layouts is read as it orders.)
+                (spaced, None, text, None)
+            }
+            _ => return Ok((None, false)),
+        };
         let mixed = spaced.is_some() && t == Some(true);
         let declared_seconds = matches!(self, SqlConnector::Sqlite { .. })
             && b.column_types
                 .get(UPDATED_AT_COLUMN)
                 .is_some_and(|t| t.contains("INT"));
-        let seconds = number.map(|n| n.to_string());
+        let seconds = number;
         let example = match declared_seconds {
             // A column declared as integers keeps its numbers (the text an
             // earlier version stamped there orders after them all), and
