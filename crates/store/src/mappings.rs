@@ -41,23 +41,11 @@ impl Store {
         side: Side,
         ids: &[String],
     ) -> Result<HashMap<String, IdMapping>, StoreError> {
-        let loaded: Vec<Arc<IdMapping>> =
-            on_backend!(self, b => b.fetch_mappings(scope, side, ids, true).await?)
-                .into_iter()
-                .map(Arc::new)
-                .collect();
-        if self.cache.is_enabled() {
-            self.cache.put_many(&loaded).await;
-        }
-        Ok(loaded
+        let mut found = HashMap::with_capacity(ids.len());
+        self.load_into(scope, side, ids, true, &mut found).await?;
+        Ok(found
             .into_iter()
-            .filter_map(|m| {
-                let id = match side {
-                    Side::Source => m.source_id.clone(),
-                    Side::Target => m.target_id.clone(),
-                }?;
-                Some((id, Arc::unwrap_or_clone(m)))
-            })
+            .map(|(id, m)| (id, Arc::unwrap_or_clone(m)))
             .collect())
     }
 
@@ -119,8 +107,23 @@ impl Store {
         if to_load.is_empty() {
             return Ok(found);
         }
+        self.load_into(scope, side, to_load, with_base, &mut found)
+            .await?;
+        Ok(found)
+    }
+
+    /// Reads the mappings of `ids` from the database into `found`, by
+    /// their id on `side`; those read with their base refresh the cache.
+    async fn load_into(
+        &self,
+        scope: &EntityScope,
+        side: Side,
+        ids: &[String],
+        with_base: bool,
+        found: &mut HashMap<String, Arc<IdMapping>>,
+    ) -> Result<(), StoreError> {
         let loaded: Vec<Arc<IdMapping>> =
-            on_backend!(self, b => b.fetch_mappings(scope, side, to_load, with_base).await?)
+            on_backend!(self, b => b.fetch_mappings(scope, side, ids, with_base).await?)
                 .into_iter()
                 .map(Arc::new)
                 .collect();
@@ -136,7 +139,7 @@ impl Store {
                 found.insert(id, m);
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Why the store cannot keep `fields` (a record's base snapshot, or
