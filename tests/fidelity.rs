@@ -1679,6 +1679,95 @@ async fn column_altered_under_a_run(kind: Kind, target_ddl: &str, alter: &str, c
     s.drop().await;
 }
 
+/// A reviewer's decision is held to the same rule as a page: written to a
+/// column whose type changed after the run bound it, it is not recorded
+/// as applied; the resume applies it again against the new type (which
+/// cannot hold it, so it goes back to the reviewer).
+#[tokio::test]
+async fn a_decision_written_to_a_column_altered_under_the_run_is_not_recorded() {
+    let ddl =
+        "CREATE TABLE ledger (id text PRIMARY KEY, amount numeric(12,4), updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, ddl).await else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path).unwrap().replace(
+        "direction = \"one_way\"",
+        "direction = \"bidirectional\"\nstrategy = \"manual\"",
+    );
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 1.0000, now() - interval '1 hour')")
+        .await;
+    s.run(&[]);
+    s.source
+        .exec("UPDATE ledger SET amount = 1.1111, updated_at = now()")
+        .await;
+    s.target
+        .exec("UPDATE ledger SET amount = 2.22, updated_at = now()")
+        .await;
+    let store = s.store(MappingCache::local()).await;
+    let job = s.job(&store).await;
+    let run = job.start("test").await.unwrap();
+    let run_id = run.id.to_string();
+    let parked = job.execute(run, &mut |_| {}).await.unwrap();
+    assert_eq!(parked.state, syncd_engine::run::RunState::Suspended, "{parked:?}");
+    let conflict = store
+        .list_conflicts(&syncd_store::ConflictFilter {
+            status: Some(syncd_core::conflict::ConflictStatus::Pending),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pop()
+        .expect("a parked conflict");
+    // Bound (by `job`) as numeric(12,4); altered before the decision is
+    // written.
+    s.target
+        .exec("ALTER TABLE ledger ALTER amount TYPE numeric(12,2)")
+        .await;
+    s.syncd(&[
+        "conflicts",
+        "resolve",
+        &conflict.id.to_string(),
+        "--take",
+        "source",
+        "--by",
+        "ann",
+    ]);
+    let run = job.start("test").await.unwrap();
+    let error = match job.execute(run, &mut |_| {}).await {
+        Err(e) => e.to_string(),
+        Ok(done) => format!("{:?}: {:?}", done.state, done.error),
+    };
+    assert!(
+        error.contains("column `amount` changed under the run (bound as numeric(12,4), now numeric(12,2))"),
+        "{error}"
+    );
+    // Not recorded: the mapping's base still holds the values before the
+    // conflict, and the decision waits to be applied.
+    let m = s.mapping("a").await;
+    assert!(
+        m.base
+            .as_ref()
+            .is_some_and(|b| !format!("{b:?}").contains("1.1111")),
+        "{m:?}"
+    );
+    let resumed = s.syncd(&["runs", "resume", &run_id, "--workflows", "."]);
+    assert!(resumed.contains("suspended"), "{resumed}");
+    let again = store
+        .list_conflicts(&syncd_store::ConflictFilter {
+            status: Some(syncd_core::conflict::ConflictStatus::Pending),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "parked again for the reviewer: {again:?}");
+    s.drop().await;
+}
+
 /// Change times kept as Unix seconds get the lookback too: an edit stamped
 /// with the second the scan stopped at, on a row of smaller id (as a
 /// transaction committed late leaves it), is read by the next run.

@@ -200,9 +200,20 @@ impl Job {
                             refused_resolution(&self.target, c.entity_type.as_str(), refused)?;
                             *wrote = true;
                         }
+                        let wrote_source = to_source.is_some();
                         if let Some(update) = to_source {
                             let refused = self.source.update(&tables.source, &[update], now).await?;
                             refused_resolution(&self.source, c.entity_type.as_str(), refused)?;
+                            *wrote = true;
+                        }
+                        // As after a page's writes: the decision is not
+                        // recorded if a column it wrote changed type under
+                        // it (the database converted what it was given).
+                        if !target_updates.is_empty() {
+                            self.target.still_bound(&tables.target).await?;
+                        }
+                        if wrote_source {
+                            self.source.still_bound(&tables.source).await?;
                         }
                         commit.mappings.push(confirm);
                     }
