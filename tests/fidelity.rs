@@ -1807,6 +1807,14 @@ async fn writes_are_stamped_as_the_table_stamps_its_rows() {
             "integer:1",
         ),
         (
+            // JavaScript's `Date.now()`: milliseconds.
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at INTEGER)",
+            "INSERT INTO ledger VALUES ('own', 'own', CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            "SELECT typeof(updated_at) || ':' || (updated_at > (unixepoch() - 600) * 1000) FROM ledger WHERE id <> 'own'",
+            "integer:1",
+        ),
+        (
             Kind::Sqlite,
             "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT)",
             "INSERT INTO ledger VALUES ('own', 'own', strftime('%Y-%m-%dT%H:%M:%S-05:00', 'now', '-5 hours'))",
@@ -1843,6 +1851,103 @@ async fn writes_are_stamped_as_the_table_stamps_its_rows() {
                 .unwrap(),
         };
         assert_eq!(got, [expected], "{kind:?}");
+        s.drop().await;
+    }
+}
+
+/// A table stamped in milliseconds (`Date.now()`) holds times, not years
+/// past 10000: `last_write_wins` took its side's edit over a later one of
+/// the other system, every time.
+#[tokio::test]
+async fn a_change_time_in_milliseconds_is_compared_as_the_time_it_is() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at INTEGER NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path).unwrap().replace(
+        "direction = \"one_way\"",
+        "direction = \"bidirectional\"\nstrategy = \"last_write_wins\"",
+    );
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', now() - interval '1 hour')")
+        .await;
+    s.target
+        .exec(
+            "INSERT INTO ledger VALUES ('own', 'own', CAST(unixepoch('subsec') * 1000 AS INTEGER) - 3600000)",
+        )
+        .await;
+    s.run(&[]);
+    // The ERP's edit ten minutes ago; the CRM's, later, now.
+    s.target
+        .exec("UPDATE ledger SET name = 'erp', updated_at = CAST(unixepoch('subsec') * 1000 AS INTEGER) - 600000 WHERE id <> 'own'")
+        .await;
+    s.source
+        .exec("UPDATE ledger SET name = 'crm', updated_at = now() WHERE id = 'a'")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "conflicts"), 1, "{}", ran.stdout);
+    assert_eq!(s.target_texts("name").await, ["crm", "own"], "{}", ran.stdout);
+    let crm: Vec<String> = sqlx::query_scalar("SELECT name FROM ledger ORDER BY id")
+        .fetch_all(s.source.pg_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(crm, ["crm", "own"]);
+    s.drop().await;
+}
+
+/// A day far off as a change time (`9999-12-31`, a sentinel for "never
+/// expires") held the scan's cursor there: every later edit was never read.
+/// A day is moved back like any time the cursor passes, to the day before
+/// the bound's (every row edited that day shares its stamp).
+#[tokio::test]
+async fn a_change_time_of_a_day_far_off_does_not_hold_the_scan() {
+    let ddl = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let Some(s) = Setup::new(kind, ddl, Kind::Sqlite, ddl).await else {
+            continue;
+        };
+        s.source
+            .exec(
+                "INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01'), \
+                 ('z', 'z0', '9999-12-31')",
+            )
+            .await;
+        let first = s.run(&[]);
+        assert_eq!(
+            first.counter("product", "created"),
+            3,
+            "{kind:?}: {}",
+            first.stdout
+        );
+        let now = chrono::Utc::now();
+        s.source
+            .exec(&format!(
+                "UPDATE ledger SET name = 'a1', updated_at = '{}' WHERE id = 'a'",
+                now.format("%Y-%m-%dT%H:%M:%SZ")
+            ))
+            .await;
+        s.source
+            .exec(&format!(
+                "UPDATE ledger SET name = 'b1', updated_at = '{}' WHERE id = 'b'",
+                now.format("%Y-%m-%d")
+            ))
+            .await;
+        let second = s.run(&[]);
+        assert_eq!(
+            second.counter("product", "updated"),
+            2,
+            "{kind:?}: {}",
+            second.stdout
+        );
+        assert_eq!(s.target_texts("name").await, ["a1", "b1", "z0"], "{kind:?}");
         s.drop().await;
     }
 }

@@ -691,7 +691,9 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 }
 
 /// Reads a modification time from a column value: RFC 3339 text, a
-/// `YYYY-MM-DD HH:MM:SS[.f]` text (taken as UTC), or Unix seconds.
+/// `YYYY-MM-DD HH:MM:SS[.f]` text (taken as UTC), a date alone (its
+/// midnight, UTC), or an integer of Unix seconds, milliseconds,
+/// microseconds or nanoseconds (`value::epoch_units`).
 pub fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
     match v {
         serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
@@ -702,8 +704,11 @@ pub fn parse_time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
                 chrono::NaiveDateTime::parse_from_str(s.trim_end_matches('Z'), "%Y-%m-%d %H:%M:%S%.f")
                     .ok()
                     .map(|n| n.and_utc())
+            })
+            .or_else(|| {
+                syncd_core::value::bare_date(s).map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
             }),
-        serde_json::Value::Number(n) => n.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)),
+        serde_json::Value::Number(n) => n.as_i64().and_then(syncd_core::value::epoch_time),
         _ => None,
     }
 }
@@ -773,6 +778,22 @@ mod tests {
             assert_eq!(parse_time(&v), Some(t), "{v}");
         }
         assert_eq!(parse_time(&json!(0)), Some(DateTime::UNIX_EPOCH));
+        // `Date.now()` and a finer clock's numbers are the same instant as
+        // Unix seconds, not a time past year 9999.
+        let second = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for n in [1_772_359_200_i64, 1_772_359_200_500, 1_772_359_200_500_000] {
+            let read = parse_time(&json!(n)).unwrap();
+            assert!(
+                read >= second && read < t + chrono::Duration::milliseconds(1),
+                "{n}: {read}"
+            );
+        }
+        assert_eq!(
+            parse_time(&json!("2026-03-01")),
+            Some(second - chrono::Duration::hours(10))
+        );
         assert_eq!(parse_time(&json!("yesterday")), None);
         assert_eq!(format_time(t), "2026-03-01T10:00:00.500000Z");
     }

@@ -573,18 +573,63 @@ fn describe(v: &Value) -> String {
 /// `bound` when it is later: written as `at` is (a `T` or a space, as many
 /// digits of a second, cut rather than rounded, and the same offset or
 /// none), so that a column of text compares it as it does its own values.
-/// Unix seconds (as a change time is read from a number) stay a number.
-/// `None` when `at` is no later, or is not a time written either way (a
-/// number past year 9999 in seconds, milliseconds say, or a version): then
-/// the caller keeps it.
+/// A number stays a number in its own unit ([`epoch_units`]). A bare date
+/// is moved back to the day before `bound`'s: every row edited on a day
+/// carries the same stamp, so a cursor on that day (and an id) would pass
+/// over a later edit of a row with a smaller id. `None` when `at` is no
+/// later, or is not a time written either way: then the caller keeps it.
 pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
-    if let Some(seconds) = at.as_i64() {
-        let last_second = 253_402_300_799; // 9999-12-31T23:59:59Z
-        return (seconds > bound.timestamp() && seconds <= last_second)
-            .then(|| Value::from(bound.timestamp()));
+    if let Some(n) = at.as_i64() {
+        let bound = epoch_of(bound, epoch_units(n));
+        return (n > bound).then(|| Value::from(bound));
     }
-    let (layout, instant) = TextTime::read(at.as_str()?)?;
+    let text = at.as_str()?;
+    if let Some(day) = bare_date(text) {
+        let before = bound.date_naive().pred_opt()?;
+        return (day > before).then(|| Value::String(before.format("%Y-%m-%d").to_string()));
+    }
+    let (layout, instant) = TextTime::read(text)?;
     (instant > bound).then(|| Value::String(layout.write(bound, layout.digits)))
+}
+
+/// `s` when it is a date alone, `YYYY-MM-DD`: a change time of a day.
+pub fn bare_date(s: &str) -> Option<NaiveDate> {
+    (s.len() == 10)
+        .then(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .flatten()
+}
+
+/// The last second of year 9999, in Unix seconds.
+const LAST_SECOND: i64 = 253_402_300_799;
+
+/// How many units a second an integer change time counts: Unix seconds,
+/// unless a number that large would be a second past year 9999; then
+/// milliseconds (JavaScript's `Date.now()`), microseconds or nanoseconds,
+/// the first that places it before year 10000.
+pub fn epoch_units(n: i64) -> i64 {
+    let mut units = 1;
+    while units < 1_000_000_000 && n.unsigned_abs() > (LAST_SECOND as u64 + 1) * units as u64 - 1 {
+        units *= 1000;
+    }
+    units
+}
+
+/// The instant an integer change time says, in its unit ([`epoch_units`]).
+pub fn epoch_time(n: i64) -> Option<DateTime<Utc>> {
+    let units = epoch_units(n);
+    let nanos = n.rem_euclid(units) * (1_000_000_000 / units);
+    DateTime::from_timestamp(n.div_euclid(units), nanos as u32)
+}
+
+/// `t` as an integer change time of `units` a second, cut (never rounded
+/// up) to the unit.
+pub fn epoch_of(t: DateTime<Utc>, units: i64) -> i64 {
+    match units {
+        1 => t.timestamp(),
+        1_000 => t.timestamp_millis(),
+        1_000_000 => t.timestamp_micros(),
+        _ => t.timestamp_nanos_opt().unwrap_or(i64::MAX),
+    }
 }
 
 /// `t` written as `example` writes its time (a `T` or a space, the same
@@ -1490,17 +1535,56 @@ mod tests {
         );
         assert_eq!(back("2026-12-07T09:25:05.150131Z"), None);
         assert_eq!(back("2026-12-07T09:25:05.150130Z"), None);
-        for not_a_time in ["12345", "v7", "2026-12-07", "2026-12-07T9:30:00Z"] {
+        for not_a_time in ["12345", "v7", "2026-12-7", "2026-12-07T9:30:00Z"] {
             assert_eq!(back(not_a_time), None, "{not_a_time}");
         }
-        // Unix seconds stay seconds; milliseconds (past year 9999 read as
-        // seconds) are kept, as a version would be.
+        // A day: back to the day before the bound's, so that the bound's
+        // whole day is read again.
+        assert_eq!(back("9999-12-31").as_deref(), Some("2026-12-06"));
+        assert_eq!(back("2026-12-07").as_deref(), Some("2026-12-06"));
+        assert_eq!(back("2026-12-06"), None);
+        // Numbers stay numbers in their own unit: seconds, milliseconds,
+        // microseconds, nanoseconds; a small one (a version) is no later.
         assert_eq!(
             no_later_than(&json!(1_800_000_000), bound),
             Some(json!(bound.timestamp()))
         );
         assert_eq!(no_later_than(&json!(1_700_000_000), bound), None);
-        assert_eq!(no_later_than(&json!(1_800_000_000_000_i64), bound), None);
+        assert_eq!(
+            no_later_than(&json!(1_800_000_000_000_i64), bound),
+            Some(json!(1_796_635_505_150_i64))
+        );
+        assert_eq!(
+            no_later_than(&json!(1_800_000_000_000_000_i64), bound),
+            Some(json!(1_796_635_505_150_131_i64))
+        );
+        assert_eq!(
+            no_later_than(&json!(1_800_000_000_000_000_000_i64), bound),
+            Some(json!(1_796_635_505_150_131_000_i64))
+        );
+        assert_eq!(no_later_than(&json!(1_700_000_000_000_i64), bound), None);
+        assert_eq!(no_later_than(&json!(7), bound), None);
+    }
+
+    #[test]
+    fn an_integer_change_time_is_read_in_the_unit_that_places_it_before_year_10000() {
+        let t = DateTime::parse_from_rfc3339("2026-12-07T09:25:05.150131Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for units in [1, 1_000, 1_000_000, 1_000_000_000] {
+            let n = epoch_of(t, units);
+            assert_eq!(epoch_units(n), units, "{n}");
+            let back = epoch_time(n).unwrap();
+            assert_eq!(epoch_of(back, units), n, "{n}");
+            assert!(t - back < chrono::Duration::seconds(1), "{n}: {back}");
+        }
+        assert_eq!(epoch_units(LAST_SECOND), 1);
+        assert_eq!(epoch_units(LAST_SECOND + 1), 1_000);
+        assert_eq!(epoch_time(LAST_SECOND + 1).unwrap().timestamp(), 253_402_300);
+        assert_eq!(epoch_units(-1), 1);
+        assert_eq!(epoch_time(-1500).unwrap().timestamp(), -1500);
+        assert_eq!(epoch_units(i64::MAX), 1_000_000_000);
+        assert!(epoch_time(i64::MIN).is_some());
     }
 
     #[test]

@@ -542,7 +542,10 @@ impl SqlConnector {
     fn stamp(&self, b: &TableBinding, now: DateTime<Utc>) -> Value {
         match (self, b.stamp_like.as_deref()) {
             (SqlConnector::Mysql { .. }, _) => mysql::mysql_time(now),
-            (_, Some(seconds)) if seconds.parse::<i64>().is_ok() => Value::from(now.timestamp()),
+            // A number in the unit the table's own numbers count.
+            (_, Some(number)) if let Ok(n) = number.parse::<i64>() => {
+                Value::from(value::epoch_of(now, value::epoch_units(n)))
+            }
             (_, example) => Value::String(
                 example
                     .and_then(|example| value::time_like(example, now))
