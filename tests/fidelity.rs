@@ -1952,6 +1952,48 @@ async fn a_change_time_of_a_day_far_off_does_not_hold_the_scan() {
     }
 }
 
+/// PostgreSQL pads an id in a `character(40)` column and reads it back
+/// padded: syncd recorded the 36 characters it wrote, found neither row
+/// again (edits skipped, both mappings unlinked as gone), and in both
+/// directions copied them back into the source as new records.
+#[tokio::test]
+async fn ids_a_padded_column_gives_back_are_recorded_as_it_reads_them() {
+    let source = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let target =
+        "CREATE TABLE ledger (id character(40) PRIMARY KEY, name text, updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, source, Kind::Postgres, target).await else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01T10:00:00Z')")
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.counter("product", "created"), 2, "{}", first.stdout);
+    assert_eq!(first.writes_both_ways("product"), 2, "{}", first.stdout);
+    s.source
+        .exec(&format!(
+            "UPDATE ledger SET name = 'a1', updated_at = '{}' WHERE id = 'a'",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ))
+        .await;
+    let second = s.run(&[]);
+    assert_eq!(second.counter("product", "updated"), 1, "{}", second.stdout);
+    assert_eq!(second.writes_both_ways("product"), 1, "{}", second.stdout);
+    assert_eq!(s.target_texts("name").await, ["a1", "b0"]);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(s.source.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "no copy back into the source");
+    assert_eq!(s.mapping("a").await.status, MappingStatus::Mapped);
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

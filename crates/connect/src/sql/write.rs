@@ -259,9 +259,28 @@ impl SqlConnector {
             return Ok(Vec::new());
         }
         let stamp = self.stamp(b, now);
-        for (row, r) in rows.iter_mut().zip(records) {
+        // PostgreSQL pads an id in a `character(n)` column with spaces and
+        // reads it back so: each id is given, and recorded, as it is read.
+        let width = match self {
+            SqlConnector::Postgres { .. } => b.column_types[ID_COLUMN]
+                .strip_prefix("character(")
+                .and_then(|n| n.strip_suffix(')'))
+                .and_then(|n| n.parse::<usize>().ok()),
+            _ => None,
+        };
+        let given: Vec<String> = records
+            .iter()
+            .map(|r| {
+                let id = r.id.clone().unwrap_or_default();
+                match width {
+                    Some(n) if id.chars().count() < n => format!("{id:<n$}"),
+                    _ => id,
+                }
+            })
+            .collect();
+        for ((row, r), id) in rows.iter_mut().zip(records).zip(&given) {
             row.insert(UPDATED_AT_COLUMN.into(), stamp.clone());
-            if let (Some(id), IdKind::Text) = (&r.id, b.id_kind) {
+            if let (Some(_), IdKind::Text) = (&r.id, b.id_kind) {
                 row.insert(ID_COLUMN.into(), Value::String(id.clone()));
             }
             if let Some(k) = &b.key_column {
@@ -354,16 +373,15 @@ impl SqlConnector {
             let copied = tokio::spawn(copy_in(pool.clone(), table_ident(&b.table), sql, data)).await;
             let copied =
                 copied.unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("the COPY task ended: {e}"))));
-            let ids = || records.iter().map(|r| r.id.clone().unwrap_or_default()).collect();
             match copied {
-                Ok(true) => return Ok(ids()),
+                Ok(true) => return Ok(given),
                 // Not a plain table (a view, rules, row security): inserted
                 // from JSON below, as before.
                 Ok(false) => {}
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                     tracing::debug!(table = %b.table, "COPY met an id already there; upserting the page");
                     run(insert(&upsert)).await.map_err(self.query_error(&b.table))?;
-                    return Ok(ids());
+                    return Ok(given);
                 }
                 Err(e) => return Err(self.query_error(&b.table)(e)),
             }
@@ -377,7 +395,7 @@ impl SqlConnector {
             }
             .map_err(self.query_error(&b.table))?;
         match b.id_kind {
-            IdKind::Text => Ok(records.iter().map(|r| r.id.clone().unwrap_or_default()).collect()),
+            IdKind::Text => Ok(given),
             IdKind::Assigned => {
                 let by_key: HashMap<String, String> = returned
                     .into_iter()
