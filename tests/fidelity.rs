@@ -1994,6 +1994,74 @@ async fn ids_a_padded_column_gives_back_are_recorded_as_it_reads_them() {
     s.drop().await;
 }
 
+/// Tenants sharing tables whose values differ only in case: a tenant
+/// column compared in its own collation (SQLite's `NOCASE`, a PostgreSQL
+/// nondeterministic collation) gave tenant `t1` the rows of `T1`, and
+/// wrote `T1`'s rows with `t1`'s edits.
+#[tokio::test]
+async fn a_tenant_column_that_folds_case_keeps_tenants_apart() {
+    let Some(s) = Setup::new(
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, tenant TEXT COLLATE NOCASE NOT NULL, name TEXT, \
+         updated_at TEXT NOT NULL)",
+        Kind::Postgres,
+        "CREATE COLLATION folded (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         CREATE TABLE ledger (id text PRIMARY KEY, tenant text COLLATE folded NOT NULL, name text, \
+         updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[[entities]]", "[[entities]]\ntenant_column = \"tenant\"")
+        .replace("[tenants.t1]", "[tenants.t1]\n[tenants.T1]");
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('a', 't1', 'mine', '2026-01-01T10:00:00Z'), \
+             ('b', 'T1', 'theirs', '2026-01-01T10:00:00Z')",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "read"), 1, "{}", ran.stdout);
+    let held: Vec<(String, String)> = sqlx::query_as("SELECT tenant, name FROM ledger")
+        .fetch_all(s.target.pg_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(held, [("t1".to_owned(), "mine".to_owned())]);
+    // The other tenant's row in the target, as its own run would leave
+    // it: `t1`'s runs neither read it nor write it.
+    s.target
+        .exec("INSERT INTO ledger VALUES ('x', 'T1', 'theirs', now() - interval '1 hour')")
+        .await;
+    s.source
+        .exec("UPDATE ledger SET name = 'mine2', updated_at = '2026-02-01T10:00:00Z' WHERE id = 'a'")
+        .await;
+    let again = s.run(&[]);
+    assert_eq!(again.counter("product", "updated"), 1, "{}", again.stdout);
+    let held: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant, name FROM ledger ORDER BY tenant COLLATE \"C\"")
+            .fetch_all(s.target.pg_pool().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        held,
+        [
+            ("T1".to_owned(), "theirs".to_owned()),
+            ("t1".to_owned(), "mine2".to_owned())
+        ]
+    );
+    let source: Vec<String> = sqlx::query_scalar("SELECT name FROM ledger ORDER BY id")
+        .fetch_all(s.source.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(source, ["mine2", "theirs"]);
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

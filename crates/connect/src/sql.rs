@@ -170,15 +170,25 @@ fn tenant_and(b: &TableBinding, prefix: &str, dialect: Dialect) -> String {
         return String::new();
     };
     let value = value.replace('\'', "''");
+    // Byte for byte: the column's collation (MySQL's `_ci`, a SQLite
+    // `NOCASE`, a PostgreSQL nondeterministic collation or `citext`) may
+    // fold case, accents or trailing spaces, and tenants differing so
+    // would see each other's rows. (PostgreSQL and SQLite keep the plain
+    // comparison beside it, which an index on the column serves.)
     match dialect {
-        // Byte for byte: the column's collation may fold case, accents or
-        // trailing spaces, and tenants differing so would see each other.
         Dialect::Mysql => format!(
             " AND {prefix}{} = BINARY '{}'",
             mysql::ident(column),
             value.replace('\\', "\\\\")
         ),
-        _ => format!(" AND {prefix}{} = '{value}'", ident(column)),
+        Dialect::Postgres => {
+            let c = format!("{prefix}{}", ident(column));
+            format!(" AND {c} = '{value}' AND {c}::text COLLATE \"C\" = '{value}'")
+        }
+        Dialect::Sqlite | Dialect::Json => {
+            let c = format!("{prefix}{}", ident(column));
+            format!(" AND {c} = '{value}' AND {c} = '{value}' COLLATE BINARY")
+        }
     }
 }
 

@@ -894,7 +894,11 @@ mod tests {
         );
         assert_eq!(
             tenant_and(&b, "", Dialect::Postgres),
-            r#" AND "tenant_id" = 'o''brien\'"#
+            r#" AND "tenant_id" = 'o''brien\' AND "tenant_id"::text COLLATE "C" = 'o''brien\'"#
+        );
+        assert_eq!(
+            tenant_and(&b, "t.", Dialect::Sqlite),
+            r#" AND t."tenant_id" = 'o''brien\' AND t."tenant_id" = 'o''brien\' COLLATE BINARY"#
         );
         let shared_by_none = TableBinding { tenant: None, ..b };
         assert_eq!(tenant_and(&shared_by_none, "", Dialect::Sqlite), "");
