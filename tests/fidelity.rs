@@ -2062,6 +2062,52 @@ async fn a_tenant_column_that_folds_case_keeps_tenants_apart() {
     s.drop().await;
 }
 
+/// A row that cannot be read, failed by the retry pass and met again by
+/// the scan (its change time inside the lookback), is one failure of the
+/// run: it was counted read twice and failed twice.
+#[tokio::test]
+async fn a_row_failed_by_the_retry_pass_is_not_failed_again_by_the_scan() {
+    let Some(s) = Setup::new(
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, ok TEXT, updated_at TEXT NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, ok boolean, updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(&format!(
+            "INSERT INTO ledger VALUES ('a', 'yes', '{0}'), ('b', 'true', '{0}')",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ))
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(
+        (
+            first.counter("product", "created"),
+            first.counter("product", "failed")
+        ),
+        (1, 1),
+        "{}",
+        first.stdout
+    );
+    let second = s.run(&[]);
+    assert_eq!(
+        (
+            second.counter("product", "read"),
+            second.counter("product", "failed"),
+            second.counter("product", "skipped"),
+            second.counter("product", "unchanged"),
+        ),
+        (3, 1, 1, 1),
+        "{}",
+        second.stdout
+    );
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

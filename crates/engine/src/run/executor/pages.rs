@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// The time `StepCtx::retried` keeps for a row the retry pass could not
+/// read (a value no field can hold): the scan skips it while it still
+/// cannot be read.
+const UNREADABLE: chrono::DateTime<Utc> = chrono::DateTime::<Utc>::MIN_UTC;
+
 impl Job {
     /// The pages of a step, each read, decided, written and committed in
     /// turn. In the change scan three pages overlap: while page N is
@@ -108,19 +113,21 @@ impl Job {
     /// Decides a page read by `read_page`, with counters of its own.
     pub(super) async fn decide(&self, ctx: &StepCtx<'_>, page: &mut ReadPage) -> Result<Decided, RunError> {
         let mut delta = StepCounters::default();
-        let (mut records, bad, deleted) = (
+        let (mut records, mut bad, deleted) = (
             std::mem::take(&mut page.records),
             std::mem::take(&mut page.bad),
             std::mem::take(&mut page.deleted),
         );
         // Read again by the scan, unchanged since the retry pass decided
-        // it: read, and skipped.
+        // it (or still unreadable, as the retry pass failed it): read, and
+        // skipped, not counted twice.
         if page.phase == Phase::Scan || page.phase == Phase::Untimed {
             let retried = ctx.retried.lock().expect("retried records");
             if !retried.is_empty() {
-                let before = records.len();
+                let before = records.len() + bad.len();
                 records.retain(|r| retried.get(&r.id) != Some(&r.modified_at));
-                let again = (before - records.len()) as u64;
+                bad.retain(|b| retried.get(&b.id) != Some(&UNREADABLE));
+                let again = (before - records.len() - bad.len()) as u64;
                 delta.read += again;
                 delta.skipped += again;
             }
@@ -199,10 +206,14 @@ impl Job {
                     .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                     .collect();
                 let found = reader.read_by_ids(read_binding, &ids).await?;
-                ctx.retried
-                    .lock()
-                    .expect("retried records")
-                    .extend(found.records.iter().map(|r| (r.id.clone(), r.modified_at)));
+                // A row that could not be read is kept as read at no time.
+                ctx.retried.lock().expect("retried records").extend(
+                    found
+                        .records
+                        .iter()
+                        .map(|r| (r.id.clone(), r.modified_at))
+                        .chain(found.bad.iter().map(|b| (b.id.clone(), UNREADABLE))),
+                );
                 (found.records, found.bad, Vec::new())
             }
             Phase::Untimed => {
