@@ -2108,6 +2108,56 @@ async fn a_row_failed_by_the_retry_pass_is_not_failed_again_by_the_scan() {
     s.drop().await;
 }
 
+/// Text that reads as a number only by dropping what it says: a string of
+/// bits (`00000101`, five, became one hundred and one) and text in a SQLite
+/// column declared without a type (`007`, ` 12 `, `1e3`) arrived in a
+/// number column changed, and every later run said unchanged.
+#[tokio::test]
+async fn bits_and_untyped_text_are_not_read_as_the_numbers_they_resemble() {
+    let cases = [
+        (
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, v bit(8), updated_at timestamptz NOT NULL)",
+            "INSERT INTO ledger VALUES ('a', B'00000101', now()), ('b', B'10000000', now()), ('c', NULL, now())",
+            "a string of bits",
+        ),
+        (
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, v, updated_at TEXT NOT NULL)",
+            "INSERT INTO ledger VALUES ('a', '007', '2026-01-01T10:00:00Z'), ('b', ' 12 ', '2026-01-01T10:00:00Z'), \
+             ('c', 12, '2026-01-01T10:00:00Z'), ('d', '1e3', '2026-01-01T10:00:00Z')",
+            "text a number would not give back",
+        ),
+    ];
+    for (kind, ddl, rows, why) in cases {
+        let Some(s) = Setup::new(
+            kind,
+            ddl,
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, v numeric, updated_at timestamptz NOT NULL)",
+        )
+        .await
+        else {
+            continue;
+        };
+        s.source.exec(rows).await;
+        let ran = s.run(&[]);
+        let failed = ran.counter("product", "failed");
+        assert_eq!(
+            (ran.counter("product", "created"), failed),
+            (1, ran.counter("product", "read") - 1),
+            "{kind:?}: {}",
+            ran.stdout
+        );
+        let m = s.mapping("a").await;
+        assert!(
+            m.status == MappingStatus::Failed && m.last_error.as_deref().unwrap_or_default().contains(why),
+            "{kind:?}: {m:?}"
+        );
+        s.drop().await;
+    }
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

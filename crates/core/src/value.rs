@@ -35,6 +35,9 @@ pub enum Class {
     /// Fixed-width text that drops trailing spaces when read back (MySQL's
     /// `CHAR(n)`): text ending in a space cannot be held exactly.
     PaddedText,
+    /// A string of bits (PostgreSQL's `bit(n)`, `bit varying`): text of
+    /// `0`s and `1`s, which reads as a decimal number but is none.
+    Bits,
     Boolean,
     /// A signed integer of `bits` bits.
     Integer {
@@ -154,6 +157,7 @@ impl Class {
             "text" | "character varying" | "varchar" | "character" | "char" | "name" | "citext" => {
                 Class::Text
             }
+            "bit" | "bit varying" | "varbit" => Class::Bits,
             "date" => Class::Date,
             "uuid" => Class::Uuid,
             "json" | "jsonb" => Class::Json,
@@ -267,7 +271,7 @@ impl Class {
     pub fn kind(self) -> Kind {
         match self {
             Class::Any => Kind::Any,
-            Class::Text | Class::PaddedText => Kind::Text,
+            Class::Text | Class::PaddedText | Class::Bits => Kind::Text,
             Class::Boolean => Kind::Boolean,
             Class::Integer { .. } | Class::Unsigned { .. } | Class::Decimal { .. } | Class::Numeric => {
                 Kind::Number
@@ -738,8 +742,15 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
             // Text that is a number only once something it says is
             // dropped (a leading zero, a sign, spaces, an exponent's form)
             // would not come back as it was.
+            Value::String(s) if native == Class::Bits => Err(format!(
+                "`{s}` is a string of bits, not a number, and the field is a number on the other side"
+            )),
+            // (Text from a column of any type too: SQLite keeps `'007'` as
+            // text in a column declared without one.)
             Value::String(s)
-                if native.kind() == Kind::Text && numeric_text(&v).is_some() && !keeps_its_number(s) =>
+                if matches!(native.kind(), Kind::Text | Kind::Any)
+                    && numeric_text(&v).is_some()
+                    && !keeps_its_number(s) =>
             {
                 Err(format!(
                     "`{s}` is text a number would not give back (a leading zero, a `+`, spaces or an exponent are \
@@ -823,7 +834,9 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             ),
             _ => Ok(v.clone()),
         },
-        Class::Any => Ok(v.clone()),
+        // (PostgreSQL refuses what is no string of bits, or of another
+        // length than a `bit(n)`'s.)
+        Class::Any | Class::Bits => Ok(v.clone()),
         // SQLite and MySQL take a document as its text; PostgreSQL takes
         // the document itself.
         // A document that is a bare number reads as a number literal to a
@@ -1643,10 +1656,24 @@ mod tests {
         for said in ["01234", "-007", "+7", " 42 ", "1e3"] {
             assert!(r(said).unwrap_err().contains("would not give back"), "{said}");
         }
-        // What an API or a number column gives is its own business.
+        // Text from an untyped column or an API field likewise (a zip
+        // code `01234` is no 1234); a number it gives as text is read.
+        for said in ["01234", " 42 ", "1e3"] {
+            let e = read(Kind::Number, Class::Any, json!(said)).unwrap_err();
+            assert!(e.contains("would not give back"), "{said}");
+        }
         assert_eq!(
-            read(Kind::Number, Class::Any, json!("01234")).unwrap(),
-            num("1234")
+            read(Kind::Number, Class::Any, json!("12.50")).unwrap(),
+            num("12.5")
+        );
+        // A string of bits is no number at all.
+        for bits in ["00000101", "10000000", "1"] {
+            let e = read(Kind::Number, Class::postgres("bit(8)"), json!(bits)).unwrap_err();
+            assert!(e.contains("a string of bits"), "{bits}");
+        }
+        assert_eq!(
+            read(Kind::Text, Class::postgres("bit varying(4)"), json!("0101")).unwrap(),
+            json!("0101")
         );
     }
 
