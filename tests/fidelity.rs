@@ -2158,6 +2158,91 @@ async fn bits_and_untyped_text_are_not_read_as_the_numbers_they_resemble() {
     }
 }
 
+/// PostgreSQL gives a `character(5)` value back padded (`ab   `): the first
+/// bidirectional run wrote the padding back over the source's `ab`, and
+/// MariaDB's `CHAR(5)` (which drops it) failed the record on every run.
+/// Such a column is read without its padding; text that ends in a space
+/// cannot be told from it, and fails its record.
+#[tokio::test]
+async fn a_fixed_width_postgresql_column_is_read_without_its_padding() {
+    let pg = "CREATE TABLE ledger (id text PRIMARY KEY, code character(5), updated_at timestamptz NOT NULL)";
+    let cases = [
+        (
+            Kind::Sqlite,
+            "CREATE TABLE ledger (id TEXT PRIMARY KEY, code TEXT, updated_at TEXT NOT NULL)",
+        ),
+        (
+            Kind::Mariadb,
+            "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, code CHAR(5), updated_at DATETIME(6) NOT NULL)",
+        ),
+    ];
+    for (kind, ddl) in cases {
+        let Some(s) = Setup::new(kind, ddl, Kind::Postgres, pg).await else {
+            continue;
+        };
+        let path = s.dir.0.join("exact.toml");
+        let toml = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+        std::fs::write(&path, toml).unwrap();
+        let stamp = "2026-01-01 10:00:00";
+        s.source
+            .exec(&format!(
+                "INSERT INTO ledger VALUES ('a', 'ab', '{stamp}'), ('b', 'abcde', '{stamp}')"
+            ))
+            .await;
+        let first = s.run(&[]);
+        assert_eq!(first.writes_both_ways("product"), 2, "{kind:?}: {}", first.stdout);
+        let second = s.run(&[]);
+        assert_eq!(
+            second.writes_both_ways("product"),
+            0,
+            "{kind:?}: {}",
+            second.stdout
+        );
+        assert_eq!(
+            second.counter("product", "failed"),
+            0,
+            "{kind:?}: {}",
+            second.stdout
+        );
+        // Edited on PostgreSQL's side: comes back without the padding.
+        s.target
+            .exec("UPDATE ledger SET code = 'xy', updated_at = now() WHERE code = 'ab'")
+            .await;
+        let third = s.run(&[]);
+        assert_eq!(third.writes_both_ways("product"), 1, "{kind:?}: {}", third.stdout);
+        let codes: Vec<Value> = s
+            .source
+            .dump("ledger")
+            .await
+            .iter()
+            .map(|r| r["code"].clone())
+            .collect();
+        assert_eq!(codes, ["xy", "abcde"], "{kind:?}");
+        s.drop().await;
+    }
+    // A space of its own at the end cannot be kept apart from the padding.
+    let ddl = "CREATE TABLE ledger (id TEXT PRIMARY KEY, code TEXT, updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, ddl, Kind::Postgres, pg).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'ab ', '2026-01-01T10:00:00Z')")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "failed"), 1, "{}", ran.stdout);
+    let m = s.mapping("a").await;
+    assert!(
+        m.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("ends with a space"),
+        "{m:?}"
+    );
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -154,9 +154,11 @@ impl Class {
                 negative_zero: true,
             },
             "boolean" | "bool" => Class::Boolean,
-            "text" | "character varying" | "varchar" | "character" | "char" | "name" | "citext" => {
-                Class::Text
-            }
+            // `character(n)` pads what it holds with spaces, and its
+            // spaces count for nothing: read without them, as MySQL's
+            // `CHAR(n)` is.
+            "character" | "char" => Class::PaddedText,
+            "text" | "character varying" | "varchar" | "name" | "citext" => Class::Text,
             "bit" | "bit varying" | "varbit" => Class::Bits,
             "date" => Class::Date,
             "uuid" => Class::Uuid,
@@ -720,6 +722,13 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
     if v.is_null() {
         return Ok(v);
     }
+    // The padding of a fixed-width column (PostgreSQL gives it back).
+    let v = match v {
+        Value::String(s) if native == Class::PaddedText && s.ends_with(' ') => {
+            Value::String(s.trim_end_matches(' ').to_owned())
+        }
+        other => other,
+    };
     // Only a float has a negative zero: elsewhere `-0` (a decimal written
     // `-0.00`) is zero.
     let float = kind == Kind::Float || matches!(native, Class::Float { .. } | Class::Any);
@@ -864,7 +873,7 @@ pub fn write(kind: Kind, native: Class, dialect: Dialect, v: &Value) -> Result<V
             }
             if native == Class::PaddedText && text.ends_with(' ') {
                 return Err(format!(
-                    "{} ends with a space, which a fixed-width CHAR column drops when it is read back",
+                    "{} ends with a space, which a fixed-width CHAR column does not keep apart from its padding",
                     describe(&Value::String(text))
                 ));
             }
