@@ -1705,7 +1705,17 @@ mod tests {
     fn mysql_columns_hold_what_they_give_back() {
         let my = |t: &str, v: Value| write(Class::mysql(t).kind(), Class::mysql(t), Dialect::Mysql, &v);
         assert_eq!(Class::mysql("char(10)"), Class::PaddedText);
-        assert!(my("char(10)", json!("abc ")).unwrap_err().contains("drops"));
+        assert_eq!(Class::postgres("character(10)"), Class::PaddedText);
+        assert_eq!(Class::postgres("character varying(10)"), Class::Text);
+        assert_eq!(
+            read(Kind::Text, Class::postgres("character(5)"), json!("ab   ")),
+            Ok(json!("ab"))
+        );
+        assert!(
+            my("char(10)", json!("abc "))
+                .unwrap_err()
+                .contains("ends with a space")
+        );
         assert_eq!(my("char(10)", json!("abc")).unwrap(), json!("abc"));
         assert_eq!(my("varchar(10)", json!("abc ")).unwrap(), json!("abc "));
         assert_eq!(Class::mysql("tinyint(1)"), Class::Boolean);
