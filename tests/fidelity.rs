@@ -2243,6 +2243,68 @@ async fn a_fixed_width_postgresql_column_is_read_without_its_padding() {
     s.drop().await;
 }
 
+/// A source id holding a NUL: with PostgreSQL as the state store the run
+/// failed with PostgreSQL's words and no record named, left rows written
+/// without mappings, and every later run failed as it began (the
+/// reservation replayed the id). The row fails alone, on either store.
+#[tokio::test]
+async fn an_id_holding_a_nul_fails_its_row_and_stops_nothing() {
+    let ddl = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    for postgres_store in [false, true] {
+        let Some(s) = Setup::new(
+            Kind::Sqlite,
+            ddl,
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+        )
+        .await
+        else {
+            return;
+        };
+        let store = if postgres_store {
+            let Some(schema) = support::PgSchema::create().await else {
+                return;
+            };
+            Some(schema)
+        } else {
+            None
+        };
+        let env: Vec<(&str, &str)> = store
+            .as_ref()
+            .map(|p| ("SYNCD_DATABASE_URL", p.url.as_str()))
+            .into_iter()
+            .collect();
+        s.source
+            .exec(
+                "INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), \
+                 (CAST(X'6E0031' AS TEXT), 'nul', '2026-01-01T10:00:01Z'), ('c', 'c0', '2026-01-01T10:00:02Z'), \
+                 ('d', 'd0', '2026-01-01T10:00:03Z')",
+            )
+            .await;
+        let first = s.run_with(&["--page-size", "2"], &env);
+        assert_eq!(
+            (
+                first.counter("product", "created"),
+                first.counter("product", "failed")
+            ),
+            (3, 1),
+            "store on PostgreSQL {postgres_store}: {}",
+            first.stdout
+        );
+        assert!(
+            first.stderr.contains("its id holds a NUL character"),
+            "{}",
+            first.stderr
+        );
+        assert_eq!(s.target_texts("name").await, ["a0", "c0", "d0"]);
+        s.run_with(&["--page-size", "2"], &env);
+        if let Some(store) = store {
+            store.drop().await;
+        }
+        s.drop().await;
+    }
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -122,6 +122,18 @@ impl Store {
         with_base: bool,
         found: &mut HashMap<String, Arc<IdMapping>>,
     ) -> Result<(), StoreError> {
+        // No mapping holds an id with a NUL (PostgreSQL cannot keep one, so
+        // no store takes one): not asked for, which PostgreSQL would refuse.
+        let storable: Vec<String>;
+        let ids = if ids.iter().any(|id| id.contains('\0')) {
+            storable = ids.iter().filter(|id| !id.contains('\0')).cloned().collect();
+            &storable[..]
+        } else {
+            ids
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
         let loaded: Vec<Arc<IdMapping>> =
             on_backend!(self, b => b.fetch_mappings(scope, side, ids, with_base).await?)
                 .into_iter()

@@ -330,8 +330,81 @@ pub(crate) fn step(row: &impl Cols) -> Result<StepCheckpoint, StoreError> {
         entity_type: row.text("entity_type")?.into(),
         direction: row.parsed("direction", T)?,
         state: row.parsed("state", T)?,
-        cursor: row.opt_json("cursor")?,
+        cursor: row.opt_json("cursor")?.map(nul_restored),
         counters: row.json("counters", T)?,
         error: row.opt_text("error")?,
     })
+}
+
+/// The key of the object a cursor's text holding a NUL is kept as: a
+/// PostgreSQL `jsonb` column holds no NUL, and a cursor must keep the id
+/// it stopped at exactly.
+const NUL_KEY: &str = "$syncd_text_with_nul";
+
+/// `v` with each string holding a NUL kept as `{NUL_KEY: [its parts]}`,
+/// which [`nul_restored`] reads back; `v` itself when it holds none.
+pub(crate) fn nul_safe(v: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    use serde_json::Value;
+    fn has_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(has_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    fn encode(v: &Value) -> Value {
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                serde_json::json!({ NUL_KEY: s.split('\0').collect::<Vec<_>>() })
+            }
+            Value::Array(a) => Value::Array(a.iter().map(encode).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.replace('\0', ""), encode(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    if has_nul(v) {
+        std::borrow::Cow::Owned(encode(v))
+    } else {
+        std::borrow::Cow::Borrowed(v)
+    }
+}
+
+/// A cursor as [`nul_safe`] kept it.
+pub(crate) fn nul_restored(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) if o.len() == 1 && o.get(NUL_KEY).is_some_and(Value::is_array) => {
+            let parts = o[NUL_KEY].as_array().expect("checked");
+            Value::String(
+                parts
+                    .iter()
+                    .map(|p| p.as_str().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\0"),
+            )
+        }
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, nul_restored(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(nul_restored).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod nul_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_cursor_holding_a_nul_comes_back_as_it_was() {
+        let cursor = json!({"scan": {"updated_at": "2026-01-01", "id": "n\0 1\0"}, "n": [1, "a\0"]});
+        let kept = nul_safe(&cursor).into_owned();
+        assert!(!kept.to_string().contains("\\u0000"), "{kept}");
+        assert_eq!(nul_restored(kept), cursor);
+        let plain = json!({"scan": {"id": "a"}});
+        assert!(matches!(nul_safe(&plain), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(nul_restored(plain.clone()), plain);
+    }
 }

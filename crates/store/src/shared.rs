@@ -33,7 +33,7 @@ macro_rules! shared_statements {
             .bind(side.as_str())
             .fetch_optional(&self.pool)
             .await?;
-            Ok(cursor.map(|c| c.0))
+            Ok(cursor.map(|c| crate::rows::nul_restored(c.0)))
         }
 
         /// Fails a page's commit unless `lease` is still held and its run
@@ -165,7 +165,7 @@ macro_rules! shared_statements {
             .bind(c.scope.integration_id.as_str())
             .bind(c.scope.entity_type.as_str())
             .bind(c.side.as_str())
-            .bind(Json(&c.cursor))
+            .bind(Json(crate::rows::nul_safe(&c.cursor)))
             .bind(now)
             .execute(&mut *conn)
             .await?;
@@ -196,7 +196,7 @@ macro_rules! shared_statements {
             .bind(cp.entity_type.as_str())
             .bind(cp.direction.as_str())
             .bind(cp.state.as_str())
-            .bind(cp.cursor.as_ref().map(Json))
+            .bind(cp.cursor.as_ref().map(|c| Json(crate::rows::nul_safe(c))))
             .bind(Json(&cp.counters))
             .bind(cp.error.as_deref())
             .bind(now)

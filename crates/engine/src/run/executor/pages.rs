@@ -118,6 +118,35 @@ impl Job {
             std::mem::take(&mut page.bad),
             std::mem::take(&mut page.deleted),
         );
+        // An id with a NUL cannot be kept in the ID map (PostgreSQL holds
+        // no NUL, and no store takes one): the row fails, unrecorded, its id
+        // escaped in the reason.
+        if records.iter().any(|r| r.id.contains('\0')) || bad.iter().any(|b| b.id.contains('\0')) {
+            let (nul, kept): (Vec<Record>, Vec<Record>) =
+                records.into_iter().partition(|r| r.id.contains('\0'));
+            records = kept;
+            let read_binding = self.binding(ctx.tables, ctx.read);
+            let unkeepable = |id: &str, reason: Option<String>| BadRow {
+                id: String::new(),
+                reason: format!(
+                    "system `{}`, table `{}`, row {id:?}: its id holds a NUL character, which the state store \
+                     cannot keep; the row cannot be synced{}",
+                    read_binding.system,
+                    read_binding.table,
+                    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                ),
+            };
+            let mut rows = Vec::with_capacity(bad.len() + nul.len());
+            for b in bad {
+                rows.push(if b.id.contains('\0') {
+                    unkeepable(&b.id, Some(b.reason))
+                } else {
+                    b
+                });
+            }
+            rows.extend(nul.iter().map(|r| unkeepable(&r.id, None)));
+            bad = rows;
+        }
         // Read again by the scan, unchanged since the retry pass decided
         // it (or still unreadable, as the retry pass failed it): read, and
         // skipped, not counted twice.
