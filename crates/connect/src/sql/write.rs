@@ -442,7 +442,7 @@ impl SqlConnector {
         let t = table_ident(&b.table);
         let id = ident(ID_COLUMN);
         match self {
-            SqlConnector::Mysql { pool, .. } => self.mysql_update(pool, b, &rows).await?,
+            SqlConnector::Mysql { pool, .. } => refused.extend(self.mysql_update(pool, b, &rows).await?),
             SqlConnector::Postgres { pool, .. } => {
                 let set = columns
                     .iter()
@@ -668,8 +668,15 @@ impl SqlConnector {
                 .and_then(id_text)
                 .is_some_and(|id| there.contains(&id))
         });
-        if !existing.is_empty() {
-            self.mysql_update(pool, b, &existing).await?;
+        if !existing.is_empty()
+            && let Some((id, why)) = self.mysql_update(pool, b, &existing).await?.into_iter().next()
+        {
+            // (A create into a table with a generated column fails on
+            // MySQL's own error before it gets here.)
+            return Err(ConnectorError::Config {
+                system: b.system.clone(),
+                reason: format!("table `{}`, row `{id}`: {why}", b.table),
+            });
         }
         if !new.is_empty() {
             self.mysql_insert(pool, b, &new)
