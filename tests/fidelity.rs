@@ -2366,6 +2366,69 @@ async fn a_write_a_generated_column_ignores_is_refused() {
     s.drop().await;
 }
 
+/// Bytes into a SQLite `BLOB` column arrive as bytes: a `bytea` was stored
+/// there as the text of its hex (`typeof` text), and bytes the application
+/// wrote into that column failed their record on every run.
+#[tokio::test]
+async fn bytes_cross_between_a_bytea_and_a_sqlite_blob_as_bytes() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, data bytea, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, data BLOB, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('a', '\\x0102ff', now() - interval '1 hour'), \
+             ('b', '\\x', now() - interval '1 hour'), ('c', NULL, now() - interval '1 hour')",
+        )
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.writes_both_ways("product"), 3, "{}", first.stdout);
+    let held = || async {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT typeof(data), iif(data IS NULL, NULL, hex(data)) FROM ledger ORDER BY 1, 2",
+        )
+        .fetch_all(s.target.sqlite_pool().unwrap())
+        .await
+        .unwrap();
+        rows
+    };
+    assert_eq!(
+        held().await,
+        [
+            ("blob".to_owned(), Some(String::new())),
+            ("blob".to_owned(), Some("0102FF".to_owned())),
+            ("null".to_owned(), None),
+        ]
+    );
+    let second = s.run(&[]);
+    assert_eq!(second.writes_both_ways("product"), 0, "{}", second.stdout);
+    s.target
+        .exec(&format!(
+            "UPDATE ledger SET data = X'00FF', updated_at = '{}' WHERE hex(data) = '0102FF'",
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        ))
+        .await;
+    let third = s.run(&[]);
+    assert_eq!(third.writes_both_ways("product"), 1, "{}", third.stdout);
+    let crm: Vec<Option<String>> = sqlx::query_scalar("SELECT encode(data, 'hex') FROM ledger ORDER BY id")
+        .fetch_all(s.source.pg_pool().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(crm, [Some("00ff".to_owned()), Some(String::new()), None]);
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -194,7 +194,9 @@ impl Class {
             Class::Json
         } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
             Class::Text
-        } else if t.contains("BLOB") || t.is_empty() {
+        } else if t.contains("BLOB") {
+            Class::Bytes
+        } else if t.is_empty() {
             Class::Any
         } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
             Class::Float {

@@ -411,6 +411,12 @@ impl SqlConnector {
             .filter(|f| f.class == Class::Json)
             .map(|f| f.column.as_str())
             .collect();
+        let bytes_columns: Vec<&str> = b
+            .fields
+            .iter()
+            .filter(|f| f.class == Class::Bytes)
+            .map(|f| f.column.as_str())
+            .collect();
         let mut doc = Fields::new();
         let mut unreadable: Option<String> = None;
         for (i, name) in names.iter().enumerate() {
@@ -454,6 +460,18 @@ impl SqlConnector {
                                 Ok(Value::String(text.to_owned()))
                             }
                         }),
+                    // Bytes in a `BLOB` column: as they cross the engine.
+                    "BLOB" if bytes_columns.contains(name) => row
+                        .try_get_unchecked::<&[u8], _>(i)
+                        .map(|bytes| {
+                            let mut text = String::with_capacity(2 + 2 * bytes.len());
+                            text.push_str("\\x");
+                            for byte in bytes {
+                                text.push_str(&format!("{byte:02x}"));
+                            }
+                            Value::String(text)
+                        })
+                        .map_err(|e| e.to_string()),
                     other => Err(format!("it holds a {other} value, which is not JSON")),
                 };
                 match read {
@@ -511,9 +529,20 @@ pub(super) fn hex_head(bytes: &[u8]) -> String {
 
 /// `value ->> ?2, value ->> ?3, ...` reading each column of a `json_each`
 /// row, with the JSON paths to bind (column names are bound, not spliced).
-pub(super) fn sqlite_json_select(columns: &[&str]) -> (String, Vec<String>) {
-    let select = (0..columns.len())
-        .map(|i| format!("value ->> ?{}", i + 2))
+pub(super) fn sqlite_json_select(b: &TableBinding, columns: &[&str]) -> (String, Vec<String>) {
+    // A `BLOB` column takes bytes as bytes, from their `\x` and hex.
+    let bytes = |c: &str| {
+        b.column_types
+            .get(c)
+            .is_some_and(|t| Class::sqlite(t) == Class::Bytes)
+    };
+    let select = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match bytes(c) {
+            true => format!("unhex(substr(value ->> ?{},3))", i + 2),
+            false => format!("value ->> ?{}", i + 2),
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let paths = columns

@@ -326,7 +326,7 @@ impl SqlConnector {
             }
         };
         // SQLite reads each column of a `json_each` row by a bound path.
-        let (sqlite_select, sqlite_paths) = sqlite_json_select(&columns);
+        let (sqlite_select, sqlite_paths) = sqlite_json_select(b, &columns);
         let insert = |on_conflict: &str| -> String {
             match self {
                 SqlConnector::Postgres { .. } => format!(
@@ -494,7 +494,7 @@ impl SqlConnector {
                     .join(", ");
                 let mut all = columns.clone();
                 all.push(ID_COLUMN);
-                let (select, paths) = sqlite_json_select(&all);
+                let (select, paths) = sqlite_json_select(b, &all);
                 let aliased: Vec<String> = select
                     .split(", ")
                     .zip(&all)
