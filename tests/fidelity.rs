@@ -2429,6 +2429,59 @@ async fn bytes_cross_between_a_bytea_and_a_sqlite_blob_as_bytes() {
     s.drop().await;
 }
 
+/// Change times kept as integers in PostgreSQL and MariaDB (Unix seconds,
+/// or `Date.now()`'s milliseconds): syncd stamps its writes in the
+/// table's unit, so that the application's later edits order after them.
+#[tokio::test]
+async fn integer_change_times_are_stamped_in_the_tables_unit_on_every_database() {
+    let source = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let cases = [
+        (
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at bigint NOT NULL)",
+            "INSERT INTO ledger VALUES ('own', 'own', (extract(epoch from now()) * 1000)::bigint)",
+            1_000,
+        ),
+        (
+            Kind::Postgres,
+            "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at integer NOT NULL)",
+            "INSERT INTO ledger VALUES ('own', 'own', extract(epoch from now())::integer)",
+            1,
+        ),
+        (
+            Kind::Mariadb,
+            "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, name TEXT, updated_at BIGINT NOT NULL)",
+            "INSERT INTO ledger VALUES ('own', 'own', CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED))",
+            1_000,
+        ),
+    ];
+    for (kind, ddl, own, units) in cases {
+        let Some(s) = Setup::new(Kind::Sqlite, source, kind, ddl).await else {
+            continue;
+        };
+        s.target.exec(own).await;
+        s.source
+            .exec("INSERT INTO ledger VALUES ('a', 'a', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+            .await;
+        let ran = s.run(&[]);
+        assert_eq!(ran.counter("product", "created"), 1, "{kind:?}: {}", ran.stdout);
+        let stamps: Vec<i64> = s
+            .target
+            .dump("ledger")
+            .await
+            .iter()
+            .filter(|r| r["name"] == "a")
+            .map(|r| r["updated_at"].as_i64().unwrap_or_else(|| panic!("{r}")))
+            .collect();
+        let now = chrono::Utc::now().timestamp() * units;
+        assert!(
+            stamps.len() == 1 && (now - 600 * units..=now + units).contains(&stamps[0]),
+            "{kind:?} {units}: {stamps:?} against {now}"
+        );
+        s.drop().await;
+    }
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

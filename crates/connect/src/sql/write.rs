@@ -559,11 +559,11 @@ impl SqlConnector {
     /// as the table writes its own (`TableBinding::stamp_like`).
     fn stamp(&self, b: &TableBinding, now: DateTime<Utc>) -> Value {
         match (self, b.stamp_like.as_deref()) {
-            (SqlConnector::Mysql { .. }, _) => mysql::mysql_time(now),
             // A number in the unit the table's own numbers count.
             (_, Some(number)) if let Ok(n) = number.parse::<i64>() => {
                 Value::from(value::epoch_of(now, value::epoch_units(n)))
             }
+            (SqlConnector::Mysql { .. }, _) => mysql::mysql_time(now),
             (_, example) => Value::String(
                 example
                     .and_then(|example| value::time_like(example, now))
@@ -589,20 +589,39 @@ impl SqlConnector {
             let rows: Vec<(String, String)> = match self {
                 SqlConnector::Sqlite { pool, .. } => sqlx::query_as(&sql).fetch_all(pool).await,
                 SqlConnector::Postgres { pool, .. } => sqlx::query_as(&sql).fetch_all(pool).await,
-                SqlConnector::Mysql { .. } => Ok(Vec::new()),
+                SqlConnector::Mysql { pool, .. } => sqlx::query_as(&sql).fetch_all(pool).await,
             }
             .map_err(self.query_error(&b.table))?;
             let text = rows
                 .iter()
                 .find(|(v, kind)| kind == "text" && value::time_like(v, chrono::Utc::now()).is_some())
                 .map(|(v, _)| v.clone());
+            // The finest unit among them (a table stamped in seconds
+            // before its application stamped milliseconds).
             let number = rows
                 .iter()
-                .find(|(_, kind)| kind == "integer")
-                .map(|(v, _)| v.clone());
+                .filter(|(_, kind)| kind == "integer")
+                .filter_map(|(v, _)| v.parse::<i64>().ok())
+                .max_by_key(|n| (value::epoch_units(*n), *n))
+                .map(|n| n.to_string());
             Ok::<_, ConnectorError>((text, number))
         };
         let table = table_ident(&b.table);
+        let declared = b
+            .column_types
+            .get(UPDATED_AT_COLUMN)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let integers = match self {
+            SqlConnector::Postgres { .. } => matches!(Class::postgres(declared), Class::Integer { .. }),
+            SqlConnector::Mysql { .. } => {
+                matches!(
+                    Class::mysql(declared),
+                    Class::Integer { .. } | Class::Unsigned { .. }
+                )
+            }
+            SqlConnector::Sqlite { .. } => false,
+        };
         let (spaced, t, text, number) = match self {
             SqlConnector::Sqlite { pool, .. } => {
                 let (spaced, t): (Option<String>, Option<bool>) = sqlx::query_as(&format!(
@@ -632,13 +651,30 @@ impl SqlConnector {
                 // (A PostgreSQL table of both layouts is read as it orders.)
                 (spaced, None, text, None)
             }
+            // A PostgreSQL or MySQL column of integers (Unix seconds, or
+            // milliseconds).
+            SqlConnector::Postgres { .. } | SqlConnector::Mysql { .. } if integers => {
+                let cast = match self {
+                    SqlConnector::Mysql { .. } => format!(
+                        "SELECT CAST({0} AS CHAR), 'integer' FROM {1} WHERE {0} IS NOT NULL LIMIT 32",
+                        super::mysql::ident(UPDATED_AT_COLUMN),
+                        super::mysql::table(&b.table)
+                    ),
+                    _ => {
+                        format!("SELECT {upd}::text, 'integer' FROM {table} WHERE {upd} IS NOT NULL LIMIT 32")
+                    }
+                };
+                let (_, number) = sample(cast).await?;
+                (None, None, None, number)
+            }
             _ => return Ok((None, false)),
         };
         let mixed = spaced.is_some() && t == Some(true);
-        let declared_seconds = matches!(self, SqlConnector::Sqlite { .. })
-            && b.column_types
-                .get(UPDATED_AT_COLUMN)
-                .is_some_and(|t| t.contains("INT"));
+        let declared_seconds = integers
+            || matches!(self, SqlConnector::Sqlite { .. })
+                && b.column_types
+                    .get(UPDATED_AT_COLUMN)
+                    .is_some_and(|t| t.contains("INT"));
         let seconds = number;
         let example = match declared_seconds {
             // A column declared as integers keeps its numbers (the text an
