@@ -2482,6 +2482,57 @@ async fn integer_change_times_are_stamped_in_the_tables_unit_on_every_database()
     }
 }
 
+/// An entity renamed in the definition has a scope of its own, with no
+/// mappings: its run took every record for new and copied each (10,458
+/// contacts doubled on both sides of a bidirectional integration, and the
+/// run said succeeded). No run starts until the operator says which it is.
+#[tokio::test]
+async fn an_entity_renamed_in_the_definition_starts_no_run_that_would_copy_its_records() {
+    let ddl = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, ddl, Kind::Sqlite, ddl).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01T10:00:00Z')")
+        .await;
+    s.run(&[]);
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("name = \"product\"", "name = \"item\"")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&s.dir.0)
+        .args(["run", "exact.toml", "--tenant", "t1"])
+        .env("SYNCD_DATABASE_URL", s.dir.sqlite_url("state.db"))
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mappings of tenant `t1`'s entity `product`")
+            && stderr.contains("entity `item` has none yet")
+            && stderr.contains("retired_entities = [\"product\"]"),
+        "{stderr}"
+    );
+    assert_eq!(s.target.dump("ledger").await.len(), 2, "nothing copied");
+    // Named back: synced as before, nothing written.
+    std::fs::write(&path, &toml).unwrap();
+    let again = s.run(&[]);
+    assert_eq!(again.counter("product", "created"), 0, "{}", again.stdout);
+    // Retired on purpose: the new entity is synced as a new one.
+    std::fs::write(
+        &path,
+        toml.replace("name = \"product\"", "name = \"item\"").replace(
+            "name = \"exact\"",
+            "name = \"exact\"\nretired_entities = [\"product\"]",
+        ),
+    )
+    .unwrap();
+    let retired = s.run(&[]);
+    assert_eq!(retired.counter("item", "created"), 2, "{}", retired.stdout);
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use support::{PgSchema, RedisPrefix, TempDir};
 use syncd_core::conflict::{ConflictRecord, ConflictStatus, Strategy};
-use syncd_core::ids::{EntityScope, TenantId};
+use syncd_core::ids::{EntityScope, IntegrationId, TenantId};
 use syncd_core::mapping::{IdMapping, MappingChange, MappingStatus};
 use syncd_core::record::{Fields, Record, Side};
 use syncd_engine::run::{RunState, StepCheckpoint, StepCounters, StepDirection, StepState};
@@ -131,6 +131,7 @@ conformance!(
     links_read_without_bases_never_stand_in_for_mappings,
     a_cancelled_run_commits_nothing_more,
     runs_and_conflicts_are_listed_by_the_start_of_their_id,
+    the_entity_types_holding_mappings_are_found_per_tenant_and_integration,
 );
 
 async fn tokens_are_refused_once_revoked_or_expired(store: Arc<Store>) {
@@ -1580,4 +1581,39 @@ async fn every_unique_key_of_a_distributed_table_includes_the_tenant() {
     );
     drop(store);
     schema.drop().await;
+}
+
+/// The entity types that hold a mapping, as a run's start checks for an
+/// entity renamed in the definition: each once, only the tenant's and the
+/// integration's.
+async fn the_entity_types_holding_mappings_are_found_per_tenant_and_integration(store: Arc<Store>) {
+    let (tenant, integration) = (TenantId::from("tenant-a"), IntegrationId::from("crm-to-erp"));
+    assert!(
+        store
+            .mapped_entity_types(&tenant, &integration)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for entity in ["order", "account", "contact"] {
+        insert(
+            &store,
+            (0..3)
+                .map(|i| pending(&scope(entity), &format!("{entity}-{i}")))
+                .collect(),
+        )
+        .await;
+    }
+    insert(
+        &store,
+        vec![
+            pending(&EntityScope::new("tenant-b", "crm-to-erp", "invoice"), "i-1"),
+            pending(&EntityScope::new("tenant-a", "other", "invoice"), "i-2"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        store.mapped_entity_types(&tenant, &integration).await.unwrap(),
+        ["account", "contact", "order"]
+    );
 }

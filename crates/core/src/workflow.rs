@@ -255,11 +255,17 @@ pub struct Workflow {
     /// In the order the file lists them.
     pub entities: Vec<EntityDef>,
     pub tenants: BTreeMap<TenantId, TenantDef>,
+    /// Entity types no longer synced whose mappings the state store keeps
+    /// (`retired_entities`): named, so that a run does not take them for
+    /// an entity renamed by mistake.
+    pub retired_entities: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkflow {
+    #[serde(default)]
+    retired_entities: Vec<String>,
     name: String,
     partner: Option<String>,
     #[serde(default)]
@@ -672,6 +678,7 @@ impl Workflow {
                     target,
                     entities,
                     tenants,
+                    retired_entities: raw.retired_entities,
                 };
                 let found = wf.last_write_without_times();
                 match found.is_empty() {

@@ -474,6 +474,16 @@ impl Store {
     }
 
     /// Counts mappings of `tenant` and `integration` by entity type and status.
+    /// The entity types of `tenant`'s `integration` that hold a mapping
+    /// in this store (an index lookup an entity type, not a count).
+    pub async fn mapped_entity_types(
+        &self,
+        tenant: &TenantId,
+        integration: &IntegrationId,
+    ) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, b => b.mapped_entity_types(tenant, integration).await)
+    }
+
     pub async fn mapping_counts(
         &self,
         tenant: &TenantId,

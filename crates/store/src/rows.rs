@@ -174,6 +174,9 @@ pub(crate) trait Dialect {
     /// (entity type, status, count) of a tenant's (`$1`) integration's
     /// (`$2`) mappings.
     const MAPPING_COUNTS: &str;
+    /// The entity types of a tenant (`$1`) and integration (`$2`) that
+    /// hold a mapping, each found through an index, not by counting.
+    const MAPPED_ENTITY_TYPES: &str;
     /// Keeps a page's reservation: id, scope (`$1`..`$4`), its mappings as
     /// JSON text (`$5`), time (`$6`).
     const INSERT_RESERVATION: &str;
@@ -217,6 +220,9 @@ impl Dialect for crate::PgStore {
     const MAPPING_COUNTS: &str = "SELECT s.entity_type, m.status, count(*) \
          FROM mapping_scopes s JOIN id_mappings m ON m.scope = s.id \
          WHERE s.tenant_id = $1 AND s.integration_id = $2 GROUP BY 1, 2 ORDER BY 1, 2";
+    const MAPPED_ENTITY_TYPES: &str = "SELECT s.entity_type FROM mapping_scopes s \
+         WHERE s.tenant_id = $1 AND s.integration_id = $2 \
+         AND EXISTS (SELECT 1 FROM id_mappings m WHERE m.scope = s.id) ORDER BY 1";
     const INSERT_RESERVATION: &str = "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
          VALUES ($1, $2, $3, $4, $5::json, $6)";
     const LOCK_SHARE: &str = " FOR SHARE";
@@ -261,6 +267,13 @@ impl Dialect for crate::SqliteStore {
     }
     const MAPPING_COUNTS: &str = "SELECT entity_type, status, count(*) FROM id_mappings \
          WHERE tenant_id = $1 AND integration_id = $2 GROUP BY entity_type, status ORDER BY 1, 2";
+    /// Entity type after entity type, each a step along the by-source
+    /// index (a skip scan, as SQLite has none of its own).
+    const MAPPED_ENTITY_TYPES: &str = "WITH RECURSIVE e(t) AS ( \
+         SELECT min(entity_type) FROM id_mappings WHERE tenant_id = $1 AND integration_id = $2 \
+         UNION ALL SELECT (SELECT min(entity_type) FROM id_mappings \
+           WHERE tenant_id = $1 AND integration_id = $2 AND entity_type > e.t) FROM e WHERE e.t IS NOT NULL) \
+         SELECT t FROM e WHERE t IS NOT NULL";
     const INSERT_RESERVATION: &str = "INSERT INTO reservations (id, tenant_id, integration_id, entity_type, mappings, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)";
     /// A write transaction (`BEGIN IMMEDIATE`) already holds the database.

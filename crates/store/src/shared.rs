@@ -441,6 +441,18 @@ macro_rules! shared_statements {
                 .collect()
         }
 
+        pub(super) async fn mapped_entity_types(
+            &self,
+            tenant: &TenantId,
+            integration: &IntegrationId,
+        ) -> Result<Vec<String>, StoreError> {
+            Ok(sqlx::query_scalar(Self::MAPPED_ENTITY_TYPES)
+                .bind(tenant.as_str())
+                .bind(integration.as_str())
+                .fetch_all(&self.pool)
+                .await?)
+        }
+
         pub(crate) async fn candidates_page(
             &self,
             tenant: &TenantId,

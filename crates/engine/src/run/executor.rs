@@ -71,6 +71,10 @@ pub enum RunError {
     /// operator confirms or cancels.
     #[error("{}", hold.reason())]
     Held { hold: Box<syncd_store::RunHold> },
+    /// No run is started: what it would do is not what the operator meant
+    /// (an entity type renamed in the definition, say).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A commit refused because the run was cancelled meanwhile is the run's
@@ -960,6 +964,7 @@ pub async fn create_run(
     tenant: &TenantId,
     trigger: &str,
 ) -> Result<RunRow, RunError> {
+    refuse_a_renamed_entity(store, workflow, tenant).await?;
     let bidirectional = workflow.direction == Direction::Bidirectional;
     let steps = crate::run::steps_of(plan, bidirectional);
     let now = Utc::now();
@@ -977,4 +982,45 @@ pub async fn create_run(
     };
     store.create_run(&run, &steps).await?;
     Ok(run)
+}
+
+/// Refuses a run in which an entity type of the definition has no mapping
+/// yet while the store holds mappings of one the definition no longer
+/// names: an entity renamed in the definition has a new scope, so its run
+/// would take every record of its tables for new and copy each (in both
+/// systems, in a bidirectional integration). An entity type dropped for
+/// good is named in `retired_entities`.
+async fn refuse_a_renamed_entity(
+    store: &Store,
+    workflow: &Workflow,
+    tenant: &TenantId,
+) -> Result<(), RunError> {
+    let mapped = store.mapped_entity_types(tenant, &workflow.name).await?;
+    let named = |e: &str| workflow.entities.iter().any(|d| d.name.as_str() == e);
+    let gone: Vec<&String> = mapped
+        .iter()
+        .filter(|e| !named(e) && !workflow.retired_entities.contains(e))
+        .collect();
+    let new: Vec<&str> = workflow
+        .entities
+        .iter()
+        .map(|d| d.name.as_str())
+        .filter(|e| !mapped.iter().any(|m| m == e))
+        .collect();
+    if gone.is_empty() || new.is_empty() {
+        return Ok(());
+    }
+    let list = |names: Vec<String>| names.join(", ");
+    Err(RunError::Refused(format!(
+        "no run started: the state store holds mappings of tenant `{tenant}`'s {} in integration `{}`, which {} \
+         no longer names, and {} none yet. Renamed? Its run would take every record for new and copy it. Give \
+         the entity its old name again; or, if {} is gone for good, add `retired_entities = [{}]` to the \
+         definition",
+        list(gone.iter().map(|e| format!("entity `{e}`")).collect()),
+        workflow.name,
+        workflow.file,
+        list(new.iter().map(|e| format!("entity `{e}` has")).collect()),
+        list(gone.iter().map(|e| format!("`{e}`")).collect()),
+        list(gone.iter().map(|e| format!("\"{e}\"")).collect()),
+    )))
 }
