@@ -2533,6 +2533,72 @@ async fn an_entity_renamed_in_the_definition_starts_no_run_that_would_copy_its_r
     s.drop().await;
 }
 
+/// A target record deleted, its deletion carried to the source
+/// (`propagate`), then undeleted: it was skipped by every run after, its
+/// mapping saying both were gone while it lived. It is created anew in the
+/// source, as a source record back is in the target.
+#[tokio::test]
+async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to_the_source() {
+    let source = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let target = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, deleted INTEGER NOT NULL DEFAULT 0, \
+                  updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, source, Kind::Sqlite, target).await else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"")
+        .replace(
+            "table = \"ledger\"",
+            "table = \"ledger\"\ndeleted_column = { target = \"deleted\" }\non_target_delete = \"propagate\"\n\
+             delete_brake = { percent = 100, max = 100 }",
+        );
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01T10:00:00Z')")
+        .await;
+    s.run(&[]);
+    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    s.target
+        .exec(&format!(
+            "UPDATE ledger SET deleted = 1, updated_at = '{}' WHERE name = 'a0'",
+            now()
+        ))
+        .await;
+    s.run(&[]);
+    let names = |db: &'static str| {
+        let s = &s;
+        async move {
+            let rows = match db {
+                "source" => s.source.dump("ledger").await,
+                _ => s.target.dump("ledger").await,
+            };
+            let mut names: Vec<String> = rows
+                .iter()
+                .filter(|r| r.get("deleted").is_none_or(|d| d == 0))
+                .map(|r| r["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(names("source").await, ["b0"], "the delete went to the source");
+    s.target
+        .exec(&format!(
+            "UPDATE ledger SET deleted = 0, name = 'a1', updated_at = '{}' WHERE name = 'a0'",
+            now()
+        ))
+        .await;
+    let back = s.run(&[]);
+    assert_eq!(names("source").await, ["a1", "b0"], "{}", back.stdout);
+    assert_eq!(names("target").await, ["a1", "b0"]);
+    let again = s.run(&[]);
+    assert_eq!(again.writes_both_ways("product"), 0, "{}", again.stdout);
+    assert_eq!(s.source.dump("ledger").await.len(), 2, "one copy");
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -339,7 +339,9 @@ pub fn decide_page(
         // records exist again (a source deleted and restored, its target
         // kept or archived; a target restored by hand), they are re-linked.
         // A source back after its target was deleted, or one whose target
-        // went under `recreate`, is created anew in the target. Otherwise
+        // went under `recreate`, is created anew in the target; a target
+        // back after its deletion was carried to the source, in the
+        // source. Otherwise
         // (`unlink`, the kept or archived target of a deleted source
         // edited) the mapping stays stale and nothing is written.
         let mut relink = false;
@@ -348,11 +350,15 @@ pub fn decide_page(
             let counterpart = id_on(m, write)
                 .is_some_and(|id| counterparts.contains_key(id) || unreadable.contains_key(id));
             let gone = Gone::of(m).unwrap_or(Gone::Target);
-            let recreate = read == Side::Source
-                && match gone {
-                    Gone::Source => !counterpart,
-                    Gone::Target => policy.on_target_delete == OnTargetDelete::Recreate,
-                };
+            let recreate = match (read, gone) {
+                (Side::Source, Gone::Source) => !counterpart,
+                (Side::Source, Gone::Target) => policy.on_target_delete == OnTargetDelete::Recreate,
+                // A target record back (restored, undeleted) after its
+                // deletion was carried to the source: created anew there,
+                // as a source record back is in the target.
+                (Side::Target, Gone::Target) => !counterpart,
+                (Side::Target, Gone::Source) => false,
+            };
             if counterpart {
                 relink = true;
             } else if !recreate {
