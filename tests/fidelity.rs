@@ -1712,6 +1712,19 @@ async fn a_decision_written_to_a_column_altered_under_the_run_is_not_recorded() 
     let run_id = run.id.to_string();
     let parked = job.execute(run, &mut |_| {}).await.unwrap();
     assert_eq!(parked.state, syncd_engine::run::RunState::Suspended, "{parked:?}");
+    // `syncd run` meanwhile says that no new run started.
+    let again = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&s.dir.0)
+        .args(["run", "exact.toml", "--tenant", "t1"])
+        .env("SYNCD_DATABASE_URL", s.dir.sqlite_url("state.db"))
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains(&format!("run {run_id} is suspended")) && said.contains("no new run starts"),
+        "{said}"
+    );
     let conflict = store
         .list_conflicts(&syncd_store::ConflictFilter {
             status: Some(syncd_core::conflict::ConflictStatus::Pending),

@@ -136,6 +136,14 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
         "run {} of `{}` for tenant `{}`",
         run.id, run.integration_id, run.tenant_id
     );
+    if run.state == RunState::Suspended {
+        // No new run: edits made since wait for the run after this one.
+        eprintln!(
+            "run {} is suspended (conflicts wait for review, or deletions for confirmation): no new run starts \
+             until it ends; it goes on now with what has been decided (`syncd runs show {}`)",
+            run.id, run.id
+        );
+    }
     let tty = std::io::stderr().is_terminal();
     let every = progress_every()?;
     // On a terminal, one line rewritten in place; else (a log file, a

@@ -101,8 +101,25 @@ impl Worker {
                     started += 1;
                 }
                 Err(RunError::Store(StoreError::ActiveRun { run_id, .. })) => {
-                    tracing::info!(%run_id, tenant = %due.tenant_id, integration = %due.integration_id,
-                        "tick skipped: a run is still active");
+                    // A suspended run holds up every later one of the
+                    // integration: said at each tick, with what it waits for.
+                    let suspended = matches!(
+                        self.store.load_run(Some(&due.tenant_id), run_id).await,
+                        Ok(Some(r)) if r.state == syncd_core::run::RunState::Suspended
+                    );
+                    if suspended {
+                        tracing::warn!(%run_id, tenant = %due.tenant_id, integration = %due.integration_id,
+                            "tick skipped: run {run_id} is suspended, waiting for conflict decisions or confirmed \
+                             deletions (`syncd runs show {run_id}`); no run of the integration starts until it ends");
+                    } else {
+                        tracing::info!(%run_id, tenant = %due.tenant_id, integration = %due.integration_id,
+                            "tick skipped: a run is still active");
+                    }
+                }
+                // Refused for this integration (an entity renamed in its
+                // definition): the others' ticks go on.
+                Err(RunError::Refused(why)) => {
+                    tracing::error!(tenant = %due.tenant_id, integration = %due.integration_id, "tick skipped: {why}");
                 }
                 Err(e) => return Err(e),
             }

@@ -133,7 +133,8 @@ impl Job {
                 );
                 match review {
                     decide::Review::Repark(again) => {
-                        tracing::info!(conflict = %c.id, "record changed since review; parked again");
+                        tracing::warn!(conflict = %c.id, "the decision is not applied: a decided field changed on a side \
+                            since the conflict was parked; parked again with the values both hold now");
                         commit.conflicts.push(again);
                     }
                     decide::Review::Apply {
