@@ -358,14 +358,6 @@ const NUL_KEY: &str = "$syncd_text_with_nul";
 /// which [`nul_restored`] reads back; `v` itself when it holds none.
 pub(crate) fn nul_safe(v: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
     use serde_json::Value;
-    fn has_nul(v: &Value) -> bool {
-        match v {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(a) => a.iter().any(has_nul),
-            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
     fn encode(v: &Value) -> Value {
         match v {
             Value::String(s) if s.contains('\0') => {
@@ -378,7 +370,7 @@ pub(crate) fn nul_safe(v: &serde_json::Value) -> std::borrow::Cow<'_, serde_json
             other => other.clone(),
         }
     }
-    if has_nul(v) {
+    if crate::mappings::holds_nul(v) {
         std::borrow::Cow::Owned(encode(v))
     } else {
         std::borrow::Cow::Borrowed(v)
