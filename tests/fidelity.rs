@@ -2612,6 +2612,40 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A midnight written into a SQLite `DATE` column, read back as its day,
+/// was taken for an edit there and failed the record in both directions
+/// on every run after the first.
+#[tokio::test]
+async fn a_midnight_kept_as_a_day_reads_back_as_the_same_time() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, due timestamptz, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, due DATE, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    let path = s.dir.0.join("exact.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
+    std::fs::write(&path, toml).unwrap();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', '2024-01-05 00:00:00+00', now() - interval '1 hour')")
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.writes_both_ways("product"), 1, "{}", first.stdout);
+    assert_eq!(s.target_texts("due").await, ["2024-01-05"]);
+    for _ in 0..2 {
+        let again = s.run(&[]);
+        assert_eq!(again.writes_both_ways("product"), 0, "{}", again.stdout);
+        assert_eq!(again.counter("product", "failed"), 0, "{}", again.stdout);
+    }
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -783,6 +783,14 @@ pub fn read(kind: Kind, native: Class, v: Value) -> Result<Value, String> {
             other => Err(format!("{} is not a boolean", describe(other))),
         },
         Kind::Timestamp { zoned } => match &v {
+            // A date column's day, where the other side keeps times: its
+            // midnight (UTC), as a time written there at midnight is kept.
+            Value::String(s) if native == Class::Date && bare_date(s).is_some() => {
+                let midnight = format!("{s}T00:00:00{}", if zoned { "Z" } else { "" });
+                Ok(Value::String(
+                    canonical_time(&midnight, zoned).unwrap_or_else(|| s.clone()),
+                ))
+            }
             Value::String(s) => Ok(Value::String(
                 canonical_time(s, zoned).unwrap_or_else(|| s.clone()),
             )),
@@ -1655,6 +1663,30 @@ mod tests {
             w(json!("12")).unwrap(),
             json!(r#""12""#),
             "a string stays quoted text"
+        );
+    }
+
+    #[test]
+    fn a_day_read_where_the_field_is_a_time_is_its_midnight() {
+        let zoned = read(Kind::Timestamp { zoned: true }, Class::Date, json!("2024-01-05")).unwrap();
+        assert_eq!(
+            zoned,
+            read(
+                Kind::Timestamp { zoned: true },
+                Class::Text,
+                json!("2024-01-05T00:00:00Z")
+            )
+            .unwrap()
+        );
+        let wall = read(Kind::Timestamp { zoned: false }, Class::Date, json!("2024-01-05")).unwrap();
+        assert_eq!(
+            wall,
+            read(
+                Kind::Timestamp { zoned: false },
+                Class::Text,
+                json!("2024-01-05 00:00:00")
+            )
+            .unwrap()
         );
     }
 
