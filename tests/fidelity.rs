@@ -96,6 +96,26 @@ table = "ledger"
         Some(Setup { dir, source, target })
     }
 
+    /// Rewrites the definition with `change`.
+    fn edit(&self, change: impl FnOnce(String) -> String) {
+        let path = self.dir.0.join("exact.toml");
+        let toml = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, change(toml)).unwrap();
+    }
+
+    /// Makes the integration bidirectional, with `strategy` when given.
+    fn both_ways(&self, strategy: Option<&str>) {
+        let with = strategy
+            .map(|s| format!("\nstrategy = \"{s}\""))
+            .unwrap_or_default();
+        self.edit(|t| {
+            t.replace(
+                "direction = \"one_way\"",
+                &format!("direction = \"bidirectional\"{with}"),
+            )
+        });
+    }
+
     fn run(&self, env: &[(&str, &str)]) -> Ran {
         self.run_with(&[], env)
     }
@@ -1690,12 +1710,7 @@ async fn a_decision_written_to_a_column_altered_under_the_run_is_not_recorded() 
     let Some(s) = Setup::new(Kind::Postgres, ddl, Kind::Postgres, ddl).await else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path).unwrap().replace(
-        "direction = \"one_way\"",
-        "direction = \"bidirectional\"\nstrategy = \"manual\"",
-    );
-    std::fs::write(&path, toml).unwrap();
+    s.both_ways(Some("manual"));
     s.source
         .exec("INSERT INTO ledger VALUES ('a', 1.0000, now() - interval '1 hour')")
         .await;
@@ -1883,12 +1898,7 @@ async fn a_change_time_in_milliseconds_is_compared_as_the_time_it_is() {
     else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path).unwrap().replace(
-        "direction = \"one_way\"",
-        "direction = \"bidirectional\"\nstrategy = \"last_write_wins\"",
-    );
-    std::fs::write(&path, toml).unwrap();
+    s.both_ways(Some("last_write_wins"));
     s.source
         .exec("INSERT INTO ledger VALUES ('a', 'a0', now() - interval '1 hour')")
         .await;
@@ -1977,11 +1987,7 @@ async fn ids_a_padded_column_gives_back_are_recorded_as_it_reads_them() {
     let Some(s) = Setup::new(Kind::Sqlite, source, Kind::Postgres, target).await else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
-    std::fs::write(&path, toml).unwrap();
+    s.both_ways(None);
     s.source
         .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01T10:00:00Z')")
         .await;
@@ -2026,12 +2032,10 @@ async fn a_tenant_column_that_folds_case_keeps_tenants_apart() {
     else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("[[entities]]", "[[entities]]\ntenant_column = \"tenant\"")
-        .replace("[tenants.t1]", "[tenants.t1]\n[tenants.T1]");
-    std::fs::write(&path, toml).unwrap();
+    s.edit(|t| {
+        t.replace("[[entities]]", "[[entities]]\ntenant_column = \"tenant\"")
+            .replace("[tenants.t1]", "[tenants.t1]\n[tenants.T1]")
+    });
     s.source
         .exec(
             "INSERT INTO ledger VALUES ('a', 't1', 'mine', '2026-01-01T10:00:00Z'), \
@@ -2193,11 +2197,7 @@ async fn a_fixed_width_postgresql_column_is_read_without_its_padding() {
         let Some(s) = Setup::new(kind, ddl, Kind::Postgres, pg).await else {
             continue;
         };
-        let path = s.dir.0.join("exact.toml");
-        let toml = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
-        std::fs::write(&path, toml).unwrap();
+        s.both_ways(None);
         let stamp = "2026-01-01 10:00:00";
         s.source
             .exec(&format!(
@@ -2334,11 +2334,7 @@ async fn a_write_a_generated_column_ignores_is_refused() {
     else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
-    std::fs::write(&path, toml).unwrap();
+    s.both_ways(None);
     s.source
         .exec("INSERT INTO ledger (id, v, updated_at) VALUES ('a', 3, '2026-01-01 10:00:00'), ('b', 4, '2026-01-01 10:00:00')")
         .await;
@@ -2394,11 +2390,7 @@ async fn bytes_cross_between_a_bytea_and_a_sqlite_blob_as_bytes() {
     else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
-    std::fs::write(&path, toml).unwrap();
+    s.both_ways(None);
     s.source
         .exec(
             "INSERT INTO ledger VALUES ('a', '\\x0102ff', now() - interval '1 hour'), \
@@ -2511,7 +2503,7 @@ async fn an_entity_renamed_in_the_definition_starts_no_run_that_would_copy_its_r
     s.run(&[]);
     let path = s.dir.0.join("exact.toml");
     let toml = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, toml.replace("name = \"product\"", "name = \"item\"")).unwrap();
+    s.edit(|t| t.replace("name = \"product\"", "name = \"item\""));
     let out = Command::new(env!("CARGO_BIN_EXE_syncd"))
         .current_dir(&s.dir.0)
         .args(["run", "exact.toml", "--tenant", "t1"])
@@ -2533,14 +2525,12 @@ async fn an_entity_renamed_in_the_definition_starts_no_run_that_would_copy_its_r
     let again = s.run(&[]);
     assert_eq!(again.counter("product", "created"), 0, "{}", again.stdout);
     // Retired on purpose: the new entity is synced as a new one.
-    std::fs::write(
-        &path,
-        toml.replace("name = \"product\"", "name = \"item\"").replace(
+    s.edit(|t| {
+        t.replace("name = \"product\"", "name = \"item\"").replace(
             "name = \"exact\"",
             "name = \"exact\"\nretired_entities = [\"product\"]",
-        ),
-    )
-    .unwrap();
+        )
+    });
     let retired = s.run(&[]);
     assert_eq!(retired.counter("item", "created"), 2, "{}", retired.stdout);
     s.drop().await;
@@ -2558,16 +2548,14 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     let Some(s) = Setup::new(Kind::Sqlite, source, Kind::Sqlite, target).await else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("direction = \"one_way\"", "direction = \"bidirectional\"")
-        .replace(
+    s.both_ways(None);
+    s.edit(|t| {
+        t.replace(
             "table = \"ledger\"",
             "table = \"ledger\"\ndeleted_column = { target = \"deleted\" }\non_target_delete = \"propagate\"\n\
              delete_brake = { percent = 100, max = 100 }",
-        );
-    std::fs::write(&path, toml).unwrap();
+        )
+    });
     s.source
         .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01T10:00:00Z')")
         .await;
@@ -2627,11 +2615,7 @@ async fn a_midnight_kept_as_a_day_reads_back_as_the_same_time() {
     else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let toml = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
-    std::fs::write(&path, toml).unwrap();
+    s.both_ways(None);
     s.source
         .exec("INSERT INTO ledger VALUES ('a', '2024-01-05 00:00:00+00', now() - interval '1 hour')")
         .await;
@@ -2661,11 +2645,7 @@ async fn a_time_of_day_reads_alike_from_postgresql_and_mariadb() {
     else {
         return;
     };
-    let path = s.dir.0.join("exact.toml");
-    let both = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("direction = \"one_way\"", "direction = \"bidirectional\"");
-    std::fs::write(&path, both).unwrap();
+    s.both_ways(None);
     s.source
         .exec("INSERT INTO ledger VALUES ('a', '10:30:00', now()), ('b', '10:30:00.5', now()), ('c', NULL, now())")
         .await;

@@ -102,6 +102,16 @@ fn marks(n: usize) -> String {
 /// Binds a JSON value as the MySQL value it stands for: integers as
 /// integers, every other number as its exact text (the server converts
 /// text to a decimal or a double exactly), documents as their text.
+/// `q` with the values of `columns` of each row bound in turn.
+fn with_rows<'q>(mut q: MyQuery<'q>, rows: &[Fields], columns: &[&str], classes: &[Class]) -> MyQuery<'q> {
+    for row in rows {
+        for (c, class) in columns.iter().zip(classes) {
+            q = bind(q, row.get(*c).unwrap_or(&Value::Null), *class);
+        }
+    }
+    q
+}
+
 fn bind<'q>(q: MyQuery<'q>, v: &Value, class: Class) -> MyQuery<'q> {
     match v {
         Value::Null => q.bind(None::<String>),
@@ -795,20 +805,21 @@ impl SqlConnector {
             .join(", ");
         let rest = format!(" UNION ALL SELECT {}", marks(columns.len()));
         for chunk in rows.chunks((MAX_PARAMS / columns.len()).max(1)) {
-            let sql = format!(
-                "UPDATE {} AS t JOIN (SELECT {first}{}) AS u ON t.{id} = u.{id}{} SET {set}",
-                table(&b.table),
-                rest.repeat(chunk.len() - 1),
-                tenant_and(b, "t.", Dialect::Mysql),
-                id = ident(ID_COLUMN)
-            );
-            let mut q = sqlx::query(&sql);
-            for row in chunk {
-                for (c, class) in columns.iter().zip(&classes) {
-                    q = bind(q, row.get(*c).unwrap_or(&Value::Null), *class);
-                }
-            }
-            q.execute(pool).await.map_err(self.query_error(&b.table))?;
+            // `<statement> {t} AS t JOIN (<the rows>) AS u ON … <rest of it>`.
+            let joined = |statement: &str, rest_of_it: &str| {
+                format!(
+                    "{statement} {} AS t JOIN (SELECT {first}{}) AS u ON t.{id} = u.{id}{} {rest_of_it}",
+                    table(&b.table),
+                    rest.repeat(chunk.len() - 1),
+                    tenant_and(b, "t.", Dialect::Mysql),
+                    id = ident(ID_COLUMN)
+                )
+            };
+            let update = joined("UPDATE", &format!("SET {set}"));
+            with_rows(sqlx::query(&update), chunk, &columns, &classes)
+                .execute(pool)
+                .await
+                .map_err(self.query_error(&b.table))?;
             if generated.is_empty() {
                 continue;
             }
@@ -819,21 +830,14 @@ impl SqlConnector {
                 .map(|c| format!("NOT (t.{0} <=> u.{0})", ident(c)))
                 .collect::<Vec<_>>()
                 .join(" OR ");
-            let check = format!(
-                "SELECT CAST(t.{id} AS CHAR) FROM {} AS t JOIN (SELECT {first}{}) AS u ON t.{id} = u.{id}{} \
-                 WHERE {differs}",
-                table(&b.table),
-                rest.repeat(chunk.len() - 1),
-                tenant_and(b, "t.", Dialect::Mysql),
-                id = ident(ID_COLUMN)
+            let check = joined(
+                &format!("SELECT CAST(t.{} AS CHAR) FROM", ident(ID_COLUMN)),
+                &format!("WHERE {differs}"),
             );
-            let mut q = sqlx::query(&check);
-            for row in chunk {
-                for (c, class) in columns.iter().zip(&classes) {
-                    q = bind(q, row.get(*c).unwrap_or(&Value::Null), *class);
-                }
-            }
-            let kept: Vec<MySqlRow> = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
+            let kept: Vec<MySqlRow> = with_rows(sqlx::query(&check), chunk, &columns, &classes)
+                .fetch_all(pool)
+                .await
+                .map_err(self.query_error(&b.table))?;
             for id in kept.iter().filter_map(|r| r.try_get::<String, _>(0).ok()) {
                 refused.push((
                     id,
