@@ -2630,6 +2630,59 @@ async fn a_midnight_kept_as_a_day_reads_back_as_the_same_time() {
     s.drop().await;
 }
 
+/// References between PostgreSQL `character(n)` ids, both ways: a
+/// reference is an id and keeps its padding as the ID map keeps ids (read
+/// without it, it matched no mapping; written, it was refused for its
+/// trailing spaces).
+#[tokio::test]
+async fn references_between_padded_ids_are_translated_both_ways() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id character(10) PRIMARY KEY, name text, parent_id character(10), \
+         updated_at timestamptz NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id character(40) PRIMARY KEY, name text, parent_id character(40), \
+         updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.both_ways(None);
+    s.edit(|t| {
+        t.replace(
+            "name = \"product\"\ntable = \"ledger\"\n",
+            "name = \"account\"\ntable = \"ledger\"\n[entities.fields]\nparent_id = { references = \"account\" }\n",
+        )
+    });
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('p', 'parent', NULL, now() - interval '1 hour'), \
+             ('c', 'child', 'p', now() - interval '1 hour')",
+        )
+        .await;
+    let first = s.run(&[]);
+    assert_eq!(first.counter("account", "created"), 2, "{}", first.stdout);
+    assert_eq!(first.counter("account", "failed"), 0, "{}", first.stdout);
+    let linked: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT c.name, p.name FROM ledger c LEFT JOIN ledger p ON p.id = c.parent_id ORDER BY 1",
+    )
+    .fetch_all(s.target.pg_pool().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(
+        linked,
+        [
+            ("child".to_owned(), Some("parent".to_owned())),
+            ("parent".to_owned(), None)
+        ]
+    );
+    let again = s.run(&[]);
+    assert_eq!(again.writes_both_ways("account"), 0, "{}", again.stdout);
+    assert_eq!(again.counter("account", "failed"), 0, "{}", again.stdout);
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

@@ -71,7 +71,14 @@ pub(super) async fn bind_entity(
             .map(|cdm| FieldColumn {
                 cdm: cdm.clone(),
                 column: map[cdm].clone(),
-                class: connector.class_of(&columns[&map[cdm]]),
+                class: match connector.class_of(&columns[&map[cdm]]) {
+                    // A reference is an id, kept as the ID map keeps ids:
+                    // a PostgreSQL `character(n)` one with its padding.
+                    syncd_core::value::Class::PaddedText if referenced(cdm).is_some() => {
+                        syncd_core::value::Class::Text
+                    }
+                    class => class,
+                },
                 kind: kinds[cdm.as_str()],
             })
             .collect();
