@@ -181,9 +181,18 @@ fn tenant_and(b: &TableBinding, prefix: &str, dialect: Dialect) -> String {
             mysql::ident(column),
             value.replace('\\', "\\\\")
         ),
+        // (Only a column of text: the output of another type, a `uuid`
+        // or a number, is another text than the value it equals.)
         Dialect::Postgres => {
             let c = format!("{prefix}{}", ident(column));
-            format!(" AND {c} = '{value}' AND {c}::text COLLATE \"C\" = '{value}'")
+            let text = b
+                .column_types
+                .get(column)
+                .is_some_and(|t| matches!(Class::postgres(t), Class::Text | Class::PaddedText));
+            match text {
+                true => format!(" AND {c} = '{value}' AND {c}::text COLLATE \"C\" = '{value}'"),
+                false => format!(" AND {c} = '{value}'"),
+            }
         }
         Dialect::Sqlite | Dialect::Json => {
             let c = format!("{prefix}{}", ident(column));

@@ -937,7 +937,7 @@ mod tests {
     fn a_tenant_value_is_one_quoted_literal() {
         let b = TableBinding {
             tenant: Some(("tenant_id".into(), r"o'brien\".into())),
-            ..TableBinding::accounts(BTreeMap::new())
+            ..TableBinding::accounts(BTreeMap::from([("tenant_id".to_owned(), "text".to_owned())]))
         };
         assert_eq!(
             tenant_and(&b, "t.", Dialect::Mysql),
@@ -950,6 +950,16 @@ mod tests {
         assert_eq!(
             tenant_and(&b, "t.", Dialect::Sqlite),
             r#" AND t."tenant_id" = 'o''brien\' AND t."tenant_id" = 'o''brien\' COLLATE BINARY"#
+        );
+        // A uuid (or a number) compares as its type does: its text is
+        // another than the value written (`ABCDEF00-…` reads lowercase).
+        let by_uuid = TableBinding {
+            tenant: Some(("tenant_id".into(), "ABCDEF00-0000-0000-0000-000000000000".into())),
+            ..TableBinding::accounts(BTreeMap::from([("tenant_id".to_owned(), "uuid".to_owned())]))
+        };
+        assert_eq!(
+            tenant_and(&by_uuid, "", Dialect::Postgres),
+            r#" AND "tenant_id" = 'ABCDEF00-0000-0000-0000-000000000000'"#
         );
         let shared_by_none = TableBinding { tenant: None, ..b };
         assert_eq!(tenant_and(&shared_by_none, "", Dialect::Sqlite), "");
