@@ -588,7 +588,7 @@ fn describe(v: &Value) -> String {
 /// later, or is not a time written either way: then the caller keeps it.
 pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
     if let Some(n) = at.as_i64() {
-        let bound = epoch_of(bound, epoch_units(n));
+        let bound = epoch_of(bound, epoch_units(n)?);
         return (n > bound).then(|| Value::from(bound));
     }
     let text = at.as_str()?;
@@ -610,21 +610,25 @@ pub fn bare_date(s: &str) -> Option<NaiveDate> {
 /// The last second of year 9999, in Unix seconds.
 const LAST_SECOND: i64 = 253_402_300_799;
 
-/// How many units a second an integer change time counts: Unix seconds,
-/// unless a number that large would be a second past year 9999; then
-/// milliseconds (JavaScript's `Date.now()`), microseconds or nanoseconds,
-/// the first that places it before year 10000.
-pub fn epoch_units(n: i64) -> i64 {
-    let mut units = 1;
-    while units < 1_000_000_000 && n.unsigned_abs() > (LAST_SECOND as u64 + 1) * units as u64 - 1 {
-        units *= 1000;
+/// How many units a second an integer change time counts: Unix seconds
+/// up to year 9999; past that, milliseconds (JavaScript's `Date.now()`),
+/// microseconds or nanoseconds where the number places the time between
+/// 1973 and 2262 in that unit. `None` between those ranges: a number such
+/// as `20260101100000` (a time written as digits) is no count of either.
+pub fn epoch_units(n: i64) -> Option<i64> {
+    let n = n.unsigned_abs();
+    match n {
+        _ if n <= LAST_SECOND as u64 => Some(1),
+        100_000_000_000..10_000_000_000_000 => Some(1_000),
+        100_000_000_000_000..10_000_000_000_000_000 => Some(1_000_000),
+        100_000_000_000_000_000.. => Some(1_000_000_000),
+        _ => None,
     }
-    units
 }
 
 /// The instant an integer change time says, in its unit ([`epoch_units`]).
 pub fn epoch_time(n: i64) -> Option<DateTime<Utc>> {
-    let units = epoch_units(n);
+    let units = epoch_units(n)?;
     let nanos = n.rem_euclid(units) * (1_000_000_000 / units);
     DateTime::from_timestamp(n.div_euclid(units), nanos as u32)
 }
@@ -1605,18 +1609,23 @@ mod tests {
             .with_timezone(&Utc);
         for units in [1, 1_000, 1_000_000, 1_000_000_000] {
             let n = epoch_of(t, units);
-            assert_eq!(epoch_units(n), units, "{n}");
+            assert_eq!(epoch_units(n), Some(units), "{n}");
             let back = epoch_time(n).unwrap();
             assert_eq!(epoch_of(back, units), n, "{n}");
             assert!(t - back < chrono::Duration::seconds(1), "{n}: {back}");
         }
-        assert_eq!(epoch_units(LAST_SECOND), 1);
-        assert_eq!(epoch_units(LAST_SECOND + 1), 1_000);
-        assert_eq!(epoch_time(LAST_SECOND + 1).unwrap().timestamp(), 253_402_300);
-        assert_eq!(epoch_units(-1), 1);
+        assert_eq!(epoch_units(LAST_SECOND), Some(1));
+        assert_eq!(epoch_units(LAST_SECOND + 1), Some(1_000));
+        assert_eq!(epoch_units(-1), Some(1));
         assert_eq!(epoch_time(-1500).unwrap().timestamp(), -1500);
-        assert_eq!(epoch_units(i64::MAX), 1_000_000_000);
+        assert_eq!(epoch_units(i64::MAX), Some(1_000_000_000));
         assert!(epoch_time(i64::MIN).is_some());
+        // A time written as digits is no count of any unit.
+        for digits in [20_260_101_100_000_i64, 20_260_101_100_000_123] {
+            assert_eq!(epoch_units(digits), None, "{digits}");
+            assert_eq!(epoch_time(digits), None, "{digits}");
+        }
+        assert_eq!(no_later_than(&json!(20_260_101_100_000_i64), t), None);
     }
 
     #[test]

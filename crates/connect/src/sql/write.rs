@@ -561,7 +561,7 @@ impl SqlConnector {
         match (self, b.stamp_like.as_deref()) {
             // A number in the unit the table's own numbers count.
             (_, Some(number)) if let Ok(n) = number.parse::<i64>() => {
-                Value::from(value::epoch_of(now, value::epoch_units(n)))
+                Value::from(value::epoch_of(now, value::epoch_units(n).unwrap_or(1)))
             }
             (SqlConnector::Mysql { .. }, _) => mysql::mysql_time(now),
             (_, example) => Value::String(
