@@ -429,10 +429,12 @@ impl SqlConnector {
     ) -> Result<Option<BTreeMap<String, String>>, ConnectorError> {
         let (db, t) = db_and_table(name);
         // A generated column's type says so (` generated`): MySQL and
-        // MariaDB ignore what an `UPDATE … JOIN` writes to it.
+        // MariaDB ignore what an `UPDATE … JOIN` writes to it. (Not MySQL's
+        // `DEFAULT_GENERATED`, a column with an expression as its default.)
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT CAST(COLUMN_NAME AS CHAR), CAST(CONCAT(COLUMN_TYPE, \
-                    CASE WHEN EXTRA LIKE '%GENERATED%' THEN ' generated' ELSE '' END) AS CHAR) \
+                    CASE WHEN EXTRA LIKE '%VIRTUAL GENERATED%' OR EXTRA LIKE '%STORED GENERATED%' \
+                    OR EXTRA LIKE '%PERSISTENT GENERATED%' THEN ' generated' ELSE '' END) AS CHAR) \
              FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
         )

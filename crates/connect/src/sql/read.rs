@@ -530,12 +530,9 @@ pub(super) fn hex_head(bytes: &[u8]) -> String {
 /// `value ->> ?2, value ->> ?3, ...` reading each column of a `json_each`
 /// row, with the JSON paths to bind (column names are bound, not spliced).
 pub(super) fn sqlite_json_select(b: &TableBinding, columns: &[&str]) -> (String, Vec<String>) {
-    // A `BLOB` column takes bytes as bytes, from their `\x` and hex.
-    let bytes = |c: &str| {
-        b.column_types
-            .get(c)
-            .is_some_and(|t| Class::sqlite(t) == Class::Bytes)
-    };
+    // A field of bytes in a `BLOB` column takes them as bytes, from their
+    // `\x` and hex (not the change time, a key or a mark: syncd's own).
+    let bytes = |c: &str| b.fields.iter().any(|f| f.column == c && f.class == Class::Bytes);
     let select = columns
         .iter()
         .enumerate()
