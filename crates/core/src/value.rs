@@ -582,9 +582,10 @@ fn describe(v: &Value) -> String {
 /// digits of a second, cut rather than rounded, and the same offset or
 /// none), so that a column of text compares it as it does its own values.
 /// A number stays a number in its own unit ([`epoch_units`]). A bare date
-/// is moved back to the day before `bound`'s: every row edited on a day
+/// is moved back to two days before `bound`'s: every row edited on a day
 /// carries the same stamp, so a cursor on that day (and an id) would pass
-/// over a later edit of a row with a smaller id. `None` when `at` is no
+/// over a later edit of a row with a smaller id, and a local date may be a
+/// day behind UTC's. `None` when `at` is no
 /// later, or is not a time written either way: then the caller keeps it.
 pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
     if let Some(n) = at.as_i64() {
@@ -593,7 +594,10 @@ pub fn no_later_than(at: &Value, bound: DateTime<Utc>) -> Option<Value> {
     }
     let text = at.as_str()?;
     if let Some(day) = bare_date(text) {
-        let before = bound.date_naive().pred_opt()?;
+        // Two days back: a table stamped with its local date (west of UTC
+        // a day behind) still has the bound's day and the one before read
+        // whole, whatever the cursor's id.
+        let before = bound.date_naive().pred_opt()?.pred_opt()?;
         return (day > before).then(|| Value::String(before.format("%Y-%m-%d").to_string()));
     }
     let (layout, instant) = TextTime::read(text)?;
@@ -1574,11 +1578,12 @@ mod tests {
         for not_a_time in ["12345", "v7", "2026-12-7", "2026-12-07T9:30:00Z"] {
             assert_eq!(back(not_a_time), None, "{not_a_time}");
         }
-        // A day: back to the day before the bound's, so that the bound's
-        // whole day is read again.
-        assert_eq!(back("9999-12-31").as_deref(), Some("2026-12-06"));
-        assert_eq!(back("2026-12-07").as_deref(), Some("2026-12-06"));
-        assert_eq!(back("2026-12-06"), None);
+        // A day: back to two days before the bound's, so that the bound's
+        // whole day and the one before are read again.
+        assert_eq!(back("9999-12-31").as_deref(), Some("2026-12-05"));
+        assert_eq!(back("2026-12-07").as_deref(), Some("2026-12-05"));
+        assert_eq!(back("2026-12-06").as_deref(), Some("2026-12-05"));
+        assert_eq!(back("2026-12-05"), None);
         // Numbers stay numbers in their own unit: seconds, milliseconds,
         // microseconds, nanoseconds; a small one (a version) is no later.
         assert_eq!(
