@@ -356,7 +356,9 @@ pub fn decide_page(
                 // A target record back (restored, undeleted) after its
                 // deletion was carried to the source: created anew there,
                 // as a source record back is in the target.
-                (Side::Target, Gone::Target) => !counterpart,
+                (Side::Target, Gone::Target) => {
+                    !counterpart && policy.on_target_delete == OnTargetDelete::Propagate
+                }
                 (Side::Target, Gone::Source) => false,
             };
             if counterpart {
