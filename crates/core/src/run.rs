@@ -439,6 +439,9 @@ impl RunState {
         let to = self.on(event)?;
         let steps = match (self, to) {
             (RunState::Running, RunState::Failed) => Some(StepEvent::Fail),
+            // A cancelled run leaves no step `running`: it ends with the
+            // run (the operator's reason as its error).
+            (RunState::Running | RunState::Suspended, RunState::Cancelled) => Some(StepEvent::Fail),
             (RunState::Failed, RunState::Running) => Some(StepEvent::Reopen),
             _ => None,
         };
@@ -668,7 +671,15 @@ mod tests {
             RunState::Failed.step(RunEvent::Resume),
             Ok((RunState::Running, Some(StepEvent::Reopen)))
         );
+        // Cancelled, a run leaves no step `running` behind.
+        for state in [RunState::Running, RunState::Suspended] {
+            assert_eq!(
+                state.step(RunEvent::Cancel),
+                Ok((RunState::Cancelled, Some(StepEvent::Fail)))
+            );
+        }
         for (state, event) in [
+            (RunState::Planned, RunEvent::Cancel),
             (RunState::Planned, RunEvent::Start),
             (RunState::Running, RunEvent::Succeed),
         ] {
