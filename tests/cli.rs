@@ -577,6 +577,28 @@ fn a_tenant_token_sees_only_its_tenant_on_the_command_line() {
     let own = lookup("a-O-1");
     assert_eq!(own.code, Some(0), "{}", own.stderr);
     assert!(own.stdout.contains("a-T-1"), "{}", own.stdout);
+    // An entity type the store holds nothing of is said to be so.
+    let plural = o.with(
+        &o.token_a,
+        &[
+            "mappings",
+            "lookup",
+            "--integration",
+            "crm-to-erp",
+            "--entity",
+            "orders",
+            "--source-id",
+            "a-O-1",
+        ],
+    );
+    assert_eq!(plural.code, Some(1));
+    assert!(
+        plural
+            .stderr
+            .contains("this store holds no mapping of entity `orders` there at all; it holds some of: order"),
+        "{}",
+        plural.stderr
+    );
     let b_run = o.syncd(&["runs", "show", run_b], &[]);
     assert!(b_run.stdout.contains("state       suspended"), "{}", b_run.stdout);
     let b_conflict = o.syncd(&["conflicts", "show", conflict_b], &[]);

@@ -57,13 +57,32 @@ pub fn lookup(scope: Scope, side: Side, id: &str) -> CmdResult {
                 print(std::slice::from_ref(&m));
                 Ok(())
             }
-            None => Err(format!(
-                "no mapping for {} id `{id}` of {} in integration `{}` for tenant `{}`",
-                side.as_str(),
-                scope.entity_type,
-                scope.integration_id,
-                scope.tenant_id
-            )),
+            None => {
+                // An entity type this store holds nothing of (a plural, a
+                // typo) is said so, with those it holds.
+                let entities = store
+                    .mapped_entity_types(&scope.tenant_id, &scope.integration_id)
+                    .await
+                    .map_err(|e| format!("error: {e}"))?;
+                let unknown = match entities.iter().any(|e| e.as_str() == scope.entity_type.as_str()) {
+                    true => String::new(),
+                    false => format!(
+                        " (this store holds no mapping of entity `{}` there at all; it holds some of: {})",
+                        scope.entity_type,
+                        match entities.is_empty() {
+                            true => "none".to_owned(),
+                            false => entities.join(", "),
+                        }
+                    ),
+                };
+                Err(format!(
+                    "no mapping for {} id `{id}` of {} in integration `{}` for tenant `{}`{unknown}",
+                    side.as_str(),
+                    scope.entity_type,
+                    scope.integration_id,
+                    scope.tenant_id
+                ))
+            }
         }
     })
 }
