@@ -572,3 +572,118 @@ ratio = "ratio"
     }
     crm.drop().await;
 }
+
+/// What real APIs do to a listing, with json-server: pages capped below the
+/// size asked for (it ignores `per_page` and answers ten a page: a short
+/// page ended the listing, and 15 of 25 records were never read, every run
+/// succeeding), and update times as `Date.now()` numbers shared by more
+/// records than a page holds (the listing began again at page 1 forever).
+#[tokio::test]
+async fn capped_pages_and_numeric_times_shared_by_a_page_are_read_whole() {
+    let dir = TempDir::new("rest-listings");
+    let Some(db) = SystemDb::create(Kind::Postgres, &dir, "db").await else {
+        return;
+    };
+    db.exec(
+        "CREATE TABLE items (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
+         CREATE TABLE stamps (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+    )
+    .await;
+    let at = 1_796_684_368_000_i64;
+    let items: Vec<Value> = (1..=25)
+        .map(|i| json!({"id": i, "name": format!("item {i}")}))
+        .collect();
+    let stamps: Vec<Value> = (1..=5)
+        .map(|i| json!({"id": i, "name": format!("stamp {i}"), "updated_at": at}))
+        .collect();
+    let Some(rest) = JsonServer::start(&json!({"items": items, "stamps": stamps})).await else {
+        return;
+    };
+    let workflow = dir.0.join("feed.toml");
+    std::fs::write(
+        &workflow,
+        format!(
+            r#"name = "feed"
+direction = "one_way"
+source = "rest"
+target = "db"
+
+[systems.rest]
+connector = "http"
+url = "{}"
+backoff = "20ms"
+entities.item = {{ path = "/items", records = "", record = "", updated_field = "", id_type = "number", page_param = "_page", size_param = "per_page", page_size = 25, query = {{ _sort = "id" }} }}
+entities.stamp = {{ path = "/stamps", records = "", record = "", updated_field = "updated_at", since_param = "updated_at_gte", id_type = "number", page_param = "_page", size_param = "_limit", page_size = 2, query = {{ _sort = "updated_at,id" }} }}
+
+[systems.db]
+connector = "sql"
+url = "{}"
+
+[[entities]]
+name = "item"
+table = "items"
+
+[[entities]]
+name = "stamp"
+table = "stamps"
+
+[tenants.{TENANT}]
+"#,
+            rest.url(),
+            db.url()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(support::syncd_bin())
+        .arg("run")
+        .arg(&workflow)
+        .args(["--tenant", TENANT])
+        .env("SYNCD_DATABASE_URL", dir.sqlite_url("state.db"))
+        .env_remove("SYNCD_REDIS_URL")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the run did not end in 120 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("succeeded"), "{stdout}");
+    for (table, n) in [("items", 25), ("stamps", 5)] {
+        assert_eq!(db.dump(table).await.len(), n, "{table}: {stdout}");
+    }
+    // Listed newest first: all but the first record were taken for read
+    // already and never synced, every run succeeding. The run stops.
+    let definition = std::fs::read_to_string(&workflow).unwrap().replace(
+        r#"_sort = "updated_at,id" }"#,
+        r#"_sort = "updated_at,id", _order = "desc,desc" }"#,
+    );
+    for i in 6..=8 {
+        rest.create(
+            "stamps",
+            json!({"id": i, "name": format!("stamp {i}"), "updated_at": at + i}),
+        )
+        .await;
+    }
+    std::fs::write(&workflow, definition).unwrap();
+    let out = std::process::Command::new(support::syncd_bin())
+        .arg("run")
+        .arg(&workflow)
+        .args(["--tenant", TENANT])
+        .env("SYNCD_DATABASE_URL", dir.sqlite_url("state.db"))
+        .env_remove("SYNCD_REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the listing is not in the order of `updated_at`, oldest first"),
+        "{stderr}"
+    );
+    db.drop().await;
+}

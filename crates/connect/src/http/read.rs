@@ -52,9 +52,12 @@ impl HttpConnector {
         let next = match &r.pagination {
             Pagination::Page { has_more, .. } => {
                 let page = at.and_then(Value::as_u64).unwrap_or(1);
+                // Without a flag, on to the next page until one is empty: an
+                // API may cap its pages below the size asked for, and a short
+                // page is then no sign of the end.
                 let more = match has_more {
                     Some(p) => reply.body.pointer(p).and_then(Value::as_bool).unwrap_or(false),
-                    None => items.len() >= r.page_size as usize,
+                    None => !items.is_empty(),
                 };
                 (more && !items.is_empty()).then(|| Value::from(page + 1))
             }
@@ -161,6 +164,7 @@ impl HttpConnector {
         let mut next = after.cloned();
         let mut resuming = at.is_some();
         let mut previous: Option<ListKey> = None;
+        let mut previous_short = false;
         let mut advanced = false;
         let mut taken = 0u32;
         loop {
@@ -201,9 +205,16 @@ impl HttpConnector {
                 _ => false,
             };
             if repeated {
+                // An API that does not page answers its whole collection to
+                // every page: when that is shorter than a page, it is all.
+                if previous_short {
+                    break;
+                }
                 return Err(self.same_page_twice(r));
             }
             previous = first;
+            previous_short = items.len() < r.page_size as usize;
+            let mut page_time: Option<chrono::DateTime<chrono::Utc>> = None;
             for item in &items {
                 let key = match Self::key_of(r, item) {
                     Ok(k) => k,
@@ -212,6 +223,22 @@ impl HttpConnector {
                         continue;
                     }
                 };
+                // A listing in another order than oldest first: a record
+                // older than the one before it would be taken for one read
+                // already, and never synced.
+                if page_time.is_some_and(|t| key.0 < t) {
+                    return Err(ConnectorError::Http {
+                        system: self.inner.system.clone(),
+                        request: format!("GET {}", r.path),
+                        detail: format!(
+                            "the listing is not in the order of `{updated_field}`, oldest first (record `{}` \
+                             comes after a later one): sort it so (`query = {{ _sort = \"{updated_field}\" }}` \
+                             or the API's own parameter)",
+                            key.1
+                        ),
+                    });
+                }
+                page_time = Some(key.0);
                 let seen = last.as_ref().is_some_and(|l| {
                     if fresh {
                         key.0 < l.0 || key == *l
@@ -265,9 +292,9 @@ impl HttpConnector {
             match following {
                 None => break,
                 Some(n) => {
-                    let moved_on = last.as_ref().filter(|l| {
-                        since.as_ref().and_then(|s| parse_time(&Value::String(s.clone()))) < Some(l.0)
-                    });
+                    let moved_on = last
+                        .as_ref()
+                        .filter(|l| since.as_deref().and_then(since_time) < Some(l.0));
                     match moved_on {
                         // Go on by time, from page 1: numbered pages shift.
                         Some(l) if by_page => {
@@ -350,14 +377,23 @@ impl HttpConnector {
             .and_then(|p| p.at);
         let mut page = ChangePage::default();
         let mut previous: Option<String> = None;
+        let mut previous_short = false;
         let mut taken = 0usize;
         loop {
             let (items, following) = self.list_page(r, &[], at.as_ref()).await?;
             let first = items.first().and_then(|i| i.get(&r.id_field)).and_then(id_text);
             if at.is_some() && first.is_some() && first == previous {
+                // (As in a change scan: a collection shorter than a page,
+                // answered whole to every page, is all there.)
+                if previous_short {
+                    page.done = true;
+                    page.next = Some(position(None));
+                    break;
+                }
                 return Err(self.same_page_twice(r));
             }
             previous = first;
+            previous_short = items.len() < r.page_size as usize;
             taken += items.len();
             for item in &items {
                 let key = match Self::key_of(r, item) {
@@ -485,4 +521,13 @@ pub(super) fn dedupe(page: &mut ChangePage) {
     page.records = records;
     let mut seen = HashSet::new();
     page.deleted.retain(|id| seen.insert(id.clone()));
+}
+
+/// The time a `since` filter's text says: as a time is written, or the
+/// number an API's times are (Unix seconds, `Date.now()`'s milliseconds).
+/// Read as text alone, digits said no time, and a listing of more records
+/// of one such time than a page began again at page 1 forever.
+fn since_time(since: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    parse_time(&Value::String(since.to_owned()))
+        .or_else(|| since.parse::<i64>().ok().and_then(syncd_core::value::epoch_time))
 }
