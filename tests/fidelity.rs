@@ -2683,6 +2683,40 @@ async fn references_between_padded_ids_are_translated_both_ways() {
     s.drop().await;
 }
 
+/// A `jsonb` document that is JSON's `null` arrived as SQL NULL (no
+/// value), and every run after said unchanged. Its row fails, saying so;
+/// SQL NULL and other documents sync as before.
+#[tokio::test]
+async fn a_document_that_is_json_null_is_not_taken_for_no_value() {
+    let pg = "CREATE TABLE ledger (id text PRIMARY KEY, doc jsonb, updated_at timestamptz NOT NULL)";
+    let Some(s) = Setup::new(Kind::Postgres, pg, Kind::Postgres, pg).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'null', now()), ('b', NULL, now()), ('c', '[null]', now())")
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(
+        (
+            ran.counter("product", "created"),
+            ran.counter("product", "failed")
+        ),
+        (2, 1),
+        "{}",
+        ran.stdout
+    );
+    let m = s.mapping("a").await;
+    assert!(
+        m.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the document is JSON's `null`"),
+        "{m:?}"
+    );
+    assert_eq!(Setup::pg_text(&s.target, "doc").await, ["()", "([null])"]);
+    s.drop().await;
+}
+
 /// A time of day PostgreSQL writes `10:30:00.5` and MariaDB's `TIME(6)`
 /// `10:30:00.500000` is one value: synced both ways, runs with no edits
 /// write nothing (they wrote both sides on every run).

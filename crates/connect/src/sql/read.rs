@@ -38,7 +38,7 @@ impl SqlConnector {
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter()
-                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .map(|r| pg_row(b, r))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(self.query_error(&b.table))?
             }
@@ -111,7 +111,7 @@ impl SqlConnector {
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter()
-                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .map(|r| pg_row(b, r))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(self.query_error(&b.table))?
             }
@@ -199,7 +199,7 @@ impl SqlConnector {
                     .await
                     .map_err(self.query_error(&b.table))?;
                 rows.iter()
-                    .map(|r| pg_row(b, r).map(|d| (d, None)))
+                    .map(|r| pg_row(b, r))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(self.query_error(&b.table))?
             }
@@ -574,16 +574,32 @@ pub(super) fn pg_row_document(b: &TableBinding) -> String {
         let c = ident(&f.column);
         select.push_str(&format!(", CASE WHEN t.{c} = 0 THEN t.{c}::text END"));
     }
+    // A document that is JSON's `null` reads as SQL NULL in the row's
+    // document: said apart, so that its row fails rather than arrive
+    // as no value.
+    for f in pg_documents(b) {
+        let c = ident(&f.column);
+        select.push_str(&format!(", jsonb_typeof(to_jsonb(t.{c})) = 'null'"));
+    }
     select
+}
+
+fn pg_documents(b: &TableBinding) -> impl Iterator<Item = &FieldColumn> {
+    b.fields.iter().filter(|f| f.class == Class::Json)
 }
 
 pub(super) fn pg_floats(b: &TableBinding) -> impl Iterator<Item = &FieldColumn> {
     b.fields.iter().filter(|f| matches!(f.class, Class::Float { .. }))
 }
 
-/// A row selected by [`pg_row_document`] as one document.
-pub(super) fn pg_row(b: &TableBinding, row: &sqlx::postgres::PgRow) -> Result<Fields, sqlx::Error> {
+/// A row selected by [`pg_row_document`] as one document, and why it
+/// cannot be synced if it cannot.
+pub(super) fn pg_row(
+    b: &TableBinding,
+    row: &sqlx::postgres::PgRow,
+) -> Result<(Fields, Option<BadRow>), sqlx::Error> {
     let mut doc = row.try_get::<sqlx::types::Json<Fields>, _>(0)?.0;
+    let floats = pg_floats(b).count();
     for (i, f) in pg_floats(b).enumerate() {
         if row.try_get::<Option<&str>, _>(i + 1)? == Some("-0") {
             doc.insert(f.column.clone(), Value::String("-0".into()));
@@ -591,7 +607,17 @@ pub(super) fn pg_row(b: &TableBinding, row: &sqlx::postgres::PgRow) -> Result<Fi
             *v = value::float_column_value(v.take(), *bits);
         }
     }
-    Ok(doc)
+    let mut bad = None;
+    for (i, f) in pg_documents(b).enumerate() {
+        if row.try_get::<Option<bool>, _>(1 + floats + i)? == Some(true) {
+            let why = format!(
+                "{}: the document is JSON's `null`, which syncd cannot tell from SQL NULL (no value)",
+                column_label(b, &f.column)
+            );
+            bad.get_or_insert_with(|| unreadable_row(b, &doc, why));
+        }
+    }
+    Ok((doc, bad))
 }
 
 #[cfg(test)]
