@@ -853,15 +853,22 @@ fn copy_text(b: &TableBinding, columns: &[&str], rows: &[Fields]) -> Option<Stri
 
 /// `text` escaped for COPY's text format.
 fn copy_escape(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
+    // The four bytes escaped are ASCII, so every run between them ends on
+    // a character boundary and is copied whole.
+    let mut from = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            _ => continue,
+        };
+        out.push_str(&text[from..i]);
+        out.push_str(escaped);
+        from = i + 1;
     }
+    out.push_str(&text[from..]);
 }
 
 /// The search of `find_by_keys` on PostgreSQL (`$1`: the keys as an array)
@@ -878,5 +885,26 @@ fn key_search(b: &TableBinding, key_col: &str, dialect: Dialect) -> String {
              WHERE {k} IN (SELECT value FROM json_each(?1)){}",
             tenant_and(b, "", dialect)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_escape;
+
+    /// COPY's text format takes a backslash, a newline, a carriage return
+    /// and a tab only escaped; every other character, multi-byte ones
+    /// beside them too, goes through as it is.
+    #[test]
+    fn copy_text_escapes_its_four_special_characters_and_nothing_else() {
+        let mut out = String::from("kept|");
+        copy_escape("é\\\tÅ\n\r✓ \\N\u{0}x", &mut out);
+        assert_eq!(out, "kept|é\\\\\\tÅ\\n\\r✓ \\\\N\u{0}x");
+        let mut plain = String::new();
+        copy_escape("plain text ✓", &mut plain);
+        assert_eq!(plain, "plain text ✓");
+        let mut edges = String::new();
+        copy_escape("\t\\", &mut edges);
+        assert_eq!(edges, "\\t\\\\");
     }
 }
