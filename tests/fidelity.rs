@@ -1028,6 +1028,78 @@ async fn mariadb_columns_that_would_store_another_value_fail_their_record() {
     to_my.drop().await;
 }
 
+/// A value longer than a MariaDB `TINYTEXT`, `TEXT` or `TINYBLOB` holds in
+/// bytes: an UPDATE that joins the rows it writes had MariaDB cut it down
+/// to what the length prefix holds (300 characters into a TINYTEXT became
+/// 44), strict mode or not, and the run counted it `updated`. The update
+/// is refused now, naming the field, and the target keeps what it held.
+#[tokio::test]
+async fn text_longer_than_a_mariadb_text_column_holds_fails_its_update() {
+    let Some(to_my) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, tt text, tx text, tb bytea, updated_at timestamptz NOT NULL)",
+        Kind::Mariadb,
+        "CREATE TABLE ledger (id VARCHAR(64) PRIMARY KEY, tt TINYTEXT, tx TEXT, tb TINYBLOB, \
+         updated_at DATETIME(6) NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    to_my
+        .source
+        .exec(
+            "INSERT INTO ledger VALUES ('t', 'short', 'short', '\\x01', now() - interval '1 hour'), \
+             ('x', 'short', 'short', '\\x01', now() - interval '1 hour'), \
+             ('b', 'short', 'short', '\\x01', now() - interval '1 hour')",
+        )
+        .await;
+    assert_eq!(to_my.run(&[]).counter("product", "created"), 3);
+    to_my
+        .source
+        .exec(
+            "UPDATE ledger SET tt = repeat('u', 300), updated_at = now() WHERE id = 't'; \
+             UPDATE ledger SET tx = repeat('y', 65600), updated_at = now() WHERE id = 'x'; \
+             UPDATE ledger SET tb = decode(repeat('ab', 300), 'hex'), updated_at = now() WHERE id = 'b'",
+        )
+        .await;
+    let ran = to_my.run(&[]);
+    assert_eq!(ran.counter("product", "failed"), 3, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "updated"), 0, "{}", ran.stdout);
+    for (id, field, says) in [
+        (
+            "t",
+            "tt",
+            "300 bytes of UTF-8 are more than the column (tinytext) holds (255 bytes)",
+        ),
+        (
+            "x",
+            "tx",
+            "65600 bytes of UTF-8 are more than the column (text) holds (65535 bytes)",
+        ),
+        (
+            "b",
+            "tb",
+            "300 bytes are more than the column (tinyblob) holds (255 bytes)",
+        ),
+    ] {
+        let why = to_my.mapping(id).await.last_error.unwrap_or_default();
+        assert!(
+            why.contains(&format!("field `{field}`")) && why.contains(says),
+            "{id}: {why}"
+        );
+    }
+    let SystemDb::Mariadb { db } = &to_my.target else {
+        unreachable!()
+    };
+    let held: Vec<(i64, i64, i64)> = sqlx::query_as("SELECT LENGTH(tt), LENGTH(tx), LENGTH(tb) FROM ledger")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(held, vec![(5, 5, 1); 3]);
+    to_my.drop().await;
+}
+
 /// Text longer than a PostgreSQL `varchar(n)` fails its record naming the
 /// field (PostgreSQL's own refusal names no column), and so does text that
 /// is longer only by trailing spaces, which PostgreSQL would cut off
