@@ -61,13 +61,16 @@ pub(super) async fn connect(url: &str, schema: Option<&str>) -> Result<MySqlPool
         .acquire_timeout(Duration::from_secs(10))
         .after_connect(|conn, _| {
             Box::pin(async move {
-                // A value the column cannot hold is an error on every
-                // engine, never a warning and a changed value.
-                // Backslashes escape in string literals (the tenant filter
-                // doubles them), whatever the server's default.
+                // The session's mode is set whole, not added to the
+                // server's: a value the column cannot hold is an error on
+                // every engine, never a warning and a changed value;
+                // backslashes escape in string literals (the tenant filter
+                // doubles them); and no server default changes what is
+                // written (`EMPTY_STRING_IS_NULL` would store '' as NULL,
+                // `PAD_CHAR_TO_FULL_LENGTH` read CHAR values padded,
+                // `ANSI_QUOTES` or `ORACLE` read the statements otherwise).
                 conn.execute(
-                    "SET SESSION sql_mode = REPLACE(CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), \
-                     'NO_BACKSLASH_ESCAPES', '')",
+                    "SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'",
                 )
                 .await?;
                 Ok(())
