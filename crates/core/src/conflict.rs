@@ -357,13 +357,14 @@ pub enum ReviewError {
     MissingField { field: String },
     #[error("field `{field}` is not a field of this record")]
     UnknownField { field: String },
-    #[error("field `{field}`: {given} is {kind}, and both records hold {held} there (e.g. {example})")]
+    /// `held` says what the records hold there, e.g. "both records hold
+    /// a number there (e.g. 99.99)".
+    #[error("field `{field}`: {given} is {kind}, and {held}")]
     WrongKind {
         field: String,
         given: String,
         kind: &'static str,
-        held: &'static str,
-        example: String,
+        held: String,
     },
 }
 
@@ -542,27 +543,164 @@ pub fn decided_values(c: &ConflictRecord, decision: &ReviewDecision) -> Result<F
     .map_err(|e| format!("conflict {}: {e}", c.id))?;
     let mut values = writes.settled;
     if let ReviewDecision::Values(given) = decision {
-        // A value of another kind than both records hold there (text for
-        // a number, say) would be refused by a system, or stored as
-        // another value, only once the decision is written.
         for (name, v) in given {
             let (s, t) = (
                 field(&c.source_record.fields, name),
                 field(&c.target_record.fields, name),
             );
-            let held = json_kind(s);
-            if !v.is_null() && !s.is_null() && held == json_kind(t) && json_kind(v) != held {
-                let wrong = ReviewError::WrongKind {
-                    field: name.clone(),
-                    given: v.to_string(),
-                    kind: json_kind(v),
-                    held,
-                    example: s.to_string(),
-                };
-                return Err(format!("conflict {}: {wrong}", c.id));
-            }
+            check_kind(name, v, s, t).map_err(|e| format!("conflict {}: {e}", c.id))?;
         }
         values.extend(given.clone());
     }
     Ok(values)
+}
+
+/// Refuses a given value of another kind than the records hold in that
+/// field (text for a number, say): a system would refuse it, or store it
+/// as another value, only once the decision is written. The kind is that
+/// of whichever side holds a value, so a field NULL in the source is
+/// still held to the target's kind; when the two hold values of two
+/// kinds, either is fine. NULL is always a choice.
+fn check_kind(name: &str, given: &Value, source: &Value, target: &Value) -> Result<(), ReviewError> {
+    let kind = json_kind(given);
+    let held = match (source, target) {
+        _ if given.is_null() => return Ok(()),
+        (Value::Null, Value::Null) => return Ok(()),
+        (held, Value::Null) | (Value::Null, held) if kind != json_kind(held) => {
+            let (side, other) = if source.is_null() {
+                ("target", "source")
+            } else {
+                ("source", "target")
+            };
+            format!(
+                "the {side} record holds {} there ({}; the {other} holds NULL)",
+                json_kind(held),
+                excerpt(held)
+            )
+        }
+        (Value::Null, _) | (_, Value::Null) => return Ok(()),
+        (s, t) if json_kind(s) == json_kind(t) && kind != json_kind(s) => {
+            format!("both records hold {} there (e.g. {})", json_kind(s), excerpt(s))
+        }
+        (s, t) if kind != json_kind(s) && kind != json_kind(t) => format!(
+            "the records hold {} ({}) and {} ({}) there",
+            json_kind(s),
+            excerpt(s),
+            json_kind(t),
+            excerpt(t)
+        ),
+        _ => return Ok(()),
+    };
+    Err(ReviewError::WrongKind {
+        field: name.to_owned(),
+        given: excerpt(given),
+        kind,
+        held,
+    })
+}
+
+/// `v` as JSON, cut after 60 characters (a value may be a page long).
+fn excerpt(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(60) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A conflict of one field, `f`, that the source holds as `source`
+    /// and the target as `target` (`null`: SQL NULL).
+    fn conflict(source: Value, target: Value) -> ConflictRecord {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        let record = |id: &str, v: Value| Record {
+            id: id.into(),
+            modified_at: at,
+            fields: [("f".to_owned(), v)].into_iter().collect(),
+        };
+        let (source, target) = (record("s-1", source), record("t-1", target));
+        let resolution = resolve(
+            None,
+            &source,
+            &target,
+            Direction::Bidirectional,
+            Strategy::Manual,
+            &MergeRules::new(),
+        );
+        let scope = ConflictScope::new("acme", "crm-to-erp", "account");
+        ConflictRecord::from_resolution(Uuid::nil(), scope, None, &source, &target, &resolution, at)
+            .expect("the two values differ")
+    }
+
+    /// What deciding `given` for `f` answers: `Ok` with the value kept, or
+    /// the reason it is refused.
+    fn check(source: Value, target: Value, given: Value) -> Result<Value, String> {
+        let c = conflict(source, target);
+        let values = [("f".to_owned(), given)].into_iter().collect();
+        decided_values(&c, &ReviewDecision::Values(values)).map(|v| v["f"].clone())
+    }
+
+    const REFUSED: &str = "conflict 00000000-0000-0000-0000-000000000000: field `f`: ";
+
+    #[test]
+    fn a_decided_value_is_held_to_the_kind_of_whichever_side_holds_one() {
+        // The source NULL: the target's kind decides.
+        assert_eq!(
+            check(json!(null), json!("erp-title"), json!("1.50")),
+            Ok(json!("1.50"))
+        );
+        assert_eq!(
+            check(json!(null), json!("erp-title"), json!(1.50)).unwrap_err(),
+            format!(
+                "{REFUSED}1.5 is a number, and the target record holds text there \
+                 (\"erp-title\"; the source holds NULL)"
+            )
+        );
+        // The target NULL: the source's.
+        assert_eq!(check(json!(7), json!(null), json!(8)), Ok(json!(8)));
+        assert_eq!(
+            check(json!(7), json!(null), json!("8")).unwrap_err(),
+            format!(
+                "{REFUSED}\"8\" is text, and the source record holds a number there (7; the target holds NULL)"
+            )
+        );
+        // Both of one kind.
+        assert_eq!(check(json!("a"), json!("b"), json!("")), Ok(json!("")));
+        assert_eq!(
+            check(json!("a"), json!("b"), json!(true)).unwrap_err(),
+            format!("{REFUSED}true is a boolean, and both records hold text there (e.g. \"a\")")
+        );
+        // Two kinds: either is fine, a third is not.
+        assert_eq!(check(json!(5), json!("5"), json!(6)), Ok(json!(6)));
+        assert_eq!(check(json!(5), json!("5"), json!("six")), Ok(json!("six")));
+        assert_eq!(
+            check(json!(5), json!("5"), json!(false)).unwrap_err(),
+            format!("{REFUSED}false is a boolean, and the records hold a number (5) and text (\"5\") there")
+        );
+        // NULL is always a choice.
+        for (s, t) in [
+            (json!(null), json!("x")),
+            (json!(1), json!(null)),
+            (json!("a"), json!("b")),
+        ] {
+            assert_eq!(check(s, t, json!(null)), Ok(json!(null)));
+        }
+    }
+
+    #[test]
+    fn a_refusal_quotes_a_long_value_shortened() {
+        let long = "x".repeat(50_000);
+        let why = check(json!(null), json!(long), json!(1)).unwrap_err();
+        assert_eq!(
+            why,
+            format!(
+                "{REFUSED}1 is a number, and the target record holds text there (\"{}…; the source holds NULL)",
+                "x".repeat(59)
+            )
+        );
+    }
 }
