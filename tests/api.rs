@@ -250,6 +250,55 @@ async fn tokens_are_checked_before_anything_else() {
         let (status, body) = request(api.addr, "GET", "/api/runs", token, None).await;
         assert_eq!((status, &body["error"]), (401, &json!(error)), "{token:?}");
     }
+    // The scheme's name is case-insensitive (RFC 7235); another scheme
+    // carries no bearer token.
+    let token = api
+        .store
+        .create_token(&Principal::Tenant("a".into()))
+        .await
+        .unwrap();
+    for (scheme, status) in [("bearer", 200), ("BEARER", 200), ("Bearer", 200), ("Basic", 401)] {
+        let authorization = format!("{scheme} {token}");
+        let reply = support::http::exchange(
+            api.addr,
+            "GET",
+            "/api/runs",
+            &[("Authorization", &authorization)],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, status, "{scheme}: {}", reply.body);
+    }
+}
+
+/// A decision that is not one says what is wrong with it, and the
+/// conflict still waits.
+#[tokio::test]
+async fn a_malformed_decision_says_what_is_wrong() {
+    let (api, [(_, conflict_a), _]) = serve().await;
+    let token = api
+        .store
+        .create_token(&Principal::Tenant("a".into()))
+        .await
+        .unwrap();
+    let resolve = format!("/api/conflicts/{conflict_a}/resolve");
+    for (body, error) in [
+        (
+            r#"{"take": "left", "by": "x"}"#,
+            "unknown side `left` in `take`: take `source` or `target`",
+        ),
+        (
+            r#"{"take": "source", "values": {"status": "x"}, "by": "x"}"#,
+            "give `take` (source or target) or `values`, not both",
+        ),
+        (r#"{"by": "x"}"#, "give `take` (source or target) or `values`"),
+    ] {
+        let (status, reply) = request(api.addr, "POST", &resolve, Some(&token), Some(body.as_bytes())).await;
+        assert_eq!((status, &reply["error"]), (400, &json!(error)), "{body}");
+    }
+    let c = api.store.load_conflict(None, conflict_a).await.unwrap().unwrap();
+    assert_eq!(c.status, ConflictStatus::Pending);
 }
 
 #[tokio::test]

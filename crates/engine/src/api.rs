@@ -216,7 +216,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("")
         .to_owned();
     match principal_and_holder(&state.store, &token).await {
@@ -228,6 +228,14 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         Err(TokenError::Store(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header's value; the
+/// scheme's name is case-insensitive (RFC 7235 §2.1), so `bearer` is
+/// Bearer too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
@@ -409,11 +417,20 @@ async fn resolve_conflict(
     let decision = match (body.take.as_deref(), body.values) {
         (Some("source"), None) => ReviewDecision::TakeSource,
         (Some("target"), None) => ReviewDecision::TakeTarget,
+        (Some(side), None) => {
+            let side: String = side.chars().take(40).collect();
+            return Err(ApiError::bad(format!(
+                "unknown side `{side}` in `take`: take `source` or `target`"
+            )));
+        }
         (None, Some(values)) => ReviewDecision::Values(values),
-        _ => {
+        (Some(_), Some(_)) => {
             return Err(ApiError::bad(
                 "give `take` (source or target) or `values`, not both",
             ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad("give `take` (source or target) or `values`"));
         }
     };
     let by = match (&holder, body.by.as_deref().map(str::trim)) {
