@@ -977,6 +977,20 @@ table = "ledger"
     let doomed = create(&["--tenant", "acme"]);
     let brief = create(&["--tenant", "acme", "--expires-in", "1s"]);
     let admin = create(&["--admin"]);
+    // A token expired as it is created is refused, and none is stored.
+    let held = syncd(&["tokens", "list"]);
+    let zero = syncd(&["tokens", "create", "--tenant", "acme", "--expires-in", "0s"]);
+    assert_eq!(zero.code, Some(1), "{}", zero.stderr);
+    assert_eq!(zero.stdout, "", "no token printed");
+    assert!(
+        zero.stderr.contains(
+            "error: --expires-in `0s`: the token would be expired as it is created; give a positive \
+             interval (`12h`, `30d`), or none for a token valid until revoked"
+        ),
+        "{}",
+        zero.stderr
+    );
+    assert_eq!(syncd(&["tokens", "list"]).stdout, held.stdout);
 
     // The API and the CLI take each of them.
     let runtime = tokio::runtime::Runtime::new().unwrap();

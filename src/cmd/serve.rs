@@ -61,6 +61,12 @@ pub fn create_token(
         Some(s) => {
             let d =
                 syncd_core::deletes::parse_interval(s).map_err(|e| format!("error: --expires-in: {e}"))?;
+            if d.is_zero() {
+                return Err(format!(
+                    "error: --expires-in `{s}`: the token would be expired as it is created; give a \
+                     positive interval (`12h`, `30d`), or none for a token valid until revoked"
+                ));
+            }
             let d = chrono::Duration::from_std(d).map_err(|e| format!("error: --expires-in: {e}"))?;
             Some(
                 chrono::Utc::now()
