@@ -1100,6 +1100,72 @@ async fn text_longer_than_a_mariadb_text_column_holds_fails_its_update() {
     to_my.drop().await;
 }
 
+/// PostgreSQL's array input reads each element as a value of the element
+/// type, rounding a `numeric(10,2)` element (1.005 became 1.01), cutting
+/// spaces past a `varchar(3)` element's length and dropping a `time`
+/// element's offset, without a word; in a bidirectional integration the
+/// changed arrays were then written back over the source. Such a record
+/// fails now naming the field and the element; arrays that fit arrive as
+/// they are.
+#[tokio::test]
+async fn an_array_element_its_element_type_would_change_fails_its_record() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, amounts numeric[], codes text[], times text[], \
+         updated_at timestamptz NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, amounts numeric(10,2)[], codes varchar(3)[], \
+         times time[], updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES \
+             ('fits', '{1.25,2}', '{abc,é}', '{10:00:00}', now()), \
+             ('rounds', '{1.005,2}', NULL, NULL, now()), \
+             ('spaces', NULL, '{\"ab    \"}', NULL, now()), \
+             ('offset', NULL, NULL, '{10:00:00,10:00:00+05}', now())",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 3, "{}", ran.stdout);
+    for (id, field, says) in [
+        (
+            "rounds",
+            "amounts",
+            "element [1] of the array (numeric(10,2)): 1.005 has 3 digits after the point",
+        ),
+        (
+            "spaces",
+            "codes",
+            "element [1] of the array (character varying(3)): 6 characters are more",
+        ),
+        (
+            "offset",
+            "times",
+            "element [2] of the array (time without time zone): 10:00:00+05 is a time of day",
+        ),
+    ] {
+        let why = s.mapping(id).await.last_error.unwrap_or_default();
+        assert!(
+            why.contains(&format!("field `{field}`")) && why.contains(says),
+            "{id}: {why}"
+        );
+    }
+    let rows = s.target.dump("ledger").await;
+    assert_eq!(rows.len(), 1);
+    // (A `numeric(10,2)` element keeps two digits: the same number.)
+    assert_eq!(rows[0]["amounts"].to_string(), "[1.25,2.00]");
+    assert_eq!(rows[0]["codes"], serde_json::json!(["abc", "é"]));
+    assert_eq!(rows[0]["times"], serde_json::json!(["10:00:00"]));
+    assert_eq!(s.run(&[]).writes("product"), 0);
+    s.drop().await;
+}
+
 /// Text longer than a PostgreSQL `varchar(n)` fails its record naming the
 /// field (PostgreSQL's own refusal names no column), and so does text that
 /// is longer only by trailing spaces, which PostgreSQL would cut off

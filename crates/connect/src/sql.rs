@@ -463,7 +463,9 @@ impl SqlConnector {
                 let native = value::write(f.kind, f.class, dialect, v)
                     .and_then(|native| match (self, b.column_types.get(&f.column)) {
                         (SqlConnector::Mysql { .. }, Some(t)) => mysql::holds(t, &native).map(|()| native),
-                        (SqlConnector::Postgres { .. }, Some(t)) => pg_holds(t, &native).map(|()| native),
+                        (SqlConnector::Postgres { .. }, Some(t)) => {
+                            pg_holds(t, &native).and_then(|()| pg_elements_hold(t, &native)).map(|()| native)
+                        }
                         _ => Ok(native),
                     })
                     .map_err(|why| {
@@ -538,6 +540,22 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
             s.len()
         ));
     }
+    // A time of day without a zone reads `10:00:00+05` as ten o'clock.
+    if (column_type.starts_with("time ") || column_type.starts_with("time("))
+        && column_type.ends_with("without time zone")
+    {
+        let clock = s.trim();
+        let zoned = clock.contains('+')
+            || clock.get(1..).is_some_and(|rest| rest.contains('-'))
+            || clock.ends_with(['Z', 'z'])
+            || clock.to_ascii_uppercase().contains("UTC")
+            || clock.to_ascii_uppercase().contains("GMT");
+        if zoned {
+            return Err(format!(
+                "{s} is a time of day with a UTC offset; the column ({column_type}) would drop the offset"
+            ));
+        }
+    }
     // A time or an interval keeps microseconds, or its `p` digits.
     let kept = match column_type {
         "time without time zone" | "time with time zone" | "interval" => Some(6),
@@ -575,9 +593,45 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
+/// Whether each element of a PostgreSQL array column (`numeric(10,2)[]`,
+/// `varchar(3)[]`, `timestamp(0)[]`, …) is held as it is: the element
+/// type's input function rounds or cuts an element as it would a value of
+/// a column of that type, without a word. Each is checked as such a value;
+/// an element of a document type (`jsonb[]`) is taken as it is.
+fn pg_elements_hold(column_type: &str, v: &Value) -> Result<(), String> {
+    let Some(element) = column_type.strip_suffix("[]") else {
+        return Ok(());
+    };
+    let element = element.trim_end_matches("[]");
+    let class = Class::postgres(element);
+    if class == Class::Json {
+        return Ok(());
+    }
+    fn each(element: &str, class: Class, v: &Value, at: &mut Vec<usize>) -> Result<(), String> {
+        match v {
+            Value::Null => Ok(()),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    at.push(i + 1);
+                    each(element, class, item, at)?;
+                    at.pop();
+                }
+                Ok(())
+            }
+            one => value::write(value::Kind::Any, class, Dialect::Postgres, one)
+                .and_then(|native| pg_holds(element, &native))
+                .map_err(|why| {
+                    let index: String = at.iter().map(|i| format!("[{i}]")).collect();
+                    format!("element {index} of the array ({element}): {why}")
+                }),
+        }
+    }
+    each(element, class, v, &mut Vec::new())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::pg_holds;
+    use super::{pg_elements_hold, pg_holds};
     use serde_json::json;
 
     /// What PostgreSQL's input functions would change without a word is
@@ -608,7 +662,16 @@ mod tests {
                 "{column} {v}: {got:?}"
             );
         }
+        for zoned in ["10:00:00+05", "10:00:00-03:30", "10:00:00Z", "10:00:00 UTC"] {
+            let got = pg_holds("time without time zone", &json!(zoned));
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("would drop the offset")),
+                "{zoned}: {got:?}"
+            );
+        }
         let kept = [
+            ("time with time zone", json!("10:00:00+05")),
+            ("time(0) without time zone", json!("10:00:00 PM")),
             ("interval", json!("1 day 02:03:04.123456")),
             ("\"char\"", json!("h")),
             ("name", json!("x".repeat(63))),
@@ -620,6 +683,55 @@ mod tests {
         ];
         for (column, v) in kept {
             assert_eq!(pg_holds(column, &v), Ok(()), "{column} {v}");
+        }
+    }
+
+    /// An array's elements are held as values of its element type are:
+    /// PostgreSQL's element input rounds `numeric(10,2)` and `timestamp(0)`
+    /// elements and cuts spaces past a `varchar(3)` element's length.
+    #[test]
+    fn an_array_column_refuses_an_element_its_element_type_would_change() {
+        let refused = [
+            (
+                "numeric(10,2)[]",
+                json!([1.005, 2]),
+                "element [1] of the array (numeric(10,2))",
+            ),
+            (
+                "character varying(3)[]",
+                json!(["ab", "ab    "]),
+                "element [2] of the array",
+            ),
+            (
+                "timestamp(0) without time zone[]",
+                json!([["2024-01-01 10:00:00"], ["2024-01-01 10:00:00.7"]]),
+                "element [2][1] of the array",
+            ),
+            (
+                "time without time zone[]",
+                json!(["10:00:00+05"]),
+                "would drop the offset",
+            ),
+            ("real[]", json!([0.1, 0.123456789]), "element [2]"),
+        ];
+        for (column, v, why) in refused {
+            let got = pg_elements_hold(column, &v);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{column} {v}: {got:?}"
+            );
+        }
+        let kept = [
+            ("numeric(10,2)[]", json!([1.25, null, 2])),
+            ("character varying(3)[]", json!(["abc", "é"])),
+            ("timestamp(0) without time zone[]", json!(["2024-01-01 10:00:00"])),
+            ("integer[]", json!([[1, 2], [3, 4]])),
+            ("jsonb[]", json!([{"a": 1.005}])),
+            ("text[]", json!(["anything", 1.005])),
+            ("numeric(10,2)", json!(1.005)),
+        ];
+        for (column, v) in kept {
+            assert_eq!(pg_elements_hold(column, &v), Ok(()), "{column} {v}");
         }
     }
 }
