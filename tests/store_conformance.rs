@@ -122,6 +122,7 @@ conformance!(
     awkward_names_round_trip,
     five_megabyte_snapshot_round_trips,
     conflicts_are_stored_per_tenant,
+    a_decided_conflict_stays_open_until_its_decision_is_applied,
     ready_runs_are_those_of_the_served_integrations,
     reservations_settle_with_their_page_or_become_pending,
     tokens_are_refused_once_revoked_or_expired,
@@ -1236,6 +1237,62 @@ async fn runs_and_conflicts_are_listed_by_the_start_of_their_id(store: Arc<Store
         .await
         .unwrap();
     assert_eq!(found.iter().map(|c| c.id).collect::<Vec<_>>(), [conflict.id]);
+}
+
+/// A record whose conflict a reviewer has decided waits, as it did while
+/// the conflict was pending, until a run applies the decision: a run that
+/// met it in between parked a second conflict on it, and the decision
+/// applied after left that one to be decided again, and dropped. A
+/// strategy's own settlement (`system`) and an applied decision close it.
+async fn a_decided_conflict_stays_open_until_its_decision_is_applied(store: Arc<Store>) {
+    let s = scope("account");
+    let (decided, pending, settled) = (
+        sample_conflict("tenant-a", "a-decided"),
+        sample_conflict("tenant-a", "a-pending"),
+        sample_conflict("tenant-a", "a-settled"),
+    );
+    store
+        .commit_page(PageCommit {
+            conflicts: vec![decided.clone(), pending.clone(), settled.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let choice = fields(json!({"name": "ACME"}));
+    store.resolve_conflict(&decided, &choice, "alice").await.unwrap();
+    store.resolve_conflict(&settled, &choice, "system").await.unwrap();
+    let all = ids(&["a-decided", "a-pending", "a-settled", "a-none"]);
+    let open = |side| {
+        let (store, s, all) = (store.clone(), s.clone(), all.clone());
+        async move {
+            let mut open: Vec<String> = store
+                .open_conflicts(&s, side, &all)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            open.sort();
+            open
+        }
+    };
+    assert_eq!(open(Side::Source).await, ["a-decided", "a-pending"]);
+    let targets = ids(&["T-a-decided", "T-a-pending", "T-a-settled"]);
+    let mut by_target: Vec<String> = store
+        .open_conflicts(&s, Side::Target, &targets)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    by_target.sort();
+    assert_eq!(by_target, ["T-a-decided", "T-a-pending"]);
+    store
+        .commit_page(PageCommit {
+            applied_conflicts: vec![decided.id],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(open(Side::Source).await, ["a-pending"]);
 }
 
 async fn conflicts_are_stored_per_tenant(store: Arc<Store>) {

@@ -12,7 +12,10 @@ impl Store {
         on_backend!(self, b => b.load_conflicts(Some(tenant), ids).await)
     }
 
-    /// Which of `ids` (ids on `side`) have a pending conflict.
+    /// Which of `ids` (ids on `side`) have a conflict still open: pending,
+    /// or decided by a reviewer and not yet applied (a run that met the
+    /// record in between would park a second conflict on it, and the
+    /// decision applied after would leave that one to be decided again).
     pub async fn open_conflicts(
         &self,
         scope: &EntityScope,

@@ -408,7 +408,8 @@ macro_rules! run_statements {
             };
             let found: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT {column} FROM conflicts WHERE tenant_id = $1 AND integration_id = $2 \
-                 AND entity_type = $3 AND status = 'pending' AND {column} {}",
+                 AND entity_type = $3 AND {column} {} \
+                 AND (status = 'pending' OR (status = 'resolved' AND resolved_by <> 'system' AND applied_at IS NULL))",
                 Self::in_list("$4")
             ))
             .bind(scope.tenant_id.as_str())
