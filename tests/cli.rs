@@ -816,6 +816,19 @@ fn runs_resume_applies_a_review_on_the_command_line() {
         "{}",
         resolved.stdout
     );
+    // What became of the decision: nothing yet, then applied by the run.
+    let outcome = || {
+        let shown = syncd(&["conflicts", "show", &conflict, "--token", &t1]);
+        shown
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("outcome "))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        outcome().as_deref(),
+        Some("outcome waiting for a run to apply it")
+    );
 
     let done = resume(&t1);
     assert_eq!(done.code, Some(0), "{}", done.stderr);
@@ -831,6 +844,7 @@ fn runs_resume_applies_a_review_on_the_command_line() {
             "Acme Reviewed"
         );
     });
+    assert_eq!(outcome().as_deref(), Some("outcome applied"));
     let again = resume(&t1);
     assert_eq!(again.code, Some(1));
     assert_eq!(

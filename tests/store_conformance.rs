@@ -1076,6 +1076,7 @@ fn sample_conflict(tenant: &str, source_id: &str) -> ConflictRecord {
         resolved_by: None,
         created_at: Utc::now(),
         resolved_at: None,
+        outcome: None,
     }
 }
 
@@ -1287,12 +1288,26 @@ async fn a_decided_conflict_stays_open_until_its_decision_is_applied(store: Arc<
     assert_eq!(by_target, ["T-a-decided", "T-a-pending"]);
     store
         .commit_page(PageCommit {
-            applied_conflicts: vec![decided.id],
+            applied_conflicts: vec![(decided.id, "applied".into())],
             ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(open(Side::Source).await, ["a-pending"]);
+    // What became of the decision is kept with it, for the reviewer.
+    let tenant: TenantId = "tenant-a".into();
+    let outcomes: Vec<(Uuid, Option<String>)> = store
+        .load_conflicts(&tenant, &[decided.id, pending.id])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.outcome))
+        .collect();
+    assert!(
+        outcomes.contains(&(decided.id, Some("applied".into()))),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.contains(&(pending.id, None)), "{outcomes:?}");
 }
 
 async fn conflicts_are_stored_per_tenant(store: Arc<Store>) {

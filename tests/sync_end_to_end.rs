@@ -878,6 +878,23 @@ async fn a_decided_field_edited_since_it_was_parked_goes_back_to_the_reviewer() 
     let again = store.list_conflicts(&filter).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].conflicting_fields, ["name"]);
+    // The reviewer is told what became of the decision, and where it went.
+    let first = store
+        .load_conflicts(&"t1".into(), &[parked.id])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        first.outcome.as_deref(),
+        Some(
+            format!(
+                "not applied: a decided field changed on a side since the conflict was parked; parked again as \
+                 conflict {}",
+                again[0].id
+            )
+            .as_str()
+        )
+    );
     assert_eq!(again[0].source_record.fields["name"], "Acme S2");
     assert_eq!(again[0].target_record.fields["name"], "Acme T");
     assert_eq!(
@@ -970,6 +987,11 @@ async fn a_decision_on_a_cancelled_runs_conflict_is_applied_by_the_next_run() {
         applied
             .iter()
             .all(|c| c.status != syncd_core::conflict::ConflictStatus::Pending)
+    );
+    assert_eq!(
+        applied.iter().map(|c| c.outcome.as_deref()).collect::<Vec<_>>(),
+        [Some("applied")],
+        "the reviewer's decision, said applied"
     );
     assert_eq!(
         writes_of(&store, &sync_once(store.clone(), &toml, 100).await.unwrap()).await,

@@ -104,6 +104,14 @@ pub fn render(c: &ConflictRecord) -> String {
             Value::Object(r.clone()),
             c.resolved_by.as_deref().unwrap_or("-")
         ));
+        // A strategy's settlement is written as it is made; a reviewer's
+        // is written by a run, which says what became of it.
+        if c.resolved_by.as_deref() != Some("system") {
+            out.push_str(&format!(
+                "outcome {}\n",
+                c.outcome.as_deref().unwrap_or("waiting for a run to apply it")
+            ));
+        }
     }
     out
 }

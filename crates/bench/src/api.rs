@@ -441,6 +441,7 @@ impl Conflicts {
             resolved_by,
             created_at,
             resolved_at,
+            outcome: None,
         }
     }
 }

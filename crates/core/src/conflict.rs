@@ -484,6 +484,11 @@ pub struct ConflictRecord {
     pub resolved_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// What became of a reviewer's decision once a run took it up:
+    /// `applied`, or why it was not (`parked again as conflict …`, its
+    /// record gone from a side, no longer synced). `None` until then.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 /// Where a conflict was found: the scope every conflict record carries.
@@ -526,6 +531,7 @@ impl ConflictRecord {
             resolved_by,
             created_at: now,
             resolved_at,
+            outcome: None,
         })
     }
 }

@@ -743,6 +743,7 @@ pub fn decide_review(
                 resolved_by: None,
                 created_at: now,
                 resolved_at: None,
+                outcome: None,
                 ..c.clone()
             });
         }

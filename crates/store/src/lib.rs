@@ -242,8 +242,9 @@ pub struct PageCommit {
     /// When set, the page commits only while this lease is held: a worker
     /// that lost its lease cannot write over the one that took the run over.
     pub lease: Option<Lease>,
-    /// Resolved conflicts whose resolution this page wrote to both systems.
-    pub applied_conflicts: Vec<Uuid>,
+    /// Resolved conflicts a run took up, each with what became of the
+    /// decision (`applied`, or why not), recorded with the time.
+    pub applied_conflicts: Vec<(Uuid, String)>,
     /// Mappings found gone on one side, to be acted on by the run's delete
     /// pass (recorded again harmlessly when a page is done twice).
     pub candidates: Vec<DeleteCandidate>,

@@ -283,11 +283,20 @@ impl PgStore {
             insert_conflicts(&mut tx, &page.conflicts).await?;
         }
         if !page.applied_conflicts.is_empty() {
-            sqlx::query("UPDATE conflicts SET applied_at = $1 WHERE id = ANY($2)")
-                .bind(now)
-                .bind(&page.applied_conflicts)
-                .execute(&mut *tx)
-                .await?;
+            let (ids, outcomes): (Vec<Uuid>, Vec<&str>) = page
+                .applied_conflicts
+                .iter()
+                .map(|(id, o)| (*id, o.as_str()))
+                .unzip();
+            sqlx::query(
+                "UPDATE conflicts c SET applied_at = $1, outcome = u.outcome \
+                 FROM UNNEST($2::uuid[], $3::text[]) AS u(id, outcome) WHERE c.id = u.id",
+            )
+            .bind(now)
+            .bind(&ids)
+            .bind(&outcomes)
+            .execute(&mut *tx)
+            .await?;
         }
         if !page.candidates.is_empty() {
             let c = &page.candidates;

@@ -38,7 +38,7 @@ pub(crate) const HOLD_COLUMNS: &str =
 
 pub(crate) const CONFLICT_COLUMNS: &str = "id, tenant_id, integration_id, entity_type, run_id, source_record, \
      target_record, base, conflicting_fields, strategy_applied, resolution, status, resolved_by, created_at, \
-     resolved_at";
+     resolved_at, outcome";
 
 pub(crate) const STEP_COLUMNS: &str =
     "run_id, tenant_id, stage, entity_type, direction, state, cursor, counters, error";
@@ -330,6 +330,7 @@ pub(crate) fn conflict(row: &impl Cols) -> Result<ConflictRecord, StoreError> {
         resolved_by: row.opt_text("resolved_by")?,
         created_at: row.time("created_at")?,
         resolved_at: row.opt_time("resolved_at")?,
+        outcome: row.opt_text("outcome")?,
     })
 }
 

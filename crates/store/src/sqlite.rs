@@ -303,10 +303,11 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await?;
             }
-            for id in &page.applied_conflicts {
-                sqlx::query("UPDATE conflicts SET applied_at = ?1 WHERE id = ?2")
+            for (id, outcome) in &page.applied_conflicts {
+                sqlx::query("UPDATE conflicts SET applied_at = ?1, outcome = ?3 WHERE id = ?2")
                     .bind(now)
                     .bind(id.to_string())
+                    .bind(outcome)
                     .execute(&mut *conn)
                     .await?;
             }

@@ -65,6 +65,7 @@ pub async fn seed(store: &Store) -> [(Uuid, Uuid); 2] {
             resolved_by: None,
             created_at: Utc::now(),
             resolved_at: None,
+            outcome: None,
         };
         let mapping = IdMapping::reserve(
             Uuid::new_v4(),

@@ -49,11 +49,21 @@ impl Job {
             .lookup_current(&scope, Side::Source, std::slice::from_ref(&c.source_record.id))
             .await?
             .remove(&c.source_record.id);
+        // What became of the decision, for the reviewer: said on each way
+        // out below.
+        let not_synced = match &mapping {
+            Some(m) => format!(
+                "not applied: the record is no longer synced (its mapping is {})",
+                m.status.as_str()
+            ),
+            None => "not applied: the record is no longer synced (it has no mapping)".to_owned(),
+        };
         let mut commit = PageCommit {
-            applied_conflicts: vec![c.id],
+            applied_conflicts: vec![(c.id, not_synced)],
             lease: Some(lease.clone()),
             ..Default::default()
         };
+        let outcome = |commit: &mut PageCommit, said: String| commit.applied_conflicts[0].1 = said;
         if let Some(m) = mapping.filter(|m| m.status == MappingStatus::Mapped) {
             let source = self
                 .source
@@ -87,11 +97,25 @@ impl Job {
             let gone = match (source.records.is_empty(), target.records.is_empty()) {
                 (true, false) => Some(Side::Source),
                 (false, true) => Some(Side::Target),
-                _ => None,
+                (true, true) => {
+                    outcome(
+                        &mut commit,
+                        "not applied: the record is gone from both sides since".into(),
+                    );
+                    None
+                }
+                (false, false) => None,
             };
             if let Some(side) = gone {
                 tracing::warn!(conflict = %c.id, side = side.as_str(),
                     "the decision is not applied: its record is gone from one side since; the run's delete step acts on it");
+                outcome(
+                    &mut commit,
+                    format!(
+                        "not applied: the record is gone from the {} since; the delete step acts on it",
+                        side.as_str()
+                    ),
+                );
                 // And, should this run's delete steps be done already (a
                 // suspended run resumed), the next run's refused pass finds
                 // it gone.
@@ -135,6 +159,14 @@ impl Job {
                     decide::Review::Repark(again) => {
                         tracing::warn!(conflict = %c.id, "the decision is not applied: a decided field changed on a side \
                             since the conflict was parked; parked again with the values both hold now");
+                        outcome(
+                            &mut commit,
+                            format!(
+                                "not applied: a decided field changed on a side since the conflict was parked; \
+                                 parked again as conflict {}",
+                                again.id
+                            ),
+                        );
                         commit.conflicts.push(again);
                     }
                     decide::Review::Apply {
@@ -180,10 +212,15 @@ impl Job {
                             });
                         if let Some(why) = cannot {
                             tracing::warn!(conflict = %c.id, reason = %why, "the decision cannot be written; parked again for review");
+                            let again = Uuid::now_v7();
+                            outcome(
+                                &mut commit,
+                                format!("not applied: {why}; parked again as conflict {again}"),
+                            );
                             // As a record changed since is parked again:
                             // under the conflict's run, ids as text.
                             commit.conflicts.push(ConflictRecord {
-                                id: Uuid::now_v7(),
+                                id: again,
                                 source_record: tables.refs.record_ids_as_text(source.clone()),
                                 target_record: tables.refs.record_ids_as_text(target_in_source_ids.clone()),
                                 resolution: None,
@@ -191,6 +228,7 @@ impl Job {
                                 resolved_by: None,
                                 created_at: now,
                                 resolved_at: None,
+                                outcome: None,
                                 ..c.clone()
                             });
                             self.store.commit_page(commit).await?;
@@ -217,6 +255,7 @@ impl Job {
                             self.source.still_bound(&tables.source).await?;
                         }
                         commit.mappings.push(confirm);
+                        outcome(&mut commit, "applied".into());
                     }
                 }
             }
