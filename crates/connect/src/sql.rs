@@ -556,9 +556,12 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
             ));
         }
     }
-    // A time or an interval keeps microseconds, or its `p` digits.
+    if column_type == "interval" {
+        return interval_exact(s).map_err(|why| format!("{s}: {why}; the column (interval) would round it"));
+    }
+    // A time keeps microseconds, or its `p` digits.
     let kept = match column_type {
-        "time without time zone" | "time with time zone" | "interval" => Some(6),
+        "time without time zone" | "time with time zone" => Some(6),
         _ => column_type
             .strip_prefix("time(")
             .and_then(|rest| rest.split_once(')'))
@@ -592,6 +595,124 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Whether PostgreSQL's `interval` input keeps every part of `s` (its
+/// verbose form `1.5 hours 3 days`, a clock `01:02:03.5`, or ISO 8601's
+/// `P1.5DT2H`): a fraction of a unit is carried down to microseconds
+/// (`1.5 months` is `1 mon 15 days`) and what falls below one is rounded
+/// (`0.5 microseconds` is zero), and a fraction of a year is carried down
+/// to whole months only (`0.1 years` is `1 mon`).
+fn interval_exact(s: &str) -> Result<(), String> {
+    const MICROS: [(&[&str], u128); 8] = [
+        (&["microsecond", "microseconds", "us", "usec", "usecs"], 1),
+        (&["millisecond", "milliseconds", "ms", "msec", "msecs"], 1_000),
+        (&["second", "seconds", "s", "sec", "secs"], 1_000_000),
+        (&["minute", "minutes", "m", "min", "mins"], 60_000_000),
+        (&["hour", "hours", "h", "hr", "hrs"], 3_600_000_000),
+        (&["day", "days", "d"], 86_400_000_000),
+        (&["week", "weeks", "w"], 604_800_000_000),
+        (&["month", "months", "mon", "mons"], 2_592_000_000_000),
+    ];
+    const MONTHS: [(&[&str], u128); 4] = [
+        (&["year", "years", "y", "yr", "yrs"], 12),
+        (&["decade", "decades", "dec", "decs"], 120),
+        (&["century", "centuries", "c", "cent"], 1_200),
+        (&["millennium", "millennia", "millenniums", "mil", "mils"], 12_000),
+    ];
+    // `number` (digits, a point, digits) times `factor` is whole.
+    let whole = |number: &str, factor: u128| -> bool {
+        let fraction = number
+            .split_once('.')
+            .map_or("", |(_, f)| f)
+            .trim_end_matches('0');
+        if fraction.is_empty() {
+            return true;
+        }
+        match (fraction.len() <= 24, fraction.parse::<u128>()) {
+            (true, Ok(n)) => (n * factor).is_multiple_of(10u128.pow(fraction.len() as u32)),
+            _ => false,
+        }
+    };
+    let part = |number: &str, unit: &str| -> Result<(), String> {
+        let unit = unit.to_ascii_lowercase();
+        if let Some((_, f)) = MONTHS.iter().find(|(names, _)| names.contains(&unit.as_str())) {
+            return match whole(number, *f) {
+                true => Ok(()),
+                false => Err(format!("{number} {unit} is not a whole number of months")),
+            };
+        }
+        match MICROS.iter().find(|(names, _)| names.contains(&unit.as_str())) {
+            Some((_, f)) if !whole(number, *f) => {
+                Err(format!("{number} {unit} is not a whole number of microseconds"))
+            }
+            _ => Ok(()),
+        }
+    };
+    let number_end = |t: &str| {
+        t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+            .unwrap_or(t.len())
+    };
+    if let Some(iso) = s.trim().strip_prefix('P') {
+        let mut time = false;
+        let mut rest = iso;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix('T') {
+                time = true;
+                rest = after;
+                continue;
+            }
+            let end = number_end(rest);
+            let (number, after) = rest.split_at(end);
+            let Some(designator) = after.chars().next() else {
+                break;
+            };
+            let unit = match (designator, time) {
+                ('M', false) => "months",
+                ('M', true) => "minutes",
+                ('Y', _) => "years",
+                ('W', _) => "weeks",
+                ('D', _) => "days",
+                ('H', _) => "hours",
+                ('S', _) => "seconds",
+                _ => return Ok(()),
+            };
+            part(number, unit)?;
+            rest = &after[designator.len_utf8()..];
+        }
+        return Ok(());
+    }
+    let tokens: Vec<&str> = s.split_whitespace().filter(|t| *t != "@").collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = tokens[i];
+        i += 1;
+        if token.contains(':') {
+            // A clock: its seconds keep six digits.
+            let seconds = token.rsplit(':').next().unwrap_or("");
+            if !whole(seconds, 1_000_000) {
+                return Err(format!("{token} has more digits of a second than a microsecond"));
+            }
+            continue;
+        }
+        let end = number_end(token);
+        if end == 0 {
+            continue;
+        }
+        let (number, attached) = token.split_at(end);
+        let unit = match attached {
+            "" => match tokens.get(i) {
+                Some(next) if next.chars().all(|c| c.is_ascii_alphabetic()) && *next != "ago" => {
+                    i += 1;
+                    *next
+                }
+                _ => "seconds",
+            },
+            unit => unit,
+        };
+        part(number, unit)?;
+    }
+    Ok(())
+}
 
 /// Whether each element of a PostgreSQL array column (`numeric(10,2)[]`,
 /// `varchar(3)[]`, `timestamp(0)[]`, …) is held as it is: the element
@@ -651,7 +772,22 @@ mod tests {
                 "1 digits of a second",
             ),
             ("time without time zone", json!("10:00:00.1234567"), "7 digits"),
-            ("interval", json!("00:00:01.1234567"), "7 digits"),
+            ("interval", json!("00:00:01.1234567"), "more digits of a second"),
+            (
+                "interval",
+                json!("0.5 microseconds"),
+                "not a whole number of microseconds",
+            ),
+            ("interval", json!("1.5 us"), "not a whole number of microseconds"),
+            (
+                "interval",
+                json!("0.0015 ms"),
+                "not a whole number of microseconds",
+            ),
+            ("interval", json!("0.1 years"), "not a whole number of months"),
+            ("interval", json!("@ 1 day 0.0000001 seconds ago"), "microseconds"),
+            ("interval", json!("P0.1Y"), "not a whole number of months"),
+            ("interval", json!("PT0.0000001S"), "microseconds"),
             ("character(3)", json!("abcd"), "holds (3)"),
             ("character varying(3)", json!(1234), "holds (3)"),
         ];
@@ -673,6 +809,13 @@ mod tests {
             ("time with time zone", json!("10:00:00+05")),
             ("time(0) without time zone", json!("10:00:00 PM")),
             ("interval", json!("1 day 02:03:04.123456")),
+            ("interval", json!("1.5 months")),
+            ("interval", json!("1.333 days 1.5 years")),
+            ("interval", json!("0.0000001 hours")),
+            ("interval", json!("1.1234567 months")),
+            ("interval", json!("1.5ms 3h")),
+            ("interval", json!("P1.5Y2.5MT0.5S")),
+            ("interval", json!("-1 day +02:03:04.5")),
             ("\"char\"", json!("h")),
             ("name", json!("x".repeat(63))),
             ("time(3) without time zone", json!("10:00:00.120")),
