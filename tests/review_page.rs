@@ -126,7 +126,7 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         );
 
         // The reviewer edits the value and resolves with it.
-        let input = conflict.find("input[name=name]").await;
+        let input = conflict.find("textarea[name=name]").await;
         assert_eq!(
             input.property("value").await,
             "Acme S",
@@ -272,7 +272,7 @@ table = "ledger"
             ],
             "field, base, source, target"
         );
-        let input = conflict.find("input[name=amount]").await;
+        let input = conflict.find("textarea[name=amount]").await;
         assert_eq!(input.property("value").await, "12345678901234567890.123456781");
         input.clear().await;
         input.type_text("98765432109876543210.987654321").await;
@@ -416,7 +416,7 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
         let labelled = browser
             .script(
                 "return [...document.querySelectorAll('button')].every(b => b.textContent.trim() !== '') && \
-                 [...document.querySelectorAll('input')].every(i => i.getAttribute('aria-label') || i.closest('label'))",
+                 [...document.querySelectorAll('input, textarea')].every(i => i.getAttribute('aria-label') || i.closest('label'))",
             )
             .await;
         assert_eq!(labelled, json!(true), "every control says what it does");
@@ -449,7 +449,7 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
             } else if heading.starts_with(&by_heading(2)) {
                 section.find("button[data-take=target]").await.click().await;
             } else {
-                let input = section.find("input[name=name]").await;
+                let input = section.find("textarea[name=name]").await;
                 input.clear().await;
                 input.type_text("Reviewed 3").await;
                 section.find("button[data-take=values]").await.click().await;
@@ -650,6 +650,570 @@ async fn the_review_page_shows_a_conflicts_context_and_its_html_as_text() {
     browser
         .saving_artifacts_on_panic("review_page_context", check)
         .await;
+    browser.quit().await;
+    served.stop().await;
+    pg.drop().await;
+}
+
+/// One column of the table `notes` that [`parked_notes`] makes: its name,
+/// SQL type, and its values (as the type's text; `None` is NULL) at the
+/// first sync, then in the source and in the target.
+struct Column {
+    name: &'static str,
+    sql: &'static str,
+    base: Option<String>,
+    source: Option<String>,
+    target: Option<String>,
+}
+
+/// A `text` column (see [`Column`]).
+fn text(name: &'static str, base: &str, source: Option<&str>, target: Option<&str>) -> Column {
+    typed(name, "text", base, source, target)
+}
+
+fn typed(
+    name: &'static str,
+    sql: &'static str,
+    base: &str,
+    source: Option<&str>,
+    target: Option<&str>,
+) -> Column {
+    Column {
+        name,
+        sql,
+        base: Some(base.to_owned()),
+        source: source.map(str::to_owned),
+        target: target.map(str::to_owned),
+    }
+}
+
+/// A run suspended on one conflict (`manual`) of record `N-1` in table
+/// `notes` of two PostgreSQL schemas, and the store that holds it.
+struct Parked {
+    pg: PgSchema,
+    source: PgSchema,
+    target: PgSchema,
+    store: Arc<Store>,
+    toml: String,
+    run: syncd_store::RunRow,
+}
+
+impl Parked {
+    /// What table `notes` holds in `db` in `columns`, each as its text.
+    async fn held(db: &PgSchema, columns: &[&str]) -> Vec<Option<String>> {
+        let select = columns
+            .iter()
+            .map(|c| format!("{c}::text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = sqlx::query(&format!("SELECT {select} FROM notes"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (0..columns.len())
+            .map(|i| sqlx::Row::get::<Option<String>, _>(&row, i))
+            .collect()
+    }
+
+    /// Waits until a worker has resumed the run and it succeeded.
+    async fn until_succeeded(&self) {
+        let started = Instant::now();
+        loop {
+            let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1")
+                .bind(self.run.id)
+                .fetch_one(&self.pg.pool)
+                .await
+                .unwrap();
+            if state == "succeeded" {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "run still {state}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn drop(self) {
+        for schema in [self.pg, self.source, self.target] {
+            schema.drop().await;
+        }
+    }
+}
+
+/// Syncs a record of `columns` from the source to the target, changes it
+/// on both sides, and syncs again: the run is suspended on its conflict.
+/// `None` (the test skips) without PostgreSQL.
+async fn parked_notes(columns: &[Column]) -> Option<Parked> {
+    let pg = PgSchema::create().await?;
+    let (source, target) = (PgSchema::create().await?, PgSchema::create().await?);
+    let defined: Vec<String> = columns.iter().map(|c| format!("{} {}", c.name, c.sql)).collect();
+    let ddl = format!(
+        "CREATE TABLE notes (id text PRIMARY KEY, {}, updated_at timestamptz NOT NULL)",
+        defined.join(", ")
+    );
+    for db in [&source, &target] {
+        sqlx::raw_sql(&ddl).execute(&db.pool).await.unwrap();
+    }
+    // Each value bound as text and cast to its column's type.
+    let cast = |i: usize, c: &Column| format!("${}::text::{}", i + 1, c.sql);
+    let insert = format!(
+        "INSERT INTO notes VALUES ('N-1', {}, now())",
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cast(i, c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let update = format!(
+        "UPDATE notes SET {}, updated_at = now()",
+        columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = {}", c.name, cast(i, c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let write = |sql: &str, db: &PgSchema, values: Vec<Option<String>>| {
+        let (sql, pool) = (sql.to_owned(), db.pool.clone());
+        async move {
+            let mut query = sqlx::query(&sql);
+            for v in values {
+                query = query.bind(v);
+            }
+            query.execute(&pool).await.unwrap();
+        }
+    };
+    let values = |f: fn(&Column) -> &Option<String>| columns.iter().map(|c| f(c).clone()).collect();
+    write(&insert, &source, values(|c| &c.base)).await;
+    let toml = format!(
+        r#"name = "notes"
+direction = "bidirectional"
+strategy = "manual"
+source = "crm"
+target = "erp"
+[systems.crm]
+connector = "sql"
+url = "{}"
+[systems.erp]
+connector = "sql"
+url = "{}"
+[[entities]]
+name = "product"
+table = "notes"
+[tenants.t1]
+"#,
+        source.url, target.url
+    );
+    let store = store_in(&pg).await;
+    support::systems::sync_once(store.clone(), &toml, 100)
+        .await
+        .unwrap();
+    write(&update, &source, values(|c| &c.source)).await;
+    write(&update, &target, values(|c| &c.target)).await;
+    let run = support::systems::sync_once(store.clone(), &toml, 100)
+        .await
+        .unwrap();
+    assert_eq!(run.state, syncd_engine::run::RunState::Suspended);
+    Some(Parked {
+        pg,
+        source,
+        target,
+        store,
+        toml,
+        run,
+    })
+}
+
+/// Opens the review page with `token` as user `reviewer-1` and waits until
+/// it lists `pending` conflicts ("1 pending").
+async fn open_review(browser: &Browser, addr: std::net::SocketAddr, token: &str, pending: &str) {
+    browser.goto(&format!("http://{addr}/review")).await;
+    browser.find("#token").await.type_text(token).await;
+    browser.find("#reviewer").await.type_text("reviewer-1").await;
+    browser.find("#load").await.click().await;
+    browser.wait_for_text("#status", pending).await;
+}
+
+/// The row of `field` in the (first) conflict's table.
+async fn row_of<'b>(browser: &'b Browser, field: &str) -> support::webdriver::Element<'b> {
+    for row in browser.find_all("section.conflict tbody tr").await {
+        if row.find("td").await.text().await == field {
+            return row;
+        }
+    }
+    panic!("no row for field `{field}`");
+}
+
+/// A value the reviewer leaves as it is goes back to both systems exactly
+/// as it was, line breaks (CRLF too), tabs and blanks at either end
+/// included, when only another field is edited; what the reviewer types
+/// keeps its line breaks.
+#[tokio::test]
+async fn an_untouched_value_goes_back_exactly_when_another_field_is_edited() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let title = "line 1\r\n\tline 2  \n  line 3 ";
+    let Some(parked) = parked_notes(&[
+        text("title", "first", Some(title), Some("T title")),
+        text("body", "first body", Some("S body"), Some("T body")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let served = Served::start(&parked.store, &parked.toml).await;
+    let token = parked
+        .store
+        .create_token(&Principal::Tenant("t1".into()))
+        .await
+        .unwrap();
+    let review = async {
+        open_review(&browser, served.addr, &token, "1 pending").await;
+        let row = row_of(&browser, "body").await;
+        let body = row.find("[name=body]").await;
+        body.clear().await;
+        body.type_text("Reviewed\nbody").await;
+        let conflict = browser.find("section.conflict").await;
+        conflict.find("button[data-take=values]").await.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        parked.until_succeeded().await;
+        for db in [&parked.source, &parked.target] {
+            assert_eq!(
+                Parked::held(db, &["title", "body"]).await,
+                [Some(title.to_owned()), Some("Reviewed\nbody".to_owned())]
+            );
+        }
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_untouched", review)
+        .await;
+    browser.quit().await;
+    served.stop().await;
+    parked.drop().await;
+}
+
+/// Where the source holds NULL, what the reviewer types is read as the
+/// kind the target holds: `1.50` and `null` typed for text fields are
+/// that text, not a number or NULL; a number typed for a number field is
+/// that number, every digit.
+#[tokio::test]
+async fn what_a_reviewer_types_is_of_the_kind_the_other_side_holds() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(parked) = parked_notes(&[
+        text("title", "first", None, Some("erp-title")),
+        text("label", "first", None, Some("null")),
+        typed("price", "numeric", "1", None, Some("3.25")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let served = Served::start(&parked.store, &parked.toml).await;
+    let token = parked
+        .store
+        .create_token(&Principal::Tenant("t1".into()))
+        .await
+        .unwrap();
+    let review = async {
+        open_review(&browser, served.addr, &token, "1 pending").await;
+        let conflict = browser.find("section.conflict").await;
+        let resolve = conflict.find("button[data-take=values]").await;
+        for (field, typed) in [("title", "1.50"), ("label", "null"), ("price", "2,75")] {
+            let row = row_of(&browser, field).await;
+            let decision = row.find(&format!("[name={field}]")).await;
+            decision.clear().await;
+            decision.type_text(typed).await;
+        }
+        // Not a number where one is held: said, and nothing sent.
+        resolve.click().await;
+        conflict
+            .find(".result")
+            .await
+            .wait_for_text("price: “2,75” is not a number; type one (12.50), or choose NULL")
+            .await;
+        let row = row_of(&browser, "price").await;
+        let price = row.find("[name=price]").await;
+        price.clear().await;
+        price.type_text("2.75").await;
+        resolve.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        parked.until_succeeded().await;
+        for db in [&parked.source, &parked.target] {
+            assert_eq!(
+                Parked::held(db, &["title", "label", "price"]).await,
+                [Some("1.50".into()), Some("null".into()), Some("2.75".into())]
+            );
+        }
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_kinds", review)
+        .await;
+    browser.quit().await;
+    served.stop().await;
+    parked.drop().await;
+}
+
+/// NULL and the empty text are choices of their own: a reviewer picks
+/// either for a field that holds text, and a field the source holds as
+/// NULL or as empty text starts with that choice and keeps it.
+#[tokio::test]
+async fn a_reviewer_can_choose_null_or_the_empty_text() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(parked) = parked_notes(&[
+        text("a", "a0", Some("a S"), Some("a T")),
+        text("b", "b0", Some("b S"), Some("b T")),
+        text("c", "c0", None, Some("c T")),
+        text("d", "d0", Some(""), Some("d T")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let served = Served::start(&parked.store, &parked.toml).await;
+    let token = parked
+        .store
+        .create_token(&Principal::Tenant("t1".into()))
+        .await
+        .unwrap();
+    let review = async {
+        open_review(&browser, served.addr, &token, "1 pending").await;
+        let choice = |field: &'static str, choice: &'static str| {
+            let browser = &browser;
+            async move {
+                let row = row_of(browser, field).await;
+                let found = row
+                    .find(&format!("input[type=radio][value={choice}]"))
+                    .await
+                    .property("checked")
+                    .await;
+                (row, found)
+            }
+        };
+        assert_eq!(
+            choice("c", "null").await.1,
+            json!(true),
+            "c starts as the source's NULL"
+        );
+        assert_eq!(
+            choice("d", "empty").await.1,
+            json!(true),
+            "d starts as the source's empty text"
+        );
+        assert_eq!(
+            choice("a", "value").await.1,
+            json!(true),
+            "a starts as the source's text"
+        );
+        let (a, _) = choice("a", "null").await;
+        a.find("input[type=radio][value=null]").await.click().await;
+        let (b, _) = choice("b", "empty").await;
+        b.find("input[type=radio][value=empty]").await.click().await;
+        let conflict = browser.find("section.conflict").await;
+        conflict.find("button[data-take=values]").await.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        parked.until_succeeded().await;
+        for db in [&parked.source, &parked.target] {
+            assert_eq!(
+                Parked::held(db, &["a", "b", "c", "d"]).await,
+                [None, Some(String::new()), None, Some(String::new())]
+            );
+        }
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_null_empty", review)
+        .await;
+    browser.quit().await;
+    served.stop().await;
+    parked.drop().await;
+}
+
+/// What the page shows of each conflicting field's base, source and target
+/// cells: the rendered text, the markers in it (NULL, empty text, a JSON
+/// document's tag, a shortened value's note) and the blanks it marks, and
+/// whether each marker and mark is styled apart from the value's text.
+const CELLS: &str = r#"
+const seen = (td) => {
+  const styled = (e) => getComputedStyle(e).backgroundColor !== "rgba(0, 0, 0, 0)";
+  const markers = [...td.querySelectorAll(".marker")];
+  const blanks = [...td.querySelectorAll(".blank")];
+  return {
+    text: td.innerText,
+    markers: markers.map((m) => m.textContent),
+    blanks: blanks.map((b) => b.textContent),
+    styled: [...markers, ...blanks].every(styled),
+  };
+};
+const rows = [...document.querySelectorAll("section.conflict tbody tr")];
+return Object.fromEntries(rows.map((r) => [r.cells[0].textContent, [...r.cells].slice(1, 4).map(seen)]));
+"#;
+
+/// Values that would look alike are shown apart: NULL (a marker no text
+/// makes) from the text `—` and the text `NULL`; empty text; blanks at
+/// either end, double spaces, tabs and line breaks; a JSON document from
+/// text that reads like one. A value of 50,000 characters is shown whole
+/// in a cell that scrolls, the page no wider than the window, and the
+/// Decided list shortens it, saying so.
+#[tokio::test]
+async fn values_that_look_alike_are_shown_apart() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let spaced = " two  spaces\tand\na break ";
+    let long = format!("{}words", "word ".repeat(9_999));
+    let Some(parked) = parked_notes(&[
+        text("n", "n0", None, Some("—")),
+        text("e", "e0", Some(""), Some("NULL")),
+        text("s", "s0", Some(spaced), Some("two spaces")),
+        typed(
+            "doc",
+            "jsonb",
+            r#"{"a": 0}"#,
+            Some(r#"{"a": 1}"#),
+            Some(r#"{"a": 2}"#),
+        ),
+        text("j", "j0", Some(r#"{"a": 1}"#), Some("j T")),
+        text("long", "short", Some(&long), Some("short T")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let served = Served::start(&parked.store, &parked.toml).await;
+    let token = parked
+        .store
+        .create_token(&Principal::Tenant("t1".into()))
+        .await
+        .unwrap();
+    let review = async {
+        browser.resize(1280, 800).await;
+        open_review(&browser, served.addr, &token, "1 pending").await;
+        let cells = browser.script(CELLS).await;
+        let plain = |text: &str| json!({"text": text, "markers": [], "blanks": [], "styled": true});
+        let marker = |m: &str| json!({"text": m, "markers": [m], "blanks": [], "styled": true});
+        assert_eq!(cells["n"], json!([plain("n0"), marker("NULL"), plain("—")]));
+        assert_eq!(
+            cells["e"],
+            json!([plain("e0"), marker("empty text"), plain("NULL")])
+        );
+        assert_eq!(
+            cells["s"][1],
+            json!({"text": spaced, "markers": [], "blanks": [" ", "  ", "\t", "\n", " "], "styled": true})
+        );
+        assert_eq!(cells["j"][1], plain(r#"{"a": 1}"#));
+        let doc = &cells["doc"][1];
+        assert_eq!(doc["markers"], json!(["JSON"]), "{doc}");
+        assert!(doc["text"].as_str().unwrap().contains(r#""a": 1"#), "{doc}");
+
+        // The long value: whole, in a cell that scrolls.
+        let layout = browser
+            .script(
+                r#"const row = [...document.querySelectorAll("section.conflict tbody tr")]
+                     .find((r) => r.cells[0].textContent === "long");
+                   const td = row.cells[2];
+                   const scrolls = [td, ...td.querySelectorAll("*")].some((e) =>
+                     e.scrollHeight > e.clientHeight + 10 && getComputedStyle(e).overflowY === "auto");
+                   return { chars: td.textContent.length, height: td.getBoundingClientRect().height, scrolls,
+                            narrow: document.documentElement.scrollWidth <= window.innerWidth };"#,
+            )
+            .await;
+        assert_eq!(layout["chars"], json!(50_000), "{layout}");
+        assert!(layout["height"].as_f64().unwrap() < 400.0, "{layout}");
+        assert_eq!(layout["scrolls"], json!(true), "{layout}");
+        assert_eq!(layout["narrow"], json!(true), "{layout}");
+
+        // Decided: the long value shortened, saying so; NULL and the empty
+        // text with their markers.
+        let conflict = browser.find("section.conflict").await;
+        conflict.find("button[data-take=source]").await.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        let li = browser.find("#decided-list li").await;
+        li.wait_for_text_containing("— by reviewer-1 at").await;
+        let text = li.text().await;
+        assert!(text.chars().count() < 1_000, "{text}");
+        assert!(text.contains("long = word word word"), "{text}");
+        assert!(
+            text.contains("shortened") && text.contains("50,000 characters"),
+            "{text}"
+        );
+        let markers = browser
+            .script(r##"return [...document.querySelectorAll("#decided-list li .marker")].map((m) => m.textContent)"##)
+            .await;
+        let markers: Vec<String> = serde_json::from_value(markers).unwrap();
+        for expected in ["NULL", "empty text", "JSON"] {
+            assert!(markers.iter().any(|m| m == expected), "{expected} in {markers:?}");
+        }
+        assert!(markers.iter().any(|m| m.contains("shortened")), "{markers:?}");
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_look_alike", Box::pin(review))
+        .await;
+    browser.quit().await;
+    served.stop().await;
+    parked.drop().await;
+}
+
+/// A value with a right-to-left override (`gift \u{202E}cod.exe`) cannot
+/// reverse the text after it: the Decided line still reads "by alice at
+/// ..." left to right, as do the conflict's heading and table.
+#[tokio::test]
+async fn a_right_to_left_override_in_a_value_stays_inside_it() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("review-bidi");
+    let store = store_in(&pg).await;
+    let ReviewScenario { toml, .. } = suspended_with(&store, &dir, &[("gift \u{202E}cod.exe", "T 1")]).await;
+    let served = Served::start(&store, &toml).await;
+    let (token, _) = store
+        .create_token_for(&Principal::Tenant("t1".into()), None, Some("alice"))
+        .await
+        .unwrap();
+    let check = async {
+        browser.goto(&format!("http://{}/review", served.addr)).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "1 pending").await;
+        let conflict = browser.find("section.conflict").await;
+        conflict.find("button[data-take=source]").await.click().await;
+        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        browser
+            .find("#decided-list li")
+            .await
+            .wait_for_text_containing("by alice at")
+            .await;
+        // Where each character of " by alice at" is drawn, left to right.
+        let drawn = browser
+            .script(
+                r##"const li = document.querySelector("#decided-list li");
+                   const walk = document.createTreeWalker(li, NodeFilter.SHOW_TEXT);
+                   const chars = [];
+                   for (let node; (node = walk.nextNode());) {
+                     for (let i = 0; i < node.data.length; i++) chars.push([node, i]);
+                   }
+                   const at = chars.map(([node, i]) => node.data[i]).join("").indexOf(" by alice at");
+                   return chars.slice(at, at + " by alice at".length).map(([node, i]) => {
+                     const range = document.createRange();
+                     range.setStart(node, i);
+                     range.setEnd(node, i + 1);
+                     return range.getBoundingClientRect().left;
+                   });"##,
+            )
+            .await;
+        let xs: Vec<f64> = serde_json::from_value(drawn).unwrap();
+        assert!(
+            xs.windows(2).all(|w| w[0] < w[1]),
+            "\" by alice at\" is drawn out of order, at x = {xs:?}"
+        );
+    };
+    browser.saving_artifacts_on_panic("review_page_bidi", check).await;
     browser.quit().await;
     served.stop().await;
     pg.drop().await;
