@@ -2716,6 +2716,71 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// The id a create derives from its record's id was taken: `a` was
+/// created in the target as V, V deleted there and the delete carried to
+/// the source, V undeleted and created anew in the source under another
+/// id; then the source application reused the id `a` for a new record.
+/// Its create derived V again and was written over V, an unrelated record
+/// (its values lost on both sides), and every run after failed on the ID
+/// map's unique key. It is created under an id of its own now.
+#[tokio::test]
+async fn a_new_record_reusing_a_deleted_records_id_is_not_written_over_another() {
+    let source = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let target = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, deleted INTEGER NOT NULL DEFAULT 0, \
+                  updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, source, Kind::Sqlite, target).await else {
+        return;
+    };
+    s.both_ways(None);
+    s.edit(|t| {
+        t.replace(
+            "table = \"ledger\"",
+            "table = \"ledger\"\ndeleted_column = { target = \"deleted\" }\non_target_delete = \"propagate\"\n\
+             delete_brake = { percent = 100, max = 100 }",
+        )
+    });
+    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z'), ('b', 'b0', '2026-01-01T10:00:00Z')")
+        .await;
+    s.run(&[]);
+    s.target
+        .exec(&format!(
+            "UPDATE ledger SET deleted = 1, updated_at = '{}' WHERE name = 'a0'",
+            now()
+        ))
+        .await;
+    s.run(&[]);
+    s.target
+        .exec(&format!(
+            "UPDATE ledger SET deleted = 0, name = 'a1', updated_at = '{}' WHERE name = 'a0'",
+            now()
+        ))
+        .await;
+    s.run(&[]);
+    // The source application reuses the id of the record it deleted.
+    s.source
+        .exec(&format!("INSERT INTO ledger VALUES ('a', 'new', '{}')", now()))
+        .await;
+    let reused = s.run(&[]);
+    assert_eq!(reused.counter("product", "created"), 1, "{}", reused.stdout);
+    assert_eq!(reused.counter("product", "failed"), 0, "{}", reused.stdout);
+    let names = |rows: Vec<Value>| {
+        let mut names: Vec<String> = rows
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(s.target.dump("ledger").await), ["a1", "b0", "new"]);
+    assert_eq!(names(s.source.dump("ledger").await), ["a1", "b0", "new"]);
+    let again = s.run(&[]);
+    assert_eq!(again.writes_both_ways("product"), 0, "{}", again.stdout);
+    assert_eq!(again.counter("product", "failed"), 0, "{}", again.stdout);
+    s.drop().await;
+}
+
 /// A midnight written into a SQLite `DATE` column, read back as its day,
 /// was taken for an edit there and failed the record in both directions
 /// on every run after the first.

@@ -79,6 +79,12 @@ pub struct Page {
     pub target_maps: RefMaps,
     /// The current records on the side written, by id.
     pub counterparts: HashMap<String, Record>,
+    /// Ids on the side written that a create of this page would take
+    /// ([`Step::create_key`]) but that the ID map gives another record
+    /// already, with that mapping's id: a record deleted, and its id later
+    /// reused on the side read for a new one. Created under that id, the
+    /// new record would be written over the other's.
+    pub held: HashMap<String, Uuid>,
     /// Records on the side written that exist but cannot be read, with why.
     pub unreadable: HashMap<String, String>,
     /// The step's last pass: a record still waiting for a reference fails
@@ -163,6 +169,22 @@ impl Step<'_> {
     pub fn create_key(&self, read_id: &str) -> (String, Uuid) {
         let name = format!(
             "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}",
+            self.integration,
+            self.tenant,
+            self.scope.entity_type,
+            self.direction.as_str()
+        );
+        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
+        (format!("{}{id}", key_prefix(self.direction)), id)
+    }
+
+    /// The key and id of creating the record read as `read_id` when the id
+    /// [`Self::create_key`] derives is held by another record, mapped by
+    /// `other` (an earlier record of that id, deleted since, was created
+    /// under it): derived from both, so a repeat finds the same one.
+    pub fn create_key_past(&self, read_id: &str, other: Uuid) -> (String, Uuid) {
+        let name = format!(
+            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}\u{1f}past\u{1f}{other}",
             self.integration,
             self.tenant,
             self.scope.entity_type,
@@ -258,6 +280,7 @@ pub fn decide_page(
         read_maps,
         target_maps,
         counterparts,
+        held,
         unreadable,
         last_pass,
         patching,
@@ -550,7 +573,13 @@ pub fn decide_page(
                         .unwrap_or_else(|| step.create_key(&record.id)),
                     // Created anew: a new id, not the one that was deleted.
                     Some(m) if m.status == MappingStatus::Stale => step.recreate_key(m),
-                    _ => step.create_key(&record.id),
+                    _ => {
+                        let (key, id) = step.create_key(&record.id);
+                        match held.get(&id.to_string()) {
+                            Some(other) if step.write_text_ids => step.create_key_past(&record.id, *other),
+                            _ => (key, id),
+                        }
+                    }
                 };
                 let oversized = || {
                     let base = match read {

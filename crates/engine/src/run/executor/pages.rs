@@ -562,6 +562,41 @@ impl Job {
             }
         };
 
+        // The ids the creates of this page would take on the side written,
+        // asked of the ID map: one an earlier record was created under
+        // (its id since deleted and reused for a new one) is another's.
+        // (Not in a step that began on an empty scope: no mapping but its
+        // own decisions' can hold one.)
+        let step = self.decision_step(ctx);
+        let held = match ctx.seen.is_none() && step.write_text_ids {
+            false => HashMap::new(),
+            true => {
+                let derived: HashMap<String, &str> = records
+                    .iter()
+                    .filter(|r| !open.contains(&r.id))
+                    .filter(|r| {
+                        mappings
+                            .get(&r.id)
+                            .is_none_or(|m| m.status == MappingStatus::Failed)
+                    })
+                    .map(|r| (step.create_key(&r.id).1.to_string(), r.id.as_str()))
+                    .collect();
+                match derived.is_empty() {
+                    true => HashMap::new(),
+                    false => {
+                        let ids: Vec<String> = derived.keys().cloned().collect();
+                        self.store
+                            .lookup_current(&ctx.scope, write, &ids)
+                            .await?
+                            .into_iter()
+                            .filter(|(id, m)| id_on(m, read) != Some(derived[id]))
+                            .map(|(id, m)| (id, m.id))
+                            .collect()
+                    }
+                }
+            }
+        };
+
         let page = decide::Page {
             records,
             bad,
@@ -572,13 +607,14 @@ impl Job {
             read_maps,
             target_maps,
             counterparts,
+            held,
             unreadable,
             last_pass,
             patching,
             now,
         };
         let keepable = |what: &dyn Fn() -> String, fields: &Fields| self.store.unkeepable(what, fields);
-        let d = decide::decide_page(&self.decision_step(ctx), page, &keepable, &mut Uuid::now_v7);
+        let d = decide::decide_page(&step, page, &keepable, &mut Uuid::now_v7);
         *counters += d.counters;
         Ok(PageWrites {
             now,
