@@ -2716,6 +2716,73 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A record whose counterpart was deleted, and then itself deleted by
+/// syncd (`propagate` from the target, `delete` from the source), inserted
+/// again under its id on its side: it was skipped by every run after, the
+/// mapping saying both were gone while it lived on one side only. Either
+/// way it is created anew on the other side, once.
+#[tokio::test]
+async fn a_record_inserted_again_after_both_were_deleted_is_created_anew() {
+    let table = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, table, Kind::Sqlite, table).await else {
+        return;
+    };
+    s.both_ways(None);
+    s.edit(|t| {
+        t.replace(
+            "table = \"ledger\"",
+            "table = \"ledger\"\non_source_delete = \"delete\"\non_target_delete = \"propagate\"\n\
+             reconcile_every = \"0s\"\ndelete_brake = { percent = 100, max = 100 }",
+        )
+    });
+    let now = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    s.source
+        .exec("INSERT INTO ledger VALUES ('s1', 'from the source', '2026-01-01T10:00:00Z')")
+        .await;
+    s.target
+        .exec("INSERT INTO ledger VALUES ('t1', 'from the target', '2026-01-01T10:00:00Z')")
+        .await;
+    s.run(&[]);
+    let names = |rows: Vec<Value>| {
+        let mut names: Vec<String> = rows
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let both = ["from the source", "from the target"];
+    assert_eq!(names(s.target.dump("ledger").await), both);
+    // s1's copy deleted in the target (carried to the source: s1 goes);
+    // t1's copy deleted in the source (carried to the target: t1 goes).
+    s.target.exec("DELETE FROM ledger WHERE id <> 't1'").await;
+    s.source.exec("DELETE FROM ledger WHERE id <> 's1'").await;
+    s.run(&[]);
+    assert_eq!(s.source.dump("ledger").await, Vec::<Value>::new());
+    assert_eq!(s.target.dump("ledger").await, Vec::<Value>::new());
+    // Both ids inserted again by their applications.
+    s.source
+        .exec(&format!(
+            "INSERT INTO ledger VALUES ('s1', 'from the source', '{}')",
+            now()
+        ))
+        .await;
+    s.target
+        .exec(&format!(
+            "INSERT INTO ledger VALUES ('t1', 'from the target', '{}')",
+            now()
+        ))
+        .await;
+    let back = s.run(&[]);
+    assert_eq!(back.writes_both_ways("product"), 2, "{}", back.stdout);
+    assert_eq!(names(s.source.dump("ledger").await), both, "{}", back.stdout);
+    assert_eq!(names(s.target.dump("ledger").await), both);
+    let again = s.run(&[]);
+    assert_eq!(again.writes_both_ways("product"), 0, "{}", again.stdout);
+    assert_eq!(s.source.dump("ledger").await.len(), 2, "one copy each");
+    s.drop().await;
+}
+
 /// The id a create derives from its record's id was taken: `a` was
 /// created in the target as V, V deleted there and the delete carried to
 /// the source, V undeleted and created anew in the source under another

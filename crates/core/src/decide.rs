@@ -361,10 +361,9 @@ pub fn decide_page(
         // A stale mapping whose record shows up in the scan. When both
         // records exist again (a source deleted and restored, its target
         // kept or archived; a target restored by hand), they are re-linked.
-        // A source back after its target was deleted, or one whose target
-        // went under `recreate`, is created anew in the target; a target
-        // back after its deletion was carried to the source, in the
-        // source. Otherwise
+        // A record back after both were deleted (the one gone first, or the
+        // one syncd deleted after it), or a source whose target went under
+        // `recreate`, is created anew on the other side. Otherwise
         // (`unlink`, the kept or archived target of a deleted source
         // edited) the mapping stays stale and nothing is written.
         let mut relink = false;
@@ -373,16 +372,16 @@ pub fn decide_page(
             let counterpart = id_on(m, write)
                 .is_some_and(|id| counterparts.contains_key(id) || unreadable.contains_key(id));
             let gone = Gone::of(m).unwrap_or(Gone::Target);
+            let both = Gone::both_deleted(m);
             let recreate = match (read, gone) {
                 (Side::Source, Gone::Source) => !counterpart,
-                (Side::Source, Gone::Target) => policy.on_target_delete == OnTargetDelete::Recreate,
-                // A target record back (restored, undeleted) after its
-                // deletion was carried to the source: created anew there,
-                // as a source record back is in the target.
-                (Side::Target, Gone::Target) => {
-                    !counterpart && policy.on_target_delete == OnTargetDelete::Propagate
+                (Side::Source, Gone::Target) => {
+                    policy.on_target_delete == OnTargetDelete::Recreate || (!counterpart && both)
                 }
-                (Side::Target, Gone::Source) => false,
+                // A target record back (restored, undeleted, or its id
+                // inserted again) after both were deleted: created anew in
+                // the source, as a source record back is in the target.
+                (Side::Target, _) => !counterpart && both,
             };
             if counterpart {
                 relink = true;

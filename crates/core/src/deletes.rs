@@ -161,6 +161,11 @@ pub fn is_deleted_mark(v: &serde_json::Value) -> bool {
     }
 }
 
+/// What the delete step did when it deleted the other record too: the
+/// end of a stale mapping's reason ([`Gone::reason`]).
+const BOTH_BY_SOURCE: &str = "target deleted";
+const BOTH_BY_TARGET: &str = "source deleted too";
+
 /// Why a mapping is `stale`: which side's record went, and what the engine
 /// did about it. Kept at the start of the mapping's `last_error`, so that the
 /// reason operators read is also what later runs decide by.
@@ -192,6 +197,16 @@ impl Gone {
             Gone::Target => Self::TARGET,
         };
         format!("{head}: {done}")
+    }
+
+    /// Whether `mapping` is stale because both of its records were
+    /// deleted: one gone, and syncd deleted the other after it (`delete`
+    /// of a deleted source's target, `propagate` of a gone target to its
+    /// source). Either record back is then a record anew.
+    pub fn both_deleted(mapping: &IdMapping) -> bool {
+        let reason = mapping.last_error.as_deref();
+        reason == Some(Gone::Source.reason(BOTH_BY_SOURCE).as_str())
+            || reason == Some(Gone::Target.reason(BOTH_BY_TARGET).as_str())
     }
 
     /// Why `mapping` is stale, if it says.
@@ -288,7 +303,7 @@ pub fn decide_removals(
                         r.delete_target.push(target_id);
                     }
                     r.deleted += 1;
-                    (Gone::Source, "target deleted")
+                    (Gone::Source, BOTH_BY_SOURCE)
                 }
                 OnSourceDelete::Archive => {
                     if has_target {
@@ -310,7 +325,7 @@ pub fn decide_removals(
                 OnTargetDelete::Propagate => {
                     r.delete_source.push(source_id);
                     r.deleted += 1;
-                    (Gone::Target, "source deleted too")
+                    (Gone::Target, BOTH_BY_TARGET)
                 }
                 OnTargetDelete::Recreate => {
                     r.recreate.push(source_id);
@@ -451,7 +466,7 @@ mod tests {
         let mut m = mapped("s1", "t1");
         m.apply(
             MappingChange::MarkStale {
-                reason: Gone::Source.reason("target deleted"),
+                reason: Gone::Source.reason(BOTH_BY_SOURCE),
             },
             chrono::Utc::now(),
         )
