@@ -2716,6 +2716,52 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A SQLite table syncd first wrote into held only syncd's stamps (a
+/// `T`), and its cursor was saved so; the application then stamped its
+/// own edits with `datetime('now')` (a space). As text a space orders
+/// before a `T`, so every row stamped that day came before the cursor:
+/// an edit and a new row were never read, run after run. The cursor is
+/// compared in the layout the table writes.
+#[tokio::test]
+async fn rows_stamped_with_datetime_now_after_syncd_wrote_the_table_are_read() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.both_ways(None);
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', now() - interval '1 hour')")
+        .await;
+    s.run(&[]);
+    assert_eq!(s.target_texts("name").await, ["a0"]);
+    s.target
+        .exec(
+            "UPDATE ledger SET name = 'a1', updated_at = datetime('now'); \
+             INSERT INTO ledger VALUES ('t2', 'new', datetime('now'))",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.writes_both_ways("product"), 2, "{}", ran.stdout);
+    let mut names: Vec<String> = s
+        .source
+        .dump("ledger")
+        .await
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a1", "new"]);
+    let again = s.run(&[]);
+    assert_eq!(again.writes_both_ways("product"), 0, "{}", again.stdout);
+    s.drop().await;
+}
+
 /// A record whose counterpart was deleted, and then itself deleted by
 /// syncd (`propagate` from the target, `delete` from the source), inserted
 /// again under its id on its side: it was skipped by every run after, the

@@ -34,7 +34,9 @@ impl SqlConnector {
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
-                    q = q.bind(text_of(&c.updated_at)).bind(text_of(&c.id));
+                    q = q
+                        .bind(text_of(&cursor_like_table(b, &c.updated_at)))
+                        .bind(text_of(&c.id));
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter()
@@ -70,7 +72,7 @@ impl SqlConnector {
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
-                    q = bind_sqlite(bind_sqlite(q, &c.updated_at), &c.id);
+                    q = bind_sqlite(bind_sqlite(q, &cursor_like_table(b, &c.updated_at)), &c.id);
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter().map(|r| self.sqlite_row(b, r)).collect()
@@ -563,6 +565,36 @@ pub(super) fn sqlite_json_select(b: &TableBinding, columns: &[&str]) -> (String,
 /// normalizes. A negative zero reads `0` through `to_jsonb`; [`pg_row`]
 /// puts `-0` back either way. `t.*`, not `t`: a column named `t` would
 /// be taken for the row.
+/// A cursor's change time as the table writes its own, a space or a `T`
+/// between date and time (as [`TableBinding::stamp_like`] shows it), for
+/// a table that holds one layout: text orders a space before a `T`, so a
+/// cursor of syncd's `T` (saved while the table held only syncd's stamps)
+/// came after every row its application stamped with a space that day
+/// (`datetime('now')`), and those rows were never read.
+pub(super) fn cursor_like_table(b: &TableBinding, at: &Value) -> Value {
+    let separator = |s: &str| {
+        let bytes = s.as_bytes();
+        (bytes.len() > 11
+            && bytes[..10].iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                _ => c.is_ascii_digit(),
+            }))
+        .then(|| bytes[10])
+        .filter(|c| *c == b' ' || *c == b'T')
+    };
+    match (b.mixed_layouts, b.stamp_like.as_deref(), at) {
+        (false, Some(example), Value::String(text)) => match (separator(example), separator(text)) {
+            (Some(want), Some(have)) if want != have => {
+                let mut text = text.clone();
+                text.replace_range(10..11, if want == b' ' { " " } else { "T" });
+                Value::String(text)
+            }
+            _ => at.clone(),
+        },
+        _ => at.clone(),
+    }
+}
+
 pub(super) fn pg_row_document(b: &TableBinding) -> String {
     let scalar = |t: &String| !t.ends_with("[]") && !matches!(Class::postgres(t), Class::Any | Class::Json);
     let mut select = if b.column_types.values().all(scalar) {
@@ -623,6 +655,37 @@ pub(super) fn pg_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cursor saved in syncd's layout is read in the table's own, and
+    /// one in the table's own (or of a table of both layouts) as it is.
+    #[test]
+    fn a_cursor_is_compared_in_the_layout_the_table_writes() {
+        let table = |example: Option<&str>, mixed: bool| TableBinding {
+            stamp_like: example.map(str::to_owned),
+            mixed_layouts: mixed,
+            ..TableBinding::accounts(Default::default())
+        };
+        let syncd = serde_json::json!("2026-12-08T01:16:19.376019Z");
+        let spaced = table(Some("2026-12-08 01:17:20"), false);
+        assert_eq!(cursor_like_table(&spaced, &syncd), "2026-12-08 01:16:19.376019Z");
+        let t = table(Some("2026-01-01T00:00:00.000000Z"), false);
+        assert_eq!(
+            cursor_like_table(&t, &serde_json::json!("2026-12-08 01:17:20")),
+            "2026-12-08T01:17:20"
+        );
+        for same in [
+            cursor_like_table(&t, &syncd),
+            cursor_like_table(&table(Some("2026-12-08 01:17:20"), true), &syncd),
+            cursor_like_table(&table(None, false), &syncd),
+            cursor_like_table(&spaced, &serde_json::json!("2026-12-08")),
+        ] {
+            assert!(same == syncd || same == "2026-12-08", "{same}");
+        }
+        assert_eq!(
+            cursor_like_table(&spaced, &serde_json::json!(1_765_000_000)),
+            1_765_000_000
+        );
+    }
 
     /// A table of plain scalars is read by `row_to_json`; one with a
     /// document, an array or a type not known here by `to_jsonb`, which
