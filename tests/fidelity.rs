@@ -2716,6 +2716,40 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A merge rule naming a field that is not synced (`nmae` for `name`):
+/// `syncd check` can only warn without connecting, and `syncd run` ran,
+/// settling that field's conflicts by the default rule without a word.
+/// The run stops before writing anything, naming the rule and the fields.
+#[tokio::test]
+async fn a_merge_rule_on_a_field_that_is_not_synced_stops_the_run() {
+    let table = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, table, Kind::Sqlite, table).await else {
+        return;
+    };
+    s.both_ways(Some("merge"));
+    s.edit(|t| {
+        t.replace(
+            "[tenants.t1]",
+            "[entities.merge]\nnmae = \"source\"\n\n[tenants.t1]",
+        )
+    });
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z')")
+        .await;
+    let ran = s.attempt(&[], &[]);
+    assert!(!ran.ok, "{}", ran.stdout);
+    assert!(
+        ran.stderr
+            .contains("field `merge.nmae`: a merge rule on `nmae`, which is not a field both systems have")
+            && ran.stderr.contains("synced: ")
+            && ran.stderr.contains("name"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(s.target.dump("ledger").await, Vec::<Value>::new());
+    s.drop().await;
+}
+
 /// A SQLite table syncd first wrote into held only syncd's stamps (a
 /// `T`), and its cursor was saved so; the application then stamped its
 /// own edits with `datetime('now')` (a space). As text a space orders

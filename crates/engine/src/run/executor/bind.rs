@@ -34,6 +34,21 @@ pub(super) async fn bind_entity(
         .filter(|k| sides[1].2.contains_key(*k))
         .cloned()
         .collect();
+    // A merge rule on a field neither side has as a column would settle
+    // that field's conflicts by the default rule, unsaid (a typo such as
+    // `emial`): the run stops, as `syncd check --connect` says.
+    if let Some(rule) = def.merge.keys().find(|rule| !shared.contains(rule)) {
+        return Err(ConnectorError::Config {
+            system: target.system().to_owned(),
+            reason: format!(
+                "entity `{}`, field `merge.{rule}`: a merge rule on `{rule}`, which is not a field both systems \
+                 have (synced: {})",
+                def.name,
+                shared.join(", ")
+            ),
+        }
+        .into());
+    }
     // What each column holds, and the kind each field agrees on for both.
     let class = |i: usize, cdm: &str| {
         let (connector, columns, map, _) = &sides[i];
