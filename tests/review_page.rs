@@ -70,6 +70,79 @@ async fn store_in(pg: &PgSchema) -> Arc<Store> {
     )
 }
 
+/// A decision on a field the source changed again after the conflict was
+/// parked is not applied: the run parks the conflict again with the values
+/// both hold now. The page said "resolved ✓" and listed the decision as
+/// made; it says now that it was not applied, and why, in both places.
+#[tokio::test]
+async fn a_decision_a_run_does_not_apply_is_said_not_applied() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("review-not-applied");
+    let store = store_in(&pg).await;
+    let ReviewScenario { source, toml, .. } = suspended_on_review(store.clone(), &dir).await;
+    let served = Served::start(&store, &toml).await;
+    let token = store.create_token(&Principal::Tenant("t1".into())).await.unwrap();
+    let review = async {
+        browser.goto(&format!("http://{}/review", served.addr)).await;
+        browser.find("#token").await.type_text(&token).await;
+        browser.find("#reviewer").await.type_text("reviewer-7").await;
+        browser.find("#load").await.click().await;
+        browser.wait_for_text("#status", "1 pending").await;
+        // The source changes the decided field after the page was loaded.
+        let now = syncd_connect::format_time(chrono::Utc::now());
+        source
+            .exec(&format!(
+                "UPDATE accounts SET name = 'Acme S2', updated_at = '{now}'"
+            ))
+            .await;
+        let conflict = browser.find("section.conflict").await;
+        conflict.find("button[data-take=source]").await.click().await;
+        let result = conflict.find(".result").await;
+        result
+            .wait_for_text_containing(
+                "not applied: a decided field changed on a side since the conflict was parked",
+            )
+            .await;
+        assert!(result.has_class("error").await);
+        let said = result.text().await;
+        let again = store
+            .list_conflicts(&syncd_store::ConflictFilter {
+                tenant: Some("t1".into()),
+                status: Some(syncd_core::conflict::ConflictStatus::Pending),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1, "parked again");
+        assert!(
+            said.ends_with(&format!("parked again as conflict {}", again[0].id)),
+            "{said}"
+        );
+        browser
+            .find("#decided-list li")
+            .await
+            .wait_for_text_containing("· not applied: a decided field changed")
+            .await;
+        assert_eq!(
+            source.dump("accounts").await[0]["name"],
+            "Acme S2",
+            "the later edit is kept"
+        );
+    };
+    browser
+        .saving_artifacts_on_panic("review_page_not_applied", Box::pin(review))
+        .await;
+    browser.quit().await;
+    served.stop().await;
+    pg.drop().await;
+}
+
 #[tokio::test]
 async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
     let Some(browser) = Browser::start().await else {
@@ -136,7 +209,7 @@ async fn a_reviewer_edits_and_resolves_a_conflict_in_the_browser() {
         input.clear().await;
         input.type_text("2027").await;
         conflict.find("button[data-take=values]").await.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
 
         // The database holds the reviewer's decision ...
         type Decision = (String, Option<String>, Option<Value>, bool);
@@ -277,7 +350,7 @@ table = "ledger"
         input.clear().await;
         input.type_text("98765432109876543210.987654321").await;
         conflict.find("button[data-take=values]").await.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
 
         let started = Instant::now();
         loop {
@@ -454,7 +527,13 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
                 input.type_text("Reviewed 3").await;
                 section.find("button[data-take=values]").await.click().await;
             }
-            section.find(".result").await.wait_for_text("resolved ✓").await;
+            // Recorded, and said to wait for the run (which resumes only
+            // once its last conflict is decided).
+            section
+                .find(".result")
+                .await
+                .wait_for_text("decided: waiting for a run to apply it…")
+                .await;
         }
         // The page follows the run: resumed by the worker, then succeeded.
         let status = browser.find("#run-status").await;
@@ -472,6 +551,13 @@ async fn a_reviewer_decides_three_conflicts_and_sees_the_run_succeed() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(status.has_class("state-succeeded").await);
+        // Each decision is said applied once the run wrote it.
+        Box::pin(async {
+            for section in &sections {
+                section.find(".result").await.wait_for_text("applied ✓").await;
+            }
+        })
+        .await;
         let link = browser.find("#run-status a").await;
         assert_eq!(
             link.property("href").await,
@@ -876,7 +962,7 @@ async fn an_untouched_value_goes_back_exactly_when_another_field_is_edited() {
         body.type_text("Reviewed\nbody").await;
         let conflict = browser.find("section.conflict").await;
         conflict.find("button[data-take=values]").await.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
         parked.until_succeeded().await;
         for db in [&parked.source, &parked.target] {
             assert_eq!(
@@ -939,7 +1025,7 @@ async fn what_a_reviewer_types_is_of_the_kind_the_other_side_holds() {
         price.clear().await;
         price.type_text("2.75").await;
         resolve.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
         parked.until_succeeded().await;
         for db in [&parked.source, &parked.target] {
             assert_eq!(
@@ -1015,7 +1101,7 @@ async fn a_reviewer_can_choose_null_or_the_empty_text() {
         b.find("input[type=radio][value=empty]").await.click().await;
         let conflict = browser.find("section.conflict").await;
         conflict.find("button[data-take=values]").await.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
         parked.until_succeeded().await;
         for db in [&parked.source, &parked.target] {
             assert_eq!(
@@ -1130,7 +1216,7 @@ async fn values_that_look_alike_are_shown_apart() {
         // text with their markers.
         let conflict = browser.find("section.conflict").await;
         conflict.find("button[data-take=source]").await.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
         let li = browser.find("#decided-list li").await;
         li.wait_for_text_containing("— by reviewer-1 at").await;
         let text = li.text().await;
@@ -1183,7 +1269,7 @@ async fn a_right_to_left_override_in_a_value_stays_inside_it() {
         browser.wait_for_text("#status", "1 pending").await;
         let conflict = browser.find("section.conflict").await;
         conflict.find("button[data-take=source]").await.click().await;
-        conflict.find(".result").await.wait_for_text("resolved ✓").await;
+        conflict.find(".result").await.wait_for_text("applied ✓").await;
         browser
             .find("#decided-list li")
             .await

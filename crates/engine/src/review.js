@@ -339,11 +339,12 @@ function render(c) {
     }
     try {
       await api(`/api/conflicts/${c.id}/resolve`, { method: "POST", body: JSON.stringify(request) });
-      result.textContent = "resolved ✓";
-      result.className = "result resolved";
+      result.textContent = "decided: waiting for a run to apply it…";
+      result.className = "result";
       box.querySelectorAll("button, input, textarea").forEach((b) => b.disabled = true);
       loadDecided();
       if (c.run_id) afterDecision(c.run_id);
+      followOutcome(c.id, result);
     } catch (e) {
       result.textContent = e.message;
       result.className = "result error";
@@ -376,6 +377,35 @@ async function afterDecision(runId) {
   }
 }
 
+// A decision is recorded at once but written by a run: follow the
+// conflict until a run says what became of it (applied, or why not).
+async function followOutcome(id, result) {
+  const started = Date.now();
+  while (Date.now() - started < 120000) {
+    let conflict;
+    try { ({ conflict } = await api(`/api/conflicts/${id}`)); } catch (e) {
+      result.textContent = e.message;
+      result.className = "result error";
+      return;
+    }
+    if (conflict.outcome) {
+      const applied = conflict.outcome === "applied";
+      result.textContent = applied ? "applied ✓" : conflict.outcome;
+      result.className = applied ? "result resolved" : "result error";
+      loadDecided();
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+// What the Decided list says of a decision's outcome.
+function outcomeOf(c) {
+  if (c.resolved_by === "system") return "";
+  if (!c.outcome) return " · waiting for a run to apply it";
+  return c.outcome === "applied" ? " · applied" : ` · ${c.outcome}`;
+}
+
 // How many characters of a value the Decided list shows.
 const DECIDED_LIMIT = 120;
 
@@ -390,7 +420,7 @@ async function loadDecided() {
         Object.entries(c.resolution || {}).forEach(([k, v], i) => {
           li.append(i ? ", " : "", `${k} = `, valueView(v, DECIDED_LIMIT));
         });
-        li.append(" — by ", isolated(c.resolved_by), ` at ${when(c.resolved_at)}`);
+        li.append(" — by ", isolated(c.resolved_by), ` at ${when(c.resolved_at)}`, outcomeOf(c));
         return li;
       });
     $("decided-list").replaceChildren(...items);
