@@ -2716,6 +2716,76 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A crash between a create and its commit leaves the create's mapping
+/// `pending`; the source record was then deleted. The retry pass read
+/// nothing for it, every run after: the target kept the copy the create
+/// made (a record the source no longer has), and the mapping stayed
+/// pending. The copy is now handed to the delete step, which deletes it
+/// (`on_source_delete = "delete"`); a create that never happened fails its
+/// mapping, saying so, and nothing is created.
+#[tokio::test]
+async fn a_create_cut_short_by_a_crash_whose_source_is_deleted_after_leaves_no_copy() {
+    let table = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, table, Kind::Sqlite, table).await else {
+        return;
+    };
+    s.edit(|t| {
+        t.replace(
+            "table = \"ledger\"",
+            "table = \"ledger\"\non_source_delete = \"delete\"\ndelete_brake = { percent = 100, max = 100 }",
+        )
+    });
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('kept', 'k', '2026-01-01T10:00:00Z'), ('copied', 'c', '2026-01-01T10:00:00Z'), \
+             ('never', 'n', '2026-01-01T10:00:00Z')",
+        )
+        .await;
+    s.run(&[]);
+    // The state a crash leaves: `copied` created in the target, `never` not
+    // yet, and neither mapping confirmed.
+    let never_id = s.mapping("never").await.target_id.unwrap();
+    s.target
+        .exec(&format!("DELETE FROM ledger WHERE id = '{never_id}'"))
+        .await;
+    let state = sqlx::SqlitePool::connect(&s.dir.sqlite_url("state.db"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE id_mappings SET status = 'pending', base = NULL, idempotency_key = 'fwd:' || target_id \
+         WHERE source_id IN ('copied', 'never')",
+    )
+    .execute(&state)
+    .await
+    .unwrap();
+    state.close().await;
+    s.source.exec("DELETE FROM ledger WHERE id <> 'kept'").await;
+    let ran = s.run(&[]);
+    let names: Vec<Value> = s
+        .target
+        .dump("ledger")
+        .await
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, [Value::from("k")], "{}", ran.stdout);
+    assert_eq!(s.mapping("copied").await.status, MappingStatus::Stale);
+    let never = s.mapping("never").await;
+    assert_eq!(never.status, MappingStatus::Failed);
+    assert!(
+        never
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the source record is gone since this create was tried"),
+        "{never:?}"
+    );
+    let again = s.run(&[]);
+    assert_eq!(again.writes("product"), 0, "{}", again.stdout);
+    assert_eq!(s.target.dump("ledger").await.len(), 1);
+    s.drop().await;
+}
+
 /// A merge rule naming a field that is not synced (`nmae` for `name`):
 /// `syncd check` can only warn without connecting, and `syncd run` ran,
 /// settling that field's conflicts by the default rule without a word.

@@ -263,6 +263,10 @@ struct ReadPage {
     deleted: Vec<String>,
     /// The ids, on the side read, of all its rows.
     ids: HashSet<String>,
+    /// Creates of the retry pass whose record is gone from the side read,
+    /// settled by what the side written holds (`Job::settle_gone_creates`),
+    /// and the deletions that follow from them.
+    settled: (Vec<MappingWrite>, Vec<syncd_core::deletes::DeleteCandidate>),
     /// Where the change scan of the side read stands after it.
     sync_cursor: Option<SyncCursor>,
     /// The last page of the change scan.

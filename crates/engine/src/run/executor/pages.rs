@@ -171,9 +171,12 @@ impl Job {
         let last_pass = patching
             && (ctx.step.direction == StepDirection::Backward
                 || self.workflow.direction == Direction::OneWay);
-        let writes = self
+        let mut writes = self
             .decide_page(ctx, records, bad, deleted, (last_pass, patching), &mut delta)
             .await?;
+        let (settled, gone) = std::mem::take(&mut page.settled);
+        writes.commit.mappings.extend(settled);
+        writes.commit.candidates.extend(gone);
         Ok((writes, delta))
     }
 
@@ -190,6 +193,7 @@ impl Job {
         // Rows without a change time, read by id on every run; a table
         // without such rows goes on to the scan in the same page.
         let mut untimed = None;
+        let mut settled = (Vec::new(), Vec::new());
         if state.phase == Phase::Untimed {
             let page = reader
                 .read_untimed(read_binding, state.untimed.as_ref(), page_size)
@@ -235,6 +239,23 @@ impl Job {
                     .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                     .collect();
                 let found = reader.read_by_ids(read_binding, &ids).await?;
+                let present: HashSet<&str> = found
+                    .records
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .chain(found.bad.iter().map(|b| b.id.as_str()))
+                    .collect();
+                let gone: Vec<&IdMapping> = unsettled
+                    .iter()
+                    .filter(|m| m.status == MappingStatus::Pending)
+                    .filter(|m| {
+                        m.idempotency_key
+                            .as_deref()
+                            .is_some_and(|k| k.starts_with(prefix))
+                    })
+                    .filter(|m| id_on(m, ctx.read).is_some_and(|id| !present.contains(id)))
+                    .collect();
+                settled = self.settle_gone_creates(ctx, &gone).await?;
                 // A row that could not be read is kept as read at no time.
                 ctx.retried.lock().expect("retried records").extend(
                     found
@@ -415,11 +436,105 @@ impl Job {
             bad,
             deleted,
             ids,
+            settled,
             sync_cursor,
             scan_done,
             phase,
             progress: state.clone(),
         }))
+    }
+
+    /// Settles the pending creates of `gone`, whose records the retry pass
+    /// did not find on the side read (deleted after a crash between the
+    /// create and its commit): each was left pending on every run after,
+    /// while the side written may hold the record it created. One the side
+    /// written holds is mapped (its base what that side holds) and handed
+    /// to the delete step as gone from the side read, which acts on it by
+    /// the entity's policy; one it does not hold was never created and
+    /// fails, saying so.
+    async fn settle_gone_creates(
+        &self,
+        ctx: &StepCtx<'_>,
+        gone: &[&IdMapping],
+    ) -> Result<(Vec<MappingWrite>, Vec<syncd_core::deletes::DeleteCandidate>), RunError> {
+        let (mut writes, mut candidates) = (Vec::new(), Vec::new());
+        if gone.is_empty() {
+            return Ok((writes, candidates));
+        }
+        let (read, write) = (ctx.read, ctx.write());
+        let binding = self.binding(ctx.tables, write);
+        let connector = self.connector(write);
+        // The id each create has on the side written: given (text ids), or
+        // found by its key (ids the system assigns).
+        let written: HashMap<Uuid, String> = match binding.id_kind {
+            IdKind::Text => gone
+                .iter()
+                .filter_map(|m| id_on(m, write).map(|id| (m.id, id.to_owned())))
+                .collect(),
+            IdKind::Assigned => {
+                let keys: Vec<String> = gone.iter().filter_map(|m| m.idempotency_key.clone()).collect();
+                let found = connector.find_by_keys(binding, &keys).await?;
+                gone.iter()
+                    .filter_map(|m| {
+                        let key = m.idempotency_key.as_ref()?;
+                        found.get(key).map(|id| (m.id, id.clone()))
+                    })
+                    .collect()
+            }
+        };
+        let ids: Vec<String> = written.values().cloned().collect();
+        let found = connector.read_by_ids(binding, &ids).await?;
+        let unreadable: HashSet<&str> = found.bad.iter().map(|b| b.id.as_str()).collect();
+        let held: HashMap<&str, &Record> = found.records.iter().map(|r| (r.id.as_str(), r)).collect();
+        let step = self.decision_step(ctx);
+        for m in gone {
+            let id = written.get(&m.id).map(String::as_str);
+            if id.is_some_and(|id| unreadable.contains(id)) {
+                // Held, but not readable: left pending, as before.
+                continue;
+            }
+            let Some(record) = id.and_then(|id| held.get(id)) else {
+                writes.push(MappingWrite::Transition {
+                    current: (*m).clone(),
+                    change: MappingChange::Fail {
+                        error: format!(
+                            "the {} record is gone since this create was tried, and the {} holds no record it \
+                             created: there is nothing to create",
+                            read.as_str(),
+                            write.as_str()
+                        ),
+                    },
+                });
+                continue;
+            };
+            let base = match write {
+                Side::Source => record.fields.clone(),
+                Side::Target => {
+                    let maps = self
+                        .reference_maps(ctx.tables, Side::Target, &[&record.fields])
+                        .await?;
+                    ctx.tables
+                        .refs
+                        .rewrite(&maps, Side::Target, &record.fields)
+                        .fields
+                }
+            };
+            let read_id = id_on(m, read).unwrap_or_default().to_owned();
+            let (source_id, target_id) = match read {
+                Side::Source => (read_id, record.id.clone()),
+                Side::Target => (record.id.clone(), read_id),
+            };
+            writes.push(MappingWrite::Transition {
+                current: (*m).clone(),
+                change: MappingChange::Confirm {
+                    source_id,
+                    target_id,
+                    base,
+                },
+            });
+            candidates.push(step.candidate(m.id, syncd_core::deletes::Gone::on(read)));
+        }
+        Ok((writes, candidates))
     }
 
     /// The mappings of the records of `entity` whose ids on `from` are
