@@ -2716,6 +2716,35 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A system that refuses every write to syncd's credentials (a SQLite
+/// database opened read-only, PostgreSQL's `permission denied`, MySQL's
+/// `command denied`): each record was failed alone, and the run said
+/// succeeded, exit code 0. The run fails now, saying why.
+#[tokio::test]
+async fn a_system_that_refuses_every_write_fails_the_run() {
+    let table = "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)";
+    let Some(s) = Setup::new(Kind::Sqlite, table, Kind::Sqlite, table).await else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', '2026-01-01T10:00:00Z')")
+        .await;
+    s.run(&[]);
+    let url = s.target.url();
+    s.edit(|t| t.replace(&format!("url = \"{url}\""), &format!("url = \"{url}?mode=ro\"")));
+    s.source
+        .exec(
+            "UPDATE ledger SET name = 'a1', updated_at = '2026-01-02T10:00:00Z'; \
+               INSERT INTO ledger VALUES ('b', 'b0', '2026-01-02T10:00:00Z')",
+        )
+        .await;
+    let ran = s.attempt(&[], &[("SYNCD_RETRY_FOR", "1s")]);
+    assert!(!ran.ok, "{}", ran.stdout);
+    assert!(ran.stderr.contains("readonly database"), "{}", ran.stderr);
+    assert!(ran.stdout.contains(" failed"), "{}", ran.stdout);
+    s.drop().await;
+}
+
 /// A crash between a create and its commit leaves the create's mapping
 /// `pending`; the source record was then deleted. The retry pass read
 /// nothing for it, every run after: the target kept the copy the create

@@ -118,7 +118,10 @@ impl ConnectorError {
     /// the schema's or the definition's fault, to stop the step on, never
     /// one record's (a record failed for it would not be written again
     /// until it changes). A missing relation or column of another name (a
-    /// trigger's) is the record's.
+    /// trigger's) is the record's. So is a write the system refuses to
+    /// syncd's credentials (PostgreSQL's `permission denied`, MySQL's
+    /// `command denied`, a SQLite database opened or mounted read-only):
+    /// every record would fail for it, and the run would say succeeded.
     pub fn is_schema_fault(&self, b: &TableBinding) -> bool {
         let ConnectorError::Query {
             source: sqlx::Error::Database(db),
@@ -142,9 +145,14 @@ impl ConnectorError {
         let table = b.table.rsplit('.').next().unwrap_or(&b.table).trim_matches('"');
         let names_ours =
             || mentions(table) || mentions(&b.table) || b.column_types.keys().any(|c| mentions(c));
+        if m.starts_with("attempt to write a readonly database") || m.contains("command denied to user") {
+            return true;
+        }
         match db.code().as_deref() {
             // PostgreSQL's undefined column and table; MySQL's (by SQLSTATE).
             Some("42703" | "42P01" | "42S22" | "42S02") => names_ours(),
+            // PostgreSQL's insufficient privilege.
+            Some("42501") => true,
             // SQLite (its generic error code) says so in words only.
             Some("1") => {
                 (m.starts_with("no such column")
