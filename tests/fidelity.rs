@@ -2716,6 +2716,89 @@ async fn a_target_record_undeleted_after_its_delete_was_propagated_comes_back_to
     s.drop().await;
 }
 
+/// A source column renamed while a run waits to read the table (its
+/// binding made before): PostgreSQL's row, read whole, lacks the column,
+/// and its values were read as NULL and written over the target's, the run
+/// saying succeeded. The run fails now, naming the column, and the target
+/// keeps its values.
+#[tokio::test]
+async fn a_column_renamed_while_a_run_reads_fails_the_run_instead_of_writing_nulls() {
+    let Some(s) = Setup::new(
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    s.source
+        .exec("INSERT INTO ledger VALUES ('a', 'a0', now() - interval '1 hour'), ('b', 'b0', now() - interval '1 hour')")
+        .await;
+    s.run(&[]);
+    s.source
+        .exec("UPDATE ledger SET name = name || '!', updated_at = now()")
+        .await;
+    let SystemDb::Postgres { schema } = &s.source else {
+        unreachable!()
+    };
+    // The table held while the run binds it and then waits to read it.
+    let mut lock = schema.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE ledger IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .current_dir(&s.dir.0)
+        .args(["run", "exact.toml", "--tenant", "t1"])
+        .env("SYNCD_DATABASE_URL", s.dir.sqlite_url("state.db"))
+        .env_remove("SYNCD_REDIS_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%ledger%' \
+             AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&schema.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the run never read the table"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sqlx::query("ALTER TABLE ledger RENAME COLUMN name TO full_name")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock.commit().await.unwrap();
+    let out = run.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("has no column `name` any more: renamed or dropped while the run read it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        s.target_texts("name").await,
+        ["a0", "b0"],
+        "the target keeps its values"
+    );
+    s.drop().await;
+}
+
 /// A system that refuses every write to syncd's credentials (a SQLite
 /// database opened read-only, PostgreSQL's `permission denied`, MySQL's
 /// `command denied`): each record was failed alone, and the run said

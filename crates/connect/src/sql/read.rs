@@ -631,6 +631,20 @@ pub(super) fn pg_row(
     row: &sqlx::postgres::PgRow,
 ) -> Result<(Fields, Option<BadRow>), sqlx::Error> {
     let mut doc = row.try_get::<sqlx::types::Json<Fields>, _>(0)?.0;
+    // The row is read whole (`t.*`): a column renamed or dropped after the
+    // run bound the table is absent from it, where a NULL is present. Read
+    // as NULL, its values would be written over the other side's.
+    if let Some(gone) = [ID_COLUMN]
+        .into_iter()
+        .chain(b.fields.iter().map(|f| f.column.as_str()))
+        .find(|c| !doc.contains_key(*c))
+    {
+        return Err(sqlx::Error::ColumnNotFound(format!(
+            "{gone} (table `{}` has no column `{gone}` any more: renamed or dropped while the run read it; \
+             nothing of this page is written)",
+            b.table
+        )));
+    }
     let floats = pg_floats(b).count();
     for (i, f) in pg_floats(b).enumerate() {
         if row.try_get::<Option<&str>, _>(i + 1)? == Some("-0") {
