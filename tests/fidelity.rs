@@ -2760,14 +2760,16 @@ async fn a_column_renamed_while_a_run_reads_fails_the_run_instead_of_writing_nul
         .unwrap();
     let started = std::time::Instant::now();
     loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%ledger%' \
-             AND pid <> pg_backend_pid()",
+        // (An operator finds the waiting statement by its connection's name.)
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT application_name FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%ledger%' AND pid <> pg_backend_pid()",
         )
-        .fetch_one(&schema.pool)
+        .fetch_all(&schema.pool)
         .await
         .unwrap();
-        if waiting > 0 {
+        if !waiting.is_empty() {
+            assert_eq!(waiting, ["syncd: system src"]);
             break;
         }
         assert!(

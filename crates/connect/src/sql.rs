@@ -241,6 +241,11 @@ impl SqlConnector {
             if let Some(schema) = schema {
                 options = options.options([("search_path", ident(schema))]);
             }
+            // Named in `pg_stat_activity` (a statement waiting on a lock, a
+            // slow one), unless the URL names the connections itself.
+            if !url.contains("application_name=") {
+                options = options.application_name(&format!("syncd: system {system}"));
+            }
             let pool = match PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(10))
