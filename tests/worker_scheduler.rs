@@ -761,6 +761,66 @@ async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
         "{error}"
     );
     assert!(!error.contains("Hidden"));
+    // An outage that outlasts the retry budget fails the run (the next
+    // tick starts another), as one met while running does.
+    let impatient = Worker {
+        options: Options {
+            retry_for: Duration::ZERO,
+            ..Options::default()
+        },
+        ..worker
+    };
+    assert!(!impatient.execute_one().await.unwrap());
+    let failed = store.load_run(None, run.id).await.unwrap().unwrap();
+    assert_eq!(failed.state, RunState::Failed);
+    assert!(failed.error.unwrap_or_default().contains("cannot connect to"));
+    pg.drop().await;
+}
+
+/// A run whose table is missing (or whose login is refused) waited,
+/// planned, for ever: every worker said so four times a second, and no
+/// alert on failed runs fired. What no waiting mends fails the run at
+/// once, naming the table.
+#[tokio::test]
+async fn a_run_that_cannot_bind_its_tables_fails_without_starting() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("unbindable");
+    let source = SystemDb::with_tables(Kind::Sqlite, &dir, "source").await.unwrap();
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    target.exec("ALTER TABLE customers RENAME TO customers_old").await;
+    let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
+    let store = Arc::new(
+        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
+            .await
+            .unwrap(),
+    );
+    let worker = Worker {
+        store: store.clone(),
+        definitions: vec![definition(&toml)],
+        options: Options::default(),
+        poll: Duration::from_millis(100),
+        clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
+    };
+    let run = syncd_store::RunRow {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: "t1".into(),
+        integration_id: "e2e".into(),
+        state: RunState::Planned,
+        plan: json!({"stages": []}),
+        trigger: "manual".into(),
+        error: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        finished_at: None,
+    };
+    store.create_run(&run, &[]).await.unwrap();
+    assert!(!worker.execute_one().await.unwrap(), "nothing could run");
+    let failed = store.load_run(None, run.id).await.unwrap().unwrap();
+    assert_eq!(failed.state, RunState::Failed);
+    let error = failed.error.unwrap_or_default();
+    assert!(error.contains("customers"), "{error}");
     pg.drop().await;
 }
 

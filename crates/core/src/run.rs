@@ -460,7 +460,10 @@ impl RunState {
             (Suspended | Failed, Resume) => Ok(Running),
             (Running, Suspend) => Ok(Suspended),
             (Running, Succeed) => Ok(Succeeded),
-            (Running, Fail) => Ok(Failed),
+            // A planned run fails without starting when it cannot: a
+            // table or a login its systems refuse, or an outage that
+            // outlasts the retry budget.
+            (Planned | Running, Fail) => Ok(Failed),
             (Planned | Running | Suspended, Cancel) => Ok(Cancelled),
             (state, event) => Err(RunTransitionError { state, event }),
         }
@@ -620,6 +623,7 @@ mod tests {
             allowed,
             [
                 "planned Start running",
+                "planned Fail failed",
                 "planned Cancel cancelled",
                 "running Start running",
                 "running Suspend suspended",
@@ -681,6 +685,7 @@ mod tests {
         for (state, event) in [
             (RunState::Planned, RunEvent::Cancel),
             (RunState::Planned, RunEvent::Start),
+            (RunState::Planned, RunEvent::Fail),
             (RunState::Running, RunEvent::Succeed),
         ] {
             assert_eq!(state.step(event).unwrap().1, None);

@@ -155,10 +155,35 @@ impl Worker {
             {
                 Ok(job) => job,
                 // A system out of reach: the run waits, planned, with the
-                // reason on it for operators, and is tried at the next poll.
+                // reason on it for operators, and is tried at the next poll,
+                // for as long as a run rides out an outage (`retry_for`).
+                // What no waiting mends (a table missing, a login or a
+                // definition refused), and an outage past that, fails it:
+                // the next tick starts another.
                 Err(e) => {
-                    tracing::warn!(run_id = %run.id, error = %e, "the run cannot start yet; it waits");
-                    self.store.note_run_error(&run, &e.to_string()).await?;
+                    let said = e.to_string();
+                    let waited = (chrono::Utc::now() - run.created_at).to_std().unwrap_or_default();
+                    if !e.is_transient() || waited >= self.options.retry_for {
+                        tracing::error!(run_id = %run.id, tenant = %run.tenant_id, integration = %run.integration_id,
+                            error = %e, "the run cannot start: it fails");
+                        // (Another worker may have moved it first.)
+                        if let Err(moved) = self
+                            .store
+                            .transition_run(&run, syncd_core::run::RunEvent::Fail, Some(&said))
+                            .await
+                        {
+                            tracing::debug!(run_id = %run.id, error = %moved, "the run moved on meanwhile");
+                        }
+                        continue;
+                    }
+                    // Said when the reason changes, not at every poll.
+                    if run.error.as_deref() != Some(said.as_str()) {
+                        tracing::warn!(run_id = %run.id, tenant = %run.tenant_id,
+                            integration = %run.integration_id, error = %e, "the run cannot start yet; it waits");
+                    } else {
+                        tracing::debug!(run_id = %run.id, error = %e, "the run still cannot start");
+                    }
+                    self.store.note_run_error(&run, &said).await?;
                     continue;
                 }
             };
