@@ -123,6 +123,7 @@ conformance!(
     five_megabyte_snapshot_round_trips,
     conflicts_are_stored_per_tenant,
     a_decided_conflict_stays_open_until_its_decision_is_applied,
+    a_succeeded_run_keeps_no_reason_it_waited_for,
     ready_runs_are_those_of_the_served_integrations,
     reservations_settle_with_their_page_or_become_pending,
     tokens_are_refused_once_revoked_or_expired,
@@ -266,6 +267,29 @@ async fn new_run_of(store: &Store, integration: &str) -> RunRow {
     };
     store.create_run(&run, &[]).await.unwrap();
     run
+}
+
+/// A run that waited to start (its reason noted on it) and then
+/// succeeded says no error: it kept the old reason, and an operator read
+/// a succeeded run as one that had failed.
+async fn a_succeeded_run_keeps_no_reason_it_waited_for(store: Arc<Store>) {
+    let run = new_run_of(&store, "crm-to-erp").await;
+    store
+        .note_run_error(&run, "cannot connect to the source")
+        .await
+        .unwrap();
+    let waited = store.load_run(None, run.id).await.unwrap().unwrap();
+    assert_eq!(waited.error.as_deref(), Some("cannot connect to the source"));
+    let running = store
+        .transition_run(&waited, syncd_core::run::RunEvent::Start, None)
+        .await
+        .unwrap();
+    let done = store
+        .transition_run(&running, syncd_core::run::RunEvent::Succeed, None)
+        .await
+        .unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(store.load_run(None, run.id).await.unwrap().unwrap().error, None);
 }
 
 /// A worker asks only for runs of the integrations it has definitions for:

@@ -94,7 +94,9 @@ macro_rules! run_statements {
         pub(crate) async fn set_run_state(&self, run: &RunRow, c: &crate::RunChange<'_>) -> Result<bool, StoreError> {
             let mut tx = self.pool.begin().await?;
             let done = sqlx::query(
-                "UPDATE runs SET state = $1, error = COALESCE($2, error), updated_at = $3, finished_at = $4 \
+                "UPDATE runs SET state = $1, \
+                     error = CASE WHEN $1 = 'succeeded' THEN NULL ELSE COALESCE($2, error) END, \
+                     updated_at = $3, finished_at = $4 \
                  WHERE id = $5 AND tenant_id = $6 AND state = $7",
             )
             .bind(c.to.as_str())
