@@ -148,6 +148,36 @@ async fn a_workers_scrape_counts_what_its_runs_did_and_runs_by_state_past_ten_th
     let samples = scrape(addr).await;
     assert_eq!(samples[r#"syncd_runs{state="succeeded"}"#], 10_001.0);
     assert_eq!(samples[r#"syncd_runs{state="running"}"#], 0.0);
+
+    // What an alert on an integration reads: when its last run that
+    // succeeded ended, and whether one that failed ended after it.
+    let finished = store
+        .load_run(None, run.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .finished_at
+        .unwrap();
+    let last = |samples: &HashMap<String, f64>, tenant: &str| {
+        samples[&format!(r#"syncd_last_success_timestamp_seconds{{tenant="{tenant}",integration="e2e"}}"#)]
+    };
+    let failing = |samples: &HashMap<String, f64>, tenant: &str| {
+        samples[&format!(r#"syncd_failing{{tenant="{tenant}",integration="e2e"}}"#)]
+    };
+    assert!((last(&samples, "t1") - finished.timestamp_millis() as f64 / 1000.0).abs() < 0.002);
+    assert_eq!(failing(&samples, "t1"), 0.0);
+    sqlx::query(
+        "INSERT INTO runs (id, tenant_id, integration_id, state, plan, trigger, error, created_at, updated_at, \
+         finished_at) VALUES (gen_random_uuid(), 't1', 'e2e', 'failed', '{}', 'test', 'the target refused', \
+         now(), now(), now() + interval '1 second')",
+    )
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    let samples = scrape(addr).await;
+    assert_eq!(failing(&samples, "t1"), 1.0, "a failure after the last success");
+    assert_eq!(failing(&samples, "bulk"), 0.0);
+    assert!((last(&samples, "t1") - finished.timestamp_millis() as f64 / 1000.0).abs() < 0.002);
     drop(_worker);
     pg.drop().await;
 }

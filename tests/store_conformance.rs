@@ -290,6 +290,18 @@ async fn a_succeeded_run_keeps_no_reason_it_waited_for(store: Arc<Store>) {
         .unwrap();
     assert_eq!(done.state, RunState::Succeeded);
     assert_eq!(store.load_run(None, run.id).await.unwrap().unwrap().error, None);
+    // When the integration last succeeded, for the metrics' alerts (a
+    // failure since would say `failing`).
+    let ends = store.run_ends().await.unwrap();
+    let ours: Vec<_> = ends.iter().filter(|e| e.integration == "crm-to-erp").collect();
+    assert_eq!(ours.len(), 1, "{ends:?}");
+    assert_eq!(ours[0].tenant.as_str(), "tenant-a");
+    let succeeded = ours[0].succeeded.expect("the run's end");
+    assert!(
+        (succeeded - done.finished_at.unwrap()).num_milliseconds().abs() <= 1,
+        "{ours:?}"
+    );
+    assert_eq!(ours[0].failed, None);
 }
 
 /// A worker asks only for runs of the integrations it has definitions for:

@@ -533,6 +533,19 @@ pub async fn metrics_response(store: &Store) -> Result<Response, StoreError> {
             ])
             .set(late);
     }
+    for ends in store.run_ends().await? {
+        let labels = vec![
+            ("tenant", ends.tenant.to_string()),
+            ("integration", ends.integration.clone()),
+        ];
+        if let Some(at) = ends.succeeded {
+            m.last_success
+                .get_or_create(&labels)
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        }
+        let failing = ends.failed.is_some_and(|f| ends.succeeded.is_none_or(|s| f > s));
+        m.failing.get_or_create(&labels).set(i64::from(failing));
+    }
     Ok((
         [(header::CONTENT_TYPE, syncd_metrics::CONTENT_TYPE)],
         syncd_metrics::text(),

@@ -36,6 +36,14 @@ pub struct Metrics {
     /// `syncd_schedule_lag_seconds{tenant, integration}`: how late each
     /// schedule's next tick is (0 when it is not due yet; set by a scrape).
     pub schedule_lag: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// `syncd_last_success_timestamp_seconds{tenant, integration}`: when
+    /// the integration's last run that succeeded ended (Unix seconds; set
+    /// by a scrape, for integrations that have one).
+    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// `syncd_failing{tenant, integration}`: 1 while the integration's
+    /// last ended run that failed ended after its last that succeeded, 0
+    /// otherwise (set by a scrape).
+    pub failing: Family<Labels, Gauge>,
     /// `syncd_cache_events_total{event}`: hits, misses, fallbacks.
     pub cache: Family<Labels, Counter>,
     /// `syncd_http_requests_total{system, status}`: requests to APIs by
@@ -59,6 +67,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let runs = Family::<Labels, Gauge>::default();
     let conflicts_pending = Gauge::default();
     let schedule_lag = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let failing = Family::<Labels, Gauge>::default();
     let cache = Family::<Labels, Counter>::default();
     let http_requests = Family::<Labels, Counter>::default();
     let http_retries = Family::<Labels, Counter>::default();
@@ -85,6 +95,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         schedule_lag.clone(),
     );
     registry.register(
+        "last_success_timestamp_seconds",
+        "When each integration's last run that succeeded ended",
+        last_success.clone(),
+    );
+    registry.register(
+        "failing",
+        "1 while an integration's last ended run failed after its last success",
+        failing.clone(),
+    );
+    registry.register(
         "cache_events",
         "Mapping cache hits, misses and fallbacks",
         cache.clone(),
@@ -106,6 +126,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         runs,
         conflicts_pending,
         schedule_lag,
+        last_success,
+        failing,
         cache,
         http_requests,
         http_retries,

@@ -231,6 +231,16 @@ pub struct Reservation {
     pub held: Vec<IdMapping>,
 }
 
+/// When an integration of a tenant last ended a run that succeeded, and
+/// one that failed (see [`Store::run_ends`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunEnds {
+    pub tenant: TenantId,
+    pub integration: String,
+    pub succeeded: Option<DateTime<Utc>>,
+    pub failed: Option<DateTime<Utc>>,
+}
+
 /// Everything one page of a step commits, atomically.
 #[derive(Clone, Debug, Default)]
 pub struct PageCommit {

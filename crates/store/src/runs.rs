@@ -260,6 +260,13 @@ impl Store {
         on_backend!(self, b => b.runs_by_state(tenant).await)
     }
 
+    /// When each integration of each tenant last ended a run that
+    /// succeeded, and one that failed: for alerts on an integration that
+    /// fails, or has not succeeded for a while.
+    pub async fn run_ends(&self) -> Result<Vec<crate::RunEnds>, StoreError> {
+        on_backend!(self, b => b.run_ends().await)
+    }
+
     /// How many conflicts (of `tenant`, when given) wait for a reviewer.
     pub async fn pending_conflicts(&self, tenant: Option<&TenantId>) -> Result<u64, StoreError> {
         on_backend!(self, b => b.pending_conflicts(tenant).await)

@@ -338,6 +338,26 @@ macro_rules! run_statements {
             Ok(rows.into_iter().map(|(s, n)| (s, n as u64)).collect())
         }
 
+        pub(crate) async fn run_ends(&self) -> Result<Vec<crate::RunEnds>, StoreError> {
+            let rows: Vec<(String, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT tenant_id, integration_id, \
+                        MAX(CASE WHEN state = 'succeeded' THEN finished_at END), \
+                        MAX(CASE WHEN state = 'failed' THEN finished_at END) \
+                 FROM runs GROUP BY tenant_id, integration_id",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(tenant, integration, succeeded, failed)| crate::RunEnds {
+                    tenant: tenant.into(),
+                    integration,
+                    succeeded,
+                    failed,
+                })
+                .collect())
+        }
+
         pub(crate) async fn pending_conflicts(&self, tenant: Option<&TenantId>) -> Result<u64, StoreError> {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM conflicts WHERE status = 'pending' \
