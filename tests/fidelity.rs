@@ -2830,6 +2830,74 @@ async fn a_system_that_refuses_every_write_fails_the_run() {
     s.drop().await;
 }
 
+/// syncd's PostgreSQL login: a record a row-level security policy refuses
+/// fails alone (the policy's refusal shares the code of a missing
+/// privilege), while a table the login may no longer write fails the run
+/// (every record was failed alone, and the run said succeeded).
+#[tokio::test]
+async fn a_postgres_login_refused_writes_fails_the_run_and_a_policy_fails_its_record() {
+    let Some(s) = Setup::new(
+        Kind::Sqlite,
+        "CREATE TABLE ledger (id TEXT PRIMARY KEY, name TEXT, updated_at TEXT NOT NULL)",
+        Kind::Postgres,
+        "CREATE TABLE ledger (id text PRIMARY KEY, name text, updated_at timestamptz NOT NULL)",
+    )
+    .await
+    else {
+        return;
+    };
+    let SystemDb::Postgres { schema } = &s.target else {
+        unreachable!()
+    };
+    let role = format!("{}_writer", schema.name);
+    s.target
+        .exec(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {0} TO {role}; \
+             GRANT SELECT, INSERT, UPDATE ON ledger TO {role}; \
+             ALTER TABLE ledger ENABLE ROW LEVEL SECURITY; \
+             CREATE POLICY writes ON ledger TO {role} USING (true) WITH CHECK (name <> 'refused')",
+            schema.name
+        ))
+        .await;
+    let url = s.target.url();
+    let as_role = url.replacen("postgres@", &format!("{role}@"), 1);
+    s.edit(|t| t.replace(&format!("url = \"{url}\""), &format!("url = \"{as_role}\"")));
+    s.source
+        .exec(
+            "INSERT INTO ledger VALUES ('ok', 'fine', '2026-01-01T10:00:00Z'), \
+             ('no', 'refused', '2026-01-01T10:00:00Z')",
+        )
+        .await;
+    let ran = s.run(&[]);
+    assert_eq!(ran.counter("product", "created"), 1, "{}", ran.stdout);
+    assert_eq!(ran.counter("product", "failed"), 1, "{}", ran.stdout);
+    let why = s.mapping("no").await.last_error.unwrap_or_default();
+    assert!(why.contains("row-level security"), "{why}");
+    s.target
+        .exec(&format!("REVOKE INSERT, UPDATE ON ledger FROM {role}"))
+        .await;
+    s.source
+        .exec("INSERT INTO ledger VALUES ('later', 'fine too', '2026-01-02T10:00:00Z')")
+        .await;
+    let refused = s.attempt(&[], &[("SYNCD_RETRY_FOR", "1s")]);
+    assert!(!refused.ok, "{}", refused.stdout);
+    assert!(refused.stderr.contains("permission denied"), "{}", refused.stderr);
+    let rows = s.target.dump("ledger").await;
+    assert_eq!(rows.len(), 1);
+    s.target
+        .exec(&format!(
+            "DROP POLICY writes ON ledger; REVOKE ALL ON ledger FROM {role}; \
+                        REVOKE USAGE ON SCHEMA {0} FROM {role}",
+            schema.name
+        ))
+        .await;
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&schema.pool)
+        .await
+        .unwrap();
+    s.drop().await;
+}
+
 /// A crash between a create and its commit leaves the create's mapping
 /// `pending`; the source record was then deleted. The retry pass read
 /// nothing for it, every run after: the target kept the copy the create

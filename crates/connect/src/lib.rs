@@ -118,10 +118,13 @@ impl ConnectorError {
     /// the schema's or the definition's fault, to stop the step on, never
     /// one record's (a record failed for it would not be written again
     /// until it changes). A missing relation or column of another name (a
-    /// trigger's) is the record's. So is a write the system refuses to
-    /// syncd's credentials (PostgreSQL's `permission denied`, MySQL's
-    /// `command denied`, a SQLite database opened or mounted read-only):
-    /// every record would fail for it, and the run would say succeeded.
+    /// trigger's) is the record's. A write the system refuses to syncd's
+    /// login or connection whatever the record (PostgreSQL's `permission
+    /// denied`, a read-only standby or transaction; MySQL's `command
+    /// denied`, a server `--read-only`; a SQLite database opened
+    /// read-only) stops the step too: every record would fail for it, and
+    /// the run would say succeeded. (A row-level security policy's refusal,
+    /// which shares PostgreSQL's code, is the record's.)
     pub fn is_schema_fault(&self, b: &TableBinding) -> bool {
         let ConnectorError::Query {
             source: sqlx::Error::Database(db),
@@ -145,14 +148,20 @@ impl ConnectorError {
         let table = b.table.rsplit('.').next().unwrap_or(&b.table).trim_matches('"');
         let names_ours =
             || mentions(table) || mentions(&b.table) || b.column_types.keys().any(|c| mentions(c));
-        if m.starts_with("attempt to write a readonly database") || m.contains("command denied to user") {
+        if m.starts_with("attempt to write a readonly database")
+            || m.contains("command denied to user")
+            || m.contains("running with the --read-only option")
+        {
             return true;
         }
         match db.code().as_deref() {
             // PostgreSQL's undefined column and table; MySQL's (by SQLSTATE).
             Some("42703" | "42P01" | "42S22" | "42S02") => names_ours(),
-            // PostgreSQL's insufficient privilege.
-            Some("42501") => true,
+            // PostgreSQL's insufficient privilege (not a row-level security
+            // policy's refusal, which shares its code), and a read-only
+            // transaction or standby.
+            Some("42501") => m.starts_with("permission denied"),
+            Some("25006") => true,
             // SQLite (its generic error code) says so in words only.
             Some("1") => {
                 (m.starts_with("no such column")

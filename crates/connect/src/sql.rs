@@ -550,11 +550,17 @@ fn pg_holds(column_type: &str, v: &Value) -> Result<(), String> {
         && column_type.ends_with("without time zone")
     {
         let clock = s.trim();
+        // An offset, or a zone's name or abbreviation after the time
+        // (`PST`, `Europe/Paris`); `AM` and `PM` are the clock's own.
+        let last = clock.rsplit(char::is_whitespace).next().unwrap_or("");
+        let named = clock.contains(char::is_whitespace)
+            && last.starts_with(|c: char| c.is_ascii_alphabetic())
+            && !last.eq_ignore_ascii_case("am")
+            && !last.eq_ignore_ascii_case("pm");
         let zoned = clock.contains('+')
             || clock.get(1..).is_some_and(|rest| rest.contains('-'))
             || clock.ends_with(['Z', 'z'])
-            || clock.to_ascii_uppercase().contains("UTC")
-            || clock.to_ascii_uppercase().contains("GMT");
+            || named;
         if zoned {
             return Err(format!(
                 "{s} is a time of day with a UTC offset; the column ({column_type}) would drop the offset"
@@ -609,8 +615,30 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::Sqlite
 /// to whole months only (`0.1 years` is `1 mon`).
 fn interval_exact(s: &str) -> Result<(), String> {
     const MICROS: [(&[&str], u128); 8] = [
-        (&["microsecond", "microseconds", "us", "usec", "usecs"], 1),
-        (&["millisecond", "milliseconds", "ms", "msec", "msecs"], 1_000),
+        (
+            &[
+                "microsecond",
+                "microseconds",
+                "us",
+                "usec",
+                "usecs",
+                "usecond",
+                "useconds",
+            ],
+            1,
+        ),
+        (
+            &[
+                "millisecond",
+                "milliseconds",
+                "ms",
+                "msec",
+                "msecs",
+                "msecond",
+                "mseconds",
+            ],
+            1_000,
+        ),
         (&["second", "seconds", "s", "sec", "secs"], 1_000_000),
         (&["minute", "minutes", "m", "min", "mins"], 60_000_000),
         (&["hour", "hours", "h", "hr", "hrs"], 3_600_000_000),
@@ -793,6 +821,8 @@ mod tests {
             ("interval", json!("@ 1 day 0.0000001 seconds ago"), "microseconds"),
             ("interval", json!("P0.1Y"), "not a whole number of months"),
             ("interval", json!("PT0.0000001S"), "microseconds"),
+            ("interval", json!("0.5 useconds"), "microseconds"),
+            ("interval", json!("0.0015 mseconds"), "microseconds"),
             ("character(3)", json!("abcd"), "holds (3)"),
             ("character varying(3)", json!(1234), "holds (3)"),
         ];
@@ -803,7 +833,14 @@ mod tests {
                 "{column} {v}: {got:?}"
             );
         }
-        for zoned in ["10:00:00+05", "10:00:00-03:30", "10:00:00Z", "10:00:00 UTC"] {
+        for zoned in [
+            "10:00:00+05",
+            "10:00:00-03:30",
+            "10:00:00Z",
+            "10:00:00 UTC",
+            "10:00:00 PST",
+            "10:00 Europe/Paris",
+        ] {
             let got = pg_holds("time without time zone", &json!(zoned));
             assert!(
                 got.as_ref().is_err_and(|e| e.contains("would drop the offset")),

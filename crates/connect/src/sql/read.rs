@@ -34,9 +34,7 @@ impl SqlConnector {
                 };
                 let mut q = sqlx::query(&sql).bind(limit as i64);
                 if let Some(c) = after {
-                    q = q
-                        .bind(text_of(&cursor_like_table(b, &c.updated_at)))
-                        .bind(text_of(&c.id));
+                    q = q.bind(text_of(&c.updated_at)).bind(text_of(&c.id));
                 }
                 let rows = q.fetch_all(pool).await.map_err(self.query_error(&b.table))?;
                 rows.iter()
@@ -551,21 +549,7 @@ pub(super) fn sqlite_json_select(b: &TableBinding, columns: &[&str]) -> (String,
     (select, paths)
 }
 
-/// The select list that reads a PostgreSQL row `t` as one JSON document,
-/// then for each float column its text when it is zero.
-///
-/// The document is `row_to_json(t.*)` when every column of the table is a
-/// scalar of a known type: each value is then written by its type's output
-/// function (a float as the shortest text that reads back as the same
-/// float, `NaN` and the infinities as text), which is what `to_jsonb`
-/// writes too, at half the server's cost (no `jsonb` built and printed
-/// again). A table with a `json` or `jsonb` column, an array or a type not
-/// known here keeps `to_jsonb(t.*)`: `row_to_json` would pass a `json`
-/// value's text through as written (`1e2`, repeated keys), which `jsonb`
-/// normalizes. A negative zero reads `0` through `to_jsonb`; [`pg_row`]
-/// puts `-0` back either way. `t.*`, not `t`: a column named `t` would
-/// be taken for the row.
-/// A cursor's change time as the table writes its own, a space or a `T`
+/// A SQLite cursor's change time as the table writes its own, a space or a `T`
 /// between date and time (as [`TableBinding::stamp_like`] shows it), for
 /// a table that holds one layout: text orders a space before a `T`, so a
 /// cursor of syncd's `T` (saved while the table held only syncd's stamps)
@@ -595,6 +579,20 @@ pub(super) fn cursor_like_table(b: &TableBinding, at: &Value) -> Value {
     }
 }
 
+/// The select list that reads a PostgreSQL row `t` as one JSON document,
+/// then for each float column its text when it is zero.
+///
+/// The document is `row_to_json(t.*)` when every column of the table is a
+/// scalar of a known type: each value is then written by its type's output
+/// function (a float as the shortest text that reads back as the same
+/// float, `NaN` and the infinities as text), which is what `to_jsonb`
+/// writes too, at half the server's cost (no `jsonb` built and printed
+/// again). A table with a `json` or `jsonb` column, an array or a type not
+/// known here keeps `to_jsonb(t.*)`: `row_to_json` would pass a `json`
+/// value's text through as written (`1e2`, repeated keys), which `jsonb`
+/// normalizes. A negative zero reads `0` through `to_jsonb`; [`pg_row`]
+/// puts `-0` back either way. `t.*`, not `t`: a column named `t` would
+/// be taken for the row.
 pub(super) fn pg_row_document(b: &TableBinding) -> String {
     let scalar = |t: &String| !t.ends_with("[]") && !matches!(Class::postgres(t), Class::Any | Class::Json);
     let mut select = if b.column_types.values().all(scalar) {

@@ -428,11 +428,16 @@ macro_rules! run_statements {
                 Side::Source => "source_id",
                 Side::Target => "target_id",
             };
+            // Two halves, each answered by its partial index (an `OR` of
+            // the two states would read every conflict kept as history).
             let found: Vec<String> = sqlx::query_scalar(&format!(
                 "SELECT {column} FROM conflicts WHERE tenant_id = $1 AND integration_id = $2 \
-                 AND entity_type = $3 AND {column} {} \
-                 AND (status = 'pending' OR (status = 'resolved' AND resolved_by <> 'system' AND applied_at IS NULL))",
-                Self::in_list("$4")
+                 AND entity_type = $3 AND {column} {list} AND status = 'pending' \
+                 UNION ALL \
+                 SELECT {column} FROM conflicts WHERE tenant_id = $1 AND integration_id = $2 \
+                 AND entity_type = $3 AND {column} {list} \
+                 AND status = 'resolved' AND resolved_by <> 'system' AND applied_at IS NULL",
+                list = Self::in_list("$4")
             ))
             .bind(scope.tenant_id.as_str())
             .bind(scope.integration_id.as_str())

@@ -34,7 +34,7 @@ pub(super) async fn bind_entity(
         .filter(|k| sides[1].2.contains_key(*k))
         .cloned()
         .collect();
-    // A merge rule on a field neither side has as a column would settle
+    // A merge rule on a field not both sides have as a column would settle
     // that field's conflicts by the default rule, unsaid (a typo such as
     // `emial`): the run stops, as `syncd check --connect` says.
     if let Some(rule) = def.merge.keys().find(|rule| !shared.contains(rule)) {
