@@ -539,6 +539,14 @@ fn a_tenant_token_sees_only_its_tenant_on_the_command_line() {
     );
     assert_eq!(pending.code, Some(0), "{}", pending.stderr);
     assert!(pending.stdout.contains("a-O-1") && !pending.stdout.contains("b-O-1"));
+    // The default is the failed ones: none here, which an empty table
+    // alone would not say.
+    let failed = o.with(&o.token_a, &[&["mappings", "list"], &scope[..]].concat());
+    assert_eq!(failed.code, Some(0), "{}", failed.stderr);
+    assert_eq!(
+        failed.stderr,
+        "(no failed mappings of `order`; --status pending, mapped, failed or stale lists others)\n"
+    );
 
     // b's run and conflict are not found, exactly like ones that do not
     // exist, and nothing of b's changes.

@@ -108,6 +108,14 @@ pub fn list(scope: Scope, status: &str, limit: u32) -> CmdResult {
             );
         }
         print(&list);
+        // An empty table must not read as an empty ID map: say which
+        // mappings were asked for.
+        if list.is_empty() {
+            eprintln!(
+                "(no {status} mappings of `{}`; --status pending, mapped, failed or stale lists others)",
+                scope.entity_type
+            );
+        }
         if list.len() >= limit as usize {
             // An operator counting failures must not take a page for all.
             eprintln!("(the first {limit}; there may be more: --limit N lists more)");
