@@ -697,6 +697,8 @@ async fn two_processes(kind: Kind, n: usize, label: &str) {
         stderr.contains(&format!("error: run {run_id} {BUSY} `")) && stderr.contains("try again later"),
         "{stderr}"
     );
+    // The other process's steps, half done, are not printed as its own.
+    assert!(!loser.stdout().contains("stage entity"), "{}", loser.stdout());
     let runs = setup
         .store
         .list_runs(&syncd_store::RunFilter {

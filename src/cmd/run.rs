@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use syncd_core::ids::{IntegrationId, TenantId};
 use syncd_engine::run::RunState;
-use syncd_engine::run::executor::{Job, Options, Progress};
+use syncd_engine::run::executor::{Job, Options, Progress, RunError};
 
 /// Environment variable: how many seconds a worker's lease on a run lasts
 /// without a heartbeat (default 30; a live worker renews it every third of
@@ -210,6 +210,11 @@ pub async fn execute(job: &Job) -> Result<RunState, String> {
     let result = job.execute(run.clone(), &mut report).await;
     if tty {
         eprintln!();
+    }
+    // Another process executes the run: its steps are that process's,
+    // half done, and not this command's to print.
+    if let Err(busy @ RunError::Busy { .. }) = &result {
+        return Err(format!("error: {busy}"));
     }
     let steps = store
         .load_steps(run.id)
