@@ -2033,3 +2033,24 @@ fn runs_show_says_when_no_process_is_executing_a_running_run() {
         shown.stdout
     );
 }
+
+/// A PostgreSQL state store whose URL names a schema that does not exist
+/// failed with the migration's "no schema has been selected to create
+/// in": it names the search path now, and what to do.
+#[test]
+fn a_state_store_naming_a_schema_that_does_not_exist_says_so() {
+    let dir = support::TempDir::new("cli-no-schema");
+    let base = support::postgres_url();
+    let joiner = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{joiner}options=-csearch_path%3Dsyncd_no_such_schema_here");
+    let run = syncd(&dir.0, &["--db", &url, "runs", "list"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "its search path (syncd_no_such_schema_here) names no schema that exists in that database: create \
+             it (CREATE SCHEMA ...), or name another in the URL"
+        ),
+        "{}",
+        run.stderr
+    );
+}

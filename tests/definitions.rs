@@ -380,6 +380,26 @@ fn bad_cron_expression() {
     );
 }
 
+/// A schedule with a field missing (`*/15 * * *`) was said to be a bad
+/// cron expression ending in a bare `^`: it says how many fields it has
+/// and how many a schedule takes.
+#[test]
+fn a_schedule_with_a_field_missing_says_how_many_it_takes() {
+    let e = errors(&valid_with(
+        r#"schedule = "0 */6 * * *""#,
+        r#"schedule = "*/15 * * *""#,
+    ));
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(
+        e.0[0].to_string(),
+        format!(
+            "{FILE}: field `schedule`: bad cron expression `*/15 * * *`: 4 fields; a schedule has five (minute, \
+             hour, day of the month, month, day of the week: `*/15 * * * *`), or six and seven with seconds first \
+             and years last"
+        )
+    );
+}
+
 #[test]
 fn cron_expressions_take_five_six_or_seven_fields() {
     for schedule in ["*/15 * * * *", "0 */15 * * * *", "0 0 3 * * Mon 2030"] {

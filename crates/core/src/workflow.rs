@@ -216,6 +216,13 @@ impl CronSchedule {
     /// `cron` crate's six or seven (with seconds, and years).
     pub fn parse(expression: &str) -> Result<CronSchedule, String> {
         let fields = expression.split_whitespace().count();
+        if !(5..=7).contains(&fields) {
+            return Err(format!(
+                "bad cron expression `{expression}`: {fields} fields; a schedule has five (minute, hour, day of \
+                 the month, month, day of the week: `*/15 * * * *`), or six and seven with seconds first and \
+                 years last"
+            ));
+        }
         let full = if fields == 5 {
             format!("0 {expression}")
         } else {
@@ -230,11 +237,12 @@ impl CronSchedule {
                 // The cron crate's message repeats the expression over several
                 // lines; one line per error keeps `syncd check` readable.
                 let detail = e.to_string();
+                // (Its last line may be only a `^` under the expression.)
                 let last = detail
                     .lines()
                     .map(str::trim)
-                    .rfind(|l| !l.is_empty())
-                    .unwrap_or("");
+                    .rfind(|l| l.chars().any(char::is_alphanumeric))
+                    .unwrap_or("not a schedule");
                 format!("bad cron expression `{expression}`: {last}")
             })
     }

@@ -50,6 +50,11 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL `{}` (expected postgres://... or sqlite://...)", syncd_core::redact::redacted(.0))]
     UnsupportedUrl(String),
+    #[error(
+        "its search path ({search_path}) names no schema that exists in that database: create it \
+         (CREATE SCHEMA ...), or name another in the URL"
+    )]
+    NoSchema { search_path: String },
     /// The core refused a transition, or a concurrent writer got there first
     /// and the transition is not allowed from the state it left.
     #[error("{entity_type} mapping `{record}`: {source}")]
@@ -468,7 +473,13 @@ impl Store {
     pub async fn connect(config: &StoreConfig, cache: MappingCache) -> Result<Store, StoreError> {
         let url = config.database_url.as_str();
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(PgStore::connect(url).await?)
+            let store = PgStore::connect(url).await?;
+            // A search path naming no schema that exists left the
+            // migration to fail with "no schema has been selected".
+            if let Some(search_path) = store.search_path_without_schema().await? {
+                return Err(StoreError::NoSchema { search_path });
+            }
+            Backend::Postgres(store)
         } else if url.starts_with("sqlite:") {
             Backend::Sqlite(SqliteStore::connect(url).await?)
         } else {

@@ -99,6 +99,22 @@ impl PgStore {
         Ok(PgStore::new(pool))
     }
 
+    /// The search path, when it names no schema that exists (where the
+    /// migration would create the tables).
+    pub(crate) async fn search_path_without_schema(&self) -> Result<Option<String>, StoreError> {
+        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&self.pool)
+            .await?;
+        match schema {
+            Some(_) => Ok(None),
+            None => Ok(Some(
+                sqlx::query_scalar("SHOW search_path")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )),
+        }
+    }
+
     /// Wraps an existing pool.
     pub fn new(pool: PgPool) -> PgStore {
         PgStore {
