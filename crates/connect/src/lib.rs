@@ -607,6 +607,18 @@ pub struct ByIds {
     pub bad: Vec<BadRow>,
 }
 
+impl ByIds {
+    /// The ids found, readable or not: every id asked for that is not
+    /// among them is gone.
+    pub fn found_ids(&self) -> std::collections::HashSet<&str> {
+        self.records
+            .iter()
+            .map(|r| r.id.as_str())
+            .chain(self.bad.iter().map(|b| b.id.as_str()))
+            .collect()
+    }
+}
+
 /// A table of one system, resolved against its real columns.
 #[derive(Clone, Debug)]
 pub struct TableBinding {

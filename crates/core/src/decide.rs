@@ -167,13 +167,24 @@ impl Step<'_> {
     /// (Time-ordered ids would make a first load's index inserts cheaper;
     /// `BENCHMARKS.md` has what they gave and why they are not used.)
     pub fn create_key(&self, read_id: &str) -> (String, Uuid) {
-        let name = format!(
+        self.key_named(&self.create_name(read_id))
+    }
+
+    /// What a create's id is derived from: the integration, tenant, entity
+    /// type and direction, and the id read.
+    fn create_name(&self, read_id: &str) -> String {
+        format!(
             "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}",
             self.integration,
             self.tenant,
             self.scope.entity_type,
             self.direction.as_str()
-        );
+        )
+    }
+
+    /// The key and id derived from `name`: the id a UUIDv5 of it, the key
+    /// that id behind the direction's prefix.
+    fn key_named(&self, name: &str) -> (String, Uuid) {
         let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
         (format!("{}{id}", key_prefix(self.direction)), id)
     }
@@ -183,24 +194,14 @@ impl Step<'_> {
     /// `other` (an earlier record of that id, deleted since, was created
     /// under it): derived from both, so a repeat finds the same one.
     pub fn create_key_past(&self, read_id: &str, other: Uuid) -> (String, Uuid) {
-        let name = format!(
-            "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{read_id}\u{1f}past\u{1f}{other}",
-            self.integration,
-            self.tenant,
-            self.scope.entity_type,
-            self.direction.as_str()
-        );
-        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
-        (format!("{}{id}", key_prefix(self.direction)), id)
+        self.key_named(&format!("{}\u{1f}past\u{1f}{other}", self.create_name(read_id)))
     }
 
     /// The key and id of creating `stale`'s record anew: derived from the
     /// mapping and its version, so the new record gets a new id and a repeat
     /// after a crash (the key is kept in the pending mapping) the same one.
     pub fn recreate_key(&self, stale: &IdMapping) -> (String, Uuid) {
-        let name = format!("recreate\u{1f}{}\u{1f}{}", stale.id, stale.version);
-        let id = Uuid::new_v5(&CREATE_NAMESPACE, name.as_bytes());
-        (format!("{}{id}", key_prefix(self.direction)), id)
+        self.key_named(&format!("recreate\u{1f}{}\u{1f}{}", stale.id, stale.version))
     }
 
     /// A mapping found gone on `gone`'s side, for the delete step.

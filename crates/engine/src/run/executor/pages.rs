@@ -239,12 +239,7 @@ impl Job {
                     .filter_map(|m| id_on(m, ctx.read).map(str::to_owned))
                     .collect();
                 let found = reader.read_by_ids(read_binding, &ids).await?;
-                let present: HashSet<&str> = found
-                    .records
-                    .iter()
-                    .map(|r| r.id.as_str())
-                    .chain(found.bad.iter().map(|b| b.id.as_str()))
-                    .collect();
+                let present = found.found_ids();
                 let gone: Vec<&IdMapping> = unsettled
                     .iter()
                     .filter(|m| m.status == MappingStatus::Pending)
@@ -406,12 +401,7 @@ impl Job {
                 // finds a row marked deleted. (A SQL table answers by id
                 // as it holds them; an API's record may echo its id in
                 // another form, and is left to reconciliation.)
-                let present: HashSet<&str> = found
-                    .records
-                    .iter()
-                    .map(|r| r.id.as_str())
-                    .chain(found.bad.iter().map(|b| b.id.as_str()))
-                    .collect();
+                let present = found.found_ids();
                 let gone: Vec<String> = match reader.finds_keys_at_once() {
                     true => ids
                         .iter()
