@@ -710,23 +710,9 @@ async fn an_operators_resume_wakes_the_worker() {
     s.pg.drop().await;
 }
 
-/// A run whose source cannot be reached waits, planned, with the reason
-/// recorded on it (it used to wait without a word), and no password in it.
-#[tokio::test]
-async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
-    let Some(pg) = PgSchema::create().await else {
-        return;
-    };
-    let dir = TempDir::new("unreachable");
-    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
-    // Nothing listens on port 1.
-    let toml = workflow_toml(
-        "e2e",
-        "one_way",
-        "postgres://postgres:Hidden@127.0.0.1:1/test",
-        &target.url(),
-        &[],
-    );
+/// A store in `pg`, a worker serving the integration `toml` (`e2e`), and a
+/// run of it for tenant `t1`, planned as an operator or the API plans one.
+async fn planned_for_a_worker(pg: &PgSchema, toml: &str) -> (Arc<Store>, Worker, syncd_store::RunRow) {
     let store = Arc::new(
         Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
             .await
@@ -734,7 +720,7 @@ async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
     );
     let worker = Worker {
         store: store.clone(),
-        definitions: vec![definition(&toml)],
+        definitions: vec![definition(toml)],
         options: Options::default(),
         poll: Duration::from_millis(100),
         clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
@@ -752,6 +738,27 @@ async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
         finished_at: None,
     };
     store.create_run(&run, &[]).await.unwrap();
+    (store, worker, run)
+}
+
+/// A run whose source cannot be reached waits, planned, with the reason
+/// recorded on it (it used to wait without a word), and no password in it.
+#[tokio::test]
+async fn a_run_whose_source_is_unreachable_waits_with_the_reason() {
+    let Some(pg) = PgSchema::create().await else {
+        return;
+    };
+    let dir = TempDir::new("unreachable");
+    let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
+    // Nothing listens on port 1.
+    let toml = workflow_toml(
+        "e2e",
+        "one_way",
+        "postgres://postgres:Hidden@127.0.0.1:1/test",
+        &target.url(),
+        &[],
+    );
+    let (store, worker, run) = planned_for_a_worker(&pg, &toml).await;
     assert!(!worker.execute_one().await.unwrap(), "nothing could run");
     let waiting = store.load_run(None, run.id).await.unwrap().unwrap();
     assert_eq!(waiting.state, RunState::Planned);
@@ -791,31 +798,7 @@ async fn a_run_that_cannot_bind_its_tables_fails_without_starting() {
     let target = SystemDb::with_tables(Kind::Sqlite, &dir, "target").await.unwrap();
     target.exec("ALTER TABLE customers RENAME TO customers_old").await;
     let toml = workflow_toml("e2e", "one_way", &source.url(), &target.url(), &[]);
-    let store = Arc::new(
-        Store::postgres(pg.pool.clone(), MappingCache::disabled(), 1 << 24)
-            .await
-            .unwrap(),
-    );
-    let worker = Worker {
-        store: store.clone(),
-        definitions: vec![definition(&toml)],
-        options: Options::default(),
-        poll: Duration::from_millis(100),
-        clock: std::sync::Arc::new(syncd_core::clock::SystemClock),
-    };
-    let run = syncd_store::RunRow {
-        id: uuid::Uuid::new_v4(),
-        tenant_id: "t1".into(),
-        integration_id: "e2e".into(),
-        state: RunState::Planned,
-        plan: json!({"stages": []}),
-        trigger: "manual".into(),
-        error: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-        finished_at: None,
-    };
-    store.create_run(&run, &[]).await.unwrap();
+    let (store, worker, run) = planned_for_a_worker(&pg, &toml).await;
     assert!(!worker.execute_one().await.unwrap(), "nothing could run");
     let failed = store.load_run(None, run.id).await.unwrap().unwrap();
     assert_eq!(failed.state, RunState::Failed);
